@@ -87,7 +87,7 @@ const char *hr_group_to_string(hr_group g);
 void hr_schedule_defaults(hr_schedule *s);
 
 /* HR_OK or HR_EINVAL with err naming the bad field (e.g. "eta0",
- * "multiplier.item"). Rejects NaN, infinities, negatives, out-of-range. */
+ * "multipliers.item"). Rejects NaN, infinities, negatives, out-of-range. */
 hr_status hr_schedule_validate(const hr_schedule *s, hr_error *err);
 
 /* Base rate at update t (before group multipliers and staleness). */

@@ -1,0 +1,41 @@
+/*
+ * api.h - JSON <-> structs for the public API. Pure functions (no I/O, no
+ * globals), so they can be fuzzed; the only side effect is interning new
+ * ids into the model when an event is resolved.
+ *
+ * Event object: {"user": id, "item": id, "label": 0|1, "rating": number,
+ *   "weight": number >= 0, "ts": number, "features": {field: string|number},
+ *   "id": string|integer}. An id is a string of 1..256 bytes or an integer
+ * (the same id as its decimal string).
+ */
+#ifndef HOGREC_API_H
+#define HOGREC_API_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "hogrec/common.h"
+#include "hogrec/event.h"
+#include "hogrec/ids.h"
+#include "hogrec/model.h"
+
+/* Reads an id value (string or integer) into buf (NUL-terminated, at most
+ * HR_ID_MAX_LEN bytes + NUL); *len receives the length. HR_EINVAL with err
+ * naming `field` otherwise. v is borrowed. */
+hr_status hr_api_id(const json_t *v, const char *field, char *buf, size_t *len, hr_error *err);
+
+/* Validates one event object and resolves it into *ev: user and item ids are
+ * interned (created if new), features hashed into context rows. loss decides
+ * whether "label" (logistic) or "rating" (squared) is the target. The
+ * bookkeeping fields (seq, enq_*) are zeroed. obj is borrowed.
+ * *event_id (may be NULL) receives the borrowed "id" value or NULL.
+ * HR_EINVAL with err naming the field; HR_EFULL if an id table is full. */
+hr_status hr_api_event_from_json(hr_model *m, const json_t *obj, hr_event *ev,
+                                 const json_t **event_id, hr_error *err);
+
+/* Canonical compact text of an event object (sorted keys), the form the
+ * event log stores. Returns a new string (free()) and its length, or NULL. */
+char *hr_api_event_text(const json_t *obj, size_t *len);
+
+#endif

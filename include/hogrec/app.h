@@ -1,0 +1,55 @@
+/*
+ * app.h - one running hogrec: the model, queue, trainers, live schedule,
+ * progressive statistics, ingest path and (optionally) persistence, built
+ * from a config and torn down in the right order. The server and the replay
+ * command each hold one; tests build their own.
+ *
+ * The struct is a set of pointers to modules, each owned by the app; the
+ * modules do not see the app (except persistence, which wires the app's
+ * parts to SQLite). Read-only after hr_app_open except `ready`.
+ */
+#ifndef HOGREC_APP_H
+#define HOGREC_APP_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "hogrec/config.h"
+#include "hogrec/evlog.h"
+#include "hogrec/ingest.h"
+#include "hogrec/model.h"
+#include "hogrec/queue.h"
+#include "hogrec/schedule.h"
+#include "hogrec/stats.h"
+#include "hogrec/trainer.h"
+
+struct hr_persist; /* persist.h: SQLite store, event log, checkpoints */
+
+typedef struct hr_app {
+    hr_config cfg;              /* owned copy (its schedule JSON too) */
+    hr_model *model;
+    hr_queue *queue;
+    hr_schedbox *sched;
+    hr_progress *progress;
+    hr_trainer *trainer;
+    hr_ingest *ingest;
+    struct hr_persist *persist; /* NULL when cfg.db is "" */
+    double started;             /* wall time at open */
+    atomic_int ready;           /* 1 once the checkpoint and log tail are loaded */
+} hr_app;
+
+/* Builds and starts everything from cfg (copied; cfg->schedule is deep
+ * copied). With persistence: opens the database, loads the last checkpoint,
+ * starts the trainers and replays the log tail, then sets ready. *out is new;
+ * close with hr_app_close. */
+hr_status hr_app_open(const hr_config *cfg, hr_app **out, hr_error *err);
+
+/* Stops the trainers (drain: train what is queued; else leave it - with
+ * persistence it is still in the event log), writes a final checkpoint when
+ * persistent, frees everything. NULL is a no-op. */
+void hr_app_close(hr_app *app, bool drain);
+
+/* NULL when ready to serve, else why not (loading, persistence failing). */
+const char *hr_app_not_ready(hr_app *app);
+
+#endif

@@ -1,0 +1,117 @@
+/*
+ * config.h - every option of hogrec, declared once in a table (config.c).
+ *
+ * The JSON config file, the command-line flags (--name-with-dashes), the
+ * environment (HOGREC_NAME_IN_CAPS) and --help all read that one table.
+ * Precedence: defaults < file < environment < flags.
+ *
+ * An hr_config is a plain value; the process builds one at start and every
+ * module reads its fields. Options marked runtime can be changed while the
+ * server runs (through the admin API); the others need a restart.
+ */
+#ifndef HOGREC_CONFIG_H
+#define HOGREC_CONFIG_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "hogrec/common.h"
+
+#define HR_CONFIG_STR 256
+
+typedef struct {
+    /* model */
+    int64_t k;                 /* factor dimension */
+    char loss[16];             /* "logistic" | "squared" */
+    char state[16];            /* optimizer state kept per row: "sgd" | "adagrad" | "ftrl" | "auto" */
+    double init_scale;         /* stddev of initial factors */
+    int64_t seed;              /* seed of init, sampling and shuffles */
+    double l2_global, l2_bias, l2_user, l2_item, l2_context; /* L2 per group */
+    int64_t max_users, max_items; /* most rows per id table */
+    int64_t context_bits;      /* context features hash into 2^bits rows */
+    int64_t chunk_rows;        /* rows per storage chunk (power of two) */
+    int64_t min_count;         /* events before an id gets its own embedding */
+    double expire_seconds;     /* drop ids unseen this long (0 = never) */
+    double grad_clip;          /* max gradient L2 norm per event (0 = off) */
+    double adagrad_init;       /* initial AdaGrad accumulator */
+    double rating_offset;      /* squared loss: initial global bias */
+    /* learning (the schedule itself is a JSON object, see schedule.h) */
+    json_t *schedule;          /* owned; NULL = defaults */
+    /* trainers and queue */
+    int64_t threads;           /* trainer threads */
+    int64_t batch;             /* events a trainer pops at once */
+    int64_t queue_capacity;    /* events the queue holds */
+    char negative_sampling[8]; /* "auto" | "on" | "off" */
+    int64_t negatives;         /* sampled negatives per positive */
+    double negative_alpha;     /* 0 = uniform, else popularity^alpha */
+    int64_t progress_window;   /* events in the progressive-validation window */
+    /* server */
+    char bind[64];
+    int64_t port;
+    int64_t http_threads;
+    char admin_token[HR_CONFIG_STR];
+    int64_t max_body_bytes;
+    int64_t max_connections;
+    int64_t per_ip_connections;
+    int64_t connection_timeout; /* seconds */
+    int64_t memory_limit;       /* bytes per connection pool */
+    int64_t max_batch_events;   /* events per POST /v1/events */
+    double dedup_window;        /* seconds an event id is remembered */
+    int64_t history_per_user;   /* recent items kept per user (exclude_seen) */
+    /* persistence */
+    char db[HR_CONFIG_STR];     /* SQLite file; "" = no persistence */
+    double checkpoint_interval; /* seconds between checkpoints (0 = off) */
+    int64_t checkpoint_events;  /* events between checkpoints (0 = off) */
+    int64_t keep_checkpoints;   /* complete checkpoints kept */
+    int64_t full_every;         /* a full checkpoint every N increments */
+    char durability[16];        /* "sync" | "interval" */
+    int64_t sync_interval_ms;   /* for durability "interval" */
+    char log_level[8];          /* "debug" | "info" | "warn" | "error" */
+} hr_config;
+
+/* Fills every field with its default. */
+void hr_config_defaults(hr_config *c);
+
+/* Frees what the config owns (the schedule JSON). */
+void hr_config_free(hr_config *c);
+
+/* Sets one option by name (underscored) from text. HR_EINVAL with err naming
+ * the option if unknown, unparsable or out of bounds. */
+hr_status hr_config_set(hr_config *c, const char *name, const char *value,
+                        hr_error *err);
+
+/* Applies a JSON config file. Unknown keys are errors. */
+hr_status hr_config_load_file(hr_config *c, const char *path, hr_error *err);
+
+/* Applies HOGREC_<NAME> environment variables. */
+hr_status hr_config_load_env(hr_config *c, hr_error *err);
+
+/* Builds a config for a command: defaults, then --config FILE (or
+ * config_default if it exists and no --config is given), then environment,
+ * then flags. Flags are --name value or --name=value (dashes or underscores);
+ * a flag named in extra[] (command-specific, e.g. replay's --passes) has its
+ * value stored there instead. Arguments that are not options are returned in
+ * positional (borrowed from argv), at most max_positional. --help prints the
+ * help and sets *help. */
+typedef struct {
+    const char *name;  /* flag without the dashes, e.g. "passes" */
+    const char *help;  /* one line for --help */
+    const char *value; /* out: the value given, or NULL (borrowed from argv) */
+} hr_extra_flag;
+
+hr_status hr_config_from_args(hr_config *c, int argc, char **argv,
+                              const char *config_default,
+                              hr_extra_flag *extra, int nextra,
+                              const char **positional, int max_positional,
+                              int *npositional, bool *help, hr_error *err);
+
+/* Prints every option, its default and its help text, then the extra
+ * command flags (may be NULL). */
+void hr_config_print_help(FILE *out, const hr_extra_flag *extra, int nextra);
+
+/* Returns a new JSON object of the effective config (admin token hidden). */
+json_t *hr_config_to_json(const hr_config *c);
+
+#endif

@@ -1,0 +1,45 @@
+/*
+ * evlog.h - the durable, append-only event log: what makes a 202 a promise.
+ *
+ * Every accepted event is appended (as its canonical JSON text) with its
+ * sequence number before the 202 is sent. At start, events after the last
+ * checkpoint's sequence number are replayed through the trainers. The log is
+ * trimmed once a checkpoint covers it. Durability modes (config
+ * "durability"): "sync" - hr_evlog_wait returns once the events are
+ * committed and synced (group commit across concurrent requests); "interval"
+ * - appends are committed every sync_interval_ms and hr_evlog_wait returns at
+ * once (a crash can lose the last interval).
+ *
+ * Threads: append is called by the ingest path under its lock, in seq order;
+ * wait from HTTP threads; a background thread (or the waiters, by turns)
+ * commits.
+ */
+#ifndef HOGREC_EVLOG_H
+#define HOGREC_EVLOG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hogrec/common.h"
+
+typedef struct hr_evlog hr_evlog;
+
+/* Buffers n events with seqs first_seq .. first_seq+n-1 (consecutive, after
+ * every seq appended before). json[i] (len[i] bytes) is borrowed for the
+ * call. Fails fast (HR_EIO, err says why) when the log is known to be
+ * failing, so the caller can refuse the batch before queueing it. */
+hr_status hr_evlog_append(hr_evlog *log, uint64_t first_seq, const char *const *json,
+                          const size_t *len, size_t n, hr_error *err);
+
+/* Blocks until every event with seq <= seq is as durable as the mode
+ * promises. HR_EIO (err says why) if that cannot be done. */
+hr_status hr_evlog_wait(hr_evlog *log, uint64_t seq, hr_error *err);
+
+/* The highest seq ever appended (persisted across restarts); 0 if none. */
+uint64_t hr_evlog_last_seq(const hr_evlog *log);
+
+/* NULL when healthy, else a static or log-owned string saying why appends
+ * fail now (e.g. "database or disk is full"). */
+const char *hr_evlog_health(hr_evlog *log);
+
+#endif

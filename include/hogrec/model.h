@@ -1,0 +1,169 @@
+/*
+ * model.h - the factorization machine: parameters, id tables, row storage.
+ *
+ *   y(x) = w0 + sum_f w_f x_f + sum_{f<g} <v_f, v_g> x_f x_g
+ *   logistic loss: p = sigmoid(y);  squared loss: the prediction is y.
+ *
+ * The active features of an event are the user id, the item id and up to
+ * HR_MAX_CTX context features ("field": "value" one-hot, or "field": number).
+ * With only user and item this is logistic matrix factorization with biases.
+ *
+ * Storage: four tables (global, user, item, context) of rows. A row is
+ * `stride` floats, laid out for the update kernel (see sgd.h):
+ *     v[0..k)  bias  [optimizer state for v and bias]  count  last_seen  pad
+ * Rows live in chunks of chunk_rows rows that are allocated once and never
+ * move, so a row pointer stays valid for the life of the model, and each
+ * chunk is a row-major float block (leading dimension `stride`) whose first
+ * k+1 columns are the factors and the bias: top-K scoring runs one sgemv per
+ * chunk. Row 0 of the user and item tables is the shared default embedding:
+ * unknown ids, and ids seen fewer than min_count times, score and learn
+ * through it. The context table is hashed (2^context_bits rows, no ids).
+ *
+ * Concurrency: ids are added (hr_model_intern) from any thread while others
+ * read and train. Row contents are read and written without locks (Hogwild);
+ * all such accesses go through sgd.c. Each row has a dirty mark (atomic) for
+ * incremental checkpoints.
+ */
+#ifndef HOGREC_MODEL_H
+#define HOGREC_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hogrec/common.h"
+#include "hogrec/config.h"
+#include "hogrec/event.h"
+#include "hogrec/schedule.h"
+
+typedef enum { HR_LOSS_LOGISTIC, HR_LOSS_SQUARED } hr_loss;
+
+typedef enum {
+    HR_TABLE_GLOBAL, /* one row: w0 in its bias slot */
+    HR_TABLE_USER,
+    HR_TABLE_ITEM,
+    HR_TABLE_CTX,
+    HR_TABLE_COUNT
+} hr_table_id;
+
+/* What per-row optimizer state the rows carry. */
+typedef enum { HR_STATE_SGD, HR_STATE_ADAGRAD, HR_STATE_FTRL } hr_state_kind;
+
+typedef struct {
+    uint32_t k;              /* factor dimension */
+    hr_loss loss;
+    hr_state_kind state;     /* per-row optimizer state */
+    float init_scale;        /* stddev of initial factors */
+    uint64_t seed;
+    double l2[HR_GROUP_COUNT];
+    uint32_t max_rows[HR_TABLE_COUNT]; /* user/item: max ids + 1; ctx: 2^bits */
+    uint32_t chunk_rows;     /* power of two */
+    uint32_t min_count;      /* events before an id gets its own row */
+    double expire_seconds;   /* 0 = never */
+    double grad_clip;        /* 0 = off */
+    float adagrad_init;      /* initial accumulator */
+    float rating_offset;     /* initial w0 for squared loss */
+} hr_model_config;
+
+/* Row layout, in floats from the row start. */
+typedef struct {
+    uint32_t k;         /* factors at [0, k) */
+    uint32_t bias;      /* = k */
+    uint32_t acc;       /* AdaGrad accumulators of v at [acc, acc+k), bias at acc+k; 0 if none */
+    uint32_t ftrl;      /* FTRL z at ftrl, n at ftrl+1; 0 if none */
+    uint32_t count;     /* uint32 event count */
+    uint32_t last_seen; /* uint32 seconds since the model epoch */
+    uint32_t stride;    /* floats per row (multiple of 4) */
+} hr_row_layout;
+
+typedef struct hr_model hr_model;
+
+/* Fills a model config from the process config and the initial schedule
+ * (whose optimizer decides the state kind when c->state is "auto"). */
+hr_status hr_model_config_from(const hr_config *c, const hr_schedule *s,
+                               hr_model_config *out, hr_error *err);
+
+/* Creates an initialized model (row 0s and the context table seeded).
+ * *out is new; free with hr_model_destroy. */
+hr_status hr_model_create(const hr_model_config *mc, hr_model **out, hr_error *err);
+void hr_model_destroy(hr_model *m); /* NULL is a no-op */
+
+/* Borrowed, valid for the life of the model. */
+const hr_model_config *hr_model_get_config(const hr_model *m);
+const hr_row_layout *hr_model_layout(const hr_model *m);
+
+/* Whether the rows have the state an optimizer needs (AdaGrad/FTRL need
+ * accumulators; FTRL needs z and n). */
+bool hr_model_supports(const hr_model *m, hr_optimizer opt);
+
+/* ---- ids (user and item tables only) ---- */
+
+/* Finds or adds an id; *row receives its row. *created may be NULL.
+ * Errors: HR_EINVAL (bad length), HR_EFULL (table full), HR_ENOMEM. */
+hr_status hr_model_intern(hr_model *m, hr_table_id t, const char *id, size_t len,
+                          uint32_t *row, bool *created);
+/* Lock-free; HR_ID_NONE if absent. */
+uint32_t hr_model_lookup(const hr_model *m, hr_table_id t, const char *id, size_t len);
+/* Lock-free; borrowed key or NULL (row free or row 0). */
+const char *hr_model_key(const hr_model *m, hr_table_id t, uint32_t row, size_t *len);
+/* Restores an id at a given row (checkpoint load). */
+hr_status hr_model_insert_id_at(hr_model *m, hr_table_id t, const char *id, size_t len,
+                                uint32_t row);
+/* Number of ids present; rows ever handed out (high water, >= 1). */
+uint32_t hr_model_id_count(const hr_model *m, hr_table_id t);
+uint32_t hr_model_rows(const hr_model *m, hr_table_id t);
+
+/* Context feature row: hash of (field, value) for categorical features, of
+ * field alone for numeric ones (value NULL). Always valid. */
+uint32_t hr_model_ctx_row(const hr_model *m, const char *field, size_t flen,
+                          const char *value, size_t vlen);
+
+/* ---- rows ---- */
+
+/* Pointer to a row (never moves). row < hr_model_rows(). */
+float *hr_model_row(const hr_model *m, hr_table_id t, uint32_t row);
+
+/* The row that scores and trains for `row`: itself, or the table's default
+ * row 0 while the id has fewer than min_count events. */
+uint32_t hr_model_effective_row(const hr_model *m, hr_table_id t, uint32_t row);
+
+/* Marks a row changed since the last checkpoint (cheap if already marked). */
+void hr_model_mark_dirty(hr_model *m, hr_table_id t, uint32_t row);
+/* Atomically reads and clears the dirty mark. */
+bool hr_model_take_dirty(hr_model *m, hr_table_id t, uint32_t row);
+/* Number of rows marked dirty now (scans; for stats and tests). */
+uint64_t hr_model_count_dirty(const hr_model *m, hr_table_id t);
+
+/* Items as row-major float blocks for BLAS: block b covers rows
+ * [b*chunk_rows, b*chunk_rows + *nrows); *lda is the stride in floats. Returns
+ * NULL past the last block. The first k+1 columns are factors and bias. */
+const float *hr_model_item_block(const hr_model *m, uint32_t b, uint32_t *nrows,
+                                 uint32_t *lda);
+
+/* Seconds since the model epoch (the unit of last_seen). */
+uint32_t hr_model_clock(const hr_model *m);
+
+/* Removes ids not seen for expire_seconds (no-op if expiry is off). Their rows
+ * are reset and reused by later ids. Returns how many were removed. Safe
+ * while trainers run (a trainer still holding the row trains a fresh row). */
+uint64_t hr_model_expire(hr_model *m, uint32_t now);
+/* Totals for stats. */
+uint64_t hr_model_expired_total(const hr_model *m);
+
+/* Bytes of memory the rows, marks and id indexes use. */
+size_t hr_model_bytes(const hr_model *m);
+
+/* ---- prediction ---- */
+
+/* Resolves an event's active features into row pointers (effective rows)
+ * for the kernel; see sgd.h. Returns the number of features. */
+struct hr_active;
+int hr_model_active(const hr_model *m, const hr_event *ev, struct hr_active *out);
+
+/* Prediction for an event: probability (logistic) or value (squared). */
+double hr_model_predict(const hr_model *m, const hr_event *ev);
+
+/* The link: sigmoid for logistic, identity for squared. */
+double hr_model_link(const hr_model *m, double y);
+
+#endif

@@ -1,0 +1,72 @@
+/*
+ * sgd.h - the update kernel: scores an event's active features and applies
+ * one step of SGD, AdaGrad or FTRL-Proximal to their rows, in place.
+ *
+ * This is the one module that reads and writes embedding rows concurrently
+ * without locks (Hogwild). See the comment at the top of sgd.c for why the
+ * race is accepted and what it can and cannot do.
+ *
+ * Kernels take (layout, features, n, ...) and never start threads.
+ */
+#ifndef HOGREC_SGD_H
+#define HOGREC_SGD_H
+
+#include <stdint.h>
+
+#include "hogrec/model.h"
+
+/* Most active features of one event: global, user, item, context. */
+#define HR_MAX_ACTIVE (3 + HR_MAX_CTX)
+
+/* One active feature: its row and value. */
+typedef struct hr_active {
+    float *row;      /* borrowed; row storage never moves */
+    float x;         /* feature value */
+    uint8_t group;   /* hr_group of its factors (GLOBAL: bias only) */
+    uint8_t has_v;   /* 0 for the global row (w0 has no factors) */
+} hr_active;
+
+/* Per-step parameters, resolved by the trainer from the live schedule. */
+typedef struct {
+    hr_loss loss;
+    hr_optimizer opt;
+    float rate[HR_GROUP_COUNT];    /* learning rate per group, this step */
+    float l2[HR_GROUP_COUNT];      /* L2 per group */
+    float clip;                    /* max gradient norm (0 = none) */
+    float ftrl_beta, ftrl_l1;      /* FTRL on linear weights */
+} hr_step_params;
+
+typedef enum {
+    HR_STEP_APPLIED,
+    HR_STEP_CLIPPED,          /* applied with the gradient scaled down */
+    HR_STEP_SKIPPED_NONFINITE /* nothing (or not all) written: NaN/Inf */
+} hr_step_result;
+
+/* Raw score y = w0 + sum w_f x_f + sum_{f<g} <v_f, v_g> x_f x_g, in O(n k). */
+double hr_sgd_score(const hr_row_layout *L, const hr_active *a, int n);
+
+/* Scores, then updates every active row for (label, weight). *y_before
+ * receives the raw score before the update (progressive validation).
+ * Never writes a NaN or Inf into a row. */
+hr_step_result hr_sgd_step(const hr_row_layout *L, const hr_active *a, int n,
+                           float label, float weight, const hr_step_params *p,
+                           double *y_before);
+
+/* Row bookkeeping: count += 1, last_seen = now. */
+void hr_sgd_touch(const hr_row_layout *L, float *row, uint32_t now);
+uint32_t hr_sgd_row_count(const hr_row_layout *L, const float *row);
+uint32_t hr_sgd_row_last_seen(const hr_row_layout *L, const float *row);
+
+/* Copies a live row (fuzzy under Hogwild: each float is one consistent
+ * value, the row as a whole may mix before and after an update). */
+void hr_sgd_row_read(const hr_row_layout *L, const float *row, float *dst);
+/* Overwrites a row (restore, init, reset). */
+void hr_sgd_row_write(const hr_row_layout *L, float *row, const float *src);
+
+/* Top-K helper: out[i] = <q, v_i> + b_i over a block of rows, plain loop.
+ * The reference the BLAS path is checked against. */
+void hr_sgd_block_scores_ref(const hr_row_layout *L, const float *block,
+                             uint32_t nrows, uint32_t lda, const float *q,
+                             float *out);
+
+#endif

@@ -1,0 +1,75 @@
+/*
+ * stats.h - live learning statistics: progressive validation (every event is
+ * scored before it is learned from) over a sliding window, and histograms.
+ *
+ * Progressive validation keeps the last `window` (prediction, label, weight)
+ * triples in a ring. From it: windowed logloss (logistic) or RMSE (squared),
+ * AUC, and calibration (mean prediction against mean label). Totals since
+ * start are kept too. Trainers add points in batches (one lock per batch);
+ * readers take a snapshot under the same lock and compute outside it.
+ *
+ * hr_hist is a lock-free log2 histogram (staleness, latencies).
+ */
+#ifndef HOGREC_STATS_H
+#define HOGREC_STATS_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hogrec/common.h"
+
+typedef struct {
+    float pred;   /* probability (logistic) or value (squared), before learning */
+    float label;
+    float weight;
+} hr_progress_point;
+
+typedef struct hr_progress hr_progress;
+
+typedef struct {
+    uint64_t total;        /* points ever added */
+    double loss_total;     /* mean loss over all points (logloss or squared error) */
+    size_t n;              /* points in the window used */
+    double loss;           /* mean weighted logloss (logistic) or MSE (squared) */
+    double rmse;           /* sqrt of mean squared error over the window */
+    double auc;            /* AUC over the window (NAN if one class only) */
+    double mean_pred;      /* calibration: mean prediction ... */
+    double mean_label;     /* ... against mean label */
+} hr_progress_report;
+
+/* squared: whether points are squared-loss (RMSE) rather than logistic. */
+hr_status hr_progress_create(size_t window, int squared, hr_progress **out);
+void hr_progress_destroy(hr_progress *p); /* NULL is a no-op */
+
+/* Adds n points (copied). Thread-safe. */
+void hr_progress_add(hr_progress *p, const hr_progress_point *pts, size_t n);
+
+/* Report over the most recent min(last_n, window) points (last_n 0 = all of
+ * the window). Thread-safe; O(n log n) for the AUC. */
+void hr_progress_get(hr_progress *p, size_t last_n, hr_progress_report *out);
+
+/* Clears the window and totals (for a fresh measurement). */
+void hr_progress_reset(hr_progress *p);
+
+/* Logloss of one prediction, clamped to avoid log(0). */
+double hr_logloss(double p, double label);
+
+/* AUC of n (score, label>=0.5) pairs by the rank statistic with ties
+ * averaged; NAN if only one class. Sorts a copy; scores and labels borrowed. */
+double hr_auc(const float *scores, const float *labels, size_t n);
+
+/* ---- log2 histogram ---- */
+
+#define HR_HIST_BUCKETS 48
+typedef struct {
+    atomic_uint_fast64_t b[HR_HIST_BUCKETS]; /* bucket i counts values in [2^(i-1), 2^i), 0 in b[0] */
+    atomic_uint_fast64_t count;
+    atomic_uint_fast64_t sum;
+} hr_hist;
+
+void hr_hist_add(hr_hist *h, uint64_t value);
+/* Upper bound of the bucket holding quantile q in [0, 1]; 0 if empty. */
+uint64_t hr_hist_quantile(const hr_hist *h, double q);
+
+#endif

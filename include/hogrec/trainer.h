@@ -1,0 +1,99 @@
+/*
+ * trainer.h - the pool of trainer threads: pop event batches from the queue,
+ * score each event (progressive validation), sample negatives, and apply the
+ * update kernel to the model's rows, Hogwild-style (no locks on rows).
+ *
+ * Rates come from the live schedule box, read once per batch (a swap applies
+ * from the next batch; a batch is at most `batch` events). Staleness of an
+ * event = the pool's update count when it is applied minus the count stamped
+ * on it at enqueue (hr_trainer_updates()).
+ *
+ * Ordering promise used by checkpoints: producers push events to the queue in
+ * increasing seq order. Then, while the pool is paused, every event with
+ * seq <= hr_trainer_pause()'s result has been applied.
+ *
+ * Threads: start/stop/pause/resume from one control thread at a time; the
+ * getters from any thread.
+ */
+#ifndef HOGREC_TRAINER_H
+#define HOGREC_TRAINER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "hogrec/common.h"
+#include "hogrec/model.h"
+#include "hogrec/queue.h"
+#include "hogrec/schedule.h"
+#include "hogrec/stats.h"
+
+typedef enum { HR_NEG_OFF, HR_NEG_ON, HR_NEG_AUTO } hr_neg_mode;
+
+typedef struct {
+    unsigned threads;    /* trainer threads, >= 1 */
+    unsigned batch;      /* events popped at once, >= 1 */
+    hr_neg_mode neg_mode;
+    unsigned negatives;  /* sampled negatives per positive */
+    double neg_alpha;    /* 0 = uniform over items, else popularity^alpha */
+    uint64_t seed;       /* per-thread PRNGs derive from it */
+} hr_trainer_config;
+
+/* Counters; a snapshot from hr_trainer_get_counts. */
+#define HR_TRAINER_COUNTERS(X)                                                  \
+    X(trained)          /* queue events applied (negatives not counted) */     \
+    X(updates)          /* kernel steps, negatives included */                  \
+    X(clipped)          /* steps whose gradient was clipped */                  \
+    X(skipped_nonfinite) /* steps not written: NaN/Inf */                       \
+    X(negatives)        /* sampled negatives applied */                         \
+    X(default_user)     /* steps through the shared default user row */         \
+    X(default_item)     /* steps through the shared default item row */         \
+    X(batches)          /* batches popped */
+
+typedef struct {
+#define HR_X_FIELD(name) uint64_t name;
+    HR_TRAINER_COUNTERS(HR_X_FIELD)
+#undef HR_X_FIELD
+} hr_trainer_counts;
+
+typedef struct hr_trainer hr_trainer;
+
+hr_trainer_config hr_trainer_config_from(const hr_config *c);
+
+/* Starts the threads. model, queue, schedbox and progress are borrowed and
+ * must outlive the pool. *out is new; stop it, then destroy it. */
+hr_status hr_trainer_start(hr_model *model, hr_queue *queue, hr_schedbox *sched,
+                           hr_progress *progress, const hr_trainer_config *cfg,
+                           hr_trainer **out);
+
+/* Closes the queue (drain: train what is queued first; else abandon it),
+ * joins the threads and fills *counts (may be NULL). Idempotent. */
+void hr_trainer_stop(hr_trainer *tr, bool drain, hr_trainer_counts *counts);
+
+/* Frees the pool (stops it first, draining, if still running). NULL: no-op. */
+void hr_trainer_destroy(hr_trainer *tr);
+
+/* Parks every thread between batches; returns when all are parked, with the
+ * highest seq such that every queued event with seq <= it has been applied.
+ * Nests: each pause needs one resume. */
+uint64_t hr_trainer_pause(hr_trainer *tr);
+void hr_trainer_resume(hr_trainer *tr);
+
+/* Blocks until every event pushed so far has been applied (queue empty and
+ * no batch in flight), or the pool is stopped. */
+void hr_trainer_wait_idle(hr_trainer *tr);
+
+/* The pool's update count (sum over threads); stamp it on events at enqueue. */
+uint64_t hr_trainer_updates(const hr_trainer *tr);
+
+void hr_trainer_get_counts(const hr_trainer *tr, hr_trainer_counts *out);
+
+/* Staleness histogram (updates between enqueue and apply). Borrowed. */
+const hr_hist *hr_trainer_staleness(const hr_trainer *tr);
+/* Freshness histogram (microseconds from enqueue to applied). Borrowed. */
+const hr_hist *hr_trainer_freshness(const hr_trainer *tr);
+
+/* Whether negative sampling is on now (auto turns it off at the first
+ * explicit 0 label). */
+bool hr_trainer_negatives_active(const hr_trainer *tr);
+
+#endif

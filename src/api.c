@@ -1,0 +1,170 @@
+/*
+ * api.c - JSON <-> structs for the public API; see api.h. Pure and
+ * reentrant: called from HTTP threads, replay and the start-up log replay.
+ */
+#include "hogrec/api.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+hr_status hr_api_id(const json_t *v, const char *field, char *buf, size_t *len, hr_error *err)
+{
+    if (json_is_string(v)) {
+        size_t n = json_string_length(v);
+        if (n == 0 || n > HR_ID_MAX_LEN)
+            return hr_error_set(err, HR_EINVAL, field, "%s must be 1 to %d bytes", field,
+                                HR_ID_MAX_LEN);
+        memcpy(buf, json_string_value(v), n);
+        buf[n] = 0;
+        *len = n;
+        return HR_OK;
+    }
+    if (json_is_integer(v)) {
+        int n = snprintf(buf, HR_ID_MAX_LEN + 1, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        *len = (size_t)n;
+        return HR_OK;
+    }
+    if (!v)
+        return hr_error_set(err, HR_EINVAL, field, "%s is required", field);
+    return hr_error_set(err, HR_EINVAL, field, "%s must be a string or an integer", field);
+}
+
+static hr_status number(const json_t *v, const char *field, double *out, hr_error *err)
+{
+    if (!json_is_number(v))
+        return hr_error_set(err, HR_EINVAL, field, "%s must be a number", field);
+    *out = json_number_value(v);
+    if (!isfinite(*out))
+        return hr_error_set(err, HR_EINVAL, field, "%s must be finite", field);
+    return HR_OK;
+}
+
+static hr_status features(hr_model *m, const json_t *obj, hr_event *ev, hr_error *err)
+{
+    if (!json_is_object(obj))
+        return hr_error_set(err, HR_EINVAL, "features", "features must be an object");
+    if (json_object_size(obj) > HR_MAX_CTX)
+        return hr_error_set(err, HR_EINVAL, "features", "at most %d features", HR_MAX_CTX);
+    const char *key;
+    json_t *val;
+    json_object_foreach((json_t *)obj, key, val) {
+        size_t klen = strlen(key);
+        if (klen == 0 || klen > HR_ID_MAX_LEN)
+            return hr_error_set(err, HR_EINVAL, "features", "feature names must be 1 to %d bytes",
+                                HR_ID_MAX_LEN);
+        hr_feat *f = &ev->ctx[ev->nctx];
+        if (json_is_string(val)) {
+            f->row = hr_model_ctx_row(m, key, klen, json_string_value(val),
+                                      json_string_length(val));
+            f->x = 1.0f;
+        } else if (json_is_number(val)) {
+            double x = json_number_value(val);
+            if (!isfinite(x) || fabs(x) > 1e6)
+                return hr_error_set(err, HR_EINVAL, "features",
+                                    "feature '%s' must be finite and at most 1e6 in size", key);
+            f->row = hr_model_ctx_row(m, key, klen, NULL, 0);
+            f->x = (float)x;
+        } else {
+            return hr_error_set(err, HR_EINVAL, "features",
+                                "feature '%s' must be a string or a number", key);
+        }
+        ev->nctx++;
+    }
+    return HR_OK;
+}
+
+hr_status hr_api_event_from_json(hr_model *m, const json_t *obj, hr_event *ev,
+                                 const json_t **event_id, hr_error *err)
+{
+    memset(ev, 0, sizeof *ev);
+    ev->weight = 1.0f;
+    if (event_id)
+        *event_id = NULL;
+    if (!json_is_object(obj))
+        return hr_error_set(err, HR_EINVAL, "", "an event must be a JSON object");
+    const bool squared = hr_model_get_config(m)->loss == HR_LOSS_SQUARED;
+    const char *key;
+    json_t *val;
+    json_object_foreach((json_t *)obj, key, val) {
+        if (strcmp(key, "user") && strcmp(key, "item") && strcmp(key, "label") &&
+            strcmp(key, "rating") && strcmp(key, "weight") && strcmp(key, "ts") &&
+            strcmp(key, "features") && strcmp(key, "id"))
+            return hr_error_set(err, HR_EINVAL, key, "unknown field '%s'", key);
+    }
+    char id[HR_ID_MAX_LEN + 1];
+    size_t len;
+    hr_status st;
+    const json_t *user = json_object_get(obj, "user"), *item = json_object_get(obj, "item");
+    /* Validate everything before interning, so a bad event creates no ids. */
+    if ((st = hr_api_id(user, "user", id, &len, err)) != HR_OK ||
+        (st = hr_api_id(item, "item", id, &len, err)) != HR_OK)
+        return st;
+    const json_t *label = json_object_get(obj, "label"), *rating = json_object_get(obj, "rating");
+    double d;
+    if (squared) {
+        if (!rating)
+            return hr_error_set(err, HR_EINVAL, "rating", "rating is required by a squared-loss model");
+        if ((st = number(rating, "rating", &d, err)) != HR_OK)
+            return st;
+        ev->label = (float)d;
+        if (label)
+            return hr_error_set(err, HR_EINVAL, "label", "label is for logistic models; send rating");
+    } else {
+        if (rating)
+            return hr_error_set(err, HR_EINVAL, "rating",
+                                "rating needs a squared-loss model; send label 0 or 1");
+        ev->label = 1.0f;
+        if (label) {
+            if (json_is_true(label) || json_is_false(label))
+                d = json_is_true(label);
+            else if ((st = number(label, "label", &d, err)) != HR_OK)
+                return st;
+            if (d != 0 && d != 1)
+                return hr_error_set(err, HR_EINVAL, "label", "label must be 0 or 1");
+            ev->label = (float)d;
+            ev->flags |= HR_EV_EXPLICIT_LABEL;
+        }
+    }
+    const json_t *w = json_object_get(obj, "weight");
+    if (w) {
+        if ((st = number(w, "weight", &d, err)) != HR_OK)
+            return st;
+        if (d < 0 || d > 1e6)
+            return hr_error_set(err, HR_EINVAL, "weight", "weight must be in [0, 1e6]");
+        ev->weight = (float)d;
+    }
+    const json_t *ts = json_object_get(obj, "ts");
+    if (ts) {
+        if ((st = number(ts, "ts", &d, err)) != HR_OK)
+            return st;
+        ev->ts = d;
+    }
+    const json_t *eid = json_object_get(obj, "id");
+    if (eid) {
+        if ((st = hr_api_id(eid, "id", id, &len, err)) != HR_OK)
+            return st;
+        if (event_id)
+            *event_id = eid;
+    }
+    const json_t *feats = json_object_get(obj, "features");
+    if (feats && (st = features(m, feats, ev, err)) != HR_OK)
+        return st;
+    /* Intern last: everything above was valid. */
+    hr_api_id(user, "user", id, &len, NULL);
+    if ((st = hr_model_intern(m, HR_TABLE_USER, id, len, &ev->user, NULL)) != HR_OK)
+        return hr_error_set(err, st, "user", "user table: %s", hr_status_to_string(st));
+    hr_api_id(item, "item", id, &len, NULL);
+    if ((st = hr_model_intern(m, HR_TABLE_ITEM, id, len, &ev->item, NULL)) != HR_OK)
+        return hr_error_set(err, st, "item", "item table: %s", hr_status_to_string(st));
+    return HR_OK;
+}
+
+char *hr_api_event_text(const json_t *obj, size_t *len)
+{
+    char *s = json_dumps(obj, JSON_COMPACT | JSON_SORT_KEYS);
+    if (s && len)
+        *len = strlen(s);
+    return s;
+}

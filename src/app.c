@@ -1,0 +1,100 @@
+/*
+ * app.c - builds a running hogrec from a config and tears it down in order:
+ *   open:  schedule box -> model -> queue -> progress -> persistence (restore)
+ *          -> trainers -> ingest -> persistence start (replay log) -> ready
+ *   close: trainers stop (drain or not) -> final checkpoint -> free all
+ * Called from the main thread.
+ */
+#include "hogrec/app.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "hogrec/persist.h"
+
+hr_status hr_app_open(const hr_config *cfg, hr_app **out, hr_error *err)
+{
+    *out = NULL;
+    hr_app *app = calloc(1, sizeof *app);
+    if (!app)
+        return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
+    app->cfg = *cfg;
+    app->cfg.schedule = cfg->schedule ? json_deep_copy(cfg->schedule) : NULL;
+    app->started = hr_wall_time();
+    hr_status st;
+
+    hr_schedule sched;
+    if (app->cfg.schedule) {
+        if ((st = hr_schedule_from_json(app->cfg.schedule, &sched, err)) != HR_OK)
+            goto fail;
+    } else {
+        hr_schedule_defaults(&sched);
+    }
+    if ((st = hr_schedbox_create(&sched, &app->sched, err)) != HR_OK)
+        goto fail;
+
+    hr_model_config mc;
+    if ((st = hr_model_config_from(&app->cfg, &sched, &mc, err)) != HR_OK)
+        goto fail;
+    if ((st = hr_model_create(&mc, &app->model, err)) != HR_OK)
+        goto fail;
+    if ((st = hr_queue_create((size_t)app->cfg.queue_capacity, &app->queue)) != HR_OK) {
+        hr_error_set(err, st, "queue_capacity", "creating the queue: %s", hr_status_to_string(st));
+        goto fail;
+    }
+    if ((st = hr_progress_create((size_t)app->cfg.progress_window, mc.loss == HR_LOSS_SQUARED,
+                                 &app->progress)) != HR_OK) {
+        hr_error_set(err, st, "progress_window", "%s", hr_status_to_string(st));
+        goto fail;
+    }
+    hr_evlog *log = NULL;
+    if (app->cfg.db[0]) {
+        if ((st = hr_persist_open(app, &app->persist, &log, err)) != HR_OK)
+            goto fail;
+    }
+    hr_trainer_config tc = hr_trainer_config_from(&app->cfg);
+    if ((st = hr_trainer_start(app->model, app->queue, app->sched, app->progress, &tc,
+                               &app->trainer)) != HR_OK) {
+        hr_error_set(err, st, "threads", "starting trainers: %s", hr_status_to_string(st));
+        goto fail;
+    }
+    if ((st = hr_ingest_create(app->queue, app->trainer, log, &app->ingest)) != HR_OK) {
+        hr_error_set(err, st, NULL, "%s", hr_status_to_string(st));
+        goto fail;
+    }
+    if (app->persist && (st = hr_persist_start(app->persist, err)) != HR_OK)
+        goto fail;
+    atomic_store(&app->ready, 1);
+    *out = app;
+    return HR_OK;
+fail:
+    hr_app_close(app, false);
+    return st;
+}
+
+void hr_app_close(hr_app *app, bool drain)
+{
+    if (!app)
+        return;
+    atomic_store(&app->ready, 0);
+    if (app->trainer)
+        hr_trainer_stop(app->trainer, drain, NULL);
+    hr_persist_close(app->persist, app->model != NULL && app->trainer != NULL);
+    hr_ingest_destroy(app->ingest);
+    hr_trainer_destroy(app->trainer);
+    hr_progress_destroy(app->progress);
+    hr_queue_destroy(app->queue);
+    hr_model_destroy(app->model);
+    hr_schedbox_destroy(app->sched);
+    hr_config_free(&app->cfg);
+    free(app);
+}
+
+const char *hr_app_not_ready(hr_app *app)
+{
+    if (!atomic_load(&app->ready))
+        return "loading";
+    if (app->persist)
+        return hr_persist_health(app->persist);
+    return NULL;
+}

@@ -1,0 +1,411 @@
+/*
+ * config.c - the one table of options, and everything that reads it: the
+ * JSON config file, environment variables, command-line flags and --help.
+ *
+ * Called once at start, from the main thread. To add an option: add a field
+ * to hr_config (config.h) and a row to options[] below; nothing else.
+ */
+#include "hogrec/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { OPT_INT, OPT_DOUBLE, OPT_STRING, OPT_JSON } opt_type;
+
+typedef struct {
+    const char *name;    /* JSON key; flag is --name with '_' -> '-' */
+    opt_type type;
+    size_t offset;       /* into hr_config */
+    size_t size;         /* for OPT_STRING: buffer size */
+    double min, max;     /* bounds for numbers */
+    const char *def;     /* default, as text */
+    const char *choices; /* for strings: "a|b|c", or NULL for free text */
+    bool runtime;        /* can change while running */
+    const char *help;
+} opt;
+
+#define OFF(f) offsetof(hr_config, f)
+#define SZ(f) sizeof(((hr_config *)0)->f)
+#define I(n, lo, hi, d, rt, h) {#n, OPT_INT, OFF(n), 0, lo, hi, d, NULL, rt, h}
+#define D(n, lo, hi, d, rt, h) {#n, OPT_DOUBLE, OFF(n), 0, lo, hi, d, NULL, rt, h}
+#define S(n, d, ch, rt, h) {#n, OPT_STRING, OFF(n), SZ(n), 0, 0, d, ch, rt, h}
+
+static const opt options[] = {
+    /* model */
+    I(k, 1, 1024, "32", false, "factor dimension"),
+    S(loss, "logistic", "logistic|squared", false, "logistic (clicks) or squared (ratings)"),
+    S(state, "auto", "auto|sgd|adagrad|ftrl", false,
+      "optimizer state kept per row (auto: what the schedule's optimizer needs)"),
+    D(init_scale, 0, 10, "0.01", false, "standard deviation of initial factors"),
+    I(seed, 0, 9.2e18, "42", false, "seed of initialization, sampling and shuffles"),
+    D(l2_global, 0, 1e6, "0", true, "L2 on the global bias"),
+    D(l2_bias, 0, 1e6, "0.0001", true, "L2 on per-id linear weights"),
+    D(l2_user, 0, 1e6, "0.0005", true, "L2 on user factors"),
+    D(l2_item, 0, 1e6, "0.0005", true, "L2 on item factors"),
+    D(l2_context, 0, 1e6, "0.0005", true, "L2 on context factors"),
+    I(max_users, 16, 2147483647, "16777216", false, "most user ids"),
+    I(max_items, 16, 2147483647, "4194304", false, "most item ids"),
+    I(context_bits, 1, 26, "16", false, "context features hash into 2^bits rows"),
+    I(chunk_rows, 64, 16777216, "65536", false, "rows per storage chunk (power of two)"),
+    I(min_count, 0, 1000000, "0", false, "events before an id gets its own embedding"),
+    D(expire_seconds, 0, 1e9, "0", false, "forget ids unseen this many seconds (0 = never)"),
+    D(grad_clip, 0, 1e9, "100", true, "largest gradient norm per event (0 = no clip)"),
+    D(adagrad_init, 1e-12, 1e6, "0.1", false, "initial AdaGrad accumulator"),
+    D(rating_offset, -1e9, 1e9, "0", false, "squared loss: initial global bias"),
+    {"schedule", OPT_JSON, OFF(schedule), 0, 0, 0, NULL, NULL, true,
+     "learning-rate schedule and optimizer, a JSON object (see README)"},
+    /* trainers and queue */
+    I(threads, 1, 256, "2", false, "trainer threads"),
+    I(batch, 1, 65536, "256", false, "events a trainer takes from the queue at once"),
+    I(queue_capacity, 16, 1 << 28, "262144", false, "events the queue holds"),
+    S(negative_sampling, "auto", "auto|on|off", false,
+      "sample negatives for positive-only streams (auto: until an explicit 0 label arrives)"),
+    I(negatives, 0, 100, "1", false, "sampled negatives per positive"),
+    D(negative_alpha, 0, 2, "0", false, "negatives by popularity^alpha (0 = uniform)"),
+    I(progress_window, 100, 10000000, "10000", false, "events in the progressive-validation window"),
+    /* server */
+    S(bind, "127.0.0.1", NULL, false, "address to listen on"),
+    I(port, 0, 65535, "8080", false, "TCP port (0 = any free port)"),
+    I(http_threads, 1, 256, "2", false, "HTTP worker threads"),
+    S(admin_token, "", NULL, false, "bearer token of the admin routes (empty = admin disabled)"),
+    I(max_body_bytes, 1024, 1 << 30, "8388608", false, "largest request body"),
+    I(max_connections, 1, 100000, "1024", false, "most open connections"),
+    I(per_ip_connections, 0, 100000, "256", false, "most connections per client IP (0 = no limit)"),
+    I(connection_timeout, 1, 86400, "30", false, "idle connection timeout, seconds"),
+    I(memory_limit, 65536, 1 << 30, "262144", false, "memory per connection for headers, bytes"),
+    I(max_batch_events, 1, 1000000, "10000", false, "most events in one POST /v1/events"),
+    D(dedup_window, 0, 1e7, "600", false, "seconds an event id is remembered for de-duplication"),
+    I(history_per_user, 0, 10000, "64", false, "recent items remembered per user (exclude_seen)"),
+    /* persistence */
+    S(db, "hogrec.db", NULL, false, "SQLite file (empty = no persistence)"),
+    D(checkpoint_interval, 0, 1e7, "60", true, "seconds between checkpoints (0 = off)"),
+    I(checkpoint_events, 0, 1e12, "1000000", true, "events between checkpoints (0 = off)"),
+    I(keep_checkpoints, 1, 1000, "3", false, "complete checkpoints kept"),
+    I(full_every, 1, 100000, "10", false, "a full checkpoint after this many incremental ones"),
+    S(durability, "sync", "sync|interval", false,
+      "sync: events synced before the 202; interval: synced every sync_interval_ms"),
+    I(sync_interval_ms, 1, 60000, "100", false, "event-log sync period for durability interval"),
+    S(log_level, "info", "debug|info|warn|error", true, "least severe log level printed"),
+};
+
+static bool choice_ok(const char *choices, const char *v)
+{
+    size_t n = strlen(v);
+    const char *p = choices;
+    while (p && *p) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == n && strncmp(p, v, n) == 0)
+            return true;
+        p = bar ? bar + 1 : NULL;
+    }
+    return false;
+}
+
+static bool fopen_ok(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    fclose(f);
+    return true;
+}
+
+static const opt *find_opt(const char *name, size_t len)
+{
+    for (size_t i = 0; i < HR_ARRAY_LEN(options); i++) {
+        const char *o = options[i].name;
+        if (strlen(o) != len)
+            continue;
+        size_t j = 0;
+        for (; j < len; j++) {
+            char c = name[j] == '-' ? '_' : name[j];
+            if (c != o[j])
+                break;
+        }
+        if (j == len)
+            return &options[i];
+    }
+    return NULL;
+}
+
+static hr_status set_json_opt(hr_config *c, const opt *o, json_t *v, hr_error *err)
+{
+    if (!json_is_object(v)) {
+        json_decref(v);
+        return hr_error_set(err, HR_EINVAL, o->name, "%s must be a JSON object", o->name);
+    }
+    json_t **slot = (json_t **)((char *)c + o->offset);
+    json_decref(*slot);
+    *slot = v; /* taken */
+    return HR_OK;
+}
+
+static hr_status set_opt(hr_config *c, const opt *o, const char *value, hr_error *err)
+{
+    char *base = (char *)c + o->offset;
+    switch (o->type) {
+    case OPT_INT:
+    case OPT_DOUBLE: {
+        errno = 0;
+        char *end = NULL;
+        double d = strtod(value, &end);
+        if (errno || end == value || *end || !isfinite(d))
+            return hr_error_set(err, HR_EINVAL, o->name, "%s: '%s' is not a number", o->name, value);
+        if (o->type == OPT_INT && d != floor(d))
+            return hr_error_set(err, HR_EINVAL, o->name, "%s must be an integer", o->name);
+        if (d < o->min || d > o->max)
+            return hr_error_set(err, HR_EINVAL, o->name, "%s must be in [%g, %g]", o->name,
+                                o->min, o->max);
+        if (o->type == OPT_INT)
+            *(int64_t *)base = (int64_t)d;
+        else
+            *(double *)base = d;
+        return HR_OK;
+    }
+    case OPT_STRING:
+        if (strlen(value) >= o->size)
+            return hr_error_set(err, HR_EINVAL, o->name, "%s is too long", o->name);
+        if (o->choices && !choice_ok(o->choices, value))
+            return hr_error_set(err, HR_EINVAL, o->name, "%s must be one of %s", o->name,
+                                o->choices);
+        memcpy(base, value, strlen(value) + 1);
+        return HR_OK;
+    case OPT_JSON: {
+        json_error_t jerr;
+        json_t *v = json_loads(value, 0, &jerr);
+        if (!v)
+            return hr_error_set(err, HR_EINVAL, o->name, "%s: %s", o->name, jerr.text);
+        return set_json_opt(c, o, v, err);
+    }
+    }
+    return hr_error_set(err, HR_EINVAL, o->name, "bad option type");
+}
+
+void hr_config_defaults(hr_config *c)
+{
+    memset(c, 0, sizeof *c);
+    for (size_t i = 0; i < HR_ARRAY_LEN(options); i++) {
+        if (options[i].def) {
+            hr_status st = set_opt(c, &options[i], options[i].def, NULL);
+            (void)st; /* defaults are valid by construction; test_config checks */
+        }
+    }
+}
+
+void hr_config_free(hr_config *c)
+{
+    if (!c)
+        return;
+    json_decref(c->schedule);
+    c->schedule = NULL;
+}
+
+hr_status hr_config_set(hr_config *c, const char *name, const char *value, hr_error *err)
+{
+    const opt *o = find_opt(name, strlen(name));
+    if (!o)
+        return hr_error_set(err, HR_EINVAL, name, "unknown option '%s'", name);
+    return set_opt(c, o, value, err);
+}
+
+hr_status hr_config_load_file(hr_config *c, const char *path, hr_error *err)
+{
+    json_error_t jerr;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return hr_error_set(err, HR_EINVAL, "config", "%s:%d:%d: %s", path, jerr.line,
+                            jerr.column, jerr.text);
+    hr_status st = HR_OK;
+    if (!json_is_object(root)) {
+        st = hr_error_set(err, HR_EINVAL, "config", "%s: must be a JSON object", path);
+        goto out;
+    }
+    const char *key;
+    json_t *val;
+    json_object_foreach(root, key, val) {
+        if (key[0] == '_') /* "_comment" and friends */
+            continue;
+        const opt *o = find_opt(key, strlen(key));
+        if (!o) {
+            st = hr_error_set(err, HR_EINVAL, key, "%s: unknown option '%s'", path, key);
+            goto out;
+        }
+        if (o->type == OPT_JSON) {
+            st = set_json_opt(c, o, json_incref(val), err);
+        } else if (json_is_string(val)) {
+            st = set_opt(c, o, json_string_value(val), err);
+        } else if (json_is_number(val) && o->type != OPT_STRING) {
+            char buf[64];
+            snprintf(buf, sizeof buf, "%.17g", json_number_value(val));
+            st = set_opt(c, o, buf, err);
+        } else {
+            st = hr_error_set(err, HR_EINVAL, key, "%s: option '%s' has the wrong JSON type",
+                              path, key);
+        }
+        if (st != HR_OK)
+            goto out;
+    }
+out:
+    json_decref(root);
+    return st;
+}
+
+hr_status hr_config_load_env(hr_config *c, hr_error *err)
+{
+    for (size_t i = 0; i < HR_ARRAY_LEN(options); i++) {
+        char var[96] = "HOGREC_";
+        size_t n = strlen(var);
+        for (const char *p = options[i].name; *p && n + 1 < sizeof var; p++)
+            var[n++] = (char)toupper((unsigned char)*p);
+        var[n] = 0;
+        const char *v = getenv(var);
+        if (v) {
+            hr_status st = set_opt(c, &options[i], v, err);
+            if (st != HR_OK)
+                return st;
+        }
+    }
+    return HR_OK;
+}
+
+/* Splits "--name=value" / "--name value"; returns the name length. */
+static size_t flag_name(const char *arg, const char **value)
+{
+    const char *name = arg + 2;
+    const char *eq = strchr(name, '=');
+    *value = eq ? eq + 1 : NULL;
+    return eq ? (size_t)(eq - name) : strlen(name);
+}
+
+static bool same_flag(const char *a, size_t alen, const char *b)
+{
+    if (strlen(b) != alen)
+        return false;
+    for (size_t i = 0; i < alen; i++) {
+        char x = a[i] == '-' ? '_' : a[i], y = b[i] == '-' ? '_' : b[i];
+        if (x != y)
+            return false;
+    }
+    return true;
+}
+
+hr_status hr_config_from_args(hr_config *c, int argc, char **argv, const char *config_default,
+                              hr_extra_flag *extra, int nextra, const char **positional,
+                              int max_positional, int *npositional, bool *help, hr_error *err)
+{
+    hr_config_defaults(c);
+    *help = false;
+    *npositional = 0;
+    /* First pass: --config and --help, so the file applies before flags. */
+    const char *file = NULL;
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        if (strncmp(argv[i], "--", 2) != 0)
+            continue;
+        size_t n = flag_name(argv[i], &v);
+        if (same_flag(argv[i] + 2, n, "help") || strcmp(argv[i], "-h") == 0) {
+            *help = true;
+            return HR_OK;
+        }
+        if (same_flag(argv[i] + 2, n, "config")) {
+            if (!v && i + 1 >= argc)
+                return hr_error_set(err, HR_EINVAL, "config", "--config needs a file");
+            file = v ? v : argv[i + 1];
+        }
+    }
+    hr_status st;
+    if (file || (config_default && fopen_ok(config_default))) {
+        st = hr_config_load_file(c, file ? file : config_default, err);
+        if (st != HR_OK)
+            return st;
+    }
+    if ((st = hr_config_load_env(c, err)) != HR_OK)
+        return st;
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strncmp(arg, "--", 2) != 0 || arg[2] == 0) {
+            if (*npositional >= max_positional)
+                return hr_error_set(err, HR_EINVAL, arg, "unexpected argument '%s'", arg);
+            positional[(*npositional)++] = arg;
+            continue;
+        }
+        const char *v;
+        size_t n = flag_name(arg, &v);
+        if (!v) {
+            if (i + 1 >= argc)
+                return hr_error_set(err, HR_EINVAL, arg + 2, "%s needs a value", arg);
+            v = argv[++i];
+        }
+        if (same_flag(arg + 2, n, "config"))
+            continue;
+        hr_extra_flag *x = NULL;
+        for (int j = 0; j < nextra; j++)
+            if (same_flag(arg + 2, n, extra[j].name))
+                x = &extra[j];
+        if (x) {
+            x->value = v;
+            continue;
+        }
+        const opt *o = find_opt(arg + 2, n);
+        if (!o)
+            return hr_error_set(err, HR_EINVAL, arg + 2, "unknown option '%.*s' (see --help)",
+                                (int)n, arg + 2);
+        if ((st = set_opt(c, o, v, err)) != HR_OK)
+            return st;
+    }
+    return HR_OK;
+}
+
+void hr_config_print_help(FILE *out, const hr_extra_flag *extra, int nextra)
+{
+    fprintf(out, "Options (also as JSON keys in the --config file, and as HOGREC_<NAME>\n"
+                 "environment variables; flags override the environment, which overrides\n"
+                 "the file):\n");
+    fprintf(out, "  %-26s %s\n", "--config FILE", "JSON config file");
+    for (size_t i = 0; i < HR_ARRAY_LEN(options); i++) {
+        const opt *o = &options[i];
+        char flag[64];
+        snprintf(flag, sizeof flag, "--%s", o->name);
+        for (char *p = flag + 2; *p; p++)
+            if (*p == '_')
+                *p = '-';
+        fprintf(out, "  %-26s %s%s (default: %s)\n", flag, o->help,
+                o->runtime ? " [runtime]" : "", o->def ? (*o->def ? o->def : "\"\"") : "built-in");
+    }
+    for (int j = 0; j < nextra; j++) {
+        char flag[64];
+        snprintf(flag, sizeof flag, "--%s", extra[j].name);
+        fprintf(out, "  %-26s %s\n", flag, extra[j].help);
+    }
+}
+
+json_t *hr_config_to_json(const hr_config *c)
+{
+    json_t *o = json_object();
+    for (size_t i = 0; i < HR_ARRAY_LEN(options); i++) {
+        const opt *op = &options[i];
+        const char *base = (const char *)c + op->offset;
+        json_t *v = NULL;
+        switch (op->type) {
+        case OPT_INT: v = json_integer(*(const int64_t *)base); break;
+        case OPT_DOUBLE: v = json_real(*(const double *)base); break;
+        case OPT_STRING:
+            v = strcmp(op->name, "admin_token") == 0
+                    ? json_string(*base ? "(set)" : "")
+                    : json_string(base);
+            break;
+        case OPT_JSON: {
+            json_t *const *j = (json_t *const *)base;
+            v = *j ? json_deep_copy(*j) : json_null();
+            break;
+        }
+        }
+        json_object_set_new(o, op->name, v);
+    }
+    return o;
+}

@@ -1,0 +1,463 @@
+/*
+ * model.c - parameter storage and id tables of the factorization machine.
+ *
+ * Each table is an array of chunk pointers; a chunk holds chunk_rows rows of
+ * `stride` floats and is allocated once, the first time a row in it is handed
+ * out, and never moved or freed before the model is. Chunk pointers are
+ * atomics published with release stores, so any thread that got a row number
+ * from the id table (whose publication happens after the chunk's) can use it.
+ *
+ * Row contents are only touched through sgd.c (see the race note there).
+ * Dirty marks are one atomic byte per row, beside the chunk.
+ *
+ * Threads: hr_model_intern from HTTP/replay threads; lookups, rows and
+ * predictions from any thread; expiry from the trainer pool's maintenance.
+ */
+#include "hogrec/model.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hogrec/ids.h"
+#include "hogrec/sgd.h"
+
+/* last_seen counts seconds from 2020-01-01T00:00:00Z (fits uint32 to 2156). */
+#define HR_MODEL_EPOCH 1577836800.0
+
+typedef struct {
+    hr_ids *ids;                    /* NULL for the global and context tables */
+    uint32_t max_rows;              /* hard limit */
+    uint32_t nchunks;               /* entries in chunks[] */
+    _Atomic(float *) *chunks;       /* chunk -> rows, NULL until allocated */
+    _Atomic(atomic_uchar *) *dirty; /* chunk -> one mark per row */
+    pthread_mutex_t grow;           /* serializes chunk allocation */
+    atomic_uint_fast64_t nalloc;    /* chunks allocated */
+} table;
+
+struct hr_model {
+    hr_model_config cfg;
+    hr_row_layout L;
+    uint32_t chunk_shift;
+    table t[HR_TABLE_COUNT];
+    atomic_uint_fast64_t expired;   /* ids removed by expiry */
+};
+
+typedef struct {
+    hr_model *m;
+    hr_table_id t;
+} init_ctx;
+
+static hr_row_layout make_layout(uint32_t k, hr_state_kind st)
+{
+    hr_row_layout L = {0};
+    L.k = k;
+    L.bias = k;
+    uint32_t at = k + 1;
+    if (st != HR_STATE_SGD) {
+        L.acc = at;
+        at += k + 1;
+    }
+    if (st == HR_STATE_FTRL) {
+        L.ftrl = at;
+        at += 2;
+    }
+    L.count = at++;
+    L.last_seen = at++;
+    L.stride = (at + 3) & ~3u;
+    return L;
+}
+
+hr_status hr_model_config_from(const hr_config *c, const hr_schedule *s, hr_model_config *out,
+                               hr_error *err)
+{
+    memset(out, 0, sizeof *out);
+    out->k = (uint32_t)c->k;
+    out->loss = strcmp(c->loss, "squared") == 0 ? HR_LOSS_SQUARED : HR_LOSS_LOGISTIC;
+    if (strcmp(c->state, "auto") == 0)
+        out->state = s->optimizer == HR_OPT_SGD       ? HR_STATE_SGD
+                     : s->optimizer == HR_OPT_ADAGRAD ? HR_STATE_ADAGRAD
+                                                      : HR_STATE_FTRL;
+    else
+        out->state = strcmp(c->state, "sgd") == 0       ? HR_STATE_SGD
+                     : strcmp(c->state, "adagrad") == 0 ? HR_STATE_ADAGRAD
+                                                        : HR_STATE_FTRL;
+    out->init_scale = (float)c->init_scale;
+    out->seed = (uint64_t)c->seed;
+    out->l2[HR_GROUP_GLOBAL] = c->l2_global;
+    out->l2[HR_GROUP_BIAS] = c->l2_bias;
+    out->l2[HR_GROUP_USER] = c->l2_user;
+    out->l2[HR_GROUP_ITEM] = c->l2_item;
+    out->l2[HR_GROUP_CONTEXT] = c->l2_context;
+    out->max_rows[HR_TABLE_GLOBAL] = 1;
+    out->max_rows[HR_TABLE_USER] = (uint32_t)c->max_users + 1;
+    out->max_rows[HR_TABLE_ITEM] = (uint32_t)c->max_items + 1;
+    out->max_rows[HR_TABLE_CTX] = 1u << c->context_bits;
+    out->chunk_rows = (uint32_t)c->chunk_rows;
+    out->min_count = (uint32_t)c->min_count;
+    out->expire_seconds = c->expire_seconds;
+    out->grad_clip = c->grad_clip;
+    out->adagrad_init = (float)c->adagrad_init;
+    out->rating_offset = (float)c->rating_offset;
+    if (out->chunk_rows & (out->chunk_rows - 1))
+        return hr_error_set(err, HR_EINVAL, "chunk_rows", "chunk_rows must be a power of two");
+    hr_state_kind need = s->optimizer == HR_OPT_SGD       ? HR_STATE_SGD
+                         : s->optimizer == HR_OPT_ADAGRAD ? HR_STATE_ADAGRAD
+                                                          : HR_STATE_FTRL;
+    if (need > out->state)
+        return hr_error_set(err, HR_EINVAL, "state",
+                            "state '%s' keeps no optimizer state for optimizer '%s'", c->state,
+                            hr_optimizer_to_string(s->optimizer));
+    return HR_OK;
+}
+
+/* Fills a fresh row: seeded factors (the same for a given seed, table and
+ * row whatever the thread order), zero bias, initial accumulators. */
+static void init_row(const hr_model *m, hr_table_id t, uint32_t row, float *dst)
+{
+    const hr_row_layout *L = &m->L;
+    memset(dst, 0, (size_t)L->stride * sizeof(float));
+    hr_rng rng;
+    hr_rng_seed(&rng, m->cfg.seed ^ ((uint64_t)t << 56) ^ ((uint64_t)row * 0x9e3779b97f4a7c15ull));
+    if (t != HR_TABLE_GLOBAL)
+        for (uint32_t d = 0; d < L->k; d++)
+            dst[d] = (float)(hr_rng_normal(&rng) * m->cfg.init_scale);
+    if (t == HR_TABLE_GLOBAL && m->cfg.loss == HR_LOSS_SQUARED)
+        dst[L->bias] = m->cfg.rating_offset;
+    if (L->acc)
+        for (uint32_t d = 0; d <= L->k; d++)
+            dst[L->acc + d] = m->cfg.adagrad_init;
+    uint32_t now = hr_model_clock(m);
+    memcpy(dst + L->last_seen, &now, sizeof now);
+}
+
+static hr_status ensure_chunk(hr_model *m, table *tb, uint32_t row)
+{
+    uint32_t c = row >> m->chunk_shift;
+    if (c >= tb->nchunks)
+        return HR_EFULL;
+    if (atomic_load_explicit(&tb->chunks[c], memory_order_acquire))
+        return HR_OK;
+    hr_status st = HR_OK;
+    pthread_mutex_lock(&tb->grow);
+    if (!atomic_load_explicit(&tb->chunks[c], memory_order_relaxed)) {
+        size_t bytes = (size_t)m->cfg.chunk_rows * m->L.stride * sizeof(float);
+        float *rows = NULL;
+        atomic_uchar *marks = calloc(m->cfg.chunk_rows, sizeof *marks);
+        if (posix_memalign((void **)&rows, 64, bytes) != 0)
+            rows = NULL;
+        if (!rows || !marks) {
+            free(rows);
+            free(marks);
+            st = HR_ENOMEM;
+        } else {
+            memset(rows, 0, bytes);
+            atomic_store_explicit(&tb->dirty[c], marks, memory_order_release);
+            atomic_store_explicit(&tb->chunks[c], rows, memory_order_release);
+            atomic_fetch_add(&tb->nalloc, 1);
+        }
+    }
+    pthread_mutex_unlock(&tb->grow);
+    return st;
+}
+
+/* Runs under the id table's insert lock, before the id is visible. */
+static hr_status on_new_row(void *ctx, uint32_t row)
+{
+    init_ctx *ic = ctx;
+    table *tb = &ic->m->t[ic->t];
+    hr_status st = ensure_chunk(ic->m, tb, row);
+    if (st != HR_OK)
+        return st;
+    float fresh[ic->m->L.stride];
+    init_row(ic->m, ic->t, row, fresh);
+    hr_sgd_row_write(&ic->m->L, hr_model_row(ic->m, ic->t, row), fresh);
+    hr_model_mark_dirty(ic->m, ic->t, row);
+    return HR_OK;
+}
+
+static void table_free(table *tb)
+{
+    for (uint32_t c = 0; c < tb->nchunks; c++) {
+        free(atomic_load(&tb->chunks[c]));
+        free(atomic_load(&tb->dirty[c]));
+    }
+    free(tb->chunks);
+    free(tb->dirty);
+    hr_ids_destroy(tb->ids);
+    pthread_mutex_destroy(&tb->grow);
+}
+
+void hr_model_destroy(hr_model *m)
+{
+    if (!m)
+        return;
+    for (int t = 0; t < HR_TABLE_COUNT; t++)
+        table_free(&m->t[t]);
+    free(m);
+}
+
+hr_status hr_model_create(const hr_model_config *mc, hr_model **out, hr_error *err)
+{
+    *out = NULL;
+    if (mc->k < 1 || mc->k > 1024)
+        return hr_error_set(err, HR_EINVAL, "k", "k must be in [1, 1024]");
+    if (mc->chunk_rows < 1 || (mc->chunk_rows & (mc->chunk_rows - 1)))
+        return hr_error_set(err, HR_EINVAL, "chunk_rows", "chunk_rows must be a power of two");
+    hr_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
+    m->cfg = *mc;
+    m->L = make_layout(mc->k, mc->state);
+    while ((1u << m->chunk_shift) < mc->chunk_rows)
+        m->chunk_shift++;
+    hr_status st = HR_OK;
+    for (int t = 0; t < HR_TABLE_COUNT; t++) {
+        table *tb = &m->t[t];
+        pthread_mutex_init(&tb->grow, NULL);
+        tb->max_rows = mc->max_rows[t];
+        if (tb->max_rows < 1)
+            tb->max_rows = 1;
+        tb->nchunks = (uint32_t)(((uint64_t)tb->max_rows + mc->chunk_rows - 1) >> m->chunk_shift);
+        tb->chunks = calloc(tb->nchunks, sizeof *tb->chunks);
+        tb->dirty = calloc(tb->nchunks, sizeof *tb->dirty);
+        if (!tb->chunks || !tb->dirty) {
+            st = hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
+            goto fail;
+        }
+        if (t == HR_TABLE_USER || t == HR_TABLE_ITEM) {
+            st = hr_ids_create(1, tb->max_rows, &tb->ids);
+            if (st != HR_OK) {
+                hr_error_set(err, st, NULL, "id table: %s", hr_status_to_string(st));
+                goto fail;
+            }
+        }
+    }
+    /* Row 0 of every table, and every context row, exist from the start. */
+    for (int t = 0; t < HR_TABLE_COUNT; t++) {
+        uint32_t n = t == HR_TABLE_CTX ? m->t[t].max_rows : 1;
+        init_ctx ic = {m, (hr_table_id)t};
+        for (uint32_t r = 0; r < n; r++) {
+            if ((st = on_new_row(&ic, r)) != HR_OK) {
+                hr_error_set(err, st, NULL, "allocating rows: %s", hr_status_to_string(st));
+                goto fail;
+            }
+        }
+    }
+    *out = m;
+    return HR_OK;
+fail:
+    hr_model_destroy(m);
+    return st;
+}
+
+const hr_model_config *hr_model_get_config(const hr_model *m) { return &m->cfg; }
+const hr_row_layout *hr_model_layout(const hr_model *m) { return &m->L; }
+
+bool hr_model_supports(const hr_model *m, hr_optimizer opt)
+{
+    switch (opt) {
+    case HR_OPT_SGD: return true;
+    case HR_OPT_ADAGRAD: return m->L.acc != 0;
+    case HR_OPT_FTRL: return m->L.acc != 0 && m->L.ftrl != 0;
+    default: return false;
+    }
+}
+
+static bool has_ids(hr_table_id t) { return t == HR_TABLE_USER || t == HR_TABLE_ITEM; }
+
+hr_status hr_model_intern(hr_model *m, hr_table_id t, const char *id, size_t len, uint32_t *row,
+                          bool *created)
+{
+    if (!has_ids(t))
+        return HR_EINVAL;
+    uint32_t r = hr_ids_lookup(m->t[t].ids, id, len);
+    if (r != HR_ID_NONE) {
+        *row = r;
+        if (created)
+            *created = false;
+        return HR_OK;
+    }
+    init_ctx ic = {m, t};
+    return hr_ids_intern(m->t[t].ids, id, len, on_new_row, &ic, row, created);
+}
+
+uint32_t hr_model_lookup(const hr_model *m, hr_table_id t, const char *id, size_t len)
+{
+    if (!has_ids(t) || len == 0 || len > HR_ID_MAX_LEN)
+        return HR_ID_NONE;
+    return hr_ids_lookup(m->t[t].ids, id, len);
+}
+
+const char *hr_model_key(const hr_model *m, hr_table_id t, uint32_t row, size_t *len)
+{
+    if (!has_ids(t))
+        return NULL;
+    return hr_ids_key(m->t[t].ids, row, len);
+}
+
+hr_status hr_model_insert_id_at(hr_model *m, hr_table_id t, const char *id, size_t len,
+                                uint32_t row)
+{
+    if (!has_ids(t) || row == 0)
+        return HR_EINVAL;
+    hr_status st = ensure_chunk(m, &m->t[t], row);
+    if (st != HR_OK)
+        return st;
+    return hr_ids_insert_at(m->t[t].ids, id, len, row);
+}
+
+uint32_t hr_model_id_count(const hr_model *m, hr_table_id t)
+{
+    return has_ids(t) ? hr_ids_count(m->t[t].ids) : 0;
+}
+
+uint32_t hr_model_rows(const hr_model *m, hr_table_id t)
+{
+    if (has_ids(t))
+        return hr_ids_high_water(m->t[t].ids);
+    return m->t[t].max_rows;
+}
+
+uint32_t hr_model_ctx_row(const hr_model *m, const char *field, size_t flen, const char *value,
+                          size_t vlen)
+{
+    uint64_t h = hr_hash64(field, flen, m->cfg.seed ^ 0xc0ffee);
+    if (value)
+        h = hr_hash64(value, vlen, h);
+    return (uint32_t)(h & (m->t[HR_TABLE_CTX].max_rows - 1));
+}
+
+float *hr_model_row(const hr_model *m, hr_table_id t, uint32_t row)
+{
+    const table *tb = &m->t[t];
+    float *chunk = atomic_load_explicit(&tb->chunks[row >> m->chunk_shift], memory_order_acquire);
+    return chunk + (size_t)(row & (m->cfg.chunk_rows - 1)) * m->L.stride;
+}
+
+uint32_t hr_model_effective_row(const hr_model *m, hr_table_id t, uint32_t row)
+{
+    if (row == 0 || m->cfg.min_count == 0 || !has_ids(t))
+        return row;
+    return hr_sgd_row_count(&m->L, hr_model_row(m, t, row)) >= m->cfg.min_count ? row : 0;
+}
+
+static atomic_uchar *mark(const hr_model *m, hr_table_id t, uint32_t row)
+{
+    atomic_uchar *marks =
+        atomic_load_explicit(&m->t[t].dirty[row >> m->chunk_shift], memory_order_acquire);
+    return marks + (row & (m->cfg.chunk_rows - 1));
+}
+
+void hr_model_mark_dirty(hr_model *m, hr_table_id t, uint32_t row)
+{
+    atomic_uchar *d = mark(m, t, row);
+    if (!atomic_load_explicit(d, memory_order_relaxed))
+        atomic_store_explicit(d, 1, memory_order_relaxed);
+}
+
+bool hr_model_take_dirty(hr_model *m, hr_table_id t, uint32_t row)
+{
+    return atomic_exchange_explicit(mark(m, t, row), 0, memory_order_acq_rel) != 0;
+}
+
+uint64_t hr_model_count_dirty(const hr_model *m, hr_table_id t)
+{
+    uint64_t n = 0, rows = hr_model_rows(m, t);
+    for (uint32_t r = 0; r < rows; r++)
+        if (atomic_load_explicit(&m->t[t].chunks[r >> m->chunk_shift], memory_order_acquire) &&
+            atomic_load_explicit(mark(m, t, r), memory_order_relaxed))
+            n++;
+    return n;
+}
+
+const float *hr_model_item_block(const hr_model *m, uint32_t b, uint32_t *nrows, uint32_t *lda)
+{
+    const table *tb = &m->t[HR_TABLE_ITEM];
+    uint32_t rows = hr_model_rows(m, HR_TABLE_ITEM);
+    uint64_t first = (uint64_t)b << m->chunk_shift;
+    if (b >= tb->nchunks || first >= rows)
+        return NULL;
+    float *chunk = atomic_load_explicit(&tb->chunks[b], memory_order_acquire);
+    if (!chunk)
+        return NULL;
+    uint64_t n = rows - first;
+    *nrows = (uint32_t)(n < m->cfg.chunk_rows ? n : m->cfg.chunk_rows);
+    *lda = m->L.stride;
+    return chunk;
+}
+
+uint32_t hr_model_clock(const hr_model *m)
+{
+    (void)m;
+    double s = hr_wall_time() - HR_MODEL_EPOCH;
+    return s <= 0 ? 0 : (uint32_t)s;
+}
+
+uint64_t hr_model_expire(hr_model *m, uint32_t now)
+{
+    if (m->cfg.expire_seconds <= 0)
+        return 0;
+    uint64_t removed = 0;
+    for (int t = HR_TABLE_USER; t <= HR_TABLE_ITEM; t++) {
+        uint32_t rows = hr_model_rows(m, (hr_table_id)t);
+        for (uint32_t r = 1; r < rows; r++) {
+            size_t len;
+            if (!hr_ids_key(m->t[t].ids, r, &len))
+                continue;
+            uint32_t seen = hr_sgd_row_last_seen(&m->L, hr_model_row(m, (hr_table_id)t, r));
+            if ((double)now - (double)seen >= m->cfg.expire_seconds &&
+                hr_ids_remove(m->t[t].ids, r) == HR_OK)
+                removed++;
+        }
+    }
+    atomic_fetch_add(&m->expired, removed);
+    return removed;
+}
+
+uint64_t hr_model_expired_total(const hr_model *m)
+{
+    return atomic_load(&((hr_model *)m)->expired);
+}
+
+size_t hr_model_bytes(const hr_model *m)
+{
+    size_t total = sizeof *m;
+    for (int t = 0; t < HR_TABLE_COUNT; t++) {
+        const table *tb = &m->t[t];
+        uint64_t nalloc = atomic_load(&((table *)tb)->nalloc);
+        total += nalloc * m->cfg.chunk_rows * (m->L.stride * sizeof(float) + 1);
+        total += tb->nchunks * 2 * sizeof(void *);
+        if (tb->ids)
+            total += hr_ids_bytes(tb->ids);
+    }
+    return total;
+}
+
+int hr_model_active(const hr_model *m, const hr_event *ev, hr_active *out)
+{
+    int n = 0;
+    out[n++] = (hr_active){hr_model_row(m, HR_TABLE_GLOBAL, 0), 1.0f, HR_GROUP_GLOBAL, 0};
+    out[n++] = (hr_active){hr_model_row(m, HR_TABLE_USER, hr_model_effective_row(m, HR_TABLE_USER, ev->user)),
+                           1.0f, HR_GROUP_USER, 1};
+    out[n++] = (hr_active){hr_model_row(m, HR_TABLE_ITEM, hr_model_effective_row(m, HR_TABLE_ITEM, ev->item)),
+                           1.0f, HR_GROUP_ITEM, 1};
+    for (int i = 0; i < ev->nctx && i < HR_MAX_CTX; i++)
+        out[n++] = (hr_active){hr_model_row(m, HR_TABLE_CTX, ev->ctx[i].row), ev->ctx[i].x,
+                               HR_GROUP_CONTEXT, 1};
+    return n;
+}
+
+double hr_model_link(const hr_model *m, double y)
+{
+    return m->cfg.loss == HR_LOSS_SQUARED ? y : 1.0 / (1.0 + exp(-y));
+}
+
+double hr_model_predict(const hr_model *m, const hr_event *ev)
+{
+    hr_active a[HR_MAX_ACTIVE];
+    int n = hr_model_active(m, ev, a);
+    return hr_model_link(m, hr_sgd_score(&m->L, a, n));
+}

@@ -1,0 +1,246 @@
+/*
+ * sgd.c - the update kernel, and the only code that touches embedding rows
+ * concurrently.
+ *
+ * DESIGN - the deliberate race (Hogwild, Niu et al. 2011). Trainer threads
+ * read and write rows with plain loads and stores and no lock, while query
+ * threads read them. Two trainers updating the same row may lose one of
+ * the two increments of a coordinate, and a reader may see a row half
+ * before and half after an update. For sparse SGD this costs nothing
+ * measurable in quality (each update touches a few rows of millions) and
+ * removes all synchronization from the hot path. What it cannot do:
+ *   - tear a float: aligned 4-byte loads and stores are atomic on the
+ *     machines we build for, so every coordinate read is a value that was
+ *     written;
+ *   - write a NaN or Inf: every written value is checked first;
+ *   - move a row: rows live in chunks that are never reallocated.
+ * ThreadSanitizer reports these accesses as races; tests/tsan.supp
+ * suppresses reports in this file, and only this file, so everything else
+ * stays checked. Keep every racy access to row contents in here.
+ *
+ * Called from: trainer threads (hr_sgd_step, hr_sgd_touch), HTTP threads
+ * (hr_sgd_score, hr_sgd_block_scores_ref), the checkpoint thread
+ * (hr_sgd_row_read/write).
+ */
+#include "hogrec/sgd.h"
+
+#include <math.h>
+#include <string.h>
+
+static inline uint32_t load_u32(const float *row, uint32_t at)
+{
+    uint32_t v;
+    memcpy(&v, row + at, sizeof v);
+    return v;
+}
+
+static inline void store_u32(float *row, uint32_t at, uint32_t v)
+{
+    memcpy(row + at, &v, sizeof v);
+}
+
+/* s[d] = sum_f v_fd x_f; returns sum_f w_f x_f + 0.5 sum_d (s_d^2 - sum_f v_fd^2 x_f^2). */
+static double score_into(const hr_row_layout *L, const hr_active *a, int n, float *s)
+{
+    const uint32_t k = L->k;
+    double lin = 0, sq = 0;
+    for (uint32_t d = 0; d < k; d++)
+        s[d] = 0;
+    for (int f = 0; f < n; f++) {
+        const float *r = a[f].row;
+        const float x = a[f].x;
+        lin += (double)r[L->bias] * x;
+        if (!a[f].has_v)
+            continue;
+        float q = 0;
+        for (uint32_t d = 0; d < k; d++) {
+            float vx = r[d] * x;
+            s[d] += vx;
+            q += vx * vx;
+        }
+        sq += q;
+    }
+    float ss = 0;
+    for (uint32_t d = 0; d < k; d++)
+        ss += s[d] * s[d];
+    return lin + 0.5 * ((double)ss - sq);
+}
+
+double hr_sgd_score(const hr_row_layout *L, const hr_active *a, int n)
+{
+    float s[L->k];
+    return score_into(L, a, n, s);
+}
+
+static inline double link(hr_loss loss, double y)
+{
+    if (loss == HR_LOSS_SQUARED)
+        return y;
+    return 1.0 / (1.0 + exp(-y));
+}
+
+/* One coordinate of FTRL-Proximal (McMahan et al. 2013) on a linear weight.
+ * alpha is the learning rate; z and n are the per-coordinate state. */
+static inline float ftrl_weight(float z, float nacc, float alpha, float beta, float l1, float l2)
+{
+    if (fabsf(z) <= l1)
+        return 0.0f;
+    float sign = z < 0 ? -1.0f : 1.0f;
+    return -(z - sign * l1) / ((beta + sqrtf(nacc)) / alpha + l2);
+}
+
+hr_step_result hr_sgd_step(const hr_row_layout *L, const hr_active *a, int n, float label,
+                           float weight, const hr_step_params *p, double *y_before)
+{
+    const uint32_t k = L->k;
+    float s[k];
+    double y = score_into(L, a, n, s);
+    *y_before = y;
+    double pred = link(p->loss, y);
+    double g = weight * (pred - label); /* dLoss/dy for both losses */
+    if (!isfinite(y) || !isfinite(g))
+        return HR_STEP_SKIPPED_NONFINITE;
+    if (g == 0)
+        return HR_STEP_APPLIED;
+
+    hr_step_result result = HR_STEP_APPLIED;
+    if (p->clip > 0) {
+        /* |grad|^2 = g^2 * (sum_f x_f^2 + sum_f sum_d (x_f (s_d - v_fd x_f))^2) */
+        double norm2 = 0;
+        for (int f = 0; f < n; f++) {
+            const float x = a[f].x;
+            norm2 += (double)x * x;
+            if (!a[f].has_v)
+                continue;
+            const float *r = a[f].row;
+            float q = 0;
+            for (uint32_t d = 0; d < k; d++) {
+                float t = x * (s[d] - r[d] * x);
+                q += t * t;
+            }
+            norm2 += q;
+        }
+        double norm = fabs(g) * sqrt(norm2);
+        if (!isfinite(norm))
+            return HR_STEP_SKIPPED_NONFINITE;
+        if (norm > p->clip) {
+            g *= p->clip / norm;
+            result = HR_STEP_CLIPPED;
+        }
+    }
+
+    const float gf = (float)g;
+    int nonfinite = 0;
+    for (int f = 0; f < n; f++) {
+        float *r = a[f].row;
+        const float x = a[f].x;
+        if (x == 0)
+            continue;
+        /* linear weight */
+        const hr_group bg = a[f].has_v ? HR_GROUP_BIAS : HR_GROUP_GLOBAL;
+        const float rate_b = p->rate[bg], l2_b = p->l2[bg];
+        float gb = gf * x;
+        float wb = r[L->bias];
+        float nw;
+        if (p->opt == HR_OPT_FTRL && L->ftrl) {
+            float z = r[L->ftrl], na = r[L->ftrl + 1];
+            float nn = na + gb * gb;
+            float sigma = (sqrtf(nn) - sqrtf(na)) / rate_b;
+            float nz = z + gb - sigma * wb;
+            nw = ftrl_weight(nz, nn, rate_b, p->ftrl_beta, p->ftrl_l1, l2_b);
+            if (isfinite(nz) && isfinite(nn) && isfinite(nw)) {
+                r[L->ftrl] = nz;
+                r[L->ftrl + 1] = nn;
+                r[L->bias] = nw;
+            } else {
+                nonfinite++;
+            }
+        } else if (p->opt != HR_OPT_SGD && L->acc) {
+            float gr = gb + l2_b * wb;
+            float G = r[L->acc + k] + gr * gr;
+            nw = wb - rate_b * gr / sqrtf(G);
+            if (isfinite(G) && isfinite(nw)) {
+                r[L->acc + k] = G;
+                r[L->bias] = nw;
+            } else {
+                nonfinite++;
+            }
+        } else {
+            nw = wb - rate_b * (gb + l2_b * wb);
+            if (isfinite(nw))
+                r[L->bias] = nw;
+            else
+                nonfinite++;
+        }
+        if (!a[f].has_v)
+            continue;
+        /* factors: dy/dv_fd = x (s_d - v_fd x) */
+        const float rate_v = p->rate[a[f].group], l2_v = p->l2[a[f].group];
+        if (p->opt != HR_OPT_SGD && L->acc) {
+            float *acc = r + L->acc;
+            for (uint32_t d = 0; d < k; d++) {
+                float v = r[d];
+                float gr = gf * x * (s[d] - v * x) + l2_v * v;
+                float G = acc[d] + gr * gr;
+                float nv = v - rate_v * gr / sqrtf(G);
+                if (isfinite(nv) && isfinite(G)) {
+                    acc[d] = G;
+                    r[d] = nv;
+                } else {
+                    nonfinite++;
+                }
+            }
+        } else {
+            for (uint32_t d = 0; d < k; d++) {
+                float v = r[d];
+                float nv = v - rate_v * (gf * x * (s[d] - v * x) + l2_v * v);
+                if (isfinite(nv))
+                    r[d] = nv;
+                else
+                    nonfinite++;
+            }
+        }
+    }
+    return nonfinite ? HR_STEP_SKIPPED_NONFINITE : result;
+}
+
+void hr_sgd_touch(const hr_row_layout *L, float *row, uint32_t now)
+{
+    uint32_t c = load_u32(row, L->count);
+    if (c != UINT32_MAX)
+        store_u32(row, L->count, c + 1);
+    if (load_u32(row, L->last_seen) != now)
+        store_u32(row, L->last_seen, now);
+}
+
+uint32_t hr_sgd_row_count(const hr_row_layout *L, const float *row)
+{
+    return load_u32(row, L->count);
+}
+
+uint32_t hr_sgd_row_last_seen(const hr_row_layout *L, const float *row)
+{
+    return load_u32(row, L->last_seen);
+}
+
+void hr_sgd_row_read(const hr_row_layout *L, const float *row, float *dst)
+{
+    memcpy(dst, row, (size_t)L->stride * sizeof(float));
+}
+
+void hr_sgd_row_write(const hr_row_layout *L, float *row, const float *src)
+{
+    memcpy(row, src, (size_t)L->stride * sizeof(float));
+}
+
+void hr_sgd_block_scores_ref(const hr_row_layout *L, const float *block, uint32_t nrows,
+                             uint32_t lda, const float *q, float *out)
+{
+    for (uint32_t i = 0; i < nrows; i++) {
+        const float *r = block + (size_t)i * lda;
+        double acc = r[L->bias];
+        for (uint32_t d = 0; d < L->k; d++)
+            acc += (double)q[d] * r[d];
+        out[i] = (float)acc;
+    }
+}

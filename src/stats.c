@@ -1,0 +1,207 @@
+/*
+ * stats.c - progressive-validation window and log2 histograms.
+ * Writers: trainer threads (a batch per lock). Readers: HTTP stats, replay.
+ */
+#include "hogrec/stats.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct hr_progress {
+    pthread_mutex_t mu;
+    hr_progress_point *ring; /* window points, oldest overwritten */
+    size_t window;           /* ring capacity */
+    size_t head;             /* next write position */
+    uint64_t total;          /* points ever added */
+    double loss_sum;         /* sum of losses ever */
+    int squared;             /* squared loss instead of logistic */
+};
+
+double hr_logloss(double p, double label)
+{
+    const double eps = 1e-7;
+    if (p < eps)
+        p = eps;
+    if (p > 1 - eps)
+        p = 1 - eps;
+    return -(label * log(p) + (1 - label) * log(1 - p));
+}
+
+static double point_loss(const hr_progress *p, const hr_progress_point *x)
+{
+    if (p->squared) {
+        double e = (double)x->pred - x->label;
+        return e * e;
+    }
+    return hr_logloss(x->pred, x->label);
+}
+
+hr_status hr_progress_create(size_t window, int squared, hr_progress **out)
+{
+    *out = NULL;
+    if (window < 1)
+        return HR_EINVAL;
+    hr_progress *p = calloc(1, sizeof *p);
+    if (!p)
+        return HR_ENOMEM;
+    p->ring = calloc(window, sizeof *p->ring);
+    if (!p->ring) {
+        free(p);
+        return HR_ENOMEM;
+    }
+    p->window = window;
+    p->squared = squared;
+    pthread_mutex_init(&p->mu, NULL);
+    *out = p;
+    return HR_OK;
+}
+
+void hr_progress_destroy(hr_progress *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_destroy(&p->mu);
+    free(p->ring);
+    free(p);
+}
+
+void hr_progress_add(hr_progress *p, const hr_progress_point *pts, size_t n)
+{
+    double loss = 0;
+    for (size_t i = 0; i < n; i++)
+        loss += point_loss(p, &pts[i]);
+    pthread_mutex_lock(&p->mu);
+    for (size_t i = 0; i < n; i++) {
+        p->ring[p->head] = pts[i];
+        p->head = (p->head + 1) % p->window;
+    }
+    p->total += n;
+    p->loss_sum += loss;
+    pthread_mutex_unlock(&p->mu);
+}
+
+void hr_progress_reset(hr_progress *p)
+{
+    pthread_mutex_lock(&p->mu);
+    p->head = 0;
+    p->total = 0;
+    p->loss_sum = 0;
+    pthread_mutex_unlock(&p->mu);
+}
+
+typedef struct {
+    float s, l;
+} pair;
+
+static int cmp_pair(const void *a, const void *b)
+{
+    float x = ((const pair *)a)->s, y = ((const pair *)b)->s;
+    return (x > y) - (x < y);
+}
+
+double hr_auc(const float *scores, const float *labels, size_t n)
+{
+    pair *v = malloc((n ? n : 1) * sizeof *v);
+    if (!v)
+        return NAN;
+    size_t npos = 0;
+    for (size_t i = 0; i < n; i++) {
+        v[i].s = scores[i];
+        v[i].l = labels[i];
+        npos += labels[i] >= 0.5f;
+    }
+    size_t nneg = n - npos;
+    if (npos == 0 || nneg == 0) {
+        free(v);
+        return NAN;
+    }
+    qsort(v, n, sizeof *v, cmp_pair);
+    double rank_sum = 0; /* sum of (1-based, tie-averaged) ranks of positives */
+    for (size_t i = 0; i < n;) {
+        size_t j = i;
+        while (j < n && v[j].s == v[i].s)
+            j++;
+        double avg = (double)(i + 1 + j) / 2.0;
+        for (size_t t = i; t < j; t++)
+            if (v[t].l >= 0.5f)
+                rank_sum += avg;
+        i = j;
+    }
+    free(v);
+    return (rank_sum - (double)npos * (npos + 1) / 2.0) / ((double)npos * nneg);
+}
+
+void hr_progress_get(hr_progress *p, size_t last_n, hr_progress_report *out)
+{
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&p->mu);
+    size_t have = p->total < p->window ? (size_t)p->total : p->window;
+    size_t n = last_n && last_n < have ? last_n : have;
+    hr_progress_point *copy = malloc((n ? n : 1) * sizeof *copy);
+    if (copy)
+        for (size_t i = 0; i < n; i++)
+            copy[i] = p->ring[(p->head + p->window - n + i) % p->window];
+    out->total = p->total;
+    out->loss_total = p->total ? p->loss_sum / (double)p->total : NAN;
+    pthread_mutex_unlock(&p->mu);
+    if (!copy) {
+        out->loss = out->rmse = out->auc = out->mean_pred = out->mean_label = NAN;
+        return;
+    }
+    double wsum = 0, lsum = 0, se = 0, mp = 0, ml = 0;
+    float *sc = malloc((n ? n : 1) * sizeof *sc), *lb = malloc((n ? n : 1) * sizeof *lb);
+    for (size_t i = 0; i < n; i++) {
+        double w = copy[i].weight > 0 ? copy[i].weight : 0;
+        wsum += w;
+        lsum += w * point_loss(p, &copy[i]);
+        double e = (double)copy[i].pred - copy[i].label;
+        se += w * e * e;
+        mp += w * copy[i].pred;
+        ml += w * copy[i].label;
+        if (sc && lb) {
+            sc[i] = copy[i].pred;
+            lb[i] = copy[i].label;
+        }
+    }
+    out->n = n;
+    out->loss = wsum > 0 ? lsum / wsum : NAN;
+    out->rmse = wsum > 0 ? sqrt(se / wsum) : NAN;
+    out->mean_pred = wsum > 0 ? mp / wsum : NAN;
+    out->mean_label = wsum > 0 ? ml / wsum : NAN;
+    out->auc = (!p->squared && sc && lb) ? hr_auc(sc, lb, n) : NAN;
+    free(sc);
+    free(lb);
+    free(copy);
+}
+
+void hr_hist_add(hr_hist *h, uint64_t value)
+{
+    unsigned b = value ? 64 - (unsigned)__builtin_clzll(value) : 0;
+    if (b >= HR_HIST_BUCKETS)
+        b = HR_HIST_BUCKETS - 1;
+    atomic_fetch_add_explicit(&h->b[b], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->count, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->sum, value, memory_order_relaxed);
+}
+
+uint64_t hr_hist_quantile(const hr_hist *h, double q)
+{
+    uint64_t counts[HR_HIST_BUCKETS], total = 0;
+    for (int i = 0; i < HR_HIST_BUCKETS; i++) {
+        counts[i] = atomic_load_explicit(&((hr_hist *)h)->b[i], memory_order_relaxed);
+        total += counts[i];
+    }
+    if (!total)
+        return 0;
+    uint64_t target = (uint64_t)ceil(q * (double)total), seen = 0;
+    if (target < 1)
+        target = 1;
+    for (int i = 0; i < HR_HIST_BUCKETS; i++) {
+        seen += counts[i];
+        if (seen >= target)
+            return i == 0 ? 0 : (1ull << i) - 1;
+    }
+    return UINT64_MAX;
+}
