@@ -162,7 +162,7 @@ void hr_schedule_defaults(hr_schedule *s)
     memset(s, 0, sizeof *s);
     s->optimizer = HR_OPT_ADAGRAD;
     s->type = HR_SCHED_CONSTANT;
-    s->eta0 = 0.05;
+    s->eta0 = 0.2;
     s->t0 = 10000;
     s->power = 0.5;
     s->gamma = 0.5;

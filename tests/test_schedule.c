@@ -46,7 +46,7 @@ static void test_defaults(void **state)
     hr_schedule_defaults(&s);
     assert_int_equal(s.optimizer, HR_OPT_ADAGRAD);
     assert_int_equal(s.type, HR_SCHED_CONSTANT);
-    assert_true(s.eta0 == 0.05 && s.t0 == 10000 && s.power == 0.5 && s.gamma == 0.5);
+    assert_true(s.eta0 == 0.2 && s.t0 == 10000 && s.power == 0.5 && s.gamma == 0.5);
     assert_true(s.step == 100000 && s.period == 100000 && s.t_mult == 2);
     assert_true(s.warmup == 0 && s.floor == 0);
     for (int g = 0; g < HR_GROUP_COUNT; g++)
@@ -569,7 +569,7 @@ static void test_box_history(void **state)
     assert_int_equal(hr_schedbox_create(&s, &box, &err), HR_OK);
     const hr_schedule *v1 = hr_schedbox_current(box);
     assert_int_equal(v1->version, 1);
-    assert_true(v1->eta0 == 0.05);
+    assert_true(v1->eta0 == 0.2);
 
     const hr_schedule *seen[4] = {v1};
     const double loss_before[4] = {NAN, 0.5, 0.4, NAN};
@@ -586,7 +586,7 @@ static void test_box_history(void **state)
     s.eta0 = 9;
     assert_true(hr_schedbox_current(box)->eta0 == 0.03);
     /* older schedules stay valid */
-    assert_true(v1->eta0 == 0.05 && v1->version == 1);
+    assert_true(v1->eta0 == 0.2 && v1->version == 1);
 
     /* a rejected swap changes nothing */
     s.eta0 = NAN;

@@ -38,4 +38,23 @@ hr_status hr_api_event_from_json(hr_model *m, const json_t *obj, hr_event *ev,
  * event log stores. Returns a new string (free()) and its length, or NULL. */
 char *hr_api_event_text(const json_t *obj, size_t *len);
 
+/* Flags of ids a query named but the model does not know. */
+enum { HR_API_UNKNOWN_USER = 1u << 0, HR_API_UNKNOWN_ITEM = 1u << 1 };
+
+/* Looks an id up without creating it: its row, or 0 (the default row) with
+ * `flag` or-ed into *unknown when absent. */
+uint32_t hr_api_lookup(const hr_model *m, hr_table_id t, const char *id, size_t len,
+                       unsigned *unknown, unsigned flag);
+
+/* Validates one predict pair {"user", "item", "features"?} into *ev for
+ * hr_model_predict, creating nothing: unknown ids resolve to the default row
+ * 0 and set HR_API_UNKNOWN_* bits in *unknown. obj is borrowed. HR_EINVAL
+ * with err naming the field. */
+hr_status hr_api_pair_from_json(const hr_model *m, const json_t *obj, hr_event *ev,
+                                unsigned *unknown, hr_error *err);
+
+/* The error body {"error": {"code": code, "message": message}}: a new
+ * reference (NULL only when out of memory). */
+json_t *hr_api_error_json(const char *code, const char *message);
+
 #endif

@@ -83,7 +83,7 @@ const char *hr_sched_type_to_string(hr_sched_type t);
 const char *hr_optimizer_to_string(hr_optimizer o);
 const char *hr_group_to_string(hr_group g);
 
-/* The defaults: AdaGrad, constant 0.05, all multipliers 1, no warm-up. */
+/* The defaults: AdaGrad, constant 0.2 (tuned on MovieLens, see README), all multipliers 1, no warm-up. */
 void hr_schedule_defaults(hr_schedule *s);
 
 /* HR_OK or HR_EINVAL with err naming the bad field (e.g. "eta0",

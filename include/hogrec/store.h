@@ -1,0 +1,132 @@
+/*
+ * store.h - the one module that speaks SQLite: schema migrations, checkpoint
+ * rows, the event-log table. Knows nothing of threads or the model; persist.c
+ * and evlog.c decide what to write and when.
+ *
+ * Two kinds of database file: the main one (checkpoints, rows, schedule
+ * history) and the event log (`<db>-events`). They are separate files because
+ * SQLite has one writer per file: a checkpoint transaction that takes seconds
+ * must not hold up the commits that acknowledge events.
+ *
+ * Every handle is one connection in WAL mode with prepared statements. A
+ * handle is used by one thread at a time (callers serialize).
+ *
+ * SQLite errors map to: SQLITE_BUSY/LOCKED -> HR_EBUSY, SQLITE_FULL ->
+ * HR_EFULL, SQLITE_CORRUPT/NOTADB -> HR_ECORRUPT, others -> HR_EIO; err says
+ * what was being done and SQLite's message.
+ */
+#ifndef HOGREC_STORE_H
+#define HOGREC_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hogrec/common.h"
+
+typedef struct hr_store hr_store;
+
+typedef enum {
+    HR_STORE_MAIN, /* checkpoints */
+    HR_STORE_LOG   /* event log */
+} hr_store_kind;
+
+typedef struct {
+    hr_store_kind kind;
+    bool sync_full;     /* synchronous=FULL (fsync every commit), else NORMAL */
+    int busy_ms;        /* how long a statement waits for another writer's lock */
+    int target_version; /* migrate up to this user_version; 0 = latest (tests use 1) */
+    bool quick_check;   /* run PRAGMA quick_check at open (refuse if not "ok") */
+} hr_store_options;
+
+/* Opens (creating if absent) and migrates the database at path. A file that
+ * is not a database or fails quick_check gives HR_ECORRUPT and is left as it
+ * is. *out is new; close with hr_store_close. */
+hr_status hr_store_open(const char *path, const hr_store_options *opt, hr_store **out,
+                        hr_error *err);
+void hr_store_close(hr_store *s); /* NULL is a no-op */
+
+/* The latest schema version this binary knows for a kind. */
+int hr_store_latest_version(hr_store_kind kind);
+/* The database's user_version. */
+int hr_store_user_version(hr_store *s);
+
+/* ---- checkpoints (main database) ---- */
+
+/* Rows are keyed by (checkpoint, table, row); tables are hr_table_id values. */
+typedef struct {
+    int64_t id;         /* 0 = none */
+    int64_t base;       /* full checkpoint the chain starts at */
+    bool full;
+    uint64_t seq;       /* events covered */
+    uint64_t nrows;
+    uint64_t updates;
+    double started;     /* epoch seconds */
+    double seconds;
+    char shape[256];    /* model shape JSON */
+} hr_store_ckpt;
+
+/* The latest complete checkpoint (id 0 if none). */
+hr_status hr_store_ckpt_latest(hr_store *s, hr_store_ckpt *out, hr_error *err);
+/* Number of complete checkpoints. */
+hr_status hr_store_ckpt_count(hr_store *s, int64_t *out, hr_error *err);
+
+/* Starts a checkpoint: BEGIN IMMEDIATE and its row (complete = 0). full:
+ * base = its own id, else base = the latest complete checkpoint's base. *id
+ * receives its id. */
+hr_status hr_store_ckpt_begin(hr_store *s, bool full, uint64_t seq, uint64_t updates,
+                              const char *shape, int64_t *id, hr_error *err);
+/* Writes one row. key (klen bytes) may be NULL; data (bytes) may be empty. */
+hr_status hr_store_ckpt_row(hr_store *s, int64_t id, unsigned table, uint32_t row,
+                            const char *key, size_t klen, const void *data, size_t bytes,
+                            hr_error *err);
+/* Writes one schedule-history entry (ignored below schema version 2). */
+hr_status hr_store_ckpt_schedule(hr_store *s, int64_t id, uint64_t version, double wall_time,
+                                 uint64_t at_update, double loss_before, double loss_after,
+                                 const char *json, hr_error *err);
+/* Marks it complete, drops checkpoints no longer needed to restore the
+ * newest `keep` complete ones (their chains included), COMMITs. */
+hr_status hr_store_ckpt_commit(hr_store *s, int64_t id, uint64_t nrows, double seconds,
+                               int keep, hr_error *err);
+/* Rolls back an unfinished checkpoint (no-op if none). */
+void hr_store_ckpt_abort(hr_store *s);
+
+/* Called for each row of a chain, newest checkpoint first, each checkpoint's
+ * rows in (table, row) order. key/data are borrowed for the call. Returning
+ * anything but HR_OK stops the scan with that status. */
+typedef hr_status (*hr_store_row_fn)(void *ctx, unsigned table, uint32_t row, const char *key,
+                                     size_t klen, const void *data, size_t bytes);
+/* Scans the chain ending at `last` (its full base and the increments up to
+ * it). */
+hr_status hr_store_chain_rows(hr_store *s, const hr_store_ckpt *last, hr_store_row_fn fn,
+                              void *ctx, hr_error *err);
+
+typedef hr_status (*hr_store_sched_fn)(void *ctx, uint64_t version, double wall_time,
+                                       uint64_t at_update, double loss_before,
+                                       double loss_after, const char *json);
+/* Schedule history saved with a checkpoint, oldest first (none below schema
+ * version 2). NAN for unknown losses. */
+hr_status hr_store_schedule_rows(hr_store *s, int64_t id, hr_store_sched_fn fn, void *ctx,
+                                 hr_error *err);
+
+/* ---- event log (log database) ---- */
+
+/* In one transaction: inserts n events (seqs[i], json[i] of len[i] bytes)
+ * and, when trim_to > 0, deletes every seq <= trim_to. */
+hr_status hr_store_log_write(hr_store *s, const uint64_t *seqs, const char *const *json,
+                             const size_t *len, size_t n, uint64_t trim_to, hr_error *err);
+/* The highest seq ever written: max(seq in the log, trimmed_to). */
+hr_status hr_store_log_last_seq(hr_store *s, uint64_t *out, hr_error *err);
+/* The highest seq deleted by trimming. */
+hr_status hr_store_log_trimmed_to(hr_store *s, uint64_t *out, hr_error *err);
+/* Number of events in the log. */
+hr_status hr_store_log_count(hr_store *s, uint64_t *out, hr_error *err);
+
+typedef hr_status (*hr_store_event_fn)(void *ctx, uint64_t seq, const char *json, size_t len);
+/* Calls fn for every event with seq > after, in seq order. */
+hr_status hr_store_log_scan(hr_store *s, uint64_t after, hr_store_event_fn fn, void *ctx,
+                            hr_error *err);
+/* A tiny durable write: tells whether the log can commit again. */
+hr_status hr_store_log_probe(hr_store *s, hr_error *err);
+
+#endif

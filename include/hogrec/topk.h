@@ -1,0 +1,60 @@
+/*
+ * topk.h - the k best items for a query vector: score every item row of the
+ * model (one cblas_sgemv per item storage block over the first k+1 columns,
+ * query [q, 1], so each score is <q, v_i> + b_i) and keep the best in a
+ * partial heap. Rows without a key (row 0, freed rows) and excluded rows are
+ * skipped. The BLAS path is checked against hr_sgd_block_scores_ref
+ * (reference = true runs that plain loop instead).
+ *
+ * Threads: any; reads live rows without locks (a query may see a row half
+ * updated by a trainer, like any Hogwild reader). BLAS runs single-threaded
+ * (set once, on the first call).
+ */
+#ifndef HOGREC_TOPK_H
+#define HOGREC_TOPK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hogrec/common.h"
+#include "hogrec/model.h"
+
+/* One result: item row and its raw partial score <q, v_i> + b_i. */
+typedef struct {
+    uint32_t row;
+    float score;
+} hr_topk_item;
+
+/* Rows to leave out: a sorted array (ascending, duplicates allowed). */
+typedef struct {
+    const uint32_t *rows; /* borrowed */
+    size_t n;
+} hr_topk_exclude;
+
+/* Sorts an array of rows ascending (for hr_topk_exclude). */
+void hr_topk_sort_rows(uint32_t *rows, size_t n);
+
+/* Fills out[0..*n) with the min(k, eligible items) best items, best first
+ * (ties: lower row first). q has the model's k floats (borrowed); out has room
+ * for k entries. With min_count > 0, an item still below it scores as the
+ * default row 0 would. HR_ENOMEM if scratch cannot be allocated. */
+hr_status hr_topk_query(const hr_model *m, const float *q, uint32_t k,
+                        const hr_topk_exclude *ex, bool reference,
+                        hr_topk_item *out, size_t *n);
+
+/* Partial heap of the best k (score, row) pairs, for other rankers
+ * (popularity). Caller provides storage for k items. */
+typedef struct {
+    hr_topk_item *h; /* borrowed storage, k entries */
+    uint32_t k;      /* capacity */
+    uint32_t n;      /* entries in use */
+} hr_topk_heap;
+
+void hr_topk_heap_init(hr_topk_heap *hp, hr_topk_item *storage, uint32_t k);
+/* Offers one candidate; O(1) when it does not beat the current k-th. */
+void hr_topk_heap_offer(hr_topk_heap *hp, uint32_t row, float score);
+/* Sorts the heap's content best first in place; returns the count. */
+uint32_t hr_topk_heap_finish(hr_topk_heap *hp);
+
+#endif

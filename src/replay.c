@@ -1,0 +1,375 @@
+/*
+ * replay.c - `hogrec replay`: reads a file of events, orders them, pushes
+ * them through app->ingest (blocking while the queue is full) for N passes,
+ * shows progress on stderr, and prints one JSON summary on stdout.
+ * Runs on the main thread; the trainers do the learning.
+ */
+#include "hogrec/replay.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hogrec/api.h"
+
+void hr_event_list_free(hr_event_list *l)
+{
+    free(l->ev);
+    l->ev = NULL;
+    l->n = 0;
+}
+
+static hr_status push_event(hr_event_list *l, size_t *cap, const hr_event *ev)
+{
+    if (l->n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 4096;
+        hr_event *p = realloc(l->ev, nc * sizeof *p);
+        if (!p)
+            return HR_ENOMEM;
+        l->ev = p;
+        *cap = nc;
+    }
+    l->ev[l->n++] = *ev;
+    return HR_OK;
+}
+
+static hr_status resolve_id(hr_model *m, hr_table_id t, const char *id, size_t len, int intern,
+                            uint32_t *row)
+{
+    if (intern)
+        return hr_model_intern(m, t, id, len, row, NULL);
+    *row = hr_model_lookup(m, t, id, len);
+    if (*row == HR_ID_NONE)
+        *row = 0;
+    return HR_OK;
+}
+
+static hr_status parse_movielens(hr_model *m, char *line, double binarize, int intern,
+                                 hr_event *ev, hr_error *err, size_t lineno)
+{
+    char *save = NULL;
+    char *user = strtok_r(line, "\t \r\n", &save);
+    char *item = strtok_r(NULL, "\t \r\n", &save);
+    char *rating = strtok_r(NULL, "\t \r\n", &save);
+    char *ts = strtok_r(NULL, "\t \r\n", &save);
+    if (!user || !item || !rating)
+        return hr_error_set(err, HR_EINVAL, "line", "line %zu: want user, item, rating, ts", lineno);
+    char *end;
+    errno = 0;
+    double r = strtod(rating, &end);
+    if (errno || *end || !isfinite(r))
+        return hr_error_set(err, HR_EINVAL, "rating", "line %zu: bad rating '%s'", lineno, rating);
+    memset(ev, 0, sizeof *ev);
+    ev->weight = 1;
+    ev->ts = ts ? strtod(ts, NULL) : 0;
+    if (hr_model_get_config(m)->loss == HR_LOSS_SQUARED) {
+        ev->label = (float)r;
+    } else if (binarize > 0) {
+        ev->label = r >= binarize ? 1.0f : 0.0f;
+        ev->flags |= HR_EV_EXPLICIT_LABEL;
+    } else {
+        ev->label = 1.0f;
+    }
+    size_t ul = strlen(user), il = strlen(item);
+    if (ul == 0 || ul > HR_ID_MAX_LEN || il == 0 || il > HR_ID_MAX_LEN)
+        return hr_error_set(err, HR_EINVAL, "line", "line %zu: id length", lineno);
+    hr_status st;
+    if ((st = resolve_id(m, HR_TABLE_USER, user, ul, intern, &ev->user)) != HR_OK ||
+        (st = resolve_id(m, HR_TABLE_ITEM, item, il, intern, &ev->item)) != HR_OK)
+        return hr_error_set(err, st, "line", "line %zu: %s", lineno, hr_status_to_string(st));
+    return HR_OK;
+}
+
+static hr_status parse_ndjson(hr_model *m, const char *line, size_t len, int intern, hr_event *ev,
+                              hr_error *err, size_t lineno)
+{
+    json_error_t jerr;
+    json_t *obj = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!obj)
+        return hr_error_set(err, HR_EINVAL, "line", "line %zu: %s", lineno, jerr.text);
+    hr_status st;
+    if (intern) {
+        st = hr_api_event_from_json(m, obj, ev, NULL, err);
+    } else {
+        /* Test data: resolve on a copy without the ids, then look them up. */
+        json_t *copy = json_copy(obj);
+        json_object_set_new(copy, "user", json_string("x"));
+        json_object_set_new(copy, "item", json_string("x"));
+        st = hr_api_event_from_json(m, copy, ev, NULL, err);
+        json_decref(copy);
+        char id[HR_ID_MAX_LEN + 1];
+        size_t idlen;
+        if (st == HR_OK &&
+            (st = hr_api_id(json_object_get(obj, "user"), "user", id, &idlen, err)) == HR_OK) {
+            resolve_id(m, HR_TABLE_USER, id, idlen, 0, &ev->user);
+            if ((st = hr_api_id(json_object_get(obj, "item"), "item", id, &idlen, err)) == HR_OK)
+                resolve_id(m, HR_TABLE_ITEM, id, idlen, 0, &ev->item);
+        }
+    }
+    json_decref(obj);
+    if (st != HR_OK && err) {
+        char msg[sizeof err->message];
+        memcpy(msg, err->message, sizeof msg);
+        hr_error_set(err, st, err->field, "line %zu: %.200s", lineno, msg);
+    }
+    return st;
+}
+
+hr_status hr_replay_read(hr_model *m, const char *path, hr_replay_format fmt, double binarize,
+                         int intern, hr_event_list *out, hr_error *err)
+{
+    memset(out, 0, sizeof *out);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return hr_error_set(err, HR_EIO, "file", "%s: %s", path, strerror(errno));
+    char *line = NULL;
+    size_t cap = 0, lcap = 0, lineno = 0;
+    ssize_t len;
+    hr_status st = HR_OK;
+    while ((len = getline(&line, &lcap, f)) >= 0) {
+        lineno++;
+        size_t l = (size_t)len;
+        while (l && (line[l - 1] == '\n' || line[l - 1] == '\r'))
+            line[--l] = 0;
+        if (l == 0)
+            continue;
+        hr_event ev;
+        st = fmt == HR_FMT_MOVIELENS ? parse_movielens(m, line, binarize, intern, &ev, err, lineno)
+                                     : parse_ndjson(m, line, l, intern, &ev, err, lineno);
+        if (st != HR_OK)
+            break;
+        if ((st = push_event(out, &cap, &ev)) != HR_OK) {
+            hr_error_set(err, st, NULL, "out of memory");
+            break;
+        }
+    }
+    free(line);
+    fclose(f);
+    if (st != HR_OK)
+        hr_event_list_free(out);
+    return st;
+}
+
+static int cmp_ts(const void *a, const void *b)
+{
+    const hr_event *x = a, *y = b;
+    if (x->ts != y->ts)
+        return x->ts < y->ts ? -1 : 1;
+    /* stable: seq holds the file position while sorting */
+    return (x->seq > y->seq) - (x->seq < y->seq);
+}
+
+void hr_replay_order_events(hr_event_list *l, hr_replay_order order, uint64_t seed)
+{
+    if (order == HR_ORDER_TIME) {
+        for (size_t i = 0; i < l->n; i++)
+            l->ev[i].seq = i;
+        qsort(l->ev, l->n, sizeof *l->ev, cmp_ts);
+        for (size_t i = 0; i < l->n; i++)
+            l->ev[i].seq = 0;
+    } else if (order == HR_ORDER_SHUFFLE) {
+        hr_rng rng;
+        hr_rng_seed(&rng, seed);
+        for (size_t i = l->n; i > 1; i--) {
+            size_t j = (size_t)hr_rng_below(&rng, i);
+            hr_event t = l->ev[i - 1];
+            l->ev[i - 1] = l->ev[j];
+            l->ev[j] = t;
+        }
+    }
+}
+
+void hr_replay_evaluate(const hr_model *m, const hr_event_list *test, hr_eval *out)
+{
+    memset(out, 0, sizeof *out);
+    out->n = test->n;
+    float *score = malloc((test->n ? test->n : 1) * sizeof *score);
+    float *label = malloc((test->n ? test->n : 1) * sizeof *label);
+    double ll = 0, se = 0;
+    for (size_t i = 0; i < test->n; i++) {
+        double p = hr_model_predict(m, &test->ev[i]);
+        score[i] = (float)p;
+        label[i] = test->ev[i].label;
+        ll += hr_logloss(p, label[i]);
+        se += (p - label[i]) * (p - label[i]);
+    }
+    bool squared = hr_model_get_config(m)->loss == HR_LOSS_SQUARED;
+    out->auc = squared || !score || !label ? NAN : hr_auc(score, label, test->n);
+    out->logloss = squared || !test->n ? NAN : ll / (double)test->n;
+    out->rmse = test->n ? sqrt(se / (double)test->n) : NAN;
+    free(score);
+    free(label);
+}
+
+static void progress_line(hr_app *app, uint64_t t0, uint64_t pushed)
+{
+    hr_progress_report r;
+    hr_progress_get(app->progress, 0, &r);
+    double secs = (hr_now_ns() - t0) / 1e9;
+    hr_trainer_counts c;
+    hr_trainer_get_counts(app->trainer, &c);
+    fprintf(stderr, "replay: %llu pushed, %llu trained, %.0f events/s, progressive %s %.4f auc %.4f\n",
+            (unsigned long long)pushed, (unsigned long long)c.trained,
+            secs > 0 ? c.trained / secs : 0.0,
+            hr_model_get_config(app->model)->loss == HR_LOSS_SQUARED ? "mse" : "logloss", r.loss,
+            r.auc);
+}
+
+static json_t *num(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+
+int hr_replay_main(int argc, char **argv)
+{
+    hr_extra_flag extra[] = {
+        {"format", "replay: ndjson | movielens (default: movielens if the file ends in .data/.base/.test, else ndjson)", NULL},
+        {"binarize", "replay: movielens rating >= R is a click, lower a non-click", NULL},
+        {"passes", "replay: passes over the file (default 1)", NULL},
+        {"order", "replay: file | time | shuffle (default time)", NULL},
+        {"test", "replay: held-out file to evaluate after training", NULL},
+    };
+    enum { X_FORMAT, X_BINARIZE, X_PASSES, X_ORDER, X_TEST };
+    hr_config cfg;
+    hr_error err = {{0}, {0}};
+    const char *pos[2];
+    int npos = 0;
+    bool help = false;
+    hr_status st = hr_config_from_args(&cfg, argc - 1, argv + 1, "config/hogrec.json", extra,
+                                       (int)HR_ARRAY_LEN(extra), pos, 2, &npos, &help, &err);
+    if (help) {
+        printf("usage: hogrec replay [options] FILE\n"
+               "Trains from FILE through the queue and trainers, then prints a JSON summary.\n");
+        hr_config_print_help(stdout, extra, (int)HR_ARRAY_LEN(extra));
+        hr_config_free(&cfg);
+        return 0;
+    }
+    int rc = 2;
+    hr_app *app = NULL;
+    hr_event_list train = {0}, test = {0};
+    if (st != HR_OK) {
+        fprintf(stderr, "hogrec replay: %s\n", err.message);
+        goto out;
+    }
+    if (npos != 1) {
+        fprintf(stderr, "hogrec replay: want exactly one FILE (see --help)\n");
+        goto out;
+    }
+    const char *file = pos[0];
+    hr_replay_format fmt = HR_FMT_NDJSON;
+    const char *fv = extra[X_FORMAT].value;
+    if (fv) {
+        if (strcmp(fv, "movielens") == 0)
+            fmt = HR_FMT_MOVIELENS;
+        else if (strcmp(fv, "ndjson") != 0) {
+            fprintf(stderr, "hogrec replay: --format must be ndjson or movielens\n");
+            goto out;
+        }
+    } else {
+        const char *dot = strrchr(file, '.');
+        if (dot && (!strcmp(dot, ".data") || !strcmp(dot, ".base") || !strcmp(dot, ".test")))
+            fmt = HR_FMT_MOVIELENS;
+    }
+    double binarize = extra[X_BINARIZE].value ? atof(extra[X_BINARIZE].value) : 0;
+    long passes = extra[X_PASSES].value ? strtol(extra[X_PASSES].value, NULL, 10) : 1;
+    if (passes < 1 || passes > 100000) {
+        fprintf(stderr, "hogrec replay: --passes must be 1 to 100000\n");
+        goto out;
+    }
+    hr_replay_order order = HR_ORDER_TIME;
+    const char *ov = extra[X_ORDER].value;
+    if (ov) {
+        if (!strcmp(ov, "file"))
+            order = HR_ORDER_FILE;
+        else if (!strcmp(ov, "shuffle"))
+            order = HR_ORDER_SHUFFLE;
+        else if (strcmp(ov, "time")) {
+            fprintf(stderr, "hogrec replay: --order must be file, time or shuffle\n");
+            goto out;
+        }
+    }
+    cfg.db[0] = 0; /* replay trains in memory; the server owns the database */
+
+    if ((st = hr_app_open(&cfg, &app, &err)) != HR_OK) {
+        fprintf(stderr, "hogrec replay: %s\n", err.message);
+        goto out;
+    }
+    if ((st = hr_replay_read(app->model, file, fmt, binarize, 1, &train, &err)) != HR_OK) {
+        fprintf(stderr, "hogrec replay: %s: %s\n", file, err.message);
+        goto out;
+    }
+    hr_replay_order_events(&train, order, (uint64_t)cfg.seed);
+    uint64_t t0 = hr_now_ns(), last = t0, pushed = 0;
+    const size_t chunk = 1024;
+    hr_event *buf = malloc(chunk * sizeof *buf);
+    for (long p = 0; buf && p < passes; p++) {
+        for (size_t i = 0; i < train.n; i += chunk) {
+            size_t n = train.n - i < chunk ? train.n - i : chunk;
+            memcpy(buf, train.ev + i, n * sizeof *buf);
+            uint64_t seq;
+            if ((st = hr_ingest_submit(app->ingest, buf, NULL, NULL, n, true, &seq, &err)) != HR_OK) {
+                fprintf(stderr, "hogrec replay: %s\n", err.message);
+                free(buf);
+                goto out;
+            }
+            pushed += n;
+            if (hr_now_ns() - last > 1000000000ull) {
+                last = hr_now_ns();
+                progress_line(app, t0, pushed);
+            }
+        }
+    }
+    free(buf);
+    hr_trainer_wait_idle(app->trainer);
+    double secs = (hr_now_ns() - t0) / 1e9;
+    progress_line(app, t0, pushed);
+
+    hr_progress_report pr;
+    hr_progress_get(app->progress, 0, &pr);
+    hr_trainer_counts tc;
+    hr_trainer_get_counts(app->trainer, &tc);
+    bool squared = hr_model_get_config(app->model)->loss == HR_LOSS_SQUARED;
+    json_t *out = json_object();
+    json_object_set_new(out, "events", json_integer((json_int_t)tc.trained));
+    json_object_set_new(out, "updates", json_integer((json_int_t)tc.updates));
+    json_object_set_new(out, "passes", json_integer(passes));
+    json_object_set_new(out, "seconds", json_real(secs));
+    json_object_set_new(out, "events_per_s", json_real(secs > 0 ? tc.trained / secs : 0));
+    json_t *prog = json_object();
+    json_object_set_new(prog, "window", json_integer((json_int_t)pr.n));
+    if (squared) {
+        json_object_set_new(prog, "rmse", num(pr.rmse));
+    } else {
+        json_object_set_new(prog, "logloss", num(pr.loss_total));
+        json_object_set_new(prog, "logloss_window", num(pr.loss));
+        json_object_set_new(prog, "auc_window", num(pr.auc));
+    }
+    json_object_set_new(out, "progressive", prog);
+    if (extra[X_TEST].value) {
+        if ((st = hr_replay_read(app->model, extra[X_TEST].value, fmt, binarize, 0, &test, &err)) != HR_OK) {
+            fprintf(stderr, "hogrec replay: %s: %s\n", extra[X_TEST].value, err.message);
+            json_decref(out);
+            goto out;
+        }
+        hr_eval ev;
+        hr_replay_evaluate(app->model, &test, &ev);
+        json_t *t = json_object();
+        json_object_set_new(t, "events", json_integer((json_int_t)ev.n));
+        if (squared) {
+            json_object_set_new(t, "rmse", num(ev.rmse));
+        } else {
+            json_object_set_new(t, "auc", num(ev.auc));
+            json_object_set_new(t, "logloss", num(ev.logloss));
+        }
+        json_object_set_new(out, "test", t);
+    }
+    char *text = json_dumps(out, JSON_COMPACT);
+    printf("%s\n", text);
+    free(text);
+    json_decref(out);
+    rc = 0;
+out:
+    hr_event_list_free(&train);
+    hr_event_list_free(&test);
+    hr_app_close(app, true);
+    hr_config_free(&cfg);
+    return rc;
+}

@@ -1,0 +1,533 @@
+/*
+ * trainer.c - the trainer threads (see trainer.h).
+ *
+ * DESIGN. Each worker loops: park if a pause is requested; pop a batch
+ * (blocking at most POP_WAIT_MS, so pause and stop are noticed); read the
+ * live schedule once; for each event: prefetch the rows of an event a few
+ * ahead, touch the id rows (count, last_seen), score and update through the
+ * kernel (sgd.c), record the pre-update prediction for progressive
+ * validation, then the sampled negatives. All row writes are Hogwild.
+ *
+ * Pause protocol: pause sets a request and waits until every worker is
+ * parked. A worker parks only between batches, so when all are parked every
+ * popped event has been applied; since producers push in seq order and the
+ * queue is FIFO, every event with seq <= the highest seq applied is applied.
+ *
+ * Counters are per worker (one cache line each, written by their owner
+ * only) and summed by readers. The progressive-validation points of a batch
+ * go to hr_progress in one call.
+ */
+#include "hogrec/trainer.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hogrec/sgd.h"
+
+#define POP_WAIT_MS 20
+#define PREFETCH_AHEAD 4
+#define SAMPLER_REBUILD_UPDATES (1u << 17)
+
+typedef struct {
+#define HR_X_ATOMIC(name) atomic_uint_fast64_t name;
+    HR_TRAINER_COUNTERS(HR_X_ATOMIC)
+#undef HR_X_ATOMIC
+} counters;
+
+typedef struct worker {
+    _Alignas(HR_CACHE_LINE) atomic_uint_fast64_t updates; /* owner writes */
+    counters c;                /* owner writes, anyone reads */
+    pthread_t thread;
+    struct hr_trainer *tr;
+    unsigned id;
+    bool started;
+    hr_rng rng;                /* owner only */
+    hr_event *buf;             /* popped batch */
+    hr_progress_point *points; /* progressive points of a batch */
+    size_t npoints, cap_points;
+} worker;
+
+/* Popularity^alpha sampler: cumulative weights over item rows. */
+typedef struct {
+    uint32_t n;    /* rows covered: [0, n) */
+    double *cdf;   /* cdf[i] = sum of weights of rows <= i */
+} sampler;
+
+struct hr_trainer {
+    hr_model *model;
+    hr_queue *queue;
+    hr_schedbox *sched;
+    hr_progress *progress;
+    hr_trainer_config cfg;
+    worker *w;
+    unsigned nw;
+
+    pthread_mutex_t mu;      /* guards the fields down to max_seq */
+    pthread_cond_t cv;       /* parks and pause/idle waits */
+    unsigned pause_req;      /* nesting count of pauses */
+    unsigned parked;         /* workers parked (or exited) */
+    uint64_t max_seq;        /* highest seq applied */
+    uint64_t done;           /* queue events applied (under mu) */
+    bool stopped;            /* hr_trainer_stop ran */
+
+    atomic_bool neg_active;  /* negative sampling on now */
+    hr_hist staleness;
+    hr_hist freshness;
+    pthread_rwlock_t sampler_lock; /* guards sampler pointer swaps */
+    sampler *pop_sampler;          /* NULL until built (alpha > 0) */
+    atomic_uint_fast64_t next_rebuild;
+    pthread_mutex_t rebuild_mu;
+    atomic_uint_fast64_t next_expire_ns;
+};
+
+static inline void bump(atomic_uint_fast64_t *c, uint64_t n)
+{
+    /* Single writer: a relaxed load and store, no locked RMW. */
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+hr_trainer_config hr_trainer_config_from(const hr_config *c)
+{
+    hr_trainer_config t;
+    memset(&t, 0, sizeof t);
+    t.threads = (unsigned)c->threads;
+    t.batch = (unsigned)c->batch;
+    t.neg_mode = strcmp(c->negative_sampling, "on") == 0    ? HR_NEG_ON
+                 : strcmp(c->negative_sampling, "off") == 0 ? HR_NEG_OFF
+                                                            : HR_NEG_AUTO;
+    t.negatives = (unsigned)c->negatives;
+    t.neg_alpha = c->negative_alpha;
+    t.seed = (uint64_t)c->seed;
+    return t;
+}
+
+uint64_t hr_trainer_updates(const hr_trainer *tr)
+{
+    uint64_t s = 0;
+    for (unsigned i = 0; i < tr->nw; i++)
+        s += atomic_load_explicit(&tr->w[i].updates, memory_order_relaxed);
+    return s;
+}
+
+static void sampler_free(sampler *s)
+{
+    if (s) {
+        free(s->cdf);
+        free(s);
+    }
+}
+
+/* Rebuilds the popularity sampler from the item rows' event counts. */
+static void rebuild_sampler(hr_trainer *tr)
+{
+    const hr_row_layout *L = hr_model_layout(tr->model);
+    uint32_t n = hr_model_rows(tr->model, HR_TABLE_ITEM);
+    sampler *s = malloc(sizeof *s);
+    double *cdf = malloc((size_t)n * sizeof *cdf);
+    if (!s || !cdf) {
+        free(s);
+        free(cdf);
+        return;
+    }
+    double acc = 0;
+    for (uint32_t r = 0; r < n; r++) {
+        size_t len;
+        double wgt = 0;
+        if (r > 0 && hr_model_key(tr->model, HR_TABLE_ITEM, r, &len))
+            wgt = pow((double)hr_sgd_row_count(L, hr_model_row(tr->model, HR_TABLE_ITEM, r)) + 1.0,
+                      tr->cfg.neg_alpha);
+        acc += wgt;
+        cdf[r] = acc;
+    }
+    s->n = n;
+    s->cdf = cdf;
+    pthread_rwlock_wrlock(&tr->sampler_lock);
+    sampler *old = tr->pop_sampler;
+    tr->pop_sampler = s;
+    pthread_rwlock_unlock(&tr->sampler_lock);
+    sampler_free(old);
+}
+
+/* Draws a negative item row, or 0 if there is none to draw. Caller holds the
+ * sampler read lock when alpha > 0. */
+static uint32_t draw_negative(hr_trainer *tr, worker *w)
+{
+    if (tr->cfg.neg_alpha > 0 && tr->pop_sampler && tr->pop_sampler->n > 1) {
+        const sampler *s = tr->pop_sampler;
+        double total = s->cdf[s->n - 1];
+        if (total <= 0)
+            return 0;
+        double u = hr_rng_uniform(&w->rng) * total;
+        uint32_t lo = 0, hi = s->n - 1;
+        while (lo < hi) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            if (s->cdf[mid] > u)
+                hi = mid;
+            else
+                lo = mid + 1;
+        }
+        return lo;
+    }
+    uint32_t n = hr_model_rows(tr->model, HR_TABLE_ITEM);
+    if (n <= 1)
+        return 0;
+    for (int tries = 0; tries < 4; tries++) {
+        uint32_t r = 1 + (uint32_t)hr_rng_below(&w->rng, n - 1);
+        size_t len;
+        if (hr_model_key(tr->model, HR_TABLE_ITEM, r, &len))
+            return r;
+    }
+    return 0;
+}
+
+static void prefetch_event(const hr_model *m, const hr_event *ev)
+{
+    const hr_row_layout *L = hr_model_layout(m);
+    const char *u = (const char *)hr_model_row(m, HR_TABLE_USER, ev->user);
+    const char *i = (const char *)hr_model_row(m, HR_TABLE_ITEM, ev->item);
+    size_t bytes = (size_t)L->stride * sizeof(float);
+    for (size_t off = 0; off < bytes; off += HR_CACHE_LINE) {
+        __builtin_prefetch(u + off, 1, 1);
+        __builtin_prefetch(i + off, 1, 1);
+    }
+}
+
+static void add_point(worker *w, double pred, float label, float weight)
+{
+    if (w->npoints < w->cap_points)
+        w->points[w->npoints++] = (hr_progress_point){(float)pred, label, weight};
+}
+
+typedef struct {
+    hr_step_params p;
+    const hr_schedule *s;
+    uint64_t t;          /* update count at batch start */
+} batch_ctx;
+
+/* One kernel step on ev; returns the pre-update prediction. */
+static double apply(hr_trainer *tr, worker *w, const batch_ctx *bc, const hr_event *ev,
+                    uint64_t staleness)
+{
+    hr_model *m = tr->model;
+    hr_step_params p = bc->p;
+    if (bc->s->staleness_scaling && staleness > 0) {
+        float f = (float)(1.0 / (1.0 + (double)staleness / bc->s->staleness_tau));
+        for (int g = 0; g < HR_GROUP_COUNT; g++)
+            p.rate[g] *= f;
+    }
+    hr_active a[HR_MAX_ACTIVE];
+    int n = hr_model_active(m, ev, a);
+    double y;
+    hr_step_result r = hr_sgd_step(hr_model_layout(m), a, n, ev->label, ev->weight, &p, &y);
+    if (r == HR_STEP_CLIPPED)
+        bump(&w->c.clipped, 1);
+    else if (r == HR_STEP_SKIPPED_NONFINITE)
+        bump(&w->c.skipped_nonfinite, 1);
+    uint32_t eu = hr_model_effective_row(m, HR_TABLE_USER, ev->user);
+    uint32_t ei = hr_model_effective_row(m, HR_TABLE_ITEM, ev->item);
+    if (eu == 0)
+        bump(&w->c.default_user, 1);
+    if (ei == 0)
+        bump(&w->c.default_item, 1);
+    hr_model_mark_dirty(m, HR_TABLE_GLOBAL, 0);
+    hr_model_mark_dirty(m, HR_TABLE_USER, eu);
+    hr_model_mark_dirty(m, HR_TABLE_ITEM, ei);
+    for (int i = 0; i < ev->nctx; i++)
+        hr_model_mark_dirty(m, HR_TABLE_CTX, ev->ctx[i].row);
+    bump(&w->updates, 1);
+    return hr_model_link(m, y);
+}
+
+static void resolve_params(hr_trainer *tr, batch_ctx *bc)
+{
+    const hr_model_config *mc = hr_model_get_config(tr->model);
+    bc->s = hr_schedbox_current(tr->sched);
+    bc->t = hr_trainer_updates(tr);
+    memset(&bc->p, 0, sizeof bc->p);
+    bc->p.loss = mc->loss;
+    bc->p.opt = hr_model_supports(tr->model, bc->s->optimizer) ? bc->s->optimizer : HR_OPT_SGD;
+    for (int g = 0; g < HR_GROUP_COUNT; g++) {
+        bc->p.rate[g] = (float)hr_schedule_group_rate(bc->s, (hr_group)g, bc->t, 0);
+        bc->p.l2[g] = (float)mc->l2[g];
+    }
+    bc->p.clip = (float)mc->grad_clip;
+    bc->p.ftrl_beta = (float)bc->s->ftrl_beta;
+    bc->p.ftrl_l1 = (float)bc->s->ftrl_l1;
+}
+
+static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n)
+{
+    hr_model *m = tr->model;
+    const hr_row_layout *L = hr_model_layout(m);
+    const uint32_t now = hr_model_clock(m);
+    batch_ctx bc;
+    resolve_params(tr, &bc);
+    bool use_sampler = tr->cfg.neg_alpha > 0;
+    if (use_sampler)
+        pthread_rwlock_rdlock(&tr->sampler_lock);
+    w->npoints = 0;
+    uint64_t now_ns = hr_now_ns();
+    uint64_t trained_updates = 0;
+    for (size_t i = 0; i < n && i < PREFETCH_AHEAD; i++)
+        prefetch_event(m, &evs[i]);
+    for (size_t i = 0; i < n; i++) {
+        const hr_event *ev = &evs[i];
+        if (i + PREFETCH_AHEAD < n)
+            prefetch_event(m, &evs[i + PREFETCH_AHEAD]);
+        if ((ev->flags & HR_EV_EXPLICIT_LABEL) && ev->label == 0 &&
+            atomic_load_explicit(&tr->neg_active, memory_order_relaxed) &&
+            tr->cfg.neg_mode == HR_NEG_AUTO)
+            atomic_store(&tr->neg_active, false);
+        uint64_t t_now = bc.t + trained_updates;
+        uint64_t staleness = t_now > ev->enq_updates ? t_now - ev->enq_updates : 0;
+        hr_hist_add(&tr->staleness, staleness);
+        hr_sgd_touch(L, hr_model_row(m, HR_TABLE_USER, ev->user), now);
+        hr_sgd_touch(L, hr_model_row(m, HR_TABLE_ITEM, ev->item), now);
+        double pred = apply(tr, w, &bc, ev, staleness);
+        trained_updates++;
+        add_point(w, pred, ev->label, ev->weight);
+        if (ev->enq_ns && now_ns > ev->enq_ns)
+            hr_hist_add(&tr->freshness, (hr_now_ns() - ev->enq_ns) / 1000);
+        if (ev->label > 0 && tr->cfg.negatives &&
+            atomic_load_explicit(&tr->neg_active, memory_order_relaxed)) {
+            for (unsigned j = 0; j < tr->cfg.negatives; j++) {
+                uint32_t item = draw_negative(tr, w);
+                if (item == 0 || item == ev->item)
+                    continue;
+                hr_event neg = *ev;
+                neg.item = item;
+                neg.label = 0;
+                neg.flags = HR_EV_SAMPLED_NEGATIVE;
+                double np = apply(tr, w, &bc, &neg, staleness);
+                trained_updates++;
+                add_point(w, np, 0, neg.weight);
+                bump(&w->c.negatives, 1);
+            }
+        }
+    }
+    if (use_sampler)
+        pthread_rwlock_unlock(&tr->sampler_lock);
+    hr_progress_add(tr->progress, w->points, w->npoints);
+    bump(&w->c.trained, n);
+    bump(&w->c.updates, trained_updates);
+    bump(&w->c.batches, 1);
+
+    /* Maintenance, by whoever crosses the threshold first. */
+    uint64_t total = hr_trainer_updates(tr);
+    if (use_sampler && total >= atomic_load(&tr->next_rebuild) &&
+        pthread_mutex_trylock(&tr->rebuild_mu) == 0) {
+        atomic_store(&tr->next_rebuild, total + SAMPLER_REBUILD_UPDATES);
+        rebuild_sampler(tr);
+        pthread_mutex_unlock(&tr->rebuild_mu);
+    }
+    const hr_model_config *mc = hr_model_get_config(m);
+    if (mc->expire_seconds > 0) {
+        uint64_t t_ns = hr_now_ns(), due = atomic_load(&tr->next_expire_ns);
+        uint64_t period = (uint64_t)(mc->expire_seconds * 1e9 / 10);
+        if (period < 1000000)
+            period = 1000000;
+        if (t_ns >= due &&
+            atomic_compare_exchange_strong(&tr->next_expire_ns, &due, t_ns + period))
+            hr_model_expire(m, hr_model_clock(m));
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    hr_trainer *tr = w->tr;
+    for (;;) {
+        pthread_mutex_lock(&tr->mu);
+        if (tr->pause_req) {
+            tr->parked++;
+            pthread_cond_broadcast(&tr->cv);
+            while (tr->pause_req)
+                pthread_cond_wait(&tr->cv, &tr->mu);
+            tr->parked--;
+        }
+        pthread_mutex_unlock(&tr->mu);
+
+        size_t n = 0;
+        hr_status st = hr_queue_pop_timed(tr->queue, w->buf, tr->cfg.batch, &n, POP_WAIT_MS);
+        if (st == HR_ESTOPPED)
+            break;
+        if (n == 0)
+            continue;
+        train_batch(tr, w, w->buf, n);
+        uint64_t last = 0;
+        for (size_t i = 0; i < n; i++)
+            if (w->buf[i].seq > last)
+                last = w->buf[i].seq;
+        pthread_mutex_lock(&tr->mu);
+        if (last > tr->max_seq)
+            tr->max_seq = last;
+        tr->done += n;
+        pthread_cond_broadcast(&tr->cv);
+        pthread_mutex_unlock(&tr->mu);
+    }
+    pthread_mutex_lock(&tr->mu);
+    tr->parked++; /* an exited worker counts as parked for good */
+    pthread_cond_broadcast(&tr->cv);
+    pthread_mutex_unlock(&tr->mu);
+    return NULL;
+}
+
+hr_status hr_trainer_start(hr_model *model, hr_queue *queue, hr_schedbox *sched,
+                           hr_progress *progress, const hr_trainer_config *cfg, hr_trainer **out)
+{
+    *out = NULL;
+    if (cfg->threads < 1 || cfg->batch < 1)
+        return HR_EINVAL;
+    hr_trainer *tr = calloc(1, sizeof *tr);
+    if (!tr)
+        return HR_ENOMEM;
+    tr->model = model;
+    tr->queue = queue;
+    tr->sched = sched;
+    tr->progress = progress;
+    tr->cfg = *cfg;
+    pthread_mutex_init(&tr->mu, NULL);
+    pthread_cond_init(&tr->cv, NULL);
+    pthread_rwlock_init(&tr->sampler_lock, NULL);
+    pthread_mutex_init(&tr->rebuild_mu, NULL);
+    atomic_init(&tr->neg_active, cfg->neg_mode != HR_NEG_OFF && cfg->negatives > 0);
+    atomic_init(&tr->next_rebuild, 0);
+    atomic_init(&tr->next_expire_ns, 0);
+    tr->w = aligned_alloc(HR_CACHE_LINE, ((sizeof(worker) * cfg->threads + HR_CACHE_LINE - 1) /
+                                          HR_CACHE_LINE) * HR_CACHE_LINE);
+    if (!tr->w) {
+        free(tr);
+        return HR_ENOMEM;
+    }
+    memset(tr->w, 0, sizeof(worker) * cfg->threads);
+    if (cfg->neg_alpha > 0)
+        rebuild_sampler(tr);
+    hr_status st = HR_OK;
+    for (unsigned i = 0; i < cfg->threads; i++) {
+        worker *w = &tr->w[i];
+        w->tr = tr;
+        w->id = i;
+        hr_rng_seed(&w->rng, cfg->seed * 0x9e3779b97f4a7c15ull + i + 1);
+        w->buf = malloc(cfg->batch * sizeof *w->buf);
+        w->cap_points = (size_t)cfg->batch * (1 + cfg->negatives);
+        w->points = malloc(w->cap_points * sizeof *w->points);
+        if (!w->buf || !w->points) {
+            st = HR_ENOMEM;
+            break;
+        }
+    }
+    tr->nw = cfg->threads;
+    for (unsigned i = 0; st == HR_OK && i < cfg->threads; i++) {
+        if (pthread_create(&tr->w[i].thread, NULL, worker_main, &tr->w[i]) != 0)
+            st = HR_ENOMEM;
+        else
+            tr->w[i].started = true;
+    }
+    if (st != HR_OK) {
+        hr_trainer_destroy(tr);
+        return st;
+    }
+    *out = tr;
+    return HR_OK;
+}
+
+void hr_trainer_stop(hr_trainer *tr, bool drain, hr_trainer_counts *counts)
+{
+    pthread_mutex_lock(&tr->mu);
+    bool was = tr->stopped;
+    tr->stopped = true;
+    unsigned paused = tr->pause_req;
+    tr->pause_req = 0; /* a stop overrides pauses */
+    pthread_cond_broadcast(&tr->cv);
+    pthread_mutex_unlock(&tr->mu);
+    (void)paused;
+    if (!was) {
+        hr_queue_close(tr->queue, drain);
+        for (unsigned i = 0; i < tr->nw; i++)
+            if (tr->w[i].started)
+                pthread_join(tr->w[i].thread, NULL);
+    }
+    if (counts)
+        hr_trainer_get_counts(tr, counts);
+}
+
+void hr_trainer_destroy(hr_trainer *tr)
+{
+    if (!tr)
+        return;
+    hr_trainer_stop(tr, true, NULL);
+    for (unsigned i = 0; i < tr->nw; i++) {
+        free(tr->w[i].buf);
+        free(tr->w[i].points);
+    }
+    free(tr->w);
+    sampler_free(tr->pop_sampler);
+    pthread_rwlock_destroy(&tr->sampler_lock);
+    pthread_mutex_destroy(&tr->rebuild_mu);
+    pthread_cond_destroy(&tr->cv);
+    pthread_mutex_destroy(&tr->mu);
+    free(tr);
+}
+
+uint64_t hr_trainer_pause(hr_trainer *tr)
+{
+    pthread_mutex_lock(&tr->mu);
+    tr->pause_req++;
+    while (tr->parked < tr->nw && !tr->stopped)
+        pthread_cond_wait(&tr->cv, &tr->mu);
+    uint64_t seq = tr->max_seq;
+    pthread_mutex_unlock(&tr->mu);
+    return seq;
+}
+
+void hr_trainer_resume(hr_trainer *tr)
+{
+    pthread_mutex_lock(&tr->mu);
+    if (tr->pause_req)
+        tr->pause_req--;
+    pthread_cond_broadcast(&tr->cv);
+    pthread_mutex_unlock(&tr->mu);
+}
+
+void hr_trainer_wait_idle(hr_trainer *tr)
+{
+    pthread_mutex_lock(&tr->mu);
+    for (;;) {
+        hr_queue_stats qs;
+        hr_queue_get_stats(tr->queue, &qs);
+        if (tr->stopped || tr->done >= qs.accepted)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 5 * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&tr->cv, &tr->mu, &ts);
+    }
+    pthread_mutex_unlock(&tr->mu);
+}
+
+void hr_trainer_get_counts(const hr_trainer *tr, hr_trainer_counts *out)
+{
+    memset(out, 0, sizeof *out);
+    for (unsigned i = 0; i < tr->nw; i++) {
+        const counters *c = &tr->w[i].c;
+#define HR_X_SUM(name) out->name += atomic_load_explicit(&c->name, memory_order_relaxed);
+        HR_TRAINER_COUNTERS(HR_X_SUM)
+#undef HR_X_SUM
+    }
+}
+
+const hr_hist *hr_trainer_staleness(const hr_trainer *tr) { return &tr->staleness; }
+const hr_hist *hr_trainer_freshness(const hr_trainer *tr) { return &tr->freshness; }
+
+bool hr_trainer_negatives_active(const hr_trainer *tr)
+{
+    return atomic_load(&((hr_trainer *)tr)->neg_active);
+}
