@@ -1,0 +1,269 @@
+/*
+ * test_sgd.c - the update kernel against plain references: the score against
+ * the O(n^2 k) pairwise formula, the SGD step against finite differences of
+ * the loss, AdaGrad and FTRL coordinates against their formulas, the NaN/Inf
+ * guard and the gradient clip.
+ */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hogrec/sgd.h"
+
+#define K 8
+#define NF 5
+
+typedef struct {
+    hr_row_layout L;
+    float rows[NF][64];
+    hr_active a[NF];
+} world;
+
+static hr_row_layout layout_for(hr_state_kind st)
+{
+    /* Same layout rule as model.c, built through a real model. */
+    hr_model_config mc = {0};
+    mc.k = K;
+    mc.state = st;
+    mc.chunk_rows = 64;
+    for (int t = 0; t < HR_TABLE_COUNT; t++)
+        mc.max_rows[t] = 64;
+    hr_model *m;
+    hr_error err;
+    assert_int_equal(hr_model_create(&mc, &m, &err), HR_OK);
+    hr_row_layout L = *hr_model_layout(m);
+    hr_model_destroy(m);
+    return L;
+}
+
+static void make_world(world *w, hr_state_kind st, uint64_t seed)
+{
+    memset(w, 0, sizeof *w);
+    w->L = layout_for(st);
+    assert_true(w->L.stride <= 64);
+    hr_rng rng;
+    hr_rng_seed(&rng, seed);
+    for (int f = 0; f < NF; f++) {
+        for (uint32_t d = 0; d < K; d++)
+            w->rows[f][d] = f == 0 ? 0 : (float)(hr_rng_normal(&rng) * 0.3);
+        w->rows[f][w->L.bias] = (float)(hr_rng_normal(&rng) * 0.2);
+        if (w->L.acc)
+            for (uint32_t d = 0; d <= K; d++)
+                w->rows[f][w->L.acc + d] = 0.5f;
+        w->a[f].row = w->rows[f];
+        w->a[f].x = f < 3 ? 1.0f : (float)(0.5 + hr_rng_uniform(&rng));
+        w->a[f].group = f == 0 ? HR_GROUP_GLOBAL : f == 1 ? HR_GROUP_USER : f == 2 ? HR_GROUP_ITEM : HR_GROUP_CONTEXT;
+        w->a[f].has_v = f != 0;
+    }
+}
+
+/* The plain reference: w0 + sum w_f x_f + sum_{f<g} <v_f, v_g> x_f x_g. */
+static double ref_score(const world *w)
+{
+    double y = 0;
+    for (int f = 0; f < NF; f++)
+        y += (double)w->rows[f][w->L.bias] * w->a[f].x;
+    for (int f = 0; f < NF; f++)
+        for (int g = f + 1; g < NF; g++) {
+            if (!w->a[f].has_v || !w->a[g].has_v)
+                continue;
+            double dot = 0;
+            for (int d = 0; d < K; d++)
+                dot += (double)w->rows[f][d] * w->rows[g][d];
+            y += dot * w->a[f].x * w->a[g].x;
+        }
+    return y;
+}
+
+static double ref_loss(const world *w, double label)
+{
+    double p = 1.0 / (1.0 + exp(-ref_score(w)));
+    return -(label * log(p) + (1 - label) * log(1 - p));
+}
+
+static void test_score_matches_pairwise(void **state)
+{
+    (void)state;
+    for (uint64_t seed = 1; seed <= 20; seed++) {
+        world w;
+        make_world(&w, HR_STATE_SGD, seed);
+        assert_float_equal(hr_sgd_score(&w.L, w.a, NF), ref_score(&w), 1e-4);
+    }
+}
+
+static hr_step_params sgd_params(float rate)
+{
+    hr_step_params p;
+    memset(&p, 0, sizeof p);
+    p.loss = HR_LOSS_LOGISTIC;
+    p.opt = HR_OPT_SGD;
+    for (int g = 0; g < HR_GROUP_COUNT; g++)
+        p.rate[g] = rate;
+    return p;
+}
+
+static void test_sgd_step_is_the_gradient(void **state)
+{
+    (void)state;
+    const float rate = 1e-2f;
+    for (uint64_t seed = 1; seed <= 5; seed++) {
+        for (int label = 0; label <= 1; label++) {
+            world w, before;
+            make_world(&w, HR_STATE_SGD, seed);
+            before = w;
+            /* finite differences on a copy (central, h = 1e-3, in double) */
+            double num[NF][K + 1];
+            for (int f = 0; f < NF; f++) {
+                for (uint32_t d = 0; d <= K; d++) {
+                    if (d < K && !w.a[f].has_v) {
+                        num[f][d] = 0;
+                        continue;
+                    }
+                    uint32_t at = d < K ? d : w.L.bias;
+                    world t = before;
+                    for (int g = 0; g < NF; g++)
+                        t.a[g].row = t.rows[g];
+                    float h = 1e-3f, orig = t.rows[f][at];
+                    t.rows[f][at] = orig + h;
+                    double lp = ref_loss(&t, label);
+                    t.rows[f][at] = orig - h;
+                    double lm = ref_loss(&t, label);
+                    num[f][d] = (lp - lm) / (2 * h);
+                }
+            }
+            hr_step_params p = sgd_params(rate);
+            double y;
+            assert_int_equal(hr_sgd_step(&w.L, w.a, NF, (float)label, 1.0f, &p, &y), HR_STEP_APPLIED);
+            assert_float_equal(y, ref_score(&before), 1e-4);
+            for (int f = 0; f < NF; f++)
+                for (uint32_t d = 0; d <= K; d++) {
+                    uint32_t at = d < K ? d : w.L.bias;
+                    double step = (before.rows[f][at] - w.rows[f][at]) / rate;
+                    assert_float_equal(step, num[f][d], 2e-3);
+                }
+        }
+    }
+}
+
+static void test_adagrad_coordinate(void **state)
+{
+    (void)state;
+    world w, before;
+    make_world(&w, HR_STATE_ADAGRAD, 7);
+    before = w;
+    hr_step_params p = sgd_params(0.1f);
+    p.opt = HR_OPT_ADAGRAD;
+    double y;
+    hr_sgd_step(&w.L, w.a, NF, 1.0f, 1.0f, &p, &y);
+    double pr = 1.0 / (1.0 + exp(-y));
+    double g = pr - 1.0;
+    /* the user bias: gradient g * x, accumulator 0.5 + g^2 */
+    double gb = g * w.a[1].x;
+    double G = 0.5 + gb * gb;
+    assert_float_equal(w.rows[1][w.L.acc + K], G, 1e-5);
+    assert_float_equal(w.rows[1][w.L.bias], before.rows[1][w.L.bias] - 0.1 * gb / sqrt(G), 1e-5);
+    /* a user factor: g * x * (s_d - v x) */
+    double s0 = 0;
+    for (int f = 1; f < NF; f++)
+        s0 += before.rows[f][0] * w.a[f].x;
+    double gv = g * (s0 - before.rows[1][0]);
+    double Gv = 0.5 + gv * gv;
+    assert_float_equal(w.rows[1][0], before.rows[1][0] - 0.1 * gv / sqrt(Gv), 1e-5);
+}
+
+static void test_ftrl_l1_keeps_weights_at_zero(void **state)
+{
+    (void)state;
+    world w;
+    make_world(&w, HR_STATE_FTRL, 9);
+    for (int f = 0; f < NF; f++)
+        w.rows[f][w.L.bias] = 0;
+    hr_step_params p = sgd_params(0.1f);
+    p.opt = HR_OPT_FTRL;
+    p.ftrl_beta = 1;
+    p.ftrl_l1 = 100; /* far above any |z| one step can reach */
+    double y;
+    hr_sgd_step(&w.L, w.a, NF, 1.0f, 1.0f, &p, &y);
+    for (int f = 0; f < NF; f++) {
+        assert_true(w.rows[f][w.L.bias] == 0.0f);
+        assert_true(w.rows[f][w.L.ftrl] != 0.0f); /* z moved */
+    }
+    p.ftrl_l1 = 0;
+    hr_sgd_step(&w.L, w.a, NF, 1.0f, 1.0f, &p, &y);
+    for (int f = 0; f < NF; f++)
+        assert_true(w.rows[f][w.L.bias] > 0.0f); /* positive label pushes up */
+}
+
+static void test_nonfinite_is_never_written(void **state)
+{
+    (void)state;
+    world w, before;
+    make_world(&w, HR_STATE_ADAGRAD, 11);
+    before = w;
+    hr_step_params p = sgd_params(0.1f);
+    p.opt = HR_OPT_ADAGRAD;
+    double y;
+    assert_int_equal(hr_sgd_step(&w.L, w.a, NF, NAN, 1.0f, &p, &y), HR_STEP_SKIPPED_NONFINITE);
+    assert_memory_equal(w.rows, before.rows, sizeof w.rows);
+    w.a[3].x = INFINITY;
+    assert_int_equal(hr_sgd_step(&w.L, w.a, NF, 1.0f, 1.0f, &p, &y), HR_STEP_SKIPPED_NONFINITE);
+    for (int f = 0; f < NF; f++)
+        for (uint32_t d = 0; d < w.L.stride; d++)
+            assert_true(isfinite(w.rows[f][d]));
+}
+
+static void test_clip_bounds_the_step(void **state)
+{
+    (void)state;
+    world w, before;
+    make_world(&w, HR_STATE_SGD, 13);
+    for (int f = 3; f < NF; f++)
+        w.a[f].x = 1000.0f; /* a huge gradient */
+    before = w;
+    hr_step_params p = sgd_params(1.0f);
+    p.clip = 0.5f;
+    double y = hr_sgd_score(&w.L, w.a, NF);
+    float label = y > 0 ? 0.0f : 1.0f; /* the wrong side: |gradient| ~ 1 */
+    assert_int_equal(hr_sgd_step(&w.L, w.a, NF, label, 1.0f, &p, &y), HR_STEP_CLIPPED);
+    double norm2 = 0;
+    for (int f = 0; f < NF; f++)
+        for (uint32_t d = 0; d <= K; d++) {
+            uint32_t at = d < K ? d : w.L.bias;
+            double delta = w.rows[f][at] - before.rows[f][at];
+            norm2 += delta * delta;
+        }
+    assert_float_equal(sqrt(norm2), 0.5, 1e-3); /* rate 1: the step is the clipped gradient */
+}
+
+static void test_block_scores_reference(void **state)
+{
+    (void)state;
+    world w;
+    make_world(&w, HR_STATE_SGD, 17);
+    float q[K], out[NF];
+    for (int d = 0; d < K; d++)
+        q[d] = 0.1f * (float)d - 0.3f;
+    hr_sgd_block_scores_ref(&w.L, &w.rows[0][0], NF, 64, q, out);
+    for (int f = 0; f < NF; f++) {
+        double s = w.rows[f][w.L.bias];
+        for (int d = 0; d < K; d++)
+            s += (double)q[d] * w.rows[f][d];
+        assert_float_equal(out[f], s, 1e-5);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_score_matches_pairwise),
+        cmocka_unit_test(test_sgd_step_is_the_gradient),
+        cmocka_unit_test(test_adagrad_coordinate),
+        cmocka_unit_test(test_ftrl_l1_keeps_weights_at_zero),
+        cmocka_unit_test(test_nonfinite_is_never_written),
+        cmocka_unit_test(test_clip_bounds_the_step),
+        cmocka_unit_test(test_block_scores_reference),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
