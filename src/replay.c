@@ -109,9 +109,8 @@ static hr_status parse_ndjson(hr_model *m, const char *line, size_t len, int int
     }
     json_decref(obj);
     if (st != HR_OK && err) {
-        char msg[sizeof err->message];
-        memcpy(msg, err->message, sizeof msg);
-        hr_error_set(err, st, err->field, "line %zu: %.200s", lineno, msg);
+        hr_error copy = *err;
+        hr_error_set(err, st, copy.field, "line %zu: %.200s", lineno, copy.message);
     }
     return st;
 }

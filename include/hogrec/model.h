@@ -34,6 +34,7 @@
 #include "hogrec/common.h"
 #include "hogrec/config.h"
 #include "hogrec/event.h"
+#include "hogrec/ids.h"
 #include "hogrec/schedule.h"
 
 typedef enum { HR_LOSS_LOGISTIC, HR_LOSS_SQUARED } hr_loss;

@@ -1,0 +1,107 @@
+/*
+ * test_config.c - the options table: defaults valid, bounds enforced, the
+ * file, environment and flags in their order of precedence, unknown names
+ * refused.
+ */
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hogrec/config.h"
+
+static void test_defaults_and_bounds(void **state)
+{
+    (void)state;
+    hr_config c;
+    hr_config_defaults(&c);
+    assert_int_equal(c.k, 16);
+    assert_string_equal(c.bind, "127.0.0.1");
+    assert_string_equal(c.durability, "sync");
+    hr_error err;
+    assert_int_equal(hr_config_set(&c, "k", "0", &err), HR_EINVAL);
+    assert_string_equal(err.field, "k");
+    assert_int_equal(hr_config_set(&c, "k", "2.5", &err), HR_EINVAL);
+    assert_int_equal(hr_config_set(&c, "loss", "hinge", &err), HR_EINVAL);
+    assert_int_equal(hr_config_set(&c, "nope", "1", &err), HR_EINVAL);
+    assert_int_equal(hr_config_set(&c, "grad_clip", "nan", &err), HR_EINVAL);
+    assert_int_equal(hr_config_set(&c, "k", "64", &err), HR_OK);
+    assert_int_equal(c.k, 64);
+    assert_int_equal(hr_config_set(&c, "schedule", "[1]", &err), HR_EINVAL);
+    hr_config_free(&c);
+}
+
+static void test_precedence_file_env_flags(void **state)
+{
+    (void)state;
+    const char *dir = tu_tmpdir();
+    char path[512];
+    snprintf(path, sizeof path, "%s/c.json", dir);
+    FILE *f = fopen(path, "w");
+    fputs("{\"k\": 24, \"port\": 9000, \"threads\": 3, \"schedule\": {\"type\":\"constant\",\"eta0\":0.1}}", f);
+    fclose(f);
+    setenv("HOGREC_PORT", "9001", 1);
+    setenv("HOGREC_THREADS", "4", 1);
+    char arg_config[600];
+    snprintf(arg_config, sizeof arg_config, "--config=%s", path);
+    char *argv[] = {arg_config, "--threads", "5", "--extra-thing", "x", "FILE"};
+    hr_extra_flag extra[] = {{"extra_thing", "test", NULL}};
+    hr_config c;
+    hr_error err;
+    const char *pos[2];
+    int npos;
+    bool help;
+    assert_int_equal(hr_config_from_args(&c, 6, argv, NULL, extra, 1, pos, 2, &npos, &help, &err), HR_OK);
+    assert_int_equal(c.k, 24);       /* file */
+    assert_int_equal(c.port, 9001);  /* env over file */
+    assert_int_equal(c.threads, 5);  /* flag over env */
+    assert_non_null(c.schedule);
+    assert_string_equal(extra[0].value, "x");
+    assert_int_equal(npos, 1);
+    assert_string_equal(pos[0], "FILE");
+    hr_config_free(&c);
+    unsetenv("HOGREC_PORT");
+    unsetenv("HOGREC_THREADS");
+
+    f = fopen(path, "w");
+    fputs("{\"kk\": 1}", f);
+    fclose(f);
+    char *argv2[] = {arg_config};
+    assert_int_equal(hr_config_from_args(&c, 1, argv2, NULL, NULL, 0, pos, 2, &npos, &help, &err), HR_EINVAL);
+    assert_string_equal(err.field, "kk");
+    hr_config_free(&c);
+    char *argv3[] = {"--bogus", "1"};
+    assert_int_equal(hr_config_from_args(&c, 2, argv3, NULL, NULL, 0, pos, 2, &npos, &help, &err), HR_EINVAL);
+    hr_config_free(&c);
+    tu_rmtree(dir);
+}
+
+static void test_help_lists_every_option(void **state)
+{
+    (void)state;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    hr_config_print_help(f, NULL, 0);
+    fclose(f);
+    const char *names[] = {"--k ", "--threads ", "--port ", "--db ", "--admin-token ", "--schedule "};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        assert_non_null(strstr(buf, names[i]));
+    free(buf);
+    hr_config c;
+    hr_config_defaults(&c);
+    json_t *j = hr_config_to_json(&c);
+    assert_string_equal(json_string_value(json_object_get(j, "admin_token")), "");
+    json_decref(j);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults_and_bounds),
+        cmocka_unit_test(test_precedence_file_env_flags),
+        cmocka_unit_test(test_help_lists_every_option),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

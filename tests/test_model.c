@@ -1,0 +1,220 @@
+/* ctest-labels: concurrent */
+/*
+ * test_model.c - model storage: rows never move across chunk growth,
+ * seeded deterministic init, min_count's shared default row, dirty marks,
+ * BLAS item blocks, expiry and row reuse, context hashing, bytes per row,
+ * and interning from several threads while trainers-like readers score.
+ */
+#include "testutil.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "hogrec/model.h"
+#include "hogrec/sgd.h"
+
+static hr_model *make(uint32_t k, hr_state_kind st, uint32_t min_count, double expire)
+{
+    hr_model_config mc = {0};
+    mc.k = k;
+    mc.state = st;
+    mc.init_scale = 0.1f;
+    mc.seed = 5;
+    mc.chunk_rows = 64;
+    mc.max_rows[HR_TABLE_GLOBAL] = 1;
+    mc.max_rows[HR_TABLE_USER] = 100000;
+    mc.max_rows[HR_TABLE_ITEM] = 100000;
+    mc.max_rows[HR_TABLE_CTX] = 256;
+    mc.min_count = min_count;
+    mc.expire_seconds = expire;
+    mc.adagrad_init = 0.1f;
+    hr_model *m;
+    hr_error err;
+    assert_int_equal(hr_model_create(&mc, &m, &err), HR_OK);
+    return m;
+}
+
+static uint32_t intern(hr_model *m, hr_table_id t, const char *id)
+{
+    uint32_t row;
+    assert_int_equal(hr_model_intern(m, t, id, strlen(id), &row, NULL), HR_OK);
+    return row;
+}
+
+static void test_rows_stay_put_and_init_is_seeded(void **state)
+{
+    (void)state;
+    hr_model *a = make(8, HR_STATE_ADAGRAD, 0, 0), *b = make(8, HR_STATE_ADAGRAD, 0, 0);
+    float *first = hr_model_row(a, HR_TABLE_USER, intern(a, HR_TABLE_USER, "u0"));
+    float copy[64];
+    memcpy(copy, first, hr_model_layout(a)->stride * sizeof(float));
+    char id[32];
+    for (int i = 1; i < 1000; i++) { /* 16 chunks */
+        snprintf(id, sizeof id, "u%d", i);
+        intern(a, HR_TABLE_USER, id);
+    }
+    for (int i = 999; i >= 0; i--) { /* ids in another order: init depends on the row only */
+        snprintf(id, sizeof id, "u%d", i);
+        intern(b, HR_TABLE_USER, id);
+    }
+    assert_ptr_equal(first, hr_model_row(a, HR_TABLE_USER, hr_model_lookup(a, HR_TABLE_USER, "u0", 2)));
+    assert_memory_equal(first, copy, hr_model_layout(a)->stride * sizeof(float));
+    /* the same row number has the same initial factors in both models */
+    for (uint32_t r = 1; r < 1000; r++)
+        assert_memory_equal(hr_model_row(a, HR_TABLE_USER, r), hr_model_row(b, HR_TABLE_USER, r),
+                            hr_model_layout(a)->k * sizeof(float));
+    assert_int_equal(hr_model_id_count(a, HR_TABLE_USER), 1000);
+    assert_int_equal(hr_model_rows(a, HR_TABLE_USER), 1001);
+    hr_model_destroy(a);
+    hr_model_destroy(b);
+}
+
+static void test_min_count_uses_default_row(void **state)
+{
+    (void)state;
+    hr_model *m = make(4, HR_STATE_SGD, 3, 0);
+    uint32_t r = intern(m, HR_TABLE_ITEM, "fresh");
+    const hr_row_layout *L = hr_model_layout(m);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(hr_model_effective_row(m, HR_TABLE_ITEM, r), 0);
+        hr_sgd_touch(L, hr_model_row(m, HR_TABLE_ITEM, r), 1);
+    }
+    assert_int_equal(hr_model_effective_row(m, HR_TABLE_ITEM, r), r);
+    hr_model_destroy(m);
+}
+
+static void test_dirty_marks(void **state)
+{
+    (void)state;
+    hr_model *m = make(4, HR_STATE_SGD, 0, 0);
+    uint32_t r = intern(m, HR_TABLE_USER, "x");
+    assert_true(hr_model_take_dirty(m, HR_TABLE_USER, r)); /* new rows start dirty */
+    assert_false(hr_model_take_dirty(m, HR_TABLE_USER, r));
+    hr_model_mark_dirty(m, HR_TABLE_USER, r);
+    hr_model_mark_dirty(m, HR_TABLE_USER, r);
+    assert_int_equal(hr_model_count_dirty(m, HR_TABLE_USER), 2); /* r and the default row 0 */
+    assert_true(hr_model_take_dirty(m, HR_TABLE_USER, r));
+    hr_model_destroy(m);
+}
+
+static void test_item_blocks_cover_rows(void **state)
+{
+    (void)state;
+    hr_model *m = make(4, HR_STATE_SGD, 0, 0);
+    char id[32];
+    for (int i = 0; i < 150; i++) {
+        snprintf(id, sizeof id, "i%d", i);
+        intern(m, HR_TABLE_ITEM, id);
+    }
+    uint32_t total = 0, nrows, lda;
+    const float *blk;
+    for (uint32_t b = 0; (blk = hr_model_item_block(m, b, &nrows, &lda)) != NULL; b++) {
+        assert_int_equal(lda, hr_model_layout(m)->stride);
+        assert_ptr_equal(blk, hr_model_row(m, HR_TABLE_ITEM, b * 64));
+        total += nrows;
+    }
+    assert_int_equal(total, 151); /* ids plus the default row 0 */
+    hr_model_destroy(m);
+}
+
+static void test_expiry_removes_and_reuses(void **state)
+{
+    (void)state;
+    hr_model *m = make(4, HR_STATE_SGD, 0, 100);
+    const hr_row_layout *L = hr_model_layout(m);
+    uint32_t old = intern(m, HR_TABLE_USER, "old");
+    uint32_t young = intern(m, HR_TABLE_USER, "young");
+    uint32_t now = hr_model_clock(m) + 1000;
+    hr_sgd_touch(L, hr_model_row(m, HR_TABLE_USER, young), now);
+    assert_int_equal(hr_model_expire(m, now), 1);
+    assert_int_equal(hr_model_lookup(m, HR_TABLE_USER, "old", 3), HR_ID_NONE);
+    assert_int_equal(hr_model_lookup(m, HR_TABLE_USER, "young", 5), young);
+    assert_int_equal(hr_model_expired_total(m), 1);
+    uint32_t again = intern(m, HR_TABLE_USER, "newcomer");
+    assert_int_equal(again, old); /* the freed row is reused ... */
+    assert_int_equal(hr_sgd_row_count(L, hr_model_row(m, HR_TABLE_USER, again)), 0); /* ... fresh */
+    hr_model_destroy(m);
+}
+
+static void test_ctx_rows_and_bytes_per_row(void **state)
+{
+    (void)state;
+    hr_model *m = make(16, HR_STATE_SGD, 0, 0);
+    uint32_t a = hr_model_ctx_row(m, "device", 6, "ios", 3);
+    assert_int_equal(a, hr_model_ctx_row(m, "device", 6, "ios", 3));
+    assert_true(a < 256);
+    hr_model_destroy(m);
+    /* rows carry k floats plus optimizer state within 1.25x */
+    const uint32_t ks[] = {16, 64, 128};
+    for (size_t i = 0; i < 3; i++) {
+        hr_model *s = make(ks[i], HR_STATE_SGD, 0, 0), *g = make(ks[i], HR_STATE_ADAGRAD, 0, 0);
+        double raw_sgd = ks[i] * 4.0, raw_ada = 2 * ks[i] * 4.0;
+        assert_true(hr_model_layout(s)->stride * 4.0 <= 1.25 * raw_sgd);
+        assert_true(hr_model_layout(g)->stride * 4.0 <= 1.25 * raw_ada);
+        hr_model_destroy(s);
+        hr_model_destroy(g);
+    }
+}
+
+typedef struct {
+    hr_model *m;
+    int base;
+} job;
+
+static void *interner(void *arg)
+{
+    job *j = arg;
+    char id[32];
+    for (int i = 0; i < 3000; i++) {
+        snprintf(id, sizeof id, "k%d", (i * 7 + j->base) % 4000);
+        uint32_t row;
+        assert_int_equal(hr_model_intern(j->m, HR_TABLE_ITEM, id, strlen(id), &row, NULL), HR_OK);
+        hr_event ev = {0};
+        ev.item = row;
+        (void)hr_model_predict(j->m, &ev);
+    }
+    return NULL;
+}
+
+static void test_concurrent_intern_and_score(void **state)
+{
+    (void)state;
+    hr_model *m = make(8, HR_STATE_ADAGRAD, 0, 0);
+    pthread_t th[4];
+    job jobs[4];
+    for (int t = 0; t < 4; t++) {
+        jobs[t] = (job){m, t * 1000};
+        pthread_create(&th[t], NULL, interner, &jobs[t]);
+    }
+    for (int t = 0; t < 4; t++)
+        pthread_join(th[t], NULL);
+    char id[32];
+    for (int i = 0; i < 4000; i++) {
+        snprintf(id, sizeof id, "k%d", i);
+        uint32_t r = hr_model_lookup(m, HR_TABLE_ITEM, id, strlen(id));
+        if (r == HR_ID_NONE)
+            continue; /* not every id was drawn */
+        size_t len;
+        const char *key = hr_model_key(m, HR_TABLE_ITEM, r, &len);
+        assert_non_null(key);
+        assert_int_equal(len, strlen(id));
+        assert_memory_equal(key, id, len);
+    }
+    assert_int_equal(hr_model_rows(m, HR_TABLE_ITEM), hr_model_id_count(m, HR_TABLE_ITEM) + 1);
+    hr_model_destroy(m);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_rows_stay_put_and_init_is_seeded),
+        cmocka_unit_test(test_min_count_uses_default_row),
+        cmocka_unit_test(test_dirty_marks),
+        cmocka_unit_test(test_item_blocks_cover_rows),
+        cmocka_unit_test(test_expiry_removes_and_reuses),
+        cmocka_unit_test(test_ctx_rows_and_bytes_per_row),
+        cmocka_unit_test(test_concurrent_intern_and_score),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
