@@ -186,6 +186,38 @@ void hr_hist_add(hr_hist *h, uint64_t value)
     atomic_fetch_add_explicit(&h->sum, value, memory_order_relaxed);
 }
 
+static inline void owned_add(atomic_uint_fast64_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+void hr_hist_add_owned(hr_hist *h, uint64_t value)
+{
+    unsigned b = value ? 64 - (unsigned)__builtin_clzll(value) : 0;
+    if (b >= HR_HIST_BUCKETS)
+        b = HR_HIST_BUCKETS - 1;
+    owned_add(&h->b[b], 1);
+    owned_add(&h->count, 1);
+    owned_add(&h->sum, value);
+}
+
+void hr_hist_merge(hr_hist *dst, const hr_hist *const *srcs, size_t n)
+{
+    uint64_t b[HR_HIST_BUCKETS] = {0}, count = 0, sum = 0;
+    for (size_t s = 0; s < n; s++) {
+        hr_hist *src = (hr_hist *)srcs[s];
+        for (int i = 0; i < HR_HIST_BUCKETS; i++)
+            b[i] += atomic_load_explicit(&src->b[i], memory_order_relaxed);
+        count += atomic_load_explicit(&src->count, memory_order_relaxed);
+        sum += atomic_load_explicit(&src->sum, memory_order_relaxed);
+    }
+    for (int i = 0; i < HR_HIST_BUCKETS; i++)
+        atomic_store_explicit(&dst->b[i], b[i], memory_order_relaxed);
+    atomic_store_explicit(&dst->count, count, memory_order_relaxed);
+    atomic_store_explicit(&dst->sum, sum, memory_order_relaxed);
+}
+
 uint64_t hr_hist_quantile(const hr_hist *h, double q)
 {
     uint64_t counts[HR_HIST_BUCKETS], total = 0;

@@ -20,6 +20,7 @@
 #include "hogrec/trainer.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -40,6 +41,8 @@ typedef struct {
 typedef struct worker {
     _Alignas(HR_CACHE_LINE) atomic_uint_fast64_t updates; /* owner writes */
     counters c;                /* owner writes, anyone reads */
+    hr_hist staleness;         /* owner writes (hr_hist_add_owned) */
+    hr_hist freshness;         /* owner writes, microseconds */
     pthread_t thread;
     struct hr_trainer *tr;
     unsigned id;
@@ -74,8 +77,8 @@ struct hr_trainer {
     bool stopped;            /* hr_trainer_stop ran */
 
     atomic_bool neg_active;  /* negative sampling on now */
-    hr_hist staleness;
-    hr_hist freshness;
+    hr_hist staleness;       /* merged view of the workers', rebuilt on read */
+    hr_hist freshness;       /* merged view, microseconds */
     pthread_rwlock_t sampler_lock; /* guards sampler pointer swaps */
     sampler *pop_sampler;          /* NULL until built (alpha > 0) */
     atomic_uint_fast64_t next_rebuild;
@@ -270,7 +273,6 @@ static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n
     if (use_sampler)
         pthread_rwlock_rdlock(&tr->sampler_lock);
     w->npoints = 0;
-    uint64_t now_ns = hr_now_ns();
     uint64_t trained_updates = 0;
     for (size_t i = 0; i < n && i < PREFETCH_AHEAD; i++)
         prefetch_event(m, &evs[i]);
@@ -284,14 +286,12 @@ static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n
             atomic_store(&tr->neg_active, false);
         uint64_t t_now = bc.t + trained_updates;
         uint64_t staleness = t_now > ev->enq_updates ? t_now - ev->enq_updates : 0;
-        hr_hist_add(&tr->staleness, staleness);
+        hr_hist_add_owned(&w->staleness, staleness);
         hr_sgd_touch(L, hr_model_row(m, HR_TABLE_USER, ev->user), now);
         hr_sgd_touch(L, hr_model_row(m, HR_TABLE_ITEM, ev->item), now);
         double pred = apply(tr, w, &bc, ev, staleness);
         trained_updates++;
         add_point(w, pred, ev->label, ev->weight);
-        if (ev->enq_ns && now_ns > ev->enq_ns)
-            hr_hist_add(&tr->freshness, (hr_now_ns() - ev->enq_ns) / 1000);
         if (ev->label > 0 && tr->cfg.negatives &&
             atomic_load_explicit(&tr->neg_active, memory_order_relaxed)) {
             for (unsigned j = 0; j < tr->cfg.negatives; j++) {
@@ -311,6 +311,11 @@ static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n
     }
     if (use_sampler)
         pthread_rwlock_unlock(&tr->sampler_lock);
+    /* Freshness: enqueue to the end of the batch that applied the event. */
+    uint64_t end_ns = hr_now_ns();
+    for (size_t i = 0; i < n; i++)
+        if (evs[i].enq_ns && end_ns > evs[i].enq_ns)
+            hr_hist_add_owned(&w->freshness, (end_ns - evs[i].enq_ns) / 1000);
     hr_progress_add(tr->progress, w->points, w->npoints);
     bump(&w->c.trained, n);
     bump(&w->c.updates, trained_updates);
@@ -439,14 +444,16 @@ void hr_trainer_stop(hr_trainer *tr, bool drain, hr_trainer_counts *counts)
 {
     pthread_mutex_lock(&tr->mu);
     bool was = tr->stopped;
-    tr->stopped = true;
-    unsigned paused = tr->pause_req;
-    tr->pause_req = 0; /* a stop overrides pauses */
-    pthread_cond_broadcast(&tr->cv);
     pthread_mutex_unlock(&tr->mu);
-    (void)paused;
     if (!was) {
+        /* Close first: without drain the queue is emptied before a paused
+         * worker is released, so nothing more is trained. */
         hr_queue_close(tr->queue, drain);
+        pthread_mutex_lock(&tr->mu);
+        tr->stopped = true;
+        tr->pause_req = 0; /* a stop overrides pauses */
+        pthread_cond_broadcast(&tr->cv);
+        pthread_mutex_unlock(&tr->mu);
         for (unsigned i = 0; i < tr->nw; i++)
             if (tr->w[i].started)
                 pthread_join(tr->w[i].thread, NULL);
@@ -524,8 +531,27 @@ void hr_trainer_get_counts(const hr_trainer *tr, hr_trainer_counts *out)
     }
 }
 
-const hr_hist *hr_trainer_staleness(const hr_trainer *tr) { return &tr->staleness; }
-const hr_hist *hr_trainer_freshness(const hr_trainer *tr) { return &tr->freshness; }
+/* Sums the workers' histograms into the pool's merged view. Concurrent
+ * callers store the same sums; all fields are atomics. */
+static const hr_hist *merged(const hr_trainer *tr, size_t off, hr_hist *dst)
+{
+    const hr_hist *src[256];
+    size_t n = tr->nw < 256 ? tr->nw : 256;
+    for (size_t i = 0; i < n; i++)
+        src[i] = (const hr_hist *)((const char *)&tr->w[i] + off);
+    hr_hist_merge(dst, src, n);
+    return dst;
+}
+
+const hr_hist *hr_trainer_staleness(const hr_trainer *tr)
+{
+    return merged(tr, offsetof(worker, staleness), &((hr_trainer *)tr)->staleness);
+}
+
+const hr_hist *hr_trainer_freshness(const hr_trainer *tr)
+{
+    return merged(tr, offsetof(worker, freshness), &((hr_trainer *)tr)->freshness);
+}
 
 bool hr_trainer_negatives_active(const hr_trainer *tr)
 {

@@ -68,7 +68,13 @@ typedef struct {
     atomic_uint_fast64_t sum;
 } hr_hist;
 
+/* Adds a value; any number of threads may add at once. */
 void hr_hist_add(hr_hist *h, uint64_t value);
+/* Adds a value when this thread is the only writer of h (readers may run):
+ * plain relaxed loads and stores, no locked read-modify-write. */
+void hr_hist_add_owned(hr_hist *h, uint64_t value);
+/* dst = sum of srcs (each read with relaxed loads). */
+void hr_hist_merge(hr_hist *dst, const hr_hist *const *srcs, size_t n);
 /* Upper bound of the bucket holding quantile q in [0, 1]; 0 if empty. */
 uint64_t hr_hist_quantile(const hr_hist *h, double q);
 
