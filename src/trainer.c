@@ -399,7 +399,9 @@ hr_status hr_trainer_start(hr_model *model, hr_queue *queue, hr_schedbox *sched,
     pthread_cond_init(&tr->cv, NULL);
     pthread_rwlock_init(&tr->sampler_lock, NULL);
     pthread_mutex_init(&tr->rebuild_mu, NULL);
-    atomic_init(&tr->neg_active, cfg->neg_mode != HR_NEG_OFF && cfg->negatives > 0);
+    /* Sampled negatives are label-0 clicks: meaningless for ratings. */
+    atomic_init(&tr->neg_active, cfg->neg_mode != HR_NEG_OFF && cfg->negatives > 0 &&
+                                     hr_model_get_config(model)->loss == HR_LOSS_LOGISTIC);
     atomic_init(&tr->next_rebuild, 0);
     atomic_init(&tr->next_expire_ns, 0);
     tr->w = aligned_alloc(HR_CACHE_LINE, ((sizeof(worker) * cfg->threads + HR_CACHE_LINE - 1) /
