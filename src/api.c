@@ -41,7 +41,7 @@ static hr_status number(const json_t *v, const char *field, double *out, hr_erro
     return HR_OK;
 }
 
-static hr_status features(hr_model *m, const json_t *obj, hr_event *ev, hr_error *err)
+static hr_status features(const hr_model *m, const json_t *obj, hr_event *ev, hr_error *err)
 {
     if (!json_is_object(obj))
         return hr_error_set(err, HR_EINVAL, "features", "features must be an object");
@@ -102,7 +102,7 @@ hr_status hr_api_event_from_json(hr_model *m, const json_t *obj, hr_event *ev,
         (st = hr_api_id(item, "item", id, &len, err)) != HR_OK)
         return st;
     const json_t *label = json_object_get(obj, "label"), *rating = json_object_get(obj, "rating");
-    double d;
+    double d = 0;
     if (squared) {
         if (!rating)
             return hr_error_set(err, HR_EINVAL, "rating", "rating is required by a squared-loss model");
@@ -167,4 +167,60 @@ char *hr_api_event_text(const json_t *obj, size_t *len)
     if (s && len)
         *len = strlen(s);
     return s;
+}
+
+hr_status hr_api_pair_from_json(const hr_model *m, const json_t *obj, hr_event *ev,
+                                unsigned *unknown, hr_error *err)
+{
+    memset(ev, 0, sizeof *ev);
+    ev->weight = 1.0f;
+    *unknown = 0;
+    if (!json_is_object(obj))
+        return hr_error_set(err, HR_EINVAL, "", "a pair must be a JSON object");
+    const char *key;
+    json_t *val;
+    json_object_foreach((json_t *)obj, key, val) {
+        if (strcmp(key, "user") && strcmp(key, "item") && strcmp(key, "features"))
+            return hr_error_set(err, HR_EINVAL, key, "unknown field '%s'", key);
+    }
+    char id[HR_ID_MAX_LEN + 1];
+    size_t len;
+    hr_status st;
+    if ((st = hr_api_id(json_object_get(obj, "user"), "user", id, &len, err)) != HR_OK)
+        return st;
+    ev->user = hr_api_lookup(m, HR_TABLE_USER, id, len, unknown, HR_API_UNKNOWN_USER);
+    if ((st = hr_api_id(json_object_get(obj, "item"), "item", id, &len, err)) != HR_OK)
+        return st;
+    ev->item = hr_api_lookup(m, HR_TABLE_ITEM, id, len, unknown, HR_API_UNKNOWN_ITEM);
+    const json_t *feats = json_object_get(obj, "features");
+    if (feats && (st = features(m, feats, ev, err)) != HR_OK)
+        return st;
+    return HR_OK;
+}
+
+uint32_t hr_api_lookup(const hr_model *m, hr_table_id t, const char *id, size_t len,
+                       unsigned *unknown, unsigned flag)
+{
+    uint32_t row = hr_model_lookup(m, t, id, len);
+    if (row == HR_ID_NONE || row == 0) {
+        *unknown |= flag;
+        return 0;
+    }
+    return row;
+}
+
+void hr_api_printable(char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s >= 0x80 || (unsigned char)*s < 0x20)
+            *s = '?';
+}
+
+json_t *hr_api_error_json(const char *code, const char *message)
+{
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", message ? message : "");
+    /* Parser messages may quote the client's bytes, which need not be UTF-8. */
+    hr_api_printable(msg);
+    return json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
 }

@@ -53,8 +53,13 @@ uint32_t hr_api_lookup(const hr_model *m, hr_table_id t, const char *id, size_t 
 hr_status hr_api_pair_from_json(const hr_model *m, const json_t *obj, hr_event *ev,
                                 unsigned *unknown, hr_error *err);
 
+/* Replaces every byte outside printable ASCII in s (NUL-terminated) with '?':
+ * text quoted from a client becomes a valid JSON string. */
+void hr_api_printable(char *s);
+
 /* The error body {"error": {"code": code, "message": message}}: a new
- * reference (NULL only when out of memory). */
+ * reference (NULL only when out of memory). message is
+ * made printable (hr_api_printable) and cut at 511 bytes. */
 json_t *hr_api_error_json(const char *code, const char *message);
 
 #endif

@@ -1,0 +1,156 @@
+/*
+ * test_api.c - JSON <-> structs (src/api.c): event validation and
+ * resolution, predict pairs, the error body.
+ */
+#include <jansson.h>
+#include <string.h>
+
+#include "hogrec/api.h"
+#include "testutil.h"
+
+static hr_model *make_model(const char *loss)
+{
+    hr_config c;
+    hr_config_defaults(&c);
+    c.k = 4;
+    c.max_users = 64;
+    c.max_items = 64;
+    c.chunk_rows = 64;
+    c.context_bits = 4;
+    strcpy(c.loss, loss);
+    hr_schedule s;
+    hr_schedule_defaults(&s);
+    hr_model_config mc;
+    assert_int_equal(hr_model_config_from(&c, &s, &mc, NULL), HR_OK);
+    hr_model *m = NULL;
+    assert_int_equal(hr_model_create(&mc, &m, NULL), HR_OK);
+    hr_config_free(&c);
+    return m;
+}
+
+static hr_status ev_from(hr_model *m, const char *text, hr_event *ev, hr_error *e)
+{
+    json_t *v = json_loads(text, 0, NULL);
+    assert_non_null(v);
+    hr_status st = hr_api_event_from_json(m, v, ev, NULL, e);
+    json_decref(v);
+    return st;
+}
+
+static void test_event_valid(void **state)
+{
+    (void)state;
+    hr_model *m = make_model("logistic");
+    hr_event ev;
+    hr_error e;
+    assert_int_equal(ev_from(m, "{\"user\":\"u1\",\"item\":7,\"label\":0,\"weight\":2,"
+                                "\"ts\":1.5,\"features\":{\"dev\":\"ios\",\"age\":3},\"id\":\"e1\"}",
+                             &ev, &e),
+                     HR_OK);
+    assert_true(ev.user > 0 && ev.item > 0);
+    assert_true(ev.label == 0.0f && ev.weight == 2.0f && ev.ts == 1.5);
+    assert_int_equal(ev.nctx, 2);
+    assert_int_equal(hr_model_lookup(m, HR_TABLE_ITEM, "7", 1), ev.item); /* integer id = decimal */
+    assert_int_equal(ev_from(m, "{\"user\":\"u1\",\"item\":\"x\"}", &ev, &e), HR_OK);
+    assert_true(ev.label == 1.0f); /* default label */
+    hr_model_destroy(m);
+}
+
+static void test_event_invalid_names_field(void **state)
+{
+    (void)state;
+    hr_model *m = make_model("logistic");
+    struct {
+        const char *json, *field;
+    } cases[] = {
+        {"{\"item\":\"i\"}", "user"},
+        {"{\"user\":[1],\"item\":\"i\"}", "user"},
+        {"{\"user\":\"u\",\"item\":1.5}", "item"},
+        {"{\"user\":\"u\",\"item\":\"i\",\"label\":2}", "label"},
+        {"{\"user\":\"u\",\"item\":\"i\",\"label\":\"1\"}", "label"},
+        {"{\"user\":\"u\",\"item\":\"i\",\"weight\":-1}", "weight"},
+        {"{\"user\":\"u\",\"item\":\"i\",\"rating\":3}", "rating"},
+        {"{\"user\":\"u\",\"item\":\"i\",\"features\":[1]}", "features"},
+        {"{\"user\":\"u\",\"item\":\"i\",\"features\":{\"a\":null}}", "features"},
+        {"{\"user\":\"u\",\"item\":\"i\",\"bogus\":1}", "bogus"},
+        {"{\"user\":\"\",\"item\":\"i\"}", "user"},
+    };
+    for (size_t i = 0; i < HR_ARRAY_LEN(cases); i++) {
+        hr_event ev;
+        hr_error e = {{0}, {0}};
+        assert_int_equal(ev_from(m, cases[i].json, &ev, &e), HR_EINVAL);
+        assert_string_equal(e.field, cases[i].field);
+    }
+    /* nothing was interned by the invalid events */
+    assert_int_equal(hr_model_id_count(m, HR_TABLE_USER), 0);
+    assert_int_equal(hr_model_id_count(m, HR_TABLE_ITEM), 0);
+    json_t *arr = json_array();
+    hr_event ev;
+    assert_int_equal(hr_api_event_from_json(m, arr, &ev, NULL, NULL), HR_EINVAL);
+    json_decref(arr);
+    hr_model_destroy(m);
+}
+
+static void test_squared_needs_rating(void **state)
+{
+    (void)state;
+    hr_model *m = make_model("squared");
+    hr_event ev;
+    hr_error e;
+    assert_int_equal(ev_from(m, "{\"user\":1,\"item\":2,\"rating\":4.5}", &ev, &e), HR_OK);
+    assert_true(ev.label == 4.5f);
+    assert_int_equal(ev_from(m, "{\"user\":1,\"item\":2}", &ev, &e), HR_EINVAL);
+    assert_string_equal(e.field, "rating");
+    hr_model_destroy(m);
+}
+
+static void test_pair_unknown_creates_nothing(void **state)
+{
+    (void)state;
+    hr_model *m = make_model("logistic");
+    hr_event ev;
+    hr_error e;
+    assert_int_equal(ev_from(m, "{\"user\":\"u1\",\"item\":\"i1\"}", &ev, &e), HR_OK);
+    json_t *p = json_loads("{\"user\":\"u1\",\"item\":\"nope\",\"features\":{\"f\":1}}", 0, NULL);
+    unsigned unk = 99;
+    assert_int_equal(hr_api_pair_from_json(m, p, &ev, &unk, &e), HR_OK);
+    assert_int_equal(unk, HR_API_UNKNOWN_ITEM);
+    assert_int_equal(ev.item, 0);
+    assert_true(ev.user > 0);
+    assert_int_equal(ev.nctx, 1);
+    assert_int_equal(hr_model_id_count(m, HR_TABLE_ITEM), 1);
+    double pr = hr_model_predict(m, &ev);
+    assert_true(pr > 0 && pr < 1);
+    json_decref(p);
+    p = json_loads("{\"user\":\"u1\",\"item\":\"i1\",\"label\":1}", 0, NULL);
+    assert_int_equal(hr_api_pair_from_json(m, p, &ev, &unk, &e), HR_EINVAL);
+    assert_string_equal(e.field, "label");
+    json_decref(p);
+    p = json_loads("{\"user\":{},\"item\":\"i1\"}", 0, NULL);
+    assert_int_equal(hr_api_pair_from_json(m, p, &ev, &unk, &e), HR_EINVAL);
+    assert_string_equal(e.field, "user");
+    json_decref(p);
+    hr_model_destroy(m);
+}
+
+static void test_error_json(void **state)
+{
+    (void)state;
+    json_t *e = hr_api_error_json("bad", "oops");
+    char *s = json_dumps(e, JSON_COMPACT | JSON_SORT_KEYS);
+    assert_string_equal(s, "{\"error\":{\"code\":\"bad\",\"message\":\"oops\"}}");
+    free(s);
+    json_decref(e);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_event_valid),
+        cmocka_unit_test(test_event_invalid_names_field),
+        cmocka_unit_test(test_squared_needs_rating),
+        cmocka_unit_test(test_pair_unknown_creates_nothing),
+        cmocka_unit_test(test_error_json),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

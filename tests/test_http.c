@@ -1,0 +1,850 @@
+/*
+ * test_http.c - integration tests of the HTTP server (src/http.c).
+ *
+ * Each test starts a real app and server in-process on a free port
+ * (port 0, 127.0.0.1) and talks HTTP to it with libcurl, or with a raw
+ * socket where curl would fix the request up (two Content-Length headers, no
+ * length at all, hand-made chunked bodies). In-process, a test can pause the
+ * trainers (hr_trainer_pause), which makes the 429 path deterministic: a
+ * batch that fits the queue's capacity but not its free space is refused
+ * whole. One test runs the real binary ($HOGREC_BIN serve --port 0) as a
+ * child and stops it with SIGTERM.
+ *
+ * Verdicts never depend on timing; every loop is bounded in count.
+ */
+/* ctest-labels: concurrent */
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <dirent.h>
+#include <jansson.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "hogrec/api.h"
+#include "hogrec/app.h"
+#include "hogrec/http.h"
+#include "testutil.h"
+
+#define TOKEN "t0ken"
+
+typedef struct {
+    hr_app *app;
+    hr_http *http;
+    uint16_t port;
+} server;
+
+static void start_body(server *s, int64_t queue_capacity, const char *token, int64_t max_body)
+{
+    hr_config c;
+    hr_config_defaults(&c);
+    c.db[0] = 0;
+    c.port = 0;
+    c.k = 8;
+    c.max_users = 4096;
+    c.max_items = 4096;
+    c.chunk_rows = 64;
+    c.context_bits = 8;
+    c.threads = 2;
+    c.http_threads = 2;
+    c.queue_capacity = queue_capacity;
+    c.max_body_bytes = max_body;
+    c.max_batch_events = 1000;
+    c.negative_sampling[0] = 0;
+    strcpy(c.negative_sampling, "off");
+    strcpy(c.admin_token, token);
+    hr_error e;
+    assert_int_equal(hr_app_open(&c, &s->app, &e), HR_OK);
+    assert_int_equal(hr_http_start(s->app, &s->http, &e), HR_OK);
+    s->port = hr_http_port(s->http);
+    assert_true(s->port > 0);
+    hr_config_free(&c);
+}
+
+static void start(server *s, int64_t queue_capacity, const char *token)
+{
+    start_body(s, queue_capacity, token, 65536);
+}
+
+static void stop(server *s)
+{
+    hr_http_stop(s->http);
+    hr_app_close(s->app, true);
+}
+
+/* ---- a libcurl client ---- */
+
+typedef struct {
+    char *data;
+    size_t len;
+} buf;
+
+static size_t on_data(char *p, size_t size, size_t n, void *cls)
+{
+    buf *b = cls;
+    char *d = realloc(b->data, b->len + size * n + 1);
+    assert_non_null(d);
+    memcpy(d + b->len, p, size * n);
+    b->data = d;
+    b->len += size * n;
+    d[b->len] = 0;
+    return size * n;
+}
+
+typedef struct {
+    long status;
+    json_t *json;       /* parsed body or NULL */
+    char *text;         /* raw body */
+    char retry_after[16];
+    char allow[64];
+} reply;
+
+static size_t on_header(char *p, size_t size, size_t n, void *cls)
+{
+    reply *r = cls;
+    size_t len = size * n;
+    if (len > 13 && strncasecmp(p, "Retry-After: ", 13) == 0)
+        snprintf(r->retry_after, sizeof r->retry_after, "%.*s", (int)(len - 15), p + 13);
+    if (len > 7 && strncasecmp(p, "Allow: ", 7) == 0)
+        snprintf(r->allow, sizeof r->allow, "%.*s", (int)(len - 9), p + 7);
+    return len;
+}
+
+static reply call(const server *s, const char *method, const char *path, const char *ctype,
+                  const char *body, size_t len, const char *auth)
+{
+    CURL *c = curl_easy_init();
+    assert_non_null(c);
+    char url[2048];
+    snprintf(url, sizeof url, "http://127.0.0.1:%u%s", s->port, path);
+    buf b = {0};
+    reply r;
+    memset(&r, 0, sizeof r);
+    struct curl_slist *h = NULL;
+    char hdr[300];
+    if (ctype) {
+        snprintf(hdr, sizeof hdr, "Content-Type: %s", ctype);
+        h = curl_slist_append(h, hdr);
+    }
+    if (auth) {
+        snprintf(hdr, sizeof hdr, "Authorization: %s", auth);
+        h = curl_slist_append(h, hdr);
+    }
+    h = curl_slist_append(h, "Expect:");
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    if (body) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)len);
+    }
+    if (strcmp(method, "HEAD") == 0)
+        curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
+    CURLcode rc = curl_easy_perform(c);
+    if (rc != CURLE_OK)
+        fail_msg("curl %s %s: %s", method, path, curl_easy_strerror(rc));
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    r.text = b.data ? b.data : strdup("");
+    r.json = json_loads(r.text, 0, NULL);
+    return r;
+}
+
+static reply get(const server *s, const char *path)
+{
+    return call(s, "GET", path, NULL, NULL, 0, NULL);
+}
+
+static reply post(const server *s, const char *path, const char *body)
+{
+    return call(s, "POST", path, "application/json", body, strlen(body), NULL);
+}
+
+static void done(reply *r)
+{
+    json_decref(r->json);
+    free(r->text);
+}
+
+/* Asserts an error reply: the status and {"error": {"code", "message"}}. */
+static void expect_error(reply r, long status, const char *code)
+{
+    if (r.status != status)
+        fail_msg("expected %ld, got %ld: %s", status, r.status, r.text);
+    json_t *e = json_object_get(r.json, "error");
+    assert_true(json_is_object(e));
+    assert_true(json_is_string(json_object_get(e, "message")));
+    if (code)
+        assert_string_equal(json_string_value(json_object_get(e, "code")), code);
+    done(&r);
+}
+
+static json_int_t jint(json_t *o, const char *path)
+{
+    /* "a.b" */
+    char key[64];
+    const char *dot = strchr(path, '.');
+    if (dot) {
+        snprintf(key, sizeof key, "%.*s", (int)(dot - path), path);
+        return jint(json_object_get(o, key), dot + 1);
+    }
+    json_t *v = json_object_get(o, path);
+    assert_true(json_is_integer(v));
+    return json_integer_value(v);
+}
+
+/* ---- raw socket client ---- */
+
+/* Sends req (len bytes), reads until the peer closes or a whole response
+ * with its Content-Length arrived; returns the status code. */
+static int raw(const server *s, const char *req, size_t len, char *out, size_t cap)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(s->port)};
+    inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+    struct timeval tv = {30, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    size_t off = 0;
+    while (off < len) {
+        ssize_t n = send(fd, req + off, len - off, MSG_NOSIGNAL);
+        if (n <= 0)
+            break;
+        off += (size_t)n;
+    }
+    size_t got = 0;
+    for (int i = 0; i < 1000 && got + 1 < cap; i++) {
+        ssize_t n = recv(fd, out + got, cap - 1 - got, 0);
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+        out[got] = 0;
+        const char *end = strstr(out, "\r\n\r\n");
+        const char *cl = strcasestr(out, "Content-Length: ");
+        if (end && cl && got >= (size_t)(end + 4 - out) + (size_t)atol(cl + 16))
+            break;
+    }
+    out[got] = 0;
+    close(fd);
+    int status = 0;
+    if (sscanf(out, "HTTP/1.%*d %d", &status) != 1)
+        return 0;
+    return status;
+}
+
+/* ---- tests ---- */
+
+static void test_health_ready_metrics(void **state)
+{
+    (void)state;
+    server s;
+    start(&s, 1024, TOKEN);
+    reply r = get(&s, "/healthz");
+    assert_int_equal(r.status, 200);
+    assert_string_equal(json_string_value(json_object_get(r.json, "status")), "ok");
+    done(&r);
+    r = get(&s, "/readyz");
+    assert_int_equal(r.status, 200);
+    done(&r);
+    atomic_store(&s.app->ready, 0); /* as while loading */
+    expect_error(get(&s, "/readyz"), 503, "not_ready");
+    atomic_store(&s.app->ready, 1);
+    r = call(&s, "HEAD", "/healthz", NULL, NULL, 0, NULL);
+    assert_int_equal(r.status, 200);
+    done(&r);
+    r = get(&s, "/metrics");
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.text, "hogrec_http_requests_total{route=\"healthz\",status=\"2xx\"} 2"));
+    assert_non_null(strstr(r.text, "hogrec_http_requests_total{route=\"readyz\",status=\"5xx\"} 1"));
+    assert_non_null(strstr(r.text, "hogrec_http_request_duration_seconds_bucket{route=\"healthz\",le=\"+Inf\"} 2"));
+    assert_non_null(strstr(r.text, "hogrec_queue_capacity 1024"));
+    done(&r);
+    stop(&s);
+}
+
+static void test_events_predict_stats(void **state)
+{
+    (void)state;
+    server s;
+    start(&s, 1024, TOKEN);
+    reply r = post(&s, "/v1/events", "{\"user\":\"u1\",\"item\":\"i1\"}");
+    assert_int_equal(r.status, 202);
+    assert_int_equal(jint(r.json, "accepted"), 1);
+    assert_int_equal(jint(r.json, "rejected"), 0);
+    assert_int_equal(jint(r.json, "seq"), 1);
+    done(&r);
+    /* invalid events reported by index, valid ones accepted */
+    r = post(&s, "/v1/events",
+             "[{\"user\":\"u1\",\"item\":\"i2\",\"label\":0},{\"user\":[1],\"item\":\"i\"},"
+             "{\"user\":2,\"item\":3,\"label\":7},{\"user\":\"u2\",\"item\":\"i1\",\"weight\":2}]");
+    assert_int_equal(r.status, 202);
+    assert_int_equal(jint(r.json, "accepted"), 2);
+    assert_int_equal(jint(r.json, "rejected"), 2);
+    json_t *errs = json_object_get(r.json, "errors");
+    assert_int_equal(json_array_size(errs), 2);
+    assert_int_equal(jint(json_array_get(errs, 0), "index"), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(errs, 0), "field")), "user");
+    assert_int_equal(jint(json_array_get(errs, 1), "index"), 2);
+    done(&r);
+    /* an empty batch */
+    r = post(&s, "/v1/events", "[]");
+    assert_int_equal(r.status, 202);
+    assert_int_equal(jint(r.json, "accepted"), 0);
+    done(&r);
+    /* the same id twice: applied once */
+    r = post(&s, "/v1/events", "[{\"user\":\"u3\",\"item\":\"i1\",\"id\":\"e-1\"},"
+                               "{\"user\":\"u3\",\"item\":\"i1\",\"id\":\"e-1\"}]");
+    assert_int_equal(jint(r.json, "accepted"), 1);
+    assert_int_equal(jint(r.json, "duplicates"), 1);
+    done(&r);
+    r = post(&s, "/v1/events", "{\"user\":\"u3\",\"item\":\"i1\",\"id\":\"e-1\"}");
+    assert_int_equal(jint(r.json, "accepted"), 0);
+    assert_int_equal(jint(r.json, "duplicates"), 1);
+    done(&r);
+
+    hr_trainer_wait_idle(s.app->trainer);
+    r = get(&s, "/v1/stats");
+    assert_int_equal(r.status, 200);
+    assert_int_equal(jint(r.json, "events.accepted"), 4);
+    assert_int_equal(jint(r.json, "events.trained"), 4);
+    assert_int_equal(jint(r.json, "events.rejected"), 2);
+    assert_int_equal(jint(r.json, "queue.capacity"), 1024);
+    assert_int_equal(jint(r.json, "model.users"), 3);
+    assert_int_equal(jint(r.json, "model.items"), 2);
+    assert_int_equal(jint(r.json, "model.k"), 8);
+    assert_int_equal(jint(r.json, "schedule.version"), 1);
+    assert_true(json_is_object(json_object_get(r.json, "progressive")));
+    assert_true(json_is_object(json_object_get(r.json, "freshness_us")));
+    done(&r);
+
+    /* predict: POST pairs in order, GET one; unknown ids flagged */
+    r = post(&s, "/v1/predict", "{\"pairs\":[{\"user\":\"u1\",\"item\":\"i1\"},"
+                                "{\"user\":\"nobody\",\"item\":\"i1\",\"features\":{\"d\":\"x\"}}]}");
+    assert_int_equal(r.status, 200);
+    json_t *sc = json_object_get(r.json, "scores");
+    assert_int_equal(json_array_size(sc), 2);
+    double p0 = json_real_value(json_array_get(sc, 0));
+    assert_true(p0 > 0 && p0 < 1);
+    json_t *unk = json_object_get(r.json, "unknown");
+    assert_int_equal(json_array_size(unk), 1);
+    assert_int_equal(jint(json_array_get(unk, 0), "index"), 1);
+    assert_true(json_is_true(json_object_get(json_array_get(unk, 0), "user")));
+    done(&r);
+    r = get(&s, "/v1/predict?user=u1&item=i1");
+    assert_int_equal(r.status, 200);
+    assert_true(fabs(json_real_value(json_object_get(r.json, "score")) - p0) < 1e-6);
+    assert_null(json_object_get(r.json, "unknown"));
+    done(&r);
+    expect_error(get(&s, "/v1/predict?user=u1"), 400, "invalid");
+    expect_error(post(&s, "/v1/predict", "{\"pairs\":[{\"user\":{},\"item\":1}]}"), 400, "invalid");
+    expect_error(post(&s, "/v1/predict", "{\"pairs\":{}}"), 400, "invalid");
+    expect_error(post(&s, "/v1/predict", "{\"pairs\":[1,"), 400, "malformed_json");
+    stop(&s);
+}
+
+static void test_ndjson_and_chunked(void **state)
+{
+    (void)state;
+    server s;
+    start(&s, 1024, TOKEN);
+    const char *nd = "{\"user\":\"a\",\"item\":\"x\"}\n\n{\"user\":\"b\",\"item\":\"y\"}\r\n"
+                     "not json\n{\"user\":\"c\"}\n{\"user\":\"c\",\"item\":\"x\"}";
+    reply r = call(&s, "POST", "/v1/events", "application/x-ndjson", nd, strlen(nd), NULL);
+    assert_int_equal(r.status, 202);
+    assert_int_equal(jint(r.json, "accepted"), 3);
+    assert_int_equal(jint(r.json, "rejected"), 2);
+    json_t *errs = json_object_get(r.json, "errors");
+    assert_int_equal(jint(json_array_get(errs, 0), "index"), 2);
+    assert_int_equal(jint(json_array_get(errs, 1), "index"), 3);
+    done(&r);
+    /* chunked JSON array, split mid-token */
+    char req[1024], out[4096];
+    const char *part1 = "[{\"user\":\"ch\",\"it", *part2 = "em\":\"x\"},{\"user\":\"ch\",\"item\":\"y\"}]";
+    int n = snprintf(req, sizeof req,
+                     "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n%zx\r\n%s\r\n%zx\r\n%s\r\n0\r\n\r\n",
+                     strlen(part1), part1, strlen(part2), part2);
+    assert_int_equal(raw(&s, req, (size_t)n, out, sizeof out), 202);
+    assert_non_null(strstr(out, "\"accepted\":2"));
+    /* chunked NDJSON */
+    const char *l1 = "{\"user\":\"nd\",\"item\":\"x\"}\n", *l2 = "{\"user\":\"nd\",\"item\":\"z\"}\n";
+    n = snprintf(req, sizeof req,
+                 "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n"
+                 "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n%zx\r\n%s\r\n%zx\r\n%s\r\n0\r\n\r\n",
+                 strlen(l1), l1, strlen(l2), l2);
+    assert_int_equal(raw(&s, req, (size_t)n, out, sizeof out), 202);
+    assert_non_null(strstr(out, "\"accepted\":2"));
+    /* an NDJSON body of nothing but garbage cannot be parsed at all */
+    expect_error(call(&s, "POST", "/v1/events", "application/x-ndjson", "x\ny\n", 4, NULL), 400,
+                 "malformed_json");
+    stop(&s);
+}
+
+static void test_error_statuses(void **state)
+{
+    (void)state;
+    server s;
+    start(&s, 64, TOKEN);
+    char out[4096], req[512];
+    /* 400 */
+    expect_error(post(&s, "/v1/events", "{\"user\":"), 400, "malformed_json");
+    expect_error(post(&s, "/v1/events", "42"), 400, "malformed_json");
+    expect_error(post(&s, "/v1/events", "\"str\""), 400, "malformed_json");
+    expect_error(post(&s, "/v1/events", "{\"user\":1,\"user\":2,\"item\":3}"), 400, NULL);
+    /* two Content-Length headers */
+    int n = snprintf(req, sizeof req,
+                     "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     "Content-Length: 2\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]");
+    assert_int_equal(raw(&s, req, (size_t)n, out, sizeof out), 400);
+    assert_non_null(strstr(out, "Content-Length"));
+    n = snprintf(req, sizeof req,
+                 "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 "Content-Length: 2\r\nContent-Length: 5\r\nConnection: close\r\n\r\n[]");
+    int st = raw(&s, req, (size_t)n, out, sizeof out);
+    assert_true(st == 400 || st == 0); /* MHD may drop the connection itself */
+    /* 401 */
+    expect_error(get(&s, "/v1/admin/schedule"), 401, "unauthorized");
+    expect_error(call(&s, "GET", "/v1/admin/schedule", NULL, NULL, 0, "Bearer wrong"), 401, NULL);
+    expect_error(call(&s, "GET", "/v1/admin/schedule", NULL, NULL, 0, "Bearer t0ken2"), 401, NULL);
+    expect_error(call(&s, "GET", "/v1/admin/schedule", NULL, NULL, 0, "Basic t0ken"), 401, NULL);
+    /* 404 */
+    expect_error(get(&s, "/nope"), 404, "not_found");
+    expect_error(get(&s, "/v1/events/x"), 404, "not_found");
+    /* 405 with Allow */
+    reply r = get(&s, "/v1/events");
+    assert_string_equal(r.allow, "POST");
+    expect_error(r, 405, "method_not_allowed");
+    expect_error(call(&s, "DELETE", "/v1/recommend?user=u", NULL, NULL, 0, NULL), 405, NULL);
+    expect_error(call(&s, "POST", "/healthz", "application/json", "{}", 2, NULL), 405, NULL);
+    /* 411: a body route without a length */
+    n = snprintf(req, sizeof req, "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                                  "application/json\r\nConnection: close\r\n\r\n");
+    assert_int_equal(raw(&s, req, (size_t)n, out, sizeof out), 411);
+    assert_non_null(strstr(out, "length_required"));
+    /* 413: body over max_body_bytes (declared, and chunked without a length) */
+    size_t big = 70000;
+    char *body = malloc(big + 1);
+    memset(body, ' ', big);
+    body[0] = '[';
+    body[big - 1] = ']';
+    body[big] = 0;
+    expect_error(call(&s, "POST", "/v1/events", "application/json", body, big, NULL), 413,
+                 "payload_too_large");
+    free(body);
+    char *chunked = malloc(80000);
+    size_t off = (size_t)sprintf(chunked, "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                                          "application/json\r\nTransfer-Encoding: chunked\r\n"
+                                          "Connection: close\r\n\r\n");
+    for (int i = 0; i < 18; i++) { /* 18 chunks of 4000 bytes = 72000 */
+        off += (size_t)sprintf(chunked + off, "fa0\r\n");
+        memset(chunked + off, ' ', 4000);
+        off += 4000;
+        off += (size_t)sprintf(chunked + off, "\r\n");
+    }
+    off += (size_t)sprintf(chunked + off, "0\r\n\r\n");
+    assert_int_equal(raw(&s, chunked, off, out, sizeof out), 413);
+    free(chunked);
+    /* 413: more events than the queue can ever hold (capacity 64) */
+    char *batch = malloc(100 * 40 + 3);
+    off = (size_t)sprintf(batch, "[");
+    for (int i = 0; i < 65; i++)
+        off += (size_t)sprintf(batch + off, "%s{\"user\":%d,\"item\":1}", i ? "," : "", i);
+    sprintf(batch + off, "]");
+    expect_error(post(&s, "/v1/events", batch), 413, "too_many_events");
+    free(batch);
+    /* 415 */
+    expect_error(call(&s, "POST", "/v1/events", "text/plain", "{}", 2, NULL), 415,
+                 "unsupported_media_type");
+    expect_error(call(&s, "POST", "/v1/predict", "application/x-ndjson", "{}", 2, NULL), 415, NULL);
+    /* 503: checkpoint without persistence */
+    expect_error(call(&s, "POST", "/v1/admin/checkpoint", NULL, NULL, 0, "Bearer " TOKEN), 503,
+                 "persistence_off");
+    /* recommend parameter errors */
+    expect_error(get(&s, "/v1/recommend"), 400, "invalid");
+    expect_error(get(&s, "/v1/recommend?user=u&k=0"), 400, "invalid");
+    expect_error(get(&s, "/v1/recommend?user=u&k=abc"), 400, "invalid");
+    expect_error(get(&s, "/v1/recommend?user=u&exclude_seen=maybe"), 400, "invalid");
+    /* nothing above changed what was accepted, and the server still serves */
+    r = get(&s, "/v1/stats");
+    assert_int_equal(r.status, 200);
+    assert_int_equal(jint(r.json, "events.accepted"), 0);
+    done(&r);
+    stop(&s);
+}
+
+static void test_admin_disabled_without_token(void **state)
+{
+    (void)state;
+    server s;
+    start(&s, 64, "");
+    expect_error(call(&s, "GET", "/v1/admin/schedule", NULL, NULL, 0, "Bearer "), 404, "not_found");
+    stop(&s);
+}
+
+static void test_queue_full_429(void **state)
+{
+    (void)state;
+    server s;
+    start(&s, 16, TOKEN);
+    hr_trainer_pause(s.app->trainer);
+    const char *ten = "[{\"user\":1,\"item\":1},{\"user\":1,\"item\":2},{\"user\":1,\"item\":3},"
+                      "{\"user\":1,\"item\":4},{\"user\":1,\"item\":5},{\"user\":1,\"item\":6},"
+                      "{\"user\":1,\"item\":7},{\"user\":1,\"item\":8},{\"user\":1,\"item\":9},"
+                      "{\"user\":1,\"item\":10,\"id\":\"last\"}]";
+    reply r = post(&s, "/v1/events", ten);
+    assert_int_equal(r.status, 202);
+    done(&r);
+    r = post(&s, "/v1/events", ten); /* 10 fit the capacity (16), not the free space (6) */
+    assert_string_equal(r.retry_after, "1");
+    expect_error(r, 429, "queue_full");
+    hr_trainer_resume(s.app->trainer);
+    hr_trainer_wait_idle(s.app->trainer);
+    r = get(&s, "/v1/stats");
+    assert_int_equal(jint(r.json, "events.accepted"), 10);
+    assert_int_equal(jint(r.json, "events.refused"), 9); /* "last" was a duplicate */
+    assert_int_equal(jint(r.json, "events.trained"), 10);
+    done(&r);
+    /* the resent batch is accepted whole; its id was released by the 429,
+     * but the first batch's "last" is a duplicate */
+    r = post(&s, "/v1/events", ten);
+    assert_int_equal(r.status, 202);
+    assert_int_equal(jint(r.json, "accepted"), 9);
+    assert_int_equal(jint(r.json, "duplicates"), 1);
+    done(&r);
+    stop(&s);
+}
+
+typedef struct {
+    const server *s;
+    int posted;  /* requests answered 202 */
+    int other;   /* requests answered otherwise */
+} streamer;
+
+static void *stream_events(void *arg)
+{
+    streamer *st = arg;
+    char body[2048];
+    for (int i = 0; i < 150; i++) {
+        size_t off = (size_t)sprintf(body, "[");
+        for (int j = 0; j < 10; j++)
+            off += (size_t)sprintf(body + off, "%s{\"user\":\"s%d\",\"item\":\"it%d\",\"label\":%d}",
+                                   j ? "," : "", (i * 7 + j) % 31, (i + j * 3) % 17, (i + j) & 1);
+        sprintf(body + off, "]");
+        CURL *c = curl_easy_init();
+        char url[128];
+        snprintf(url, sizeof url, "http://127.0.0.1:%u/v1/events", st->s->port);
+        struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+        curl_easy_setopt(c, CURLOPT_URL, url);
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+        buf b = {0};
+        curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+        long status = 0;
+        if (curl_easy_perform(c) == CURLE_OK)
+            curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+        if (status == 202)
+            st->posted++;
+        else
+            st->other++;
+        free(b.data);
+        curl_slist_free_all(h);
+        curl_easy_cleanup(c);
+    }
+    return NULL;
+}
+
+static void test_schedule_change_while_streaming(void **state)
+{
+    (void)state;
+    server s;
+    start(&s, 1 << 16, TOKEN);
+    streamer st = {&s, 0, 0};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, stream_events, &st), 0);
+    const char *auth = "Bearer " TOKEN;
+    for (int v = 0; v < 5; v++) {
+        char body[256];
+        snprintf(body, sizeof body,
+                 "{\"type\":\"invpow\",\"eta0\":%g,\"t0\":1000,\"power\":0.5,"
+                 "\"multipliers\":{\"item\":%g}}", 0.05 * (v + 1), 1.0 + v);
+        reply r = call(&s, "PUT", "/v1/admin/schedule", "application/json", body, strlen(body), auth);
+        assert_int_equal(r.status, 200);
+        assert_int_equal(jint(r.json, "version"), v + 2);
+        assert_true(fabs(json_real_value(json_object_get(r.json, "eta0")) - 0.05 * (v + 1)) < 1e-12);
+        done(&r);
+    }
+    /* invalid schedules: 400 naming the field, nothing installed */
+    const char *bad[] = {"{\"type\":\"constant\",\"eta0\":-1}", "{\"type\":\"warp\",\"eta0\":1}",
+                         "{\"type\":\"constant\",\"eta0\":\"x\"}", "{\"eta0\":1}",
+                         "{\"type\":\"constant\",\"eta0\":0.1,\"optimizer\":\"ftrl\"}", "[1]", "{"};
+    const char *field[] = {"eta0", "type", "eta0", "type", "optimizer", NULL, NULL};
+    for (size_t i = 0; i < HR_ARRAY_LEN(bad); i++) {
+        reply r = call(&s, "PUT", "/v1/admin/schedule", "application/json", bad[i], strlen(bad[i]),
+                       auth);
+        if (r.status != 400)
+            fail_msg("%s: %ld %s", bad[i], r.status, r.text);
+        if (field[i])
+            assert_non_null(strstr(json_string_value(json_object_get(json_object_get(r.json, "error"),
+                                                                     "message")),
+                                   field[i]));
+        done(&r);
+    }
+    pthread_join(t, NULL);
+    assert_int_equal(st.other, 0);
+    assert_int_equal(st.posted, 150);
+    hr_trainer_wait_idle(s.app->trainer);
+    reply r = call(&s, "GET", "/v1/admin/schedule", NULL, NULL, 0, auth);
+    assert_int_equal(jint(r.json, "version"), 6);
+    done(&r);
+    r = call(&s, "GET", "/v1/admin/schedule/history", NULL, NULL, 0, auth);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(json_array_size(json_object_get(r.json, "history")), 6);
+    done(&r);
+    r = get(&s, "/v1/stats");
+    assert_int_equal(jint(r.json, "events.accepted"), 1500);
+    assert_int_equal(jint(r.json, "events.trained"), 1500);
+    assert_int_equal(jint(r.json, "schedule.version"), 6);
+    done(&r);
+    r = call(&s, "GET", "/v1/admin/config", NULL, NULL, 0, auth);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(json_string_value(json_object_get(r.json, "admin_token")), "(set)");
+    done(&r);
+    stop(&s);
+}
+
+typedef struct {
+    char item[32];
+    double score;
+} ranked;
+
+static int by_score_desc(const void *a, const void *b)
+{
+    const ranked *x = a, *y = b;
+    return x->score > y->score ? -1 : x->score < y->score;
+}
+
+static void test_recommend_against_reference(void **state)
+{
+    (void)state;
+    server s;
+    start(&s, 1 << 16, TOKEN);
+    /* 40 items, 6 users with varied labels: a model with distinct scores */
+    char body[65536];
+    size_t off = (size_t)sprintf(body, "[");
+    int nev = 0;
+    for (int pass = 0; pass < 3; pass++)
+        for (int u = 0; u < 6; u++)
+            for (int i = 0; i < 40; i++)
+                if ((u * 13 + i * 7 + pass) % 5 != 0)
+                    off += (size_t)sprintf(body + off, "%s{\"user\":\"u%d\",\"item\":\"i%d\",\"label\":%d}",
+                                           nev++ ? "," : "", u, i, (u + i) % 3 == 0);
+    sprintf(body + off, "]");
+    assert_true(nev <= 1000);
+    reply r = post(&s, "/v1/events", body);
+    assert_int_equal(r.status, 202);
+    done(&r);
+    /* u9 has seen only i0 and i1 */
+    r = post(&s, "/v1/events", "[{\"user\":\"u9\",\"item\":\"i0\"},{\"user\":\"u9\",\"item\":\"i1\"}]");
+    done(&r);
+    hr_trainer_wait_idle(s.app->trainer);
+    hr_trainer_pause(s.app->trainer); /* a still model for the comparison */
+
+    /* scalar reference: hr_model_predict for every item, ranked */
+    const hr_model *m = s.app->model;
+    ranked ref[64];
+    int n = 0;
+    for (int i = 0; i < 40; i++) {
+        hr_event ev;
+        memset(&ev, 0, sizeof ev);
+        char id[32];
+        int len = snprintf(id, sizeof id, "i%d", i);
+        ev.user = hr_model_lookup(m, HR_TABLE_USER, "u9", 2);
+        ev.item = hr_model_lookup(m, HR_TABLE_ITEM, id, (size_t)len);
+        assert_true(ev.item != HR_ID_NONE);
+        if (i < 2)
+            continue; /* seen */
+        strcpy(ref[n].item, id);
+        ref[n++].score = hr_model_predict(m, &ev);
+    }
+    qsort(ref, (size_t)n, sizeof *ref, by_score_desc);
+    r = get(&s, "/v1/recommend?user=u9&k=5");
+    assert_int_equal(r.status, 200);
+    assert_null(json_object_get(r.json, "fallback"));
+    json_t *items = json_object_get(r.json, "items");
+    assert_int_equal(json_array_size(items), 5);
+    for (size_t i = 0; i < 5; i++) {
+        json_t *it = json_array_get(items, i);
+        const char *name = json_string_value(json_object_get(it, "item"));
+        double sc = json_real_value(json_object_get(it, "score"));
+        assert_true(strcmp(name, "i0") != 0 && strcmp(name, "i1") != 0);
+        /* same score as the reference for that item, and as good as the k-th */
+        for (int j = 0; j < n; j++)
+            if (strcmp(ref[j].item, name) == 0)
+                assert_true(fabs(ref[j].score - sc) < 1e-5);
+        assert_true(sc >= ref[4].score - 1e-5);
+        if (fabs(ref[i].score - (i + 1 < 5 ? ref[i + 1].score : -1)) > 1e-5 &&
+            (i == 0 || fabs(ref[i].score - ref[i - 1].score) > 1e-5))
+            assert_string_equal(name, ref[i].item); /* no near-tie: exact rank */
+    }
+    done(&r);
+    /* exclude_seen=false brings seen items back; exclude= drops named ones */
+    r = get(&s, "/v1/recommend?user=u9&k=40&exclude_seen=false&exclude=i3,i4,nosuch");
+    items = json_object_get(r.json, "items");
+    assert_int_equal(json_array_size(items), 38);
+    int seen_back = 0;
+    for (size_t i = 0; i < json_array_size(items); i++) {
+        const char *name = json_string_value(json_object_get(json_array_get(items, i), "item"));
+        assert_true(strcmp(name, "i3") != 0 && strcmp(name, "i4") != 0);
+        seen_back += !strcmp(name, "i0") || !strcmp(name, "i1");
+    }
+    assert_int_equal(seen_back, 2);
+    done(&r);
+    /* k > items: everything eligible */
+    r = get(&s, "/v1/recommend?user=u9&k=1000");
+    assert_int_equal(json_array_size(json_object_get(r.json, "items")), 38);
+    done(&r);
+    /* unknown user: the most popular items, marked */
+    r = get(&s, "/v1/recommend?user=stranger&k=3");
+    assert_int_equal(r.status, 200);
+    assert_string_equal(json_string_value(json_object_get(r.json, "fallback")), "popular");
+    items = json_object_get(r.json, "items");
+    assert_int_equal(json_array_size(items), 3);
+    assert_true(json_real_value(json_object_get(json_array_get(items, 0), "score")) >=
+                json_real_value(json_object_get(json_array_get(items, 2), "score")));
+    done(&r);
+    hr_trainer_resume(s.app->trainer);
+    stop(&s);
+}
+
+static void test_jsontestsuite_n_files(void **state)
+{
+    (void)state;
+    const char *dir = tu_shared_data("jsontestsuite/test_parsing");
+    if (!dir)
+        TU_SKIP("jsontestsuite not found under ../shared/data (or $HOGREC_SHARED_DATA)");
+    char dirpath[4096];
+    snprintf(dirpath, sizeof dirpath, "%s", dir);
+    server s;
+    start_body(&s, 1024, TOKEN, 1 << 20); /* some n_* files are 100 kB */
+    DIR *d = opendir(dirpath);
+    assert_non_null(d);
+    struct dirent *de;
+    int files = 0;
+    while ((de = readdir(d)) != NULL && files < 1000) {
+        if (strncmp(de->d_name, "n_", 2) != 0)
+            continue;
+        char path[8192];
+        snprintf(path, sizeof path, "%s/%s", dirpath, de->d_name);
+        FILE *f = fopen(path, "rb");
+        assert_non_null(f);
+        char *body = malloc(1 << 20);
+        size_t len = fread(body, 1, (1 << 20) - 1, f);
+        fclose(f);
+        reply r = call(&s, "POST", "/v1/events", "application/json", body, len, NULL);
+        if (r.status != 400)
+            fail_msg("%s: expected 400, got %ld %s", de->d_name, r.status, r.text);
+        done(&r);
+        r = call(&s, "POST", "/v1/predict", "application/json", body, len, NULL);
+        if (r.status != 400)
+            fail_msg("%s (predict): expected 400, got %ld", de->d_name, r.status);
+        done(&r);
+        free(body);
+        files++;
+    }
+    closedir(d);
+    print_message("[          ] %d n_* bodies answered 400\n", files);
+    assert_true(files > 0);
+    reply r = get(&s, "/healthz");
+    assert_int_equal(r.status, 200);
+    done(&r);
+    r = get(&s, "/v1/stats");
+    assert_int_equal(jint(r.json, "events.accepted"), 0);
+    done(&r);
+    stop(&s);
+}
+
+/* The real binary: listens on a free port, logs it, exits 0 on SIGTERM. */
+static void test_serve_binary_sigterm(void **state)
+{
+    (void)state;
+    const char *bin = getenv("HOGREC_BIN");
+    if (!bin || access(bin, X_OK) != 0)
+        TU_SKIP("HOGREC_BIN not set or not executable (run through ctest)");
+    int pfd[2];
+    assert_int_equal(pipe(pfd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(pfd[1], 2);
+        close(pfd[0]);
+        execl(bin, bin, "serve", "--port", "0", "--db", "", "--threads", "1", "--max-users", "1024",
+              "--max-items", "1024", (char *)NULL);
+        _exit(127);
+    }
+    close(pfd[1]);
+    FILE *err = fdopen(pfd[0], "r");
+    char line[1024];
+    int port = 0;
+    for (int i = 0; i < 100 && !port && fgets(line, sizeof line, err); i++) {
+        json_t *o = json_loads(line, 0, NULL);
+        assert_non_null(o); /* every log line is one JSON object */
+        if (!strcmp(json_string_value(json_object_get(o, "msg")), "listening"))
+            port = (int)json_integer_value(json_object_get(o, "port"));
+        json_decref(o);
+    }
+    if (!port) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        fail_msg("no listening line");
+    }
+    server s = {NULL, NULL, (uint16_t)port};
+    reply r = post(&s, "/v1/events", "{\"user\":\"a\",\"item\":\"b\"}");
+    assert_int_equal(r.status, 202);
+    done(&r);
+    r = get(&s, "/healthz");
+    assert_int_equal(r.status, 200);
+    done(&r);
+    kill(pid, SIGTERM);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    while (fgets(line, sizeof line, err)) /* the rest of the log */
+        ;
+    fclose(err);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+int main(void)
+{
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_health_ready_metrics),
+        cmocka_unit_test(test_events_predict_stats),
+        cmocka_unit_test(test_ndjson_and_chunked),
+        cmocka_unit_test(test_error_statuses),
+        cmocka_unit_test(test_admin_disabled_without_token),
+        cmocka_unit_test(test_queue_full_429),
+        cmocka_unit_test(test_schedule_change_while_streaming),
+        cmocka_unit_test(test_recommend_against_reference),
+        cmocka_unit_test(test_jsontestsuite_n_files),
+        cmocka_unit_test(test_serve_binary_sigterm),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    curl_global_cleanup();
+    return rc;
+}

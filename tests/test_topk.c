@@ -1,0 +1,287 @@
+/*
+ * test_topk.c - top-K scoring (src/topk.c) and the serving history
+ * (src/history.c) and de-duplication window (src/dedup.c).
+ *
+ * The BLAS path is checked against a plain reference: every item scored with
+ * hr_sgd_block_scores_ref, sorted by (score desc, row asc). Random models
+ * (seeded) span several storage blocks; ties, exclusions, k larger than the
+ * catalog and row 0 are covered.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hogrec/dedup.h"
+#include "hogrec/history.h"
+#include "hogrec/sgd.h"
+#include "hogrec/topk.h"
+#include "testutil.h"
+
+static hr_model *make_model(uint32_t k, uint32_t items, uint64_t seed)
+{
+    hr_config c;
+    hr_config_defaults(&c);
+    c.k = k;
+    c.max_users = 1024;
+    c.max_items = 4096;
+    c.chunk_rows = 64; /* several blocks */
+    c.context_bits = 4;
+    hr_schedule s;
+    hr_schedule_defaults(&s);
+    hr_model_config mc;
+    assert_int_equal(hr_model_config_from(&c, &s, &mc, NULL), HR_OK);
+    hr_model *m = NULL;
+    assert_int_equal(hr_model_create(&mc, &m, NULL), HR_OK);
+    const hr_row_layout *L = hr_model_layout(m);
+    float *row = calloc(L->stride, sizeof *row);
+    hr_rng rng;
+    hr_rng_seed(&rng, seed);
+    for (uint32_t i = 0; i < items; i++) {
+        char id[32];
+        int n = snprintf(id, sizeof id, "item%u", i);
+        uint32_t r;
+        assert_int_equal(hr_model_intern(m, HR_TABLE_ITEM, id, (size_t)n, &r, NULL), HR_OK);
+        hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_ITEM, r), row);
+        for (uint32_t d = 0; d <= k; d++)
+            row[d] = (float)hr_rng_normal(&rng);
+        hr_sgd_row_write(L, hr_model_row(m, HR_TABLE_ITEM, r), row);
+    }
+    hr_config_free(&c);
+    free(row);
+    return m;
+}
+
+typedef struct {
+    uint32_t row;
+    float score;
+} scored;
+
+static int by_score(const void *a, const void *b)
+{
+    const scored *x = a, *y = b;
+    if (x->score != y->score)
+        return x->score > y->score ? -1 : 1;
+    return x->row < y->row ? -1 : x->row > y->row;
+}
+
+/* All eligible items ranked by the plain reference. *n receives the count. */
+static scored *reference(const hr_model *m, const float *q, const uint32_t *ex, size_t nex,
+                         size_t *n)
+{
+    const hr_row_layout *L = hr_model_layout(m);
+    uint32_t rows = hr_model_rows(m, HR_TABLE_ITEM);
+    scored *all = calloc(rows, sizeof *all);
+    *n = 0;
+    for (uint32_t r = 1; r < rows; r++) {
+        bool skip = false;
+        for (size_t j = 0; j < nex; j++)
+            skip |= ex[j] == r;
+        if (skip || !hr_model_key(m, HR_TABLE_ITEM, r, NULL))
+            continue;
+        float s;
+        hr_sgd_block_scores_ref(L, hr_model_row(m, HR_TABLE_ITEM, r), 1, L->stride, q, &s);
+        all[(*n)++] = (scored){r, s};
+    }
+    qsort(all, *n, sizeof *all, by_score);
+    return all;
+}
+
+static void random_query(float *q, uint32_t k, uint64_t seed)
+{
+    hr_rng rng;
+    hr_rng_seed(&rng, seed);
+    for (uint32_t d = 0; d < k; d++)
+        q[d] = (float)hr_rng_normal(&rng);
+}
+
+/* BLAS ranking agrees with the reference: same scores (to rounding) and every
+ * returned item is at least as good as the reference's k-th, minus rounding. */
+static void check_against_reference(const hr_model *m, const float *q, uint32_t k,
+                                    uint32_t *ex, size_t nex)
+{
+    size_t nref;
+    scored *ref = reference(m, q, ex, nex, &nref);
+    hr_topk_item *out = calloc(k, sizeof *out), *out_ref = calloc(k, sizeof *out_ref);
+    size_t n, n2;
+    hr_topk_sort_rows(ex, nex);
+    hr_topk_exclude e = {ex, nex};
+    assert_int_equal(hr_topk_query(m, q, k, &e, false, out, &n), HR_OK);
+    assert_int_equal(hr_topk_query(m, q, k, &e, true, out_ref, &n2), HR_OK);
+    size_t want = nref < k ? nref : k;
+    assert_int_equal(n, want);
+    assert_int_equal(n2, want);
+    for (size_t i = 0; i < want; i++) {
+        /* the reference path of hr_topk_query matches the sorted reference exactly */
+        assert_int_equal(out_ref[i].row, ref[i].row);
+        /* the BLAS path: equal up to float rounding */
+        assert_true(fabsf(out[i].score - ref[i].score) <= 1e-3f * (1 + fabsf(ref[i].score)));
+        for (size_t j = 0; j < nex; j++)
+            assert_int_not_equal(out[i].row, ex[j]);
+        if (i > 0)
+            assert_true(out[i - 1].score >= out[i].score);
+    }
+    if (want > 0 && nref > want) {
+        float kth = ref[want - 1].score;
+        for (size_t i = 0; i < want; i++)
+            assert_true(out[i].score >= kth - 1e-3f * (1 + fabsf(kth)));
+    }
+    free(ref);
+    free(out);
+    free(out_ref);
+}
+
+static void test_blas_matches_reference(void **state)
+{
+    (void)state;
+    uint32_t dims[] = {1, 8, 64};
+    for (size_t t = 0; t < HR_ARRAY_LEN(dims); t++) {
+        hr_model *m = make_model(dims[t], 300, 7 + t);
+        float q[64];
+        for (uint64_t s = 0; s < 5; s++) {
+            random_query(q, dims[t], 100 + s);
+            check_against_reference(m, q, 10, NULL, 0);
+            check_against_reference(m, q, 1, NULL, 0);
+        }
+        hr_model_destroy(m);
+    }
+}
+
+static void test_exclusions_and_k_larger_than_items(void **state)
+{
+    (void)state;
+    hr_model *m = make_model(16, 40, 3);
+    float q[16];
+    random_query(q, 16, 9);
+    size_t nref;
+    scored *ref = reference(m, q, NULL, 0, &nref);
+    assert_int_equal(nref, 40);
+    uint32_t ex[3] = {ref[0].row, ref[2].row, ref[39].row};
+    check_against_reference(m, q, 5, ex, 3);
+    check_against_reference(m, q, 100, ex, 3); /* k > items: every eligible item */
+    check_against_reference(m, q, 100, NULL, 0);
+    hr_topk_item out[100];
+    size_t n;
+    assert_int_equal(hr_topk_query(m, q, 100, NULL, false, out, &n), HR_OK);
+    assert_int_equal(n, 40);
+    for (size_t i = 0; i < n; i++)
+        assert_int_not_equal(out[i].row, 0); /* the default row is never an item */
+    assert_int_equal(hr_topk_query(m, q, 0, NULL, false, out, &n), HR_OK);
+    assert_int_equal(n, 0);
+    free(ref);
+    hr_model_destroy(m);
+}
+
+static void test_ties_lower_row_first(void **state)
+{
+    (void)state;
+    hr_model *m = make_model(4, 20, 5);
+    const hr_row_layout *L = hr_model_layout(m);
+    float *row = calloc(L->stride, sizeof *row);
+    /* items 3, 7, 11 identical and best of all */
+    uint32_t tied[] = {11, 3, 7};
+    for (size_t i = 0; i < 3; i++) {
+        float *r = hr_model_row(m, HR_TABLE_ITEM, tied[i]);
+        hr_sgd_row_read(L, r, row);
+        for (uint32_t d = 0; d < 4; d++)
+            row[d] = 10;
+        row[L->bias] = 10;
+        hr_sgd_row_write(L, r, row);
+    }
+    float q[4] = {1, 1, 1, 1};
+    hr_topk_item out[3];
+    size_t n;
+    assert_int_equal(hr_topk_query(m, q, 3, NULL, false, out, &n), HR_OK);
+    assert_int_equal(n, 3);
+    assert_int_equal(out[0].row, 3);
+    assert_int_equal(out[1].row, 7);
+    assert_int_equal(out[2].row, 11);
+    free(row);
+    hr_model_destroy(m);
+}
+
+static void test_heap_directly(void **state)
+{
+    (void)state;
+    hr_topk_item st[4];
+    hr_topk_heap hp;
+    hr_topk_heap_init(&hp, st, 4);
+    float scores[] = {5, 1, 9, 3, 9, 7, NAN, 2};
+    for (uint32_t i = 0; i < 8; i++)
+        hr_topk_heap_offer(&hp, i, scores[i]);
+    assert_int_equal(hr_topk_heap_finish(&hp), 4);
+    assert_int_equal(st[0].row, 2);
+    assert_int_equal(st[1].row, 4);
+    assert_int_equal(st[2].row, 5);
+    assert_int_equal(st[3].row, 0);
+}
+
+static void test_history_recent_and_popular(void **state)
+{
+    (void)state;
+    hr_model *m = make_model(4, 10, 1);
+    hr_history *h;
+    assert_int_equal(hr_history_create(100, 100, 3, &h), HR_OK);
+    for (uint32_t i = 1; i <= 5; i++)
+        assert_int_equal(hr_history_add(h, 7, i), HR_OK);
+    assert_int_equal(hr_history_add(h, 7, 5), HR_OK); /* repeat of the latest: not stored twice */
+    uint32_t out[10];
+    size_t n = hr_history_recent(h, 7, out, 10);
+    assert_int_equal(n, 3);
+    assert_int_equal(out[0], 5);
+    assert_int_equal(out[1], 4);
+    assert_int_equal(out[2], 3);
+    assert_int_equal(hr_history_recent(h, 8, out, 10), 0);
+    for (int i = 0; i < 3; i++)
+        hr_history_add(h, 9, 2);
+    hr_topk_item top[3];
+    n = hr_history_popular(h, m, 3, NULL, top);
+    assert_int_equal(n, 3);
+    assert_int_equal(top[0].row, 2);
+    assert_int_equal((int)top[0].score, 4);
+    assert_int_equal(top[1].row, 5);
+    uint32_t ex[] = {2};
+    hr_topk_exclude e = {ex, 1};
+    n = hr_history_popular(h, m, 1, &e, top);
+    assert_int_equal(top[0].row, 5);
+    assert_int_equal(hr_history_count(h, 2), 4);
+    hr_history_destroy(h);
+    hr_history_destroy(NULL);
+    hr_model_destroy(m);
+}
+
+static void test_dedup_window(void **state)
+{
+    (void)state;
+    hr_dedup *d;
+    assert_int_equal(hr_dedup_create(1024, 10, &d), HR_OK);
+    assert_true(hr_dedup_claim(d, 42, 100));
+    assert_false(hr_dedup_claim(d, 42, 105));
+    assert_true(hr_dedup_claim(d, 42, 111)); /* window passed */
+    hr_dedup_release(d, 42);
+    assert_true(hr_dedup_claim(d, 42, 112)); /* released: claimable again */
+    /* many ids: all recent ones still found (capacity not exceeded) */
+    for (uint64_t i = 1; i <= 500; i++)
+        assert_true(hr_dedup_claim(d, i * 7919 + 1, 200));
+    for (uint64_t i = 1; i <= 500; i++)
+        assert_false(hr_dedup_claim(d, i * 7919 + 1, 201));
+    hr_dedup_destroy(d);
+    assert_int_equal(hr_dedup_create(16, 0, &d), HR_OK); /* off */
+    assert_true(hr_dedup_claim(d, 1, 0));
+    assert_true(hr_dedup_claim(d, 1, 0));
+    hr_dedup_destroy(d);
+    hr_dedup_destroy(NULL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_blas_matches_reference),
+        cmocka_unit_test(test_exclusions_and_k_larger_than_items),
+        cmocka_unit_test(test_ties_lower_row_first),
+        cmocka_unit_test(test_heap_directly),
+        cmocka_unit_test(test_history_recent_and_popular),
+        cmocka_unit_test(test_dedup_window),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
