@@ -36,11 +36,11 @@ typedef struct {
 
 static const opt options[] = {
     /* model */
-    I(k, 1, 1024, "32", false, "factor dimension"),
+    I(k, 1, 1024, "16", false, "factor dimension"),
     S(loss, "logistic", "logistic|squared", false, "logistic (clicks) or squared (ratings)"),
     S(state, "auto", "auto|sgd|adagrad|ftrl", false,
       "optimizer state kept per row (auto: what the schedule's optimizer needs)"),
-    D(init_scale, 0, 10, "0.01", false, "standard deviation of initial factors"),
+    D(init_scale, 0, 10, "0.05", false, "standard deviation of initial factors"),
     I(seed, 0, 9.2e18, "42", false, "seed of initialization, sampling and shuffles"),
     D(l2_global, 0, 1e6, "0", true, "L2 on the global bias"),
     D(l2_bias, 0, 1e6, "0.0001", true, "L2 on per-id linear weights"),

@@ -25,6 +25,7 @@
 #include "hogrec/sgd.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 
 static inline uint32_t load_u32(const float *row, uint32_t at)
@@ -39,37 +40,64 @@ static inline void store_u32(float *row, uint32_t at, uint32_t v)
     memcpy(row + at, &v, sizeof v);
 }
 
-/* s[d] = sum_f v_fd x_f; returns sum_f w_f x_f + 0.5 sum_d (s_d^2 - sum_f v_fd^2 x_f^2). */
-static double score_into(const hr_row_layout *L, const hr_active *a, int n, float *s)
+/* Sum of a[0..n) in 8 independent lanes, so the compiler can vectorize it
+ * (a plain float reduction must stay sequential without -ffast-math). */
+static inline float hsum(const float *a, uint32_t n)
+{
+    float acc[8] = {0};
+    uint32_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += a[i + j];
+    for (; i < n; i++)
+        acc[0] += a[i];
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* Whether any of a[0..n) is NaN or Inf: an integer OR over the exponent
+ * bits, which vectorizes. */
+static inline bool any_nonfinite(const float *a, uint32_t n)
+{
+    uint32_t bad = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &a[i], sizeof u);
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return bad != 0;
+}
+
+/* s[d] = sum_f v_fd x_f; returns sum_f w_f x_f + 0.5 sum_d (s_d^2 - sum_f v_fd^2 x_f^2).
+ * tmp is k floats of scratch. */
+static double score_into(const hr_row_layout *L, const hr_active *a, int n, float *s, float *tmp)
 {
     const uint32_t k = L->k;
-    double lin = 0, sq = 0;
+    double lin = 0;
     for (uint32_t d = 0; d < k; d++)
-        s[d] = 0;
+        s[d] = tmp[d] = 0;
     for (int f = 0; f < n; f++) {
         const float *r = a[f].row;
         const float x = a[f].x;
         lin += (double)r[L->bias] * x;
         if (!a[f].has_v)
             continue;
-        float q = 0;
         for (uint32_t d = 0; d < k; d++) {
             float vx = r[d] * x;
             s[d] += vx;
-            q += vx * vx;
+            tmp[d] += vx * vx;
         }
-        sq += q;
     }
-    float ss = 0;
+    float sq = hsum(tmp, k);
     for (uint32_t d = 0; d < k; d++)
-        ss += s[d] * s[d];
+        tmp[d] = s[d] * s[d];
+    float ss = hsum(tmp, k);
     return lin + 0.5 * ((double)ss - sq);
 }
 
 double hr_sgd_score(const hr_row_layout *L, const hr_active *a, int n)
 {
-    float s[L->k];
-    return score_into(L, a, n, s);
+    float s[L->k], tmp[L->k];
+    return score_into(L, a, n, s, tmp);
 }
 
 static inline double link(hr_loss loss, double y)
@@ -89,12 +117,45 @@ static inline float ftrl_weight(float z, float nacc, float alpha, float beta, fl
     return -(z - sign * l1) / ((beta + sqrtf(nacc)) / alpha + l2);
 }
 
+/* Linear weight of one feature; returns 1 if a non-finite value was refused. */
+static int update_bias(const hr_row_layout *L, float *r, float gb, float rate, float l2,
+                       const hr_step_params *p)
+{
+    float wb = r[L->bias];
+    if (p->opt == HR_OPT_FTRL && L->ftrl) {
+        float z = r[L->ftrl], na = r[L->ftrl + 1];
+        float nn = na + gb * gb;
+        float sigma = (sqrtf(nn) - sqrtf(na)) / rate;
+        float nz = z + gb - sigma * wb;
+        float nw = ftrl_weight(nz, nn, rate, p->ftrl_beta, p->ftrl_l1, l2);
+        if (!isfinite(nz) || !isfinite(nn) || !isfinite(nw))
+            return 1;
+        r[L->ftrl] = nz;
+        r[L->ftrl + 1] = nn;
+        r[L->bias] = nw;
+    } else if (p->opt != HR_OPT_SGD && L->acc) {
+        float gr = gb + l2 * wb;
+        float G = r[L->acc + L->k] + gr * gr;
+        float nw = wb - rate * gr / sqrtf(G);
+        if (!isfinite(G) || !isfinite(nw))
+            return 1;
+        r[L->acc + L->k] = G;
+        r[L->bias] = nw;
+    } else {
+        float nw = wb - rate * (gb + l2 * wb);
+        if (!isfinite(nw))
+            return 1;
+        r[L->bias] = nw;
+    }
+    return 0;
+}
+
 hr_step_result hr_sgd_step(const hr_row_layout *L, const hr_active *a, int n, float label,
                            float weight, const hr_step_params *p, double *y_before)
 {
     const uint32_t k = L->k;
-    float s[k];
-    double y = score_into(L, a, n, s);
+    float s[k], tmp[k], nv[k], nG[k];
+    double y = score_into(L, a, n, s, tmp);
     *y_before = y;
     double pred = link(p->loss, y);
     double g = weight * (pred - label); /* dLoss/dy for both losses */
@@ -103,23 +164,26 @@ hr_step_result hr_sgd_step(const hr_row_layout *L, const hr_active *a, int n, fl
     if (g == 0)
         return HR_STEP_APPLIED;
 
+    /* dy/dv_fd = x_f (s_d - v_fd x_f), kept per feature for the update;
+     * |grad|^2 = g^2 * (sum_f x_f^2 + sum_f sum_d dy/dv_fd^2) for the clip. */
+    float dv[n * k];
+    double norm2 = 0;
+    for (int f = 0; f < n; f++) {
+        const float x = a[f].x;
+        norm2 += (double)x * x;
+        if (!a[f].has_v)
+            continue;
+        const float *r = a[f].row;
+        float *t = dv + (size_t)f * k;
+        for (uint32_t d = 0; d < k; d++) {
+            t[d] = x * (s[d] - r[d] * x);
+            tmp[d] = t[d] * t[d];
+        }
+        if (p->clip > 0)
+            norm2 += hsum(tmp, k);
+    }
     hr_step_result result = HR_STEP_APPLIED;
     if (p->clip > 0) {
-        /* |grad|^2 = g^2 * (sum_f x_f^2 + sum_f sum_d (x_f (s_d - v_fd x_f))^2) */
-        double norm2 = 0;
-        for (int f = 0; f < n; f++) {
-            const float x = a[f].x;
-            norm2 += (double)x * x;
-            if (!a[f].has_v)
-                continue;
-            const float *r = a[f].row;
-            float q = 0;
-            for (uint32_t d = 0; d < k; d++) {
-                float t = x * (s[d] - r[d] * x);
-                q += t * t;
-            }
-            norm2 += q;
-        }
         double norm = fabs(g) * sqrt(norm2);
         if (!isfinite(norm))
             return HR_STEP_SKIPPED_NONFINITE;
@@ -136,70 +200,39 @@ hr_step_result hr_sgd_step(const hr_row_layout *L, const hr_active *a, int n, fl
         const float x = a[f].x;
         if (x == 0)
             continue;
-        /* linear weight */
         const hr_group bg = a[f].has_v ? HR_GROUP_BIAS : HR_GROUP_GLOBAL;
-        const float rate_b = p->rate[bg], l2_b = p->l2[bg];
-        float gb = gf * x;
-        float wb = r[L->bias];
-        float nw;
-        if (p->opt == HR_OPT_FTRL && L->ftrl) {
-            float z = r[L->ftrl], na = r[L->ftrl + 1];
-            float nn = na + gb * gb;
-            float sigma = (sqrtf(nn) - sqrtf(na)) / rate_b;
-            float nz = z + gb - sigma * wb;
-            nw = ftrl_weight(nz, nn, rate_b, p->ftrl_beta, p->ftrl_l1, l2_b);
-            if (isfinite(nz) && isfinite(nn) && isfinite(nw)) {
-                r[L->ftrl] = nz;
-                r[L->ftrl + 1] = nn;
-                r[L->bias] = nw;
-            } else {
-                nonfinite++;
-            }
-        } else if (p->opt != HR_OPT_SGD && L->acc) {
-            float gr = gb + l2_b * wb;
-            float G = r[L->acc + k] + gr * gr;
-            nw = wb - rate_b * gr / sqrtf(G);
-            if (isfinite(G) && isfinite(nw)) {
-                r[L->acc + k] = G;
-                r[L->bias] = nw;
-            } else {
-                nonfinite++;
-            }
-        } else {
-            nw = wb - rate_b * (gb + l2_b * wb);
-            if (isfinite(nw))
-                r[L->bias] = nw;
-            else
-                nonfinite++;
-        }
+        nonfinite += update_bias(L, r, gf * x, p->rate[bg], p->l2[bg], p);
         if (!a[f].has_v)
             continue;
-        /* factors: dy/dv_fd = x (s_d - v_fd x) */
+        /* New factor values go to scratch in a branch-free (vectorizable)
+         * loop, and are written only if all are finite. */
         const float rate_v = p->rate[a[f].group], l2_v = p->l2[a[f].group];
+        const float *t = dv + (size_t)f * k;
         if (p->opt != HR_OPT_SGD && L->acc) {
-            float *acc = r + L->acc;
+            const float *acc = r + L->acc;
             for (uint32_t d = 0; d < k; d++) {
                 float v = r[d];
-                float gr = gf * x * (s[d] - v * x) + l2_v * v;
+                float gr = gf * t[d] + l2_v * v;
                 float G = acc[d] + gr * gr;
-                float nv = v - rate_v * gr / sqrtf(G);
-                if (isfinite(nv) && isfinite(G)) {
-                    acc[d] = G;
-                    r[d] = nv;
-                } else {
-                    nonfinite++;
-                }
+                nG[d] = G;
+                nv[d] = v - rate_v * gr / sqrtf(G);
             }
+            if (any_nonfinite(nv, k) || any_nonfinite(nG, k)) {
+                nonfinite++;
+                continue;
+            }
+            memcpy(r + L->acc, nG, k * sizeof(float));
         } else {
             for (uint32_t d = 0; d < k; d++) {
                 float v = r[d];
-                float nv = v - rate_v * (gf * x * (s[d] - v * x) + l2_v * v);
-                if (isfinite(nv))
-                    r[d] = nv;
-                else
-                    nonfinite++;
+                nv[d] = v - rate_v * (gf * t[d] + l2_v * v);
+            }
+            if (any_nonfinite(nv, k)) {
+                nonfinite++;
+                continue;
             }
         }
+        memcpy(r, nv, k * sizeof(float));
     }
     return nonfinite ? HR_STEP_SKIPPED_NONFINITE : result;
 }

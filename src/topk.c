@@ -28,6 +28,29 @@ static void blas_init(void)
     openblas_set_num_threads(1);
 }
 
+const char *hr_topk_blas_coretype(void)
+{
+    const char *set = getenv("OPENBLAS_CORETYPE");
+    if (set && *set)
+        return NULL;
+    const char *core = openblas_get_corename();
+    static const char *const generic[] = {"Prescott", "Core2", "Penryn", "Dunnington",
+                                          "Nehalem", "Katmai", "Coppermine", "Northwood",
+                                          "Banias", "Atom", "unknown"};
+    bool fallback = false;
+    for (size_t i = 0; core && i < sizeof generic / sizeof *generic; i++)
+        fallback |= strcmp(core, generic[i]) == 0;
+    if (!fallback)
+        return NULL;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        return "SkylakeX";
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return "Haswell";
+    return NULL;
+}
+
 /* a is worse than b: lower score, or equal score and higher row. */
 static inline bool worse(const hr_topk_item *a, const hr_topk_item *b)
 {

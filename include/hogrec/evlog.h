@@ -17,6 +17,7 @@
 #ifndef HOGREC_EVLOG_H
 #define HOGREC_EVLOG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -41,5 +42,31 @@ uint64_t hr_evlog_last_seq(const hr_evlog *log);
 /* NULL when healthy, else a static or log-owned string saying why appends
  * fail now (e.g. "database or disk is full"). */
 const char *hr_evlog_health(hr_evlog *log);
+
+/* ---- lifecycle and upkeep (called by persist.c) ---- */
+
+struct hr_store;
+
+typedef struct {
+    bool sync;            /* durability "sync": wait returns once committed and fsynced */
+    unsigned interval_ms; /* durability "interval": commit period */
+    unsigned retry_ms;    /* while failing: how often to probe for recovery */
+} hr_evlog_options;
+
+/* Creates the log over an open log-database handle (taken: the log closes
+ * it). last_seq: the highest seq already used (log, checkpoints). No thread
+ * runs until hr_evlog_start; until then the caller may still use the store
+ * (start-up replay). *out is new. */
+hr_status hr_evlog_create(struct hr_store *store, const hr_evlog_options *opt, uint64_t last_seq,
+                          hr_evlog **out, hr_error *err);
+/* Starts the committer thread. */
+hr_status hr_evlog_start(hr_evlog *log, hr_error *err);
+/* Commits what is buffered, stops the thread, closes the store. NULL: no-op. */
+void hr_evlog_destroy(hr_evlog *log);
+/* Asks for every seq <= upto to be deleted (done with the next commit). */
+void hr_evlog_trim(hr_evlog *log, uint64_t upto);
+/* Seqs committed so far (durable, or failed and reported) and commits made. */
+void hr_evlog_counts(hr_evlog *log, uint64_t *durable_seq, uint64_t *commits,
+                     uint64_t *failures, uint64_t *pending);
 
 #endif

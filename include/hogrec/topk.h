@@ -57,4 +57,13 @@ void hr_topk_heap_offer(hr_topk_heap *hp, uint32_t row, float score);
 /* Sorts the heap's content best first in place; returns the count. */
 uint32_t hr_topk_heap_finish(hr_topk_heap *hp);
 
+/* OpenBLAS picks its kernel when the library loads, from the CPU model. A
+ * build older than the CPU (Debian 12's 0.3.21 on recent Xeons) falls back
+ * to a generic SSE3 kernel ("Prescott") that runs sgemv at scalar speed.
+ * Returns the OPENBLAS_CORETYPE value this CPU should use instead
+ * ("SkylakeX" with AVX-512, "Haswell" with AVX2), or NULL when the loaded
+ * kernel is already fine, the variable is set, or the CPU has neither. The
+ * caller (main) sets it and re-executes itself before starting threads. */
+const char *hr_topk_blas_coretype(void);
+
 #endif

@@ -1,0 +1,31 @@
+# Turns sql/*.sql into a C file (run at build time by the hogrec_core target):
+#   cmake -DSQL_DIR=... -DOUT=... -P embed_sql.cmake
+# Each file NNN_name.sql (main database) or log_NNN_name.sql (event-log
+# database) becomes one entry of hr_sql_migrations[], in file-name order, so
+# the binary carries its schema and never reads the source tree at run time.
+file(GLOB files RELATIVE ${SQL_DIR} ${SQL_DIR}/*.sql)
+list(SORT files)
+set(body "/* Generated from the files in sql/ by cmake/embed_sql.cmake. Do not edit. */\n")
+string(APPEND body "#include \"sql_migrations.h\"\n\nconst hr_sql_migration hr_sql_migrations[] = {\n")
+set(count 0)
+foreach(f ${files})
+  if(f MATCHES "^log_([0-9]+)_.*\\.sql$")
+    set(target 1)
+    set(version ${CMAKE_MATCH_1})
+  elseif(f MATCHES "^([0-9]+)_.*\\.sql$")
+    set(target 0)
+    set(version ${CMAKE_MATCH_1})
+  else()
+    message(FATAL_ERROR "sql/${f}: name must be NNN_name.sql or log_NNN_name.sql")
+  endif()
+  math(EXPR version "${version}")
+  file(READ ${SQL_DIR}/${f} text)
+  string(REPLACE "\\" "\\\\" text "${text}")
+  string(REPLACE "\"" "\\\"" text "${text}")
+  string(REPLACE "\n" "\\n\"\n    \"" text "${text}")
+  string(APPEND body "  {\"${f}\", ${target}, ${version},\n    \"${text}\"},\n")
+  math(EXPR count "${count} + 1")
+endforeach()
+string(APPEND body "};\nconst int hr_sql_migration_count = ${count};\n")
+file(WRITE ${OUT}.tmp "${body}")
+configure_file(${OUT}.tmp ${OUT} COPYONLY)
