@@ -25,6 +25,7 @@ static int cmp_d(const void *a, const void *b)
 
 int main(int argc, char **argv)
 {
+    hr_topk_select_blas(argv); /* the kernel `hogrec serve` uses */
     uint32_t items = argc > 1 ? (uint32_t)atoi(argv[1]) : 100000;
     uint32_t k = argc > 2 ? (uint32_t)atoi(argv[2]) : 64;
     int queries = argc > 3 ? atoi(argv[3]) : 50;

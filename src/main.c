@@ -4,27 +4,11 @@
  *   hogrec replay [options] FILE   offline training from a file (replay.c)
  */
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "hogrec/http.h"
 #include "hogrec/replay.h"
 #include "hogrec/topk.h"
-
-/* Re-executes once with a better OpenBLAS kernel when the loaded one is a
- * generic fallback (see hr_topk_blas_coretype). Only before any thread
- * exists; on failure it carries on with the kernel it has. */
-static void select_blas_kernel(char **argv)
-{
-    const char *core = hr_topk_blas_coretype();
-    if (!core || getenv("HOGREC_BLAS_REEXEC"))
-        return;
-    setenv("OPENBLAS_CORETYPE", core, 1);
-    setenv("HOGREC_BLAS_REEXEC", "1", 1);
-    execv("/proc/self/exe", argv);
-    unsetenv("OPENBLAS_CORETYPE"); /* exec failed: the library is already loaded */
-}
 
 static int usage(FILE *out)
 {
@@ -38,7 +22,7 @@ int main(int argc, char **argv)
     if (argc < 2)
         return usage(stderr);
     if (strcmp(argv[1], "serve") == 0) {
-        select_blas_kernel(argv);
+        hr_topk_select_blas(argv);
         return hr_serve_main(argc - 1, argv + 1);
     }
     if (strcmp(argv[1], "replay") == 0)

@@ -18,6 +18,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "hogrec/sgd.h"
 
@@ -49,6 +50,17 @@ const char *hr_topk_blas_coretype(void)
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         return "Haswell";
     return NULL;
+}
+
+void hr_topk_select_blas(char **argv)
+{
+    const char *core = hr_topk_blas_coretype();
+    if (!core || getenv("HOGREC_BLAS_REEXEC"))
+        return;
+    setenv("OPENBLAS_CORETYPE", core, 1);
+    setenv("HOGREC_BLAS_REEXEC", "1", 1);
+    execv("/proc/self/exe", argv);
+    unsetenv("OPENBLAS_CORETYPE"); /* exec failed: the library is already loaded */
 }
 
 /* a is worse than b: lower score, or equal score and higher row. */

@@ -18,6 +18,8 @@
 #include "hogrec/topk.h"
 #include "testutil.h"
 
+#include <cblas.h>
+
 static hr_model *make_model(uint32_t k, uint32_t items, uint64_t seed)
 {
     hr_config c;
@@ -273,8 +275,12 @@ static void test_dedup_window(void **state)
     hr_dedup_destroy(NULL);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    (void)argc;
+    /* Check the BLAS kernel the server uses (serve selects it the same way). */
+    hr_topk_select_blas(argv);
+    print_message("OpenBLAS kernel: %s\n", openblas_get_corename());
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_blas_matches_reference),
         cmocka_unit_test(test_exclusions_and_k_larger_than_items),

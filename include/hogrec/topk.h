@@ -66,4 +66,10 @@ uint32_t hr_topk_heap_finish(hr_topk_heap *hp);
  * caller (main) sets it and re-executes itself before starting threads. */
 const char *hr_topk_blas_coretype(void);
 
+/* If hr_topk_blas_coretype() names a kernel, sets OPENBLAS_CORETYPE and
+ * re-executes the program (argv as given to main) once; returns only when
+ * there is nothing to do or the exec failed. Call first thing in main,
+ * before any thread exists. */
+void hr_topk_select_blas(char **argv);
+
 #endif
