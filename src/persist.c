@@ -385,6 +385,8 @@ hr_status hr_persist_start(hr_persist *p, hr_error *err)
     if (!rc)
         return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
     rc->p = p;
+    /* Schedules count updates since the model began, not since this start. */
+    hr_trainer_set_base_updates(p->app->trainer, p->last.updates);
     hr_status st = hr_store_log_scan(p->logstore, p->last.seq, replay_event, rc, err);
     if (st == HR_OK && (st = replay_flush(rc)) != HR_OK)
         hr_error_set(err, st, NULL, "replaying the event log: %s", hr_status_to_string(st));

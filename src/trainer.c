@@ -76,6 +76,7 @@ struct hr_trainer {
     uint64_t done;           /* queue events applied (under mu) */
     bool stopped;            /* hr_trainer_stop ran */
 
+    atomic_uint_fast64_t base_updates; /* update count before this start */
     atomic_bool neg_active;  /* negative sampling on now */
     hr_hist staleness;       /* merged view of the workers', rebuilt on read */
     hr_hist freshness;       /* merged view, microseconds */
@@ -108,9 +109,14 @@ hr_trainer_config hr_trainer_config_from(const hr_config *c)
     return t;
 }
 
+void hr_trainer_set_base_updates(hr_trainer *tr, uint64_t base)
+{
+    atomic_store_explicit(&tr->base_updates, base, memory_order_relaxed);
+}
+
 uint64_t hr_trainer_updates(const hr_trainer *tr)
 {
-    uint64_t s = 0;
+    uint64_t s = atomic_load_explicit(&((hr_trainer *)tr)->base_updates, memory_order_relaxed);
     for (unsigned i = 0; i < tr->nw; i++)
         s += atomic_load_explicit(&tr->w[i].updates, memory_order_relaxed);
     return s;
@@ -403,6 +409,7 @@ hr_status hr_trainer_start(hr_model *model, hr_queue *queue, hr_schedbox *sched,
     atomic_init(&tr->neg_active, cfg->neg_mode != HR_NEG_OFF && cfg->negatives > 0 &&
                                      hr_model_get_config(model)->loss == HR_LOSS_LOGISTIC);
     atomic_init(&tr->next_rebuild, 0);
+    atomic_init(&tr->base_updates, 0);
     atomic_init(&tr->next_expire_ns, 0);
     tr->w = aligned_alloc(HR_CACHE_LINE, ((sizeof(worker) * cfg->threads + HR_CACHE_LINE - 1) /
                                           HR_CACHE_LINE) * HR_CACHE_LINE);

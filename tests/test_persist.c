@@ -287,12 +287,16 @@ static void test_restore_bit_for_bit(void **state)
     json_decref(info);
     snap sa;
     snap_take(a->model, &sa);
+    uint64_t updates = hr_trainer_updates(a->trainer);
+    assert_true(updates >= 599); /* events 1..599 */
     hr_app_close(a, true); /* final checkpoint of a quiet model: same rows */
 
     hr_app *b = open_app(db);
     snap sb;
     snap_take(b->model, &sb);
     snap_assert_equal(&sa, &sb, true);
+    /* the schedule's clock goes on from the checkpoint */
+    assert_int_equal(hr_trainer_updates(b->trainer), updates);
     json_t *stats = hr_persist_stats(b->persist);
     assert_true(json_integer_value(json_object_get(json_object_get(stats, "start"),
                                                    "restored_rows")) > 0);

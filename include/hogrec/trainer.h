@@ -82,8 +82,13 @@ void hr_trainer_resume(hr_trainer *tr);
  * no batch in flight), or the pool is stopped. */
 void hr_trainer_wait_idle(hr_trainer *tr);
 
-/* The pool's update count (sum over threads); stamp it on events at enqueue. */
+/* The pool's update count (the base plus the sum over threads); stamp it on
+ * events at enqueue. Schedules are functions of it. */
 uint64_t hr_trainer_updates(const hr_trainer *tr);
+
+/* Sets the count the pool started from (a restored checkpoint's), so a
+ * decaying schedule goes on where it was instead of starting over. */
+void hr_trainer_set_base_updates(hr_trainer *tr, uint64_t base);
 
 void hr_trainer_get_counts(const hr_trainer *tr, hr_trainer_counts *out);
 
