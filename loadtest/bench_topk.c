@@ -73,7 +73,9 @@ int main(int argc, char **argv)
         for (uint32_t b = 0; (blk = hr_model_item_block(m, b, &nrows, &lda)) != NULL; b++)
             for (uint32_t i = 0; i < nrows; i++) {
                 const float *r = blk + (size_t)i * lda;
-                for (uint32_t d = 0; d <= k; d++) {
+                /* one load per cache line: the memory traffic, not the
+                 * load throughput of a scalar loop */
+                for (uint32_t d = 0; d <= k; d += 16) {
                     uint32_t w;
                     memcpy(&w, &r[d], sizeof w);
                     acc ^= w;

@@ -5,7 +5,8 @@
  * queue, measured in the same run on the same events. Also bytes per row
  * against the raw size (k floats plus optimizer state).
  *
- * usage: bench_train [events]   (default 2000000; fixed seed)
+ * usage: bench_train [events [k [tables]]]   (default 2000000 events, every k
+ * in {16, 64, 128}, both table sizes; tables: 0 = in cache, 1 = DRAM)
  * Not a test: prints figures, asserts nothing.
  */
 #include <pthread.h>
@@ -179,8 +180,14 @@ int main(int argc, char **argv)
     printf("events per run: %zu, AdaGrad, logistic, user+item features\n\n", n);
     printf("| k | tables | threads | trainers M upd/s | bare loop M upd/s | ratio |\n");
     printf("|---|---|---|---|---|---|\n");
+    unsigned only_k = argc > 2 ? (unsigned)atoi(argv[2]) : 0;
+    int only_size = argc > 3 ? atoi(argv[3]) : -1;
     for (size_t si = 0; si < 2; si++) {
+        if (only_size >= 0 && (size_t)only_size != si)
+            continue;
         for (size_t ki = 0; ki < 3; ki++) {
+            if (only_k && ks[ki] != only_k)
+                continue;
             for (unsigned th = 1; th <= ncpu; th++) {
                 hr_app *app = open_app(ks[ki], th, &sizes[si], n);
                 fill_ids(app, &sizes[si]);

@@ -24,8 +24,16 @@
  * The committer probes the database every retry_ms and turns healthy again
  * when a probe commits.
  *
- * Threads: append from the ingest path (under its lock); wait from HTTP
- * threads; one committer thread; trim/counts from the checkpoint thread.
+ * Waiting: hr_evlog_wait blocks on a condition variable; hr_evlog_notify
+ * (HTTP threads that suspend their connection instead of blocking) leaves a
+ * waiter {seq, callback} on a list. After each commit the committer detaches
+ * the waiters it settled, unlocks, and calls them; at exit it settles every
+ * one left (HR_EIO). Callbacks never run under mu, so they may take locks
+ * of their own (libmicrohttpd's, when they resume a connection).
+ *
+ * Threads: append from the ingest path (under its lock); wait and notify
+ * from HTTP threads; one committer thread; trim/counts from the checkpoint
+ * thread.
  */
 #include "hogrec/evlog.h"
 
@@ -56,6 +64,16 @@ typedef struct {
 
 #define FAILED_RANGES 64
 
+/* A pending hr_evlog_notify. */
+typedef struct waiter {
+    struct waiter *next;
+    uint64_t seq;
+    hr_evlog_notify_fn cb;
+    void *arg;
+    hr_status st;      /* outcome, once settled */
+    const char *why;
+} waiter;
+
 /* One health message; kept until destroy so readers never see it freed. */
 typedef struct msg {
     struct msg *next;
@@ -82,6 +100,7 @@ struct hr_evlog {
     bool exited;                  /* committer gone; under mu */
     pthread_t thread;
     uint64_t commits, failures;   /* under mu */
+    waiter *waiters;              /* pending notifies, unordered; under mu */
 };
 
 static void batch_free(batch *b)
@@ -170,6 +189,52 @@ static bool is_failed(const hr_evlog *log, uint64_t seq)
     return false;
 }
 
+/* The outcome for seq once processed >= seq or the committer exited. Under mu. */
+static hr_status outcome(const hr_evlog *log, uint64_t seq, const char **why)
+{
+    *why = NULL;
+    if (log->processed < seq) {
+        *why = "event log closed before the commit";
+        return HR_EIO;
+    }
+    if (is_failed(log, seq)) {
+        const char *h = atomic_load(&((hr_evlog *)log)->health);
+        *why = h ? h : "event log: commit failed";
+        return HR_EIO;
+    }
+    return HR_OK;
+}
+
+/* Detaches the waiters whose outcome is known (all of them when all), with
+ * their outcome set. Under mu. */
+static waiter *take_settled(hr_evlog *log, bool all)
+{
+    waiter *done = NULL, **pp = &log->waiters;
+    while (*pp) {
+        waiter *w = *pp;
+        if (all || w->seq <= log->processed) {
+            *pp = w->next;
+            w->st = outcome(log, w->seq, &w->why);
+            w->next = done;
+            done = w;
+        } else {
+            pp = &w->next;
+        }
+    }
+    return done;
+}
+
+/* Calls and frees detached waiters. Not under mu. */
+static void run_settled(waiter *w)
+{
+    while (w) {
+        waiter *next = w->next;
+        w->cb(w->arg, w->st, w->why);
+        free(w);
+        w = next;
+    }
+}
+
 static void deadline_in(struct timespec *ts, unsigned ms)
 {
     clock_gettime(CLOCK_MONOTONIC, ts);
@@ -255,10 +320,18 @@ static void *committer(void *arg)
         if (upto > log->processed)
             log->processed = upto;
         pthread_cond_broadcast(&log->done);
+        waiter *settled = take_settled(log, false);
+        if (settled) {
+            pthread_mutex_unlock(&log->mu);
+            run_settled(settled);
+            pthread_mutex_lock(&log->mu);
+        }
     }
     log->exited = true;
     pthread_cond_broadcast(&log->done);
+    waiter *left = take_settled(log, true);
     pthread_mutex_unlock(&log->mu);
+    run_settled(left);
     return NULL;
 }
 
@@ -309,6 +382,12 @@ void hr_evlog_destroy(hr_evlog *log)
         pthread_cond_broadcast(&log->work);
         pthread_mutex_unlock(&log->mu);
         pthread_join(log->thread, NULL);
+    } else {
+        pthread_mutex_lock(&log->mu);
+        log->exited = true;
+        waiter *left = take_settled(log, true);
+        pthread_mutex_unlock(&log->mu);
+        run_settled(left);
     }
     hr_store_close(log->store);
     batch_free(&log->pend);
@@ -366,15 +445,40 @@ hr_status hr_evlog_wait(hr_evlog *log, uint64_t seq, hr_error *err)
     pthread_mutex_lock(&log->mu);
     while (log->processed < seq && !log->exited)
         pthread_cond_wait(&log->done, &log->mu);
-    hr_status st = HR_OK;
-    if (log->processed < seq) {
-        st = hr_error_set(err, HR_EIO, NULL, "event log closed before the commit");
-    } else if (is_failed(log, seq)) {
-        const char *h = atomic_load(&log->health);
-        st = hr_error_set(err, HR_EIO, NULL, "%s", h ? h : "event log: commit failed");
-    }
+    const char *why;
+    hr_status st = outcome(log, seq, &why);
+    if (st != HR_OK)
+        hr_error_set(err, st, NULL, "%s", why);
     pthread_mutex_unlock(&log->mu);
     return st;
+}
+
+hr_status hr_evlog_notify(hr_evlog *log, uint64_t seq, hr_evlog_notify_fn cb, void *arg)
+{
+    if (!log->opt.sync) {
+        /* Interval mode: as hr_evlog_wait, known at once. */
+        const char *h = atomic_load(&log->health);
+        cb(arg, h ? HR_EIO : HR_OK, h);
+        return HR_OK;
+    }
+    waiter *w = malloc(sizeof *w);
+    if (!w)
+        return HR_ENOMEM;
+    w->seq = seq;
+    w->cb = cb;
+    w->arg = arg;
+    pthread_mutex_lock(&log->mu);
+    if (log->processed >= seq || log->exited) {
+        w->st = outcome(log, seq, &w->why);
+        pthread_mutex_unlock(&log->mu);
+        w->next = NULL;
+        run_settled(w);
+        return HR_OK;
+    }
+    w->next = log->waiters;
+    log->waiters = w;
+    pthread_mutex_unlock(&log->mu);
+    return HR_OK;
 }
 
 uint64_t hr_evlog_last_seq(const hr_evlog *log)

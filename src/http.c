@@ -15,6 +15,16 @@
  * answer is counted (route, status class, latency) for /metrics as it is
  * queued. Request state is freed once, in the completed callback.
  *
+ * POST /v1/events with persistence does not block a pool thread on the
+ * event log's commit (an fsync): the last call submits without waiting,
+ * suspends the connection and asks the log to call events_durable() once
+ * the commit is done; that callback (on the log's committer thread) stores
+ * the outcome in the request and resumes the connection; MHD then calls the
+ * handler again, which answers 202 or 503 from the stored outcome. A
+ * suspended connection is neither timed out nor closed by MHD, so the
+ * request state outlives the callback. hr_http_stop waits until every
+ * request that was suspended has completed before stopping the daemon.
+ *
  * Limits (connections, per-IP connections, idle timeout, per-connection
  * memory) are daemon options from the config; body size and events per
  * batch are checked here.
@@ -147,6 +157,10 @@ struct hr_http {
     double rate_t;               /* wall time of the last sample */
     uint64_t rate_updates;       /* updates at that time */
     double rate;                 /* updates/s between the last two samples */
+    pthread_mutex_t susp_mu;     /* guards suspended */
+    pthread_cond_t susp_cv;      /* suspended dropped to 0 */
+    unsigned suspended;          /* events requests suspended for a commit and
+                                    not completed yet */
 };
 
 /* ---- logging: one JSON object per line on stderr ---- */
@@ -173,6 +187,20 @@ static void log_json(const char *level, const char *msg, json_t *fields)
 
 /* ---- per-request state ---- */
 
+/* Where a POST /v1/events with persistence is. */
+enum { EV_NONE, EV_WAITING, EV_DONE };
+
+/* What POST /v1/events keeps from submitting to answering. */
+typedef struct {
+    int phase;            /* EV_*: EV_DONE is set by events_durable before resuming */
+    json_t *errors;       /* owned until answered: per-event errors */
+    uint64_t *hashes;     /* owned: event-id hashes claimed in the dedup */
+    size_t nhash, ok, rejected, dups; /* counts of events */
+    uint64_t first;       /* seq of the first accepted event */
+    hr_status st;         /* the commit's outcome (EV_DONE) */
+    char why[256];        /* why it failed */
+} events_state;
+
 typedef struct {
     route_id route;
     unsigned method;
@@ -186,6 +214,8 @@ typedef struct {
     bool ndjson;          /* body is application/x-ndjson */
     char *body;           /* owned; NUL-terminated */
     size_t len, cap;
+    struct MHD_Connection *conn; /* borrowed: the connection (while suspended) */
+    events_state ev;      /* POST /v1/events */
 } request;
 
 static void request_fail(request *r, int status, const char *code, const char *fmt, ...)
@@ -374,8 +404,62 @@ static uint64_t id_hash(const json_t *id)
     return hr_hash64(buf, len, 0x6465647570ull);
 }
 
+/* Answers POST /v1/events from r->ev and the outcome st (why: detail). */
+static enum MHD_Result answer_events(hr_http *h, struct MHD_Connection *c, request *r,
+                                     hr_status st, const char *why)
+{
+    events_state *ev = &r->ev;
+    json_t *errors = ev->errors;
+    ev->errors = NULL;
+    enum MHD_Result ret;
+    if (st == HR_OK) {
+        json_t *body = json_pack("{s:I,s:I,s:I,s:o,s:I}", "accepted", (json_int_t)ev->ok,
+                                 "rejected", (json_int_t)ev->rejected, "duplicates",
+                                 (json_int_t)ev->dups, "errors", errors, "seq",
+                                 (json_int_t)(ev->ok ? ev->first + ev->ok - 1 : 0));
+        ret = reply_json(c, r, 202, body);
+    } else {
+        json_decref(errors);
+        for (size_t i = 0; i < ev->nhash; i++) /* the client will resend these */
+            hr_dedup_release(h->dedup, ev->hashes[i]);
+        if (st == HR_EFULL) {
+            atomic_fetch_add(&h->refused, ev->ok);
+            ret = reply_error(c, r, 429, "queue_full",
+                              "the queue cannot take these %zu events now; nothing was accepted, "
+                              "resend the whole request", ev->ok);
+        } else if (st == HR_ESTOPPED) {
+            ret = reply_error(c, r, 503, "shutting_down", "the server is stopping");
+        } else {
+            ret = reply_error(c, r, 503, "unavailable", "%s",
+                              why && why[0] ? why : hr_status_to_string(st));
+        }
+    }
+    free(ev->hashes);
+    ev->hashes = NULL;
+    ev->nhash = 0;
+    return ret;
+}
+
+/* The event log's notify callback for a suspended POST /v1/events: runs
+ * once, on the log's committer thread (or in handle_events when the outcome
+ * is already known). Stores the outcome and resumes the connection; after
+ * MHD_resume_connection the request may be freed at any time, so nothing is
+ * touched after it. (on_completed counts the request as finished.) */
+static void events_durable(void *arg, hr_status st, const char *why)
+{
+    request *r = arg;
+    r->ev.st = st;
+    snprintf(r->ev.why, sizeof r->ev.why, "%s", why ? why : "");
+    r->ev.phase = EV_DONE;
+    MHD_resume_connection(r->conn);
+}
+
 static enum MHD_Result handle_events(hr_http *h, struct MHD_Connection *c, request *r)
 {
+    if (r->ev.phase == EV_DONE) /* resumed: the commit is done */
+        return answer_events(h, c, r, r->ev.st, r->ev.why);
+    if (r->ev.phase == EV_WAITING) /* cannot happen: suspended connections get no calls */
+        return MHD_YES;
     hr_app *app = h->app;
     json_t *events, *errors = json_array();
     size_t n;
@@ -468,46 +552,49 @@ static enum MHD_Result handle_events(hr_http *h, struct MHD_Connection *c, reque
         ok++;
     }
     json_decref(events);
+    atomic_fetch_add(&h->rejected, rejected);
+    atomic_fetch_add(&h->duplicates, dups);
+    events_state *ev = &r->ev;
+    ev->errors = errors;
+    ev->hashes = hashes;
+    ev->nhash = nhash;
+    ev->ok = ok;
+    ev->rejected = rejected;
+    ev->dups = dups;
     hr_error e = {{0}, {0}};
     uint64_t first = 0;
-    hr_status st = hr_ingest_submit(app->ingest, evs, (const char *const *)texts, lens, ok,
-                                    false, &first, &e);
-    enum MHD_Result ret;
+    hr_status st;
+    bool wait = app->persist != NULL && ok > 0;
+    if (wait)
+        st = hr_ingest_submit_nowait(app->ingest, evs, (const char *const *)texts, lens, ok,
+                                     false, &first, &e);
+    else
+        st = hr_ingest_submit(app->ingest, evs, (const char *const *)texts, lens, ok, false,
+                              &first, &e);
     if (st == HR_OK || (st == HR_EIO && first)) {
         for (size_t i = 0; i < ok; i++)
             hr_history_add(h->history, evs[i].user, evs[i].item);
     }
-    atomic_fetch_add(&h->rejected, rejected);
-    atomic_fetch_add(&h->duplicates, dups);
-    if (st == HR_OK) {
-        json_t *body = json_pack("{s:I,s:I,s:I,s:o,s:I}", "accepted", (json_int_t)ok, "rejected",
-                                 (json_int_t)rejected, "duplicates", (json_int_t)dups, "errors",
-                                 errors, "seq", (json_int_t)(ok ? first + ok - 1 : 0));
-        errors = NULL;
-        ret = reply_json(c, r, 202, body);
-    } else {
-        for (size_t i = 0; i < nhash; i++) /* the client will resend these */
-            hr_dedup_release(h->dedup, hashes[i]);
-        if (st == HR_EFULL) {
-            atomic_fetch_add(&h->refused, ok);
-            ret = reply_error(c, r, 429, "queue_full",
-                              "the queue cannot take these %zu events now; nothing was accepted, "
-                              "resend the whole request", ok);
-        } else if (st == HR_ESTOPPED) {
-            ret = reply_error(c, r, 503, "shutting_down", "the server is stopping");
-        } else {
-            ret = reply_error(c, r, 503, "unavailable", "%s", e.message[0] ? e.message
-                                                                          : hr_status_to_string(st));
-        }
-    }
-    json_decref(errors);
+    ev->first = first;
     for (size_t i = 0; texts && i < ok; i++)
         free(texts[i]);
     free(texts);
     free(lens);
     free(evs);
-    free(hashes);
-    return ret;
+    if (st == HR_OK && wait) {
+        /* Queued and logged: answer once the commit is done, without
+         * holding this pool thread (see the file comment). */
+        r->conn = c;
+        ev->phase = EV_WAITING;
+        pthread_mutex_lock(&h->susp_mu);
+        h->suspended++;
+        pthread_mutex_unlock(&h->susp_mu);
+        MHD_suspend_connection(c);
+        if (hr_ingest_notify(app->ingest, first + ok - 1, events_durable, r) != HR_OK)
+            events_durable(r, HR_ENOMEM, "out of memory");
+        return MHD_YES;
+    }
+    return answer_events(h, c, r, st, e.message);
 }
 
 /* ---- /v1/predict ---- */
@@ -1138,12 +1225,25 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    (void)cls;
+    hr_http *h = cls;
     (void)c;
     (void)toe;
     request *r = *con_cls;
     if (!r)
         return;
+    /* Not answered (the client went away): a failed commit frees the ids
+     * for the client's resend, as the answer would have. */
+    if (r->ev.phase == EV_DONE && r->ev.st != HR_OK)
+        for (size_t i = 0; i < r->ev.nhash; i++)
+            hr_dedup_release(h->dedup, r->ev.hashes[i]);
+    json_decref(r->ev.errors);
+    free(r->ev.hashes);
+    if (r->ev.phase != EV_NONE) { /* was suspended: hr_http_stop may wait for it */
+        pthread_mutex_lock(&h->susp_mu);
+        if (--h->suspended == 0)
+            pthread_cond_broadcast(&h->susp_cv);
+        pthread_mutex_unlock(&h->susp_mu);
+    }
     free(r->body);
     free(r);
     *con_cls = NULL;
@@ -1171,6 +1271,8 @@ hr_status hr_http_start(hr_app *app, hr_http **out, hr_error *err)
     h->app = app;
     h->max_body = (size_t)app->cfg.max_body_bytes;
     pthread_mutex_init(&h->rate_mu, NULL);
+    pthread_mutex_init(&h->susp_mu, NULL);
+    pthread_cond_init(&h->susp_cv, NULL);
     h->rate_t = hr_wall_time();
     hr_status st = hr_history_create((uint32_t)app->cfg.max_users + 1,
                                      (uint32_t)app->cfg.max_items + 1,
@@ -1191,7 +1293,7 @@ hr_status hr_http_start(hr_app *app, hr_http **out, hr_error *err)
                             app->cfg.bind);
     }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
-                     MHD_USE_ERROR_LOG;
+                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     h->daemon = MHD_start_daemon(
         flags, 0, NULL, NULL, on_request, h,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
@@ -1232,11 +1334,21 @@ void hr_http_stop(hr_http *h)
 {
     if (!h)
         return;
-    if (h->daemon)
+    if (h->daemon) {
+        /* MHD must not be stopped with suspended connections: wait until
+         * the event log settled every commit they wait for (it runs until
+         * the app closes, after this) and their answers went out. */
+        pthread_mutex_lock(&h->susp_mu);
+        while (h->suspended)
+            pthread_cond_wait(&h->susp_cv, &h->susp_mu);
+        pthread_mutex_unlock(&h->susp_mu);
         MHD_stop_daemon(h->daemon);
+    }
     hr_history_destroy(h->history);
     hr_dedup_destroy(h->dedup);
     pthread_mutex_destroy(&h->rate_mu);
+    pthread_cond_destroy(&h->susp_cv);
+    pthread_mutex_destroy(&h->susp_mu);
     free(h);
 }
 

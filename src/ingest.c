@@ -49,9 +49,9 @@ static void stamp(hr_ingest *ing, hr_event *evs, size_t n, uint64_t first_seq)
     }
 }
 
-hr_status hr_ingest_submit(hr_ingest *ing, hr_event *evs, const char *const *json,
-                           const size_t *len, size_t n, bool wait_for_room, uint64_t *first_seq,
-                           hr_error *err)
+hr_status hr_ingest_submit_nowait(hr_ingest *ing, hr_event *evs, const char *const *json,
+                                  const size_t *len, size_t n, bool wait_for_room,
+                                  uint64_t *first_seq, hr_error *err)
 {
     if (n == 0) {
         *first_seq = 0;
@@ -87,12 +87,29 @@ hr_status hr_ingest_submit(hr_ingest *ing, hr_event *evs, const char *const *jso
     ing->last_seq = seq + n - 1;
 unlock:
     pthread_mutex_unlock(&ing->mu);
-    if (st != HR_OK)
+    if (st == HR_OK)
+        *first_seq = seq;
+    return st;
+}
+
+hr_status hr_ingest_submit(hr_ingest *ing, hr_event *evs, const char *const *json,
+                           const size_t *len, size_t n, bool wait_for_room, uint64_t *first_seq,
+                           hr_error *err)
+{
+    *first_seq = 0;
+    hr_status st = hr_ingest_submit_nowait(ing, evs, json, len, n, wait_for_room, first_seq, err);
+    if (st != HR_OK || n == 0 || !ing->log)
         return st;
-    *first_seq = seq;
-    if (ing->log)
-        return hr_evlog_wait(ing->log, seq + n - 1, err);
-    return HR_OK;
+    return hr_evlog_wait(ing->log, *first_seq + n - 1, err);
+}
+
+hr_status hr_ingest_notify(hr_ingest *ing, uint64_t seq, hr_evlog_notify_fn cb, void *arg)
+{
+    if (!ing->log) {
+        cb(arg, HR_OK, NULL);
+        return HR_OK;
+    }
+    return hr_evlog_notify(ing->log, seq, cb, arg);
 }
 
 hr_status hr_ingest_replay(hr_ingest *ing, hr_event *evs, size_t n)

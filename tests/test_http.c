@@ -21,16 +21,20 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "hogrec/api.h"
 #include "hogrec/app.h"
 #include "hogrec/http.h"
+#include "helper_faultvfs.h"
 #include "testutil.h"
 
 #define TOKEN "t0ken"
@@ -41,11 +45,15 @@ typedef struct {
     uint16_t port;
 } server;
 
-static void start_body(server *s, int64_t queue_capacity, const char *token, int64_t max_body)
+/* db: SQLite file ("" = no persistence). */
+static void start_full(server *s, int64_t queue_capacity, const char *token, int64_t max_body,
+                       const char *db, int64_t http_threads)
 {
     hr_config c;
     hr_config_defaults(&c);
-    c.db[0] = 0;
+    snprintf(c.db, sizeof c.db, "%s", db);
+    c.checkpoint_interval = 0;
+    c.checkpoint_events = 0;
     c.port = 0;
     c.k = 8;
     c.max_users = 4096;
@@ -53,7 +61,7 @@ static void start_body(server *s, int64_t queue_capacity, const char *token, int
     c.chunk_rows = 64;
     c.context_bits = 8;
     c.threads = 2;
-    c.http_threads = 2;
+    c.http_threads = http_threads;
     c.queue_capacity = queue_capacity;
     c.max_body_bytes = max_body;
     c.max_batch_events = 1000;
@@ -66,6 +74,11 @@ static void start_body(server *s, int64_t queue_capacity, const char *token, int
     s->port = hr_http_port(s->http);
     assert_true(s->port > 0);
     hr_config_free(&c);
+}
+
+static void start_body(server *s, int64_t queue_capacity, const char *token, int64_t max_body)
+{
+    start_full(s, queue_capacity, token, max_body, "", 2);
 }
 
 static void start(server *s, int64_t queue_capacity, const char *token)
@@ -829,6 +842,308 @@ static void test_serve_binary_sigterm(void **state)
     assert_int_equal(WEXITSTATUS(status), 0);
 }
 
+/* ---- events with persistence: the commit wait does not hold a pool thread ---- */
+
+/* A request from a worker thread: no cmocka assertions there (they longjmp);
+ * status 0 when curl fails. */
+static reply tcall(const server *s, const char *method, const char *path, const char *body)
+{
+    reply r;
+    memset(&r, 0, sizeof r);
+    CURL *c = curl_easy_init();
+    if (!c) {
+        r.text = strdup("");
+        return r;
+    }
+    char url[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%u%s", s->port, path);
+    buf b = {0};
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    h = curl_slist_append(h, "Expect:");
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    if (body)
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
+    if (curl_easy_perform(c) == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    r.text = b.data ? b.data : strdup("");
+    r.json = json_loads(r.text, 0, NULL);
+    return r;
+}
+
+static json_int_t jget(json_t *o, const char *a, const char *b, const char *c)
+{
+    json_t *v = json_object_get(json_object_get(json_object_get(o, a), b), c);
+    return json_is_integer(v) ? json_integer_value(v) : -1;
+}
+
+#define POSTERS 3
+#define POSTS 20
+#define PER_POST 5
+
+typedef struct {
+    const server *s;
+    int id;
+    int ok, bad;          /* 202s; anything else, or a 202 not yet committed */
+    json_int_t accepted;  /* events the 202s accepted */
+    json_int_t max_seq;
+    char first_bad[256];
+} poster;
+
+/* Posts POSTS batches; after each 202 the stats must show its seq committed
+ * (a 202 promises a durable event). */
+static void *post_batches(void *arg)
+{
+    poster *p = arg;
+    char body[1024];
+    for (int i = 0; i < POSTS; i++) {
+        size_t off = (size_t)sprintf(body, "[");
+        for (int j = 0; j < PER_POST; j++)
+            off += (size_t)sprintf(body + off, "%s{\"user\":\"a%d\",\"item\":\"b%d\",\"label\":%d}",
+                                   j ? "," : "", p->id * 7 + j, (i + j) % 13, (i + j) & 1);
+        sprintf(body + off, "]");
+        reply r = tcall(p->s, "POST", "/v1/events", body);
+        json_t *seq = json_object_get(r.json, "seq");
+        if (r.status == 202 && json_is_integer(seq)) {
+            p->ok++;
+            p->accepted += json_integer_value(json_object_get(r.json, "accepted"));
+            json_int_t sq = json_integer_value(seq);
+            if (sq > p->max_seq)
+                p->max_seq = sq;
+            reply st = tcall(p->s, "GET", "/v1/stats", NULL);
+            json_int_t committed = jget(st.json, "checkpoint", "event_log", "committed_seq");
+            if (committed < sq && !p->bad++)
+                snprintf(p->first_bad, sizeof p->first_bad, "202 seq %lld, committed %lld",
+                         (long long)sq, (long long)committed);
+            done(&st);
+        } else if (!p->bad++) {
+            snprintf(p->first_bad, sizeof p->first_bad, "%ld: %.200s", r.status, r.text);
+        }
+        done(&r);
+    }
+    return NULL;
+}
+
+typedef struct {
+    const server *s;
+    int ok, bad;
+} predictor;
+
+static void *predict_loop(void *arg)
+{
+    predictor *p = arg;
+    for (int i = 0; i < 40; i++) {
+        reply r = tcall(p->s, "GET", "/v1/predict?user=a1&item=b2", NULL);
+        if (r.status == 200)
+            p->ok++;
+        else
+            p->bad++;
+        done(&r);
+    }
+    return NULL;
+}
+
+/* The fault-VFS hook that holds the event log's commit (on the committer
+ * thread, inside its first write) until the test releases it. */
+static pthread_mutex_t hold_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t hold_cv = PTHREAD_COND_INITIALIZER;
+static int hold_state; /* 0 idle, 1 a commit is held, 2 released */
+
+static void hold_commit(void)
+{
+    pthread_mutex_lock(&hold_mu);
+    hold_state = 1;
+    pthread_cond_broadcast(&hold_cv);
+    while (hold_state != 2)
+        pthread_cond_wait(&hold_cv, &hold_mu);
+    pthread_mutex_unlock(&hold_mu);
+}
+
+static void hold_next_commit(void)
+{
+    pthread_mutex_lock(&hold_mu);
+    hold_state = 0;
+    pthread_mutex_unlock(&hold_mu);
+    fv_on_write(".db-events-wal", 1, hold_commit);
+}
+
+static void wait_held(void)
+{
+    pthread_mutex_lock(&hold_mu);
+    while (hold_state != 1)
+        pthread_cond_wait(&hold_cv, &hold_mu);
+    pthread_mutex_unlock(&hold_mu);
+}
+
+static void release_commit(void)
+{
+    fv_on_write(NULL, 0, NULL);
+    pthread_mutex_lock(&hold_mu);
+    hold_state = 2;
+    pthread_cond_broadcast(&hold_cv);
+    pthread_mutex_unlock(&hold_mu);
+}
+
+typedef struct {
+    const server *s;
+    const char *body;
+    reply r;
+    atomic_int answered;
+} one_post;
+
+static void *post_one(void *arg)
+{
+    one_post *p = arg;
+    p->r = tcall(p->s, "POST", "/v1/events", p->body);
+    atomic_store(&p->answered, 1);
+    return NULL;
+}
+
+/* Many posters and predictors at once: every 202 is committed when it
+ * arrives and the log holds every accepted event. */
+static void test_events_durable_concurrent(void **state)
+{
+    (void)state;
+    fv_install();
+    const char *dir = tu_tmpdir();
+    char db[512];
+    snprintf(db, sizeof db, "%s/t.db", dir);
+    server s;
+    start_full(&s, 8192, TOKEN, 65536, db, 2);
+    poster ps[POSTERS];
+    predictor pr[2];
+    pthread_t tp[POSTERS], tq[2];
+    for (int i = 0; i < POSTERS; i++) {
+        ps[i] = (poster){.s = &s, .id = i};
+        assert_int_equal(pthread_create(&tp[i], NULL, post_batches, &ps[i]), 0);
+    }
+    for (int i = 0; i < 2; i++) {
+        pr[i] = (predictor){.s = &s};
+        assert_int_equal(pthread_create(&tq[i], NULL, predict_loop, &pr[i]), 0);
+    }
+    json_int_t accepted = 0, max_seq = 0;
+    for (int i = 0; i < POSTERS; i++) {
+        pthread_join(tp[i], NULL);
+        if (ps[i].bad)
+            fail_msg("poster %d: %d bad, first: %s", i, ps[i].bad, ps[i].first_bad);
+        assert_int_equal(ps[i].ok, POSTS);
+        accepted += ps[i].accepted;
+        if (ps[i].max_seq > max_seq)
+            max_seq = ps[i].max_seq;
+    }
+    for (int i = 0; i < 2; i++) {
+        pthread_join(tq[i], NULL);
+        assert_int_equal(pr[i].bad, 0);
+    }
+    assert_int_equal(accepted, POSTERS * POSTS * PER_POST);
+    assert_int_equal(max_seq, accepted); /* seqs 1..accepted, none lost */
+    reply r = get(&s, "/v1/stats");
+    assert_int_equal(r.status, 200);
+    assert_int_equal(jint(r.json, "events.accepted"), accepted);
+    assert_int_equal(jget(r.json, "checkpoint", "event_log", "last_seq"), accepted);
+    assert_true(jget(r.json, "checkpoint", "event_log", "committed_seq") >= accepted);
+    done(&r);
+    stop(&s);
+
+    /* Reopened, the log (and the final checkpoint) account for them all. */
+    start_full(&s, 8192, TOKEN, 65536, db, 2);
+    r = get(&s, "/v1/stats");
+    assert_int_equal(jget(r.json, "checkpoint", "event_log", "last_seq"), accepted);
+    done(&r);
+    stop(&s);
+    tu_rmtree(dir);
+}
+
+/* With one pool thread: an events request waiting for a held commit does not
+ * hold that thread (a predict is answered meanwhile); released, it gets its
+ * 202. A held commit that then fails answers 503. */
+static void test_events_commit_wait_does_not_block(void **state)
+{
+    (void)state;
+    fv_install();
+    const char *dir = tu_tmpdir();
+    char db[512];
+    snprintf(db, sizeof db, "%s/t.db", dir);
+    server s;
+    start_full(&s, 8192, TOKEN, 65536, db, 1);
+    reply r = post(&s, "/v1/events", "{\"user\":\"u1\",\"item\":\"i1\"}");
+    assert_int_equal(r.status, 202);
+    done(&r);
+
+    /* held, then committed */
+    hold_next_commit();
+    one_post p = {.s = &s, .body = "{\"user\":\"u2\",\"item\":\"i2\",\"id\":\"x1\"}"};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, post_one, &p), 0);
+    wait_held();
+    r = get(&s, "/v1/predict?user=u1&item=i1");
+    assert_int_equal(r.status, 200);
+    done(&r);
+    r = get(&s, "/healthz");
+    assert_int_equal(r.status, 200);
+    done(&r);
+    assert_int_equal(atomic_load(&p.answered), 0); /* still waiting for the commit */
+    release_commit();
+    pthread_join(t, NULL);
+    if (p.r.status != 202)
+        fail_msg("expected 202, got %ld: %s", p.r.status, p.r.text);
+    assert_int_equal(jint(p.r.json, "seq"), 2);
+    done(&p.r);
+
+    /* held, then failed: 503, and the id may be resent */
+    hold_next_commit();
+    one_post q = {.s = &s, .body = "{\"user\":\"u3\",\"item\":\"i3\",\"id\":\"x2\"}"};
+    assert_int_equal(pthread_create(&t, NULL, post_one, &q), 0);
+    wait_held();
+    r = get(&s, "/v1/predict?user=u1&item=i1");
+    assert_int_equal(r.status, 200);
+    done(&r);
+    assert_int_equal(atomic_load(&q.answered), 0);
+    fv_fail_writes(".db-events-wal", SQLITE_IOERR_WRITE);
+    release_commit();
+    pthread_join(t, NULL);
+    expect_error(q.r, 503, "unavailable");
+
+    /* Recovery (the log probes every second; bounded), then the resend. */
+    fv_fail_writes(NULL, 0);
+    long ready = 0;
+    for (int i = 0; i < 3000 && ready != 200; i++) {
+        r = get(&s, "/readyz");
+        ready = r.status;
+        done(&r);
+        if (ready != 200) {
+            struct timespec ts = {0, 10 * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+    assert_int_equal(ready, 200);
+    r = post(&s, "/v1/events", q.body);
+    assert_int_equal(r.status, 202);
+    assert_int_equal(jint(r.json, "accepted"), 1);
+    assert_int_equal(jint(r.json, "duplicates"), 0);
+    done(&r);
+
+    /* Stopping with a request suspended on a held commit: the stop waits for
+     * it, nothing hangs once the commit goes through. */
+    hold_next_commit();
+    one_post w = {.s = &s, .body = "{\"user\":\"u4\",\"item\":\"i4\"}"};
+    assert_int_equal(pthread_create(&t, NULL, post_one, &w), 0);
+    wait_held();
+    hr_http_quiesce(s.http);
+    release_commit();
+    stop(&s);
+    pthread_join(t, NULL);
+    assert_int_equal(w.r.status, 202);
+    done(&w.r);
+    tu_rmtree(dir);
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -843,6 +1158,8 @@ int main(void)
         cmocka_unit_test(test_recommend_against_reference),
         cmocka_unit_test(test_jsontestsuite_n_files),
         cmocka_unit_test(test_serve_binary_sigterm),
+        cmocka_unit_test(test_events_durable_concurrent),
+        cmocka_unit_test(test_events_commit_wait_does_not_block),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();

@@ -11,8 +11,8 @@
  * once (a crash can lose the last interval).
  *
  * Threads: append is called by the ingest path under its lock, in seq order;
- * wait from HTTP threads; a background thread (or the waiters, by turns)
- * commits.
+ * wait and notify from HTTP threads; a background thread commits and runs
+ * the notify callbacks.
  */
 #ifndef HOGREC_EVLOG_H
 #define HOGREC_EVLOG_H
@@ -35,6 +35,19 @@ hr_status hr_evlog_append(hr_evlog *log, uint64_t first_seq, const char *const *
 /* Blocks until every event with seq <= seq is as durable as the mode
  * promises. HR_EIO (err says why) if that cannot be done. */
 hr_status hr_evlog_wait(hr_evlog *log, uint64_t seq, hr_error *err);
+
+/* Called once with the outcome of seq: HR_OK (durable as the mode promises)
+ * or HR_EIO with why (a static or log-owned string, valid until
+ * hr_evlog_destroy). */
+typedef void (*hr_evlog_notify_fn)(void *arg, hr_status st, const char *why);
+
+/* The asynchronous hr_evlog_wait: arranges for cb(arg, ...) to be called
+ * exactly once when every event with seq <= seq is durable, or cannot be.
+ * cb runs on the committer thread (or in the caller, before this returns,
+ * when the outcome is already known; or in hr_evlog_destroy), never while
+ * the log holds a lock: cb may take the caller's locks. arg is borrowed
+ * until cb ran. Returns HR_OK, or HR_ENOMEM (cb will not be called). */
+hr_status hr_evlog_notify(hr_evlog *log, uint64_t seq, hr_evlog_notify_fn cb, void *arg);
 
 /* The highest seq ever appended (persisted across restarts); 0 if none. */
 uint64_t hr_evlog_last_seq(const hr_evlog *log);
@@ -61,7 +74,8 @@ hr_status hr_evlog_create(struct hr_store *store, const hr_evlog_options *opt, u
                           hr_evlog **out, hr_error *err);
 /* Starts the committer thread. */
 hr_status hr_evlog_start(hr_evlog *log, hr_error *err);
-/* Commits what is buffered, stops the thread, closes the store. NULL: no-op. */
+/* Commits what is buffered, stops the thread (notify callbacks still
+ * pending get HR_EIO), closes the store. NULL: no-op. */
 void hr_evlog_destroy(hr_evlog *log);
 /* Asks for every seq <= upto to be deleted (done with the next commit). */
 void hr_evlog_trim(hr_evlog *log, uint64_t upto);

@@ -1,7 +1,8 @@
 /*
  * ingest.h - the one way events enter training: assign sequence numbers,
  * check the queue has room for the whole batch, append to the event log,
- * queue, then wait until the log has made them durable.
+ * queue, then wait until the log has made them durable (or, split:
+ * submit_nowait, then be notified).
  *
  * Under one lock: seq assignment, log append and queue push, so the queue
  * holds events in seq order (what checkpoints rely on, see trainer.h).
@@ -42,6 +43,20 @@ void hr_ingest_destroy(hr_ingest *ing); /* NULL is a no-op */
 hr_status hr_ingest_submit(hr_ingest *ing, hr_event *evs, const char *const *json,
                            const size_t *len, size_t n, bool wait_for_room,
                            uint64_t *first_seq, hr_error *err);
+
+/* The part of submit under the lock: stamps, queues and appends to the log,
+ * but does not wait for the commit. Same arguments and returns as submit,
+ * except that HR_OK only means queued and appended (the HR_EIO "queued but
+ * not durable" case does not arise here); the batch's last seq is
+ * *first_seq + n - 1. Follow with hr_ingest_notify (or hr_evlog_wait) on it
+ * before promising durability. */
+hr_status hr_ingest_submit_nowait(hr_ingest *ing, hr_event *evs, const char *const *json,
+                                  const size_t *len, size_t n, bool wait_for_room,
+                                  uint64_t *first_seq, hr_error *err);
+
+/* hr_evlog_notify on the log (see evlog.h for when and where cb runs);
+ * without a log, calls cb(arg, HR_OK, NULL) at once. */
+hr_status hr_ingest_notify(hr_ingest *ing, uint64_t seq, hr_evlog_notify_fn cb, void *arg);
 
 /* Like submit, but the events already carry seqs from the log (start-up
  * replay of the log tail): queued, not logged again. */
