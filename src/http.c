@@ -35,7 +35,9 @@
 #include "hogrec/http.h"
 
 #include <arpa/inet.h>
+#include <cblas.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <math.h>
@@ -848,7 +850,7 @@ static json_t *stats_json(hr_http *h)
     const hr_schedule *s = hr_schedbox_current(app->sched);
     double uptime = hr_wall_time() - app->started;
     json_t *o = json_pack(
-        "{s:{s:I,s:I,s:I,s:I,s:I},s:{s:I,s:I},s:{s:I,s:I,s:I,s:I},"
+        "{s:{s:I,s:I,s:I,s:I,s:I},s:{s:I,s:I},s:{s:I,s:I,s:I,s:I,s:I},"
         "s:{s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:b},s:f}",
         "events", "accepted", (json_int_t)qs.accepted, "trained", (json_int_t)tc.trained,
         "rejected", (json_int_t)atomic_load(&h->rejected), "refused", (json_int_t)qs.refused,
@@ -857,6 +859,7 @@ static json_t *stats_json(hr_http *h)
         "model", "users", (json_int_t)hr_model_id_count(m, HR_TABLE_USER), "items",
         (json_int_t)hr_model_id_count(m, HR_TABLE_ITEM), "k",
         (json_int_t)hr_model_layout(m)->k, "bytes", (json_int_t)hr_model_bytes(m),
+        "expired_ids", (json_int_t)hr_model_expired_total(m),
         "updates", "total", (json_int_t)tc.updates, "negatives", (json_int_t)tc.negatives,
         "clipped", (json_int_t)tc.clipped, "skipped_nonfinite",
         (json_int_t)tc.skipped_nonfinite, "default_user", (json_int_t)tc.default_user,
@@ -1354,6 +1357,18 @@ void hr_http_stop(hr_http *h)
 
 /* ---- hogrec serve ---- */
 
+/* Write end and read end of the stop pipe (see hr_serve_main). */
+static int stop_pipe[2] = {-1, -1};
+
+static void on_stop_signal(int sig)
+{
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    ssize_t r = write(stop_pipe[1], &b, 1); /* async-signal-safe */
+    (void)r;
+    errno = saved;
+}
+
 int hr_serve_main(int argc, char **argv)
 {
     hr_config cfg;
@@ -1376,13 +1391,21 @@ int hr_serve_main(int argc, char **argv)
         hr_config_free(&cfg);
         return 2;
     }
-    /* Signals are taken by sigwait below; every thread started from here on
-     * inherits the mask. */
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    /* SIGTERM/SIGINT go through a handler that writes to a pipe the main
+     * thread reads. (Not sigwait with a blocked mask: threads that exist
+     * before main, such as OpenBLAS's, would take the signal with its
+     * default action and kill the process.) */
+    if (pipe2(stop_pipe, O_CLOEXEC) != 0) {
+        log_json("error", "cannot create the stop pipe", json_pack("{s:s}", "detail", strerror(errno)));
+        hr_config_free(&cfg);
+        return 1;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     log_json("info", "starting", json_pack("{s:s,s:I,s:s}", "bind", cfg.bind, "port",
@@ -1403,11 +1426,14 @@ int hr_serve_main(int argc, char **argv)
         hr_app_close(app, false);
         return 1;
     }
-    log_json("info", "listening", json_pack("{s:s,s:i,s:I}", "bind", app->cfg.bind, "port",
+    log_json("info", "listening", json_pack("{s:s,s:i,s:I,s:s}", "bind", app->cfg.bind, "port",
                                             (int)hr_http_port(http), "http_threads",
-                                            (json_int_t)app->cfg.http_threads));
-    int sig = 0;
-    sigwait(&set, &sig);
+                                            (json_int_t)app->cfg.http_threads, "blas_kernel",
+                                            openblas_get_corename()));
+    unsigned char sigbyte = 0;
+    while (read(stop_pipe[0], &sigbyte, 1) < 0 && errno == EINTR)
+        ;
+    int sig = sigbyte;
     log_json("info", "stopping", json_pack("{s:s}", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM"));
     hr_http_quiesce(http);
     hr_http_stop(http); /* answers what is in flight */
