@@ -5,6 +5,8 @@
 #include "hogrec/common.h"
 
 #include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -116,4 +118,45 @@ double hr_rng_normal(hr_rng *r)
     if (u1 < 1e-300)
         u1 = 1e-300;
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+struct hr_status_msg {
+    struct hr_status_msg *next;
+    char text[];
+};
+
+void hr_status_board_set(hr_status_board *b, const char *text, const char *fallback)
+{
+    if (!text) {
+        atomic_store(&b->current, NULL);
+        return;
+    }
+    const char *cur = atomic_load(&b->current);
+    if (cur && strcmp(cur, text) == 0)
+        return;
+    size_t n = strlen(text);
+    hr_status_msg *m = malloc(sizeof *m + n + 1);
+    if (!m) {
+        atomic_store(&b->current, fallback);
+        return;
+    }
+    memcpy(m->text, text, n + 1);
+    m->next = b->all;
+    b->all = m;
+    atomic_store(&b->current, m->text);
+}
+
+const char *hr_status_board_get(const hr_status_board *b)
+{
+    return atomic_load(&((hr_status_board *)b)->current);
+}
+
+void hr_status_board_free(hr_status_board *b)
+{
+    for (hr_status_msg *m = b->all, *next; m; m = next) {
+        next = m->next;
+        free(m);
+    }
+    b->all = NULL;
+    atomic_store(&b->current, NULL);
 }

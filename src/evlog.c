@@ -74,12 +74,6 @@ typedef struct waiter {
     const char *why;
 } waiter;
 
-/* One health message; kept until destroy so readers never see it freed. */
-typedef struct msg {
-    struct msg *next;
-    char text[];
-} msg;
-
 struct hr_evlog {
     hr_store *store;              /* owned; the committer's after start */
     hr_evlog_options opt;
@@ -92,8 +86,7 @@ struct hr_evlog {
     uint64_t processed;           /* highest seq whose commit finished; under mu */
     seq_range failed[FAILED_RANGES]; /* ring of failed ranges; under mu */
     unsigned nfailed;             /* ranges ever recorded; under mu */
-    _Atomic(const char *) health; /* NULL when healthy */
-    msg *msgs;                    /* every message ever published; under mu */
+    hr_status_board health;       /* NULL when healthy; set under mu */
     uint64_t trim_req, trimmed;   /* under mu */
     bool stop;                    /* under mu */
     bool started;
@@ -155,23 +148,7 @@ static hr_status batch_add(batch *b, uint64_t seq, const char *json, size_t len)
 /* Publishes a health message (NULL = healthy). Under mu. */
 static void set_health(hr_evlog *log, const char *text)
 {
-    if (!text) {
-        atomic_store(&log->health, NULL);
-        return;
-    }
-    const char *cur = atomic_load(&log->health);
-    if (cur && strcmp(cur, text) == 0)
-        return;
-    size_t n = strlen(text);
-    msg *m = malloc(sizeof *m + n + 1);
-    if (!m) {
-        atomic_store(&log->health, "event log failing (out of memory)");
-        return;
-    }
-    memcpy(m->text, text, n + 1);
-    m->next = log->msgs;
-    log->msgs = m;
-    atomic_store(&log->health, m->text);
+    hr_status_board_set(&log->health, text, "event log failing (out of memory)");
 }
 
 static void record_failed(hr_evlog *log, uint64_t lo, uint64_t hi)
@@ -198,7 +175,7 @@ static hr_status outcome(const hr_evlog *log, uint64_t seq, const char **why)
         return HR_EIO;
     }
     if (is_failed(log, seq)) {
-        const char *h = atomic_load(&((hr_evlog *)log)->health);
+        const char *h = hr_status_board_get(&log->health);
         *why = h ? h : "event log: commit failed";
         return HR_EIO;
     }
@@ -253,7 +230,7 @@ static void *committer(void *arg)
     deadline_in(&next, log->opt.interval_ms);
     pthread_mutex_lock(&log->mu);
     for (;;) {
-        if (atomic_load(&log->health)) {
+        if (hr_status_board_get(&log->health)) {
             /* Failing: nothing is buffered (appends fail fast); probe. */
             if (log->stop)
                 break;
@@ -359,7 +336,6 @@ hr_status hr_evlog_create(hr_store *store, const hr_evlog_options *opt, uint64_t
     pthread_condattr_destroy(&ca);
     atomic_init(&log->appended, last_seq);
     log->processed = last_seq;
-    atomic_init(&log->health, NULL);
     *out = log;
     return HR_OK;
 }
@@ -392,10 +368,7 @@ void hr_evlog_destroy(hr_evlog *log)
     hr_store_close(log->store);
     batch_free(&log->pend);
     batch_free(&log->out);
-    for (msg *m = log->msgs, *next; m; m = next) {
-        next = m->next;
-        free(m);
-    }
+    hr_status_board_free(&log->health);
     pthread_cond_destroy(&log->work);
     pthread_cond_destroy(&log->done);
     pthread_mutex_destroy(&log->mu);
@@ -407,7 +380,7 @@ hr_status hr_evlog_append(hr_evlog *log, uint64_t first_seq, const char *const *
 {
     pthread_mutex_lock(&log->mu);
     hr_status st = HR_OK;
-    const char *h = atomic_load(&log->health);
+    const char *h = hr_status_board_get(&log->health);
     if (h) {
         st = hr_error_set(err, HR_EIO, NULL, "%s", h);
         goto out;
@@ -439,7 +412,7 @@ hr_status hr_evlog_wait(hr_evlog *log, uint64_t seq, hr_error *err)
     if (!log->opt.sync) {
         /* Interval mode: committed within interval_ms; a crash before then
          * loses the event (documented in the README). */
-        const char *h = atomic_load(&log->health);
+        const char *h = hr_status_board_get(&log->health);
         return h ? hr_error_set(err, HR_EIO, NULL, "%s", h) : HR_OK;
     }
     pthread_mutex_lock(&log->mu);
@@ -457,7 +430,7 @@ hr_status hr_evlog_notify(hr_evlog *log, uint64_t seq, hr_evlog_notify_fn cb, vo
 {
     if (!log->opt.sync) {
         /* Interval mode: as hr_evlog_wait, known at once. */
-        const char *h = atomic_load(&log->health);
+        const char *h = hr_status_board_get(&log->health);
         cb(arg, h ? HR_EIO : HR_OK, h);
         return HR_OK;
     }
@@ -486,7 +459,7 @@ uint64_t hr_evlog_last_seq(const hr_evlog *log)
     return atomic_load(&((hr_evlog *)log)->appended);
 }
 
-const char *hr_evlog_health(hr_evlog *log) { return atomic_load(&log->health); }
+const char *hr_evlog_health(hr_evlog *log) { return hr_status_board_get(&log->health); }
 
 void hr_evlog_trim(hr_evlog *log, uint64_t upto)
 {

@@ -50,11 +50,6 @@
 #define BUSY_MS 1000        /* wait for another writer's lock */
 #define MAX_HISTORY 4096    /* schedule history entries saved */
 
-typedef struct msg {
-    struct msg *next;
-    char text[];
-} msg;
-
 struct hr_persist {
     hr_app *app;                 /* borrowed */
     hr_store *main;              /* owned; under ckpt_mu after open */
@@ -69,8 +64,7 @@ struct hr_persist {
     uint64_t ckpt_ok, ckpt_failed;
     char last_error[256];        /* "" if the last checkpoint succeeded */
     double last_attempt;         /* wall time */
-    _Atomic(const char *) ckpt_health; /* NULL, or why checkpoints fail */
-    msg *msgs;                   /* health strings (kept until close) */
+    hr_status_board ckpt_health; /* NULL, or why checkpoints fail; set under ckpt_mu */
 
     pthread_mutex_t mu;          /* periodic thread's sleep and stop */
     pthread_cond_t cv;
@@ -98,24 +92,12 @@ static void model_shape(const hr_model *m, char *out, size_t n)
 static void set_ckpt_health(hr_persist *p, const char *why)
 {
     if (!why) {
-        atomic_store(&p->ckpt_health, NULL);
+        hr_status_board_set(&p->ckpt_health, NULL, NULL);
         return;
     }
     char text[320];
     snprintf(text, sizeof text, "checkpoints failing: %s", why);
-    const char *cur = atomic_load(&p->ckpt_health);
-    if (cur && strcmp(cur, text) == 0)
-        return;
-    size_t len = strlen(text);
-    msg *m = malloc(sizeof *m + len + 1);
-    if (!m) {
-        atomic_store(&p->ckpt_health, "checkpoints failing");
-        return;
-    }
-    memcpy(m->text, text, len + 1);
-    m->next = p->msgs;
-    p->msgs = m;
-    atomic_store(&p->ckpt_health, m->text);
+    hr_status_board_set(&p->ckpt_health, text, "checkpoints failing");
 }
 
 /* ---- restore ---- */
@@ -249,6 +231,15 @@ static hr_status restore(hr_persist *p, hr_error *err)
     return HR_OK;
 }
 
+/* The message that refuses a damaged database (it is never modified). */
+static hr_status refuse_corrupt(const char *path, const hr_error *why, hr_error *err)
+{
+    return hr_error_set(err, HR_ECORRUPT, "db",
+                        "database %s is corrupt (%s): refusing to start; restore a backup or "
+                        "move the file away (it was not modified)",
+                        path, why->message);
+}
+
 hr_status hr_persist_open(hr_app *app, hr_persist **out, hr_evlog **log, hr_error *err)
 {
     *out = NULL;
@@ -264,7 +255,6 @@ hr_status hr_persist_open(hr_app *app, hr_persist **out, hr_evlog **log, hr_erro
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&p->cv, &ca);
     pthread_condattr_destroy(&ca);
-    atomic_init(&p->ckpt_health, NULL);
     model_shape(app->model, p->shape, sizeof p->shape);
     hr_status st;
     hr_error e2;
@@ -275,24 +265,17 @@ hr_status hr_persist_open(hr_app *app, hr_persist **out, hr_evlog **log, hr_erro
     hr_store_options mo = {.kind = HR_STORE_MAIN, .sync_full = true, .busy_ms = BUSY_MS,
                            .quick_check = false};
     if ((st = hr_store_open(app->cfg.db, &mo, &p->main, &e2)) != HR_OK) {
-        if (st == HR_ECORRUPT)
-            hr_error_set(err, st, "db",
-                         "database %s is corrupt (%s): refusing to start; restore a backup or "
-                         "move the file away (it was not modified)",
-                         app->cfg.db, e2.message);
-        else
+        if (st != HR_ECORRUPT)
             hr_error_set(err, st, "db", "database %s: %s", app->cfg.db, e2.message);
+        else
+            refuse_corrupt(app->cfg.db, &e2, err);
         goto fail;
     }
     if ((st = restore(p, &e2)) != HR_OK) {
         if (st == HR_ECORRUPT)
-            hr_error_set(err, st, "db",
-                         "database %s is corrupt (%s): refusing to start; restore a backup or "
-                         "move the file away (it was not modified)",
-                         app->cfg.db, e2.message);
-        else
-            if (err)
-                *err = e2;
+            refuse_corrupt(app->cfg.db, &e2, err);
+        else if (err)
+            *err = e2;
         goto fail;
     }
 
@@ -596,7 +579,7 @@ static void *periodic(void *arg)
 const char *hr_persist_health(hr_persist *p)
 {
     const char *h = p->log ? hr_evlog_health(p->log) : NULL;
-    return h ? h : atomic_load(&p->ckpt_health);
+    return h ? h : hr_status_board_get(&p->ckpt_health);
 }
 
 json_t *hr_persist_stats(hr_persist *p)
@@ -650,10 +633,7 @@ void hr_persist_close(hr_persist *p, bool final)
     }
     hr_evlog_destroy(p->log); /* commits what is buffered, trims */
     hr_store_close(p->main);
-    for (msg *m = p->msgs, *next; m; m = next) {
-        next = m->next;
-        free(m);
-    }
+    hr_status_board_free(&p->ckpt_health);
     pthread_cond_destroy(&p->cv);
     pthread_mutex_destroy(&p->mu);
     pthread_mutex_destroy(&p->ckpt_mu);

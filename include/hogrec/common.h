@@ -66,6 +66,24 @@ uint64_t hr_rng_below(hr_rng *r, uint64_t n);
 /* Standard normal (Box-Muller). */
 double hr_rng_normal(hr_rng *r);
 
+/* A status message that readers take without a lock (health texts): the
+ * current text is an atomic pointer to an immutable string, and every
+ * string ever published is kept until hr_status_board_free, so a reader
+ * never sees one freed. Writers serialize on a lock of the owner's. */
+typedef struct hr_status_msg hr_status_msg;
+typedef struct {
+    _Atomic(const char *) current; /* NULL when there is nothing to say */
+    hr_status_msg *all;            /* every published text; writers only */
+} hr_status_board;
+
+/* Publishes a copy of text (NULL clears). No-op when text equals the
+ * current one. On allocation failure publishes `fallback` (static). */
+void hr_status_board_set(hr_status_board *b, const char *text, const char *fallback);
+/* The current text or NULL; lock-free. */
+const char *hr_status_board_get(const hr_status_board *b);
+/* Frees every text; no reader or writer may run. */
+void hr_status_board_free(hr_status_board *b);
+
 #define HR_CACHE_LINE 64
 #define HR_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
