@@ -86,8 +86,10 @@ static double through_trainers(hr_app *app, hr_event *ev, size_t n)
     hr_error err;
     uint64_t seq;
     uint64_t t0 = hr_now_ns();
-    for (size_t i = 0; i < n; i += 4096) {
-        size_t m = n - i < 4096 ? n - i : 4096;
+    /* Producer batches the size of a typical POST /v1/events (256 events):
+     * each push copies its batch under the queue lock. */
+    for (size_t i = 0; i < n; i += 256) {
+        size_t m = n - i < 256 ? n - i : 256;
         hr_ingest_submit(app->ingest, ev + i, NULL, NULL, m, true, &seq, &err);
     }
     hr_trainer_wait_idle(app->trainer);
@@ -127,7 +129,7 @@ static void *bare_loop(void *arg)
         hr_sgd_touch(L, hr_model_row(m, HR_TABLE_ITEM, ev->item), now);
         int na = hr_model_active(m, ev, a);
         double y;
-        hr_sgd_step(L, a, na, ev->label, ev->weight, &p, &y);
+        hr_sgd_step(L, a, na, ev->label, ev->weight, &p, &y, NULL);
         hr_model_mark_dirty(m, HR_TABLE_USER, ev->user);
         hr_model_mark_dirty(m, HR_TABLE_ITEM, ev->item);
     }

@@ -151,13 +151,16 @@ static int update_bias(const hr_row_layout *L, float *r, float gb, float rate, f
 }
 
 hr_step_result hr_sgd_step(const hr_row_layout *L, const hr_active *a, int n, float label,
-                           float weight, const hr_step_params *p, double *y_before)
+                           float weight, const hr_step_params *p, double *y_before,
+                           double *pred_before)
 {
     const uint32_t k = L->k;
     float s[k], tmp[k], nv[k], nG[k];
     double y = score_into(L, a, n, s, tmp);
     *y_before = y;
     double pred = link(p->loss, y);
+    if (pred_before)
+        *pred_before = pred;
     double g = weight * (pred - label); /* dLoss/dy for both losses */
     if (!isfinite(y) || !isfinite(g))
         return HR_STEP_SKIPPED_NONFINITE;

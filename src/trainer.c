@@ -230,8 +230,8 @@ static double apply(hr_trainer *tr, worker *w, const batch_ctx *bc, const hr_eve
     }
     hr_active a[HR_MAX_ACTIVE];
     int n = hr_model_active(m, ev, a);
-    double y;
-    hr_step_result r = hr_sgd_step(hr_model_layout(m), a, n, ev->label, ev->weight, &p, &y);
+    double y, pred;
+    hr_step_result r = hr_sgd_step(hr_model_layout(m), a, n, ev->label, ev->weight, &p, &y, &pred);
     if (r == HR_STEP_CLIPPED)
         bump(&w->c.clipped, 1);
     else if (r == HR_STEP_SKIPPED_NONFINITE)
@@ -248,7 +248,7 @@ static double apply(hr_trainer *tr, worker *w, const batch_ctx *bc, const hr_eve
     for (int i = 0; i < ev->nctx; i++)
         hr_model_mark_dirty(m, HR_TABLE_CTX, ev->ctx[i].row);
     bump(&w->updates, 1);
-    return hr_model_link(m, y);
+    return pred;
 }
 
 static void resolve_params(hr_trainer *tr, batch_ctx *bc)

@@ -135,7 +135,7 @@ static void test_sgd_step_is_the_gradient(void **state)
             }
             hr_step_params p = sgd_params(rate);
             double y;
-            assert_int_equal(hr_sgd_step(&w.L, w.a, NF, (float)label, 1.0f, &p, &y), HR_STEP_APPLIED);
+            assert_int_equal(hr_sgd_step(&w.L, w.a, NF, (float)label, 1.0f, &p, &y, NULL), HR_STEP_APPLIED);
             assert_float_equal(y, ref_score(&before), 1e-4);
             for (int f = 0; f < NF; f++)
                 for (uint32_t d = 0; d <= K; d++) {
@@ -156,7 +156,7 @@ static void test_adagrad_coordinate(void **state)
     hr_step_params p = sgd_params(0.1f);
     p.opt = HR_OPT_ADAGRAD;
     double y;
-    hr_sgd_step(&w.L, w.a, NF, 1.0f, 1.0f, &p, &y);
+    hr_sgd_step(&w.L, w.a, NF, 1.0f, 1.0f, &p, &y, NULL);
     double pr = 1.0 / (1.0 + exp(-y));
     double g = pr - 1.0;
     /* the user bias: gradient g * x, accumulator 0.5 + g^2 */
@@ -185,13 +185,13 @@ static void test_ftrl_l1_keeps_weights_at_zero(void **state)
     p.ftrl_beta = 1;
     p.ftrl_l1 = 100; /* far above any |z| one step can reach */
     double y;
-    hr_sgd_step(&w.L, w.a, NF, 1.0f, 1.0f, &p, &y);
+    hr_sgd_step(&w.L, w.a, NF, 1.0f, 1.0f, &p, &y, NULL);
     for (int f = 0; f < NF; f++) {
         assert_true(w.rows[f][w.L.bias] == 0.0f);
         assert_true(w.rows[f][w.L.ftrl] != 0.0f); /* z moved */
     }
     p.ftrl_l1 = 0;
-    hr_sgd_step(&w.L, w.a, NF, 1.0f, 1.0f, &p, &y);
+    hr_sgd_step(&w.L, w.a, NF, 1.0f, 1.0f, &p, &y, NULL);
     for (int f = 0; f < NF; f++)
         assert_true(w.rows[f][w.L.bias] > 0.0f); /* positive label pushes up */
 }
@@ -205,10 +205,10 @@ static void test_nonfinite_is_never_written(void **state)
     hr_step_params p = sgd_params(0.1f);
     p.opt = HR_OPT_ADAGRAD;
     double y;
-    assert_int_equal(hr_sgd_step(&w.L, w.a, NF, NAN, 1.0f, &p, &y), HR_STEP_SKIPPED_NONFINITE);
+    assert_int_equal(hr_sgd_step(&w.L, w.a, NF, NAN, 1.0f, &p, &y, NULL), HR_STEP_SKIPPED_NONFINITE);
     assert_memory_equal(w.rows, before.rows, sizeof w.rows);
     w.a[3].x = INFINITY;
-    assert_int_equal(hr_sgd_step(&w.L, w.a, NF, 1.0f, 1.0f, &p, &y), HR_STEP_SKIPPED_NONFINITE);
+    assert_int_equal(hr_sgd_step(&w.L, w.a, NF, 1.0f, 1.0f, &p, &y, NULL), HR_STEP_SKIPPED_NONFINITE);
     for (int f = 0; f < NF; f++)
         for (uint32_t d = 0; d < w.L.stride; d++)
             assert_true(isfinite(w.rows[f][d]));
@@ -226,7 +226,7 @@ static void test_clip_bounds_the_step(void **state)
     p.clip = 0.5f;
     double y = hr_sgd_score(&w.L, w.a, NF);
     float label = y > 0 ? 0.0f : 1.0f; /* the wrong side: |gradient| ~ 1 */
-    assert_int_equal(hr_sgd_step(&w.L, w.a, NF, label, 1.0f, &p, &y), HR_STEP_CLIPPED);
+    assert_int_equal(hr_sgd_step(&w.L, w.a, NF, label, 1.0f, &p, &y, NULL), HR_STEP_CLIPPED);
     double norm2 = 0;
     for (int f = 0; f < NF; f++)
         for (uint32_t d = 0; d <= K; d++) {

@@ -46,11 +46,12 @@ typedef enum {
 double hr_sgd_score(const hr_row_layout *L, const hr_active *a, int n);
 
 /* Scores, then updates every active row for (label, weight). *y_before
- * receives the raw score before the update (progressive validation).
+ * receives the raw score before the update and *pred_before (may be NULL)
+ * the prediction (sigmoid or identity): progressive validation.
  * Never writes a NaN or Inf into a row. */
 hr_step_result hr_sgd_step(const hr_row_layout *L, const hr_active *a, int n,
                            float label, float weight, const hr_step_params *p,
-                           double *y_before);
+                           double *y_before, double *pred_before);
 
 /* Row bookkeeping: count += 1, last_seen = now. */
 void hr_sgd_touch(const hr_row_layout *L, float *row, uint32_t now);
