@@ -363,7 +363,7 @@ int main(int argc, char **argv)
         snprintf(base, sizeof base, "%s/base%u.db", dir, rows);
         hr_app *app = open_app(db, rows);
         fill(app, rows);
-        size_t bytes = hr_model_layout(app->model)->stride * sizeof(float);
+        size_t bytes = hr_model_layout(app->model)->floats * sizeof(float);
         int64_t nfull, ninc;
         double tfull = checkpoint(app, "full", &nfull);
         double bfull = baseline_write(base, nfull, bytes);

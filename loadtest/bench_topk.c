@@ -47,7 +47,7 @@ int main(int argc, char **argv)
         return 1;
     }
     const hr_row_layout *L = hr_model_layout(m);
-    float *row = calloc(L->stride, sizeof *row);
+    float *row = calloc(L->floats, sizeof *row);
     hr_rng rng;
     hr_rng_seed(&rng, 12345);
     for (uint32_t i = 0; i < items; i++) {

@@ -121,9 +121,9 @@ static void *bare_loop(void *arg)
     uint32_t now = hr_model_clock(m);
     for (size_t e = 0; e < j->n; e++) {
         const hr_event *ev = &j->ev[e];
-        if (e + 4 < j->n) { /* the trainers prefetch too: same memory behaviour */
-            __builtin_prefetch(hr_model_row(m, HR_TABLE_USER, j->ev[e + 4].user), 1, 1);
-            __builtin_prefetch(hr_model_row(m, HR_TABLE_ITEM, j->ev[e + 4].item), 1, 1);
+        if (e + 4 < j->n) { /* the trainers prefetch the same way */
+            hr_model_prefetch(m, HR_TABLE_USER, j->ev[e + 4].user);
+            hr_model_prefetch(m, HR_TABLE_ITEM, j->ev[e + 4].item);
         }
         hr_sgd_touch(L, hr_model_row(m, HR_TABLE_USER, ev->user), now);
         hr_sgd_touch(L, hr_model_row(m, HR_TABLE_ITEM, ev->item), now);
@@ -219,7 +219,7 @@ int main(int argc, char **argv)
             hr_error err;
             if (hr_model_create(&mc, &m, &err) != HR_OK)
                 return 1;
-            double row = hr_model_layout(m)->stride * 4.0 + 1; /* + dirty mark */
+            double row = hr_model_layout(m)->floats * 4.0 + 1; /* + dirty mark */
             double raw = ks[ki] * 4.0 * (st ? 2 : 1);
             printf("| %u | %s | %.0f | %.0f | %.3f |\n", ks[ki], st ? "adagrad" : "sgd", row, raw,
                    row / raw);

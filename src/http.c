@@ -763,8 +763,8 @@ static enum MHD_Result handle_recommend(hr_http *h, struct MHD_Connection *c, re
         body = json_pack("{s:s,s:o,s:s}", "user", user, "items", list, "fallback", "popular");
     } else {
         const hr_row_layout *L = hr_model_layout(m);
-        float *urow_copy = malloc(L->stride * sizeof(float));
-        float *g = malloc(L->stride * sizeof(float));
+        float *urow_copy = malloc(L->floats * sizeof(float));
+        float *g = malloc(L->floats * sizeof(float));
         hr_status st = urow_copy && g ? HR_OK : HR_ENOMEM;
         if (st == HR_OK) {
             hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_USER, eff), urow_copy);

@@ -1,8 +1,9 @@
 /*
  * model.c - parameter storage and id tables of the factorization machine.
  *
- * Each table is an array of chunk pointers; a chunk holds chunk_rows rows of
- * `stride` floats and is allocated once, the first time a row in it is handed
+ * Each table is an array of chunk pointers; a chunk holds chunk_rows rows
+ * (a weights block and, with optimizer state, a state block, each of
+ * chunk_rows x `stride` floats) and is allocated once, the first time a row in it is handed
  * out, and never moved or freed before the model is. Chunk pointers are
  * atomics published with release stores, so any thread that got a row number
  * from the id table (whose publication happens after the chunk's) can use it.
@@ -18,6 +19,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -50,24 +52,31 @@ typedef struct {
     hr_table_id t;
 } init_ctx;
 
-static hr_row_layout make_layout(uint32_t k, hr_state_kind st)
+/* Weights [v, bias, count, last_seen] padded to 16 bytes; the state block
+ * has the same stride (k+1 accumulators and FTRL's z, n fit in k+3). */
+static hr_row_layout make_layout(uint32_t k, hr_state_kind st, uint32_t chunk_rows)
 {
     hr_row_layout L = {0};
     L.k = k;
     L.bias = k;
-    uint32_t at = k + 1;
+    L.count = k + 1;
+    L.last_seen = k + 2;
+    L.stride = (k + 3 + 3) & ~3u;
+    L.floats = L.stride;
     if (st != HR_STATE_SGD) {
-        L.acc = at;
-        at += k + 1;
+        L.state = chunk_rows * L.stride;
+        L.acc = L.state;
+        L.floats = 2 * L.stride;
     }
-    if (st == HR_STATE_FTRL) {
-        L.ftrl = at;
-        at += 2;
-    }
-    L.count = at++;
-    L.last_seen = at++;
-    L.stride = (at + 3) & ~3u;
+    if (st == HR_STATE_FTRL)
+        L.ftrl = L.state + k + 1;
     return L;
+}
+
+/* Floats of one chunk: the weights block and, with state, the state block. */
+static size_t chunk_floats(const hr_model *m)
+{
+    return (size_t)m->cfg.chunk_rows * m->L.floats;
 }
 
 hr_status hr_model_config_from(const hr_config *c, const hr_schedule *s, hr_model_config *out,
@@ -113,12 +122,13 @@ hr_status hr_model_config_from(const hr_config *c, const hr_schedule *s, hr_mode
     return HR_OK;
 }
 
-/* Fills a fresh row: seeded factors (the same for a given seed, table and
- * row whatever the thread order), zero bias, initial accumulators. */
+/* Fills a fresh row, packed as hr_sgd_row_write takes it: seeded factors
+ * (the same for a given seed, table and row whatever the thread order), zero
+ * bias, initial accumulators. */
 static void init_row(const hr_model *m, hr_table_id t, uint32_t row, float *dst)
 {
     const hr_row_layout *L = &m->L;
-    memset(dst, 0, (size_t)L->stride * sizeof(float));
+    memset(dst, 0, (size_t)L->floats * sizeof(float));
     hr_rng rng;
     hr_rng_seed(&rng, m->cfg.seed ^ ((uint64_t)t << 56) ^ ((uint64_t)row * 0x9e3779b97f4a7c15ull));
     if (t != HR_TABLE_GLOBAL)
@@ -126,9 +136,9 @@ static void init_row(const hr_model *m, hr_table_id t, uint32_t row, float *dst)
             dst[d] = (float)(hr_rng_normal(&rng) * m->cfg.init_scale);
     if (t == HR_TABLE_GLOBAL && m->cfg.loss == HR_LOSS_SQUARED)
         dst[L->bias] = m->cfg.rating_offset;
-    if (L->acc)
+    if (L->acc) /* packed: the state block follows the weights */
         for (uint32_t d = 0; d <= L->k; d++)
-            dst[L->acc + d] = m->cfg.adagrad_init;
+            dst[L->stride + (L->acc - L->state) + d] = m->cfg.adagrad_init;
     uint32_t now = hr_model_clock(m);
     memcpy(dst + L->last_seen, &now, sizeof now);
 }
@@ -143,7 +153,7 @@ static hr_status ensure_chunk(hr_model *m, table *tb, uint32_t row)
     hr_status st = HR_OK;
     pthread_mutex_lock(&tb->grow);
     if (!atomic_load_explicit(&tb->chunks[c], memory_order_relaxed)) {
-        size_t bytes = (size_t)m->cfg.chunk_rows * m->L.stride * sizeof(float);
+        size_t bytes = chunk_floats(m) * sizeof(float);
         float *rows = NULL;
         atomic_uchar *marks = calloc(m->cfg.chunk_rows, sizeof *marks);
         if (posix_memalign((void **)&rows, 64, bytes) != 0)
@@ -171,7 +181,7 @@ static hr_status on_new_row(void *ctx, uint32_t row)
     hr_status st = ensure_chunk(ic->m, tb, row);
     if (st != HR_OK)
         return st;
-    float fresh[ic->m->L.stride];
+    float fresh[ic->m->L.floats];
     init_row(ic->m, ic->t, row, fresh);
     hr_sgd_row_write(&ic->m->L, hr_model_row(ic->m, ic->t, row), fresh);
     hr_model_mark_dirty(ic->m, ic->t, row);
@@ -206,11 +216,13 @@ hr_status hr_model_create(const hr_model_config *mc, hr_model **out, hr_error *e
         return hr_error_set(err, HR_EINVAL, "k", "k must be in [1, 1024]");
     if (mc->chunk_rows < 1 || (mc->chunk_rows & (mc->chunk_rows - 1)))
         return hr_error_set(err, HR_EINVAL, "chunk_rows", "chunk_rows must be a power of two");
+    if ((uint64_t)mc->chunk_rows * 2 * ((mc->k + 6) & ~3u) >= UINT32_MAX)
+        return hr_error_set(err, HR_EINVAL, "chunk_rows", "chunk_rows x row size is too large");
     hr_model *m = calloc(1, sizeof *m);
     if (!m)
         return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
     m->cfg = *mc;
-    m->L = make_layout(mc->k, mc->state);
+    m->L = make_layout(mc->k, mc->state, mc->chunk_rows);
     while ((1u << m->chunk_shift) < mc->chunk_rows)
         m->chunk_shift++;
     hr_status st = HR_OK;
@@ -337,6 +349,23 @@ float *hr_model_row(const hr_model *m, hr_table_id t, uint32_t row)
     return chunk + (size_t)(row & (m->cfg.chunk_rows - 1)) * m->L.stride;
 }
 
+static inline void prefetch_span(const char *p, size_t bytes)
+{
+    const char *end = p + bytes;
+    for (const char *a = (const char *)((uintptr_t)p & ~(uintptr_t)(HR_CACHE_LINE - 1)); a < end;
+         a += HR_CACHE_LINE)
+        __builtin_prefetch(a, 1, 1);
+}
+
+void hr_model_prefetch(const hr_model *m, hr_table_id t, uint32_t row)
+{
+    const float *r = hr_model_row(m, t, row);
+    const size_t bytes = (size_t)m->L.stride * sizeof(float);
+    prefetch_span((const char *)r, bytes);
+    if (m->L.state)
+        prefetch_span((const char *)(r + m->L.state), bytes);
+}
+
 uint32_t hr_model_effective_row(const hr_model *m, hr_table_id t, uint32_t row)
 {
     if (row == 0 || m->cfg.min_count == 0 || !has_ids(t))
@@ -428,7 +457,7 @@ size_t hr_model_bytes(const hr_model *m)
     for (int t = 0; t < HR_TABLE_COUNT; t++) {
         const table *tb = &m->t[t];
         uint64_t nalloc = atomic_load(&((table *)tb)->nalloc);
-        total += nalloc * m->cfg.chunk_rows * (m->L.stride * sizeof(float) + 1);
+        total += nalloc * m->cfg.chunk_rows * (m->L.floats * sizeof(float) + 1);
         total += tb->nchunks * 2 * sizeof(void *);
         if (tb->ids)
             total += hr_ids_bytes(tb->ids);

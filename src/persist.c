@@ -82,9 +82,9 @@ static void model_shape(const hr_model *m, char *out, size_t n)
     const hr_model_config *c = hr_model_get_config(m);
     const hr_row_layout *L = hr_model_layout(m);
     snprintf(out, n,
-             "{\"k\":%u,\"stride\":%u,\"state\":%d,\"loss\":%d,\"ctx_rows\":%u,\"seed\":%" PRIu64
+             "{\"k\":%u,\"floats\":%u,\"state\":%d,\"loss\":%d,\"ctx_rows\":%u,\"seed\":%" PRIu64
              ",\"float\":\"%s\"}",
-             c->k, L->stride, (int)c->state, (int)c->loss, c->max_rows[HR_TABLE_CTX], c->seed,
+             c->k, L->floats, (int)c->state, (int)c->loss, c->max_rows[HR_TABLE_CTX], c->seed,
              __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? "le" : "be");
 }
 
@@ -139,12 +139,12 @@ static hr_status restore_row(void *arg, unsigned table, uint32_t row, const char
             return hr_error_set(rc->err, st, "db", "restoring id at row %" PRIu32 ": %s", row,
                                 hr_status_to_string(st));
     }
-    if (bytes != (size_t)rc->L->stride * sizeof(float))
+    if (bytes != (size_t)rc->L->floats * sizeof(float))
         return hr_error_set(rc->err, HR_ECORRUPT, "db",
                             "checkpoint row %" PRIu32 " of table %u has %zu bytes, expected %zu",
-                            row, table, bytes, (size_t)rc->L->stride * sizeof(float));
+                            row, table, bytes, (size_t)rc->L->floats * sizeof(float));
     /* Copy out of SQLite's buffer: it is not aligned for floats. */
-    float buf[rc->L->stride];
+    float buf[rc->L->floats];
     memcpy(buf, data, bytes);
     hr_sgd_row_write(rc->L, hr_model_row(rc->m, (hr_table_id)table, row), buf);
     rc->rows++;
@@ -402,7 +402,7 @@ static hr_status write_table(hr_persist *p, int64_t id, hr_table_id t, bool full
 {
     hr_model *m = p->app->model;
     const hr_row_layout *L = hr_model_layout(m);
-    const size_t bytes = (size_t)L->stride * sizeof(float);
+    const size_t bytes = (size_t)L->floats * sizeof(float);
     const bool ids = t == HR_TABLE_USER || t == HR_TABLE_ITEM;
     uint32_t rows = hr_model_rows(m, t);
     pending_row batch[CKPT_BATCH];
@@ -420,13 +420,13 @@ static hr_status write_table(hr_persist *p, int64_t id, hr_table_id t, bool full
             }
             if (!hr_model_take_dirty(m, t, r) && !full)
                 continue;
-            hr_sgd_row_read(L, hr_model_row(m, t, r), buf + n * L->stride);
+            hr_sgd_row_read(L, hr_model_row(m, t, r), buf + n * L->floats);
             batch[n++] = (pending_row){r, key, klen, false};
         }
         /* ...then write it. */
         for (size_t i = 0; i < n; i++) {
             hr_status st = hr_store_ckpt_row(p->main, id, (unsigned)t, batch[i].row, batch[i].key,
-                                             batch[i].klen, buf + i * L->stride, bytes, err);
+                                             batch[i].klen, buf + i * L->floats, bytes, err);
             if (st != HR_OK)
                 return st;
         }
@@ -477,7 +477,7 @@ static hr_status checkpoint_locked(hr_persist *p, json_t **info, hr_error *err)
     if (seq < p->last.seq)
         seq = p->last.seq;
     const hr_row_layout *L = hr_model_layout(app->model);
-    float *buf = malloc((size_t)CKPT_BATCH * L->stride * sizeof(float));
+    float *buf = malloc((size_t)CKPT_BATCH * L->floats * sizeof(float));
     if (!buf)
         return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
     int64_t id = 0;

@@ -262,11 +262,15 @@ uint32_t hr_sgd_row_last_seen(const hr_row_layout *L, const float *row)
 void hr_sgd_row_read(const hr_row_layout *L, const float *row, float *dst)
 {
     memcpy(dst, row, (size_t)L->stride * sizeof(float));
+    if (L->state)
+        memcpy(dst + L->stride, row + L->state, (size_t)L->stride * sizeof(float));
 }
 
 void hr_sgd_row_write(const hr_row_layout *L, float *row, const float *src)
 {
     memcpy(row, src, (size_t)L->stride * sizeof(float));
+    if (L->state)
+        memcpy(row + L->state, src + L->stride, (size_t)L->stride * sizeof(float));
 }
 
 void hr_sgd_block_scores_ref(const hr_row_layout *L, const float *block, uint32_t nrows,

@@ -185,6 +185,8 @@ hr_status hr_topk_query(const hr_model *m, const float *q, uint32_t k, const hr_
         const float *r0 = hr_model_row(m, HR_TABLE_ITEM, 0);
         hr_sgd_block_scores_ref(L, r0, 1, L->stride, q, &def_score);
     }
+    const bool min_count = mc->min_count > 0;
+    float threshold = -INFINITY; /* the heap's worst score once it is full */
     uint32_t nrows, lda;
     const float *blk;
     for (uint32_t b = 0; (blk = hr_model_item_block(m, b, &nrows, &lda)) != NULL; b++) {
@@ -199,15 +201,18 @@ hr_status hr_topk_query(const hr_model *m, const float *q, uint32_t k, const hr_
             const uint32_t base = b * chunk + off;
             for (uint32_t i = 0; i < len; i++) {
                 float s = scores[i];
-                uint32_t row = base + i;
-                /* Cheap test first: most scores cannot enter a full heap. */
-                if (hp.n == hp.k && s < hp.h[0].score && mc->min_count == 0)
+                /* Cheap test first: most scores cannot enter a full heap.
+                 * (With min_count an item's score may be replaced below.) */
+                if (s < threshold && !min_count)
                     continue;
+                uint32_t row = base + i;
                 if (row == 0 || !hr_model_key(m, HR_TABLE_ITEM, row, NULL) || excluded(ex, row))
                     continue;
-                if (mc->min_count > 0 && hr_model_effective_row(m, HR_TABLE_ITEM, row) == 0)
+                if (min_count && hr_model_effective_row(m, HR_TABLE_ITEM, row) == 0)
                     s = def_score;
                 hr_topk_heap_offer(&hp, row, s);
+                if (hp.n == hp.k)
+                    threshold = hp.h[0].score;
             }
         }
     }

@@ -21,6 +21,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -195,14 +196,8 @@ static uint32_t draw_negative(hr_trainer *tr, worker *w)
 
 static void prefetch_event(const hr_model *m, const hr_event *ev)
 {
-    const hr_row_layout *L = hr_model_layout(m);
-    const char *u = (const char *)hr_model_row(m, HR_TABLE_USER, ev->user);
-    const char *i = (const char *)hr_model_row(m, HR_TABLE_ITEM, ev->item);
-    size_t bytes = (size_t)L->stride * sizeof(float);
-    for (size_t off = 0; off < bytes; off += HR_CACHE_LINE) {
-        __builtin_prefetch(u + off, 1, 1);
-        __builtin_prefetch(i + off, 1, 1);
-    }
+    hr_model_prefetch(m, HR_TABLE_USER, ev->user);
+    hr_model_prefetch(m, HR_TABLE_ITEM, ev->item);
 }
 
 static void add_point(worker *w, double pred, float label, float weight)

@@ -150,8 +150,8 @@ static void test_ctx_rows_and_bytes_per_row(void **state)
     for (size_t i = 0; i < 3; i++) {
         hr_model *s = make(ks[i], HR_STATE_SGD, 0, 0), *g = make(ks[i], HR_STATE_ADAGRAD, 0, 0);
         double raw_sgd = ks[i] * 4.0, raw_ada = 2 * ks[i] * 4.0;
-        assert_true(hr_model_layout(s)->stride * 4.0 <= 1.25 * raw_sgd);
-        assert_true(hr_model_layout(g)->stride * 4.0 <= 1.25 * raw_ada);
+        assert_true(hr_model_layout(s)->floats * 4.0 <= 1.25 * raw_sgd);
+        assert_true(hr_model_layout(g)->floats * 4.0 <= 1.25 * raw_ada);
         hr_model_destroy(s);
         hr_model_destroy(g);
     }

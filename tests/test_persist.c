@@ -165,11 +165,11 @@ static bool id_table(int t) { return t == HR_TABLE_USER || t == HR_TABLE_ITEM; }
 static void snap_take(const hr_model *m, snap *s)
 {
     const hr_row_layout *L = hr_model_layout(m);
-    s->stride = L->stride;
+    s->stride = L->floats; /* packed rows */
     s->last_seen = L->last_seen;
     for (int t = 0; t < HR_TABLE_COUNT; t++) {
         uint32_t n = s->rows[t] = hr_model_rows(m, (hr_table_id)t);
-        s->data[t] = calloc((size_t)n * L->stride, sizeof(float));
+        s->data[t] = calloc((size_t)n * L->floats, sizeof(float));
         s->keys[t] = calloc(n, sizeof(char *));
         for (uint32_t r = 0; r < n; r++) {
             size_t len = 0;
@@ -178,7 +178,7 @@ static void snap_take(const hr_model *m, snap *s)
                 continue;
             if (k)
                 s->keys[t][r] = strndup(k, len);
-            hr_sgd_row_read(L, hr_model_row(m, (hr_table_id)t, r), s->data[t] + (size_t)r * L->stride);
+            hr_sgd_row_read(L, hr_model_row(m, (hr_table_id)t, r), s->data[t] + (size_t)r * L->floats);
         }
     }
 }

@@ -23,11 +23,13 @@ typedef struct {
 
 static hr_row_layout layout_for(hr_state_kind st)
 {
-    /* Same layout rule as model.c, built through a real model. */
+    /* The layout rule of model.c, from a real model with one row per chunk:
+     * then a row's state follows its weights, and a world row below is one
+     * packed row. */
     hr_model_config mc = {0};
     mc.k = K;
     mc.state = st;
-    mc.chunk_rows = 64;
+    mc.chunk_rows = 1;
     for (int t = 0; t < HR_TABLE_COUNT; t++)
         mc.max_rows[t] = 64;
     hr_model *m;
@@ -42,7 +44,8 @@ static void make_world(world *w, hr_state_kind st, uint64_t seed)
 {
     memset(w, 0, sizeof *w);
     w->L = layout_for(st);
-    assert_true(w->L.stride <= 64);
+    assert_true(w->L.floats <= 64);
+    assert_true(w->L.state == 0 || w->L.state == w->L.stride);
     hr_rng rng;
     hr_rng_seed(&rng, seed);
     for (int f = 0; f < NF; f++) {
@@ -210,7 +213,7 @@ static void test_nonfinite_is_never_written(void **state)
     w.a[3].x = INFINITY;
     assert_int_equal(hr_sgd_step(&w.L, w.a, NF, 1.0f, 1.0f, &p, &y, NULL), HR_STEP_SKIPPED_NONFINITE);
     for (int f = 0; f < NF; f++)
-        for (uint32_t d = 0; d < w.L.stride; d++)
+        for (uint32_t d = 0; d < w.L.floats; d++)
             assert_true(isfinite(w.rows[f][d]));
 }
 

@@ -36,7 +36,7 @@ static hr_model *make_model(uint32_t k, uint32_t items, uint64_t seed)
     hr_model *m = NULL;
     assert_int_equal(hr_model_create(&mc, &m, NULL), HR_OK);
     const hr_row_layout *L = hr_model_layout(m);
-    float *row = calloc(L->stride, sizeof *row);
+    float *row = calloc(L->floats, sizeof *row);
     hr_rng rng;
     hr_rng_seed(&rng, seed);
     for (uint32_t i = 0; i < items; i++) {
@@ -179,7 +179,7 @@ static void test_ties_lower_row_first(void **state)
     (void)state;
     hr_model *m = make_model(4, 20, 5);
     const hr_row_layout *L = hr_model_layout(m);
-    float *row = calloc(L->stride, sizeof *row);
+    float *row = calloc(L->floats, sizeof *row);
     /* items 3, 7, 11 identical and best of all */
     uint32_t tied[] = {11, 3, 7};
     for (size_t i = 0; i < 3; i++) {

@@ -8,14 +8,17 @@
  * HR_MAX_CTX context features ("field": "value" one-hot, or "field": number).
  * With only user and item this is logistic matrix factorization with biases.
  *
- * Storage: four tables (global, user, item, context) of rows. A row is
- * `stride` floats, laid out for the update kernel (see sgd.h):
- *     v[0..k)  bias  [optimizer state for v and bias]  count  last_seen  pad
- * Rows live in chunks of chunk_rows rows that are allocated once and never
- * move, so a row pointer stays valid for the life of the model, and each
- * chunk is a row-major float block (leading dimension `stride`) whose first
- * k+1 columns are the factors and the bias: top-K scoring runs one sgemv per
- * chunk. Row 0 of the user and item tables is the shared default embedding:
+ * Storage: four tables (global, user, item, context) of rows. Rows live in
+ * chunks of chunk_rows rows that are allocated once and never move, so a row
+ * pointer stays valid for the life of the model. A chunk holds two blocks of
+ * chunk_rows x `stride` floats:
+ *     weights  v[0..k)  bias  count  last_seen  pad
+ *     state    AdaGrad accumulators of v and bias, FTRL z and n  (if any)
+ * The state of a row is at a fixed offset from the row (`state` floats), so
+ * the update kernel reaches both from one pointer, and the weights block is
+ * a dense row-major float block (leading dimension `stride`) whose first k+1
+ * columns are the factors and the bias: top-K scoring runs one sgemv per
+ * chunk and streams only weights. Row 0 of the user and item tables is the shared default embedding:
  * unknown ids, and ids seen fewer than min_count times, score and learn
  * through it. The context table is hashed (2^context_bits rows, no ids).
  *
@@ -66,15 +69,17 @@ typedef struct {
     float rating_offset;     /* initial w0 for squared loss */
 } hr_model_config;
 
-/* Row layout, in floats from the row start. */
+/* Row layout, in floats from the row pointer. */
 typedef struct {
     uint32_t k;         /* factors at [0, k) */
     uint32_t bias;      /* = k */
-    uint32_t acc;       /* AdaGrad accumulators of v at [acc, acc+k), bias at acc+k; 0 if none */
-    uint32_t ftrl;      /* FTRL z at ftrl, n at ftrl+1; 0 if none */
     uint32_t count;     /* uint32 event count */
     uint32_t last_seen; /* uint32 seconds since the model epoch */
-    uint32_t stride;    /* floats per row (multiple of 4) */
+    uint32_t stride;    /* floats from one row's weights to the next's (multiple of 4) */
+    uint32_t state;     /* offset of the row's optimizer state; 0 if none */
+    uint32_t acc;       /* AdaGrad accumulators of v at [acc, acc+k), bias at acc+k; 0 if none */
+    uint32_t ftrl;      /* FTRL z at ftrl, n at ftrl+1; 0 if none */
+    uint32_t floats;    /* a row packed (weights, then state): what row read/write copy */
 } hr_row_layout;
 
 typedef struct hr_model hr_model;
@@ -123,6 +128,10 @@ uint32_t hr_model_ctx_row(const hr_model *m, const char *field, size_t flen,
 
 /* Pointer to a row (never moves). row < hr_model_rows(). */
 float *hr_model_row(const hr_model *m, hr_table_id t, uint32_t row);
+
+/* Prefetches every cache line of a row, weights and state, for writing (the
+ * trainers do it a few events ahead: big tables are bound by row fetches). */
+void hr_model_prefetch(const hr_model *m, hr_table_id t, uint32_t row);
 
 /* The row that scores and trains for `row`: itself, or the table's default
  * row 0 while the id has fewer than min_count events. */

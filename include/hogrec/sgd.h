@@ -58,10 +58,11 @@ void hr_sgd_touch(const hr_row_layout *L, float *row, uint32_t now);
 uint32_t hr_sgd_row_count(const hr_row_layout *L, const float *row);
 uint32_t hr_sgd_row_last_seen(const hr_row_layout *L, const float *row);
 
-/* Copies a live row (fuzzy under Hogwild: each float is one consistent
- * value, the row as a whole may mix before and after an update). */
+/* Copies a live row into dst, packed: L->floats floats, the weights then
+ * the state (fuzzy under Hogwild: each float is one consistent value, the
+ * row as a whole may mix before and after an update). */
 void hr_sgd_row_read(const hr_row_layout *L, const float *row, float *dst);
-/* Overwrites a row (restore, init, reset). */
+/* Overwrites a row from a packed copy (restore, init, reset). */
 void hr_sgd_row_write(const hr_row_layout *L, float *row, const float *src);
 
 /* Top-K helper: out[i] = <q, v_i> + b_i over a block of rows, plain loop.
