@@ -1,7 +1,7 @@
 /*
  * bench_checkpoint.c - persistence figures, each against a baseline
  * measured in the same run:
- *   - checkpoint time for 100k and 1M rows at k=64 (AdaGrad state: 528-byte
+ *   - checkpoint time for 100k and 1M rows at k=64 (AdaGrad state: 544-byte
  *     rows), full and incremental with 1% of rows changed, against plain
  *     SQLite writing the same bytes as (INTEGER PRIMARY KEY, BLOB) rows in
  *     one transaction with the same pragmas (WAL, synchronous=FULL);
