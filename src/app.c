@@ -1,7 +1,8 @@
 /*
  * app.c - builds a running hogrec from a config and tears it down in order:
  *   open:  schedule box -> model -> queue -> progress -> persistence (restore)
- *          -> trainers -> ingest -> persistence start (replay log) -> ready
+ *          -> trainers -> ingest                       (hr_app_open_loading)
+ *          -> persistence start (replay log) -> ready  (hr_app_finish_loading)
  *   close: trainers stop (drain or not) -> final checkpoint -> free all
  * Called from the main thread.
  */
@@ -13,6 +14,25 @@
 #include "hogrec/persist.h"
 
 hr_status hr_app_open(const hr_config *cfg, hr_app **out, hr_error *err)
+{
+    hr_status st = hr_app_open_loading(cfg, out, err);
+    if (st == HR_OK && (st = hr_app_finish_loading(*out, err)) != HR_OK) {
+        hr_app_close(*out, false);
+        *out = NULL;
+    }
+    return st;
+}
+
+hr_status hr_app_finish_loading(hr_app *app, hr_error *err)
+{
+    hr_status st;
+    if (app->persist && (st = hr_persist_start(app->persist, err)) != HR_OK)
+        return st;
+    atomic_store(&app->ready, 1);
+    return HR_OK;
+}
+
+hr_status hr_app_open_loading(const hr_config *cfg, hr_app **out, hr_error *err)
 {
     *out = NULL;
     hr_app *app = calloc(1, sizeof *app);
@@ -62,9 +82,6 @@ hr_status hr_app_open(const hr_config *cfg, hr_app **out, hr_error *err)
         hr_error_set(err, st, NULL, "%s", hr_status_to_string(st));
         goto fail;
     }
-    if (app->persist && (st = hr_persist_start(app->persist, err)) != HR_OK)
-        goto fail;
-    atomic_store(&app->ready, 1);
     *out = app;
     return HR_OK;
 fail:

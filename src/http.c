@@ -463,6 +463,9 @@ static enum MHD_Result handle_events(hr_http *h, struct MHD_Connection *c, reque
     if (r->ev.phase == EV_WAITING) /* cannot happen: suspended connections get no calls */
         return MHD_YES;
     hr_app *app = h->app;
+    if (!atomic_load(&app->ready)) /* the log tail is replaying: seqs must not interleave */
+        return reply_error(c, r, 503, "loading",
+                           "the server is loading its model; retry when /readyz answers 200");
     json_t *events, *errors = json_array();
     size_t n;
     if (r->ndjson) {
@@ -1051,6 +1054,8 @@ static enum MHD_Result handle_checkpoint(hr_http *h, struct MHD_Connection *c, r
     if (!h->app->persist)
         return reply_error(c, r, 503, "persistence_off",
                            "persistence is off (the server runs without a database)");
+    if (!atomic_load(&h->app->ready))
+        return reply_error(c, r, 503, "loading", "the server is loading its model");
     json_t *info = NULL;
     hr_error e = {{0}, {0}};
     hr_status st = hr_persist_checkpoint(h->app->persist, &info, &e);
@@ -1411,7 +1416,9 @@ int hr_serve_main(int argc, char **argv)
     log_json("info", "starting", json_pack("{s:s,s:I,s:s}", "bind", cfg.bind, "port",
                                            (json_int_t)cfg.port, "db", cfg.db));
     hr_app *app = NULL;
-    st = hr_app_open(&cfg, &app, &err);
+    /* Listen while the event log replays: /readyz says "loading" (503),
+     * predictions are answered, events wait for ready. */
+    st = hr_app_open_loading(&cfg, &app, &err);
     hr_config_free(&cfg);
     if (st != HR_OK) {
         log_json("error", "cannot open", json_pack("{s:s,s:s,s:s}", "status",
@@ -1430,6 +1437,15 @@ int hr_serve_main(int argc, char **argv)
                                             (int)hr_http_port(http), "http_threads",
                                             (json_int_t)app->cfg.http_threads, "blas_kernel",
                                             openblas_get_corename()));
+    if ((st = hr_app_finish_loading(app, &err)) != HR_OK) {
+        log_json("error", "cannot load", json_pack("{s:s,s:s}", "status", hr_status_to_string(st),
+                                                   "detail", err.message));
+        hr_http_quiesce(http);
+        hr_http_stop(http);
+        hr_app_close(app, false);
+        return 1;
+    }
+    log_json("info", "ready", NULL);
     unsigned char sigbyte = 0;
     while (read(stop_pipe[0], &sigbyte, 1) < 0 && errno == EINTR)
         ;

@@ -605,10 +605,17 @@ json_t *hr_persist_stats(hr_persist *p)
                            (json_int_t)hr_evlog_last_seq(p->log), "committed_seq",
                            (json_int_t)durable, "commits", (json_int_t)commits, "failures",
                            (json_int_t)failures, "pending", (json_int_t)pending, "error", h);
-    json_t *start = json_pack("{s:I, s:f, s:I, s:I, s:f}", "restored_rows",
-                              (json_int_t)p->restored_rows, "restore_seconds", p->restore_seconds,
-                              "replayed", (json_int_t)p->replayed, "replay_skipped",
-                              (json_int_t)p->replay_skipped, "replay_seconds", p->replay_seconds);
+    /* The replay figures are written by the loading thread before the app
+     * turns ready (an atomic store), so read them only after seeing it. */
+    json_t *start = atomic_load(&p->app->ready)
+                        ? json_pack("{s:I, s:f, s:I, s:I, s:f}", "restored_rows",
+                                    (json_int_t)p->restored_rows, "restore_seconds",
+                                    p->restore_seconds, "replayed", (json_int_t)p->replayed,
+                                    "replay_skipped", (json_int_t)p->replay_skipped,
+                                    "replay_seconds", p->replay_seconds)
+                        : json_pack("{s:b, s:I, s:f}", "loading", 1, "restored_rows",
+                                    (json_int_t)p->restored_rows, "restore_seconds",
+                                    p->restore_seconds);
     const char *health = hr_persist_health(p);
     return json_pack("{s:s, s:o, s:o, s:o, s:s?}", "db", p->app->cfg.db, "checkpoints", ck,
                      "event_log", lg, "start", start, "health", health);

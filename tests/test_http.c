@@ -45,9 +45,10 @@ typedef struct {
     uint16_t port;
 } server;
 
-/* db: SQLite file ("" = no persistence). */
-static void start_full(server *s, int64_t queue_capacity, const char *token, int64_t max_body,
-                       const char *db, int64_t http_threads)
+/* db: SQLite file ("" = no persistence). loading: leave the app loading
+ * (hr_app_open_loading only; the test finishes it). */
+static void start_app(server *s, int64_t queue_capacity, const char *token, int64_t max_body,
+                      const char *db, int64_t http_threads, bool loading)
 {
     hr_config c;
     hr_config_defaults(&c);
@@ -69,11 +70,20 @@ static void start_full(server *s, int64_t queue_capacity, const char *token, int
     strcpy(c.negative_sampling, "off");
     strcpy(c.admin_token, token);
     hr_error e;
-    assert_int_equal(hr_app_open(&c, &s->app, &e), HR_OK);
+    if (loading)
+        assert_int_equal(hr_app_open_loading(&c, &s->app, &e), HR_OK);
+    else
+        assert_int_equal(hr_app_open(&c, &s->app, &e), HR_OK);
     assert_int_equal(hr_http_start(s->app, &s->http, &e), HR_OK);
     s->port = hr_http_port(s->http);
     assert_true(s->port > 0);
     hr_config_free(&c);
+}
+
+static void start_full(server *s, int64_t queue_capacity, const char *token, int64_t max_body,
+                       const char *db, int64_t http_threads)
+{
+    start_app(s, queue_capacity, token, max_body, db, http_threads, false);
 }
 
 static void start_body(server *s, int64_t queue_capacity, const char *token, int64_t max_body)
@@ -1144,6 +1154,52 @@ static void test_events_commit_wait_does_not_block(void **state)
     tu_rmtree(dir);
 }
 
+/* ---- serving while the event log replays ---- */
+
+static void test_loading_then_ready(void **state)
+{
+    (void)state;
+    const char *dir = tu_tmpdir();
+    char db[512];
+    snprintf(db, sizeof db, "%s/t.db", dir);
+    server s;
+    /* a first life leaves events in the log for the second to replay */
+    start_full(&s, 8192, TOKEN, 65536, db, 2);
+    reply r = post(&s, "/v1/events", "[{\"user\":\"a\",\"item\":\"x\"},{\"user\":\"b\",\"item\":\"y\"}]");
+    assert_int_equal(r.status, 202);
+    done(&r);
+    hr_http_stop(s.http);
+    hr_app_close(s.app, false); /* no drain, but the log has them */
+
+    start_app(&s, 8192, TOKEN, 65536, db, 2, true);
+    r = get(&s, "/readyz");
+    expect_error(r, 503, "not_ready");
+    r = post(&s, "/v1/events", "{\"user\":\"c\",\"item\":\"z\"}");
+    expect_error(r, 503, "loading");
+    r = get(&s, "/v1/predict?user=a&item=x");
+    assert_int_equal(r.status, 200); /* predictions are answered while loading */
+    done(&r);
+    r = get(&s, "/healthz");
+    assert_int_equal(r.status, 200);
+    done(&r);
+    r = call(&s, "POST", "/v1/admin/checkpoint", NULL, NULL, 0, "Bearer " TOKEN);
+    expect_error(r, 503, "loading");
+
+    hr_error e;
+    assert_int_equal(hr_app_finish_loading(s.app, &e), HR_OK);
+    r = get(&s, "/readyz");
+    assert_int_equal(r.status, 200);
+    done(&r);
+    r = post(&s, "/v1/events", "{\"user\":\"c\",\"item\":\"z\"}");
+    assert_int_equal(r.status, 202);
+    json_t *o = json_loads(r.text, 0, NULL);
+    assert_int_equal(json_integer_value(json_object_get(o, "seq")), 3); /* after the replayed 1, 2 */
+    json_decref(o);
+    done(&r);
+    stop(&s);
+    tu_rmtree(dir);
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -1160,6 +1216,7 @@ int main(void)
         cmocka_unit_test(test_serve_binary_sigterm),
         cmocka_unit_test(test_events_durable_concurrent),
         cmocka_unit_test(test_events_commit_wait_does_not_block),
+        cmocka_unit_test(test_loading_then_ready),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();

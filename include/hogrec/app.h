@@ -41,8 +41,20 @@ typedef struct hr_app {
 /* Builds and starts everything from cfg (copied; cfg->schedule is deep
  * copied). With persistence: opens the database, loads the last checkpoint,
  * starts the trainers and replays the log tail, then sets ready. *out is new;
- * close with hr_app_close. */
+ * close with hr_app_close. Same as hr_app_open_loading then
+ * hr_app_finish_loading. */
 hr_status hr_app_open(const hr_config *cfg, hr_app **out, hr_error *err);
+
+/* The first half: everything up to the log replay (the last checkpoint is
+ * loaded, trainers run); ready stays 0. The model can answer predictions
+ * while loading; events must not be submitted until ready (their seqs would
+ * interleave with the replayed ones). On error *out is NULL. */
+hr_status hr_app_open_loading(const hr_config *cfg, hr_app **out, hr_error *err);
+
+/* The second half: replays the log tail through the trainers, starts the
+ * periodic checkpoints, then sets ready. On error the app stays not ready
+ * (close it). */
+hr_status hr_app_finish_loading(hr_app *app, hr_error *err);
 
 /* Stops the trainers (drain: train what is queued; else leave it - with
  * persistence it is still in the event log), writes a final checkpoint when
