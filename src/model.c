@@ -438,8 +438,10 @@ uint64_t hr_model_expire(hr_model *m, uint32_t now)
                 continue;
             uint32_t seen = hr_sgd_row_last_seen(&m->L, hr_model_row(m, (hr_table_id)t, r));
             if ((double)now - (double)seen >= m->cfg.expire_seconds &&
-                hr_ids_remove(m->t[t].ids, r) == HR_OK)
+                hr_ids_remove(m->t[t].ids, r) == HR_OK) {
+                hr_model_mark_dirty(m, (hr_table_id)t, r); /* checkpoints record the removal */
                 removed++;
+            }
         }
     }
     atomic_fetch_add(&m->expired, removed);

@@ -415,8 +415,15 @@ static hr_status write_table(hr_persist *p, int64_t id, hr_table_id t, bool full
             const char *key = NULL;
             if (ids && r > 0) {
                 key = hr_model_key(m, t, r, &klen);
-                if (!key)
-                    continue; /* free row; see the note on expiry in the README */
+                if (!key) {
+                    /* A free row: its id expired. An incremental checkpoint
+                     * writes a marker, so a restore does not bring the id
+                     * back from an older checkpoint of the chain; a full one
+                     * has nothing older to mask. */
+                    if (hr_model_take_dirty(m, t, r) && !full)
+                        batch[n++] = (pending_row){r, NULL, 0, true};
+                    continue;
+                }
             }
             if (!hr_model_take_dirty(m, t, r) && !full)
                 continue;
@@ -425,8 +432,11 @@ static hr_status write_table(hr_persist *p, int64_t id, hr_table_id t, bool full
         }
         /* ...then write it. */
         for (size_t i = 0; i < n; i++) {
-            hr_status st = hr_store_ckpt_row(p->main, id, (unsigned)t, batch[i].row, batch[i].key,
-                                             batch[i].klen, buf + i * L->floats, bytes, err);
+            hr_status st =
+                batch[i].free_row
+                    ? hr_store_ckpt_row(p->main, id, (unsigned)t, batch[i].row, NULL, 0, NULL, 0, err)
+                    : hr_store_ckpt_row(p->main, id, (unsigned)t, batch[i].row, batch[i].key,
+                                        batch[i].klen, buf + i * L->floats, bytes, err);
             if (st != HR_OK)
                 return st;
         }

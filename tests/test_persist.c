@@ -378,6 +378,42 @@ static void test_incremental_chain(void **state)
     tu_rmtree(dir);
 }
 
+/* An id that expires stays gone after a restart from an incremental chain. */
+static void test_expired_id_stays_gone(void **state)
+{
+    (void)state;
+    const char *dir = tu_tmpdir();
+    char *db = path_in(dir, "t.db");
+    hr_config c;
+    make_config(&c, db);
+    cfg_set(&c, "expire_seconds", "1000");
+    hr_app *a = NULL;
+    hr_error err = {0};
+    assert_int_equal(hr_app_open(&c, &a, &err), HR_OK);
+    submit_ok(a, 1, 50);
+    hr_trainer_wait_idle(a->trainer);
+    json_t *info = checkpoint_ok(a); /* full: every id present */
+    json_decref(info);
+    uint64_t ids = (uint64_t)hr_model_id_count(a->model, HR_TABLE_USER) +
+                   hr_model_id_count(a->model, HR_TABLE_ITEM);
+    assert_true(ids > 0);
+    /* seen from a day later, every id is past the 1000 s expiry */
+    assert_int_equal(hr_model_expire(a->model, hr_model_clock(a->model) + 86400), ids);
+    info = checkpoint_ok(a); /* incremental: the removals */
+    assert_string_equal(info_kind(info), "incremental");
+    json_decref(info);
+    hr_app_close(a, false);
+
+    hr_app *b = NULL;
+    assert_int_equal(hr_app_open(&c, &b, &err), HR_OK);
+    assert_int_equal(hr_model_id_count(b->model, HR_TABLE_USER), 0);
+    assert_int_equal(hr_model_id_count(b->model, HR_TABLE_ITEM), 0);
+    assert_int_equal(hr_model_lookup(b->model, HR_TABLE_USER, "u7", 2), HR_ID_NONE);
+    hr_app_close(b, false);
+    hr_config_free(&c);
+    tu_rmtree(dir);
+}
+
 static void test_keep_prunes_whole_chains(void **state)
 {
     (void)state;
@@ -1026,6 +1062,7 @@ int main(void)
         cmocka_unit_test(test_restore_bit_for_bit),
         cmocka_unit_test(test_incremental_chain),
         cmocka_unit_test(test_keep_prunes_whole_chains),
+        cmocka_unit_test(test_expired_id_stays_gone),
         cmocka_unit_test(test_crash_image_replays_log),
         cmocka_unit_test(test_kill9_during_ingest),
         cmocka_unit_test(test_kill9_during_checkpoint),
