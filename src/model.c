@@ -22,6 +22,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "hogrec/ids.h"
 #include "hogrec/sgd.h"
@@ -153,17 +154,18 @@ static hr_status ensure_chunk(hr_model *m, table *tb, uint32_t row)
     hr_status st = HR_OK;
     pthread_mutex_lock(&tb->grow);
     if (!atomic_load_explicit(&tb->chunks[c], memory_order_relaxed)) {
+        /* Anonymous pages: zero, page-aligned, and resident only once a row
+         * on them is written, so a chunk of few rows (the global table, a
+         * fresh table) costs little memory. */
         size_t bytes = chunk_floats(m) * sizeof(float);
-        float *rows = NULL;
+        float *rows = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         atomic_uchar *marks = calloc(m->cfg.chunk_rows, sizeof *marks);
-        if (posix_memalign((void **)&rows, 64, bytes) != 0)
-            rows = NULL;
-        if (!rows || !marks) {
-            free(rows);
+        if (rows == MAP_FAILED || !marks) {
+            if (rows != MAP_FAILED)
+                munmap(rows, bytes);
             free(marks);
             st = HR_ENOMEM;
         } else {
-            memset(rows, 0, bytes);
             atomic_store_explicit(&tb->dirty[c], marks, memory_order_release);
             atomic_store_explicit(&tb->chunks[c], rows, memory_order_release);
             atomic_fetch_add(&tb->nalloc, 1);
@@ -188,10 +190,12 @@ static hr_status on_new_row(void *ctx, uint32_t row)
     return HR_OK;
 }
 
-static void table_free(table *tb)
+static void table_free(const hr_model *m, table *tb)
 {
-    for (uint32_t c = 0; c < tb->nchunks; c++) {
-        free(atomic_load(&tb->chunks[c]));
+    for (uint32_t c = 0; tb->chunks && tb->dirty && c < tb->nchunks; c++) {
+        float *rows = atomic_load(&tb->chunks[c]);
+        if (rows)
+            munmap(rows, chunk_floats(m) * sizeof(float));
         free(atomic_load(&tb->dirty[c]));
     }
     free(tb->chunks);
@@ -205,7 +209,7 @@ void hr_model_destroy(hr_model *m)
     if (!m)
         return;
     for (int t = 0; t < HR_TABLE_COUNT; t++)
-        table_free(&m->t[t]);
+        table_free(m, &m->t[t]);
     free(m);
 }
 
