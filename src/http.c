@@ -62,6 +62,7 @@
 
 #define DEDUP_CAPACITY (1u << 20) /* ids remembered at most (16 MiB) */
 #define MAX_K 1000                /* largest k of /v1/recommend */
+#define TOPK_BATCH 32             /* recommendations scored in one sgemm at most */
 #define MAX_EXCLUDE 1000          /* largest exclude= list */
 
 /* ---- routes ---- */
@@ -151,6 +152,7 @@ struct hr_http {
     size_t max_body;             /* bytes */
     hr_history *history;         /* recent items per user, popularity */
     hr_dedup *dedup;             /* event ids */
+    hr_topk_batcher *topk;       /* concurrent recommendations scored together */
     route_metrics metrics[R_COUNT];
     atomic_uint_fast64_t rejected;   /* events invalid, reported by index */
     atomic_uint_fast64_t duplicates; /* events dropped as repeated ids */
@@ -772,7 +774,9 @@ static enum MHD_Result handle_recommend(hr_http *h, struct MHD_Connection *c, re
         if (st == HR_OK) {
             hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_USER, eff), urow_copy);
             hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_GLOBAL, 0), g);
-            st = hr_topk_query(m, urow_copy, (uint32_t)k, &excl, false, items, &n);
+            hr_topk_request req = {urow_copy, (uint32_t)k, &excl, items, 0};
+            st = hr_topk_query_batched(h->topk, &req);
+            n = req.n;
         }
         if (st != HR_OK) {
             free(urow_copy);
@@ -1287,6 +1291,8 @@ hr_status hr_http_start(hr_app *app, hr_http **out, hr_error *err)
                                      (uint32_t)app->cfg.history_per_user, &h->history);
     if (st == HR_OK)
         st = hr_dedup_create(DEDUP_CAPACITY, app->cfg.dedup_window, &h->dedup);
+    if (st == HR_OK)
+        st = hr_topk_batcher_create(app->model, TOPK_BATCH, &h->topk);
     if (st != HR_OK) {
         hr_http_stop(h);
         return hr_error_set(err, st, NULL, "out of memory");
@@ -1354,6 +1360,7 @@ void hr_http_stop(hr_http *h)
     }
     hr_history_destroy(h->history);
     hr_dedup_destroy(h->dedup);
+    hr_topk_batcher_destroy(h->topk);
     pthread_mutex_destroy(&h->rate_mu);
     pthread_cond_destroy(&h->susp_cv);
     pthread_mutex_destroy(&h->susp_mu);

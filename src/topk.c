@@ -158,65 +158,201 @@ static bool excluded(const hr_topk_exclude *ex, uint32_t row)
     return lo < ex->n && ex->rows[lo] == row;
 }
 
-hr_status hr_topk_query(const hr_model *m, const float *q, uint32_t k, const hr_topk_exclude *ex,
-                        bool reference, hr_topk_item *out, size_t *n)
+/* Per-request state of a scan. */
+typedef struct {
+    hr_topk_heap hp;
+    float threshold; /* the heap's worst score once it is full */
+    float def_score; /* score of the default row (items below min_count) */
+} scan_state;
+
+hr_status hr_topk_query_many(const hr_model *m, hr_topk_request *reqs, size_t nq, bool reference)
 {
-    *n = 0;
-    if (k == 0)
+    for (size_t j = 0; j < nq; j++)
+        reqs[j].n = 0;
+    if (nq == 0)
         return HR_OK;
     pthread_once(&blas_once, blas_init);
     const hr_row_layout *L = hr_model_layout(m);
     const hr_model_config *mc = hr_model_get_config(m);
-    const uint32_t chunk = mc->chunk_rows;
-    /* Blocks are scored SUB rows at a time into a small scratch vector: it
-     * stays in L1 and needs no large allocation per query. */
-    enum { SUB = 2048 };
-    float scores[SUB];
-    float *qx = malloc(((size_t)L->k + 1) * sizeof *qx);
-    if (!qx)
-        return HR_ENOMEM;
-    memcpy(qx, q, L->k * sizeof *qx);
-    qx[L->k] = 1.0f; /* picks up the bias column */
-    hr_topk_heap hp;
-    hr_topk_heap_init(&hp, out, k);
-    /* Score of the default row, for items below min_count. */
-    float def_score = 0;
-    if (mc->min_count > 0) {
-        const float *r0 = hr_model_row(m, HR_TABLE_ITEM, 0);
-        hr_sgd_block_scores_ref(L, r0, 1, L->stride, q, &def_score);
-    }
+    const uint32_t chunk = mc->chunk_rows, kq = L->k + 1;
     const bool min_count = mc->min_count > 0;
-    float threshold = -INFINITY; /* the heap's worst score once it is full */
+    /* Blocks are scored SUB rows at a time into a scratch matrix (SUB x nq,
+     * row-major) that stays in cache. */
+    enum { SUB = 2048 };
+    float *qx = malloc(nq * kq * sizeof *qx);
+    float *scores = malloc((size_t)SUB * nq * sizeof *scores);
+    scan_state *ss = malloc(nq * sizeof *ss);
+    if (!qx || !scores || !ss) {
+        free(qx);
+        free(scores);
+        free(ss);
+        return HR_ENOMEM;
+    }
+    const float *r0 = hr_model_row(m, HR_TABLE_ITEM, 0);
+    for (size_t j = 0; j < nq; j++) {
+        memcpy(qx + j * kq, reqs[j].q, L->k * sizeof *qx);
+        qx[j * kq + L->k] = 1.0f; /* picks up the bias column */
+        hr_topk_heap_init(&ss[j].hp, reqs[j].out, reqs[j].k);
+        ss[j].threshold = -INFINITY;
+        ss[j].def_score = 0;
+        if (min_count)
+            hr_sgd_block_scores_ref(L, r0, 1, L->stride, reqs[j].q, &ss[j].def_score);
+    }
     uint32_t nrows, lda;
     const float *blk;
     for (uint32_t b = 0; (blk = hr_model_item_block(m, b, &nrows, &lda)) != NULL; b++) {
         for (uint32_t off = 0; off < nrows; off += SUB) {
             const uint32_t len = nrows - off < SUB ? nrows - off : SUB;
             const float *sub = blk + (size_t)off * lda;
-            if (reference)
-                hr_sgd_block_scores_ref(L, sub, len, lda, q, scores);
-            else
-                cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)len, (int)L->k + 1, 1.0f, sub,
-                            (int)lda, qx, 1, 0.0f, scores, 1);
+            if (reference) {
+                for (size_t j = 0; j < nq; j++)
+                    for (uint32_t i = 0; i < len; i++)
+                        hr_sgd_block_scores_ref(L, sub + (size_t)i * lda, 1, lda, reqs[j].q,
+                                                &scores[i * nq + j]);
+            } else if (nq == 1) {
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)len, (int)kq, 1.0f, sub, (int)lda,
+                            qx, 1, 0.0f, scores, 1);
+            } else { /* scores = sub[len x kq] * qx^T[kq x nq]: the matrix read once */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)len, (int)nq, (int)kq,
+                            1.0f, sub, (int)lda, qx, (int)kq, 0.0f, scores, (int)nq);
+            }
             const uint32_t base = b * chunk + off;
-            for (uint32_t i = 0; i < len; i++) {
-                float s = scores[i];
-                /* Cheap test first: most scores cannot enter a full heap.
-                 * (With min_count an item's score may be replaced below.) */
-                if (s < threshold && !min_count)
+            for (size_t j = 0; j < nq; j++) {
+                scan_state *st = &ss[j];
+                if (st->hp.k == 0)
                     continue;
-                uint32_t row = base + i;
-                if (row == 0 || !hr_model_key(m, HR_TABLE_ITEM, row, NULL) || excluded(ex, row))
-                    continue;
-                if (min_count && hr_model_effective_row(m, HR_TABLE_ITEM, row) == 0)
-                    s = def_score;
-                hr_topk_heap_offer(&hp, row, s);
-                if (hp.n == hp.k)
-                    threshold = hp.h[0].score;
+                for (uint32_t i = 0; i < len; i++) {
+                    float s = scores[i * nq + j];
+                    /* Cheap test first: most scores cannot enter a full heap.
+                     * (With min_count an item's score may be replaced below.) */
+                    if (s < st->threshold && !min_count)
+                        continue;
+                    uint32_t row = base + i;
+                    if (row == 0 || !hr_model_key(m, HR_TABLE_ITEM, row, NULL) ||
+                        excluded(reqs[j].ex, row))
+                        continue;
+                    if (min_count && hr_model_effective_row(m, HR_TABLE_ITEM, row) == 0)
+                        s = st->def_score;
+                    hr_topk_heap_offer(&st->hp, row, s);
+                    if (st->hp.n == st->hp.k)
+                        st->threshold = st->hp.h[0].score;
+                }
             }
         }
     }
+    for (size_t j = 0; j < nq; j++)
+        reqs[j].n = hr_topk_heap_finish(&ss[j].hp);
     free(qx);
-    *n = hr_topk_heap_finish(&hp);
+    free(scores);
+    free(ss);
     return HR_OK;
+}
+
+hr_status hr_topk_query(const hr_model *m, const float *q, uint32_t k, const hr_topk_exclude *ex,
+                        bool reference, hr_topk_item *out, size_t *n)
+{
+    hr_topk_request req = {q, k, ex, out, 0};
+    hr_status st = hr_topk_query_many(m, &req, 1, reference);
+    *n = req.n;
+    return st;
+}
+
+/* ---- batching concurrent queries ---- */
+
+typedef struct job {
+    struct job *next;
+    hr_topk_request *req; /* borrowed from the waiting caller */
+    hr_status st;
+    bool done;
+} job;
+
+struct hr_topk_batcher {
+    const hr_model *m;  /* borrowed */
+    unsigned max_batch; /* queries scored together at most */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;  /* a batch finished */
+    job *head, *tail;   /* waiting, oldest first; under mu */
+    bool leading;       /* a caller is scoring a batch; under mu */
+    uint64_t batches, queries; /* counters; under mu */
+};
+
+hr_status hr_topk_batcher_create(const hr_model *m, unsigned max_batch, hr_topk_batcher **out)
+{
+    *out = NULL;
+    if (max_batch < 1)
+        return HR_EINVAL;
+    hr_topk_batcher *b = calloc(1, sizeof *b);
+    if (!b)
+        return HR_ENOMEM;
+    b->m = m;
+    b->max_batch = max_batch;
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_cond_init(&b->cv, NULL);
+    *out = b;
+    return HR_OK;
+}
+
+void hr_topk_batcher_destroy(hr_topk_batcher *b)
+{
+    if (!b)
+        return;
+    pthread_cond_destroy(&b->cv);
+    pthread_mutex_destroy(&b->mu);
+    free(b);
+}
+
+hr_status hr_topk_query_batched(hr_topk_batcher *b, hr_topk_request *req)
+{
+    job me = {NULL, req, HR_OK, false};
+    pthread_mutex_lock(&b->mu);
+    if (b->tail)
+        b->tail->next = &me;
+    else
+        b->head = &me;
+    b->tail = &me;
+    while (!me.done) {
+        if (b->leading) {
+            pthread_cond_wait(&b->cv, &b->mu);
+            continue;
+        }
+        /* Lead: take what waits (oldest first, ours among them as long as
+         * fewer than max_batch are ahead of it), score it, hand it back. */
+        b->leading = true;
+        job *batch[256];
+        size_t nb = 0;
+        unsigned cap = b->max_batch < 256 ? b->max_batch : 256;
+        while (b->head && nb < cap) {
+            batch[nb++] = b->head;
+            b->head = b->head->next;
+        }
+        if (!b->head)
+            b->tail = NULL;
+        pthread_mutex_unlock(&b->mu);
+
+        hr_topk_request reqs[256];
+        for (size_t i = 0; i < nb; i++)
+            reqs[i] = *batch[i]->req;
+        hr_status st = hr_topk_query_many(b->m, reqs, nb, false);
+
+        pthread_mutex_lock(&b->mu);
+        for (size_t i = 0; i < nb; i++) {
+            batch[i]->req->n = reqs[i].n;
+            batch[i]->st = st;
+            batch[i]->done = true;
+        }
+        b->batches++;
+        b->queries += nb;
+        b->leading = false;
+        pthread_cond_broadcast(&b->cv);
+    }
+    pthread_mutex_unlock(&b->mu);
+    return me.st;
+}
+
+void hr_topk_batcher_counts(hr_topk_batcher *b, uint64_t *batches, uint64_t *queries)
+{
+    pthread_mutex_lock(&b->mu);
+    *batches = b->batches;
+    *queries = b->queries;
+    pthread_mutex_unlock(&b->mu);
 }

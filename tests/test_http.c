@@ -822,32 +822,45 @@ static void test_serve_binary_sigterm(void **state)
     close(pfd[1]);
     FILE *err = fdopen(pfd[0], "r");
     char line[1024];
-    int port = 0;
-    for (int i = 0; i < 100 && !port && fgets(line, sizeof line, err); i++) {
+    /* Wait for "ready" (after "listening": the log tail, if any, is
+     * replayed in between). No assertion may fail while the child runs:
+     * it would outlive the test and hold ctest's output open. */
+    int port = 0, ready = 0, json_lines = 1;
+    for (int i = 0; i < 100 && !ready && fgets(line, sizeof line, err); i++) {
         json_t *o = json_loads(line, 0, NULL);
-        assert_non_null(o); /* every log line is one JSON object */
-        if (!strcmp(json_string_value(json_object_get(o, "msg")), "listening"))
+        if (!o) { /* every log line is one JSON object */
+            json_lines = 0;
+            break;
+        }
+        const char *msg = json_string_value(json_object_get(o, "msg"));
+        if (msg && !strcmp(msg, "listening"))
             port = (int)json_integer_value(json_object_get(o, "port"));
+        ready = msg && !strcmp(msg, "ready");
         json_decref(o);
     }
-    if (!port) {
+    long st_events = 0, st_health = 0;
+    if (port && ready) {
+        server s = {NULL, NULL, (uint16_t)port};
+        reply r = post(&s, "/v1/events", "{\"user\":\"a\",\"item\":\"b\"}");
+        st_events = r.status;
+        done(&r);
+        r = get(&s, "/healthz");
+        st_health = r.status;
+        done(&r);
+    }
+    if (!port || !ready || !json_lines) {
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
-        fail_msg("no listening line");
+        fail_msg("no listening and ready lines in the log (json lines: %d)", json_lines);
     }
-    server s = {NULL, NULL, (uint16_t)port};
-    reply r = post(&s, "/v1/events", "{\"user\":\"a\",\"item\":\"b\"}");
-    assert_int_equal(r.status, 202);
-    done(&r);
-    r = get(&s, "/healthz");
-    assert_int_equal(r.status, 200);
-    done(&r);
     kill(pid, SIGTERM);
     int status = 0;
     assert_int_equal(waitpid(pid, &status, 0), pid);
     while (fgets(line, sizeof line, err)) /* the rest of the log */
         ;
     fclose(err);
+    assert_int_equal(st_events, 202);
+    assert_int_equal(st_health, 200);
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
 }

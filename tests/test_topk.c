@@ -1,3 +1,4 @@
+/* ctest-labels: concurrent */
 /*
  * test_topk.c - top-K scoring (src/topk.c) and the serving history
  * (src/history.c) and de-duplication window (src/dedup.c).
@@ -8,6 +9,7 @@
  * catalog and row 0 are covered.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -275,6 +277,99 @@ static void test_dedup_window(void **state)
     hr_dedup_destroy(NULL);
 }
 
+/* Two rankings agree: the same rows, except that two items whose scores
+ * differ by rounding only (sgemm and sgemv sum in another order) may swap. */
+static void assert_same_ranking(const hr_topk_item *a, size_t na, const hr_topk_item *b, size_t nb)
+{
+    assert_int_equal(na, nb);
+    for (size_t i = 0; i < na; i++) {
+        assert_float_equal(a[i].score, b[i].score, 1e-4);
+        if (a[i].row != b[i].row)
+            assert_true(i + 1 < na && a[i].row == b[i + 1].row &&
+                        fabsf(a[i].score - a[i + 1].score) < 1e-4f);
+    }
+}
+
+static void test_many_matches_single(void **state)
+{
+    (void)state;
+    const uint32_t k = 16;
+    hr_model *m = make_model(k, 700, 21);
+    enum { NQ = 7 };
+    float q[NQ][16];
+    hr_topk_item got[NQ][12], want[12];
+    uint32_t ex_rows[] = {3, 9, 200};
+    hr_topk_exclude ex = {ex_rows, 3};
+    hr_topk_request reqs[NQ];
+    for (int j = 0; j < NQ; j++) {
+        random_query(q[j], k, 500 + (uint64_t)j);
+        reqs[j] = (hr_topk_request){q[j], (uint32_t)(j == 3 ? 0 : 12), j % 2 ? &ex : NULL, got[j], 0};
+    }
+    assert_int_equal(hr_topk_query_many(m, reqs, NQ, false), HR_OK);
+    for (int j = 0; j < NQ; j++) {
+        size_t n;
+        assert_int_equal(hr_topk_query(m, q[j], reqs[j].k, reqs[j].ex, false, want, &n), HR_OK);
+        assert_same_ranking(got[j], reqs[j].n, want, n);
+    }
+    assert_int_equal(reqs[3].n, 0);
+    hr_model_destroy(m);
+}
+
+typedef struct {
+    hr_topk_batcher *b;
+    const hr_model *m;
+    uint64_t seed;
+    int bad; /* queries whose result differed from hr_topk_query's */
+} asker;
+
+static void *ask(void *arg)
+{
+    asker *a = arg;
+    for (int i = 0; i < 50; i++) {
+        float q[16];
+        random_query(q, 16, a->seed * 1000 + (uint64_t)i);
+        hr_topk_item got[10], want[10];
+        hr_topk_request req = {q, 10, NULL, got, 0};
+        size_t n = 0;
+        if (hr_topk_query_batched(a->b, &req) != HR_OK ||
+            hr_topk_query(a->m, q, 10, NULL, false, want, &n) != HR_OK || n != req.n) {
+            a->bad++;
+            continue;
+        }
+        for (size_t j = 0; j < n; j++)
+            if (fabsf(got[j].score - want[j].score) > 1e-4f)
+                a->bad++;
+    }
+    return NULL;
+}
+
+static void test_batcher_under_concurrent_queries(void **state)
+{
+    (void)state;
+    hr_model *m = make_model(16, 1500, 23);
+    hr_topk_batcher *b;
+    assert_int_equal(hr_topk_batcher_create(m, 8, &b), HR_OK);
+    enum { T = 4 };
+    pthread_t th[T];
+    asker a[T];
+    for (int t = 0; t < T; t++) {
+        a[t] = (asker){b, m, 100 + (uint64_t)t, 0};
+        pthread_create(&th[t], NULL, ask, &a[t]);
+    }
+    for (int t = 0; t < T; t++) {
+        pthread_join(th[t], NULL);
+        assert_int_equal(a[t].bad, 0);
+    }
+    uint64_t batches, queries;
+    hr_topk_batcher_counts(b, &batches, &queries);
+    assert_int_equal(queries, T * 50);
+    assert_true(batches >= 1 && batches <= queries);
+    print_message("%llu queries in %llu batches\n", (unsigned long long)queries,
+                  (unsigned long long)batches);
+    hr_topk_batcher_destroy(b);
+    hr_model_destroy(m);
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -283,6 +378,8 @@ int main(int argc, char **argv)
     print_message("OpenBLAS kernel: %s\n", openblas_get_corename());
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_blas_matches_reference),
+        cmocka_unit_test(test_many_matches_single),
+        cmocka_unit_test(test_batcher_under_concurrent_queries),
         cmocka_unit_test(test_exclusions_and_k_larger_than_items),
         cmocka_unit_test(test_ties_lower_row_first),
         cmocka_unit_test(test_heap_directly),

@@ -43,6 +43,34 @@ hr_status hr_topk_query(const hr_model *m, const float *q, uint32_t k,
                         const hr_topk_exclude *ex, bool reference,
                         hr_topk_item *out, size_t *n);
 
+/* One query of a batch. */
+typedef struct {
+    const float *q;             /* the model's k floats, borrowed */
+    uint32_t k;                 /* results wanted */
+    const hr_topk_exclude *ex;  /* rows to leave out, borrowed (may be NULL) */
+    hr_topk_item *out;          /* room for k results, borrowed */
+    size_t n;                   /* out: results written, best first */
+} hr_topk_request;
+
+/* Scores nq queries in one pass over the items: one cblas_sgemm per item
+ * slice (one sgemv when nq is 1), then each query's heap. Each request's
+ * results are those hr_topk_query gives (up to float rounding of the
+ * summation order). HR_ENOMEM if scratch cannot be allocated. */
+hr_status hr_topk_query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
+                             bool reference);
+
+/* Batches concurrent queries: a caller that finds no batch being scored
+ * takes every query waiting (up to max_batch) and scores them together with
+ * hr_topk_query_many; the others wait for their results. No query waits for
+ * a batch to fill: under low load every batch is one query. Thread-safe. */
+typedef struct hr_topk_batcher hr_topk_batcher;
+hr_status hr_topk_batcher_create(const hr_model *m, unsigned max_batch, hr_topk_batcher **out);
+void hr_topk_batcher_destroy(hr_topk_batcher *b); /* NULL is a no-op; no query may run */
+/* Blocks until req is answered (req->n set). */
+hr_status hr_topk_query_batched(hr_topk_batcher *b, hr_topk_request *req);
+/* Batches scored and queries answered so far. */
+void hr_topk_batcher_counts(hr_topk_batcher *b, uint64_t *batches, uint64_t *queries);
+
 /* Partial heap of the best k (score, row) pairs, for other rankers
  * (popularity). Caller provides storage for k items. */
 typedef struct {
