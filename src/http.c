@@ -874,6 +874,10 @@ static json_t *stats_json(hr_http *h)
         updates_rate(h, tc.updates), "per_second_avg",
         uptime > 0 ? (double)tc.updates / uptime : 0.0, "negative_sampling",
         hr_trainer_negatives_active(app->trainer), "uptime_seconds", uptime);
+    uint64_t tk_batches = 0, tk_queries = 0;
+    hr_topk_batcher_counts(h->topk, &tk_batches, &tk_queries);
+    json_object_set_new(o, "recommend", json_pack("{s:I,s:I}", "queries", (json_int_t)tk_queries,
+                                                  "sgemm_batches", (json_int_t)tk_batches));
     json_object_set_new(o, "progressive",
                         json_pack("{s:I,s:o,s:o,s:o}", "total", (json_int_t)all.total,
                                   "loss_total", num_or_null(all.loss_total), "window",
