@@ -75,8 +75,12 @@ static hr_status features(const hr_model *m, const json_t *obj, hr_event *ev, hr
     return HR_OK;
 }
 
-hr_status hr_api_event_from_json(hr_model *m, const json_t *obj, hr_event *ev,
-                                 const json_t **event_id, hr_error *err)
+/* Validates and resolves an event. intern: add new ids (training data);
+ * else look them up, unknown ones mapping to the default row 0 and flagged
+ * in *unknown (held-out data). m is only written when interning. */
+static hr_status event_from_json(hr_model *m, const json_t *obj, hr_event *ev,
+                                 const json_t **event_id, bool intern, unsigned *unknown,
+                                 hr_error *err)
 {
     memset(ev, 0, sizeof *ev);
     ev->weight = 1.0f;
@@ -151,14 +155,31 @@ hr_status hr_api_event_from_json(hr_model *m, const json_t *obj, hr_event *ev,
     const json_t *feats = json_object_get(obj, "features");
     if (feats && (st = features(m, feats, ev, err)) != HR_OK)
         return st;
-    /* Intern last: everything above was valid. */
+    /* Ids last: everything above was valid, so a bad event creates none. */
     hr_api_id(user, "user", id, &len, NULL);
-    if ((st = hr_model_intern(m, HR_TABLE_USER, id, len, &ev->user, NULL)) != HR_OK)
+    if (!intern)
+        ev->user = hr_api_lookup(m, HR_TABLE_USER, id, len, unknown, HR_API_UNKNOWN_USER);
+    else if ((st = hr_model_intern(m, HR_TABLE_USER, id, len, &ev->user, NULL)) != HR_OK)
         return hr_error_set(err, st, "user", "user table: %s", hr_status_to_string(st));
     hr_api_id(item, "item", id, &len, NULL);
-    if ((st = hr_model_intern(m, HR_TABLE_ITEM, id, len, &ev->item, NULL)) != HR_OK)
+    if (!intern)
+        ev->item = hr_api_lookup(m, HR_TABLE_ITEM, id, len, unknown, HR_API_UNKNOWN_ITEM);
+    else if ((st = hr_model_intern(m, HR_TABLE_ITEM, id, len, &ev->item, NULL)) != HR_OK)
         return hr_error_set(err, st, "item", "item table: %s", hr_status_to_string(st));
     return HR_OK;
+}
+
+hr_status hr_api_event_from_json(hr_model *m, const json_t *obj, hr_event *ev,
+                                 const json_t **event_id, hr_error *err)
+{
+    return event_from_json(m, obj, ev, event_id, true, NULL, err);
+}
+
+hr_status hr_api_event_lookup(const hr_model *m, const json_t *obj, hr_event *ev,
+                              unsigned *unknown, hr_error *err)
+{
+    *unknown = 0;
+    return event_from_json((hr_model *)m, obj, ev, NULL, false, unknown, err);
 }
 
 char *hr_api_event_text(const json_t *obj, size_t *len)

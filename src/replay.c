@@ -88,25 +88,9 @@ static hr_status parse_ndjson(hr_model *m, const char *line, size_t len, int int
     json_t *obj = json_loadb(line, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!obj)
         return hr_error_set(err, HR_EINVAL, "line", "line %zu: %s", lineno, jerr.text);
-    hr_status st;
-    if (intern) {
-        st = hr_api_event_from_json(m, obj, ev, NULL, err);
-    } else {
-        /* Test data: resolve on a copy without the ids, then look them up. */
-        json_t *copy = json_copy(obj);
-        json_object_set_new(copy, "user", json_string("x"));
-        json_object_set_new(copy, "item", json_string("x"));
-        st = hr_api_event_from_json(m, copy, ev, NULL, err);
-        json_decref(copy);
-        char id[HR_ID_MAX_LEN + 1];
-        size_t idlen;
-        if (st == HR_OK &&
-            (st = hr_api_id(json_object_get(obj, "user"), "user", id, &idlen, err)) == HR_OK) {
-            resolve_id(m, HR_TABLE_USER, id, idlen, 0, &ev->user);
-            if ((st = hr_api_id(json_object_get(obj, "item"), "item", id, &idlen, err)) == HR_OK)
-                resolve_id(m, HR_TABLE_ITEM, id, idlen, 0, &ev->item);
-        }
-    }
+    unsigned unknown;
+    hr_status st = intern ? hr_api_event_from_json(m, obj, ev, NULL, err)
+                          : hr_api_event_lookup(m, obj, ev, &unknown, err); /* test data */
     json_decref(obj);
     if (st != HR_OK && err) {
         hr_error copy = *err;

@@ -72,6 +72,16 @@ static void test_read_formats_and_order(void **state)
     assert_int_equal(hr_model_id_count(app->model, HR_TABLE_USER), users);
     hr_event_list_free(&l);
 
+    write_file(nd, "{\"user\":\"new\",\"item\":\"10\",\"label\":0,\"features\":{\"dev\":\"ios\"}}\n");
+    uint32_t items = hr_model_id_count(app->model, HR_TABLE_ITEM);
+    assert_int_equal(hr_replay_read(app->model, nd, HR_FMT_NDJSON, 0, 0, &l, &err), HR_OK);
+    assert_int_equal(l.ev[0].user, 0); /* unknown: the default row */
+    assert_int_equal(l.ev[0].item, hr_model_lookup(app->model, HR_TABLE_ITEM, "10", 2));
+    assert_true(l.ev[0].label == 0 && l.ev[0].nctx == 1);
+    assert_int_equal(hr_model_id_count(app->model, HR_TABLE_USER), users);
+    assert_int_equal(hr_model_id_count(app->model, HR_TABLE_ITEM), items);
+    hr_event_list_free(&l);
+
     write_file(ml, "1\t10\n");
     assert_int_equal(hr_replay_read(app->model, ml, HR_FMT_MOVIELENS, 4, 1, &l, &err), HR_EINVAL);
     assert_non_null(strstr(err.message, "line 1"));

@@ -34,6 +34,12 @@ hr_status hr_api_id(const json_t *v, const char *field, char *buf, size_t *len, 
 hr_status hr_api_event_from_json(hr_model *m, const json_t *obj, hr_event *ev,
                                  const json_t **event_id, hr_error *err);
 
+/* Like hr_api_event_from_json, but creates no ids: user and item are looked
+ * up, unknown ones map to the default row 0 and are flagged in *unknown
+ * (HR_API_UNKNOWN_*). For held-out data. The model is only read. */
+hr_status hr_api_event_lookup(const hr_model *m, const json_t *obj, hr_event *ev,
+                              unsigned *unknown, hr_error *err);
+
 /* Canonical compact text of an event object (sorted keys), the form the
  * event log stores. Returns a new string (free()) and its length, or NULL. */
 char *hr_api_event_text(const json_t *obj, size_t *len);
