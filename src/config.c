@@ -24,7 +24,7 @@ typedef struct {
     double min, max;     /* bounds for numbers */
     const char *def;     /* default, as text */
     const char *choices; /* for strings: "a|b|c", or NULL for free text */
-    bool runtime;        /* can change while running */
+    bool runtime;        /* can change while running (through the admin API) */
     const char *help;
 } opt;
 
@@ -42,22 +42,22 @@ static const opt options[] = {
       "optimizer state kept per row (auto: what the schedule's optimizer needs)"),
     D(init_scale, 0, 10, "0.05", false, "standard deviation of initial factors"),
     I(seed, 0, 9.2e18, "42", false, "seed of initialization, sampling and shuffles"),
-    D(l2_global, 0, 1e6, "0", true, "L2 on the global bias"),
-    D(l2_bias, 0, 1e6, "0.0001", true, "L2 on per-id linear weights"),
-    D(l2_user, 0, 1e6, "0.0005", true, "L2 on user factors"),
-    D(l2_item, 0, 1e6, "0.0005", true, "L2 on item factors"),
-    D(l2_context, 0, 1e6, "0.0005", true, "L2 on context factors"),
+    D(l2_global, 0, 1e6, "0", false, "L2 on the global bias"),
+    D(l2_bias, 0, 1e6, "0.0001", false, "L2 on per-id linear weights"),
+    D(l2_user, 0, 1e6, "0.0005", false, "L2 on user factors"),
+    D(l2_item, 0, 1e6, "0.0005", false, "L2 on item factors"),
+    D(l2_context, 0, 1e6, "0.0005", false, "L2 on context factors"),
     I(max_users, 16, 2147483647, "16777216", false, "most user ids"),
     I(max_items, 16, 2147483647, "4194304", false, "most item ids"),
     I(context_bits, 1, 26, "16", false, "context features hash into 2^bits rows"),
     I(chunk_rows, 64, 16777216, "65536", false, "rows per storage chunk (power of two)"),
     I(min_count, 0, 1000000, "0", false, "events before an id gets its own embedding"),
     D(expire_seconds, 0, 1e9, "0", false, "forget ids unseen this many seconds (0 = never)"),
-    D(grad_clip, 0, 1e9, "100", true, "largest gradient norm per event (0 = no clip)"),
+    D(grad_clip, 0, 1e9, "100", false, "largest gradient norm per event (0 = no clip)"),
     D(adagrad_init, 1e-12, 1e6, "0.1", false, "initial AdaGrad accumulator"),
     D(rating_offset, -1e9, 1e9, "0", false, "squared loss: initial global bias"),
     {"schedule", OPT_JSON, OFF(schedule), 0, 0, 0, NULL, NULL, true,
-     "learning-rate schedule and optimizer, a JSON object (see README)"},
+     "learning-rate schedule and optimizer, a JSON object (see README); live: PUT /v1/admin/schedule"},
     /* trainers and queue */
     I(threads, 1, 256, "2", false, "trainer threads"),
     I(batch, 1, 65536, "256", false, "events a trainer takes from the queue at once"),
@@ -83,14 +83,14 @@ static const opt options[] = {
     I(history_per_user, 0, 10000, "64", false, "recent items remembered per user (exclude_seen)"),
     /* persistence */
     S(db, "hogrec.db", NULL, false, "SQLite file (empty = no persistence)"),
-    D(checkpoint_interval, 0, 1e7, "60", true, "seconds between checkpoints (0 = off)"),
-    I(checkpoint_events, 0, 1e12, "1000000", true, "events between checkpoints (0 = off)"),
+    D(checkpoint_interval, 0, 1e7, "60", false, "seconds between checkpoints (0 = off)"),
+    I(checkpoint_events, 0, 1e12, "1000000", false, "events between checkpoints (0 = off)"),
     I(keep_checkpoints, 1, 1000, "3", false, "complete checkpoints kept"),
     I(full_every, 1, 100000, "10", false, "a full checkpoint after this many incremental ones"),
     S(durability, "sync", "sync|interval", false,
       "sync: events synced before the 202; interval: synced every sync_interval_ms"),
     I(sync_interval_ms, 1, 60000, "100", false, "event-log sync period for durability interval"),
-    S(log_level, "info", "debug|info|warn|error", true, "least severe log level printed"),
+    S(log_level, "info", "debug|info|warn|error", false, "least severe log level printed"),
 };
 
 static bool choice_ok(const char *choices, const char *v)
