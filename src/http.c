@@ -56,6 +56,7 @@
 #include "hogrec/api.h"
 #include "hogrec/dedup.h"
 #include "hogrec/history.h"
+#include "hogrec/log.h"
 #include "hogrec/persist.h"
 #include "hogrec/sgd.h"
 #include "hogrec/topk.h"
@@ -166,28 +167,6 @@ struct hr_http {
     unsigned suspended;          /* events requests suspended for a commit and
                                     not completed yet */
 };
-
-/* ---- logging: one JSON object per line on stderr ---- */
-
-static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
-
-/* Writes {"ts":..., "level":..., "msg":..., <fields>} (fields taken, may be NULL). */
-static void log_json(const char *level, const char *msg, json_t *fields)
-{
-    json_t *o = json_pack("{s:f,s:s,s:s}", "ts", hr_wall_time(), "level", level, "msg", msg);
-    if (o && fields)
-        json_object_update(o, fields);
-    json_decref(fields);
-    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    if (s) {
-        pthread_mutex_lock(&log_mu);
-        fprintf(stderr, "%s\n", s);
-        fflush(stderr);
-        pthread_mutex_unlock(&log_mu);
-    }
-    free(s);
-    json_decref(o);
-}
 
 /* ---- per-request state ---- */
 
@@ -1025,7 +1004,7 @@ static enum MHD_Result handle_schedule_put(hr_http *h, struct MHD_Connection *c,
     st = hr_schedbox_swap(app->sched, &s, hr_trainer_updates(app->trainer), rep.loss, &version, &e);
     if (st != HR_OK)
         return reply_invalid(c, r, "", &e);
-    log_json("info", "schedule changed", json_pack("{s:I}", "version", (json_int_t)version));
+    hr_log("info", "schedule changed", json_pack("{s:I}", "version", (json_int_t)version));
     return reply_json(c, r, 200, hr_schedule_to_json(hr_schedbox_current(app->sched)));
 }
 
@@ -1273,7 +1252,7 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     size_t n = strlen(msg);
     while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
         msg[--n] = 0;
-    log_json("warn", "libmicrohttpd", json_pack("{s:s}", "detail", msg));
+    hr_log("warn", "libmicrohttpd", json_pack("{s:s}", "detail", msg));
 }
 
 /* ---- lifecycle ---- */
@@ -1402,17 +1381,18 @@ int hr_serve_main(int argc, char **argv)
         return 0;
     }
     if (st != HR_OK) {
-        log_json("error", "bad configuration",
+        hr_log("error", "bad configuration",
                  json_pack("{s:s,s:s}", "field", err.field, "detail", err.message));
         hr_config_free(&cfg);
         return 2;
     }
+    hr_log_set_level(cfg.log_level);
     /* SIGTERM/SIGINT go through a handler that writes to a pipe the main
      * thread reads. (Not sigwait with a blocked mask: threads that exist
      * before main, such as OpenBLAS's, would take the signal with its
      * default action and kill the process.) */
     if (pipe2(stop_pipe, O_CLOEXEC) != 0) {
-        log_json("error", "cannot create the stop pipe", json_pack("{s:s}", "detail", strerror(errno)));
+        hr_log("error", "cannot create the stop pipe", json_pack("{s:s}", "detail", strerror(errno)));
         hr_config_free(&cfg);
         return 1;
     }
@@ -1424,7 +1404,7 @@ int hr_serve_main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    log_json("info", "starting", json_pack("{s:s,s:I,s:s}", "bind", cfg.bind, "port",
+    hr_log("info", "starting", json_pack("{s:s,s:I,s:s}", "bind", cfg.bind, "port",
                                            (json_int_t)cfg.port, "db", cfg.db));
     hr_app *app = NULL;
     /* Listen while the event log replays: /readyz says "loading" (503),
@@ -1432,7 +1412,7 @@ int hr_serve_main(int argc, char **argv)
     st = hr_app_open_loading(&cfg, &app, &err);
     hr_config_free(&cfg);
     if (st != HR_OK) {
-        log_json("error", "cannot open", json_pack("{s:s,s:s,s:s}", "status",
+        hr_log("error", "cannot open", json_pack("{s:s,s:s,s:s}", "status",
                                                    hr_status_to_string(st), "field", err.field,
                                                    "detail", err.message));
         return 1;
@@ -1440,31 +1420,31 @@ int hr_serve_main(int argc, char **argv)
     hr_http *http = NULL;
     st = hr_http_start(app, &http, &err);
     if (st != HR_OK) {
-        log_json("error", "cannot serve", json_pack("{s:s}", "detail", err.message));
+        hr_log("error", "cannot serve", json_pack("{s:s}", "detail", err.message));
         hr_app_close(app, false);
         return 1;
     }
-    log_json("info", "listening", json_pack("{s:s,s:i,s:I,s:s}", "bind", app->cfg.bind, "port",
+    hr_log("info", "listening", json_pack("{s:s,s:i,s:I,s:s}", "bind", app->cfg.bind, "port",
                                             (int)hr_http_port(http), "http_threads",
                                             (json_int_t)app->cfg.http_threads, "blas_kernel",
                                             openblas_get_corename()));
     if ((st = hr_app_finish_loading(app, &err)) != HR_OK) {
-        log_json("error", "cannot load", json_pack("{s:s,s:s}", "status", hr_status_to_string(st),
+        hr_log("error", "cannot load", json_pack("{s:s,s:s}", "status", hr_status_to_string(st),
                                                    "detail", err.message));
         hr_http_quiesce(http);
         hr_http_stop(http);
         hr_app_close(app, false);
         return 1;
     }
-    log_json("info", "ready", NULL);
+    hr_log("info", "ready", NULL);
     unsigned char sigbyte = 0;
     while (read(stop_pipe[0], &sigbyte, 1) < 0 && errno == EINTR)
         ;
     int sig = sigbyte;
-    log_json("info", "stopping", json_pack("{s:s}", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM"));
+    hr_log("info", "stopping", json_pack("{s:s}", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM"));
     hr_http_quiesce(http);
     hr_http_stop(http); /* answers what is in flight */
     hr_app_close(app, true);
-    log_json("info", "stopped", NULL);
+    hr_log("info", "stopped", NULL);
     return 0;
 }

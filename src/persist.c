@@ -40,6 +40,7 @@
 #include <time.h>
 
 #include "hogrec/api.h"
+#include "hogrec/log.h"
 #include "hogrec/sgd.h"
 #include "hogrec/store.h"
 
@@ -169,8 +170,9 @@ static hr_status restore_sched(void *arg, uint64_t version, double wall_time, ui
     hr_status st = obj ? hr_schedule_from_json(obj, &s, sc->err) : HR_ECORRUPT;
     json_decref(obj);
     if (st != HR_OK) {
-        fprintf(stderr, "hogrec: warning: saved schedule version %" PRIu64 " not restored\n",
-                version);
+        hr_log("warn", "saved schedule not restored",
+               json_pack("{s:I,s:s}", "version", (json_int_t)version, "detail",
+                         sc->err ? sc->err->message : ""));
         return HR_OK;
     }
     uint64_t v;
@@ -302,11 +304,10 @@ hr_status hr_persist_open(hr_app *app, hr_persist **out, hr_evlog **log, hr_erro
         goto fail;
     }
     if (trimmed > p->last.seq)
-        fprintf(stderr,
-                "hogrec: warning: the event log was trimmed up to seq %" PRIu64
-                " but the newest checkpoint covers only %" PRIu64
-                " (an older database file?): events in between are lost\n",
-                trimmed, p->last.seq);
+        hr_log("warn", "the event log was trimmed past the newest checkpoint (an older "
+                       "database file?): events in between are lost",
+               json_pack("{s:I,s:I}", "trimmed_to", (json_int_t)trimmed, "checkpoint_seq",
+                         (json_int_t)p->last.seq));
     if (p->last.seq > last_seq)
         last_seq = p->last.seq;
     hr_evlog_options eo = {.sync = sync, .interval_ms = (unsigned)app->cfg.sync_interval_ms,
@@ -346,13 +347,14 @@ static hr_status replay_event(void *arg, uint64_t seq, const char *json, size_t 
     replay_ctx *rc = arg;
     json_error_t jerr;
     json_t *obj = json_loadb(json, len, 0, &jerr);
-    hr_error err;
+    hr_error err = {{0}, {0}};
     hr_status st = obj ? hr_api_event_from_json(rc->p->app->model, obj, &rc->evs[rc->n], NULL, &err)
                        : HR_EINVAL;
     json_decref(obj);
     if (st != HR_OK) {
         if (rc->p->replay_skipped++ == 0)
-            fprintf(stderr, "hogrec: warning: logged event %" PRIu64 " cannot be replayed\n", seq);
+            hr_log("warn", "a logged event cannot be replayed (later ones are counted in stats)",
+                   json_pack("{s:I,s:s}", "seq", (json_int_t)seq, "detail", err.message));
         return HR_OK;
     }
     rc->evs[rc->n++].seq = seq;
@@ -645,8 +647,8 @@ void hr_persist_close(hr_persist *p, bool final)
     if (final && p->main && p->log && !p->logstore) {
         hr_error err;
         if (hr_persist_checkpoint(p, NULL, &err) != HR_OK)
-            fprintf(stderr, "hogrec: final checkpoint failed: %s (the event log keeps the events)\n",
-                    err.message);
+            hr_log("error", "final checkpoint failed (the event log keeps the events)",
+                   json_pack("{s:s}", "detail", err.message));
     }
     hr_evlog_destroy(p->log); /* commits what is buffered, trims */
     hr_store_close(p->main);
