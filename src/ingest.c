@@ -76,15 +76,11 @@ hr_status hr_ingest_submit_nowait(hr_ingest *ing, hr_event *evs, const char *con
             hr_error_set(err, st, NULL, "queue: %s", hr_status_to_string(st));
         goto unlock;
     }
-    if (ing->log) {
-        st = hr_evlog_append(ing->log, seq, json, len, n, err);
-        if (st != HR_OK) {
-            /* Queued but not logged: it will be trained, but no 202. */
-            ing->last_seq = seq + n - 1;
-            goto unlock;
-        }
-    }
+    /* Queued: the seqs are used, and the events will be trained even if the
+     * append fails (then the caller sends no 202). */
     ing->last_seq = seq + n - 1;
+    if (ing->log)
+        st = hr_evlog_append(ing->log, seq, json, len, n, err);
 unlock:
     pthread_mutex_unlock(&ing->mu);
     if (st == HR_OK)
