@@ -473,12 +473,17 @@ size_t hr_model_bytes(const hr_model *m)
 
 int hr_model_active(const hr_model *m, const hr_event *ev, hr_active *out)
 {
+    return hr_model_active_rows(m, ev, hr_model_effective_row(m, HR_TABLE_USER, ev->user),
+                                hr_model_effective_row(m, HR_TABLE_ITEM, ev->item), out);
+}
+
+int hr_model_active_rows(const hr_model *m, const hr_event *ev, uint32_t user, uint32_t item,
+                         hr_active *out)
+{
     int n = 0;
     out[n++] = (hr_active){hr_model_row(m, HR_TABLE_GLOBAL, 0), 1.0f, HR_GROUP_GLOBAL, 0};
-    out[n++] = (hr_active){hr_model_row(m, HR_TABLE_USER, hr_model_effective_row(m, HR_TABLE_USER, ev->user)),
-                           1.0f, HR_GROUP_USER, 1};
-    out[n++] = (hr_active){hr_model_row(m, HR_TABLE_ITEM, hr_model_effective_row(m, HR_TABLE_ITEM, ev->item)),
-                           1.0f, HR_GROUP_ITEM, 1};
+    out[n++] = (hr_active){hr_model_row(m, HR_TABLE_USER, user), 1.0f, HR_GROUP_USER, 1};
+    out[n++] = (hr_active){hr_model_row(m, HR_TABLE_ITEM, item), 1.0f, HR_GROUP_ITEM, 1};
     for (int i = 0; i < ev->nctx && i < HR_MAX_CTX; i++)
         out[n++] = (hr_active){hr_model_row(m, HR_TABLE_CTX, ev->ctx[i].row), ev->ctx[i].x,
                                HR_GROUP_CONTEXT, 1};

@@ -223,16 +223,18 @@ static double apply(hr_trainer *tr, worker *w, const batch_ctx *bc, const hr_eve
         for (int g = 0; g < HR_GROUP_COUNT; g++)
             p.rate[g] *= f;
     }
+    /* Resolved once: the rows trained are the rows marked dirty, even if
+     * another thread moves an id past min_count meanwhile. */
+    const uint32_t eu = hr_model_effective_row(m, HR_TABLE_USER, ev->user);
+    const uint32_t ei = hr_model_effective_row(m, HR_TABLE_ITEM, ev->item);
     hr_active a[HR_MAX_ACTIVE];
-    int n = hr_model_active(m, ev, a);
+    int n = hr_model_active_rows(m, ev, eu, ei, a);
     double y, pred;
     hr_step_result r = hr_sgd_step(hr_model_layout(m), a, n, ev->label, ev->weight, &p, &y, &pred);
     if (r == HR_STEP_CLIPPED)
         bump(&w->c.clipped, 1);
     else if (r == HR_STEP_SKIPPED_NONFINITE)
         bump(&w->c.skipped_nonfinite, 1);
-    uint32_t eu = hr_model_effective_row(m, HR_TABLE_USER, ev->user);
-    uint32_t ei = hr_model_effective_row(m, HR_TABLE_ITEM, ev->item);
     if (eu == 0)
         bump(&w->c.default_user, 1);
     if (ei == 0)
@@ -319,7 +321,6 @@ static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n
             hr_hist_add_owned(&w->freshness, (end_ns - evs[i].enq_ns) / 1000);
     hr_progress_add(tr->progress, w->points, w->npoints);
     bump(&w->c.trained, n);
-    bump(&w->c.updates, trained_updates);
     bump(&w->c.batches, 1);
 
     /* Maintenance, by whoever crosses the threshold first. */
@@ -532,6 +533,7 @@ void hr_trainer_get_counts(const hr_trainer *tr, hr_trainer_counts *out)
 #define HR_X_SUM(name) out->name += atomic_load_explicit(&c->name, memory_order_relaxed);
         HR_TRAINER_COUNTERS(HR_X_SUM)
 #undef HR_X_SUM
+        out->updates += atomic_load_explicit(&tr->w[i].updates, memory_order_relaxed);
     }
 }
 

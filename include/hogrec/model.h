@@ -169,6 +169,10 @@ size_t hr_model_bytes(const hr_model *m);
  * for the kernel; see sgd.h. Returns the number of features. */
 struct hr_active;
 int hr_model_active(const hr_model *m, const hr_event *ev, struct hr_active *out);
+/* The same with the effective user and item rows already resolved (the
+ * trainer resolves them once and marks the same rows dirty). */
+int hr_model_active_rows(const hr_model *m, const hr_event *ev, uint32_t user, uint32_t item,
+                         struct hr_active *out);
 
 /* Prediction for an event: probability (logistic) or value (squared). */
 double hr_model_predict(const hr_model *m, const hr_event *ev);

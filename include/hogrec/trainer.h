@@ -41,7 +41,6 @@ typedef struct {
 /* Counters; a snapshot from hr_trainer_get_counts. */
 #define HR_TRAINER_COUNTERS(X)                                                  \
     X(trained)          /* queue events applied (negatives not counted) */     \
-    X(updates)          /* kernel steps, negatives included */                  \
     X(clipped)          /* steps whose gradient was clipped */                  \
     X(skipped_nonfinite) /* steps not written: NaN/Inf */                       \
     X(negatives)        /* sampled negatives applied */                         \
@@ -53,6 +52,7 @@ typedef struct {
 #define HR_X_FIELD(name) uint64_t name;
     HR_TRAINER_COUNTERS(HR_X_FIELD)
 #undef HR_X_FIELD
+    uint64_t updates; /* kernel steps this run, negatives included (the workers' step counts) */
 } hr_trainer_counts;
 
 typedef struct hr_trainer hr_trainer;
