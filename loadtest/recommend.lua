@@ -6,9 +6,5 @@ request = function()
   return wrk.format("GET", string.format("/v1/recommend?user=u%d&k=10",
                     math.random(0, users - 1)))
 end
-done = function(summary, latency, requests)
-  io.write(string.format("RESULT requests=%d seconds=%.3f p50_ms=%.3f p99_ms=%.3f errors=%d\n",
-    summary.requests, summary.duration / 1e6, latency:percentile(50) / 1000,
-    latency:percentile(99) / 1000, summary.errors.status + summary.errors.connect +
-    summary.errors.read + summary.errors.write + summary.errors.timeout))
-end
+-- the RESULT line, from report.lua beside this script
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "report.lua")
