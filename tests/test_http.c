@@ -52,7 +52,8 @@ static void start_app(server *s, int64_t queue_capacity, const char *token, int6
 {
     hr_config c;
     hr_config_defaults(&c);
-    snprintf(c.db, sizeof c.db, "%s", db);
+    int dbn = snprintf(c.db, sizeof c.db, "%s", db);
+    assert_true(dbn >= 0 && (size_t)dbn < sizeof c.db); /* a truncated path would be another file */
     c.checkpoint_interval = 0;
     c.checkpoint_events = 0;
     c.port = 0;
