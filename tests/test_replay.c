@@ -1,4 +1,5 @@
 /* ctest-labels: concurrent */
+/* ctest-separate: test_movielens_quality */
 /*
  * test_replay.c - offline replay: reading both formats, ordering, the test
  * evaluation, the `hogrec replay` command end to end on a generated file,
@@ -132,7 +133,8 @@ static void test_movielens_quality(void **state)
     (void)state;
     const char *base = tu_shared_data("ml-100k/u1.base");
     if (!base)
-        TU_SKIP("ml-100k not found under ../shared/data: quality check skipped");
+        TU_SKIP("ml-100k/u1.base not found under ../shared/data (or $HOGREC_SHARED_DATA): "
+                "quality check skipped");
     char base_path[4096], test_path[4096];
     snprintf(base_path, sizeof base_path, "%s", base);
     snprintf(test_path, sizeof test_path, "%s", tu_shared_data("ml-100k/u1.test"));

@@ -10,9 +10,10 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-/* Path of a file under the shared data folder (../shared/data next to the
- * source tree, or $HOGREC_SHARED_DATA), or NULL if absent. Returns a static
- * buffer. Tests that need it skip, saying so, when it is NULL. */
+/* Path of a file under the shared data folder, or NULL if absent: under
+ * $HOGREC_SHARED_DATA when that is set (and only there), else under
+ * ../shared/data next to the source tree. Returns a static buffer. Tests that
+ * need it skip, saying so, when it is NULL. */
 const char *tu_shared_data(const char *relpath);
 
 /* Creates a fresh temporary directory; returns a static buffer. */
@@ -21,12 +22,28 @@ const char *tu_tmpdir(void);
 /* Removes a directory tree (best effort). */
 void tu_rmtree(const char *path);
 
-/* Prints a line saying why a test skips, then calls cmocka's skip(). */
+/* Prints the skip marker line, then calls cmocka's skip(). The line is
+ *   [  SKIP    ] <file>:<test function>: <reason>
+ * tests/CMakeLists.txt marks a ctest entry that prints it as skipped
+ * (SKIP_REGULAR_EXPRESSION) and tools/skipped lists the reasons. The reason
+ * is printf-style. */
+#define TU_SKIP_MARKER "[  SKIP    ] "
 #define TU_SKIP(...)                                                           \
     do {                                                                       \
-        print_message("[  SKIP    ] " __VA_ARGS__);                            \
+        tu_skip_marker(__FILE__, __func__);                                    \
+        print_message(__VA_ARGS__);                                            \
         print_message("\n");                                                   \
         skip();                                                                \
     } while (0)
+
+/* Prints the start of the skip marker line (TU_SKIP). */
+void tu_skip_marker(const char *file, const char *func);
+
+/* Test selection from the environment, applied before main() runs (so every
+ * test program gets it without code of its own):
+ *   HOGREC_TEST_FILTER=name       run only the cmocka tests matching name
+ *   HOGREC_TEST_SKIP_FILTER=name  leave out the tests matching name
+ * (cmocka patterns: '*' and '?'). tests/CMakeLists.txt uses them to run a
+ * test that may skip as a ctest entry of its own. */
 
 #endif
