@@ -3,7 +3,10 @@
  * JSON config file, environment variables, command-line flags and --help.
  *
  * Called once at start, from the main thread. To add an option: add a field
- * to hr_config (config.h) and a row to options[] below; nothing else.
+ * to hr_config (config.h) and a row to options[] below; nothing else. A row
+ * says which commands the option applies to: their --help lists it and their
+ * flags accept it. The config file and the environment may set any option
+ * for any command (one file serves both); a command ignores the others.
  */
 #include "hogrec/config.h"
 
@@ -25,72 +28,76 @@ typedef struct {
     const char *def;     /* default, as text */
     const char *choices; /* for strings: "a|b|c", or NULL for free text */
     bool runtime;        /* can change while running (through the admin API) */
+    unsigned commands;   /* HR_CMD_* bits: the commands it applies to (their flags, --help) */
     const char *help;
 } opt;
 
 #define OFF(f) offsetof(hr_config, f)
 #define SZ(f) sizeof(((hr_config *)0)->f)
-#define I(n, lo, hi, d, rt, h) {#n, OPT_INT, OFF(n), 0, lo, hi, d, NULL, rt, h}
-#define D(n, lo, hi, d, rt, h) {#n, OPT_DOUBLE, OFF(n), 0, lo, hi, d, NULL, rt, h}
-#define S(n, d, ch, rt, h) {#n, OPT_STRING, OFF(n), SZ(n), 0, 0, d, ch, rt, h}
+#define I(n, lo, hi, d, rt, cmd, h) {#n, OPT_INT, OFF(n), 0, lo, hi, d, NULL, rt, cmd, h}
+#define D(n, lo, hi, d, rt, cmd, h) {#n, OPT_DOUBLE, OFF(n), 0, lo, hi, d, NULL, rt, cmd, h}
+#define S(n, d, ch, rt, cmd, h) {#n, OPT_STRING, OFF(n), SZ(n), 0, 0, d, ch, rt, cmd, h}
+/* the commands column */
+#define SERVE HR_CMD_SERVE
+#define ALL (HR_CMD_SERVE | HR_CMD_REPLAY)
 
 static const opt options[] = {
     /* model */
-    I(k, 1, 1024, "16", false, "factor dimension"),
-    S(loss, "logistic", "logistic|squared", false, "logistic (clicks) or squared (ratings)"),
-    S(state, "auto", "auto|sgd|adagrad|ftrl", false,
+    I(k, 1, 1024, "16", false, ALL, "factor dimension"),
+    S(loss, "logistic", "logistic|squared", false, ALL, "logistic (clicks) or squared (ratings)"),
+    S(state, "auto", "auto|sgd|adagrad|ftrl", false, ALL,
       "optimizer state kept per row (auto: what the schedule's optimizer needs)"),
-    D(init_scale, 0, 10, "0.05", false, "standard deviation of initial factors"),
-    I(seed, 0, 9.2e18, "42", false, "seed of initialization, sampling and shuffles"),
-    D(l2_global, 0, 1e6, "0", false, "L2 on the global bias"),
-    D(l2_bias, 0, 1e6, "0.0001", false, "L2 on per-id linear weights"),
-    D(l2_user, 0, 1e6, "0.0005", false, "L2 on user factors"),
-    D(l2_item, 0, 1e6, "0.0005", false, "L2 on item factors"),
-    D(l2_context, 0, 1e6, "0.0005", false, "L2 on context factors"),
-    I(max_users, 16, 2147483647, "16777216", false, "most user ids"),
-    I(max_items, 16, 2147483647, "4194304", false, "most item ids"),
-    I(context_bits, 1, 26, "16", false, "context features hash into 2^bits rows"),
-    I(chunk_rows, 64, 16777216, "65536", false, "rows per storage chunk (power of two)"),
-    I(min_count, 0, 1000000, "0", false, "events before an id gets its own embedding"),
-    D(expire_seconds, 0, 1e9, "0", false, "forget ids unseen this many seconds (0 = never)"),
-    D(grad_clip, 0, 1e9, "100", false, "largest gradient norm per event (0 = no clip)"),
-    D(adagrad_init, 1e-12, 1e6, "0.1", false, "initial AdaGrad accumulator"),
-    D(rating_offset, -1e9, 1e9, "0", false, "squared loss: initial global bias"),
-    {"schedule", OPT_JSON, OFF(schedule), 0, 0, 0, NULL, NULL, true,
+    D(init_scale, 0, 10, "0.05", false, ALL, "standard deviation of initial factors"),
+    I(seed, 0, 9.2e18, "42", false, ALL, "seed of initialization, sampling and shuffles"),
+    D(l2_global, 0, 1e6, "0", false, ALL, "L2 on the global bias"),
+    D(l2_bias, 0, 1e6, "0.0001", false, ALL, "L2 on per-id linear weights"),
+    D(l2_user, 0, 1e6, "0.0005", false, ALL, "L2 on user factors"),
+    D(l2_item, 0, 1e6, "0.0005", false, ALL, "L2 on item factors"),
+    D(l2_context, 0, 1e6, "0.0005", false, ALL, "L2 on context factors"),
+    I(max_users, 16, 2147483647, "16777216", false, ALL, "most user ids"),
+    I(max_items, 16, 2147483647, "4194304", false, ALL, "most item ids"),
+    I(context_bits, 1, 26, "16", false, ALL, "context features hash into 2^bits rows"),
+    I(chunk_rows, 64, 16777216, "65536", false, ALL, "rows per storage chunk (power of two)"),
+    I(min_count, 0, 1000000, "0", false, ALL, "events before an id gets its own embedding"),
+    D(expire_seconds, 0, 1e9, "0", false, ALL, "forget ids unseen this many seconds (0 = never)"),
+    D(grad_clip, 0, 1e9, "100", false, ALL, "largest gradient norm per event (0 = no clip)"),
+    D(adagrad_init, 1e-12, 1e6, "0.1", false, ALL, "initial AdaGrad accumulator"),
+    D(rating_offset, -1e9, 1e9, "0", false, ALL, "squared loss: initial global bias"),
+    {"schedule", OPT_JSON, OFF(schedule), 0, 0, 0, NULL, NULL, true, ALL,
      "learning-rate schedule and optimizer, a JSON object (see README); live: PUT /v1/admin/schedule"},
     /* trainers and queue */
-    I(threads, 1, 256, "2", false, "trainer threads"),
-    I(batch, 1, 65536, "256", false, "events a trainer takes from the queue at once"),
-    I(queue_capacity, 16, 1 << 28, "262144", false, "events the queue holds"),
-    S(negative_sampling, "auto", "auto|on|off", false,
+    I(threads, 1, 256, "2", false, ALL, "trainer threads"),
+    I(batch, 1, 65536, "256", false, ALL, "events a trainer takes from the queue at once"),
+    I(queue_capacity, 16, 1 << 28, "262144", false, ALL, "events the queue holds"),
+    S(negative_sampling, "auto", "auto|on|off", false, ALL,
       "sample negatives for positive-only streams (auto: until an explicit 0 label arrives)"),
-    I(negatives, 0, 100, "1", false, "sampled negatives per positive"),
-    D(negative_alpha, 0, 2, "0", false, "negatives by popularity^alpha (0 = uniform)"),
-    I(progress_window, 100, 10000000, "10000", false, "events in the progressive-validation window"),
+    I(negatives, 0, 100, "1", false, ALL, "sampled negatives per positive"),
+    D(negative_alpha, 0, 2, "0", false, ALL, "negatives by popularity^alpha (0 = uniform)"),
+    I(progress_window, 100, 10000000, "10000", false, ALL, "events in the progressive-validation window"),
     /* server */
-    S(bind, "127.0.0.1", NULL, false, "address to listen on"),
-    I(port, 0, 65535, "8080", false, "TCP port (0 = any free port)"),
-    I(http_threads, 1, 256, "2", false, "HTTP worker threads"),
-    S(admin_token, "", NULL, false, "bearer token of the admin routes (empty = admin disabled)"),
-    I(max_body_bytes, 1024, 1 << 30, "8388608", false, "largest request body"),
-    I(max_connections, 1, 100000, "1024", false, "most open connections"),
-    I(per_ip_connections, 0, 100000, "256", false, "most connections per client IP (0 = no limit)"),
-    I(connection_timeout, 1, 86400, "30", false, "idle connection timeout, seconds"),
-    I(memory_limit, 8192, 1 << 30, "32768", false,
+    S(bind, "127.0.0.1", NULL, false, SERVE, "address to listen on"),
+    I(port, 0, 65535, "8080", false, SERVE, "TCP port (0 = any free port)"),
+    I(http_threads, 1, 256, "2", false, SERVE, "HTTP worker threads"),
+    S(admin_token, "", NULL, false, SERVE, "bearer token of the admin routes (empty = admin disabled)"),
+    I(max_body_bytes, 1024, 1 << 30, "8388608", false, SERVE, "largest request body"),
+    I(max_connections, 1, 100000, "1024", false, SERVE, "most open connections"),
+    I(per_ip_connections, 0, 100000, "256", false, SERVE, "most connections per client IP (0 = no limit)"),
+    I(connection_timeout, 1, 86400, "30", false, SERVE, "idle connection timeout, seconds"),
+    I(memory_limit, 8192, 1 << 30, "32768", false, SERVE,
       "memory per connection for headers, bytes (libmicrohttpd zeroes it between requests)"),
-    I(max_batch_events, 1, 1000000, "10000", false, "most events in one POST /v1/events"),
-    D(dedup_window, 0, 1e7, "600", false, "seconds an event id is remembered for de-duplication"),
-    I(history_per_user, 0, 10000, "64", false, "recent items remembered per user (exclude_seen)"),
+    I(max_batch_events, 1, 1000000, "10000", false, SERVE, "most events in one POST /v1/events"),
+    D(dedup_window, 0, 1e7, "600", false, SERVE, "seconds an event id is remembered for de-duplication"),
+    I(history_per_user, 0, 10000, "64", false, SERVE, "recent items remembered per user (exclude_seen)"),
     /* persistence */
-    S(db, "hogrec.db", NULL, false, "SQLite file (empty = no persistence)"),
-    D(checkpoint_interval, 0, 1e7, "60", false, "seconds between checkpoints (0 = off)"),
-    I(checkpoint_events, 0, 1e12, "1000000", false, "events between checkpoints (0 = off)"),
-    I(keep_checkpoints, 1, 1000, "3", false, "complete checkpoints kept"),
-    I(full_every, 1, 100000, "10", false, "a full checkpoint after this many incremental ones"),
-    S(durability, "sync", "sync|interval", false,
+    S(db, "hogrec.db", NULL, false, SERVE, "SQLite file (empty = no persistence)"),
+    D(checkpoint_interval, 0, 1e7, "60", false, SERVE, "seconds between checkpoints (0 = off)"),
+    I(checkpoint_events, 0, 1e12, "1000000", false, SERVE, "events between checkpoints (0 = off)"),
+    I(keep_checkpoints, 1, 1000, "3", false, SERVE, "complete checkpoints kept"),
+    I(full_every, 1, 100000, "10", false, SERVE, "a full checkpoint after this many incremental ones"),
+    S(durability, "sync", "sync|interval", false, SERVE,
       "sync: events synced before the 202; interval: synced every sync_interval_ms"),
-    I(sync_interval_ms, 1, 60000, "100", false, "event-log sync period for durability interval"),
-    S(log_level, "info", "debug|info|warn|error", false, "least severe log level printed"),
+    I(sync_interval_ms, 1, 60000, "100", false, SERVE, "event-log sync period for durability interval"),
+    S(log_level, "info", "debug|info|warn|error", false, SERVE, "least severe log level printed"),
 };
 
 static bool choice_ok(const char *choices, const char *v)
@@ -299,6 +306,15 @@ hr_status hr_config_from_args(hr_config *c, int argc, char **argv, const char *c
                               hr_extra_flag *extra, int nextra, const char **positional,
                               int max_positional, int *npositional, bool *help, hr_error *err)
 {
+    return hr_config_from_command_args(c, HR_CMD_SERVE, argc, argv, config_default, extra, nextra,
+                                       positional, max_positional, npositional, help, err);
+}
+
+hr_status hr_config_from_command_args(hr_config *c, hr_command cmd, int argc, char **argv,
+                                      const char *config_default, hr_extra_flag *extra, int nextra,
+                                      const char **positional, int max_positional,
+                                      int *npositional, bool *help, hr_error *err)
+{
     hr_config_defaults(c);
     *help = false;
     *npositional = 0;
@@ -337,6 +353,16 @@ hr_status hr_config_from_args(hr_config *c, int argc, char **argv, const char *c
         }
         const char *v;
         size_t n = flag_name(arg, &v);
+        hr_extra_flag *x = NULL;
+        for (int j = 0; j < nextra; j++)
+            if (same_flag(arg + 2, n, extra[j].name))
+                x = &extra[j];
+        if (x && x->is_switch) {
+            if (v)
+                return hr_error_set(err, HR_EINVAL, x->name, "--%s takes no value", x->name);
+            x->value = "";
+            continue;
+        }
         if (!v) {
             if (i + 1 >= argc)
                 return hr_error_set(err, HR_EINVAL, arg + 2, "%s needs a value", arg);
@@ -344,10 +370,6 @@ hr_status hr_config_from_args(hr_config *c, int argc, char **argv, const char *c
         }
         if (same_flag(arg + 2, n, "config"))
             continue;
-        hr_extra_flag *x = NULL;
-        for (int j = 0; j < nextra; j++)
-            if (same_flag(arg + 2, n, extra[j].name))
-                x = &extra[j];
         if (x) {
             x->value = v;
             continue;
@@ -356,13 +378,32 @@ hr_status hr_config_from_args(hr_config *c, int argc, char **argv, const char *c
         if (!o)
             return hr_error_set(err, HR_EINVAL, arg + 2, "unknown option '%.*s' (see --help)",
                                 (int)n, arg + 2);
+        if (!(o->commands & cmd))
+            return hr_error_set(err, HR_EINVAL, o->name,
+                                "option '%.*s' does not apply to %s (see --help)", (int)n,
+                                arg + 2, hr_command_name(cmd));
         if ((st = set_opt(c, o, v, err)) != HR_OK)
             return st;
     }
     return HR_OK;
 }
 
+const char *hr_command_name(hr_command cmd)
+{
+    switch (cmd) {
+    case HR_CMD_SERVE: return "serve";
+    case HR_CMD_REPLAY: return "replay";
+    }
+    return "?";
+}
+
 void hr_config_print_help(FILE *out, const hr_extra_flag *extra, int nextra)
+{
+    hr_config_print_command_help(out, HR_CMD_SERVE, extra, nextra);
+}
+
+void hr_config_print_command_help(FILE *out, hr_command cmd, const hr_extra_flag *extra,
+                                  int nextra)
 {
     fprintf(out, "Options (also as JSON keys in the --config file, and as HOGREC_<NAME>\n"
                  "environment variables; flags override the environment, which overrides\n"
@@ -370,6 +411,8 @@ void hr_config_print_help(FILE *out, const hr_extra_flag *extra, int nextra)
     fprintf(out, "  %-26s %s\n", "--config FILE", "JSON config file");
     for (size_t i = 0; i < HR_ARRAY_LEN(options); i++) {
         const opt *o = &options[i];
+        if (!(o->commands & cmd))
+            continue;
         char flag[64];
         snprintf(flag, sizeof flag, "--%s", o->name);
         for (char *p = flag + 2; *p; p++)

@@ -100,9 +100,12 @@ static hr_status parse_ndjson(hr_model *m, const char *line, size_t len, int int
 }
 
 hr_status hr_replay_read(hr_model *m, const char *path, hr_replay_format fmt, double binarize,
-                         int intern, hr_event_list *out, hr_error *err)
+                         int intern, bool strict, hr_replay_skips *skips, hr_event_list *out,
+                         hr_error *err)
 {
     memset(out, 0, sizeof *out);
+    if (skips)
+        memset(skips, 0, sizeof *skips);
     FILE *f = fopen(path, "r");
     if (!f)
         return hr_error_set(err, HR_EIO, "file", "%s: %s", path, strerror(errno));
@@ -118,10 +121,20 @@ hr_status hr_replay_read(hr_model *m, const char *path, hr_replay_format fmt, do
         if (l == 0)
             continue;
         hr_event ev;
-        st = fmt == HR_FMT_MOVIELENS ? parse_movielens(m, line, binarize, intern, &ev, err, lineno)
-                                     : parse_ndjson(m, line, l, intern, &ev, err, lineno);
-        if (st != HR_OK)
+        hr_error bad = {{0}, {0}};
+        st = fmt == HR_FMT_MOVIELENS ? parse_movielens(m, line, binarize, intern, &ev, &bad, lineno)
+                                     : parse_ndjson(m, line, l, intern, &ev, &bad, lineno);
+        if (st == HR_EINVAL && !strict && skips) {
+            if (skips->lines++ == 0)
+                skips->first = bad;
+            st = HR_OK;
+            continue;
+        }
+        if (st != HR_OK) {
+            if (err)
+                *err = bad;
             break;
+        }
         if ((st = push_event(out, &cap, &ev)) != HR_OK) {
             hr_error_set(err, st, NULL, "out of memory");
             break;
@@ -185,18 +198,28 @@ void hr_replay_evaluate(const hr_model *m, const hr_event_list *test, hr_eval *o
     free(label);
 }
 
-static void progress_line(hr_app *app, uint64_t t0, uint64_t pushed)
+/* One progress line on stderr. Its figures are the ones of r, the same
+ * report the JSON summary is built from: RMSE (squared loss) or logloss and
+ * AUC over the progressive window. */
+static void progress_line(hr_app *app, const hr_progress_report *r, uint64_t t0, uint64_t pushed)
 {
-    hr_progress_report r;
-    hr_progress_get(app->progress, 0, &r);
     double secs = (hr_now_ns() - t0) / 1e9;
     hr_trainer_counts c;
     hr_trainer_get_counts(app->trainer, &c);
-    fprintf(stderr, "replay: %llu pushed, %llu trained, %.0f events/s, progressive %s %.4f auc %.4f\n",
+    fprintf(stderr, "replay: %llu pushed, %llu trained, %.0f events/s, progressive (last %zu) ",
             (unsigned long long)pushed, (unsigned long long)c.trained,
-            secs > 0 ? c.trained / secs : 0.0,
-            hr_model_get_config(app->model)->loss == HR_LOSS_SQUARED ? "mse" : "logloss", r.loss,
-            r.auc);
+            secs > 0 ? c.trained / secs : 0.0, r->n);
+    if (hr_model_get_config(app->model)->loss == HR_LOSS_SQUARED)
+        fprintf(stderr, "rmse %.4f\n", r->rmse);
+    else
+        fprintf(stderr, "logloss %.4f auc %.4f\n", r->loss, r->auc);
+}
+
+static void report_skips(const char *file, const hr_replay_skips *s)
+{
+    if (s->lines)
+        fprintf(stderr, "hogrec replay: %s: skipped %zu bad line%s (the first: %s; --strict to stop)\n",
+                file, s->lines, s->lines == 1 ? "" : "s", s->first.message);
 }
 
 static json_t *num(double v) { return isfinite(v) ? json_real(v) : json_null(); }
@@ -204,24 +227,27 @@ static json_t *num(double v) { return isfinite(v) ? json_real(v) : json_null(); 
 int hr_replay_main(int argc, char **argv)
 {
     hr_extra_flag extra[] = {
-        {"format", "replay: ndjson | movielens (default: movielens if the file ends in .data/.base/.test, else ndjson)", NULL},
-        {"binarize", "replay: movielens rating >= R is a click, lower a non-click", NULL},
-        {"passes", "replay: passes over the file (default 1)", NULL},
-        {"order", "replay: file | time | shuffle (default time)", NULL},
-        {"test", "replay: held-out file to evaluate after training", NULL},
+        {"format", "replay: ndjson | movielens (default: movielens if the file ends in .data/.base/.test, else ndjson)", NULL, false},
+        {"binarize", "replay: movielens rating >= R is a click, lower a non-click", NULL, false},
+        {"passes", "replay: passes over the file (default 1)", NULL, false},
+        {"order", "replay: file | time | shuffle (default time)", NULL, false},
+        {"test", "replay: held-out file to evaluate after training", NULL, false},
+        {"strict", "replay: stop at the first bad line (default: skip bad lines, count them)", NULL,
+         true},
     };
-    enum { X_FORMAT, X_BINARIZE, X_PASSES, X_ORDER, X_TEST };
+    enum { X_FORMAT, X_BINARIZE, X_PASSES, X_ORDER, X_TEST, X_STRICT };
     hr_config cfg;
     hr_error err = {{0}, {0}};
     const char *pos[2];
     int npos = 0;
     bool help = false;
-    hr_status st = hr_config_from_args(&cfg, argc - 1, argv + 1, "config/hogrec.json", extra,
-                                       (int)HR_ARRAY_LEN(extra), pos, 2, &npos, &help, &err);
+    hr_status st = hr_config_from_command_args(&cfg, HR_CMD_REPLAY, argc - 1, argv + 1,
+                                               "config/hogrec.json", extra,
+                                               (int)HR_ARRAY_LEN(extra), pos, 2, &npos, &help, &err);
     if (help) {
         printf("usage: hogrec replay [options] FILE\n"
                "Trains from FILE through the queue and trainers, then prints a JSON summary.\n");
-        hr_config_print_help(stdout, extra, (int)HR_ARRAY_LEN(extra));
+        hr_config_print_command_help(stdout, HR_CMD_REPLAY, extra, (int)HR_ARRAY_LEN(extra));
         hr_config_free(&cfg);
         return 0;
     }
@@ -269,16 +295,20 @@ int hr_replay_main(int argc, char **argv)
             goto out;
         }
     }
+    bool strict = extra[X_STRICT].value != NULL;
     cfg.db[0] = 0; /* replay trains in memory; the server owns the database */
 
     if ((st = hr_app_open(&cfg, &app, &err)) != HR_OK) {
         fprintf(stderr, "hogrec replay: %s\n", err.message);
         goto out;
     }
-    if ((st = hr_replay_read(app->model, file, fmt, binarize, 1, &train, &err)) != HR_OK) {
-        fprintf(stderr, "hogrec replay: %s: %s\n", file, err.message);
+    hr_replay_skips skips;
+    if ((st = hr_replay_read(app->model, file, fmt, binarize, 1, strict, &skips, &train, &err)) != HR_OK) {
+        fprintf(stderr, "hogrec replay: %s: %s%s\n", file, err.message,
+                st == HR_EINVAL ? " (--strict)" : "");
         goto out;
     }
+    report_skips(file, &skips);
     hr_replay_order_events(&train, order, (uint64_t)cfg.seed);
     uint64_t t0 = hr_now_ns(), last = t0, pushed = 0;
     const size_t chunk = 1024;
@@ -296,17 +326,19 @@ int hr_replay_main(int argc, char **argv)
             pushed += n;
             if (hr_now_ns() - last > 1000000000ull) {
                 last = hr_now_ns();
-                progress_line(app, t0, pushed);
+                hr_progress_report r;
+                hr_progress_get(app->progress, 0, &r);
+                progress_line(app, &r, t0, pushed);
             }
         }
     }
     free(buf);
     hr_trainer_wait_idle(app->trainer);
     double secs = (hr_now_ns() - t0) / 1e9;
-    progress_line(app, t0, pushed);
-
-    hr_progress_report pr;
+    hr_progress_report pr; /* the last line and the JSON both print this one */
     hr_progress_get(app->progress, 0, &pr);
+    progress_line(app, &pr, t0, pushed);
+
     hr_trainer_counts tc;
     hr_trainer_get_counts(app->trainer, &tc);
     bool squared = hr_model_get_config(app->model)->loss == HR_LOSS_SQUARED;
@@ -316,6 +348,7 @@ int hr_replay_main(int argc, char **argv)
     json_object_set_new(out, "passes", json_integer(passes));
     json_object_set_new(out, "seconds", json_real(secs));
     json_object_set_new(out, "events_per_s", json_real(secs > 0 ? tc.trained / secs : 0));
+    json_object_set_new(out, "skipped_lines", json_integer((json_int_t)skips.lines));
     json_t *prog = json_object();
     json_object_set_new(prog, "window", json_integer((json_int_t)pr.n));
     if (squared) {
@@ -327,15 +360,20 @@ int hr_replay_main(int argc, char **argv)
     }
     json_object_set_new(out, "progressive", prog);
     if (extra[X_TEST].value) {
-        if ((st = hr_replay_read(app->model, extra[X_TEST].value, fmt, binarize, 0, &test, &err)) != HR_OK) {
-            fprintf(stderr, "hogrec replay: %s: %s\n", extra[X_TEST].value, err.message);
+        hr_replay_skips test_skips;
+        if ((st = hr_replay_read(app->model, extra[X_TEST].value, fmt, binarize, 0, strict,
+                                 &test_skips, &test, &err)) != HR_OK) {
+            fprintf(stderr, "hogrec replay: %s: %s%s\n", extra[X_TEST].value, err.message,
+                    st == HR_EINVAL ? " (--strict)" : "");
             json_decref(out);
             goto out;
         }
+        report_skips(extra[X_TEST].value, &test_skips);
         hr_eval ev;
         hr_replay_evaluate(app->model, &test, &ev);
         json_t *t = json_object();
         json_object_set_new(t, "events", json_integer((json_int_t)ev.n));
+        json_object_set_new(t, "skipped_lines", json_integer((json_int_t)test_skips.lines));
         if (squared) {
             json_object_set_new(t, "rmse", num(ev.rmse));
         } else {

@@ -1,7 +1,7 @@
 /*
  * test_config.c - the options table: defaults valid, bounds enforced, the
  * file, environment and flags in their order of precedence, unknown names
- * refused.
+ * refused, each command's --help and flags limited to its options.
  */
 #include "testutil.h"
 
@@ -46,7 +46,7 @@ static void test_precedence_file_env_flags(void **state)
     char arg_config[600];
     snprintf(arg_config, sizeof arg_config, "--config=%s", path);
     char *argv[] = {arg_config, "--threads", "5", "--extra-thing", "x", "FILE"};
-    hr_extra_flag extra[] = {{"extra_thing", "test", NULL}};
+    hr_extra_flag extra[] = {{"extra_thing", "test", NULL, false}};
     hr_config c;
     hr_error err;
     const char *pos[2];
@@ -96,12 +96,90 @@ static void test_help_lists_every_option(void **state)
     json_decref(j);
 }
 
+static char *help_text(hr_command cmd, const hr_extra_flag *extra, int nextra)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    assert_non_null(f);
+    hr_config_print_command_help(f, cmd, extra, nextra);
+    fclose(f);
+    return buf;
+}
+
+static void test_options_per_command(void **state)
+{
+    (void)state;
+    hr_extra_flag extra[] = {{"passes", "replay: passes", NULL, false},
+                             {"strict", "replay: stop at a bad line", NULL, true}};
+    char *serve = help_text(HR_CMD_SERVE, NULL, 0);
+    char *replay = help_text(HR_CMD_REPLAY, extra, 2);
+    const char *both[] = {"--k ", "--loss ", "--threads ", "--schedule ", "--seed ", "--config "};
+    const char *serve_only[] = {"--port ", "--bind ", "--admin-token ", "--db ",
+                                "--durability ", "--max-body-bytes ", "--http-threads "};
+    for (size_t i = 0; i < HR_ARRAY_LEN(both); i++) {
+        assert_non_null(strstr(serve, both[i]));
+        assert_non_null(strstr(replay, both[i]));
+    }
+    for (size_t i = 0; i < HR_ARRAY_LEN(serve_only); i++) {
+        assert_non_null(strstr(serve, serve_only[i]));
+        if (strstr(replay, serve_only[i]))
+            fail_msg("replay help lists the serve option %s", serve_only[i]);
+    }
+    assert_non_null(strstr(replay, "--passes "));
+    assert_non_null(strstr(replay, "--strict "));
+    free(serve);
+    free(replay);
+
+    /* a serve flag is refused by replay, naming it; serve takes it */
+    hr_config c;
+    hr_error err;
+    const char *pos[2];
+    int npos;
+    bool help;
+    char *argv1[] = {"--port", "9", "FILE"};
+    assert_int_equal(hr_config_from_command_args(&c, HR_CMD_REPLAY, 3, argv1, NULL, NULL, 0, pos,
+                                                 2, &npos, &help, &err), HR_EINVAL);
+    assert_string_equal(err.field, "port");
+    assert_non_null(strstr(err.message, "replay"));
+    hr_config_free(&c);
+    assert_int_equal(hr_config_from_command_args(&c, HR_CMD_SERVE, 3, argv1, NULL, NULL, 0, pos,
+                                                 2, &npos, &help, &err), HR_OK);
+    assert_int_equal(c.port, 9);
+    hr_config_free(&c);
+    /* in the environment (one setting for every command) it is accepted */
+    setenv("HOGREC_PORT", "9002", 1);
+    char *argv2[] = {"--k", "8", "FILE"};
+    assert_int_equal(hr_config_from_command_args(&c, HR_CMD_REPLAY, 3, argv2, NULL, NULL, 0, pos,
+                                                 2, &npos, &help, &err), HR_OK);
+    assert_int_equal(c.k, 8);
+    hr_config_free(&c);
+    unsetenv("HOGREC_PORT");
+
+    /* a switch takes no value: the next argument stays positional */
+    char *argv3[] = {"--strict", "FILE", "--passes", "3"};
+    extra[0].value = extra[1].value = NULL;
+    assert_int_equal(hr_config_from_command_args(&c, HR_CMD_REPLAY, 4, argv3, NULL, extra, 2, pos,
+                                                 2, &npos, &help, &err), HR_OK);
+    assert_non_null(extra[1].value);
+    assert_string_equal(extra[0].value, "3");
+    assert_int_equal(npos, 1);
+    assert_string_equal(pos[0], "FILE");
+    hr_config_free(&c);
+    char *argv4[] = {"--strict=yes", "FILE"};
+    assert_int_equal(hr_config_from_command_args(&c, HR_CMD_REPLAY, 2, argv4, NULL, extra, 2, pos,
+                                                 2, &npos, &help, &err), HR_EINVAL);
+    assert_string_equal(err.field, "strict");
+    hr_config_free(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults_and_bounds),
         cmocka_unit_test(test_precedence_file_env_flags),
         cmocka_unit_test(test_help_lists_every_option),
+        cmocka_unit_test(test_options_per_command),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -71,6 +71,15 @@ typedef struct {
     char log_level[8];          /* "debug" | "info" | "warn" | "error" */
 } hr_config;
 
+/* The commands that read a config; an option applies to some of them. */
+typedef enum {
+    HR_CMD_SERVE = 1,  /* hogrec serve */
+    HR_CMD_REPLAY = 2, /* hogrec replay */
+} hr_command;
+
+/* "serve", "replay"; a static string. */
+const char *hr_command_name(hr_command cmd);
+
 /* Fills every field with its default. */
 void hr_config_defaults(hr_config *c);
 
@@ -93,22 +102,36 @@ hr_status hr_config_load_env(hr_config *c, hr_error *err);
  * then flags. Flags are --name value or --name=value (dashes or underscores);
  * a flag named in extra[] (command-specific, e.g. replay's --passes) has its
  * value stored there instead. Arguments that are not options are returned in
- * positional (borrowed from argv), at most max_positional. --help prints the
- * help and sets *help. */
+ * positional (borrowed from argv), at most max_positional. --help (or -h)
+ * sets *help and returns at once (the caller prints the help). A flag of an
+ * option that does not apply to cmd is an error (HR_EINVAL, err naming the
+ * option); in the file or the environment such an option is applied, unused
+ * (one config file serves every command). */
 typedef struct {
     const char *name;  /* flag without the dashes, e.g. "passes" */
     const char *help;  /* one line for --help */
     const char *value; /* out: the value given, or NULL (borrowed from argv) */
+    bool is_switch;    /* takes no value: value is "" when the flag is given */
 } hr_extra_flag;
 
+hr_status hr_config_from_command_args(hr_config *c, hr_command cmd, int argc, char **argv,
+                                      const char *config_default, hr_extra_flag *extra,
+                                      int nextra, const char **positional, int max_positional,
+                                      int *npositional, bool *help, hr_error *err);
+
+/* hr_config_from_command_args for HR_CMD_SERVE. */
 hr_status hr_config_from_args(hr_config *c, int argc, char **argv,
                               const char *config_default,
                               hr_extra_flag *extra, int nextra,
                               const char **positional, int max_positional,
                               int *npositional, bool *help, hr_error *err);
 
-/* Prints every option, its default and its help text, then the extra
- * command flags (may be NULL). */
+/* Prints the options that apply to cmd, each with its default and help
+ * text, then the extra command flags (may be NULL). */
+void hr_config_print_command_help(FILE *out, hr_command cmd, const hr_extra_flag *extra,
+                                  int nextra);
+
+/* hr_config_print_command_help for HR_CMD_SERVE. */
 void hr_config_print_help(FILE *out, const hr_extra_flag *extra, int nextra);
 
 /* Returns a new JSON object of the effective config (admin token hidden). */

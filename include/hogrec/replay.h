@@ -5,6 +5,7 @@
 #ifndef HOGREC_REPLAY_H
 #define HOGREC_REPLAY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 
@@ -19,13 +20,23 @@ typedef struct {
     size_t n;
 } hr_event_list;
 
+/* Bad lines that hr_replay_read left out. */
+typedef struct {
+    size_t lines;    /* how many */
+    hr_error first;  /* the first one's error (message names its line) */
+} hr_replay_skips;
+
 /* Reads a file into events. intern: add unknown ids to the model (training
  * data) or map them to the default row (test data). binarize > 0: a
  * movielens rating >= binarize becomes label 1, else 0 (logistic models);
- * with binarize 0 a logistic model takes every line as a positive. Errors
- * name the line. */
+ * with binarize 0 a logistic model takes every line as a positive. A bad
+ * line (not parsable, an invalid event: HR_EINVAL) is an error naming the
+ * line when strict; otherwise it is left out and counted in *skips (not
+ * NULL then; zeroed first). Other errors (the file, memory, an id table
+ * full) always stop the read. On error *out is empty. */
 hr_status hr_replay_read(hr_model *m, const char *path, hr_replay_format fmt, double binarize,
-                         int intern, hr_event_list *out, hr_error *err);
+                         int intern, bool strict, hr_replay_skips *skips, hr_event_list *out,
+                         hr_error *err);
 void hr_event_list_free(hr_event_list *l);
 
 /* Reorders events in place (time: stable by ts; shuffle: seeded). */
