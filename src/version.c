@@ -13,8 +13,10 @@
 
 #include "hogrec_version_gen.h"
 
+#define STR_(x) #x
+#define STR(x) STR_(x)
 #if defined(__clang__)
-#define COMPILER "clang " __clang_version__
+#define COMPILER "clang " STR(__clang_major__) "." STR(__clang_minor__) "." STR(__clang_patchlevel__)
 #elif defined(__GNUC__)
 #define COMPILER "gcc " __VERSION__
 #else
