@@ -165,7 +165,7 @@ class Server:
         self.port = None
         self._ready = threading.Event()
         self.proc = subprocess.Popen(
-            [env_path("HOGREC_BIN"), "serve", "--port", "0", "--bind", "127.0.0.1",
+            [os.path.abspath(env_path("HOGREC_BIN")), "serve", "--port", "0", "--bind", "127.0.0.1",
              "--threads", "1", "--http-threads", "2", "--max-users", "4096",
              "--max-items", "4096", "--log-level", "info"] + list(args),
             cwd=self.dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
