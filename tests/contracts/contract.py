@@ -164,12 +164,16 @@ class Server:
         self.log = []
         self.port = None
         self._ready = threading.Event()
-        self.proc = subprocess.Popen(
-            [os.path.abspath(env_path("HOGREC_BIN")), "serve", "--port", "0", "--bind", "127.0.0.1",
-             "--threads", "1", "--http-threads", "2", "--max-users", "4096",
-             "--max-items", "4096", "--log-level", "info"] + list(args),
-            cwd=self.dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE)
+        try:
+            self.proc = subprocess.Popen(
+                [os.path.abspath(env_path("HOGREC_BIN")), "serve", "--port", "0", "--bind",
+                 "127.0.0.1", "--threads", "1", "--http-threads", "2", "--max-users", "4096",
+                 "--max-items", "4096", "--log-level", "info"] + list(args),
+                cwd=self.dir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE)
+        except OSError as e:
+            subprocess.run(["rm", "-rf", self.dir], check=False)
+            raise Failure(f"{name}: cannot run the server: {e}") from e
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         # Bounded only against a server that never gets ready; it normally
