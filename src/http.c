@@ -905,9 +905,76 @@ static void sb_printf(sbuf *b, const char *fmt, ...)
     }
 }
 
+/* v as the Prometheus text format spells it: NaN, +Inf, -Inf, or the
+ * shortest %g that reads back as v. */
+static void prom_float(char out[32], double v)
+{
+    if (isnan(v)) {
+        snprintf(out, 32, "NaN");
+        return;
+    }
+    if (isinf(v)) {
+        snprintf(out, 32, v > 0 ? "+Inf" : "-Inf");
+        return;
+    }
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(out, 32, "%.*g", prec, v);
+        if (strtod(out, NULL) == v)
+            return;
+    }
+}
+
+/* One family of one unlabelled sample, with its HELP and TYPE. */
+static void emit_u64(sbuf *b, const char *type, const char *name, const char *help, uint64_t v)
+{
+    sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n", name, help, name, type, name, v);
+}
+
+static void emit_f64(sbuf *b, const char *type, const char *name, const char *help, double v)
+{
+    char num[32];
+    prom_float(num, v);
+    sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %s\n", name, help, name, type, name, num);
+}
+
+/* The unlabelled families of /metrics, one line each: TYPE, name, HELP,
+ * kind (u64: an integer; f64: a double) and value, an expression over the
+ * locals of metrics_text (h, app, qs, tc, rep). A new counter or gauge is
+ * one line here. */
+#define SCALAR_METRICS(X)                                                                        \
+    X(counter, "hogrec_events_accepted_total", "Events accepted (queued, and logged with a "    \
+      "database).", u64, qs.accepted)                                                           \
+    X(counter, "hogrec_events_trained_total", "Accepted events the trainers applied to the "    \
+      "model (sampled negatives not counted).", u64, tc.trained)                                 \
+    X(counter, "hogrec_events_rejected_total", "Events rejected as invalid (listed by index in " \
+      "the reply).", u64, atomic_load(&h->rejected))                                             \
+    X(counter, "hogrec_events_refused_total", "Events of requests refused whole with 429 "      \
+      "(queue full).", u64, qs.refused)                                                          \
+    X(counter, "hogrec_events_duplicate_total", "Events not applied again: their id was "       \
+      "applied within dedup_window.", u64, atomic_load(&h->duplicates))                          \
+    X(gauge, "hogrec_queue_depth", "Events in the queue waiting for a trainer.", u64, qs.depth)  \
+    X(gauge, "hogrec_queue_capacity", "Events the queue holds at most.", u64, qs.capacity)       \
+    X(counter, "hogrec_updates_total", "Model update steps since start, sampled negatives "     \
+      "included.", u64, tc.updates)                                                              \
+    X(gauge, "hogrec_model_users", "User ids the model holds.", u64,                             \
+      hr_model_id_count(app->model, HR_TABLE_USER))                                              \
+    X(gauge, "hogrec_model_items", "Item ids the model holds.", u64,                             \
+      hr_model_id_count(app->model, HR_TABLE_ITEM))                                              \
+    X(gauge, "hogrec_model_bytes", "Bytes of memory the model's rows, marks and id indexes "    \
+      "use.", u64, hr_model_bytes(app->model))                                                   \
+    X(gauge, "hogrec_progressive_loss", "Progressive validation loss over the window (logloss " \
+      "or RMSE; NaN before any event).", f64, rep.loss)                                          \
+    X(gauge, "hogrec_progressive_auc", "Progressive validation AUC over the window (NaN "      \
+      "without both labels).", f64, rep.auc)                                                     \
+    X(gauge, "hogrec_schedule_version", "Version of the live learning-rate schedule.", u64,     \
+      hr_schedbox_current(app->sched)->version)                                                  \
+    X(gauge, "hogrec_ready", "1 when /readyz answers 200, else 0.", u64,                         \
+      hr_app_not_ready(app) ? 0 : 1)
+
 static char *metrics_text(hr_http *h, size_t *len)
 {
     sbuf b = {0};
+    char num[32];
     sb_printf(&b, "# HELP hogrec_http_requests_total HTTP requests answered, by route and status class.\n"
                   "# TYPE hogrec_http_requests_total counter\n");
     for (int i = 0; i < R_COUNT; i++)
@@ -923,15 +990,19 @@ static char *metrics_text(hr_http *h, size_t *len)
         /* bucket j holds [2^(j-1), 2^j) us: le = 2^j us; print 1 us .. ~67 s */
         for (int j = 0; j <= 26; j++) {
             cum += atomic_load(&hh->b[j]);
-            sb_printf(&b, "hogrec_http_request_duration_seconds_bucket{route=\"%s\",le=\"%g\"} %" PRIu64 "\n",
-                      routes[i].label, (double)(1ull << j) * 1e-6, cum);
+            prom_float(num, (double)(1ull << j) * 1e-6);
+            sb_printf(&b, "hogrec_http_request_duration_seconds_bucket{route=\"%s\",le=\"%s\"} %" PRIu64 "\n",
+                      routes[i].label, num, cum);
         }
+        /* count is read once: the +Inf bucket and _count must agree */
+        uint64_t count = atomic_load(&hh->count);
+        if (count < cum)
+            count = cum;
+        prom_float(num, (double)atomic_load(&hh->sum) * 1e-6);
         sb_printf(&b, "hogrec_http_request_duration_seconds_bucket{route=\"%s\",le=\"+Inf\"} %" PRIu64 "\n"
-                      "hogrec_http_request_duration_seconds_sum{route=\"%s\"} %g\n"
+                      "hogrec_http_request_duration_seconds_sum{route=\"%s\"} %s\n"
                       "hogrec_http_request_duration_seconds_count{route=\"%s\"} %" PRIu64 "\n",
-                  routes[i].label, (uint64_t)atomic_load(&hh->count), routes[i].label,
-                  (double)atomic_load(&hh->sum) * 1e-6, routes[i].label,
-                  (uint64_t)atomic_load(&hh->count));
+                  routes[i].label, count, routes[i].label, num, routes[i].label, count);
     }
     hr_app *app = h->app;
     hr_queue_stats qs;
@@ -940,34 +1011,23 @@ static char *metrics_text(hr_http *h, size_t *len)
     hr_trainer_get_counts(app->trainer, &tc);
     hr_progress_report rep;
     hr_progress_get(app->progress, 0, &rep);
+#define EMIT_SCALAR(type, name, help, kind, value) emit_##kind(&b, #type, name, help, value);
+    SCALAR_METRICS(EMIT_SCALAR)
+#undef EMIT_SCALAR
     const hr_hist *fr = hr_trainer_freshness(app->trainer);
+    char q50[32], q99[32];
+    prom_float(q50, (double)hr_hist_quantile(fr, 0.5) * 1e-6);
+    prom_float(q99, (double)hr_hist_quantile(fr, 0.99) * 1e-6);
+    prom_float(num, (double)atomic_load(&fr->sum) * 1e-6);
     sb_printf(&b,
-              "# TYPE hogrec_events_accepted_total counter\nhogrec_events_accepted_total %" PRIu64 "\n"
-              "# TYPE hogrec_events_trained_total counter\nhogrec_events_trained_total %" PRIu64 "\n"
-              "# TYPE hogrec_events_rejected_total counter\nhogrec_events_rejected_total %" PRIu64 "\n"
-              "# TYPE hogrec_events_refused_total counter\nhogrec_events_refused_total %" PRIu64 "\n"
-              "# TYPE hogrec_events_duplicate_total counter\nhogrec_events_duplicate_total %" PRIu64 "\n"
-              "# TYPE hogrec_queue_depth gauge\nhogrec_queue_depth %" PRIu64 "\n"
-              "# TYPE hogrec_queue_capacity gauge\nhogrec_queue_capacity %" PRIu64 "\n"
-              "# TYPE hogrec_updates_total counter\nhogrec_updates_total %" PRIu64 "\n"
-              "# TYPE hogrec_model_users gauge\nhogrec_model_users %u\n"
-              "# TYPE hogrec_model_items gauge\nhogrec_model_items %u\n"
-              "# TYPE hogrec_model_bytes gauge\nhogrec_model_bytes %zu\n"
-              "# TYPE hogrec_progressive_loss gauge\nhogrec_progressive_loss %g\n"
-              "# TYPE hogrec_progressive_auc gauge\nhogrec_progressive_auc %g\n"
+              "# HELP hogrec_freshness_seconds Time from an event queued to its update applied "
+              "(quantiles: upper bounds of log2 buckets).\n"
               "# TYPE hogrec_freshness_seconds summary\n"
-              "hogrec_freshness_seconds{quantile=\"0.5\"} %g\n"
-              "hogrec_freshness_seconds{quantile=\"0.99\"} %g\n"
-              "hogrec_freshness_seconds_count %" PRIu64 "\n"
-              "# TYPE hogrec_schedule_version gauge\nhogrec_schedule_version %" PRIu64 "\n"
-              "# TYPE hogrec_ready gauge\nhogrec_ready %d\n",
-              qs.accepted, tc.trained, (uint64_t)atomic_load(&h->rejected), qs.refused,
-              (uint64_t)atomic_load(&h->duplicates), qs.depth, qs.capacity, tc.updates,
-              hr_model_id_count(app->model, HR_TABLE_USER),
-              hr_model_id_count(app->model, HR_TABLE_ITEM), hr_model_bytes(app->model),
-              rep.loss, rep.auc, (double)hr_hist_quantile(fr, 0.5) * 1e-6,
-              (double)hr_hist_quantile(fr, 0.99) * 1e-6, (uint64_t)atomic_load(&fr->count),
-              hr_schedbox_current(app->sched)->version, hr_app_not_ready(app) ? 0 : 1);
+              "hogrec_freshness_seconds{quantile=\"0.5\"} %s\n"
+              "hogrec_freshness_seconds{quantile=\"0.99\"} %s\n"
+              "hogrec_freshness_seconds_sum %s\n"
+              "hogrec_freshness_seconds_count %" PRIu64 "\n",
+              q50, q99, num, (uint64_t)atomic_load(&fr->count));
     if (b.oom) {
         free(b.buf);
         return NULL;
