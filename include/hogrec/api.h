@@ -44,6 +44,15 @@ hr_status hr_api_event_lookup(const hr_model *m, const json_t *obj, hr_event *ev
  * event log stores. Returns a new string (free()) and its length, or NULL. */
 char *hr_api_event_text(const json_t *obj, size_t *len);
 
+/* Splits an NDJSON body of len bytes (not NUL-terminated; NULL when len is
+ * 0) into its lines. Each line holding more than blanks (space, tab, CR) is
+ * parsed (duplicate keys rejected) and appended to arr; a line that does not
+ * parse is appended as JSON null, and {"index": i, "message": "not JSON: ..."}
+ * (i counts the non-blank lines from 0; the message is printable ASCII) is
+ * appended to errors. arr and errors are borrowed arrays. Returns how many
+ * lines parsed. */
+size_t hr_api_ndjson_split(const char *body, size_t len, json_t *arr, json_t *errors);
+
 /* Flags of ids a query named but the model does not know. */
 enum { HR_API_UNKNOWN_USER = 1u << 0, HR_API_UNKNOWN_ITEM = 1u << 1 };
 
