@@ -112,6 +112,8 @@ static hr_status event_from_json(hr_model *m, const json_t *obj, hr_event *ev,
             return hr_error_set(err, HR_EINVAL, "rating", "rating is required by a squared-loss model");
         if ((st = number(rating, "rating", &d, err)) != HR_OK)
             return st;
+        if (fabs(d) > 1e6) /* a float label, squared in the loss */
+            return hr_error_set(err, HR_EINVAL, "rating", "rating must be at most 1e6 in size");
         ev->label = (float)d;
         if (label)
             return hr_error_set(err, HR_EINVAL, "label", "label is for logistic models; send rating");

@@ -101,6 +101,15 @@ static void test_squared_needs_rating(void **state)
     assert_true(ev.label == 4.5f);
     assert_int_equal(ev_from(m, "{\"user\":1,\"item\":2}", &ev, &e), HR_EINVAL);
     assert_string_equal(e.field, "rating");
+    /* Found by tests/fuzz/fuzz_event (corpus/event/regress-rating-float-overflow.json):
+     * a rating that is a finite double but not a finite float became an
+     * infinite label, and the model trained on it (progressive mse inf). */
+    assert_int_equal(ev_from(m, "{\"user\":1,\"item\":2,\"rating\":1e39}", &ev, &e), HR_EINVAL);
+    assert_string_equal(e.field, "rating");
+    assert_int_equal(ev_from(m, "{\"user\":1,\"item\":2,\"rating\":-1e7}", &ev, &e), HR_EINVAL);
+    assert_string_equal(e.field, "rating");
+    assert_int_equal(ev_from(m, "{\"user\":1,\"item\":2,\"rating\":-1e6}", &ev, &e), HR_OK);
+    assert_true(ev.label == -1e6f);
     hr_model_destroy(m);
 }
 

@@ -3,9 +3,9 @@
  * globals), so they can be fuzzed; the only side effect is interning new
  * ids into the model when an event is resolved.
  *
- * Event object: {"user": id, "item": id, "label": 0|1, "rating": number,
- *   "weight": number >= 0, "ts": number, "features": {field: string|number},
- *   "id": string|integer}. An id is a string of 1..256 bytes or an integer
+ * Event object: {"user": id, "item": id, "label": 0|1, "rating": number in
+ *   [-1e6, 1e6], "weight": number in [0, 1e6], "ts": number,
+ *   "features": {field: string|number}, "id": string|integer}. An id is a string of 1..256 bytes or an integer
  * (the same id as its decimal string).
  */
 #ifndef HOGREC_API_H
