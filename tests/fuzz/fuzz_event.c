@@ -4,14 +4,17 @@
  * drives it.
  *
  * Input: a JSON text; an object is one event, an array a batch (its first
- * 32 elements, more than the tables hold, so "table full" is reached).
- * Each event is decoded by a fresh logistic and a fresh squared-loss model
- * (16 users, 16 items, 16 context rows). Checked: an error is HR_EINVAL or
- * HR_EFULL with a message and creates no id; an accepted event has rows in
- * range that hold the ids it names, a finite label (0 or 1 when logistic),
- * weight and feature values, a finite prediction; looking it up again finds
- * the same rows; its log text (hr_api_event_text) parses back to the same
- * object and decodes to the same event.
+ * 32 elements, more than the tables hold, so "table full" is reached). Each
+ * input gets a fresh logistic and a fresh squared-loss model (16 users, 16
+ * items, 16 context rows), and each event is decoded by both, first as a
+ * predict pair (hr_api_pair_from_json: creates no id, unknown ids are row 0
+ * and flagged, the prediction is finite), then as an event. Checked: an
+ * error is HR_EINVAL or HR_EFULL with a message and HR_EINVAL creates no id;
+ * an accepted event has rows in range that hold the ids it names, a finite
+ * label (0 or 1 when logistic), weight and feature values, a finite
+ * prediction; looking it up again finds the same rows; its log text
+ * (hr_api_event_text) parses back to the same object and decodes to the
+ * same event.
  */
 #include <jansson.h>
 #include <math.h>
@@ -87,8 +90,23 @@ static void check_event(hr_model *m, const json_t *obj)
     uint32_t users = hr_model_id_count(m, HR_TABLE_USER), items = hr_model_id_count(m, HR_TABLE_ITEM);
     hr_event ev;
     hr_error e = {{0}, {0}};
+
+    /* as a predict pair: creates nothing, unknown ids score through row 0 */
+    unsigned unknown = 99;
+    hr_status st = hr_api_pair_from_json(m, obj, &ev, &unknown, &e);
+    FUZZ_CHECK(st == HR_OK || (st == HR_EINVAL && e.message[0] != 0));
+    if (st == HR_OK) {
+        FUZZ_CHECK(ev.user < hr_model_rows(m, HR_TABLE_USER) &&
+                   ev.item < hr_model_rows(m, HR_TABLE_ITEM));
+        FUZZ_CHECK((ev.user == 0) == ((unknown & HR_API_UNKNOWN_USER) != 0));
+        FUZZ_CHECK((ev.item == 0) == ((unknown & HR_API_UNKNOWN_ITEM) != 0));
+        FUZZ_CHECK(isfinite(hr_model_predict(m, &ev)));
+    }
+    FUZZ_CHECK(hr_model_id_count(m, HR_TABLE_USER) == users &&
+               hr_model_id_count(m, HR_TABLE_ITEM) == items);
+
     const json_t *eid = (const json_t *)&e; /* must be overwritten */
-    hr_status st = hr_api_event_from_json(m, obj, &ev, &eid, &e);
+    st = hr_api_event_from_json(m, obj, &ev, &eid, &e);
     if (st != HR_OK) {
         FUZZ_CHECK(st == HR_EINVAL || st == HR_EFULL);
         FUZZ_CHECK(e.message[0] != 0);
@@ -119,7 +137,7 @@ static void check_event(hr_model *m, const json_t *obj)
 
     /* held-out decoding finds the rows just interned */
     hr_event again;
-    unsigned unknown = 99;
+    unknown = 99;
     FUZZ_CHECK(hr_api_event_lookup(m, obj, &again, &unknown, &e) == HR_OK);
     FUZZ_CHECK(unknown == 0 && same_event(&ev, &again));
 
