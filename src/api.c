@@ -112,6 +112,8 @@ static hr_status event_from_json(hr_model *m, const json_t *obj, hr_event *ev,
             return hr_error_set(err, HR_EINVAL, "rating", "rating is required by a squared-loss model");
         if ((st = number(rating, "rating", &d, err)) != HR_OK)
             return st;
+        if (fabs(d) > 1e6) /* a float label, squared in the loss */
+            return hr_error_set(err, HR_EINVAL, "rating", "rating must be at most 1e6 in size");
         ev->label = (float)d;
         if (label)
             return hr_error_set(err, HR_EINVAL, "label", "label is for logistic models; send rating");
@@ -188,6 +190,37 @@ char *hr_api_event_text(const json_t *obj, size_t *len)
     if (s && len)
         *len = strlen(s);
     return s;
+}
+
+size_t hr_api_ndjson_split(const char *body, size_t len, json_t *arr, json_t *errors)
+{
+    size_t parsed = 0, idx = 0;
+    const char *p = body ? body : "", *end = p + (body ? len : 0);
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl ? nl : end;
+        const char *q = p;
+        while (q < le && (*q == ' ' || *q == '\t' || *q == '\r'))
+            q++;
+        if (q < le) {
+            json_error_t jerr;
+            json_t *v = json_loadb(p, (size_t)(le - p), JSON_REJECT_DUPLICATES, &jerr);
+            if (v) {
+                parsed++;
+            } else {
+                hr_api_printable(jerr.text);
+                json_array_append_new(errors, json_pack("{s:I,s:s+}", "index", (json_int_t)idx,
+                                                        "message", "not JSON: ", jerr.text));
+                v = json_null();
+            }
+            json_array_append_new(arr, v);
+            idx++;
+        }
+        if (!nl)
+            break;
+        p = nl + 1;
+    }
+    return parsed;
 }
 
 hr_status hr_api_pair_from_json(const hr_model *m, const json_t *obj, hr_event *ev,

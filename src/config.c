@@ -221,28 +221,21 @@ hr_status hr_config_set(hr_config *c, const char *name, const char *value, hr_er
     return set_opt(c, o, value, err);
 }
 
-hr_status hr_config_load_file(hr_config *c, const char *path, hr_error *err)
+/* Applies the parsed config object root (borrowed); origin names it in
+ * errors. */
+static hr_status apply_json(hr_config *c, json_t *root, const char *origin, hr_error *err)
 {
-    json_error_t jerr;
-    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root)
-        return hr_error_set(err, HR_EINVAL, "config", "%s:%d:%d: %s", path, jerr.line,
-                            jerr.column, jerr.text);
-    hr_status st = HR_OK;
-    if (!json_is_object(root)) {
-        st = hr_error_set(err, HR_EINVAL, "config", "%s: must be a JSON object", path);
-        goto out;
-    }
+    if (!json_is_object(root))
+        return hr_error_set(err, HR_EINVAL, "config", "%s: must be a JSON object", origin);
     const char *key;
     json_t *val;
     json_object_foreach(root, key, val) {
         if (key[0] == '_') /* "_comment" and friends */
             continue;
         const opt *o = find_opt(key, strlen(key));
-        if (!o) {
-            st = hr_error_set(err, HR_EINVAL, key, "%s: unknown option '%s'", path, key);
-            goto out;
-        }
+        hr_status st;
+        if (!o)
+            return hr_error_set(err, HR_EINVAL, key, "%s: unknown option '%s'", origin, key);
         if (o->type == OPT_JSON) {
             st = set_json_opt(c, o, json_incref(val), err);
         } else if (json_is_string(val)) {
@@ -253,12 +246,35 @@ hr_status hr_config_load_file(hr_config *c, const char *path, hr_error *err)
             st = set_opt(c, o, buf, err);
         } else {
             st = hr_error_set(err, HR_EINVAL, key, "%s: option '%s' has the wrong JSON type",
-                              path, key);
+                              origin, key);
         }
         if (st != HR_OK)
-            goto out;
+            return st;
     }
-out:
+    return HR_OK;
+}
+
+hr_status hr_config_load_file(hr_config *c, const char *path, hr_error *err)
+{
+    json_error_t jerr;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return hr_error_set(err, HR_EINVAL, "config", "%s:%d:%d: %s", path, jerr.line,
+                            jerr.column, jerr.text);
+    hr_status st = apply_json(c, root, path, err);
+    json_decref(root);
+    return st;
+}
+
+hr_status hr_config_load_text(hr_config *c, const char *text, size_t len, const char *origin,
+                              hr_error *err)
+{
+    json_error_t jerr;
+    json_t *root = json_loadb(text ? text : "", text ? len : 0, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root)
+        return hr_error_set(err, HR_EINVAL, "config", "%s:%d:%d: %s", origin, jerr.line,
+                            jerr.column, jerr.text);
+    hr_status st = apply_json(c, root, origin, err);
     json_decref(root);
     return st;
 }

@@ -346,38 +346,6 @@ static json_t *id_json(const char *key, size_t len)
 
 /* ---- POST /v1/events ---- */
 
-/* Splits an NDJSON body into an array; lines that do not parse become
- * JSON null with their parse error recorded in *errors. Returns the number
- * of lines that parsed. */
-static size_t ndjson_split(request *r, json_t *arr, json_t *errors)
-{
-    size_t parsed = 0, idx = 0;
-    const char *p = r->body ? r->body : "", *end = p + r->len;
-    while (p < end) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        const char *le = nl ? nl : end;
-        const char *q = p;
-        while (q < le && (*q == ' ' || *q == '\t' || *q == '\r'))
-            q++;
-        if (q < le) {
-            json_error_t jerr;
-            json_t *v = json_loadb(p, (size_t)(le - p), JSON_REJECT_DUPLICATES, &jerr);
-            if (v) {
-                parsed++;
-            } else {
-                hr_api_printable(jerr.text);
-                json_array_append_new(errors, json_pack("{s:I,s:s+}", "index", (json_int_t)idx,
-                                                        "message", "not JSON: ", jerr.text));
-                v = json_null();
-            }
-            json_array_append_new(arr, v);
-            idx++;
-        }
-        p = le + 1;
-    }
-    return parsed;
-}
-
 static uint64_t id_hash(const json_t *id)
 {
     char buf[HR_ID_MAX_LEN + 1];
@@ -451,7 +419,7 @@ static enum MHD_Result handle_events(hr_http *h, struct MHD_Connection *c, reque
     size_t n;
     if (r->ndjson) {
         events = json_array();
-        size_t parsed = ndjson_split(r, events, errors);
+        size_t parsed = hr_api_ndjson_split(r->body, r->len, events, errors);
         if (json_array_size(events) > 0 && parsed == 0) {
             json_decref(events);
             json_decref(errors);

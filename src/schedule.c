@@ -31,6 +31,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -213,6 +214,16 @@ hr_status hr_schedule_validate(const hr_schedule *s, hr_error *err)
     if (s->floor > s->eta0)
         return hr_error_set(err, HR_EINVAL, "floor", "floor (%g) must be <= eta0 (%g)",
                             s->floor, s->eta0);
+    /* A group's rate is at most eta0 * multiplier; were that infinite, a
+     * stale update's rate / (1 + staleness/tau) could be inf / inf = NaN. */
+    for (int g = 0; g < HR_GROUP_COUNT; g++) {
+        if (!isfinite(s->eta0 * s->multiplier[g])) {
+            char path[32];
+            snprintf(path, sizeof path, "multipliers.%s", group_names[g]);
+            return hr_error_set(err, HR_EINVAL, path, "eta0 * %s overflows (%g * %g)", path,
+                                s->eta0, s->multiplier[g]);
+        }
+    }
     return HR_OK;
 }
 

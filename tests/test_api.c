@@ -101,6 +101,15 @@ static void test_squared_needs_rating(void **state)
     assert_true(ev.label == 4.5f);
     assert_int_equal(ev_from(m, "{\"user\":1,\"item\":2}", &ev, &e), HR_EINVAL);
     assert_string_equal(e.field, "rating");
+    /* Found by tests/fuzz/fuzz_event (corpus/event/regress-rating-float-overflow.json):
+     * a rating that is a finite double but not a finite float became an
+     * infinite label, and the model trained on it (progressive mse inf). */
+    assert_int_equal(ev_from(m, "{\"user\":1,\"item\":2,\"rating\":1e39}", &ev, &e), HR_EINVAL);
+    assert_string_equal(e.field, "rating");
+    assert_int_equal(ev_from(m, "{\"user\":1,\"item\":2,\"rating\":-1e7}", &ev, &e), HR_EINVAL);
+    assert_string_equal(e.field, "rating");
+    assert_int_equal(ev_from(m, "{\"user\":1,\"item\":2,\"rating\":-1e6}", &ev, &e), HR_OK);
+    assert_true(ev.label == -1e6f);
     hr_model_destroy(m);
 }
 
@@ -143,6 +152,56 @@ static void test_error_json(void **state)
     json_decref(e);
 }
 
+/* Splits body (len bytes) and returns the compact text of [lines, errors]. */
+static char *split(const char *body, size_t len, size_t *parsed)
+{
+    json_t *arr = json_array(), *errors = json_array();
+    *parsed = hr_api_ndjson_split(body, len, arr, errors);
+    json_t *both = json_pack("[oo]", arr, errors);
+    char *s = json_dumps(both, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(both);
+    return s;
+}
+
+static void test_ndjson_split(void **state)
+{
+    (void)state;
+    size_t parsed;
+    /* blank lines (spaces, tabs, CR) are skipped, CRLF works, the last line
+     * needs no newline; a bad line is null and reported by its index among
+     * the non-blank lines */
+    const char body[] = "{\"a\":1}\r\n\n \t\r\n[2]\nnope\n{\"b\":3}";
+    char *s = split(body, sizeof body - 1, &parsed);
+    assert_int_equal(parsed, 3);
+    assert_string_equal(s, "[[{\"a\":1},[2],null,{\"b\":3}],[{\"index\":2,\"message\":"
+                           "\"not JSON: '[' or '{' expected near 'nope'\"}]]");
+    free(s);
+    /* only the first len bytes count; NULL is an empty body */
+    s = split("{}\n{\"x\":", 3, &parsed);
+    assert_int_equal(parsed, 1);
+    assert_string_equal(s, "[[{}],[]]");
+    free(s);
+    s = split(NULL, 0, &parsed);
+    assert_int_equal(parsed, 0);
+    assert_string_equal(s, "[[],[]]");
+    free(s);
+    /* a duplicate key is an error; bytes that are not UTF-8 are quoted as '?' */
+    const char bad[] = "{\"a\":1,\"a\":2}\n[\"\xff\"]";
+    s = split(bad, sizeof bad - 1, &parsed);
+    assert_int_equal(parsed, 0);
+    json_t *v = json_loads(s, 0, NULL);
+    assert_non_null(v);
+    json_t *errs = json_array_get(v, 1);
+    assert_int_equal(json_array_size(errs), 2);
+    assert_non_null(strstr(json_string_value(json_object_get(json_array_get(errs, 0), "message")),
+                           "duplicate"));
+    const char *m = json_string_value(json_object_get(json_array_get(errs, 1), "message"));
+    for (const char *p = m; *p; p++)
+        assert_true((unsigned char)*p >= 0x20 && (unsigned char)*p < 0x80);
+    json_decref(v);
+    free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -151,6 +210,7 @@ int main(void)
         cmocka_unit_test(test_squared_needs_rating),
         cmocka_unit_test(test_pair_unknown_creates_nothing),
         cmocka_unit_test(test_error_json),
+        cmocka_unit_test(test_ndjson_split),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

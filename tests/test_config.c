@@ -77,6 +77,37 @@ static void test_precedence_file_env_flags(void **state)
     tu_rmtree(dir);
 }
 
+static void test_load_text(void **state)
+{
+    (void)state;
+    hr_config c;
+    hr_error err;
+    hr_config_defaults(&c);
+    /* only the first len bytes are read; "_" keys are comments */
+    const char *text = "{\"k\": 8, \"_note\": [1], \"loss\": \"squared\"}garbage";
+    assert_int_equal(hr_config_load_text(&c, text, strlen(text) - 7, "t", &err), HR_OK);
+    assert_int_equal(c.k, 8);
+    assert_string_equal(c.loss, "squared");
+    struct {
+        const char *text, *field, *says;
+    } bad[] = {
+        {"{\"k\": 0}", "k", "must be in"},
+        {"{\"k\": true}", "k", "wrong JSON type"},
+        {"{\"k\": 1, \"k\": 2}", "config", "duplicate"},
+        {"[1]", "config", "must be a JSON object"},
+        {"{\"schedule\": 1}", "schedule", "JSON object"},
+        {"", "config", "t:"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        assert_int_equal(hr_config_load_text(&c, bad[i].text, strlen(bad[i].text), "t", &err),
+                         HR_EINVAL);
+        assert_string_equal(err.field, bad[i].field);
+        assert_non_null(strstr(err.message, bad[i].says));
+    }
+    assert_int_equal(c.k, 8); /* refused values change nothing */
+    hr_config_free(&c);
+}
+
 static void test_help_lists_every_option(void **state)
 {
     (void)state;
@@ -180,6 +211,7 @@ int main(void)
         cmocka_unit_test(test_precedence_file_env_flags),
         cmocka_unit_test(test_help_lists_every_option),
         cmocka_unit_test(test_options_per_command),
+        cmocka_unit_test(test_load_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -284,6 +284,38 @@ static void test_group_rate_and_staleness(void **state)
                 "step item stale", 10);
 }
 
+/* Found by tests/fuzz/fuzz_schedule (input corpus/schedule/regress-group-rate-nan.json):
+ * eta0 * multiplier overflowed to infinity and, with staleness scaling and
+ * a tiny tau, the scaled rate was inf / inf = NaN, which a trainer would
+ * have written into the weights. A schedule is accepted only if every group
+ * rate it can give is finite. */
+static void test_group_rate_never_overflows(void **state)
+{
+    (void)state;
+    hr_schedule s;
+    hr_schedule_defaults(&s);
+    s.eta0 = 1e308;
+    s.multiplier[HR_GROUP_USER] = 1e308;
+    s.staleness_scaling = true;
+    s.staleness_tau = 5e-324;
+    hr_error err = {{0}, {0}};
+    if (hr_schedule_validate(&s, &err) == HR_OK) {
+        for (uint64_t t = 0; t < 3; t++)
+            for (int g = 0; g < HR_GROUP_COUNT; g++) {
+                double r = hr_schedule_group_rate(&s, (hr_group)g, t, UINT64_MAX);
+                assert_false(isnan(r));
+                assert_true(isfinite(hr_schedule_group_rate(&s, (hr_group)g, t, 0)));
+            }
+    }
+    assert_int_equal(hr_schedule_validate(&s, &err), HR_EINVAL);
+    assert_string_equal(err.field, "multipliers.user");
+    /* the largest products that stay finite are fine */
+    s.multiplier[HR_GROUP_USER] = 1;
+    assert_int_equal(hr_schedule_validate(&s, NULL), HR_OK);
+    for (int g = 0; g < HR_GROUP_COUNT; g++)
+        assert_false(isnan(hr_schedule_group_rate(&s, (hr_group)g, 0, UINT64_MAX)));
+}
+
 /* ---- validation ---- */
 
 typedef void (*mutator)(hr_schedule *);
@@ -846,6 +878,7 @@ int main(void)
         cmocka_unit_test(test_cosine_reference),
         cmocka_unit_test(test_warmup_and_floor),
         cmocka_unit_test(test_group_rate_and_staleness),
+        cmocka_unit_test(test_group_rate_never_overflows),
         cmocka_unit_test(test_validate),
         cmocka_unit_test(test_from_json_ok),
         cmocka_unit_test(test_from_json_errors),

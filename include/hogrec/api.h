@@ -3,9 +3,9 @@
  * globals), so they can be fuzzed; the only side effect is interning new
  * ids into the model when an event is resolved.
  *
- * Event object: {"user": id, "item": id, "label": 0|1, "rating": number,
- *   "weight": number >= 0, "ts": number, "features": {field: string|number},
- *   "id": string|integer}. An id is a string of 1..256 bytes or an integer
+ * Event object: {"user": id, "item": id, "label": 0|1, "rating": number in
+ *   [-1e6, 1e6], "weight": number in [0, 1e6], "ts": number,
+ *   "features": {field: string|number}, "id": string|integer}. An id is a string of 1..256 bytes or an integer
  * (the same id as its decimal string).
  */
 #ifndef HOGREC_API_H
@@ -43,6 +43,15 @@ hr_status hr_api_event_lookup(const hr_model *m, const json_t *obj, hr_event *ev
 /* Canonical compact text of an event object (sorted keys), the form the
  * event log stores. Returns a new string (free()) and its length, or NULL. */
 char *hr_api_event_text(const json_t *obj, size_t *len);
+
+/* Splits an NDJSON body of len bytes (not NUL-terminated; NULL when len is
+ * 0) into its lines. Each line holding more than blanks (space, tab, CR) is
+ * parsed (duplicate keys rejected) and appended to arr; a line that does not
+ * parse is appended as JSON null, and {"index": i, "message": "not JSON: ..."}
+ * (i counts the non-blank lines from 0; the message is printable ASCII) is
+ * appended to errors. arr and errors are borrowed arrays. Returns how many
+ * lines parsed. */
+size_t hr_api_ndjson_split(const char *body, size_t len, json_t *arr, json_t *errors);
 
 /* Flags of ids a query named but the model does not know. */
 enum { HR_API_UNKNOWN_USER = 1u << 0, HR_API_UNKNOWN_ITEM = 1u << 1 };

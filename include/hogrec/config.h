@@ -94,6 +94,11 @@ hr_status hr_config_set(hr_config *c, const char *name, const char *value,
 /* Applies a JSON config file. Unknown keys are errors. */
 hr_status hr_config_load_file(hr_config *c, const char *path, hr_error *err);
 
+/* Same as hr_config_load_file on the len bytes of text (borrowed, need not
+ * be NUL-terminated); origin names the text in error messages. */
+hr_status hr_config_load_text(hr_config *c, const char *text, size_t len, const char *origin,
+                              hr_error *err);
+
 /* Applies HOGREC_<NAME> environment variables. */
 hr_status hr_config_load_env(hr_config *c, hr_error *err);
 
