@@ -60,6 +60,7 @@
 #include "hogrec/persist.h"
 #include "hogrec/sgd.h"
 #include "hogrec/topk.h"
+#include "http_mhd.h"
 
 #define DEDUP_CAPACITY (1u << 20) /* ids remembered at most (16 MiB) */
 #define TOPK_BATCH 32             /* recommendations scored in one sgemm at most */
@@ -1069,6 +1070,16 @@ static void first_call(hr_http *h, struct MHD_Connection *c, request *r, const c
         request_fail(r, 400, "bad_request", "more than one Content-Length header");
         return;
     }
+    /* Framing libmicrohttpd would get wrong: it reads an unknown coding
+     * until the connection closes, and prefers chunked over a length. */
+    if (te && strcasecmp(te, "chunked") != 0) {
+        request_fail(r, 400, "bad_request", "Transfer-Encoding %s; only chunked is supported", te);
+        return;
+    }
+    if (te && cl) {
+        request_fail(r, 400, "bad_request", "both Content-Length and Transfer-Encoding");
+        return;
+    }
     if (cl) {
         char *end;
         errno = 0;
@@ -1176,10 +1187,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         r->t0 = hr_now_ns();
         *con_cls = r;
         first_call(h, c, r, url, method);
-        if (r->err_status == 413) {
-            /* A declared body over max_body_bytes: answered now, before any
-             * of it is read; with a response queued MHD sends no 100
-             * Continue and closes the connection after the answer. */
+        if (r->err_status == 413 || r->err_status == 400) {
+            /* A declared body over max_body_bytes, or framing in doubt:
+             * answered now, before any body is read; with a response
+             * queued MHD sends no 100 Continue and closes the connection
+             * after the answer. */
             tls_http = h;
             return dispatch(h, c, r);
         }
@@ -1292,6 +1304,7 @@ hr_status hr_http_start(hr_app *app, hr_http **out, hr_error *err)
         return hr_error_set(err, HR_EINVAL, "bind", "bind: '%s' is not an IPv4 address",
                             app->cfg.bind);
     }
+    hr_http_mhd_init(); /* libmicrohttpd's own error answers in JSON */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
                      MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     h->daemon = MHD_start_daemon(
