@@ -292,11 +292,12 @@ static hr_status find_params(const hr_api_param *params, size_t n, const char *c
     return HR_OK;
 }
 
-/* A required id parameter: 1..HR_ID_MAX_LEN bytes of UTF-8. */
+/* A required id parameter: 1..HR_ID_MAX_LEN bytes of UTF-8 without NUL
+ * (an event's id is a JSON string, which the API parses without NULs). */
 static hr_status id_param(const hr_api_param *p, const char *name, hr_error *err)
 {
     if (!p || !p->value || p->value_len == 0 || p->value_len > HR_ID_MAX_LEN ||
-        !utf8_valid(p->value, p->value_len))
+        memchr(p->value, 0, p->value_len) || !utf8_valid(p->value, p->value_len))
         return hr_error_set(err, HR_EINVAL, name, "%s: 1 to %d bytes of UTF-8 required", name,
                             HR_ID_MAX_LEN);
     return HR_OK;

@@ -82,7 +82,8 @@ typedef struct {
 } hr_api_predict_req;
 
 /* Parses and resolves the parameters of GET /v1/predict: user and item
- * (required, 1..HR_ID_MAX_LEN bytes of UTF-8, the ids the events name).
+ * (required, 1..HR_ID_MAX_LEN bytes of UTF-8 without NUL, as the ids events
+ * name).
  * An unknown, repeated or empty parameter is an error. Creates nothing; the
  * model is only read. params borrowed for the call. HR_EINVAL with err
  * naming the parameter. */
@@ -92,7 +93,7 @@ hr_status hr_api_predict_query(const hr_model *m, const hr_api_param *params, si
 /* GET /v1/recommend?user=ID&k=N&exclude_seen=BOOL&exclude=ID,ID,... */
 typedef struct {
     char user[HR_ID_MAX_LEN + 1]; /* the user id as given, NUL-terminated */
-    size_t user_len;              /* bytes in user (it may hold NUL bytes) */
+    size_t user_len;              /* bytes in user */
     uint32_t user_row;            /* the user's row, 0 if the model does not know it */
     uint32_t k;                   /* items wanted, 1..HR_API_MAX_K (default 10) */
     bool exclude_seen;            /* leave out the user's recent items (default true) */
