@@ -5,7 +5,9 @@
  * is a small state machine in the access handler:
  *   first call   allocate the request state, find the route, check headers
  *                (two Content-Length headers, size, method, media type,
- *                auth) and remember the first error, if any;
+ *                auth) and remember the first error, if any (a declared
+ *                body over max_body_bytes, 413, and framing in doubt, 400,
+ *                are answered at once, before any body is read);
  *   middle calls buffer the body up to max_body_bytes (past it: discard and
  *                remember 413);
  *   last call    answer: the remembered error or the route's handler.
