@@ -6,6 +6,7 @@
 
 #include <inttypes.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -123,9 +124,8 @@ static hr_status event_from_json(hr_model *m, const json_t *obj, hr_event *ev,
                                 "rating needs a squared-loss model; send label 0 or 1");
         ev->label = 1.0f;
         if (label) {
-            if (json_is_true(label) || json_is_false(label))
-                d = json_is_true(label);
-            else if ((st = number(label, "label", &d, err)) != HR_OK)
+            /* a number, as documented: true and false are not labels */
+            if ((st = number(label, "label", &d, err)) != HR_OK)
                 return st;
             if (d != 0 && d != 1)
                 return hr_error_set(err, HR_EINVAL, "label", "label must be 0 or 1");
@@ -249,6 +249,177 @@ hr_status hr_api_pair_from_json(const hr_model *m, const json_t *obj, hr_event *
     const json_t *feats = json_object_get(obj, "features");
     if (feats && (st = features(m, feats, ev, err)) != HR_OK)
         return st;
+    return HR_OK;
+}
+
+/* ---- query strings ---- */
+
+/* True when s[0..len) is well-formed UTF-8 (no overlong forms, no
+ * surrogates, nothing above U+10FFFF), the rule JSON text and so every id
+ * an event can name follow. NUL bytes are valid. */
+static bool utf8_valid(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    while (p < end) {
+        unsigned c = *p;
+        size_t n;
+        unsigned min;
+        if (c < 0x80) {
+            p++;
+            continue;
+        } else if (c >= 0xc2 && c <= 0xdf) {
+            n = 1, min = 0x80, c &= 0x1f;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            n = 2, min = 0x800, c &= 0x0f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            n = 3, min = 0x10000, c &= 0x07;
+        } else {
+            return false;
+        }
+        if ((size_t)(end - p) <= n)
+            return false;
+        for (size_t i = 1; i <= n; i++) {
+            if ((p[i] & 0xc0) != 0x80)
+                return false;
+            c = (c << 6) | (p[i] & 0x3f);
+        }
+        if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+            return false;
+        p += n + 1;
+    }
+    return true;
+}
+
+static bool key_is(const hr_api_param *p, const char *name)
+{
+    size_t n = strlen(name);
+    return p->key_len == n && memcmp(p->key, name, n) == 0;
+}
+
+/* Finds each parameter of `names` (NULL-terminated, at most 8) in params:
+ * found[i] is the parameter or NULL. An unknown or repeated parameter is
+ * HR_EINVAL. */
+static hr_status find_params(const hr_api_param *params, size_t n, const char *const *names,
+                             const hr_api_param **found, hr_error *err)
+{
+    size_t nn = 0;
+    while (names[nn])
+        found[nn++] = NULL;
+    for (size_t i = 0; i < n; i++) {
+        size_t j = 0;
+        while (j < nn && !key_is(&params[i], names[j]))
+            j++;
+        if (j == nn) {
+            char key[41];
+            size_t kl = params[i].key_len < 40 ? params[i].key_len : 40;
+            memcpy(key, params[i].key, kl);
+            key[kl] = 0;
+            hr_api_printable(key); /* NUL bytes end it early: fine for a message */
+            hr_error_set(err, HR_EINVAL, key, "unknown query parameter '%s'", key);
+            return HR_EINVAL;
+        }
+        if (found[j])
+            return hr_error_set(err, HR_EINVAL, names[j], "%s: given more than once", names[j]);
+        found[j] = &params[i];
+    }
+    return HR_OK;
+}
+
+/* A required id parameter: 1..HR_ID_MAX_LEN bytes of UTF-8 without NUL
+ * (an event's id is a JSON string, which the API parses without NULs). */
+static hr_status id_param(const hr_api_param *p, const char *name, hr_error *err)
+{
+    if (!p || !p->value || p->value_len == 0 || p->value_len > HR_ID_MAX_LEN ||
+        memchr(p->value, 0, p->value_len) || !utf8_valid(p->value, p->value_len))
+        return hr_error_set(err, HR_EINVAL, name, "%s: 1 to %d bytes of UTF-8 required", name,
+                            HR_ID_MAX_LEN);
+    return HR_OK;
+}
+
+hr_status hr_api_predict_query(const hr_model *m, const hr_api_param *params, size_t n,
+                               hr_api_predict_req *out, hr_error *err)
+{
+    memset(out, 0, sizeof *out);
+    out->ev.weight = 1.0f;
+    static const char *const names[] = {"user", "item", NULL};
+    const hr_api_param *f[2];
+    hr_status st;
+    if ((st = find_params(params, n, names, f, err)) != HR_OK ||
+        (st = id_param(f[0], "user", err)) != HR_OK || (st = id_param(f[1], "item", err)) != HR_OK)
+        return st;
+    out->ev.user = hr_api_lookup(m, HR_TABLE_USER, f[0]->value, f[0]->value_len, &out->unknown,
+                                 HR_API_UNKNOWN_USER);
+    out->ev.item = hr_api_lookup(m, HR_TABLE_ITEM, f[1]->value, f[1]->value_len, &out->unknown,
+                                 HR_API_UNKNOWN_ITEM);
+    return HR_OK;
+}
+
+hr_status hr_api_recommend_query(const hr_model *m, const hr_api_param *params, size_t n,
+                                 hr_api_recommend_req *out, hr_error *err)
+{
+    out->user[0] = 0;
+    out->user_len = 0;
+    out->user_row = 0;
+    out->k = 10;
+    out->exclude_seen = true;
+    out->nexclude = 0;
+    static const char *const names[] = {"user", "k", "exclude_seen", "exclude", NULL};
+    const hr_api_param *f[4];
+    hr_status st;
+    if ((st = find_params(params, n, names, f, err)) != HR_OK ||
+        (st = id_param(f[0], "user", err)) != HR_OK)
+        return st;
+    if (f[1]) {
+        const hr_api_param *p = f[1];
+        uint32_t k = 0;
+        size_t i = 0;
+        /* digits only; more than 4 of them is out of range anyway */
+        for (; p->value && i < p->value_len && i < 5 && p->value[i] >= '0' && p->value[i] <= '9';
+             i++)
+            k = k * 10 + (uint32_t)(p->value[i] - '0');
+        if (!p->value || i == 0 || i != p->value_len || k < 1 || k > HR_API_MAX_K)
+            return hr_error_set(err, HR_EINVAL, "k", "k: an integer in [1, %d]", HR_API_MAX_K);
+        out->k = k;
+    }
+    if (f[2]) {
+        const hr_api_param *p = f[2];
+        const char *v = p->value ? p->value : "";
+        size_t vl = p->value ? p->value_len : 0;
+        if ((vl == 4 && !memcmp(v, "true", 4)) || (vl == 1 && v[0] == '1'))
+            out->exclude_seen = true;
+        else if ((vl == 5 && !memcmp(v, "false", 5)) || (vl == 1 && v[0] == '0'))
+            out->exclude_seen = false;
+        else
+            return hr_error_set(err, HR_EINVAL, "exclude_seen", "exclude_seen: true or false");
+    }
+    if (f[3] && f[3]->value) {
+        const char *p = f[3]->value, *end = p + f[3]->value_len;
+        size_t named = 0;
+        while (p <= end) {
+            const char *comma = memchr(p, ',', (size_t)(end - p));
+            const char *e = comma ? comma : end;
+            size_t len = (size_t)(e - p);
+            if (len > HR_ID_MAX_LEN)
+                return hr_error_set(err, HR_EINVAL, "exclude", "exclude: ids are 1 to %d bytes",
+                                    HR_ID_MAX_LEN);
+            if (len > 0) {
+                if (++named > HR_API_MAX_EXCLUDE)
+                    return hr_error_set(err, HR_EINVAL, "exclude", "exclude: at most %d items",
+                                        HR_API_MAX_EXCLUDE);
+                uint32_t row = hr_model_lookup(m, HR_TABLE_ITEM, p, len);
+                if (row != HR_ID_NONE && row != 0)
+                    out->exclude[out->nexclude++] = row;
+            }
+            if (!comma)
+                break;
+            p = comma + 1;
+        }
+    }
+    memcpy(out->user, f[0]->value, f[0]->value_len);
+    out->user[f[0]->value_len] = 0;
+    out->user_len = f[0]->value_len;
+    unsigned unk = 0;
+    out->user_row = hr_api_lookup(m, HR_TABLE_USER, out->user, out->user_len, &unk, 1);
     return HR_OK;
 }
 

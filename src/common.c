@@ -24,15 +24,36 @@ const char *hr_status_to_string(hr_status s)
     return text[s];
 }
 
+/* When text filled buf (size bytes) it may have been cut inside a UTF-8
+ * sequence: drop that partial sequence, so text that was UTF-8 stays UTF-8
+ * (it goes into JSON error bodies). */
+static void cut_utf8(char *buf, size_t size)
+{
+    size_t n = strlen(buf);
+    if (n + 1 < size)
+        return;
+    size_t i = n;
+    while (i > 0 && ((unsigned char)buf[i - 1] & 0xc0) == 0x80)
+        i--; /* continuation bytes */
+    if (i == 0 || (unsigned char)buf[i - 1] < 0xc0)
+        return; /* ends in ASCII or not UTF-8 anyway */
+    unsigned char lead = (unsigned char)buf[i - 1];
+    size_t want = lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : 2;
+    if (n - (i - 1) < want)
+        buf[i - 1] = 0;
+}
+
 hr_status hr_error_set(hr_error *err, hr_status status, const char *field,
                        const char *fmt, ...)
 {
     if (err) {
         snprintf(err->field, sizeof err->field, "%s", field ? field : "");
+        cut_utf8(err->field, sizeof err->field);
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(err->message, sizeof err->message, fmt, ap);
         va_end(ap);
+        cut_utf8(err->message, sizeof err->message);
     }
     return status;
 }

@@ -5,7 +5,9 @@
  * is a small state machine in the access handler:
  *   first call   allocate the request state, find the route, check headers
  *                (two Content-Length headers, size, method, media type,
- *                auth) and remember the first error, if any;
+ *                auth) and remember the first error, if any (a declared
+ *                body over max_body_bytes, 413, and framing in doubt, 400,
+ *                are answered at once, before any body is read);
  *   middle calls buffer the body up to max_body_bytes (past it: discard and
  *                remember 413);
  *   last call    answer: the remembered error or the route's handler.
@@ -60,11 +62,10 @@
 #include "hogrec/persist.h"
 #include "hogrec/sgd.h"
 #include "hogrec/topk.h"
+#include "http_mhd.h"
 
 #define DEDUP_CAPACITY (1u << 20) /* ids remembered at most (16 MiB) */
-#define MAX_K 1000                /* largest k of /v1/recommend */
 #define TOPK_BATCH 32             /* recommendations scored in one sgemm at most */
-#define MAX_EXCLUDE 1000          /* largest exclude= list */
 
 /* ---- routes ---- */
 
@@ -559,24 +560,51 @@ static json_t *unknown_json(unsigned u)
                      (u & HR_API_UNKNOWN_ITEM) != 0);
 }
 
+/* The query parameters of a request, for the hr_api_*_query parsers. */
+typedef struct {
+    hr_api_param *p;
+    size_t n, cap;
+} param_list;
+
+static enum MHD_Result add_param(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 size_t key_size, const char *value, size_t value_size)
+{
+    (void)kind;
+    param_list *l = cls;
+    if (l->n < l->cap)
+        l->p[l->n++] = (hr_api_param){key, key_size, value, value ? value_size : 0};
+    return MHD_YES;
+}
+
+/* Collects the request's query parameters (keys and values borrowed from
+ * MHD until the request completes) into l->p (new: free()). false when
+ * out of memory. */
+static bool query_params(struct MHD_Connection *c, param_list *l)
+{
+    l->n = 0;
+    l->cap = (size_t)MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, NULL, NULL);
+    l->p = malloc((l->cap ? l->cap : 1) * sizeof *l->p);
+    if (!l->p)
+        return false;
+    MHD_get_connection_values_n(c, MHD_GET_ARGUMENT_KIND, add_param, l);
+    return true;
+}
+
 static enum MHD_Result handle_predict_get(hr_http *h, struct MHD_Connection *c, request *r)
 {
-    const char *user = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "user");
-    const char *item = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "item");
-    if (!user || !*user || !item || !*item)
-        return reply_error(c, r, 400, "invalid", "user and item query parameters are required");
-    size_t ul = strlen(user), il = strlen(item);
-    if (ul > HR_ID_MAX_LEN || il > HR_ID_MAX_LEN)
-        return reply_error(c, r, 400, "invalid", "ids are at most %d bytes", HR_ID_MAX_LEN);
-    hr_event ev;
-    memset(&ev, 0, sizeof ev);
-    unsigned unk = 0;
+    param_list l;
+    if (!query_params(c, &l))
+        return reply_error(c, r, 503, "unavailable", "out of memory");
+    hr_api_predict_req q;
+    hr_error e = {{0}, {0}};
     const hr_model *m = h->app->model;
-    ev.user = hr_api_lookup(m, HR_TABLE_USER, user, ul, &unk, HR_API_UNKNOWN_USER);
-    ev.item = hr_api_lookup(m, HR_TABLE_ITEM, item, il, &unk, HR_API_UNKNOWN_ITEM);
-    json_t *body = json_pack("{s:f}", "score", hr_model_predict(m, &ev));
-    if (unk)
-        json_object_set_new(body, "unknown", unknown_json(unk));
+    hr_status st = hr_api_predict_query(m, l.p, l.n, &q, &e);
+    free(l.p);
+    if (st != HR_OK)
+        return reply_invalid(c, r, "", &e);
+    json_t *body = json_pack("{s:f}", "score", hr_model_predict(m, &q.ev));
+    if (q.unknown)
+        json_object_set_new(body, "unknown", unknown_json(q.unknown));
     return reply_json(c, r, 200, body);
 }
 
@@ -630,71 +658,41 @@ static enum MHD_Result handle_predict_post(hr_http *h, struct MHD_Connection *c,
 
 /* ---- GET /v1/recommend ---- */
 
-static bool parse_bool(const char *s, bool *out)
-{
-    if (!strcmp(s, "true") || !strcmp(s, "1")) {
-        *out = true;
-        return true;
-    }
-    if (!strcmp(s, "false") || !strcmp(s, "0")) {
-        *out = false;
-        return true;
-    }
-    return false;
-}
-
 static enum MHD_Result handle_recommend(hr_http *h, struct MHD_Connection *c, request *r)
 {
     const hr_model *m = h->app->model;
-    const char *user = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "user");
-    const char *ks = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "k");
-    const char *es = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "exclude_seen");
-    const char *ex = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "exclude");
-    if (!user || !*user || strlen(user) > HR_ID_MAX_LEN)
-        return reply_error(c, r, 400, "invalid", "user: 1 to %d bytes required", HR_ID_MAX_LEN);
-    long k = 10;
-    if (ks) {
-        char *end;
-        errno = 0;
-        k = strtol(ks, &end, 10);
-        if (errno || end == ks || *end || k < 1 || k > MAX_K)
-            return reply_error(c, r, 400, "invalid", "k: an integer in [1, %d]", MAX_K);
+    param_list l;
+    hr_api_recommend_req *q = malloc(sizeof *q);
+    if (!q || !query_params(c, &l)) {
+        free(q);
+        return reply_error(c, r, 503, "unavailable", "out of memory");
     }
-    bool exclude_seen = true;
-    if (es && !parse_bool(es, &exclude_seen))
-        return reply_error(c, r, 400, "invalid", "exclude_seen: true or false");
+    hr_error e = {{0}, {0}};
+    hr_status qst = hr_api_recommend_query(m, l.p, l.n, q, &e);
+    free(l.p);
+    if (qst != HR_OK) {
+        free(q);
+        return reply_invalid(c, r, "", &e);
+    }
+    char user[HR_ID_MAX_LEN + 1];
+    size_t user_len = q->user_len;
+    memcpy(user, q->user, user_len + 1);
+    uint32_t k = q->k;
     /* Excluded rows: named items, then the user's recent items. */
-    size_t cap = MAX_EXCLUDE + (size_t)h->app->cfg.history_per_user, nex = 0;
+    size_t cap = q->nexclude + (size_t)h->app->cfg.history_per_user, nex = q->nexclude;
     uint32_t *rows = malloc((cap ? cap : 1) * sizeof *rows);
     hr_topk_item *items = malloc((size_t)k * sizeof *items);
     if (!rows || !items) {
+        free(q);
         free(rows);
         free(items);
         return reply_error(c, r, 503, "unavailable", "out of memory");
     }
-    if (ex && *ex) {
-        const char *p = ex;
-        for (;;) {
-            const char *comma = strchr(p, ',');
-            size_t len = comma ? (size_t)(comma - p) : strlen(p);
-            if (len > 0 && len <= HR_ID_MAX_LEN) {
-                if (nex == MAX_EXCLUDE) {
-                    free(rows);
-                    free(items);
-                    return reply_error(c, r, 400, "invalid", "exclude: at most %d items",
-                                       MAX_EXCLUDE);
-                }
-                uint32_t row = hr_model_lookup(m, HR_TABLE_ITEM, p, len);
-                if (row != HR_ID_NONE && row != 0)
-                    rows[nex++] = row;
-            }
-            if (!comma)
-                break;
-            p = comma + 1;
-        }
-    }
-    uint32_t urow = hr_model_lookup(m, HR_TABLE_USER, user, strlen(user));
-    bool known = urow != HR_ID_NONE && urow != 0;
+    memcpy(rows, q->exclude, nex * sizeof *rows);
+    uint32_t urow = q->user_row;
+    bool exclude_seen = q->exclude_seen;
+    free(q);
+    bool known = urow != 0;
     if (known && exclude_seen)
         nex += hr_history_recent(h->history, urow, rows + nex, cap - nex);
     hr_topk_sort_rows(rows, nex);
@@ -712,7 +710,8 @@ static enum MHD_Result handle_recommend(hr_http *h, struct MHD_Connection *c, re
                 json_array_append_new(list, json_pack("{s:o,s:f}", "item", id_json(key, len),
                                                       "score", (double)items[i].score));
         }
-        body = json_pack("{s:s,s:o,s:s}", "user", user, "items", list, "fallback", "popular");
+        body = json_pack("{s:s%,s:o,s:s}", "user", user, user_len, "items", list, "fallback",
+                         "popular");
     } else {
         const hr_row_layout *L = hr_model_layout(m);
         float *urow_copy = malloc(L->floats * sizeof(float));
@@ -744,7 +743,7 @@ static enum MHD_Result handle_recommend(hr_http *h, struct MHD_Connection *c, re
         }
         free(urow_copy);
         free(g);
-        body = json_pack("{s:s,s:o}", "user", user, "items", list);
+        body = json_pack("{s:s%,s:o}", "user", user, user_len, "items", list);
     }
     free(rows);
     free(items);
@@ -1101,6 +1100,16 @@ static void first_call(hr_http *h, struct MHD_Connection *c, request *r, const c
         request_fail(r, 400, "bad_request", "more than one Content-Length header");
         return;
     }
+    /* Framing libmicrohttpd would get wrong: it reads an unknown coding
+     * until the connection closes, and prefers chunked over a length. */
+    if (te && strcasecmp(te, "chunked") != 0) {
+        request_fail(r, 400, "bad_request", "Transfer-Encoding %s; only chunked is supported", te);
+        return;
+    }
+    if (te && cl) {
+        request_fail(r, 400, "bad_request", "both Content-Length and Transfer-Encoding");
+        return;
+    }
     if (cl) {
         char *end;
         errno = 0;
@@ -1141,9 +1150,9 @@ static void first_call(hr_http *h, struct MHD_Connection *c, request *r, const c
                                                      MHD_HTTP_HEADER_CONTENT_TYPE);
         if (ct && rt->ndjson && media_is(ct, "application/x-ndjson"))
             r->ndjson = true;
-        else if (ct && !media_is(ct, "application/json"))
+        else if (!ct || !media_is(ct, "application/json"))
             request_fail(r, 415, "unsupported_media_type",
-                         "Content-Type %s; send application/json%s", ct,
+                         "Content-Type %s; send application/json%s", ct ? ct : "missing",
                          rt->ndjson ? " or application/x-ndjson" : "");
     }
 }
@@ -1208,6 +1217,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         r->t0 = hr_now_ns();
         *con_cls = r;
         first_call(h, c, r, url, method);
+        if (r->err_status == 413 || r->err_status == 400) {
+            /* A declared body over max_body_bytes, or framing in doubt:
+             * answered now, before any body is read; with a response
+             * queued MHD sends no 100 Continue and closes the connection
+             * after the answer. */
+            tls_http = h;
+            return dispatch(h, c, r);
+        }
         return MHD_YES;
     }
     if (*upload_data_size) {
@@ -1220,7 +1237,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             free(r->body);
             r->body = NULL;
             r->len = r->cap = 0;
-            return MHD_YES;
+            return MHD_YES; /* (MHD 0.9.75 refuses a response queued mid-body) */
         }
         if (r->len + n + 1 > r->cap) {
             size_t cap = r->cap ? r->cap : 4096;
@@ -1317,6 +1334,7 @@ hr_status hr_http_start(hr_app *app, hr_http **out, hr_error *err)
         return hr_error_set(err, HR_EINVAL, "bind", "bind: '%s' is not an IPv4 address",
                             app->cfg.bind);
     }
+    hr_http_mhd_init(); /* libmicrohttpd's own error answers in JSON */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
                      MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     h->daemon = MHD_start_daemon(

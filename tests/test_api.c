@@ -1,6 +1,7 @@
 /*
  * test_api.c - JSON <-> structs (src/api.c): event validation and
- * resolution, predict pairs, the error body.
+ * resolution, predict pairs, the query strings of predict and recommend,
+ * the error body.
  */
 #include <jansson.h>
 #include <string.h>
@@ -68,6 +69,13 @@ static void test_event_invalid_names_field(void **state)
         {"{\"user\":\"u\",\"item\":1.5}", "item"},
         {"{\"user\":\"u\",\"item\":\"i\",\"label\":2}", "label"},
         {"{\"user\":\"u\",\"item\":\"i\",\"label\":\"1\"}", "label"},
+        {"{\"user\":\"u\",\"item\":\"i\",\"label\":true}", "label"}, /* a number, 0 or 1 */
+        {"{\"user\":\"u\",\"item\":\"i\",\"label\":false}", "label"},
+        {"{\"user\":\"u\",\"item\":\"i\",\"weight\":true}", "weight"},
+        {"{\"user\":\"u\",\"item\":\"i\",\"ts\":\"1\"}", "ts"},
+        {"{\"user\":\"u\",\"item\":\"i\",\"id\":true}", "id"},
+        {"{\"user\":true,\"item\":\"i\"}", "user"},
+        {"{\"user\":\"u\",\"item\":\"i\",\"features\":{\"a\":true}}", "features"},
         {"{\"user\":\"u\",\"item\":\"i\",\"weight\":-1}", "weight"},
         {"{\"user\":\"u\",\"item\":\"i\",\"rating\":3}", "rating"},
         {"{\"user\":\"u\",\"item\":\"i\",\"features\":[1]}", "features"},
@@ -202,6 +210,213 @@ static void test_ndjson_split(void **state)
     free(s);
 }
 
+/* ---- query strings ---- */
+
+/* Splits "k=v&k2=v2" (no percent-escapes; '~' stands for a NUL byte, '!'
+ * for the byte 0xff) into params held in buf; returns the count. */
+static size_t split_query(const char *q, char *buf, hr_api_param *p, size_t cap)
+{
+    strcpy(buf, q);
+    for (char *c = buf; *c; c++)
+        *c = *c == '!' ? (char)0xff : *c;
+    size_t n = 0, len = strlen(buf);
+    char *s = buf, *end = buf + len;
+    while (s < end && n < cap) {
+        char *amp = memchr(s, '&', (size_t)(end - s));
+        char *e = amp ? amp : end;
+        char *eq = memchr(s, '=', (size_t)(e - s));
+        p[n].key = s;
+        p[n].key_len = (size_t)((eq ? eq : e) - s);
+        p[n].value = eq ? eq + 1 : NULL;
+        p[n].value_len = eq ? (size_t)(e - eq - 1) : 0;
+        for (char *c = s; c < e; c++)
+            if (*c == '~')
+                *c = 0;
+        n++;
+        s = e + 1;
+    }
+    return n;
+}
+
+static void test_predict_query(void **state)
+{
+    (void)state;
+    hr_model *m = make_model("logistic");
+    hr_event ev;
+    hr_error e = {{0}, {0}};
+    assert_int_equal(ev_from(m, "{\"user\":\"u1\",\"item\":\"i1\"}", &ev, &e), HR_OK);
+    assert_int_equal(ev_from(m, "{\"user\":\"a\",\"item\":\"\\u0001\"}", &ev, &e), HR_OK);
+    char buf[600];
+    hr_api_param p[8];
+    hr_api_predict_req q;
+    size_t n = split_query("user=u1&item=i1", buf, p, 8);
+    assert_int_equal(hr_api_predict_query(m, p, n, &q, &e), HR_OK);
+    assert_int_equal(q.unknown, 0);
+    assert_int_equal(q.ev.user, hr_model_lookup(m, HR_TABLE_USER, "u1", 2));
+    assert_int_equal(q.ev.item, hr_model_lookup(m, HR_TABLE_ITEM, "i1", 2));
+    n = split_query("item=nope&user=u1", buf, p, 8);
+    assert_int_equal(hr_api_predict_query(m, p, n, &q, &e), HR_OK);
+    assert_int_equal(q.unknown, HR_API_UNKNOWN_ITEM);
+    assert_int_equal(q.ev.item, 0);
+    /* a control character is part of an id (JSON escapes it) */
+    n = split_query("user=a&item=\x01", buf, p, 8);
+    assert_int_equal(hr_api_predict_query(m, p, n, &q, &e), HR_OK);
+    assert_int_equal(q.unknown, 0);
+    assert_int_equal(q.ev.item, hr_model_lookup(m, HR_TABLE_ITEM, "\x01", 1));
+    /* errors name the parameter */
+    char longid[300];
+    memset(longid, 'x', 257);
+    longid[257] = 0;
+    char longq[600];
+    snprintf(longq, sizeof longq, "user=u1&item=%s", longid);
+    struct {
+        const char *q, *field;
+    } bad[] = {
+        {"item=i1", "user"},         {"user=u1", "item"},        {"user=&item=i1", "user"},
+        {"user&item=i1", "user"},    {"user=u!&item=i1", "user"}, {"user=u1&item=\xc3(", "item"},
+        {"user=u1&item=\xed\xa0\x80", "item"}, /* a surrogate */
+        {"user=u1&item=\xc0\xaf", "item"},     /* overlong */
+        {"user=u1&item=i1&user=u2", "user"},   {"user=u1&item=i1&x=1", "x"},
+        {"user=a~b&item=i1", "user"}, /* no id holds a NUL byte */
+        {longq, "item"},
+    };
+    for (size_t i = 0; i < HR_ARRAY_LEN(bad); i++) {
+        n = split_query(bad[i].q, buf, p, 8);
+        memset(&e, 0, sizeof e);
+        assert_int_equal(hr_api_predict_query(m, p, n, &q, &e), HR_EINVAL);
+        assert_string_equal(e.field, bad[i].field);
+        assert_true(e.message[0]);
+    }
+    /* a 256-byte UTF-8 id is fine; the model is only read */
+    longid[256] = 0;
+    snprintf(longq, sizeof longq, "user=u1&item=%s", longid);
+    n = split_query(longq, buf, p, 8);
+    assert_int_equal(hr_api_predict_query(m, p, n, &q, &e), HR_OK);
+    assert_int_equal(hr_model_id_count(m, HR_TABLE_ITEM), 2); /* i1 and \x01 */
+    hr_model_destroy(m);
+}
+
+static void test_recommend_query(void **state)
+{
+    (void)state;
+    hr_model *m = make_model("logistic");
+    hr_event ev;
+    hr_error e = {{0}, {0}};
+    assert_int_equal(ev_from(m, "{\"user\":\"u1\",\"item\":\"i1\"}", &ev, &e), HR_OK);
+    assert_int_equal(ev_from(m, "{\"user\":\"u1\",\"item\":\"i2\"}", &ev, &e), HR_OK);
+    uint32_t i1 = hr_model_lookup(m, HR_TABLE_ITEM, "i1", 2);
+    uint32_t i2 = hr_model_lookup(m, HR_TABLE_ITEM, "i2", 2);
+    char buf[8000];
+    hr_api_param p[8];
+    hr_api_recommend_req *q = malloc(sizeof *q);
+    size_t n = split_query("user=u1", buf, p, 8);
+    assert_int_equal(hr_api_recommend_query(m, p, n, q, &e), HR_OK);
+    assert_int_equal(q->k, 10); /* defaults */
+    assert_true(q->exclude_seen);
+    assert_int_equal(q->nexclude, 0);
+    assert_int_equal(q->user_row, hr_model_lookup(m, HR_TABLE_USER, "u1", 2));
+    assert_int_equal(q->user_len, 2);
+    assert_string_equal(q->user, "u1");
+    n = split_query("k=1000&exclude=i2,,nosuch,i1,&exclude_seen=0&user=stranger", buf, p, 8);
+    assert_int_equal(hr_api_recommend_query(m, p, n, q, &e), HR_OK);
+    assert_int_equal(q->k, 1000);
+    assert_false(q->exclude_seen);
+    assert_int_equal(q->user_row, 0); /* unknown */
+    assert_int_equal(q->nexclude, 2);
+    assert_int_equal(q->exclude[0], i2);
+    assert_int_equal(q->exclude[1], i1);
+    n = split_query("user=\x01\xc3\xa9&exclude=&exclude_seen=true&k=01", buf, p, 8);
+    assert_int_equal(hr_api_recommend_query(m, p, n, q, &e), HR_OK);
+    assert_int_equal(q->user_len, 3);
+    assert_string_equal(q->user, "\x01\xc3\xa9");
+    assert_int_equal(q->k, 1);
+    assert_int_equal(q->nexclude, 0);
+    /* exclude: at most 1000 ids, each at most 256 bytes */
+    size_t off = (size_t)sprintf(buf + 4000, "user=u1&exclude=");
+    for (int i = 0; i < 1000; i++)
+        off += (size_t)sprintf(buf + 4000 + off, "%sx", i ? "," : "");
+    char *many = strdup(buf + 4000);
+    n = split_query(many, buf, p, 8);
+    assert_int_equal(hr_api_recommend_query(m, p, n, q, &e), HR_OK);
+    assert_int_equal(q->nexclude, 0);
+    free(many);
+    struct {
+        const char *q, *field;
+    } bad[] = {
+        {"k=5", "user"},
+        {"user=", "user"},
+        {"user=u!", "user"},
+        {"user=a~b", "user"},
+        {"user=u1&k=0", "k"},
+        {"user=u1&k=1001", "k"},
+        {"user=u1&k=99999999999999999999", "k"},
+        {"user=u1&k=", "k"},
+        {"user=u1&k", "k"},
+        {"user=u1&k=+5", "k"},
+        {"user=u1&k=%205", "k"},
+        {"user=u1&k=5x", "k"},
+        {"user=u1&k=5~", "k"},
+        {"user=u1&k=-1", "k"},
+        {"user=u1&exclude_seen=maybe", "exclude_seen"},
+        {"user=u1&exclude_seen=", "exclude_seen"},
+        {"user=u1&exclude_seen=TRUE", "exclude_seen"},
+        {"user=u1&k=2&k=3", "k"},
+        {"user=u1&usr=u2", "usr"},
+        {"user=u1&=x", ""},
+    };
+    for (size_t i = 0; i < HR_ARRAY_LEN(bad); i++) {
+        n = split_query(bad[i].q, buf, p, 8);
+        memset(&e, 0, sizeof e);
+        assert_int_equal(hr_api_recommend_query(m, p, n, q, &e), HR_EINVAL);
+        assert_string_equal(e.field, bad[i].field);
+    }
+    off = (size_t)sprintf(buf + 4000, "user=u1&exclude=");
+    for (int i = 0; i < 1001; i++)
+        off += (size_t)sprintf(buf + 4000 + off, "%sx", i ? "," : "");
+    many = strdup(buf + 4000);
+    n = split_query(many, buf, p, 8);
+    assert_int_equal(hr_api_recommend_query(m, p, n, q, &e), HR_EINVAL);
+    assert_string_equal(e.field, "exclude");
+    free(many);
+    char longq[400] = "user=u1&exclude=i1,";
+    memset(longq + strlen(longq), 'x', 257);
+    n = split_query(longq, buf, p, 8);
+    assert_int_equal(hr_api_recommend_query(m, p, n, q, &e), HR_EINVAL);
+    assert_string_equal(e.field, "exclude");
+    free(q);
+    hr_model_destroy(m);
+}
+
+/* Error text is cut between UTF-8 characters, so it stays a JSON string
+ * (an event's per-index errors are built from it). */
+static void test_error_text_stays_utf8(void **state)
+{
+    (void)state;
+    hr_model *m = make_model("logistic");
+    for (int shift = 0; shift < 3; shift++) {
+        /* an unknown field: 120 three-byte characters after `shift` ASCII bytes */
+        char key[400];
+        memset(key, 'k', (size_t)shift);
+        size_t o = (size_t)shift;
+        for (int i = 0; i < 120; i++, o += 3)
+            memcpy(key + o, "\xe2\x82\xac", 3); /* the euro sign */
+        key[o] = 0;
+        json_t *v = json_pack("{s:s,s:s,s:i}", "user", "u", "item", "i", key, 1);
+        assert_non_null(v);
+        hr_event ev;
+        hr_error e = {{0}, {0}};
+        assert_int_equal(hr_api_event_from_json(m, v, &ev, NULL, &e), HR_EINVAL);
+        json_t *msg = json_string(e.message), *field = json_string(e.field);
+        assert_non_null(msg);
+        assert_non_null(field);
+        assert_true(strlen(e.message) > 200); /* cut, not dropped */
+        json_decref(msg);
+        json_decref(field);
+        json_decref(v);
+    }
+    hr_model_destroy(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -211,6 +426,9 @@ int main(void)
         cmocka_unit_test(test_pair_unknown_creates_nothing),
         cmocka_unit_test(test_error_json),
         cmocka_unit_test(test_ndjson_split),
+        cmocka_unit_test(test_predict_query),
+        cmocka_unit_test(test_recommend_query),
+        cmocka_unit_test(test_error_text_stays_utf8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1214,6 +1214,297 @@ static void test_loading_then_ready(void **state)
     tu_rmtree(dir);
 }
 
+/* ---- every error is JSON, no input gets a 5xx ---- */
+
+/* The body of a raw reply (after the header block), or "". */
+static const char *raw_body(const char *out)
+{
+    const char *b = strstr(out, "\r\n\r\n");
+    return b ? b + 4 : "";
+}
+
+/* Asserts a raw reply is status with a JSON error body of code (or any). */
+static void expect_raw_error(const char *out, int got, int status, const char *code)
+{
+    if (got != status)
+        fail_msg("expected %d, got %d: %.300s", status, got, out);
+    assert_non_null(strcasestr(out, "Content-Type: application/json"));
+    json_t *v = json_loads(raw_body(out), 0, NULL);
+    if (!v)
+        fail_msg("body is not JSON: %.300s", raw_body(out));
+    json_t *e = json_object_get(v, "error");
+    assert_true(json_is_string(json_object_get(e, "message")));
+    if (code)
+        assert_string_equal(json_string_value(json_object_get(e, "code")), code);
+    json_decref(v);
+}
+
+/* A reply to a bad value: never a 5xx; a 4xx is the JSON error; a 2xx is
+ * JSON too (but /metrics, which is text). head: a HEAD reply, which has no
+ * body to check. what: for the failure message. */
+static void expect_no_5xx(reply r, bool json_2xx, bool head, const char *what)
+{
+    if (r.status >= 500 || r.status < 200)
+        fail_msg("%s: got %ld: %.200s", what, r.status, r.text);
+    if (head) {
+        done(&r);
+        return;
+    }
+    if (r.status >= 400) {
+        json_t *e = json_object_get(r.json, "error");
+        if (!json_is_string(json_object_get(e, "code")) ||
+            !json_is_string(json_object_get(e, "message")))
+            fail_msg("%s: %ld without the JSON error: %.200s", what, r.status, r.text);
+    } else if (json_2xx && !r.json) {
+        fail_msg("%s: %ld not JSON: %.200s", what, r.status, r.text);
+    }
+    done(&r);
+}
+
+#define BIG_VALUE 100000 /* bytes of a "100 KB" value */
+
+/* Query-string values: invalid UTF-8, empty, 100 KB, control characters,
+ * a NUL byte. */
+static const char *const bad_query_values[] = {"u%FF", "%C3%28", "", NULL /* big */,
+                                               "%01%1Fx%7F", "a%00b", "%0D%0Ax:%20y"};
+
+static void test_every_route_bad_values(void **state)
+{
+    (void)state;
+    server s;
+    start(&s, 1024, TOKEN);
+    reply r = post(&s, "/v1/events", "[{\"user\":\"u1\",\"item\":\"i1\"},{\"user\":\"u1\",\"item\":\"i2\"}]");
+    assert_int_equal(r.status, 202);
+    done(&r);
+    char *big = malloc(BIG_VALUE + 1);
+    memset(big, 'a', BIG_VALUE);
+    big[BIG_VALUE] = 0;
+    char *url = malloc(BIG_VALUE + 512), what[256];
+    /* GET routes: each parameter they read, plus one they do not */
+    static const struct {
+        const char *path;
+        const char *params[5]; /* name=value pairs of a valid request */
+        bool admin, json;
+    } gets[] = {
+        {"/v1/predict", {"user=u1", "item=i1", "x=1"}, false, true},
+        {"/v1/recommend", {"user=u1", "k=2", "exclude_seen=true", "exclude=i1", "x=1"}, false, true},
+        {"/v1/stats", {"x=1"}, false, true},
+        {"/healthz", {"x=1"}, false, true},
+        {"/readyz", {"x=1"}, false, true},
+        {"/metrics", {"x=1"}, false, false},
+        {"/v1/admin/schedule", {"x=1"}, true, true},
+        {"/v1/admin/schedule/history", {"x=1"}, true, true},
+        {"/v1/admin/config", {"x=1"}, true, true},
+    };
+    for (size_t g = 0; g < sizeof gets / sizeof gets[0]; g++) {
+        for (size_t p = 0; p < 5 && gets[g].params[p]; p++) {
+            for (size_t v = 0; v < sizeof bad_query_values / sizeof bad_query_values[0]; v++) {
+                const char *val = bad_query_values[v] ? bad_query_values[v] : big;
+                size_t off = (size_t)sprintf(url, "%s", gets[g].path);
+                for (size_t q = 0; q < 5 && gets[g].params[q]; q++) {
+                    const char *pv = gets[g].params[q];
+                    if (q == p)
+                        off += (size_t)sprintf(url + off, "%c%.*s=%s", q ? '&' : '?',
+                                               (int)(strchr(pv, '=') - pv), pv, val);
+                    else
+                        off += (size_t)sprintf(url + off, "%c%s", q ? '&' : '?', pv);
+                }
+                snprintf(what, sizeof what, "GET %.120s (value %zu)", url, v);
+                for (int m = 0; m < 2; m++) /* GET, HEAD */
+                    expect_no_5xx(call(&s, m ? "HEAD" : "GET", url, NULL, NULL, 0,
+                                       gets[g].admin ? "Bearer " TOKEN : NULL),
+                                  gets[g].json, m == 1, what);
+            }
+        }
+    }
+    /* Body routes: each documented field set to a bad value. Raw invalid
+     * UTF-8 and a raw control character make the body not JSON. */
+    static const char *const bad_json_values[] = {"\"u\xff\"", "\"\"", NULL /* big */,
+                                                  "\"\\u0001\\u001f\\u0000\"", "\"a\x01" "b\"",
+                                                  "true", "null", "[]", "{}", "-1e999", "1e308"};
+    static const struct {
+        const char *method, *path, *fmt; /* fmt: the body, %s = the value */
+        const char *fields[12];          /* field names substituted, for the message */
+        bool admin;
+    } bodies[] = {
+        {"POST", "/v1/events", "{\"user\":%s,\"item\":\"i1\"}", {"user"}, false},
+        {"POST", "/v1/events", "{\"user\":\"u1\",\"item\":%s}", {"item"}, false},
+        {"POST", "/v1/events", "{\"user\":\"u1\",\"item\":\"i1\",\"label\":%s}", {"label"}, false},
+        {"POST", "/v1/events", "{\"user\":\"u1\",\"item\":\"i1\",\"rating\":%s}", {"rating"}, false},
+        {"POST", "/v1/events", "{\"user\":\"u1\",\"item\":\"i1\",\"weight\":%s}", {"weight"}, false},
+        {"POST", "/v1/events", "{\"user\":\"u1\",\"item\":\"i1\",\"ts\":%s}", {"ts"}, false},
+        {"POST", "/v1/events", "{\"user\":\"u1\",\"item\":\"i1\",\"id\":%s}", {"id"}, false},
+        {"POST", "/v1/events", "{\"user\":\"u1\",\"item\":\"i1\",\"features\":{\"f\":%s}}",
+         {"features.f"}, false},
+        {"POST", "/v1/events", "{\"user\":\"u1\",\"item\":\"i1\",\"features\":%s}", {"features"},
+         false},
+        {"POST", "/v1/events", "[%s]", {"[event]"}, false},
+        {"POST", "/v1/predict", "{\"pairs\":[{\"user\":%s,\"item\":\"i1\"}]}", {"user"}, false},
+        {"POST", "/v1/predict", "{\"pairs\":[{\"user\":\"u1\",\"item\":%s}]}", {"item"}, false},
+        {"POST", "/v1/predict", "{\"pairs\":[{\"user\":\"u1\",\"item\":\"i1\",\"features\":%s}]}",
+         {"features"}, false},
+        {"POST", "/v1/predict", "{\"pairs\":%s}", {"pairs"}, false},
+        {"PUT", "/v1/admin/schedule", "{\"optimizer\":%s}", {"optimizer"}, true},
+        {"PUT", "/v1/admin/schedule", "{\"type\":%s}", {"type"}, true},
+        {"PUT", "/v1/admin/schedule", "{\"eta0\":%s}", {"eta0"}, true},
+        {"PUT", "/v1/admin/schedule", "{\"multipliers\":{\"item\":%s}}", {"multipliers.item"},
+         true},
+        {"PUT", "/v1/admin/schedule", "{\"staleness\":{\"enabled\":%s}}", {"staleness.enabled"},
+         true},
+        {"PUT", "/v1/admin/schedule", "{\"ftrl\":%s}", {"ftrl"}, true},
+    };
+    char *body = malloc(BIG_VALUE + 512), *bigstr = malloc(BIG_VALUE + 3);
+    sprintf(bigstr, "\"%s\"", big);
+    for (size_t b = 0; b < sizeof bodies / sizeof bodies[0]; b++) {
+        for (size_t v = 0; v < sizeof bad_json_values / sizeof bad_json_values[0]; v++) {
+            const char *val = bad_json_values[v] ? bad_json_values[v] : bigstr;
+            int n = sprintf(body, bodies[b].fmt, val);
+            snprintf(what, sizeof what, "%s %s %s=value %zu", bodies[b].method, bodies[b].path,
+                     bodies[b].fields[0], v);
+            expect_no_5xx(call(&s, bodies[b].method, bodies[b].path, "application/json", body,
+                               (size_t)n, bodies[b].admin ? "Bearer " TOKEN : NULL),
+                          true, false, what);
+        }
+    }
+    /* and the server still answers */
+    r = get(&s, "/v1/predict?user=u1&item=i1");
+    assert_int_equal(r.status, 200);
+    done(&r);
+    free(body);
+    free(bigstr);
+    free(url);
+    free(big);
+    stop(&s);
+}
+
+/* The cases the issue reported, each with its exact answer. */
+static void test_reported_cases(void **state)
+{
+    (void)state;
+    server s;
+    start(&s, 1024, TOKEN);
+    /* an id that is not UTF-8 was a 500 "out of memory" */
+    expect_error(get(&s, "/v1/recommend?user=u%FF"), 400, "invalid");
+    expect_error(get(&s, "/v1/predict?user=u%FF&item=i1"), 400, "invalid");
+    expect_error(get(&s, "/v1/recommend?user=u1&usr=u2"), 400, "invalid"); /* unknown */
+    expect_error(get(&s, "/v1/recommend?user=u1&user=u2"), 400, "invalid"); /* twice */
+    /* a control character is a valid id, echoed escaped */
+    reply r = get(&s, "/v1/recommend?user=u%01");
+    assert_int_equal(r.status, 200);
+    assert_string_equal(json_string_value(json_object_get(r.json, "user")), "u\x01");
+    done(&r);
+    /* "label": true is not a number */
+    r = post(&s, "/v1/events", "{\"user\":\"u1\",\"item\":\"i1\",\"label\":true}");
+    assert_int_equal(r.status, 202);
+    assert_int_equal(jint(r.json, "accepted"), 0);
+    assert_int_equal(jint(r.json, "rejected"), 1);
+    assert_string_equal(
+        json_string_value(json_object_get(json_array_get(json_object_get(r.json, "errors"), 0),
+                                          "field")),
+        "label");
+    done(&r);
+    /* a body route without Content-Type: 415 */
+    char out[8192], req[512];
+    static const char *const body_routes[] = {"POST /v1/events", "POST /v1/predict",
+                                              "PUT /v1/admin/schedule"};
+    for (size_t i = 0; i < 3; i++) {
+        int n = snprintf(req, sizeof req,
+                         "%s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " TOKEN
+                         "\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+                         body_routes[i]);
+        expect_raw_error(out, raw(&s, req, (size_t)n, out, sizeof out), 415,
+                         "unsupported_media_type");
+    }
+    r = get(&s, "/v1/stats");
+    assert_int_equal(jint(r.json, "events.accepted"), 0);
+    done(&r);
+    stop(&s);
+}
+
+/* A declared Content-Length over max_body_bytes is answered 413 before any
+ * body is sent, with or without Expect: 100-continue (and never 100). */
+static void test_declared_length_413_at_once(void **state)
+{
+    (void)state;
+    server s;
+    start(&s, 1024, TOKEN);
+    char out[4096], req[512];
+    for (int expect = 0; expect < 2; expect++) {
+        int n = snprintf(req, sizeof req,
+                         "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         "%sContent-Length: 10000000000\r\n\r\n",
+                         expect ? "Expect: 100-continue\r\n" : "");
+        /* no body is sent: only an answer that needs none ends the read
+         * (the raw client waits up to 30 s, far beyond any normal answer) */
+        int st = raw(&s, req, (size_t)n, out, sizeof out);
+        assert_null(strstr(out, "100 Continue"));
+        expect_raw_error(out, st, 413, "payload_too_large");
+    }
+    stop(&s);
+}
+
+/* The answers libmicrohttpd gives before the handler runs carry the JSON
+ * error too; and framing it would get wrong is refused at once. */
+static void test_library_answers_json(void **state)
+{
+    (void)state;
+    server s;
+    start(&s, 1024, TOKEN);
+    size_t cap = 200000;
+    char *req = malloc(cap), *out = malloc(8192);
+    int n;
+    /* a 50 KB query string (over memory_limit): 414 */
+    n = sprintf(req, "GET /v1/predict?user=");
+    memset(req + n, 'a', 50000);
+    n += 50000;
+    n += sprintf(req + n, "&item=i HTTP/1.1\r\nHost: x\r\n\r\n");
+    expect_raw_error(out, raw(&s, req, (size_t)n, out, 8192), 414, "uri_too_long");
+    /* a 100 KB value */
+    n = sprintf(req, "GET /v1/recommend?user=");
+    memset(req + n, 'a', BIG_VALUE);
+    n += BIG_VALUE;
+    n += sprintf(req + n, " HTTP/1.1\r\nHost: x\r\n\r\n");
+    expect_raw_error(out, raw(&s, req, (size_t)n, out, 8192), 414, "uri_too_long");
+    /* a 40 KB header: 431 */
+    n = sprintf(req, "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ");
+    memset(req + n, 'a', 40000);
+    n += 40000;
+    n += sprintf(req + n, "\r\n\r\n");
+    expect_raw_error(out, raw(&s, req, (size_t)n, out, 8192), 431, "header_too_large");
+    /* malformed requests: 400 */
+    static const struct {
+        const char *req;
+        int status;
+        const char *code;
+    } cases[] = {
+        {"GET /healthz HTTP/1.1\r\nHost: x\r\nNoColon\r\n\r\n", 400, "bad_request"},
+        {"GET /healthz\r\nHost: x\r\n\r\n", 400, "bad_request"},
+        {"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n", 505, "http_version_not_supported"},
+        {"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+         "Transfer-Encoding: chunked\r\n\r\nzz\r\n[]\r\n0\r\n\r\n",
+         400, "bad_request"},
+        {"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+         "Transfer-Encoding: chunked\r\n\r\nfffffffffffffffffffff\r\n[]\r\n0\r\n\r\n",
+         413, "payload_too_large"},
+        /* an unknown coding MHD would read until the connection closes */
+        {"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+         "Transfer-Encoding: gzip\r\n\r\n",
+         400, "bad_request"},
+        {"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+         "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n[]\r\n0\r\n\r\n",
+         400, "bad_request"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        expect_raw_error(out, raw(&s, cases[i].req, strlen(cases[i].req), out, 8192),
+                         cases[i].status, cases[i].code);
+    reply r = get(&s, "/healthz");
+    assert_int_equal(r.status, 200);
+    done(&r);
+    free(req);
+    free(out);
+    stop(&s);
+}
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -1231,6 +1522,10 @@ int main(void)
         cmocka_unit_test(test_events_durable_concurrent),
         cmocka_unit_test(test_events_commit_wait_does_not_block),
         cmocka_unit_test(test_loading_then_ready),
+        cmocka_unit_test(test_every_route_bad_values),
+        cmocka_unit_test(test_reported_cases),
+        cmocka_unit_test(test_declared_length_413_at_once),
+        cmocka_unit_test(test_library_answers_json),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();

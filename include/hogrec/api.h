@@ -68,6 +68,59 @@ uint32_t hr_api_lookup(const hr_model *m, hr_table_id t, const char *id, size_t 
 hr_status hr_api_pair_from_json(const hr_model *m, const json_t *obj, hr_event *ev,
                                 unsigned *unknown, hr_error *err);
 
+/* ---- query strings of GET /v1/predict and GET /v1/recommend ---- */
+
+#define HR_API_MAX_K 1000       /* largest k of /v1/recommend */
+#define HR_API_MAX_EXCLUDE 1000 /* most ids in exclude= */
+
+/* One query-string parameter as the HTTP layer decoded it (percent-escapes
+ * undone): key and value are byte strings of the given lengths, neither
+ * necessarily UTF-8 nor free of NUL bytes; value is NULL when the parameter
+ * had no '='. Borrowed. */
+typedef struct {
+    const char *key;
+    size_t key_len;
+    const char *value; /* NULL: no '=' */
+    size_t value_len;
+} hr_api_param;
+
+/* GET /v1/predict?user=ID&item=ID, resolved for hr_model_predict. */
+typedef struct {
+    hr_event ev;      /* user and item rows (0, the default row, for unknown ids) */
+    unsigned unknown; /* HR_API_UNKNOWN_* */
+} hr_api_predict_req;
+
+/* Parses and resolves the parameters of GET /v1/predict: user and item
+ * (required, 1..HR_ID_MAX_LEN bytes of UTF-8 without NUL, as the ids events
+ * name).
+ * An unknown, repeated or empty parameter is an error. Creates nothing; the
+ * model is only read. params borrowed for the call. HR_EINVAL with err
+ * naming the parameter. */
+hr_status hr_api_predict_query(const hr_model *m, const hr_api_param *params, size_t n,
+                               hr_api_predict_req *out, hr_error *err);
+
+/* GET /v1/recommend?user=ID&k=N&exclude_seen=BOOL&exclude=ID,ID,... */
+typedef struct {
+    char user[HR_ID_MAX_LEN + 1]; /* the user id as given, NUL-terminated */
+    size_t user_len;              /* bytes in user */
+    uint32_t user_row;            /* the user's row, 0 if the model does not know it */
+    uint32_t k;                   /* items wanted, 1..HR_API_MAX_K (default 10) */
+    bool exclude_seen;            /* leave out the user's recent items (default true) */
+    size_t nexclude;              /* rows in exclude */
+    uint32_t exclude[HR_API_MAX_EXCLUDE]; /* rows of the excluded items the model
+                                             knows, in the order named */
+} hr_api_recommend_req;
+
+/* Parses and resolves the parameters of GET /v1/recommend: user (required,
+ * as for predict), k (decimal digits, 1..HR_API_MAX_K), exclude_seen
+ * (true, false, 1 or 0), exclude (comma-separated ids of 1..HR_ID_MAX_LEN
+ * bytes, at most HR_API_MAX_EXCLUDE; empty entries are skipped, ids the
+ * model does not know are dropped). An unknown, repeated or empty
+ * parameter is an error. Creates nothing; the model is only read. params
+ * borrowed for the call. HR_EINVAL with err naming the parameter. */
+hr_status hr_api_recommend_query(const hr_model *m, const hr_api_param *params, size_t n,
+                                 hr_api_recommend_req *out, hr_error *err);
+
 /* Replaces every byte outside printable ASCII in s (NUL-terminated) with '?':
  * text quoted from a client becomes a valid JSON string. */
 void hr_api_printable(char *s);

@@ -40,7 +40,7 @@ typedef struct {
 } hr_error;
 
 /* Fills err (if not NULL) with printf-style text and returns status.
- * field may be NULL. */
+ * field may be NULL. Text cut to fit is cut between UTF-8 characters. */
 hr_status hr_error_set(hr_error *err, hr_status status, const char *field,
                        const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
