@@ -315,8 +315,9 @@ static hr_status find_params(const hr_api_param *params, size_t n, const char *c
             memcpy(key, params[i].key, kl);
             key[kl] = 0;
             hr_api_printable(key); /* NUL bytes end it early: fine for a message */
-            hr_error_set(err, HR_EINVAL, key, "unknown query parameter '%s'", key);
-            return HR_EINVAL;
+            if (key[0] == 0) /* "&&", "=v" or a name starting with NUL: name the query */
+                return hr_error_set(err, HR_EINVAL, "query", "a query parameter has no name");
+            return hr_error_set(err, HR_EINVAL, key, "unknown query parameter '%s'", key);
         }
         if (found[j])
             return hr_error_set(err, HR_EINVAL, names[j], "%s: given more than once", names[j]);

@@ -278,6 +278,7 @@ static void test_predict_query(void **state)
         {"user=u1&item=\xc0\xaf", "item"},     /* overlong */
         {"user=u1&item=i1&user=u2", "user"},   {"user=u1&item=i1&x=1", "x"},
         {"user=a~b&item=i1", "user"}, /* no id holds a NUL byte */
+        {"user=u1&&item=i1", "query"}, {"user=u1&=x&item=i1", "query"}, /* no name (fuzz) */
         {longq, "item"},
     };
     for (size_t i = 0; i < HR_ARRAY_LEN(bad); i++) {
@@ -362,7 +363,7 @@ static void test_recommend_query(void **state)
         {"user=u1&exclude_seen=TRUE", "exclude_seen"},
         {"user=u1&k=2&k=3", "k"},
         {"user=u1&usr=u2", "usr"},
-        {"user=u1&=x", ""},
+        {"user=u1&=x", "query"},
     };
     for (size_t i = 0; i < HR_ARRAY_LEN(bad); i++) {
         n = split_query(bad[i].q, buf, p, 8);
