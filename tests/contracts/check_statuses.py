@@ -144,6 +144,8 @@ def specific(auth):
         ("recommend k=x", "GET", "/v1/recommend?user=u1&k=x", {}),
         ("recommend exclude_seen=x", "GET", "/v1/recommend?user=u1&exclude_seen=x", {}),
         ("recommend no user", "GET", "/v1/recommend", {}),
+        ("recommend user not UTF-8", "GET", "/v1/recommend?user=u%FF", {}),
+        ("predict item not UTF-8", "GET", "/v1/predict?user=u1&item=%C3%28", {}),
         ("schedule", "PUT", "/v1/admin/schedule",
          post("/v1/admin/schedule", b'{"optimizer":"adagrad","type":"invpow","eta0":0.1,"t0":1000,'
               b'"power":0.5,"multipliers":{"item":0.5}}')),
@@ -195,6 +197,8 @@ def check_reply(spec, ops, path, method, status, reply):
     if resp is None:
         return f"status {status} is not documented"
     ctype = reply.headers.get("content-type", "").split(";")[0].strip()
+    if m != "head" and status >= 400 and ctype != "application/json":
+        return f"error {status} answered with Content-Type {ctype or '(none)'}, not the JSON error body"
     if m == "head" or ctype != "application/json":
         return None
     media = (resp.get("content") or {}).get("application/json")
