@@ -858,7 +858,8 @@ static json_t *stats_json(hr_http *h)
     json_object_set_new(o, "recommend", json_pack("{s:I,s:I}", "queries", (json_int_t)tk_queries,
                                                   "sgemm_batches", (json_int_t)tk_batches));
     json_object_set_new(o, "progressive",
-                        json_pack("{s:I,s:o,s:o,s:o}", "total", (json_int_t)all.total,
+                        json_pack("{s:I,s:I,s:o,s:o,s:o}", "total", (json_int_t)all.total,
+                                  "nonfinite", (json_int_t)all.nonfinite,
                                   "loss_total", num_or_null(all.loss_total), "window",
                                   progress_json(app->progress, 0), "recent_1000",
                                   progress_json(app->progress, 1000)));
@@ -968,6 +969,9 @@ static char *metrics_text(hr_http *h, size_t *len)
               rep.loss, rep.auc, (double)hr_hist_quantile(fr, 0.5) * 1e-6,
               (double)hr_hist_quantile(fr, 0.99) * 1e-6, (uint64_t)atomic_load(&fr->count),
               hr_schedbox_current(app->sched)->version, hr_app_not_ready(app) ? 0 : 1);
+    sb_printf(&b, "# HELP hogrec_progressive_nonfinite_total Predictions left out of the progressive statistics because they were NaN or infinite.\n"
+                  "# TYPE hogrec_progressive_nonfinite_total counter\nhogrec_progressive_nonfinite_total %" PRIu64 "\n",
+              rep.nonfinite);
     if (b.oom) {
         free(b.buf);
         return NULL;

@@ -3,7 +3,10 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 const char *tu_shared_data(const char *relpath)
@@ -42,4 +45,29 @@ void tu_rmtree(const char *path)
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
     if (system(cmd) != 0)
         fprintf(stderr, "warning: could not remove %s\n", path);
+}
+
+int tu_terminates(void (*fn)(void *), void *arg, unsigned seconds)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("fork");
+        abort();
+    }
+    if (pid == 0) {
+        fn(arg);
+        _exit(0);
+    }
+    int status = 0;
+    for (unsigned i = 0; i < seconds * 20u; i++) { /* polls every 50 ms */
+        pid_t w = waitpid(pid, &status, WNOHANG);
+        if (w == pid)
+            return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        nanosleep(&(struct timespec){0, 50000000L}, NULL);
+    }
+    fprintf(stderr, "tu_terminates: still running after %u s; killing it\n", seconds);
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    return 0;
 }

@@ -21,6 +21,12 @@ const char *tu_tmpdir(void);
 /* Removes a directory tree (best effort). */
 void tu_rmtree(const char *path);
 
+/* Runs fn(arg) in a forked child and reports whether it returned (the child
+ * exits 0) within `seconds`, a generous bound for code that must end on any
+ * input; a child still running then is killed. Assert on the result, then
+ * call fn again in the test process to check what it computed. */
+int tu_terminates(void (*fn)(void *), void *arg, unsigned seconds);
+
 /* Prints a line saying why a test skips, then calls cmocka's skip(). */
 #define TU_SKIP(...)                                                           \
     do {                                                                       \
