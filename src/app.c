@@ -3,7 +3,8 @@
  *   open:  schedule box -> model -> queue -> progress -> persistence (restore)
  *          -> trainers -> ingest                       (hr_app_open_loading)
  *          -> persistence start (replay log) -> ready  (hr_app_finish_loading)
- *   close: trainers stop (drain or not) -> final checkpoint -> free all
+ *   close: trainers stop (drain or not) -> final checkpoint  (hr_app_stop)
+ *          -> free all
  * Called from the main thread.
  */
 #include "hogrec/app.h"
@@ -89,7 +90,7 @@ fail:
     return st;
 }
 
-void hr_app_close(hr_app *app, bool drain)
+void hr_app_stop(hr_app *app, bool drain)
 {
     if (!app)
         return;
@@ -97,6 +98,14 @@ void hr_app_close(hr_app *app, bool drain)
     if (app->trainer)
         hr_trainer_stop(app->trainer, drain, NULL);
     hr_persist_close(app->persist, app->model != NULL && app->trainer != NULL);
+    app->persist = NULL;
+}
+
+void hr_app_close(hr_app *app, bool drain)
+{
+    if (!app)
+        return;
+    hr_app_stop(app, drain);
     hr_ingest_destroy(app->ingest);
     hr_trainer_destroy(app->trainer);
     hr_progress_destroy(app->progress);

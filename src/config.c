@@ -81,6 +81,8 @@ static const opt options[] = {
     I(max_batch_events, 1, 1000000, "10000", false, "most events in one POST /v1/events"),
     D(dedup_window, 0, 1e7, "600", false, "seconds an event id is remembered for de-duplication"),
     I(history_per_user, 0, 10000, "64", false, "recent items remembered per user (exclude_seen)"),
+    D(shutdown_timeout, 0.1, 86400, "30", false,
+      "seconds requests in flight get after SIGTERM; the whole stop gets twice that"),
     /* persistence */
     S(db, "hogrec.db", NULL, false, "SQLite file (empty = no persistence)"),
     D(checkpoint_interval, 0, 1e7, "60", false, "seconds between checkpoints (0 = off)"),

@@ -61,6 +61,12 @@ hr_status hr_app_finish_loading(hr_app *app, hr_error *err);
  * persistent, frees everything. NULL is a no-op. */
 void hr_app_close(hr_app *app, bool drain);
 
+/* The first half of hr_app_close: ready to 0, trainers stopped, final
+ * checkpoint written and the database closed (app->persist NULL after it);
+ * the model and the rest stay allocated for threads that may still read
+ * them (requests abandoned at shutdown). hr_app_close may follow. */
+void hr_app_stop(hr_app *app, bool drain);
+
 /* NULL when ready to serve, else why not (loading, persistence failing). */
 const char *hr_app_not_ready(hr_app *app);
 
