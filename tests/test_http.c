@@ -1220,8 +1220,9 @@ static void test_loading_then_ready(void **state)
  * fd 3 takes commands ('h': hold the next write to the file named by
  * HOGREC_TEST_HOLD, 'r': release it); fd 4 answers ('h' armed, 'H' a write
  * is held). The parent reads the child's log lines from its stderr. No
- * assertion is about time: each wait is for an event, and the child's exit
- * is awaited with a generous bound. ---- */
+ * assertion is about time: each wait is for an event, and a reaper kills
+ * the child after a generous bound (CHILD_BOUND), which ends every wait and
+ * fails the test. ---- */
 
 #define CHILD_ENV "HOGREC_TEST_SERVE_CHILD"
 
@@ -1273,7 +1274,32 @@ typedef struct {
     int ctl;   /* write end of its fd 3 */
     int ack;   /* read end of its fd 4 */
     uint16_t port;
+    /* The reaper kills the child if it has not exited CHILD_BOUND seconds
+     * after it started, so every read of its pipes ends. */
+    pthread_t reaper;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool exited, killed; /* under mu */
 } serve_child_t;
+
+#define CHILD_BOUND 120 /* seconds: generous, the child needs about 3 */
+
+static void *child_reaper(void *arg)
+{
+    serve_child_t *ch = arg;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += CHILD_BOUND;
+    pthread_mutex_lock(&ch->mu);
+    while (!ch->exited && pthread_cond_timedwait(&ch->cv, &ch->mu, &until) == 0)
+        ;
+    if (!ch->exited) {
+        ch->killed = true;
+        kill(ch->pid, SIGKILL);
+    }
+    pthread_mutex_unlock(&ch->mu);
+    return NULL;
+}
 
 /* Starts the child on db, holding writes to files ending in hold; waits for
  * its "ready" line. Returns false (child gone) if it never came. */
@@ -1304,6 +1330,10 @@ static bool child_start(serve_child_t *ch, const char *db, const char *hold)
     ch->ctl = ctlp[1];
     ch->ack = ackp[0];
     ch->port = 0;
+    ch->exited = ch->killed = false;
+    pthread_mutex_init(&ch->mu, NULL);
+    pthread_cond_init(&ch->cv, NULL);
+    assert_int_equal(pthread_create(&ch->reaper, NULL, child_reaper, ch), 0);
     char line[2048];
     for (int i = 0; i < 200 && fgets(line, sizeof line, ch->log); i++) {
         json_t *o = json_loads(line, 0, NULL);
@@ -1347,19 +1377,19 @@ static json_t *child_log_until(serve_child_t *ch, const char *until)
     return NULL;
 }
 
-/* Waits for the child's exit (at most `bound` seconds, then kills it);
- * returns its wait status, or -1 if it had to be killed. */
-static int child_wait(serve_child_t *ch, unsigned bound)
+/* Waits for the child's exit; returns its wait status, or -1 if the reaper
+ * had to kill it. */
+static int child_wait(serve_child_t *ch)
 {
     int status = 0;
-    for (unsigned i = 0; i < bound * 20u; i++) {
-        if (waitpid(ch->pid, &status, WNOHANG) == ch->pid)
-            return status;
-        nanosleep(&(struct timespec){0, 50000000L}, NULL);
-    }
-    kill(ch->pid, SIGKILL);
     waitpid(ch->pid, &status, 0);
-    return -1;
+    pthread_mutex_lock(&ch->mu);
+    ch->exited = true;
+    bool killed = ch->killed;
+    pthread_cond_broadcast(&ch->cv);
+    pthread_mutex_unlock(&ch->mu);
+    pthread_join(ch->reaper, NULL);
+    return killed ? -1 : status;
 }
 
 static void child_close(serve_child_t *ch)
@@ -1367,6 +1397,8 @@ static void child_close(serve_child_t *ch)
     fclose(ch->log);
     close(ch->ctl);
     close(ch->ack);
+    pthread_cond_destroy(&ch->cv);
+    pthread_mutex_destroy(&ch->mu);
 }
 
 typedef struct {
@@ -1435,7 +1467,7 @@ static void test_sigterm_with_suspended_request(void **state)
     child_cmd(&ch, 'r', 0); /* the disk comes back */
     json_t *stopped = child_log_until(&ch, "stopped");
     json_t *watchdog = child_log_until(&ch, "shutdown abandoned");
-    int status = child_wait(&ch, 120);
+    int status = child_wait(&ch);
     pthread_join(t, NULL);
     child_close(&ch);
     assert_true(up && armed && held);
@@ -1482,7 +1514,7 @@ static void test_sigterm_with_stuck_handler(void **state)
     kill(ch.pid, SIGTERM);
     json_t *ab = held ? child_log_until(&ch, "shutdown abandoned requests") : NULL;
     json_t *watchdog = ab ? child_log_until(&ch, "shutdown abandoned") : NULL;
-    int status = child_wait(&ch, 120);
+    int status = child_wait(&ch);
     pthread_join(t, NULL);
     child_close(&ch);
     assert_true(up && armed && held);
