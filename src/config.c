@@ -82,7 +82,7 @@ static const opt options[] = {
     D(dedup_window, 0, 1e7, "600", false, "seconds an event id is remembered for de-duplication"),
     I(history_per_user, 0, 10000, "64", false, "recent items remembered per user (exclude_seen)"),
     D(shutdown_timeout, 0.1, 86400, "30", false,
-      "seconds requests in flight get after SIGTERM; the whole stop gets twice that"),
+      "seconds requests in flight get after SIGTERM, and the drain and final checkpoint then"),
     /* persistence */
     S(db, "hogrec.db", NULL, false, "SQLite file (empty = no persistence)"),
     D(checkpoint_interval, 0, 1e7, "60", false, "seconds between checkpoints (0 = off)"),

@@ -1518,20 +1518,20 @@ static int stop_pipe[2] = {-1, -1};
 /* What the shutdown is doing, for the watchdog's log line. */
 static _Atomic(const char *) shutdown_stage = "requests";
 
-/* The shutdown watchdog: the whole stop gets twice shutdown_timeout (the
- * requests get one, hr_http_stop bounds that; the drain and the final
- * checkpoint at least the other). Past it, or at a second SIGTERM/SIGINT,
- * it logs the stage and ends the process with status 1: no final
- * checkpoint, the event log keeps what was acknowledged. */
-static double watchdog_seconds;
+/* The shutdown watchdog: the requests get shutdown_timeout (hr_http_stop
+ * bounds that), then the drain and the final checkpoint get as long again.
+ * Past that, or at a second SIGTERM/SIGINT, it logs the stage and ends the
+ * process with status 1: no final checkpoint, the event log keeps what was
+ * acknowledged. */
+static _Atomic double watchdog_until;  /* wall time; moved on at each stage */
+static atomic_bool shutdown_done;      /* the stop finished: the watchdog stands down */
 
 static void *shutdown_watchdog(void *arg)
 {
     (void)arg;
-    double until = hr_wall_time() + watchdog_seconds;
     const char *reason = "timeout";
     for (;;) {
-        double left = until - hr_wall_time();
+        double left = atomic_load(&watchdog_until) - hr_wall_time();
         if (left <= 0)
             break;
         struct pollfd pfd = {stop_pipe[0], POLLIN, 0};
@@ -1541,9 +1541,10 @@ static void *shutdown_watchdog(void *arg)
             break;
         }
     }
+    if (atomic_load(&shutdown_done)) /* the process is exiting anyway */
+        return NULL;
     hr_log("error", "shutdown abandoned",
-           json_pack("{s:s,s:s,s:f}", "stage", atomic_load(&shutdown_stage), "reason", reason,
-                     "timeout_seconds", watchdog_seconds));
+           json_pack("{s:s,s:s}", "stage", atomic_load(&shutdown_stage), "reason", reason));
     _exit(1);
 }
 
@@ -1634,21 +1635,25 @@ int hr_serve_main(int argc, char **argv)
         ;
     int sig = sigbyte;
     hr_log("info", "stopping", json_pack("{s:s}", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM"));
-    watchdog_seconds = 2 * app->cfg.shutdown_timeout;
+    const double timeout = app->cfg.shutdown_timeout;
+    atomic_store(&watchdog_until, hr_wall_time() + 2 * timeout); /* hr_http_stop: timeout */
     pthread_t wd;
     if (pthread_create(&wd, NULL, shutdown_watchdog, NULL) == 0)
         pthread_detach(wd);
     hr_http_quiesce(http);
     unsigned abandoned = hr_http_stop(http); /* answers what is in flight */
     atomic_store(&shutdown_stage, "drain and final checkpoint");
+    atomic_store(&watchdog_until, hr_wall_time() + timeout);
     if (abandoned) {
         /* Requests still running may read the app: close the database,
          * free nothing, and end here (no exit handlers while they run). */
         hr_app_stop(app, true);
+        atomic_store(&shutdown_done, true);
         hr_log("info", "stopped", json_pack("{s:I}", "abandoned_requests", (json_int_t)abandoned));
         _exit(0);
     }
     hr_app_close(app, true);
+    atomic_store(&shutdown_done, true);
     hr_log("info", "stopped", NULL);
     return 0;
 }

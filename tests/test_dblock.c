@@ -1,3 +1,4 @@
+/* ctest-labels: concurrent */
 /*
  * test_dblock.c - one owner per database (src/dblock.c).
  *

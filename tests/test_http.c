@@ -1216,7 +1216,8 @@ static void test_loading_then_ready(void **state)
 /* ---- shutdown is bounded: a request that does not end does not keep the
  * process alive. The server runs as a child: this test program exec'ed
  * again with HOGREC_TEST_SERVE_CHILD set (a fresh process, so the fault VFS
- * can hold a write in it), running hr_serve_main with --shutdown-timeout 1.
+ * can hold a write in it), running hr_serve_main with a short
+ * --shutdown-timeout.
  * fd 3 takes commands ('h': hold the next write to the file named by
  * HOGREC_TEST_HOLD, 'r': release it); fd 4 answers ('h' armed, 'H' a write
  * is held). The parent reads the child's log lines from its stderr. No
@@ -1261,7 +1262,8 @@ static int serve_child(void)
         return 92;
     pthread_detach(t);
     char *argv[] = {"serve", "--port", "0", "--db", getenv(CHILD_ENV), "--admin-token", TOKEN,
-                    "--shutdown-timeout", "1", "--threads", "1", "--http-threads", "2",
+                    "--shutdown-timeout", getenv("HOGREC_TEST_TIMEOUT"), "--threads", "1",
+                    "--http-threads", "2",
                     "--k", "8", "--context-bits", "8", "--chunk-rows", "64", "--max-users", "4096",
                     "--max-items", "4096", "--checkpoint-interval", "0",
                     "--checkpoint-events", "0", "--negative-sampling", "off", NULL};
@@ -1301,9 +1303,11 @@ static void *child_reaper(void *arg)
     return NULL;
 }
 
-/* Starts the child on db, holding writes to files ending in hold; waits for
- * its "ready" line. Returns false (child gone) if it never came. */
-static bool child_start(serve_child_t *ch, const char *db, const char *hold)
+/* Starts the child on db with --shutdown-timeout timeout; 'h' will hold
+ * writes to files ending in hold. Waits for its "ready" line; returns false
+ * (child gone) if it never came. */
+static bool child_start(serve_child_t *ch, const char *db, const char *hold,
+                        const char *timeout)
 {
     int errp[2], ctlp[2], ackp[2];
     assert_int_equal(pipe(errp), 0);
@@ -1320,6 +1324,7 @@ static bool child_start(serve_child_t *ch, const char *db, const char *hold)
             close(fd);
         setenv(CHILD_ENV, db, 1);
         setenv("HOGREC_TEST_HOLD", hold, 1);
+        setenv("HOGREC_TEST_TIMEOUT", timeout, 1);
         execl("/proc/self/exe", "test_http", (char *)NULL);
         _exit(127);
     }
@@ -1456,7 +1461,7 @@ static void test_sigterm_with_suspended_request(void **state)
     char db[512];
     snprintf(db, sizeof db, "%s/t.db", dir);
     serve_child_t ch;
-    bool up = child_start(&ch, db, ".db-events-wal");
+    bool up = child_start(&ch, db, ".db-events-wal", "2");
     bool armed = up && child_cmd(&ch, 'h', 'h');
     bg_request req = {ch.port, "POST", "/v1/events", "{\"user\":\"u\",\"item\":\"i\"}", NULL, 0};
     pthread_t t;
@@ -1505,7 +1510,7 @@ static void test_sigterm_with_stuck_handler(void **state)
     char db[512];
     snprintf(db, sizeof db, "%s/t.db", dir);
     serve_child_t ch;
-    bool up = child_start(&ch, db, ".db-wal");
+    bool up = child_start(&ch, db, ".db-wal", "1");
     bool armed = up && child_cmd(&ch, 'h', 'h');
     bg_request req = {ch.port, "POST", "/v1/admin/checkpoint", NULL, "Bearer " TOKEN, 0};
     pthread_t t;
