@@ -1430,7 +1430,8 @@ static bool stop_daemon_by(struct MHD_Daemon *d, const struct timespec *deadline
     pthread_cond_init(&ds->cv, &ca);
     pthread_condattr_destroy(&ca);
     pthread_t t;
-    if (pthread_create(&t, NULL, stop_daemon, ds) != 0)
+    bool threaded = pthread_create(&t, NULL, stop_daemon, ds) == 0;
+    if (!threaded)
         stop_daemon(ds);
     pthread_mutex_lock(&ds->mu);
     while (!ds->done && pthread_cond_timedwait(&ds->cv, &ds->mu, deadline) != ETIMEDOUT)
@@ -1441,7 +1442,8 @@ static bool stop_daemon_by(struct MHD_Daemon *d, const struct timespec *deadline
         pthread_detach(t);
         return false;
     }
-    pthread_join(t, NULL);
+    if (threaded)
+        pthread_join(t, NULL);
     pthread_cond_destroy(&ds->cv);
     pthread_mutex_destroy(&ds->mu);
     free(ds);
