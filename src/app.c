@@ -1,9 +1,12 @@
 /*
  * app.c - builds a running hogrec from a config and tears it down in order:
- *   open:  schedule box -> model -> queue -> progress -> persistence (restore)
+ *   open:  schedule box -> model -> queue -> progress -> database lock
+ *          -> persistence (restore)
  *          -> trainers -> ingest                       (hr_app_open_loading)
  *          -> persistence start (replay log) -> ready  (hr_app_finish_loading)
- *   close: trainers stop (drain or not) -> final checkpoint -> free all
+ *   close: trainers stop (drain or not) -> final checkpoint -> unlock
+ *                                                          (hr_app_stop)
+ *          -> free all
  * Called from the main thread.
  */
 #include "hogrec/app.h"
@@ -11,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hogrec/dblock.h"
 #include "hogrec/persist.h"
 
 hr_status hr_app_open(const hr_config *cfg, hr_app **out, hr_error *err)
@@ -69,7 +73,8 @@ hr_status hr_app_open_loading(const hr_config *cfg, hr_app **out, hr_error *err)
     }
     hr_evlog *log = NULL;
     if (app->cfg.db[0]) {
-        if ((st = hr_persist_open(app, &app->persist, &log, err)) != HR_OK)
+        if ((st = hr_dblock_acquire(app->cfg.db, &app->dblock, err)) != HR_OK ||
+            (st = hr_persist_open(app, &app->persist, &log, err)) != HR_OK)
             goto fail;
     }
     hr_trainer_config tc = hr_trainer_config_from(&app->cfg);
@@ -89,7 +94,7 @@ fail:
     return st;
 }
 
-void hr_app_close(hr_app *app, bool drain)
+void hr_app_stop(hr_app *app, bool drain)
 {
     if (!app)
         return;
@@ -97,6 +102,16 @@ void hr_app_close(hr_app *app, bool drain)
     if (app->trainer)
         hr_trainer_stop(app->trainer, drain, NULL);
     hr_persist_close(app->persist, app->model != NULL && app->trainer != NULL);
+    app->persist = NULL;
+    hr_dblock_release(app->dblock);
+    app->dblock = NULL;
+}
+
+void hr_app_close(hr_app *app, bool drain)
+{
+    if (!app)
+        return;
+    hr_app_stop(app, drain);
     hr_ingest_destroy(app->ingest);
     hr_trainer_destroy(app->trainer);
     hr_progress_destroy(app->progress);

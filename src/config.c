@@ -88,8 +88,11 @@ static const opt options[] = {
     I(max_batch_events, 1, 1000000, "10000", false, SERVE, "most events in one POST /v1/events"),
     D(dedup_window, 0, 1e7, "600", false, SERVE, "seconds an event id is remembered for de-duplication"),
     I(history_per_user, 0, 10000, "64", false, SERVE, "recent items remembered per user (exclude_seen)"),
+    D(shutdown_timeout, 0.1, 86400, "30", false, SERVE,
+      "seconds requests in flight get after SIGTERM, and the drain and final checkpoint then"),
     /* persistence */
-    S(db, "hogrec.db", NULL, false, SERVE, "SQLite file (empty = no persistence)"),
+    S(db, "hogrec.db", NULL, false, ALL,
+      "SQLite file (empty = no persistence); replay only takes its lock, so it never runs beside the server"),
     D(checkpoint_interval, 0, 1e7, "60", false, SERVE, "seconds between checkpoints (0 = off)"),
     I(checkpoint_events, 0, 1e12, "1000000", false, SERVE, "events between checkpoints (0 = off)"),
     I(keep_checkpoints, 1, 1000, "3", false, SERVE, "complete checkpoints kept"),

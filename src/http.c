@@ -27,6 +27,11 @@
  * request state outlives the callback. hr_http_stop waits until every
  * request that was suspended has completed before stopping the daemon.
  *
+ * Stopping is bounded (shutdown_timeout): requests still in flight when it
+ * runs out - a handler that does not return, a commit that does not end -
+ * are logged and abandoned with the daemon; requests that arrive meanwhile
+ * on open connections get 503 shutting_down without touching the app.
+ *
  * Limits (connections, per-IP connections, idle timeout, per-connection
  * memory) are daemon options from the config; body size and events per
  * batch are checked here.
@@ -44,6 +49,7 @@
 #include <jansson.h>
 #include <math.h>
 #include <microhttpd.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -53,6 +59,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "hogrec/api.h"
@@ -167,6 +174,8 @@ struct hr_http {
     pthread_cond_t susp_cv;      /* suspended dropped to 0 */
     unsigned suspended;          /* events requests suspended for a commit and
                                     not completed yet */
+    atomic_uint inflight[R_COUNT]; /* requests from first call to completed, by route */
+    atomic_bool stopping;        /* hr_http_stop began: new requests get 503 */
 };
 
 /* ---- per-request state ---- */
@@ -406,6 +415,43 @@ static void events_durable(void *arg, hr_status st, const char *why)
     MHD_resume_connection(r->conn);
 }
 
+/* A commit waited for on the pool thread (while stopping). */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    hr_status st;
+    char why[256];
+} durable_wait;
+
+static void durable_signal(void *arg, hr_status st, const char *why)
+{
+    durable_wait *w = arg;
+    pthread_mutex_lock(&w->mu);
+    w->st = st;
+    snprintf(w->why, sizeof w->why, "%s", why ? why : "");
+    w->done = true;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static enum MHD_Result answer_events_when_durable(hr_http *h, struct MHD_Connection *c,
+                                                  request *r, uint64_t seq)
+{
+    durable_wait w = {.done = false};
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    if (hr_ingest_notify(h->app->ingest, seq, durable_signal, &w) != HR_OK)
+        durable_signal(&w, HR_ENOMEM, "out of memory");
+    pthread_mutex_lock(&w.mu);
+    while (!w.done)
+        pthread_cond_wait(&w.cv, &w.mu);
+    pthread_mutex_unlock(&w.mu);
+    pthread_cond_destroy(&w.cv);
+    pthread_mutex_destroy(&w.mu);
+    return answer_events(h, c, r, w.st, w.why);
+}
+
 static enum MHD_Result handle_events(hr_http *h, struct MHD_Connection *c, request *r)
 {
     if (r->ev.phase == EV_DONE) /* resumed: the commit is done */
@@ -538,12 +584,18 @@ static enum MHD_Result handle_events(hr_http *h, struct MHD_Connection *c, reque
     free(evs);
     if (st == HR_OK && wait) {
         /* Queued and logged: answer once the commit is done, without
-         * holding this pool thread (see the file comment). */
+         * holding this pool thread (see the file comment) - unless the
+         * server is stopping: MHD must not get a suspended connection after
+         * hr_http_stop counted them, so wait here (the stop bounds that). */
         r->conn = c;
-        ev->phase = EV_WAITING;
         pthread_mutex_lock(&h->susp_mu);
-        h->suspended++;
+        bool suspend = !atomic_load(&h->stopping);
+        if (suspend)
+            h->suspended++;
         pthread_mutex_unlock(&h->susp_mu);
+        if (!suspend)
+            return answer_events_when_durable(h, c, r, first + ok - 1);
+        ev->phase = EV_WAITING;
         MHD_suspend_connection(c);
         if (hr_ingest_notify(app->ingest, first + ok - 1, events_durable, r) != HR_OK)
             events_durable(r, HR_ENOMEM, "out of memory");
@@ -825,7 +877,8 @@ static json_t *stats_json(hr_http *h)
     json_object_set_new(o, "recommend", json_pack("{s:I,s:I}", "queries", (json_int_t)tk_queries,
                                                   "sgemm_batches", (json_int_t)tk_batches));
     json_object_set_new(o, "progressive",
-                        json_pack("{s:I,s:o,s:o,s:o}", "total", (json_int_t)all.total,
+                        json_pack("{s:I,s:I,s:o,s:o,s:o}", "total", (json_int_t)all.total,
+                                  "nonfinite", (json_int_t)all.nonfinite,
                                   "loss_total", num_or_null(all.loss_total), "window",
                                   progress_json(app->progress, 0), "recent_1000",
                                   progress_json(app->progress, 1000)));
@@ -933,6 +986,8 @@ static void emit_f64(sbuf *b, const char *type, const char *name, const char *he
       "or RMSE; NaN before any event).", f64, rep.loss)                                          \
     X(gauge, "hogrec_progressive_auc", "Progressive validation AUC over the window (NaN "      \
       "without both labels).", f64, rep.auc)                                                     \
+    X(counter, "hogrec_progressive_nonfinite_total", "Predictions left out of the progressive " \
+      "statistics because they were NaN or infinite.", u64, rep.nonfinite)                     \
     X(gauge, "hogrec_schedule_version", "Version of the live learning-rate schedule.", u64,     \
       hr_schedbox_current(app->sched)->version)                                                  \
     X(gauge, "hogrec_ready", "1 when /readyz answers 200, else 0.", u64,                         \
@@ -1019,12 +1074,11 @@ static enum MHD_Result handle_schedule_put(hr_http *h, struct MHD_Connection *c,
     json_decref(v);
     if (st != HR_OK)
         return reply_invalid(c, r, "", &e);
-    if (!hr_model_supports(app->model, s.optimizer))
-        return reply_error(c, r, 400, "invalid",
-                           "optimizer: the model's rows lack the state %s needs (start the "
-                           "server with state=%s or ftrl)",
-                           hr_optimizer_to_string(s.optimizer),
-                           hr_optimizer_to_string(s.optimizer));
+    hr_optimizer rows = hr_model_supports(app->model, HR_OPT_FTRL)      ? HR_OPT_FTRL
+                        : hr_model_supports(app->model, HR_OPT_ADAGRAD) ? HR_OPT_ADAGRAD
+                                                                        : HR_OPT_SGD;
+    if (hr_schedule_check_state(&s, rows, &e) != HR_OK)
+        return reply_invalid(c, r, "", &e);
     hr_progress_report rep;
     hr_progress_get(app->progress, 0, &rep);
     uint64_t version;
@@ -1216,7 +1270,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             return MHD_NO;
         r->t0 = hr_now_ns();
         *con_cls = r;
-        first_call(h, c, r, url, method);
+        if (atomic_load(&h->stopping)) { /* the app may be closing: do not touch it */
+            r->route = route_of(url);
+            request_fail(r, 503, "shutting_down", "the server is stopping");
+        } else {
+            first_call(h, c, r, url, method);
+        }
+        atomic_fetch_add(&h->inflight[r->route], 1);
         if (r->err_status == 413 || r->err_status == 400) {
             /* A declared body over max_body_bytes, or framing in doubt:
              * answered now, before any body is read; with a response
@@ -1278,6 +1338,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
             hr_dedup_release(h->dedup, r->ev.hashes[i]);
     json_decref(r->ev.errors);
     free(r->ev.hashes);
+    atomic_fetch_sub(&h->inflight[r->route], 1);
     if (r->ev.phase != EV_NONE) { /* was suspended: hr_http_stop may wait for it */
         pthread_mutex_lock(&h->susp_mu);
         if (--h->suspended == 0)
@@ -1312,7 +1373,11 @@ hr_status hr_http_start(hr_app *app, hr_http **out, hr_error *err)
     h->max_body = (size_t)app->cfg.max_body_bytes;
     pthread_mutex_init(&h->rate_mu, NULL);
     pthread_mutex_init(&h->susp_mu, NULL);
-    pthread_cond_init(&h->susp_cv, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&h->susp_cv, &ca);
+    pthread_condattr_destroy(&ca);
     h->rate_t = hr_wall_time();
     hr_status st = hr_history_create((uint32_t)app->cfg.max_users + 1,
                                      (uint32_t)app->cfg.max_items + 1,
@@ -1373,19 +1438,114 @@ void hr_http_quiesce(hr_http *h)
     }
 }
 
-void hr_http_stop(hr_http *h)
+/* MHD_stop_daemon on a thread of its own, so that hr_http_stop can stop
+ * waiting for it: MHD joins its pool threads, and one stuck in a handler
+ * never ends. Heap-allocated; left to the process when abandoned. */
+typedef struct {
+    struct MHD_Daemon *daemon;
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* done set; CLOCK_MONOTONIC */
+    bool done;
+} daemon_stopper;
+
+static void *stop_daemon(void *arg)
+{
+    daemon_stopper *ds = arg;
+    MHD_stop_daemon(ds->daemon);
+    pthread_mutex_lock(&ds->mu);
+    ds->done = true;
+    pthread_cond_broadcast(&ds->cv);
+    pthread_mutex_unlock(&ds->mu);
+    return NULL;
+}
+
+/* Stops the daemon unless that takes past deadline; whether it stopped. */
+static bool stop_daemon_by(struct MHD_Daemon *d, const struct timespec *deadline)
+{
+    daemon_stopper *ds = calloc(1, sizeof *ds);
+    if (!ds) {
+        MHD_stop_daemon(d);
+        return true;
+    }
+    ds->daemon = d;
+    pthread_mutex_init(&ds->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&ds->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_t t;
+    bool threaded = pthread_create(&t, NULL, stop_daemon, ds) == 0;
+    if (!threaded)
+        stop_daemon(ds);
+    pthread_mutex_lock(&ds->mu);
+    while (!ds->done && pthread_cond_timedwait(&ds->cv, &ds->mu, deadline) != ETIMEDOUT)
+        ;
+    bool done = ds->done;
+    pthread_mutex_unlock(&ds->mu);
+    if (!done) {
+        pthread_detach(t);
+        return false;
+    }
+    if (threaded)
+        pthread_join(t, NULL);
+    pthread_cond_destroy(&ds->cv);
+    pthread_mutex_destroy(&ds->mu);
+    free(ds);
+    return true;
+}
+
+/* Logs the requests still in flight, by route; returns their count (at
+ * least 1). */
+static unsigned log_abandoned(hr_http *h, unsigned suspended, double timeout)
+{
+    json_t *by_route = json_object();
+    unsigned n = 0;
+    for (int i = 0; i < R_COUNT; i++) {
+        unsigned c = atomic_load(&h->inflight[i]);
+        if (c)
+            json_object_set_new(by_route, routes[i].label, json_integer(c));
+        n += c;
+    }
+    hr_log("error", "shutdown abandoned requests",
+           json_pack("{s:I,s:I,s:o,s:f}", "requests", (json_int_t)n, "suspended",
+                     (json_int_t)suspended, "routes", by_route, "timeout_seconds", timeout));
+    return n ? n : 1;
+}
+
+unsigned hr_http_stop(hr_http *h)
 {
     if (!h)
-        return;
+        return 0;
     if (h->daemon) {
+        pthread_mutex_lock(&h->susp_mu); /* from here on no request suspends */
+        atomic_store(&h->stopping, true);
+        pthread_mutex_unlock(&h->susp_mu);
+        double timeout = h->app->cfg.shutdown_timeout;
+        struct timespec dl;
+        clock_gettime(CLOCK_MONOTONIC, &dl);
+        double whole = floor(timeout);
+        dl.tv_sec += (time_t)whole;
+        dl.tv_nsec += (long)((timeout - whole) * 1e9);
+        if (dl.tv_nsec >= 1000000000L) {
+            dl.tv_sec++;
+            dl.tv_nsec -= 1000000000L;
+        }
         /* MHD must not be stopped with suspended connections: wait until
          * the event log settled every commit they wait for (it runs until
          * the app closes, after this) and their answers went out. */
         pthread_mutex_lock(&h->susp_mu);
-        while (h->suspended)
-            pthread_cond_wait(&h->susp_cv, &h->susp_mu);
+        while (h->suspended && pthread_cond_timedwait(&h->susp_cv, &h->susp_mu, &dl) != ETIMEDOUT)
+            ;
+        unsigned suspended = h->suspended;
         pthread_mutex_unlock(&h->susp_mu);
-        MHD_stop_daemon(h->daemon);
+        /* Past the bound the daemon and h are left as they are: the event
+         * log may still call back into a suspended request, and a stuck
+         * handler still uses h. */
+        if (suspended)
+            return log_abandoned(h, suspended, timeout);
+        if (!stop_daemon_by(h->daemon, &dl))
+            return log_abandoned(h, 0, timeout);
     }
     hr_history_destroy(h->history);
     hr_dedup_destroy(h->dedup);
@@ -1394,12 +1554,46 @@ void hr_http_stop(hr_http *h)
     pthread_cond_destroy(&h->susp_cv);
     pthread_mutex_destroy(&h->susp_mu);
     free(h);
+    return 0;
 }
 
 /* ---- hogrec serve ---- */
 
 /* Write end and read end of the stop pipe (see hr_serve_main). */
 static int stop_pipe[2] = {-1, -1};
+
+/* What the shutdown is doing, for the watchdog's log line. */
+static _Atomic(const char *) shutdown_stage = "requests";
+
+/* The shutdown watchdog: the requests get shutdown_timeout (hr_http_stop
+ * bounds that), then the drain and the final checkpoint get as long again.
+ * Past that, or at a second SIGTERM/SIGINT, it logs the stage and ends the
+ * process with status 1: no final checkpoint, the event log keeps what was
+ * acknowledged. */
+static _Atomic double watchdog_until;  /* wall time; moved on at each stage */
+static atomic_bool shutdown_done;      /* the stop finished: the watchdog stands down */
+
+static void *shutdown_watchdog(void *arg)
+{
+    (void)arg;
+    const char *reason = "timeout";
+    for (;;) {
+        double left = atomic_load(&watchdog_until) - hr_wall_time();
+        if (left <= 0)
+            break;
+        struct pollfd pfd = {stop_pipe[0], POLLIN, 0};
+        int ms = left > 1e6 ? 1000000000 : (int)(left * 1000) + 1;
+        if (poll(&pfd, 1, ms) > 0) {
+            reason = "second signal";
+            break;
+        }
+    }
+    if (atomic_load(&shutdown_done)) /* the process is exiting anyway */
+        return NULL;
+    hr_log("error", "shutdown abandoned",
+           json_pack("{s:s,s:s}", "stage", atomic_load(&shutdown_stage), "reason", reason));
+    _exit(1);
+}
 
 static void on_stop_signal(int sig)
 {
@@ -1488,9 +1682,25 @@ int hr_serve_main(int argc, char **argv)
         ;
     int sig = sigbyte;
     hr_log("info", "stopping", json_pack("{s:s}", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM"));
+    const double timeout = app->cfg.shutdown_timeout;
+    atomic_store(&watchdog_until, hr_wall_time() + 2 * timeout); /* hr_http_stop: timeout */
+    pthread_t wd;
+    if (pthread_create(&wd, NULL, shutdown_watchdog, NULL) == 0)
+        pthread_detach(wd);
     hr_http_quiesce(http);
-    hr_http_stop(http); /* answers what is in flight */
+    unsigned abandoned = hr_http_stop(http); /* answers what is in flight */
+    atomic_store(&shutdown_stage, "drain and final checkpoint");
+    atomic_store(&watchdog_until, hr_wall_time() + timeout);
+    if (abandoned) {
+        /* Requests still running may read the app: close the database,
+         * free nothing, and end here (no exit handlers while they run). */
+        hr_app_stop(app, true);
+        atomic_store(&shutdown_done, true);
+        hr_log("info", "stopped", json_pack("{s:I}", "abandoned_requests", (json_int_t)abandoned));
+        _exit(0);
+    }
     hr_app_close(app, true);
+    atomic_store(&shutdown_done, true);
     hr_log("info", "stopped", NULL);
     return 0;
 }

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "hogrec/api.h"
+#include "hogrec/dblock.h"
 
 void hr_event_list_free(hr_event_list *l)
 {
@@ -253,6 +254,7 @@ int hr_replay_main(int argc, char **argv)
     }
     int rc = 2;
     hr_app *app = NULL;
+    hr_dblock *lock = NULL;
     hr_event_list train = {0}, test = {0};
     if (st != HR_OK) {
         fprintf(stderr, "hogrec replay: %s\n", err.message);
@@ -296,7 +298,18 @@ int hr_replay_main(int argc, char **argv)
         }
     }
     bool strict = extra[X_STRICT].value != NULL;
-    cfg.db[0] = 0; /* replay trains in memory; the server owns the database */
+    /* replay trains in memory and leaves the database to the server; given
+     * a --db it still takes that database's lock, so it never runs beside
+     * the process that owns it. */
+    for (int i = 1; i < argc && cfg.db[0]; i++)
+        if (!strcmp(argv[i], "--db") || !strncmp(argv[i], "--db=", 5)) {
+            if ((st = hr_dblock_acquire(cfg.db, &lock, &err)) != HR_OK) {
+                fprintf(stderr, "hogrec replay: %s\n", err.message);
+                goto out;
+            }
+            break;
+        }
+    cfg.db[0] = 0;
 
     if ((st = hr_app_open(&cfg, &app, &err)) != HR_OK) {
         fprintf(stderr, "hogrec replay: %s\n", err.message);
@@ -391,6 +404,7 @@ out:
     hr_event_list_free(&train);
     hr_event_list_free(&test);
     hr_app_close(app, true);
+    hr_dblock_release(lock);
     hr_config_free(&cfg);
     return rc;
 }

@@ -86,8 +86,10 @@ static int lookup_name(const char *const *names, int n, const char *name)
 /* ---- the field table ---- */
 
 /* One numeric field: JSON path, offset of its double in hr_schedule, and the
- * allowed range (lo/hi inclusive or not; hi = INFINITY means unbounded, and
- * infinity itself is always rejected). */
+ * allowed range (lo/hi inclusive or not); infinity and NaN are always
+ * rejected. The bounds are generous for any real schedule and keep a typo
+ * (eta0 1e30) from blowing the weights up; README and openapi.yaml list
+ * them. */
 typedef struct {
     const char *path;
     size_t offset;
@@ -100,24 +102,26 @@ typedef struct {
 #define NUM(path, member, lo, lo_incl, hi, hi_incl)                            \
     { path, offsetof(hr_schedule, member), lo, lo_incl, hi, hi_incl }
 
+#define MAX_UPDATES 1e15 /* bound of the fields counted in updates */
+
 static const num_field fields[] = {
-    NUM("eta0", eta0, 0, false, INFINITY, false),
-    NUM("t0", t0, 0, false, INFINITY, false),
-    NUM("power", power, 0, true, INFINITY, false),
+    NUM("eta0", eta0, 0, false, 10, true),
+    NUM("t0", t0, 0, false, MAX_UPDATES, true),
+    NUM("power", power, 0, true, 10, true),
     NUM("gamma", gamma, 0, false, 1, true),
-    NUM("step", step, 0, false, INFINITY, false),
-    NUM("period", period, 0, false, INFINITY, false),
-    NUM("t_mult", t_mult, 1, true, INFINITY, false),
-    NUM("warmup", warmup, 0, true, INFINITY, false),
-    NUM("floor", floor, 0, true, INFINITY, false), /* and <= eta0 */
-    NUM("multipliers.global", multiplier[HR_GROUP_GLOBAL], 0, true, INFINITY, false),
-    NUM("multipliers.bias", multiplier[HR_GROUP_BIAS], 0, true, INFINITY, false),
-    NUM("multipliers.user", multiplier[HR_GROUP_USER], 0, true, INFINITY, false),
-    NUM("multipliers.item", multiplier[HR_GROUP_ITEM], 0, true, INFINITY, false),
-    NUM("multipliers.context", multiplier[HR_GROUP_CONTEXT], 0, true, INFINITY, false),
-    NUM("staleness.tau", staleness_tau, 0, false, INFINITY, false),
-    NUM("ftrl.beta", ftrl_beta, 0, true, INFINITY, false),
-    NUM("ftrl.l1", ftrl_l1, 0, true, INFINITY, false),
+    NUM("step", step, 0, false, MAX_UPDATES, true),
+    NUM("period", period, 0, false, MAX_UPDATES, true),
+    NUM("t_mult", t_mult, 1, true, 100, true),
+    NUM("warmup", warmup, 0, true, MAX_UPDATES, true),
+    NUM("floor", floor, 0, true, 10, true), /* and <= eta0 */
+    NUM("multipliers.global", multiplier[HR_GROUP_GLOBAL], 0, true, 100, true),
+    NUM("multipliers.bias", multiplier[HR_GROUP_BIAS], 0, true, 100, true),
+    NUM("multipliers.user", multiplier[HR_GROUP_USER], 0, true, 100, true),
+    NUM("multipliers.item", multiplier[HR_GROUP_ITEM], 0, true, 100, true),
+    NUM("multipliers.context", multiplier[HR_GROUP_CONTEXT], 0, true, 100, true),
+    NUM("staleness.tau", staleness_tau, 0, false, MAX_UPDATES, true),
+    NUM("ftrl.beta", ftrl_beta, 0, true, 1e6, true),
+    NUM("ftrl.l1", ftrl_l1, 0, true, 1e6, true),
 };
 #undef NUM
 
@@ -225,6 +229,41 @@ hr_status hr_schedule_validate(const hr_schedule *s, hr_error *err)
         }
     }
     return HR_OK;
+}
+
+hr_status hr_schedule_check_state(const hr_schedule *s, hr_optimizer state, hr_error *err)
+{
+    /* What the rows of each state keep; what an optimizer needs, and the
+     * states that have it. */
+    static const char *const keeps[HR_OPT_COUNT] = {
+        [HR_OPT_SGD] = "no optimizer state",
+        [HR_OPT_ADAGRAD] = "AdaGrad state only",
+        [HR_OPT_FTRL] = "AdaGrad and FTRL state",
+    };
+    static const char *const needs[HR_OPT_COUNT] = {
+        [HR_OPT_SGD] = "no state",
+        [HR_OPT_ADAGRAD] = "AdaGrad state",
+        [HR_OPT_FTRL] = "FTRL state",
+    };
+    static const char *const flags[HR_OPT_COUNT] = {
+        [HR_OPT_SGD] = "any --state",
+        [HR_OPT_ADAGRAD] = "--state adagrad or --state ftrl",
+        [HR_OPT_FTRL] = "--state ftrl",
+    };
+    if ((unsigned)s->optimizer >= HR_OPT_COUNT)
+        return hr_error_set(err, HR_EINVAL, KEY_OPTIMIZER, "unknown optimizer %d",
+                            (int)s->optimizer);
+    if ((unsigned)state >= HR_OPT_COUNT)
+        return hr_error_set(err, HR_EINVAL, KEY_OPTIMIZER, "unknown row state %d", (int)state);
+    if (s->optimizer <= state) /* a state serves its optimizer and those before it */
+        return HR_OK;
+    const char *o = optimizer_names[s->optimizer];
+    return hr_error_set(err, HR_EINVAL, KEY_OPTIMIZER,
+                        "optimizer %s needs rows with %s, and this server's rows keep %s "
+                        "(state %s): start it with %s, on a new database (a database keeps "
+                        "its state)",
+                        o, needs[s->optimizer], keeps[state], optimizer_names[state],
+                        flags[s->optimizer]);
 }
 
 /* SGDR: position within the current period. With t_mult m > 1, period n

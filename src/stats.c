@@ -1,11 +1,16 @@
 /*
  * stats.c - progressive-validation window and log2 histograms.
  * Writers: trainer threads (a batch per lock). Readers: HTTP stats, replay.
+ *
+ * Every loop over scores ends on any float input: points whose prediction,
+ * label or weight is not finite never enter the window (they are counted),
+ * and hr_auc drops NaN scores and advances its tie loop by at least one.
  */
 #include "hogrec/stats.h"
 
 #include <math.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,6 +20,7 @@ struct hr_progress {
     size_t window;           /* ring capacity */
     size_t head;             /* next write position */
     uint64_t total;          /* points ever added */
+    uint64_t nonfinite;      /* points refused: prediction, label or weight not finite */
     double loss_sum;         /* sum of losses ever */
     int squared;             /* squared loss instead of logistic */
 };
@@ -67,17 +73,30 @@ void hr_progress_destroy(hr_progress *p)
     free(p);
 }
 
+static bool point_finite(const hr_progress_point *x)
+{
+    return isfinite(x->pred) && isfinite(x->label) && isfinite(x->weight);
+}
+
 void hr_progress_add(hr_progress *p, const hr_progress_point *pts, size_t n)
 {
     double loss = 0;
-    for (size_t i = 0; i < n; i++)
-        loss += point_loss(p, &pts[i]);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (point_finite(&pts[i]))
+            loss += point_loss(p, &pts[i]);
+        else
+            bad++;
+    }
     pthread_mutex_lock(&p->mu);
     for (size_t i = 0; i < n; i++) {
+        if (!point_finite(&pts[i]))
+            continue;
         p->ring[p->head] = pts[i];
         p->head = (p->head + 1) % p->window;
     }
-    p->total += n;
+    p->total += n - bad;
+    p->nonfinite += bad;
     p->loss_sum += loss;
     pthread_mutex_unlock(&p->mu);
 }
@@ -87,6 +106,7 @@ void hr_progress_reset(hr_progress *p)
     pthread_mutex_lock(&p->mu);
     p->head = 0;
     p->total = 0;
+    p->nonfinite = 0;
     p->loss_sum = 0;
     pthread_mutex_unlock(&p->mu);
 }
@@ -95,22 +115,26 @@ typedef struct {
     float s, l;
 } pair;
 
+/* A total order as long as no score is NaN (hr_auc drops those first). */
 static int cmp_pair(const void *a, const void *b)
 {
     float x = ((const pair *)a)->s, y = ((const pair *)b)->s;
     return (x > y) - (x < y);
 }
 
-double hr_auc(const float *scores, const float *labels, size_t n)
+double hr_auc(const float *scores, const float *labels, size_t n_in)
 {
-    pair *v = malloc((n ? n : 1) * sizeof *v);
+    pair *v = malloc((n_in ? n_in : 1) * sizeof *v);
     if (!v)
         return NAN;
-    size_t npos = 0;
-    for (size_t i = 0; i < n; i++) {
-        v[i].s = scores[i];
-        v[i].l = labels[i];
+    size_t n = 0, npos = 0;
+    for (size_t i = 0; i < n_in; i++) {
+        if (isnan(scores[i]) || isnan(labels[i]))
+            continue; /* no rank: left out */
+        v[n].s = scores[i];
+        v[n].l = labels[i];
         npos += labels[i] >= 0.5f;
+        n++;
     }
     size_t nneg = n - npos;
     if (npos == 0 || nneg == 0) {
@@ -120,7 +144,7 @@ double hr_auc(const float *scores, const float *labels, size_t n)
     qsort(v, n, sizeof *v, cmp_pair);
     double rank_sum = 0; /* sum of (1-based, tie-averaged) ranks of positives */
     for (size_t i = 0; i < n;) {
-        size_t j = i;
+        size_t j = i + 1; /* a run of equal scores, at least one long */
         while (j < n && v[j].s == v[i].s)
             j++;
         double avg = (double)(i + 1 + j) / 2.0;
@@ -144,6 +168,7 @@ void hr_progress_get(hr_progress *p, size_t last_n, hr_progress_report *out)
         for (size_t i = 0; i < n; i++)
             copy[i] = p->ring[(p->head + p->window - n + i) % p->window];
     out->total = p->total;
+    out->nonfinite = p->nonfinite;
     out->loss_total = p->total ? p->loss_sum / (double)p->total : NAN;
     pthread_mutex_unlock(&p->mu);
     if (!copy) {

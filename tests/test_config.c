@@ -146,7 +146,7 @@ static void test_options_per_command(void **state)
     char *serve = help_text(HR_CMD_SERVE, NULL, 0);
     char *replay = help_text(HR_CMD_REPLAY, extra, 2);
     const char *both[] = {"--k ", "--loss ", "--threads ", "--schedule ", "--seed ", "--config "};
-    const char *serve_only[] = {"--port ", "--bind ", "--admin-token ", "--db ",
+    const char *serve_only[] = {"--port ", "--bind ", "--admin-token ",
                                 "--durability ", "--max-body-bytes ", "--http-threads "};
     for (size_t i = 0; i < HR_ARRAY_LEN(both); i++) {
         assert_non_null(strstr(serve, both[i]));

@@ -1505,8 +1505,349 @@ static void test_library_answers_json(void **state)
     stop(&s);
 }
 
+/* ---- shutdown is bounded: a request that does not end does not keep the
+ * process alive. The server runs as a child: this test program exec'ed
+ * again with HOGREC_TEST_SERVE_CHILD set (a fresh process, so the fault VFS
+ * can hold a write in it), running hr_serve_main with a short
+ * --shutdown-timeout.
+ * fd 3 takes commands ('h': hold the next write to the file named by
+ * HOGREC_TEST_HOLD, 'r': release it); fd 4 answers ('h' armed, 'H' a write
+ * is held). The parent reads the child's log lines from its stderr. No
+ * assertion is about time: each wait is for an event, and a reaper kills
+ * the child after a generous bound (CHILD_BOUND), which ends every wait and
+ * fails the test. ---- */
+
+#define CHILD_ENV "HOGREC_TEST_SERVE_CHILD"
+
+static void hold_and_tell(void)
+{
+    char c = 'H';
+    if (write(4, &c, 1) != 1)
+        _exit(90);
+    hold_commit();
+}
+
+static void *child_control(void *arg)
+{
+    (void)arg;
+    char c;
+    while (read(3, &c, 1) == 1) {
+        if (c == 'h') {
+            pthread_mutex_lock(&hold_mu);
+            hold_state = 0;
+            pthread_mutex_unlock(&hold_mu);
+            fv_on_write(getenv("HOGREC_TEST_HOLD"), 1, hold_and_tell);
+            if (write(4, &c, 1) != 1)
+                _exit(91);
+        } else if (c == 'r') {
+            release_commit();
+        }
+    }
+    return NULL;
+}
+
+static int serve_child(void)
+{
+    fv_install();
+    pthread_t t;
+    if (pthread_create(&t, NULL, child_control, NULL) != 0)
+        return 92;
+    pthread_detach(t);
+    char *argv[] = {"serve", "--port", "0", "--db", getenv(CHILD_ENV), "--admin-token", TOKEN,
+                    "--shutdown-timeout", getenv("HOGREC_TEST_TIMEOUT"), "--threads", "1",
+                    "--http-threads", "2",
+                    "--k", "8", "--context-bits", "8", "--chunk-rows", "64", "--max-users", "4096",
+                    "--max-items", "4096", "--checkpoint-interval", "0",
+                    "--checkpoint-events", "0", "--negative-sampling", "off", NULL};
+    return hr_serve_main((int)HR_ARRAY_LEN(argv) - 1, argv);
+}
+
+typedef struct {
+    pid_t pid;
+    FILE *log; /* the child's stderr */
+    int ctl;   /* write end of its fd 3 */
+    int ack;   /* read end of its fd 4 */
+    uint16_t port;
+    /* The reaper kills the child if it has not exited CHILD_BOUND seconds
+     * after it started, so every read of its pipes ends. */
+    pthread_t reaper;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool exited, killed; /* under mu */
+} serve_child_t;
+
+#define CHILD_BOUND 120 /* seconds: generous, the child needs about 3 */
+
+static void *child_reaper(void *arg)
+{
+    serve_child_t *ch = arg;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += CHILD_BOUND;
+    pthread_mutex_lock(&ch->mu);
+    while (!ch->exited && pthread_cond_timedwait(&ch->cv, &ch->mu, &until) == 0)
+        ;
+    if (!ch->exited) {
+        ch->killed = true;
+        kill(ch->pid, SIGKILL);
+    }
+    pthread_mutex_unlock(&ch->mu);
+    return NULL;
+}
+
+/* Starts the child on db with --shutdown-timeout timeout; 'h' will hold
+ * writes to files ending in hold. Waits for its "ready" line; returns false
+ * (child gone) if it never came. */
+static bool child_start(serve_child_t *ch, const char *db, const char *hold,
+                        const char *timeout)
+{
+    int errp[2], ctlp[2], ackp[2];
+    assert_int_equal(pipe(errp), 0);
+    assert_int_equal(pipe(ctlp), 0);
+    assert_int_equal(pipe(ackp), 0);
+    fflush(NULL);
+    ch->pid = fork();
+    assert_true(ch->pid >= 0);
+    if (ch->pid == 0) {
+        dup2(errp[1], 2);
+        dup2(ctlp[0], 3);
+        dup2(ackp[1], 4);
+        for (int fd = 5; fd < 64; fd++)
+            close(fd);
+        setenv(CHILD_ENV, db, 1);
+        setenv("HOGREC_TEST_HOLD", hold, 1);
+        setenv("HOGREC_TEST_TIMEOUT", timeout, 1);
+        /* The child abandons threads on purpose (a stuck MHD pool): under
+         * TSan that is no finding. */
+        char tsan[1024];
+        const char *prev = getenv("TSAN_OPTIONS");
+        snprintf(tsan, sizeof tsan, "%s report_thread_leaks=0", prev ? prev : "");
+        setenv("TSAN_OPTIONS", tsan, 1);
+        execl("/proc/self/exe", "test_http", (char *)NULL);
+        _exit(127);
+    }
+    close(errp[1]);
+    close(ctlp[0]);
+    close(ackp[1]);
+    ch->log = fdopen(errp[0], "r");
+    ch->ctl = ctlp[1];
+    ch->ack = ackp[0];
+    ch->port = 0;
+    ch->exited = ch->killed = false;
+    pthread_mutex_init(&ch->mu, NULL);
+    pthread_cond_init(&ch->cv, NULL);
+    assert_int_equal(pthread_create(&ch->reaper, NULL, child_reaper, ch), 0);
+    char line[2048];
+    for (int i = 0; i < 200 && fgets(line, sizeof line, ch->log); i++) {
+        json_t *o = json_loads(line, 0, NULL);
+        const char *msg = json_string_value(json_object_get(o, "msg"));
+        if (msg && !strcmp(msg, "listening"))
+            ch->port = (uint16_t)json_integer_value(json_object_get(o, "port"));
+        bool ready = msg && !strcmp(msg, "ready");
+        json_decref(o);
+        if (ready)
+            return ch->port != 0;
+    }
+    return false;
+}
+
+/* Sends a command to the child and reads the answer byte ('h' or 'H');
+ * false if the child is gone. */
+static bool child_cmd(serve_child_t *ch, char cmd, char want)
+{
+    if (cmd && write(ch->ctl, &cmd, 1) != 1)
+        return false;
+    if (!want)
+        return true;
+    char c = 0;
+    return read(ch->ack, &c, 1) == 1 && c == want;
+}
+
+/* Reads log lines until one whose msg is `until` (returned, new) or EOF
+ * (NULL). */
+static json_t *child_log_until(serve_child_t *ch, const char *until)
+{
+    char line[2048];
+    while (fgets(line, sizeof line, ch->log)) {
+        if (getenv("HOGREC_TEST_DEBUG"))
+            fprintf(stderr, "CHILD: %s", line);
+        json_t *o = json_loads(line, 0, NULL);
+        const char *msg = json_string_value(json_object_get(o, "msg"));
+        if (msg && !strcmp(msg, until))
+            return o;
+        json_decref(o);
+    }
+    return NULL;
+}
+
+/* Waits for the child's exit; returns its wait status, or -1 if the reaper
+ * had to kill it. */
+static int child_wait(serve_child_t *ch)
+{
+    int status = 0;
+    char line[2048];
+    while (fgets(line, sizeof line, ch->log)) /* the rest of its log */
+        if (getenv("HOGREC_TEST_DEBUG"))
+            fprintf(stderr, "CHILD: %s", line);
+    waitpid(ch->pid, &status, 0);
+    pthread_mutex_lock(&ch->mu);
+    ch->exited = true;
+    bool killed = ch->killed;
+    pthread_cond_broadcast(&ch->cv);
+    pthread_mutex_unlock(&ch->mu);
+    pthread_join(ch->reaper, NULL);
+    return killed ? -1 : status;
+}
+
+static void child_close(serve_child_t *ch)
+{
+    fclose(ch->log);
+    close(ch->ctl);
+    close(ch->ack);
+    pthread_cond_destroy(&ch->cv);
+    pthread_mutex_destroy(&ch->mu);
+}
+
+typedef struct {
+    uint16_t port;
+    const char *method, *path, *body, *auth;
+    long status; /* 0 if the connection ended without an answer */
+} bg_request;
+
+static void *bg_request_run(void *arg)
+{
+    bg_request *b = arg;
+    CURL *c = curl_easy_init();
+    if (!c)
+        return NULL;
+    char url[256], hdr[300];
+    snprintf(url, sizeof url, "http://127.0.0.1:%u%s", b->port, b->path);
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    h = curl_slist_append(h, "Expect:");
+    if (b->auth) {
+        snprintf(hdr, sizeof hdr, "Authorization: %s", b->auth);
+        h = curl_slist_append(h, hdr);
+    }
+    buf sink = {0};
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, b->method);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, b->body ? b->body : "");
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 300L);
+    if (curl_easy_perform(c) == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &b->status);
+    free(sink.data);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    return NULL;
+}
+
+static json_int_t jpath(json_t *o, const char *a, const char *b)
+{
+    json_t *v = json_object_get(o, a);
+    if (b)
+        v = json_object_get(v, b);
+    return json_is_integer(v) ? json_integer_value(v) : -1;
+}
+
+/* An events request suspended on a commit that does not end: SIGTERM logs
+ * it as abandoned once shutdown_timeout runs out; the commit then ends, the
+ * final checkpoint is written, the process exits 0 and the database opens
+ * with the event in its log. */
+static void test_sigterm_with_suspended_request(void **state)
+{
+    (void)state;
+    const char *dir = tu_tmpdir();
+    char db[512];
+    snprintf(db, sizeof db, "%s/t.db", dir);
+    serve_child_t ch;
+    bool up = child_start(&ch, db, ".db-events-wal", "2");
+    bool armed = up && child_cmd(&ch, 'h', 'h');
+    bg_request req = {ch.port, "POST", "/v1/events", "{\"user\":\"u\",\"item\":\"i\"}", NULL, 0};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, bg_request_run, &req), 0);
+    bool held = armed && child_cmd(&ch, 0, 'H');
+    kill(ch.pid, SIGTERM);
+    json_t *ab = held ? child_log_until(&ch, "shutdown abandoned requests") : NULL;
+    child_cmd(&ch, 'r', 0); /* the disk comes back */
+    json_t *stopped = child_log_until(&ch, "stopped");
+    json_t *watchdog = child_log_until(&ch, "shutdown abandoned");
+    int status = child_wait(&ch);
+    pthread_join(t, NULL);
+    child_close(&ch);
+    assert_true(up && armed && held);
+    assert_non_null(ab);
+    /* suspended on the commit, or (SIGTERM came first) waiting for it on
+     * its pool thread: abandoned either way */
+    assert_true(jpath(ab, "suspended", NULL) == 0 || jpath(ab, "suspended", NULL) == 1);
+    assert_int_equal(jpath(ab, "requests", NULL), 1);
+    assert_int_equal(jpath(ab, "routes", "events"), 1);
+    assert_non_null(stopped);
+    assert_int_equal(jpath(stopped, "abandoned_requests", NULL), 1);
+    assert_null(watchdog);
+    assert_true(status != -1 && WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    json_decref(ab);
+    json_decref(stopped);
+
+    server s; /* the final checkpoint and the log are whole */
+    start_full(&s, 8192, TOKEN, 65536, db, 2);
+    reply r = get(&s, "/v1/stats");
+    assert_int_equal(jget(r.json, "checkpoint", "event_log", "last_seq"), 1);
+    done(&r);
+    stop(&s);
+    tu_rmtree(dir);
+}
+
+/* A handler that never returns (a checkpoint whose write hangs) and holds
+ * what the final checkpoint needs: SIGTERM abandons the request, the
+ * watchdog then ends the process with status 1 naming the stage, and the
+ * database still opens. */
+static void test_sigterm_with_stuck_handler(void **state)
+{
+    (void)state;
+    const char *dir = tu_tmpdir();
+    char db[512];
+    snprintf(db, sizeof db, "%s/t.db", dir);
+    serve_child_t ch;
+    bool up = child_start(&ch, db, ".db-wal", "1");
+    bool armed = up && child_cmd(&ch, 'h', 'h');
+    bg_request req = {ch.port, "POST", "/v1/admin/checkpoint", NULL, "Bearer " TOKEN, 0};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, bg_request_run, &req), 0);
+    bool held = armed && child_cmd(&ch, 0, 'H');
+    kill(ch.pid, SIGTERM);
+    json_t *ab = held ? child_log_until(&ch, "shutdown abandoned requests") : NULL;
+    json_t *watchdog = ab ? child_log_until(&ch, "shutdown abandoned") : NULL;
+    int status = child_wait(&ch);
+    pthread_join(t, NULL);
+    child_close(&ch);
+    assert_true(up && armed && held);
+    assert_non_null(ab);
+    assert_int_equal(jpath(ab, "routes", "admin_checkpoint"), 1);
+    assert_int_equal(jpath(ab, "suspended", NULL), 0);
+    assert_non_null(watchdog);
+    assert_string_equal(json_string_value(json_object_get(watchdog, "stage")),
+                        "drain and final checkpoint");
+    assert_string_equal(json_string_value(json_object_get(watchdog, "reason")), "timeout");
+    assert_int_equal(req.status, 0); /* never answered */
+    assert_true(status != -1 && WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 1);
+    json_decref(ab);
+    json_decref(watchdog);
+
+    server s;
+    start_full(&s, 8192, TOKEN, 65536, db, 2);
+    stop(&s);
+    tu_rmtree(dir);
+}
+
 int main(void)
 {
+    if (getenv(CHILD_ENV))
+        return serve_child();
     curl_global_init(CURL_GLOBAL_DEFAULT);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_health_ready_metrics),
@@ -1526,6 +1867,8 @@ int main(void)
         cmocka_unit_test(test_reported_cases),
         cmocka_unit_test(test_declared_length_413_at_once),
         cmocka_unit_test(test_library_answers_json),
+        cmocka_unit_test(test_sigterm_with_suspended_request),
+        cmocka_unit_test(test_sigterm_with_stuck_handler),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();

@@ -308,12 +308,15 @@ static void test_group_rate_never_overflows(void **state)
             }
     }
     assert_int_equal(hr_schedule_validate(&s, &err), HR_EINVAL);
-    assert_string_equal(err.field, "multipliers.user");
-    /* the largest products that stay finite are fine */
-    s.multiplier[HR_GROUP_USER] = 1;
+    assert_string_equal(err.field, "eta0"); /* over its bound, before any product */
+    /* the largest values the bounds allow give finite rates, never NaN */
+    s.eta0 = 10;
+    s.multiplier[HR_GROUP_USER] = 100;
     assert_int_equal(hr_schedule_validate(&s, NULL), HR_OK);
-    for (int g = 0; g < HR_GROUP_COUNT; g++)
+    for (int g = 0; g < HR_GROUP_COUNT; g++) {
         assert_false(isnan(hr_schedule_group_rate(&s, (hr_group)g, 0, UINT64_MAX)));
+        assert_true(isfinite(hr_schedule_group_rate(&s, (hr_group)g, 0, 0)));
+    }
 }
 
 /* ---- validation ---- */
@@ -396,6 +399,109 @@ static void test_validate(void **state)
     s.power = 0;
     s.multiplier[HR_GROUP_USER] = 0;
     assert_int_equal(hr_schedule_validate(&s, NULL), HR_OK);
+}
+
+/* Every numeric field has an upper bound too (README, openapi.yaml): a
+ * value past it is refused with a message naming the field and the bound,
+ * the bound itself is accepted. */
+static void test_upper_bounds(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *field;
+        size_t offset;
+        double max;
+    } bounds[] = {
+        {"eta0", offsetof(hr_schedule, eta0), 10},
+        {"t0", offsetof(hr_schedule, t0), 1e15},
+        {"power", offsetof(hr_schedule, power), 10},
+        {"gamma", offsetof(hr_schedule, gamma), 1},
+        {"step", offsetof(hr_schedule, step), 1e15},
+        {"period", offsetof(hr_schedule, period), 1e15},
+        {"t_mult", offsetof(hr_schedule, t_mult), 100},
+        {"warmup", offsetof(hr_schedule, warmup), 1e15},
+        {"multipliers.global", offsetof(hr_schedule, multiplier[HR_GROUP_GLOBAL]), 100},
+        {"multipliers.bias", offsetof(hr_schedule, multiplier[HR_GROUP_BIAS]), 100},
+        {"multipliers.user", offsetof(hr_schedule, multiplier[HR_GROUP_USER]), 100},
+        {"multipliers.item", offsetof(hr_schedule, multiplier[HR_GROUP_ITEM]), 100},
+        {"multipliers.context", offsetof(hr_schedule, multiplier[HR_GROUP_CONTEXT]), 100},
+        {"staleness.tau", offsetof(hr_schedule, staleness_tau), 1e15},
+        {"ftrl.beta", offsetof(hr_schedule, ftrl_beta), 1e6},
+        {"ftrl.l1", offsetof(hr_schedule, ftrl_l1), 1e6},
+    };
+    for (size_t i = 0; i < HR_ARRAY_LEN(bounds); i++) {
+        hr_schedule s;
+        hr_schedule_defaults(&s);
+        double *v = (double *)((char *)&s + bounds[i].offset);
+        *v = bounds[i].max;
+        hr_error err = {{0}, {0}};
+        if (hr_schedule_validate(&s, &err) != HR_OK) {
+            print_error("%s = %g (the bound) refused: %s\n", bounds[i].field, bounds[i].max,
+                        err.message);
+            fail();
+        }
+        *v = nextafter(bounds[i].max, INFINITY);
+        assert_int_equal(hr_schedule_validate(&s, &err), HR_EINVAL);
+        assert_string_equal(err.field, bounds[i].field);
+        char bound[64];
+        snprintf(bound, sizeof bound, "<= %g", bounds[i].max);
+        if (!strstr(err.message, bounds[i].field) || !strstr(err.message, bound)) {
+            print_error("%s: message \"%s\" should name the field and \"%s\"\n",
+                        bounds[i].field, err.message, bound);
+            fail();
+        }
+    }
+    /* floor: its own bound and eta0's */
+    hr_schedule s;
+    hr_schedule_defaults(&s);
+    s.eta0 = 10;
+    s.floor = 10;
+    assert_int_equal(hr_schedule_validate(&s, NULL), HR_OK);
+    s.floor = 10.5;
+    hr_error err;
+    assert_int_equal(hr_schedule_validate(&s, &err), HR_EINVAL);
+    assert_string_equal(err.field, "floor");
+    /* what the issue sent */
+    json_t *j = json_loads("{\"type\":\"constant\",\"eta0\":1e30}", 0, NULL);
+    assert_int_equal(hr_schedule_from_json(j, &s, &err), HR_EINVAL);
+    json_decref(j);
+    assert_string_equal(err.field, "eta0");
+    assert_string_equal(err.message, "eta0 must be <= 10, got 1e+30");
+}
+
+/* Which optimizer runs on which rows, and a message that reads right: it
+ * names the optimizer, what the rows keep, and the --state that would do. */
+static void test_check_state(void **state)
+{
+    (void)state;
+    for (int opt = 0; opt < HR_OPT_COUNT; opt++)
+        for (int rows = 0; rows < HR_OPT_COUNT; rows++) {
+            hr_schedule s;
+            hr_schedule_defaults(&s);
+            s.optimizer = (hr_optimizer)opt;
+            hr_error err = {{0}, {0}};
+            hr_status st = hr_schedule_check_state(&s, (hr_optimizer)rows, &err);
+            bool ok = opt == HR_OPT_SGD || (opt == HR_OPT_ADAGRAD && rows != HR_OPT_SGD) ||
+                      (opt == HR_OPT_FTRL && rows == HR_OPT_FTRL);
+            assert_int_equal(st, ok ? HR_OK : HR_EINVAL);
+            if (!ok)
+                assert_string_equal(err.field, "optimizer");
+        }
+    hr_schedule s;
+    hr_schedule_defaults(&s);
+    hr_error err;
+    s.optimizer = HR_OPT_FTRL;
+    assert_int_equal(hr_schedule_check_state(&s, HR_OPT_ADAGRAD, &err), HR_EINVAL);
+    assert_string_equal(err.message,
+                        "optimizer ftrl needs rows with FTRL state, and this server's rows keep "
+                        "AdaGrad state only (state adagrad): start it with --state ftrl, on a new "
+                        "database (a database keeps its state)");
+    s.optimizer = HR_OPT_ADAGRAD;
+    assert_int_equal(hr_schedule_check_state(&s, HR_OPT_SGD, &err), HR_EINVAL);
+    assert_string_equal(err.message,
+                        "optimizer adagrad needs rows with AdaGrad state, and this server's rows "
+                        "keep no optimizer state (state sgd): start it with --state adagrad or "
+                        "--state ftrl, on a new database (a database keeps its state)");
 }
 
 /* ---- JSON ---- */
@@ -707,21 +813,21 @@ static void test_box_create_invalid(void **state)
 /* Every field is derived from v, so a torn or half-written schedule shows. */
 static void versioned(hr_schedule *s, uint64_t v)
 {
-    double x = (double)v;
+    double x = (double)v, y = x / N_SWAPS; /* y in (0, 1]: within every bound */
     hr_schedule_defaults(s);
     s->optimizer = (hr_optimizer)(v % HR_OPT_COUNT);
     s->type = (hr_sched_type)(v % HR_SCHED_TYPE_COUNT);
-    s->eta0 = x;
+    s->eta0 = y * 10;
     s->t0 = x * 10;
-    s->power = x * 0.5;
+    s->power = y * 5;
     s->gamma = 1 / (x + 1);
     s->step = x * 3;
     s->period = x * 7;
-    s->t_mult = 1 + x;
+    s->t_mult = 1 + y * 99;
     s->warmup = x * 2;
-    s->floor = x / 2;
+    s->floor = s->eta0 / 2;
     for (int g = 0; g < HR_GROUP_COUNT; g++)
-        s->multiplier[g] = x * (g + 1);
+        s->multiplier[g] = y * 10 * (g + 1);
     s->staleness_scaling = v % 2;
     s->staleness_tau = x + 1;
     s->ftrl_beta = x * 4;
@@ -880,6 +986,8 @@ int main(void)
         cmocka_unit_test(test_group_rate_and_staleness),
         cmocka_unit_test(test_group_rate_never_overflows),
         cmocka_unit_test(test_validate),
+        cmocka_unit_test(test_upper_bounds),
+        cmocka_unit_test(test_check_state),
         cmocka_unit_test(test_from_json_ok),
         cmocka_unit_test(test_from_json_errors),
         cmocka_unit_test(test_json_round_trip),

@@ -1,7 +1,8 @@
 /*
  * test_stats.c - progressive validation against plain references: AUC
  * against the O(n^2) pair count (ties as one half), windowed logloss and
- * calibration, and histogram quantiles.
+ * calibration, and histogram quantiles. NaN and infinite scores and
+ * predictions: every call ends, and the figures are those of the finite rest.
  */
 #include "testutil.h"
 
@@ -15,7 +16,7 @@ static double auc_pairs(const float *s, const float *l, size_t n)
     double good = 0, pairs = 0;
     for (size_t i = 0; i < n; i++)
         for (size_t j = 0; j < n; j++)
-            if (l[i] >= 0.5f && l[j] < 0.5f) {
+            if (!isnan(s[i]) && !isnan(s[j]) && l[i] >= 0.5f && l[j] < 0.5f) {
                 pairs++;
                 good += s[i] > s[j] ? 1 : s[i] == s[j] ? 0.5 : 0;
             }
@@ -64,6 +65,92 @@ static void test_window_logloss_and_calibration(void **state)
     hr_progress_destroy(p);
 }
 
+/* Scores with NaN, +inf and -inf among ties: the AUC call ends, and it is
+ * the pair count over the scores that are not NaN (infinities rank last
+ * and first, and tie with each other). */
+typedef struct {
+    float s[400], l[400];
+    size_t n;
+} auc_case;
+
+static void auc_case_fill(auc_case *c, uint64_t seed, double p_nan)
+{
+    hr_rng rng;
+    hr_rng_seed(&rng, seed);
+    c->n = 400;
+    for (size_t i = 0; i < c->n; i++) {
+        double u = hr_rng_uniform(&rng);
+        c->s[i] = u < p_nan ? NAN : u < p_nan + 0.1 ? INFINITY : u < p_nan + 0.2 ? -INFINITY
+                                                                              : (float)(hr_rng_below(&rng, 10)) / 10.0f;
+        c->l[i] = hr_rng_uniform(&rng) < 0.4 ? 1.0f : 0.0f;
+    }
+}
+
+static void run_auc(void *arg)
+{
+    auc_case *c = arg;
+    (void)hr_auc(c->s, c->l, c->n);
+}
+
+static void test_auc_nonfinite_scores(void **state)
+{
+    (void)state;
+    const double p_nan[] = {0.05, 0.5, 1.0};
+    for (size_t k = 0; k < HR_ARRAY_LEN(p_nan); k++) {
+        auc_case c;
+        auc_case_fill(&c, 11 + k, p_nan[k]);
+        assert_true(tu_terminates(run_auc, &c, 60));
+        double got = hr_auc(c.s, c.l, c.n), want = auc_pairs(c.s, c.l, c.n);
+        if (p_nan[k] >= 1.0) {
+            assert_true(isnan(got)); /* nothing left to rank */
+        } else {
+            assert_false(isnan(got));
+            assert_float_equal(got, want, 1e-9);
+        }
+    }
+}
+
+/* Points with a NaN or infinite prediction are counted, not added: the
+ * windowed loss, AUC and calibration are those of the finite points. */
+static void run_progress(void *arg)
+{
+    hr_progress *p = arg;
+    hr_progress_report r;
+    hr_progress_get(p, 0, &r);
+}
+
+static void test_progress_refuses_nonfinite(void **state)
+{
+    (void)state;
+    for (int squared = 0; squared <= 1; squared++) {
+        hr_progress *p, *ref;
+        assert_int_equal(hr_progress_create(16, squared, &p), HR_OK);
+        assert_int_equal(hr_progress_create(16, squared, &ref), HR_OK);
+        hr_progress_point pts[] = {{0.9f, 1, 1}, {NAN, 1, 1},      {0.2f, 0, 1},
+                                   {INFINITY, 0, 1}, {0.7f, 0, 1}, {-INFINITY, 1, 1},
+                                   {0.6f, 1, 1}, {0.5f, NAN, 1},   {0.4f, 1, INFINITY}};
+        hr_progress_point fin[] = {{0.9f, 1, 1}, {0.2f, 0, 1}, {0.7f, 0, 1}, {0.6f, 1, 1}};
+        hr_progress_add(p, pts, HR_ARRAY_LEN(pts));
+        hr_progress_add(ref, fin, HR_ARRAY_LEN(fin));
+        assert_true(tu_terminates(run_progress, p, 60));
+        hr_progress_report r, w;
+        hr_progress_get(p, 0, &r);
+        hr_progress_get(ref, 0, &w);
+        assert_int_equal(r.nonfinite, 5);
+        assert_int_equal(r.total, 4);
+        assert_int_equal(r.n, 4);
+        assert_int_equal(w.nonfinite, 0);
+        assert_true(isfinite(r.loss) && isfinite(r.loss_total) && isfinite(r.rmse));
+        assert_float_equal(r.loss, w.loss, 1e-12);
+        assert_float_equal(r.loss_total, w.loss_total, 1e-12);
+        assert_float_equal(r.mean_pred, w.mean_pred, 1e-12);
+        if (!squared)
+            assert_float_equal(r.auc, w.auc, 1e-12);
+        hr_progress_destroy(p);
+        hr_progress_destroy(ref);
+    }
+}
+
 static void test_hist_quantiles(void **state)
 {
     (void)state;
@@ -81,6 +168,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_auc_matches_pair_count),
         cmocka_unit_test(test_window_logloss_and_calibration),
+        cmocka_unit_test(test_auc_nonfinite_scores),
+        cmocka_unit_test(test_progress_refuses_nonfinite),
         cmocka_unit_test(test_hist_quantiles),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -6,7 +6,8 @@
  * The BLAS path is checked against a plain reference: every item scored with
  * hr_sgd_block_scores_ref, sorted by (score desc, row asc). Random models
  * (seeded) span several storage blocks; ties, exclusions, k larger than the
- * catalog and row 0 are covered.
+ * catalog and row 0 are covered, and so are NaN and infinite scores (the
+ * heap and the scan end, NaN is never returned, infinities rank first/last).
  */
 #include <math.h>
 #include <pthread.h>
@@ -220,6 +221,131 @@ static void test_heap_directly(void **state)
     assert_int_equal(st[3].row, 0);
 }
 
+/* Best first, ties lower row first, NaN left out: the order the heap and
+ * the scan promise, by a full sort. Returns the count kept. */
+static size_t rank_finite_order(scored *v, size_t n)
+{
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isnan(v[i].score))
+            v[m++] = v[i];
+    qsort(v, m, sizeof *v, by_score); /* a total order once NaN is gone */
+    return m;
+}
+
+typedef struct {
+    const float *scores;
+    size_t n;
+    uint32_t k;
+    hr_topk_item *out;
+    uint32_t got;
+} heap_case;
+
+static void run_heap(void *arg)
+{
+    heap_case *c = arg;
+    hr_topk_heap hp;
+    hr_topk_heap_init(&hp, c->out, c->k);
+    for (size_t i = 0; i < c->n; i++)
+        hr_topk_heap_offer(&hp, (uint32_t)i, c->scores[i]);
+    c->got = hr_topk_heap_finish(&hp);
+}
+
+static void test_heap_nonfinite_scores(void **state)
+{
+    (void)state;
+    enum { N = 2000 };
+    static float scores[N];
+    static scored ref[N];
+    static hr_topk_item out[N];
+    hr_rng rng;
+    hr_rng_seed(&rng, 21);
+    for (size_t i = 0; i < N; i++) {
+        double u = hr_rng_uniform(&rng);
+        scores[i] = u < 0.2 ? NAN : u < 0.3 ? INFINITY : u < 0.4 ? -INFINITY
+                                                            : (float)hr_rng_below(&rng, 10);
+        ref[i] = (scored){(uint32_t)i, scores[i]};
+    }
+    size_t nref = rank_finite_order(ref, N);
+    const uint32_t ks[] = {1, 5, 50, 1500, N};
+    for (size_t t = 0; t < HR_ARRAY_LEN(ks); t++) {
+        heap_case c = {scores, N, ks[t], out, 0};
+        assert_true(tu_terminates(run_heap, &c, 60));
+        run_heap(&c);
+        assert_int_equal(c.got, nref < ks[t] ? nref : ks[t]);
+        for (uint32_t i = 0; i < c.got; i++) {
+            assert_int_equal(out[i].row, ref[i].row);
+            assert_false(isnan(out[i].score));
+        }
+    }
+}
+
+typedef struct {
+    const hr_model *m;
+    const float *q;
+    uint32_t k;
+    bool reference;
+    hr_topk_item *out;
+    size_t n;
+} query_case;
+
+static void run_query(void *arg)
+{
+    query_case *c = arg;
+    if (hr_topk_query(c->m, c->q, c->k, NULL, c->reference, c->out, &c->n) != HR_OK)
+        abort();
+}
+
+static void test_query_nonfinite_scores(void **state)
+{
+    (void)state;
+    hr_model *m = make_model(8, 300, 17);
+    const hr_row_layout *L = hr_model_layout(m);
+    float *row = calloc(L->floats, sizeof *row);
+    /* Rows 5..14 score NaN, 20..24 +inf, 30..34 -inf (through the bias), and
+     * 40..44 have an infinite factor. */
+    for (uint32_t r = 5; r < 45; r++) {
+        float *p = hr_model_row(m, HR_TABLE_ITEM, r);
+        hr_sgd_row_read(L, p, row);
+        if (r < 15)
+            row[L->bias] = NAN;
+        else if (r >= 20 && r < 25)
+            row[L->bias] = INFINITY;
+        else if (r >= 30 && r < 35)
+            row[L->bias] = -INFINITY;
+        else if (r >= 40)
+            row[0] = INFINITY;
+        hr_sgd_row_write(L, p, row);
+    }
+    float q[8];
+    random_query(q, 8, 5);
+    size_t nall;
+    scored *all = reference(m, q, NULL, 0, &nall);
+    size_t nref = rank_finite_order(all, nall);
+    assert_int_equal(nref, 290); /* the NaN rows are left out */
+    hr_topk_item *out = calloc(300, sizeof *out);
+    const uint32_t ks[] = {3, 12, 300};
+    for (size_t t = 0; t < HR_ARRAY_LEN(ks); t++) {
+        for (int refpath = 0; refpath <= 1; refpath++) {
+            query_case c = {m, q, ks[t], refpath != 0, out, 0};
+            assert_true(tu_terminates(run_query, &c, 60));
+            run_query(&c);
+            assert_int_equal(c.n, nref < ks[t] ? nref : ks[t]);
+            for (size_t i = 0; i < c.n; i++) {
+                assert_false(isnan(out[i].score));
+                if (refpath || isinf(all[i].score))
+                    assert_int_equal(out[i].row, all[i].row);
+                if (isinf(all[i].score))
+                    assert_true(out[i].score == all[i].score);
+            }
+        }
+    }
+    free(out);
+    free(all);
+    free(row);
+    hr_model_destroy(m);
+}
+
 static void test_history_recent_and_popular(void **state)
 {
     (void)state;
@@ -383,6 +509,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_exclusions_and_k_larger_than_items),
         cmocka_unit_test(test_ties_lower_row_first),
         cmocka_unit_test(test_heap_directly),
+        cmocka_unit_test(test_heap_nonfinite_scores),
+        cmocka_unit_test(test_query_nonfinite_scores),
         cmocka_unit_test(test_history_recent_and_popular),
         cmocka_unit_test(test_dedup_window),
     };

@@ -3,7 +3,10 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 const char *tu_shared_data(const char *relpath)
@@ -57,4 +60,29 @@ __attribute__((constructor)) static void tu_select_tests(void)
         cmocka_set_test_filter(only);
     if (leave && *leave)
         cmocka_set_skip_filter(leave);
+}
+
+int tu_terminates(void (*fn)(void *), void *arg, unsigned seconds)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("fork");
+        abort();
+    }
+    if (pid == 0) {
+        fn(arg);
+        _exit(0);
+    }
+    int status = 0;
+    for (unsigned i = 0; i < seconds * 20u; i++) { /* polls every 50 ms */
+        pid_t w = waitpid(pid, &status, WNOHANG);
+        if (w == pid)
+            return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+        nanosleep(&(struct timespec){0, 50000000L}, NULL);
+    }
+    fprintf(stderr, "tu_terminates: still running after %u s; killing it\n", seconds);
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    return 0;
 }

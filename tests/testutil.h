@@ -22,6 +22,13 @@ const char *tu_tmpdir(void);
 /* Removes a directory tree (best effort). */
 void tu_rmtree(const char *path);
 
+/* Runs fn(arg) in a forked child and reports whether it returned (the child
+ * exits 0) within `seconds`, a generous bound for code that must end on any
+ * input; a child still running then is killed. Assert on the result, then
+ * call fn again in the test process to check what it computed. */
+int tu_terminates(void (*fn)(void *), void *arg, unsigned seconds);
+
+
 /* Prints the skip marker line, then calls cmocka's skip(). The line is
  *   [  SKIP    ] <file>:<test function>: <reason>
  * tests/CMakeLists.txt marks a ctest entry that prints it as skipped

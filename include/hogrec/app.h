@@ -24,6 +24,7 @@
 #include "hogrec/trainer.h"
 
 struct hr_persist; /* persist.h: SQLite store, event log, checkpoints */
+struct hr_dblock;  /* dblock.h: the database's owner lock */
 
 typedef struct hr_app {
     hr_config cfg;              /* owned copy (its schedule JSON too) */
@@ -34,12 +35,14 @@ typedef struct hr_app {
     hr_trainer *trainer;
     hr_ingest *ingest;
     struct hr_persist *persist; /* NULL when cfg.db is "" */
+    struct hr_dblock *dblock;   /* held while persist is open; NULL without a db */
     double started;             /* wall time at open */
     atomic_int ready;           /* 1 once the checkpoint and log tail are loaded */
 } hr_app;
 
 /* Builds and starts everything from cfg (copied; cfg->schedule is deep
- * copied). With persistence: opens the database, loads the last checkpoint,
+ * copied). With persistence: takes the database's owner lock (HR_EBUSY
+ * naming the holder if another process has it), opens the database, loads the last checkpoint,
  * starts the trainers and replays the log tail, then sets ready. *out is new;
  * close with hr_app_close. Same as hr_app_open_loading then
  * hr_app_finish_loading. */
@@ -60,6 +63,13 @@ hr_status hr_app_finish_loading(hr_app *app, hr_error *err);
  * persistence it is still in the event log), writes a final checkpoint when
  * persistent, frees everything. NULL is a no-op. */
 void hr_app_close(hr_app *app, bool drain);
+
+/* The first half of hr_app_close: ready to 0, trainers stopped, final
+ * checkpoint written, the database closed and its lock released
+ * (app->persist and app->dblock NULL after it);
+ * the model and the rest stay allocated for threads that may still read
+ * them (requests abandoned at shutdown). hr_app_close may follow. */
+void hr_app_stop(hr_app *app, bool drain);
 
 /* NULL when ready to serve, else why not (loading, persistence failing). */
 const char *hr_app_not_ready(hr_app *app);

@@ -33,9 +33,15 @@ uint16_t hr_http_port(const hr_http *h);
 /* Stops accepting connections; requests in flight still finish. */
 void hr_http_quiesce(hr_http *h);
 
-/* Finishes requests in flight, closes every connection, frees the server.
- * NULL is a no-op. The app is left running. */
-void hr_http_stop(hr_http *h);
+/* Finishes requests in flight, closes every connection, frees the server;
+ * returns 0. NULL is a no-op. The app is left running. New requests on open
+ * connections get 503 shutting_down from here on. Waits at most
+ * app->cfg.shutdown_timeout seconds: requests still in flight then (a
+ * handler that does not return, a commit that does not end) are logged and
+ * abandoned, the daemon and h are left running for them (not freed), and it
+ * returns their count; the app must then not be freed either (hr_app_stop,
+ * not hr_app_close). */
+unsigned hr_http_stop(hr_http *h);
 
 /* `hogrec serve [options]` (argv[0] is "serve"): config from flags,
  * environment and config/hogrec.json, open the app, serve until SIGTERM or

@@ -87,8 +87,17 @@ const char *hr_group_to_string(hr_group g);
 void hr_schedule_defaults(hr_schedule *s);
 
 /* HR_OK or HR_EINVAL with err naming the bad field (e.g. "eta0",
- * "multipliers.item"). Rejects NaN, infinities, negatives, out-of-range. */
+ * "multipliers.item") and the bound it crossed. Rejects NaN, infinities and
+ * values out of each field's range (README, openapi.yaml). */
 hr_status hr_schedule_validate(const hr_schedule *s, hr_error *err);
+
+/* Whether rows that keep the optimizer state of `state` can run
+ * s->optimizer. `state` is the most capable optimizer the rows support:
+ * HR_OPT_SGD (no state), HR_OPT_ADAGRAD (AdaGrad accumulators) or
+ * HR_OPT_FTRL (AdaGrad and FTRL z, n). sgd runs on any rows, adagrad on
+ * adagrad or ftrl rows, ftrl on ftrl rows. HR_EINVAL with err (field
+ * "optimizer") naming what the rows keep and the --state that would do. */
+hr_status hr_schedule_check_state(const hr_schedule *s, hr_optimizer state, hr_error *err);
 
 /* Base rate at update t (before group multipliers and staleness). */
 double hr_schedule_rate(const hr_schedule *s, uint64_t t);

@@ -28,7 +28,8 @@ typedef struct {
 typedef struct hr_progress hr_progress;
 
 typedef struct {
-    uint64_t total;        /* points ever added */
+    uint64_t total;        /* points ever added (finite ones) */
+    uint64_t nonfinite;    /* points refused: prediction, label or weight NaN or infinite */
     double loss_total;     /* mean loss over all points (logloss or squared error) */
     size_t n;              /* points in the window used */
     double loss;           /* mean weighted logloss (logistic) or MSE (squared) */
@@ -42,7 +43,9 @@ typedef struct {
 hr_status hr_progress_create(size_t window, int squared, hr_progress **out);
 void hr_progress_destroy(hr_progress *p); /* NULL is a no-op */
 
-/* Adds n points (copied). Thread-safe. */
+/* Adds n points (copied). A point whose prediction, label or weight is not
+ * finite is not added, only counted (report.nonfinite): one NaN would make
+ * every windowed figure NaN. Thread-safe. */
 void hr_progress_add(hr_progress *p, const hr_progress_point *pts, size_t n);
 
 /* Report over the most recent min(last_n, window) points (last_n 0 = all of
@@ -56,7 +59,9 @@ void hr_progress_reset(hr_progress *p);
 double hr_logloss(double p, double label);
 
 /* AUC of n (score, label>=0.5) pairs by the rank statistic with ties
- * averaged; NAN if only one class. Sorts a copy; scores and labels borrowed. */
+ * averaged; +-infinity rank as the largest and smallest scores, pairs with a
+ * NaN score or label are left out. NAN if only one class remains. Sorts a
+ * copy; scores and labels borrowed. */
 double hr_auc(const float *scores, const float *labels, size_t n);
 
 /* ---- log2 histogram ---- */
