@@ -81,6 +81,10 @@ static const opt options[] = {
     I(max_batch_events, 1, 1000000, "10000", false, "most events in one POST /v1/events"),
     D(dedup_window, 0, 1e7, "600", false, "seconds an event id is remembered for de-duplication"),
     I(history_per_user, 0, 10000, "64", false, "recent items remembered per user (exclude_seen)"),
+    /* A day: a burst fades within days (1/128 after a week) while the daily
+     * cycle of traffic does not swing the ranking. */
+    D(popular_half_life, 0, 1e9, "86400", false,
+      "seconds for a positive event's weight in the popular fallback to halve (0 = plain count)"),
     /* persistence */
     S(db, "hogrec.db", NULL, false, "SQLite file (empty = no persistence)"),
     D(checkpoint_interval, 0, 1e7, "60", false, "seconds between checkpoints (0 = off)"),
