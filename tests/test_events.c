@@ -663,10 +663,10 @@ static void restart_test(int sig)
                    &dup);
     status = stop_child(&ch, SIGTERM);
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    check_after_restart(&before, &after, 2);
     assert_int_equal(sd, 202);
     assert_int_equal(json_integer_value(json_object_get(dup, "duplicates")), 1);
     json_decref(dup);
-    check_after_restart(&before, &after, 2);
     views_free(&before);
     views_free(&after);
     tu_rmtree(dir);
