@@ -2,8 +2,9 @@
  * app.c - builds a running hogrec from a config and tears it down in order:
  *   open:  schedule box -> model -> queue -> progress -> database lock
  *          -> persistence (restore)
- *          -> trainers -> ingest                       (hr_app_open_loading)
- *          -> persistence start (replay log) -> ready  (hr_app_finish_loading)
+ *          -> trainers -> ingest -> events             (hr_app_open_loading)
+ *          -> persistence start (serving state, replay log) -> ready
+ *                                                      (hr_app_finish_loading)
  *   close: trainers stop (drain or not) -> final checkpoint -> unlock
  *                                                          (hr_app_stop)
  *          -> free all
@@ -87,6 +88,11 @@ hr_status hr_app_open_loading(const hr_config *cfg, hr_app **out, hr_error *err)
         hr_error_set(err, st, NULL, "%s", hr_status_to_string(st));
         goto fail;
     }
+    hr_events_config ec = hr_events_config_from(&app->cfg);
+    if ((st = hr_events_create(&ec, app->model, app->ingest, &app->events)) != HR_OK) {
+        hr_error_set(err, st, NULL, "creating the serving state: %s", hr_status_to_string(st));
+        goto fail;
+    }
     *out = app;
     return HR_OK;
 fail:
@@ -101,7 +107,8 @@ void hr_app_stop(hr_app *app, bool drain)
     atomic_store(&app->ready, 0);
     if (app->trainer)
         hr_trainer_stop(app->trainer, drain, NULL);
-    hr_persist_close(app->persist, app->model != NULL && app->trainer != NULL);
+    hr_persist_close(app->persist,
+                     app->model != NULL && app->trainer != NULL && app->events != NULL);
     app->persist = NULL;
     hr_dblock_release(app->dblock);
     app->dblock = NULL;
@@ -112,6 +119,7 @@ void hr_app_close(hr_app *app, bool drain)
     if (!app)
         return;
     hr_app_stop(app, drain);
+    hr_events_destroy(app->events);
     hr_ingest_destroy(app->ingest);
     hr_trainer_destroy(app->trainer);
     hr_progress_destroy(app->progress);

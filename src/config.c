@@ -90,6 +90,10 @@ static const opt options[] = {
     I(history_per_user, 0, 10000, "64", false, SERVE, "recent items remembered per user (exclude_seen)"),
     D(shutdown_timeout, 0.1, 86400, "30", false, SERVE,
       "seconds requests in flight get after SIGTERM, and the drain and final checkpoint then"),
+    /* A day: a burst fades within days (1/128 after a week) while the daily
+     * cycle of traffic does not swing the ranking. */
+    D(popular_half_life, 0, 1e9, "86400", false, SERVE,
+      "seconds for a positive event's weight in the popular fallback to halve (0 = plain count)"),
     /* persistence */
     S(db, "hogrec.db", NULL, false, ALL,
       "SQLite file (empty = no persistence); replay only takes its lock, so it never runs beside the server"),

@@ -3,10 +3,12 @@
  *
  * Open addressing, linear probing over at most PROBE slots, no resizing.
  * A slot is (hash, time); hash 0 means never used (a real hash of 0 is
- * stored as 1). An entry older than the window counts as free for inserts
- * but lookups walk past it (a released entry has time -inf and behaves the
- * same), stopping only at a never-used slot or after PROBE slots. When all
- * PROBE slots hold live entries the oldest one is overwritten.
+ * stored as 1). The top bit of a stored hash marks a claim not yet
+ * confirmed; ids compare on the other 63 bits. An entry older than the
+ * window counts as free for inserts but lookups walk past it (a released
+ * entry has time -inf and behaves the same), stopping only at a never-used
+ * slot or after PROBE slots. When all PROBE slots hold live entries the
+ * oldest one is overwritten.
  */
 #include "hogrec/dedup.h"
 
@@ -16,10 +18,11 @@
 
 #define PROBE 32
 #define STRIPES 64
+#define PENDING (1ull << 63)
 
 typedef struct {
-    uint64_t hash;
-    double time; /* seconds; -INFINITY once released */
+    uint64_t hash; /* 0 = never used; PENDING bit: claimed, not confirmed */
+    double time;   /* wall seconds; -INFINITY once released */
 } slot;
 
 struct hr_dedup {
@@ -62,6 +65,17 @@ void hr_dedup_destroy(hr_dedup *d)
     free(d);
 }
 
+double hr_dedup_window(const hr_dedup *d)
+{
+    return d->window;
+}
+
+static uint64_t norm(uint64_t h)
+{
+    h &= ~PENDING;
+    return h ? h : 1;
+}
+
 /* Probes stay inside an aligned group of PROBE slots, so one lock per group
  * (striped) covers a whole probe sequence. */
 static size_t home_of(const hr_dedup *d, uint64_t h)
@@ -74,24 +88,17 @@ static pthread_mutex_t *lock_of(hr_dedup *d, size_t home)
     return &d->mu[(home / PROBE) % STRIPES];
 }
 
-bool hr_dedup_claim(hr_dedup *d, uint64_t h, double now)
+/* Finds h live at now, or inserts it (hash | flag, time t). Returns whether
+ * it was inserted. Under the group's lock. */
+static bool find_or_insert(hr_dedup *d, size_t home, uint64_t h, uint64_t flag, double t,
+                           double now)
 {
-    if (d->window <= 0)
-        return true;
-    if (h == 0)
-        h = 1;
-    size_t home = home_of(d, h);
-    pthread_mutex_t *mu = lock_of(d, home);
-    pthread_mutex_lock(mu);
     slot *free_slot = NULL, *oldest = NULL;
-    bool fresh = true;
     for (size_t i = 0; i < PROBE; i++) {
         slot *s = &d->slots[home + i];
         bool live = s->hash != 0 && now - s->time < d->window;
-        if (live && s->hash == h) {
-            fresh = false;
-            break;
-        }
+        if (live && (s->hash & ~PENDING) == h)
+            return false;
         if (!live && !free_slot)
             free_slot = s;
         if (live && (!oldest || s->time < oldest->time))
@@ -99,30 +106,91 @@ bool hr_dedup_claim(hr_dedup *d, uint64_t h, double now)
         if (s->hash == 0)
             break;
     }
-    if (fresh) {
-        slot *v = free_slot ? free_slot : oldest;
-        v->hash = h;
-        v->time = now;
-    }
+    slot *v = free_slot ? free_slot : oldest;
+    v->hash = h | flag;
+    v->time = t;
+    return true;
+}
+
+bool hr_dedup_claim(hr_dedup *d, uint64_t h, double now)
+{
+    if (d->window <= 0)
+        return true;
+    h = norm(h);
+    size_t home = home_of(d, h);
+    pthread_mutex_t *mu = lock_of(d, home);
+    pthread_mutex_lock(mu);
+    bool fresh = find_or_insert(d, home, h, PENDING, now, now);
     pthread_mutex_unlock(mu);
     return fresh;
 }
 
-void hr_dedup_release(hr_dedup *d, uint64_t h)
+void hr_dedup_remember(hr_dedup *d, uint64_t h, double t, double now)
+{
+    if (d->window <= 0 || !(now - t < d->window))
+        return;
+    h = norm(h);
+    size_t home = home_of(d, h);
+    pthread_mutex_t *mu = lock_of(d, home);
+    pthread_mutex_lock(mu);
+    find_or_insert(d, home, h, 0, t, now);
+    pthread_mutex_unlock(mu);
+}
+
+/* Applies to every slot holding h: confirm (clear the pending bit) or
+ * release (time -inf). */
+static void update(hr_dedup *d, uint64_t h, bool release)
 {
     if (d->window <= 0)
         return;
-    if (h == 0)
-        h = 1;
+    h = norm(h);
     size_t home = home_of(d, h);
     pthread_mutex_t *mu = lock_of(d, home);
     pthread_mutex_lock(mu);
     for (size_t i = 0; i < PROBE; i++) {
         slot *s = &d->slots[home + i];
-        if (s->hash == h)
-            s->time = -INFINITY;
+        if ((s->hash & ~PENDING) == h) {
+            if (release)
+                s->time = -INFINITY;
+            else
+                s->hash = h;
+        }
         if (s->hash == 0)
             break;
     }
     pthread_mutex_unlock(mu);
+}
+
+void hr_dedup_confirm(hr_dedup *d, uint64_t h)
+{
+    update(d, h, false);
+}
+
+void hr_dedup_release(hr_dedup *d, uint64_t h)
+{
+    update(d, h, true);
+}
+
+hr_status hr_dedup_export(hr_dedup *d, double now, hr_dedup_fn fn, void *ctx)
+{
+    if (d->window <= 0)
+        return HR_OK;
+    for (size_t home = 0; home <= d->mask; home += PROBE) {
+        slot got[PROBE];
+        size_t n = 0;
+        pthread_mutex_t *mu = lock_of(d, home);
+        pthread_mutex_lock(mu);
+        for (size_t i = 0; i < PROBE; i++) {
+            slot s = d->slots[home + i];
+            if (s.hash != 0 && !(s.hash & PENDING) && now - s.time < d->window)
+                got[n++] = s;
+        }
+        pthread_mutex_unlock(mu);
+        for (size_t i = 0; i < n; i++) {
+            hr_status st = fn(ctx, got[i].hash, got[i].time);
+            if (st != HR_OK)
+                return st;
+        }
+    }
+    return HR_OK;
 }

@@ -49,6 +49,7 @@
 /* Events buffered for one commit. */
 typedef struct {
     uint64_t *seqs;
+    double *arrived; /* wall time each event arrived at */
     size_t *offs;  /* start of each event's text in text */
     size_t *lens;
     const char **ptrs; /* filled just before writing */
@@ -99,6 +100,7 @@ struct hr_evlog {
 static void batch_free(batch *b)
 {
     free(b->seqs);
+    free(b->arrived);
     free(b->offs);
     free(b->lens);
     free(b->ptrs);
@@ -106,7 +108,7 @@ static void batch_free(batch *b)
     memset(b, 0, sizeof *b);
 }
 
-static hr_status batch_add(batch *b, uint64_t seq, const char *json, size_t len)
+static hr_status batch_add(batch *b, uint64_t seq, double arrived, const char *json, size_t len)
 {
     if (b->n == b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 256;
@@ -122,7 +124,10 @@ static hr_status batch_add(batch *b, uint64_t seq, const char *json, size_t len)
         const char **p = realloc(b->ptrs, cap * sizeof *p);
         if (p)
             b->ptrs = p;
-        if (!s || !o || !l || !p)
+        double *a = realloc(b->arrived, cap * sizeof *a);
+        if (a)
+            b->arrived = a;
+        if (!s || !o || !l || !p || !a)
             return HR_ENOMEM;
         b->cap = cap;
     }
@@ -138,6 +143,7 @@ static hr_status batch_add(batch *b, uint64_t seq, const char *json, size_t len)
     }
     memcpy(b->text + b->tlen, json, len);
     b->seqs[b->n] = seq;
+    b->arrived[b->n] = arrived;
     b->offs[b->n] = b->tlen;
     b->lens[b->n] = len;
     b->n++;
@@ -274,7 +280,8 @@ static void *committer(void *arg)
         for (size_t i = 0; i < b->n; i++)
             b->ptrs[i] = b->text + b->offs[i];
         hr_error err;
-        hr_status st = hr_store_log_write(log->store, b->seqs, b->ptrs, b->lens, b->n, trim, &err);
+        hr_status st = hr_store_log_write(log->store, b->seqs, b->arrived, b->ptrs, b->lens,
+                                          b->n, trim, &err);
 
         pthread_mutex_lock(&log->mu);
         if (st == HR_OK) {
@@ -375,8 +382,8 @@ void hr_evlog_destroy(hr_evlog *log)
     free(log);
 }
 
-hr_status hr_evlog_append(hr_evlog *log, uint64_t first_seq, const char *const *json,
-                          const size_t *len, size_t n, hr_error *err)
+hr_status hr_evlog_append(hr_evlog *log, uint64_t first_seq, double arrived,
+                          const char *const *json, const size_t *len, size_t n, hr_error *err)
 {
     pthread_mutex_lock(&log->mu);
     hr_status st = HR_OK;
@@ -391,7 +398,7 @@ hr_status hr_evlog_append(hr_evlog *log, uint64_t first_seq, const char *const *
     }
     size_t n0 = log->pend.n, t0 = log->pend.tlen;
     for (size_t i = 0; i < n; i++) {
-        if (batch_add(&log->pend, first_seq + i, json[i], len[i]) != HR_OK) {
+        if (batch_add(&log->pend, first_seq + i, arrived, json[i], len[i]) != HR_OK) {
             log->pend.n = n0;
             log->pend.tlen = t0;
             st = hr_error_set(err, HR_EIO, NULL, "event log: out of memory");

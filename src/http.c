@@ -63,15 +63,13 @@
 #include <unistd.h>
 
 #include "hogrec/api.h"
-#include "hogrec/dedup.h"
-#include "hogrec/history.h"
+#include "hogrec/events.h"
 #include "hogrec/log.h"
 #include "hogrec/persist.h"
 #include "hogrec/sgd.h"
 #include "hogrec/topk.h"
 #include "http_mhd.h"
 
-#define DEDUP_CAPACITY (1u << 20) /* ids remembered at most (16 MiB) */
 #define TOPK_BATCH 32             /* recommendations scored in one sgemm at most */
 
 /* ---- routes ---- */
@@ -159,8 +157,6 @@ struct hr_http {
     struct MHD_Daemon *daemon;
     uint16_t port;
     size_t max_body;             /* bytes */
-    hr_history *history;         /* recent items per user, popularity */
-    hr_dedup *dedup;             /* event ids */
     hr_topk_batcher *topk;       /* concurrent recommendations scored together */
     route_metrics metrics[R_COUNT];
     atomic_uint_fast64_t rejected;   /* events invalid, reported by index */
@@ -187,8 +183,7 @@ enum { EV_NONE, EV_WAITING, EV_DONE };
 typedef struct {
     int phase;            /* EV_*: EV_DONE is set by events_durable before resuming */
     json_t *errors;       /* owned until answered: per-event errors */
-    uint64_t *hashes;     /* owned: event-id hashes claimed in the dedup */
-    size_t nhash, ok, rejected, dups; /* counts of events */
+    size_t ok, rejected, dups; /* counts of events */
     uint64_t first;       /* seq of the first accepted event */
     hr_status st;         /* the commit's outcome (EV_DONE) */
     char why[256];        /* why it failed */
@@ -356,15 +351,6 @@ static json_t *id_json(const char *key, size_t len)
 
 /* ---- POST /v1/events ---- */
 
-static uint64_t id_hash(const json_t *id)
-{
-    char buf[HR_ID_MAX_LEN + 1];
-    size_t len;
-    if (hr_api_id(id, "id", buf, &len, NULL) != HR_OK)
-        return 0;
-    return hr_hash64(buf, len, 0x6465647570ull);
-}
-
 /* Answers POST /v1/events from r->ev and the outcome st (why: detail). */
 static enum MHD_Result answer_events(hr_http *h, struct MHD_Connection *c, request *r,
                                      hr_status st, const char *why)
@@ -381,8 +367,6 @@ static enum MHD_Result answer_events(hr_http *h, struct MHD_Connection *c, reque
         ret = reply_json(c, r, 202, body);
     } else {
         json_decref(errors);
-        for (size_t i = 0; i < ev->nhash; i++) /* the client will resend these */
-            hr_dedup_release(h->dedup, ev->hashes[i]);
         if (st == HR_EFULL) {
             atomic_fetch_add(&h->refused, ev->ok);
             ret = reply_error(c, r, 429, "queue_full",
@@ -395,9 +379,6 @@ static enum MHD_Result answer_events(hr_http *h, struct MHD_Connection *c, reque
                               why && why[0] ? why : hr_status_to_string(st));
         }
     }
-    free(ev->hashes);
-    ev->hashes = NULL;
-    ev->nhash = 0;
     return ret;
 }
 
@@ -435,14 +416,14 @@ static void durable_signal(void *arg, hr_status st, const char *why)
     pthread_mutex_unlock(&w->mu);
 }
 
+/* Takes pending (see hr_events_notify). */
 static enum MHD_Result answer_events_when_durable(hr_http *h, struct MHD_Connection *c,
-                                                  request *r, uint64_t seq)
+                                                  request *r, hr_events_pending *pending)
 {
     durable_wait w = {.done = false};
     pthread_mutex_init(&w.mu, NULL);
     pthread_cond_init(&w.cv, NULL);
-    if (hr_ingest_notify(h->app->ingest, seq, durable_signal, &w) != HR_OK)
-        durable_signal(&w, HR_ENOMEM, "out of memory");
+    hr_events_notify(h->app->events, pending, durable_signal, &w);
     pthread_mutex_lock(&w.mu);
     while (!w.done)
         pthread_cond_wait(&w.cv, &w.mu);
@@ -502,20 +483,19 @@ static enum MHD_Result handle_events(hr_http *h, struct MHD_Connection *c, reque
                                : app->cfg.queue_capacity);
     }
     hr_event *evs = malloc((n ? n : 1) * sizeof *evs);
-    uint64_t *hashes = malloc((n ? n : 1) * sizeof *hashes);
+    uint64_t *ids = malloc((n ? n : 1) * sizeof *ids);
     char **texts = app->persist ? calloc(n ? n : 1, sizeof *texts) : NULL;
     size_t *lens = app->persist ? calloc(n ? n : 1, sizeof *lens) : NULL;
-    if (!evs || !hashes || (app->persist && (!texts || !lens))) {
+    if (!evs || !ids || (app->persist && (!texts || !lens))) {
         free(evs);
-        free(hashes);
+        free(ids);
         free(texts);
         free(lens);
         json_decref(events);
         json_decref(errors);
         return reply_error(c, r, 503, "unavailable", "out of memory");
     }
-    size_t ok = 0, nhash = 0, rejected = 0, dups = 0;
-    double now = hr_wall_time();
+    size_t ok = 0, rejected = 0;
     for (size_t i = 0; i < n; i++) {
         json_t *obj = json_array_get(events, i);
         if (json_is_null(obj) && r->ndjson) { /* a line that did not parse, already reported */
@@ -533,14 +513,7 @@ static enum MHD_Result handle_events(hr_http *h, struct MHD_Connection *c, reque
             json_array_append_new(errors, item);
             continue;
         }
-        if (eid) {
-            uint64_t hh = id_hash(eid);
-            if (!hr_dedup_claim(h->dedup, hh, now)) {
-                dups++;
-                continue;
-            }
-            hashes[nhash++] = hh;
-        }
+        ids[ok] = eid ? hr_events_id_hash(eid) : 0;
         if (texts) {
             texts[ok] = hr_api_event_text(obj, &lens[ok]);
             if (!texts[ok]) {
@@ -553,36 +526,28 @@ static enum MHD_Result handle_events(hr_http *h, struct MHD_Connection *c, reque
         ok++;
     }
     json_decref(events);
+    /* Ids, submit and serving state: the events module (see events.h). With
+     * persistence the commit is awaited without holding this thread. */
+    hr_events_batch batch = {evs, ids, texts, lens, ok};
+    hr_events_result res;
+    hr_events_pending *pending = NULL;
+    hr_error e = {{0}, {0}};
+    hr_status st = hr_events_submit(app->events, &batch, app->persist == NULL, &res, &pending, &e);
     atomic_fetch_add(&h->rejected, rejected);
-    atomic_fetch_add(&h->duplicates, dups);
+    atomic_fetch_add(&h->duplicates, res.duplicates);
     events_state *ev = &r->ev;
     ev->errors = errors;
-    ev->hashes = hashes;
-    ev->nhash = nhash;
-    ev->ok = ok;
+    ev->ok = ok - res.duplicates;
     ev->rejected = rejected;
-    ev->dups = dups;
-    hr_error e = {{0}, {0}};
-    uint64_t first = 0;
-    hr_status st;
-    bool wait = app->persist != NULL && ok > 0;
-    if (wait)
-        st = hr_ingest_submit_nowait(app->ingest, evs, (const char *const *)texts, lens, ok,
-                                     false, &first, &e);
-    else
-        st = hr_ingest_submit(app->ingest, evs, (const char *const *)texts, lens, ok, false,
-                              &first, &e);
-    if (st == HR_OK || (st == HR_EIO && first)) {
-        for (size_t i = 0; i < ok; i++)
-            hr_history_add(h->history, evs[i].user, evs[i].item);
-    }
-    ev->first = first;
+    ev->dups = res.duplicates;
+    ev->first = res.first_seq;
     for (size_t i = 0; texts && i < ok; i++)
         free(texts[i]);
     free(texts);
     free(lens);
+    free(ids);
     free(evs);
-    if (st == HR_OK && wait) {
+    if (pending) {
         /* Queued and logged: answer once the commit is done, without
          * holding this pool thread (see the file comment) - unless the
          * server is stopping: MHD must not get a suspended connection after
@@ -594,11 +559,10 @@ static enum MHD_Result handle_events(hr_http *h, struct MHD_Connection *c, reque
             h->suspended++;
         pthread_mutex_unlock(&h->susp_mu);
         if (!suspend)
-            return answer_events_when_durable(h, c, r, first + ok - 1);
+            return answer_events_when_durable(h, c, r, pending);
         ev->phase = EV_WAITING;
         MHD_suspend_connection(c);
-        if (hr_ingest_notify(app->ingest, first + ok - 1, events_durable, r) != HR_OK)
-            events_durable(r, HR_ENOMEM, "out of memory");
+        hr_events_notify(app->events, pending, events_durable, r);
         return MHD_YES;
     }
     return answer_events(h, c, r, st, e.message);
@@ -746,7 +710,7 @@ static enum MHD_Result handle_recommend(hr_http *h, struct MHD_Connection *c, re
     free(q);
     bool known = urow != 0;
     if (known && exclude_seen)
-        nex += hr_history_recent(h->history, urow, rows + nex, cap - nex);
+        nex += hr_events_recent(h->app->events, urow, rows + nex, cap - nex);
     hr_topk_sort_rows(rows, nex);
     hr_topk_exclude excl = {rows, nex};
     uint32_t eff = known ? hr_model_effective_row(m, HR_TABLE_USER, urow) : 0;
@@ -754,7 +718,7 @@ static enum MHD_Result handle_recommend(hr_http *h, struct MHD_Connection *c, re
     json_t *list = json_array();
     json_t *body;
     if (eff == 0) {
-        n = hr_history_popular(h->history, m, (uint32_t)k, &excl, items);
+        n = hr_events_popular(h->app->events, (uint32_t)k, &excl, items);
         for (size_t i = 0; i < n; i++) {
             size_t len;
             const char *key = hr_model_key(m, HR_TABLE_ITEM, items[i].row, &len);
@@ -1331,13 +1295,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     request *r = *con_cls;
     if (!r)
         return;
-    /* Not answered (the client went away): a failed commit frees the ids
-     * for the client's resend, as the answer would have. */
-    if (r->ev.phase == EV_DONE && r->ev.st != HR_OK)
-        for (size_t i = 0; i < r->ev.nhash; i++)
-            hr_dedup_release(h->dedup, r->ev.hashes[i]);
     json_decref(r->ev.errors);
-    free(r->ev.hashes);
     atomic_fetch_sub(&h->inflight[r->route], 1);
     if (r->ev.phase != EV_NONE) { /* was suspended: hr_http_stop may wait for it */
         pthread_mutex_lock(&h->susp_mu);
@@ -1379,13 +1337,7 @@ hr_status hr_http_start(hr_app *app, hr_http **out, hr_error *err)
     pthread_cond_init(&h->susp_cv, &ca);
     pthread_condattr_destroy(&ca);
     h->rate_t = hr_wall_time();
-    hr_status st = hr_history_create((uint32_t)app->cfg.max_users + 1,
-                                     (uint32_t)app->cfg.max_items + 1,
-                                     (uint32_t)app->cfg.history_per_user, &h->history);
-    if (st == HR_OK)
-        st = hr_dedup_create(DEDUP_CAPACITY, app->cfg.dedup_window, &h->dedup);
-    if (st == HR_OK)
-        st = hr_topk_batcher_create(app->model, TOPK_BATCH, &h->topk);
+    hr_status st = hr_topk_batcher_create(app->model, TOPK_BATCH, &h->topk);
     if (st != HR_OK) {
         hr_http_stop(h);
         return hr_error_set(err, st, NULL, "out of memory");
@@ -1547,8 +1499,6 @@ unsigned hr_http_stop(hr_http *h)
         if (!stop_daemon_by(h->daemon, &dl))
             return log_abandoned(h, 0, timeout);
     }
-    hr_history_destroy(h->history);
-    hr_dedup_destroy(h->dedup);
     hr_topk_batcher_destroy(h->topk);
     pthread_mutex_destroy(&h->rate_mu);
     pthread_cond_destroy(&h->susp_cv);

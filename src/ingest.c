@@ -50,8 +50,8 @@ static void stamp(hr_ingest *ing, hr_event *evs, size_t n, uint64_t first_seq)
 }
 
 hr_status hr_ingest_submit_nowait(hr_ingest *ing, hr_event *evs, const char *const *json,
-                                  const size_t *len, size_t n, bool wait_for_room,
-                                  uint64_t *first_seq, hr_error *err)
+                                  const size_t *len, size_t n, double arrived,
+                                  bool wait_for_room, uint64_t *first_seq, hr_error *err)
 {
     if (n == 0) {
         *first_seq = 0;
@@ -80,7 +80,7 @@ hr_status hr_ingest_submit_nowait(hr_ingest *ing, hr_event *evs, const char *con
      * append fails (then the caller sends no 202). */
     ing->last_seq = seq + n - 1;
     if (ing->log)
-        st = hr_evlog_append(ing->log, seq, json, len, n, err);
+        st = hr_evlog_append(ing->log, seq, arrived, json, len, n, err);
 unlock:
     pthread_mutex_unlock(&ing->mu);
     if (st == HR_OK)
@@ -93,10 +93,16 @@ hr_status hr_ingest_submit(hr_ingest *ing, hr_event *evs, const char *const *jso
                            hr_error *err)
 {
     *first_seq = 0;
-    hr_status st = hr_ingest_submit_nowait(ing, evs, json, len, n, wait_for_room, first_seq, err);
-    if (st != HR_OK || n == 0 || !ing->log)
+    hr_status st = hr_ingest_submit_nowait(ing, evs, json, len, n, hr_wall_time(), wait_for_room,
+                                           first_seq, err);
+    if (st != HR_OK || n == 0)
         return st;
-    return hr_evlog_wait(ing->log, *first_seq + n - 1, err);
+    return hr_ingest_wait(ing, *first_seq + n - 1, err);
+}
+
+hr_status hr_ingest_wait(hr_ingest *ing, uint64_t seq, hr_error *err)
+{
+    return ing->log ? hr_evlog_wait(ing->log, seq, err) : HR_OK;
 }
 
 hr_status hr_ingest_notify(hr_ingest *ing, uint64_t seq, hr_evlog_notify_fn cb, void *arg)

@@ -19,6 +19,14 @@
  *   A failed checkpoint has taken marks it did not save, so the next one is
  *   full. Restore reads the chain newest first and keeps the first copy of
  *   each row it meets.
+ * - The serving state (events.h: recent items per user, popularity, event
+ *   ids within the de-duplication window) is saved in the same transaction,
+ *   after the rows, at its own cut S >= W (read after W). Users' recent
+ *   items are incremental like rows (rings changed since the previous
+ *   checkpoint's S; all of them in a full checkpoint or when the previous
+ *   one had no serving state); the rest is written whole. At start it is
+ *   loaded, then the log after W is replayed through the events module,
+ *   which trains every replayed event and applies those after S.
  * - After a checkpoint commits, the log is trimmed up to W.
  * - Health: the event log's (events get 503) or the last checkpoint's
  *   failure; both retry by themselves (the log probes every RETRY_MS, the
@@ -72,6 +80,10 @@ struct hr_persist {
     bool stop;
     bool thread_started;
     pthread_t thread;
+
+    bool serving_known;          /* last has a serving state (schema 3 or later) */
+    uint64_t serving_seq;        /* its cut S */
+    double serving_taken;        /* wall time its scores are as of */
 
     uint64_t restored_rows;      /* at open */
     uint64_t replayed, replay_skipped; /* at start */
@@ -225,6 +237,9 @@ static hr_status restore(hr_persist *p, hr_error *err)
     sched_ctx sc = {p->app->sched, err};
     if ((st = hr_store_schedule_rows(p->main, p->last.id, restore_sched, &sc, err)) != HR_OK)
         return st;
+    if ((st = hr_store_serving(p->main, p->last.id, &p->serving_known, &p->serving_seq,
+                               &p->serving_taken, err)) != HR_OK)
+        return st;
     clear_dirty(m);
     p->restored_rows = rc.rows;
     p->restore_seconds = hr_wall_time() - t0;
@@ -329,6 +344,8 @@ fail:
 typedef struct {
     hr_persist *p;
     hr_event evs[REPLAY_BATCH];
+    uint64_t ids[REPLAY_BATCH];    /* event-id hashes, 0 = none */
+    double arrived[REPLAY_BATCH];  /* arrival wall times, NaN = unknown */
     size_t n;
 } replay_ctx;
 
@@ -336,20 +353,23 @@ static hr_status replay_flush(replay_ctx *rc)
 {
     if (rc->n == 0)
         return HR_OK;
-    hr_status st = hr_ingest_replay(rc->p->app->ingest, rc->evs, rc->n);
+    hr_status st = hr_events_replay(rc->p->app->events, rc->evs, rc->ids, rc->arrived, rc->n);
     rc->p->replayed += rc->n;
     rc->n = 0;
     return st;
 }
 
-static hr_status replay_event(void *arg, uint64_t seq, const char *json, size_t len)
+static hr_status replay_event(void *arg, uint64_t seq, double arrived, const char *json,
+                              size_t len)
 {
     replay_ctx *rc = arg;
     json_error_t jerr;
     json_t *obj = json_loadb(json, len, 0, &jerr);
     hr_error err = {{0}, {0}};
-    hr_status st = obj ? hr_api_event_from_json(rc->p->app->model, obj, &rc->evs[rc->n], NULL, &err)
+    const json_t *eid = NULL;
+    hr_status st = obj ? hr_api_event_from_json(rc->p->app->model, obj, &rc->evs[rc->n], &eid, &err)
                        : HR_EINVAL;
+    rc->ids[rc->n] = st == HR_OK && eid ? hr_events_id_hash(eid) : 0;
     json_decref(obj);
     if (st != HR_OK) {
         if (rc->p->replay_skipped++ == 0)
@@ -357,8 +377,51 @@ static hr_status replay_event(void *arg, uint64_t seq, const char *json, size_t 
                    json_pack("{s:I,s:s}", "seq", (json_int_t)seq, "detail", err.message));
         return HR_OK;
     }
+    rc->arrived[rc->n] = arrived;
     rc->evs[rc->n++].seq = seq;
     return rc->n == REPLAY_BATCH ? replay_flush(rc) : HR_OK;
+}
+
+/* Loading the serving state of the last checkpoint (before the replay). */
+static hr_status load_history(void *ctx, const char *user, size_t ulen, uint64_t seq,
+                              const void *items, size_t bytes)
+{
+    void **a = ctx;
+    return hr_events_load_history(a[0], user, ulen, seq, items, bytes, a[1]);
+}
+
+static hr_status load_popularity(void *ctx, const void *data, size_t bytes)
+{
+    void **a = ctx;
+    return hr_events_load_blob(a[0], "popularity", data, bytes, a[1]);
+}
+
+static hr_status load_dedup(void *ctx, const void *data, size_t bytes)
+{
+    void **a = ctx;
+    return hr_events_load_blob(a[0], "dedup", data, bytes, a[1]);
+}
+
+static hr_status load_serving(hr_persist *p, hr_error *err)
+{
+    if (!p->serving_known)
+        return HR_OK;
+    hr_events *e = p->app->events;
+    hr_error e2 = {{0}, {0}};
+    void *a[2] = {e, &e2};
+    hr_status st = hr_events_load_begin(e, p->serving_seq, p->serving_taken, &e2);
+    if (st == HR_OK)
+        st = hr_store_chain_history(p->main, &p->last, load_history, a, &e2);
+    if (st == HR_OK)
+        st = hr_store_serving_blobs(p->main, p->last.id, "popularity", load_popularity, a, &e2);
+    if (st == HR_OK)
+        st = hr_store_serving_blobs(p->main, p->last.id, "dedup", load_dedup, a, &e2);
+    hr_events_load_end(e);
+    if (st == HR_ECORRUPT)
+        return refuse_corrupt(p->app->cfg.db, &e2, err);
+    if (st != HR_OK && err)
+        *err = e2;
+    return st;
 }
 
 static void *periodic(void *arg);
@@ -372,7 +435,9 @@ hr_status hr_persist_start(hr_persist *p, hr_error *err)
     rc->p = p;
     /* Schedules count updates since the model began, not since this start. */
     hr_trainer_set_base_updates(p->app->trainer, p->last.updates);
-    hr_status st = hr_store_log_scan(p->logstore, p->last.seq, replay_event, rc, err);
+    hr_status st = load_serving(p, err);
+    if (st == HR_OK)
+        st = hr_store_log_scan(p->logstore, p->last.seq, replay_event, rc, err);
     if (st == HR_OK && (st = replay_flush(rc)) != HR_OK)
         hr_error_set(err, st, NULL, "replaying the event log: %s", hr_status_to_string(st));
     free(rc);
@@ -472,6 +537,32 @@ static hr_status write_schedule(hr_persist *p, int64_t id, hr_error *err)
     return st;
 }
 
+/* The serving state's sink: the store, inside the checkpoint's transaction. */
+typedef struct {
+    hr_persist *p;
+    int64_t id;
+} serving_sink;
+
+static hr_status sink_header(void *ctx, uint64_t seq, double taken, hr_error *err)
+{
+    serving_sink *s = ctx;
+    return hr_store_ckpt_serving(s->p->main, s->id, seq, taken, err);
+}
+
+static hr_status sink_history(void *ctx, const char *user, size_t ulen, uint64_t seq,
+                              const void *items, size_t bytes, hr_error *err)
+{
+    serving_sink *s = ctx;
+    return hr_store_ckpt_history(s->p->main, s->id, user, ulen, seq, items, bytes, err);
+}
+
+static hr_status sink_blob(void *ctx, const char *kind, uint32_t part, const void *data,
+                           size_t bytes, hr_error *err)
+{
+    serving_sink *s = ctx;
+    return hr_store_ckpt_blob(s->p->main, s->id, kind, part, data, bytes, err);
+}
+
 /* Under ckpt_mu. */
 static hr_status checkpoint_locked(hr_persist *p, json_t **info, hr_error *err)
 {
@@ -499,6 +590,16 @@ static hr_status checkpoint_locked(hr_persist *p, json_t **info, hr_error *err)
         st = write_schedule(p, id, err);
     for (int t = 0; t < HR_TABLE_COUNT && st == HR_OK; t++)
         st = write_table(p, id, (hr_table_id)t, full, buf, &nrows, err);
+    /* The serving state, at a cut read after the watermark (so >= it). */
+    uint64_t serving_seq = 0;
+    bool serving = st == HR_OK && app->events &&
+                   hr_store_user_version(p->main) >= 3;
+    if (serving) {
+        serving_sink ss = {p, id};
+        hr_events_sink sink = {&ss, sink_header, sink_history, sink_blob};
+        uint64_t since = full || !p->serving_known ? 0 : p->serving_seq;
+        st = hr_events_save(app->events, since, &sink, &serving_seq, err);
+    }
     double seconds = hr_wall_time() - t0;
     if (st == HR_OK)
         st = hr_store_ckpt_commit(p->main, id, nrows, seconds, (int)app->cfg.keep_checkpoints, err);
@@ -515,6 +616,8 @@ static hr_status checkpoint_locked(hr_persist *p, json_t **info, hr_error *err)
     }
     hr_error e2;
     hr_store_ckpt_latest(p->main, &p->last, &e2);
+    p->serving_known = serving;
+    p->serving_seq = serving_seq;
     p->increments = full ? 0 : p->increments + 1;
     p->force_full = false;
     p->ckpt_ok++;

@@ -43,14 +43,25 @@ enum {
     ST_CHAIN,
     ST_ROWS_RANGE,
     ST_SCHED_ROWS,
+    ST_SERVING_INSERT,
+    ST_HISTORY_INSERT,
+    ST_BLOB_INSERT,
+    ST_PRUNE_SERVING,
+    ST_PRUNE_HISTORY,
+    ST_PRUNE_BLOB,
+    ST_SERVING_GET,
+    ST_HISTORY_ROWS,
+    ST_BLOB_ROWS,
     /* log */
     ST_LOG_INSERT,
+    ST_LOG_INSERT_ARRIVED,
     ST_LOG_TRIM,
     ST_LOG_SET_TRIMMED,
     ST_LOG_MAX,
     ST_LOG_TRIMMED,
     ST_LOG_COUNT,
     ST_LOG_SCAN,
+    ST_LOG_SCAN_ARRIVED,
     ST_LOG_PROBE,
     ST_COUNT
 };
@@ -93,7 +104,26 @@ static const struct {
     [ST_SCHED_ROWS] = {HR_STORE_MAIN, 2,
                        "SELECT version, wall_time, at_update, loss_before, loss_after, schedule "
                        "FROM schedule_history WHERE checkpoint = ? ORDER BY version"},
+    [ST_SERVING_INSERT] = {HR_STORE_MAIN, 3,
+                           "INSERT INTO serving_state (checkpoint, seq, taken) VALUES (?, ?, ?)"},
+    [ST_HISTORY_INSERT] = {HR_STORE_MAIN, 3,
+                           "INSERT INTO serving_history (checkpoint, user, seq, items) "
+                           "VALUES (?, ?, ?, ?)"},
+    [ST_BLOB_INSERT] = {HR_STORE_MAIN, 3,
+                        "INSERT INTO serving_blob (checkpoint, kind, part, data) VALUES (?, ?, ?, ?)"},
+    [ST_PRUNE_SERVING] = {HR_STORE_MAIN, 3, "DELETE FROM serving_state WHERE checkpoint < ?"},
+    [ST_PRUNE_HISTORY] = {HR_STORE_MAIN, 3, "DELETE FROM serving_history WHERE checkpoint < ?"},
+    [ST_PRUNE_BLOB] = {HR_STORE_MAIN, 3, "DELETE FROM serving_blob WHERE checkpoint < ?"},
+    [ST_SERVING_GET] = {HR_STORE_MAIN, 3,
+                        "SELECT seq, taken FROM serving_state WHERE checkpoint = ?"},
+    [ST_HISTORY_ROWS] = {HR_STORE_MAIN, 3,
+                         "SELECT user, seq, items FROM serving_history WHERE checkpoint = ?"},
+    [ST_BLOB_ROWS] = {HR_STORE_MAIN, 3,
+                      "SELECT data FROM serving_blob WHERE checkpoint = ? AND kind = ? "
+                      "ORDER BY part"},
     [ST_LOG_INSERT] = {HR_STORE_LOG, 1, "INSERT INTO event_log (seq, event) VALUES (?, ?)"},
+    [ST_LOG_INSERT_ARRIVED] = {HR_STORE_LOG, 2,
+                               "INSERT INTO event_log (seq, event, arrived) VALUES (?, ?, ?)"},
     [ST_LOG_TRIM] = {HR_STORE_LOG, 1, "DELETE FROM event_log WHERE seq <= ?"},
     [ST_LOG_SET_TRIMMED] = {HR_STORE_LOG, 1,
                             "UPDATE log_state SET trimmed_to = max(trimmed_to, ?) WHERE id = 1"},
@@ -103,6 +133,8 @@ static const struct {
     [ST_LOG_TRIMMED] = {HR_STORE_LOG, 1, "SELECT trimmed_to FROM log_state WHERE id = 1"},
     [ST_LOG_COUNT] = {HR_STORE_LOG, 1, "SELECT count(*) FROM event_log"},
     [ST_LOG_SCAN] = {HR_STORE_LOG, 1, "SELECT seq, event FROM event_log WHERE seq > ? ORDER BY seq"},
+    [ST_LOG_SCAN_ARRIVED] = {HR_STORE_LOG, 2,
+                             "SELECT seq, event, arrived FROM event_log WHERE seq > ? ORDER BY seq"},
     [ST_LOG_PROBE] = {HR_STORE_LOG, 1, "UPDATE log_state SET trimmed_to = trimmed_to WHERE id = 1"},
 };
 
@@ -494,6 +526,12 @@ hr_status hr_store_ckpt_commit(hr_store *s, int64_t id, uint64_t nrows, double s
             rc = bind_run(s->st[ST_PRUNE_CKPT], minbase);
         if (rc == SQLITE_OK)
             rc = bind_run(s->st[ST_PRUNE_SCHED], minbase);
+        if (rc == SQLITE_OK)
+            rc = bind_run(s->st[ST_PRUNE_SERVING], minbase);
+        if (rc == SQLITE_OK)
+            rc = bind_run(s->st[ST_PRUNE_HISTORY], minbase);
+        if (rc == SQLITE_OK)
+            rc = bind_run(s->st[ST_PRUNE_BLOB], minbase);
     }
     if (rc == SQLITE_OK)
         rc = run(s->st[ST_COMMIT]);
@@ -506,24 +544,37 @@ hr_status hr_store_ckpt_commit(hr_store *s, int64_t id, uint64_t nrows, double s
 
 void hr_store_ckpt_abort(hr_store *s) { rollback(s); }
 
+/* The checkpoints of the chain ending at last, newest first. */
+static hr_status chain_ids(hr_store *s, const hr_store_ckpt *last, int64_t *ids, size_t max,
+                           size_t *n, hr_error *err)
+{
+    *n = 0;
+    sqlite3_stmt *st = s->st[ST_CHAIN];
+    sqlite3_bind_int64(st, 1, last->base);
+    sqlite3_bind_int64(st, 2, last->id);
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && *n < max)
+        ids[(*n)++] = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+        return fail(s, rc, err, "reading the checkpoint chain");
+    if (*n == 0 || ids[*n - 1] != last->base)
+        return hr_error_set(err, HR_ECORRUPT, "db",
+                            "checkpoint %lld: its full checkpoint %lld is missing",
+                            (long long)last->id, (long long)last->base);
+    return HR_OK;
+}
+
 hr_status hr_store_chain_rows(hr_store *s, const hr_store_ckpt *last, hr_store_row_fn fn,
                               void *ctx, hr_error *err)
 {
     int64_t ids[4096];
     size_t n = 0;
-    sqlite3_stmt *st = s->st[ST_CHAIN];
-    sqlite3_bind_int64(st, 1, last->base);
-    sqlite3_bind_int64(st, 2, last->id);
     int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW && n < HR_ARRAY_LEN(ids))
-        ids[n++] = sqlite3_column_int64(st, 0);
-    sqlite3_reset(st);
-    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
-        return fail(s, rc, err, "reading the checkpoint chain");
-    if (n == 0 || ids[n - 1] != last->base)
-        return hr_error_set(err, HR_ECORRUPT, "db",
-                            "checkpoint %lld: its full checkpoint %lld is missing",
-                            (long long)last->id, (long long)last->base);
+    sqlite3_stmt *st;
+    hr_status cst = chain_ids(s, last, ids, HR_ARRAY_LEN(ids), &n, err);
+    if (cst != HR_OK)
+        return cst;
     hr_status hst = HR_OK;
     st = s->st[ST_ROWS_RANGE];
     for (size_t i = 0; i < n && hst == HR_OK; i++) {
@@ -572,17 +623,141 @@ hr_status hr_store_schedule_rows(hr_store *s, int64_t id, hr_store_sched_fn fn, 
     return hst;
 }
 
+/* ---- serving state (main database, schema version 3) ---- */
+
+hr_status hr_store_ckpt_serving(hr_store *s, int64_t id, uint64_t seq, double taken,
+                                hr_error *err)
+{
+    sqlite3_stmt *st = s->st[ST_SERVING_INSERT];
+    if (!st)
+        return HR_OK;
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_int64(st, 2, (int64_t)seq);
+    sqlite3_bind_double(st, 3, taken);
+    int rc = run(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "writing the serving state");
+}
+
+hr_status hr_store_ckpt_history(hr_store *s, int64_t id, const char *user, size_t ulen,
+                                uint64_t seq, const void *items, size_t bytes, hr_error *err)
+{
+    sqlite3_stmt *st = s->st[ST_HISTORY_INSERT];
+    if (!st)
+        return HR_OK;
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_blob(st, 2, user, (int)ulen, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (int64_t)seq);
+    sqlite3_bind_blob(st, 4, bytes ? items : "", (int)bytes, SQLITE_STATIC);
+    int rc = run(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "writing the users' recent items");
+}
+
+hr_status hr_store_ckpt_blob(hr_store *s, int64_t id, const char *kind, uint32_t part,
+                             const void *data, size_t bytes, hr_error *err)
+{
+    sqlite3_stmt *st = s->st[ST_BLOB_INSERT];
+    if (!st)
+        return HR_OK;
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_text(st, 2, kind, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, part);
+    sqlite3_bind_blob(st, 4, bytes ? data : "", (int)bytes, SQLITE_STATIC);
+    int rc = run(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "writing the serving state");
+}
+
+hr_status hr_store_serving(hr_store *s, int64_t id, bool *found, uint64_t *seq, double *taken,
+                           hr_error *err)
+{
+    *found = false;
+    sqlite3_stmt *st = s->st[ST_SERVING_GET];
+    if (!st)
+        return HR_OK;
+    sqlite3_bind_int64(st, 1, id);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *found = true;
+        *seq = (uint64_t)sqlite3_column_int64(st, 0);
+        *taken = sqlite3_column_double(st, 1);
+        rc = SQLITE_OK;
+    } else if (rc == SQLITE_DONE) {
+        rc = SQLITE_OK;
+    }
+    sqlite3_reset(st);
+    return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "reading the serving state");
+}
+
+hr_status hr_store_chain_history(hr_store *s, const hr_store_ckpt *last, hr_store_history_fn fn,
+                                 void *ctx, hr_error *err)
+{
+    sqlite3_stmt *st = s->st[ST_HISTORY_ROWS];
+    if (!st)
+        return HR_OK;
+    int64_t ids[4096];
+    size_t n = 0;
+    hr_status hst = chain_ids(s, last, ids, HR_ARRAY_LEN(ids), &n, err);
+    for (size_t i = 0; i < n && hst == HR_OK; i++) {
+        sqlite3_bind_int64(st, 1, ids[i]);
+        int rc;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            const void *user = sqlite3_column_blob(st, 0);
+            size_t ulen = (size_t)sqlite3_column_bytes(st, 0);
+            const void *items = sqlite3_column_blob(st, 2);
+            size_t bytes = (size_t)sqlite3_column_bytes(st, 2);
+            hst = fn(ctx, user ? user : "", ulen, (uint64_t)sqlite3_column_int64(st, 1), items,
+                     bytes);
+            if (hst != HR_OK)
+                break;
+        }
+        sqlite3_reset(st);
+        if (hst == HR_OK && rc != SQLITE_DONE)
+            hst = fail(s, rc, err, "reading the users' recent items");
+    }
+    return hst;
+}
+
+hr_status hr_store_serving_blobs(hr_store *s, int64_t id, const char *kind, hr_store_blob_fn fn,
+                                 void *ctx, hr_error *err)
+{
+    sqlite3_stmt *st = s->st[ST_BLOB_ROWS];
+    if (!st)
+        return HR_OK;
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_text(st, 2, kind, -1, SQLITE_STATIC);
+    int rc;
+    hr_status hst = HR_OK;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        hst = fn(ctx, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0));
+        if (hst != HR_OK)
+            break;
+    }
+    sqlite3_reset(st);
+    if (hst == HR_OK && rc != SQLITE_DONE)
+        hst = fail(s, rc, err, "reading the serving state");
+    return hst;
+}
+
 /* ---- event log ---- */
 
-hr_status hr_store_log_write(hr_store *s, const uint64_t *seqs, const char *const *json,
-                             const size_t *len, size_t n, uint64_t trim_to, hr_error *err)
+hr_status hr_store_log_write(hr_store *s, const uint64_t *seqs, const double *arrived,
+                             const char *const *json, const size_t *len, size_t n,
+                             uint64_t trim_to, hr_error *err)
 {
     int rc = run(s->st[ST_BEGIN]);
     const char *what = "event log: starting a transaction";
-    sqlite3_stmt *ins = s->st[ST_LOG_INSERT];
+    sqlite3_stmt *ins = s->st[ST_LOG_INSERT_ARRIVED] ? s->st[ST_LOG_INSERT_ARRIVED]
+                                                      : s->st[ST_LOG_INSERT];
+    bool with_time = ins == s->st[ST_LOG_INSERT_ARRIVED];
     for (size_t i = 0; i < n && rc == SQLITE_OK; i++) {
         sqlite3_bind_int64(ins, 1, (int64_t)seqs[i]);
         sqlite3_bind_text(ins, 2, json[i], (int)len[i], SQLITE_STATIC);
+        if (with_time && arrived && isfinite(arrived[i]))
+            sqlite3_bind_double(ins, 3, arrived[i]);
+        else if (with_time)
+            sqlite3_bind_null(ins, 3);
         rc = sqlite3_step(ins);
         sqlite3_reset(ins);
         rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
@@ -632,14 +807,18 @@ hr_status hr_store_log_count(hr_store *s, uint64_t *out, hr_error *err)
 hr_status hr_store_log_scan(hr_store *s, uint64_t after, hr_store_event_fn fn, void *ctx,
                             hr_error *err)
 {
-    sqlite3_stmt *st = s->st[ST_LOG_SCAN];
+    sqlite3_stmt *st = s->st[ST_LOG_SCAN_ARRIVED] ? s->st[ST_LOG_SCAN_ARRIVED] : s->st[ST_LOG_SCAN];
+    bool with_time = st == s->st[ST_LOG_SCAN_ARRIVED];
     sqlite3_bind_int64(st, 1, (int64_t)after);
     int rc;
     hr_status hst = HR_OK;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         const char *json = (const char *)sqlite3_column_text(st, 1);
         size_t len = (size_t)sqlite3_column_bytes(st, 1);
-        hst = fn(ctx, (uint64_t)sqlite3_column_int64(st, 0), json ? json : "", len);
+        double arrived = with_time && sqlite3_column_type(st, 2) != SQLITE_NULL
+                             ? sqlite3_column_double(st, 2)
+                             : NAN;
+        hst = fn(ctx, (uint64_t)sqlite3_column_int64(st, 0), arrived, json ? json : "", len);
         if (hst != HR_OK)
             break;
     }

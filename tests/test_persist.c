@@ -356,9 +356,11 @@ static void test_incremental_chain(void **state)
     int64_t full_count = db_int(h, "SELECT count(*) FROM checkpoint WHERE kind = 'full'");
     assert_true(full_count >= 2);
     /* The closes above each wrote a checkpoint: keep only the chain 1..4. */
-    char sql[300];
+    char sql[400];
     snprintf(sql, sizeof sql, "DELETE FROM checkpoint WHERE id > 4; DELETE FROM schedule_history WHERE checkpoint > 4; "
-             "DELETE FROM row WHERE id >= %lld",
+             "DELETE FROM serving_state WHERE checkpoint > 4; "
+             "DELETE FROM serving_history WHERE checkpoint > 4; "
+             "DELETE FROM serving_blob WHERE checkpoint > 4; DELETE FROM row WHERE id >= %lld",
              (long long)5 << 40);
     assert_int_equal(sqlite3_exec(h, sql, NULL, NULL, NULL), SQLITE_OK);
     assert_int_equal(db_int(h, "SELECT count(*) FROM checkpoint WHERE base = 1"), 4);
@@ -972,7 +974,10 @@ static void test_migration_from_v1(void **state)
     assert_true(db_int(h, "SELECT count(*) FROM schedule_history") > 0);
     /* Back to version 1 by hand (as an older binary left it), with a
      * checkpoint in it: the restore after migrating equals it. */
-    assert_int_equal(sqlite3_exec(h, "DROP TABLE schedule_history; PRAGMA user_version = 1",
+    assert_int_equal(sqlite3_exec(h,
+                                  "DROP TABLE schedule_history; DROP TABLE serving_state; "
+                                  "DROP TABLE serving_history; DROP TABLE serving_blob; "
+                                  "PRAGMA user_version = 1",
                                   NULL, NULL, NULL),
                      SQLITE_OK);
     sqlite3_close(h);
@@ -982,7 +987,7 @@ static void test_migration_from_v1(void **state)
     snap_assert_equal(&sa, &sb, true);
     hr_app_close(b, true);
     h = db_open(db);
-    assert_int_equal(db_int(h, "PRAGMA user_version"), 2);
+    assert_int_equal(db_int(h, "PRAGMA user_version"), hr_store_latest_version(HR_STORE_MAIN));
     sqlite3_close(h);
     snap_free(&sa);
     snap_free(&sb);

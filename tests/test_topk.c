@@ -351,30 +351,35 @@ static void test_history_recent_and_popular(void **state)
     (void)state;
     hr_model *m = make_model(4, 10, 1);
     hr_history *h;
-    assert_int_equal(hr_history_create(100, 100, 3, &h), HR_OK);
-    for (uint32_t i = 1; i <= 5; i++)
-        assert_int_equal(hr_history_add(h, 7, i), HR_OK);
-    assert_int_equal(hr_history_add(h, 7, 5), HR_OK); /* repeat of the latest: not stored twice */
+    assert_int_equal(hr_history_create(100, 100, 3, 0, &h), HR_OK); /* no decay: counts */
+    for (uint32_t i = 1; i <= 5; i++) {
+        assert_int_equal(hr_history_add(h, 7, i, 0), HR_OK);
+        assert_int_equal(hr_history_pop_add(h, i, 0), HR_OK);
+    }
+    assert_int_equal(hr_history_add(h, 7, 5, 0), HR_OK); /* repeat of the latest: not stored twice */
+    assert_int_equal(hr_history_pop_add(h, 5, 0), HR_OK);
     uint32_t out[10];
-    size_t n = hr_history_recent(h, 7, out, 10);
+    size_t n = hr_history_recent(h, 7, out, 10, NULL);
     assert_int_equal(n, 3);
     assert_int_equal(out[0], 5);
     assert_int_equal(out[1], 4);
     assert_int_equal(out[2], 3);
-    assert_int_equal(hr_history_recent(h, 8, out, 10), 0);
-    for (int i = 0; i < 3; i++)
-        hr_history_add(h, 9, 2);
+    assert_int_equal(hr_history_recent(h, 8, out, 10, NULL), 0);
+    for (int i = 0; i < 3; i++) {
+        hr_history_add(h, 9, 2, 0);
+        hr_history_pop_add(h, 2, 0);
+    }
     hr_topk_item top[3];
-    n = hr_history_popular(h, m, 3, NULL, top);
+    n = hr_history_popular(h, m, 3, 0, NULL, top);
     assert_int_equal(n, 3);
     assert_int_equal(top[0].row, 2);
     assert_int_equal((int)top[0].score, 4);
     assert_int_equal(top[1].row, 5);
     uint32_t ex[] = {2};
     hr_topk_exclude e = {ex, 1};
-    n = hr_history_popular(h, m, 1, &e, top);
+    n = hr_history_popular(h, m, 1, 0, &e, top);
     assert_int_equal(top[0].row, 5);
-    assert_int_equal(hr_history_count(h, 2), 4);
+    assert_int_equal(hr_history_score(h, 2, 0), 4);
     hr_history_destroy(h);
     hr_history_destroy(NULL);
     hr_model_destroy(m);

@@ -6,7 +6,8 @@
  *
  * The struct is a set of pointers to modules, each owned by the app; the
  * modules do not see the app (except persistence, which wires the app's
- * parts to SQLite). Read-only after hr_app_open except `ready`.
+ * parts to SQLite). Events enter through `events` (HTTP) or `ingest`
+ * (replay command, benchmarks: no serving state). Read-only after hr_app_open except `ready`.
  */
 #ifndef HOGREC_APP_H
 #define HOGREC_APP_H
@@ -15,6 +16,7 @@
 #include <stdbool.h>
 
 #include "hogrec/config.h"
+#include "hogrec/events.h"
 #include "hogrec/evlog.h"
 #include "hogrec/ingest.h"
 #include "hogrec/model.h"
@@ -34,6 +36,7 @@ typedef struct hr_app {
     hr_progress *progress;
     hr_trainer *trainer;
     hr_ingest *ingest;
+    hr_events *events;          /* accepted batches: ids, serving state, submit */
     struct hr_persist *persist; /* NULL when cfg.db is "" */
     struct hr_dblock *dblock;   /* held while persist is open; NULL without a db */
     double started;             /* wall time at open */

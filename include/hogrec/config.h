@@ -61,6 +61,8 @@ typedef struct {
     double dedup_window;        /* seconds an event id is remembered */
     int64_t history_per_user;   /* recent items kept per user (exclude_seen) */
     double shutdown_timeout;    /* seconds in-flight requests get after SIGTERM */
+    double popular_half_life;   /* seconds for a positive event's weight in the popular
+                                   fallback to halve (0 = no decay) */
     /* persistence */
     char db[HR_CONFIG_STR];     /* SQLite file; "" = no persistence */
     double checkpoint_interval; /* seconds between checkpoints (0 = off) */

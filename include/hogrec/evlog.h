@@ -26,11 +26,12 @@
 typedef struct hr_evlog hr_evlog;
 
 /* Buffers n events with seqs first_seq .. first_seq+n-1 (consecutive, after
- * every seq appended before). json[i] (len[i] bytes) is borrowed for the
- * call. Fails fast (HR_EIO, err says why) when the log is known to be
+ * every seq appended before) that arrived at wall time `arrived` (seconds;
+ * logged with them, for de-duplication windows and popularity decay after a
+ * restart). json[i] (len[i] bytes) is borrowed for the call. Fails fast (HR_EIO, err says why) when the log is known to be
  * failing, so the caller can refuse the batch before queueing it. */
-hr_status hr_evlog_append(hr_evlog *log, uint64_t first_seq, const char *const *json,
-                          const size_t *len, size_t n, hr_error *err);
+hr_status hr_evlog_append(hr_evlog *log, uint64_t first_seq, double arrived,
+                          const char *const *json, const size_t *len, size_t n, hr_error *err);
 
 /* Blocks until every event with seq <= seq is as durable as the mode
  * promises. HR_EIO (err says why) if that cannot be done. */

@@ -46,13 +46,17 @@ hr_status hr_ingest_submit(hr_ingest *ing, hr_event *evs, const char *const *jso
 
 /* The part of submit under the lock: stamps, queues and appends to the log,
  * but does not wait for the commit. Same arguments and returns as submit,
- * except that HR_OK only means queued and appended (the HR_EIO "queued but
- * not durable" case does not arise here); the batch's last seq is
- * *first_seq + n - 1. Follow with hr_ingest_notify (or hr_evlog_wait) on it
- * before promising durability. */
+ * plus `arrived`, the wall time (seconds) logged with the events (submit
+ * logs hr_wall_time()); HR_OK only means queued and appended (the HR_EIO
+ * "queued but not durable" case does not arise here); the batch's last seq
+ * is *first_seq + n - 1. Follow with hr_ingest_notify or hr_ingest_wait on
+ * it before promising durability. */
 hr_status hr_ingest_submit_nowait(hr_ingest *ing, hr_event *evs, const char *const *json,
-                                  const size_t *len, size_t n, bool wait_for_room,
-                                  uint64_t *first_seq, hr_error *err);
+                                  const size_t *len, size_t n, double arrived,
+                                  bool wait_for_room, uint64_t *first_seq, hr_error *err);
+
+/* hr_evlog_wait on the log; HR_OK at once without a log. */
+hr_status hr_ingest_wait(hr_ingest *ing, uint64_t seq, hr_error *err);
 
 /* hr_evlog_notify on the log (see evlog.h for when and where cb runs);
  * without a log, calls cb(arg, HR_OK, NULL) at once. */

@@ -109,12 +109,41 @@ typedef hr_status (*hr_store_sched_fn)(void *ctx, uint64_t version, double wall_
 hr_status hr_store_schedule_rows(hr_store *s, int64_t id, hr_store_sched_fn fn, void *ctx,
                                  hr_error *err);
 
+/* ---- serving state (main database; no-ops below schema version 3) ---- */
+
+/* Writes the serving state's header of checkpoint id: the seq it covers and
+ * the wall time its scores are as of. */
+hr_status hr_store_ckpt_serving(hr_store *s, int64_t id, uint64_t seq, double taken,
+                                hr_error *err);
+/* Writes one user's recent items (an encoded blob, see sql/003). */
+hr_status hr_store_ckpt_history(hr_store *s, int64_t id, const char *user, size_t ulen,
+                                uint64_t seq, const void *items, size_t bytes, hr_error *err);
+/* Writes part `part` of a whole-state blob of `kind` ("popularity", "dedup"). */
+hr_status hr_store_ckpt_blob(hr_store *s, int64_t id, const char *kind, uint32_t part,
+                             const void *data, size_t bytes, hr_error *err);
+/* Reads checkpoint id's header; *found false when it has none. */
+hr_status hr_store_serving(hr_store *s, int64_t id, bool *found, uint64_t *seq, double *taken,
+                           hr_error *err);
+
+/* Called for each user row of a chain, newest checkpoint first; arguments
+ * borrowed for the call. */
+typedef hr_status (*hr_store_history_fn)(void *ctx, const char *user, size_t ulen, uint64_t seq,
+                                         const void *items, size_t bytes);
+hr_status hr_store_chain_history(hr_store *s, const hr_store_ckpt *last, hr_store_history_fn fn,
+                                 void *ctx, hr_error *err);
+/* Called for each part of checkpoint id's blob of `kind`, in order. */
+typedef hr_status (*hr_store_blob_fn)(void *ctx, const void *data, size_t bytes);
+hr_status hr_store_serving_blobs(hr_store *s, int64_t id, const char *kind, hr_store_blob_fn fn,
+                                 void *ctx, hr_error *err);
+
 /* ---- event log (log database) ---- */
 
-/* In one transaction: inserts n events (seqs[i], json[i] of len[i] bytes)
- * and, when trim_to > 0, deletes every seq <= trim_to. */
-hr_status hr_store_log_write(hr_store *s, const uint64_t *seqs, const char *const *json,
-                             const size_t *len, size_t n, uint64_t trim_to, hr_error *err);
+/* In one transaction: inserts n events (seqs[i], arrival wall time
+ * arrived[i] - NULL or NaN: unknown -, json[i] of len[i] bytes) and, when
+ * trim_to > 0, deletes every seq <= trim_to. */
+hr_status hr_store_log_write(hr_store *s, const uint64_t *seqs, const double *arrived,
+                             const char *const *json, const size_t *len, size_t n,
+                             uint64_t trim_to, hr_error *err);
 /* The highest seq ever written: max(seq in the log, trimmed_to). */
 hr_status hr_store_log_last_seq(hr_store *s, uint64_t *out, hr_error *err);
 /* The highest seq deleted by trimming. */
@@ -122,8 +151,10 @@ hr_status hr_store_log_trimmed_to(hr_store *s, uint64_t *out, hr_error *err);
 /* Number of events in the log. */
 hr_status hr_store_log_count(hr_store *s, uint64_t *out, hr_error *err);
 
-typedef hr_status (*hr_store_event_fn)(void *ctx, uint64_t seq, const char *json, size_t len);
-/* Calls fn for every event with seq > after, in seq order. */
+typedef hr_status (*hr_store_event_fn)(void *ctx, uint64_t seq, double arrived, const char *json,
+                                       size_t len);
+/* Calls fn for every event with seq > after, in seq order; arrived is NaN
+ * when unknown (logged before schema version 2). */
 hr_status hr_store_log_scan(hr_store *s, uint64_t after, hr_store_event_fn fn, void *ctx,
                             hr_error *err);
 /* A tiny durable write: tells whether the log can commit again. */
