@@ -101,11 +101,6 @@ double hr_dedup_window(const hr_dedup *d)
     return d->window;
 }
 
-size_t hr_dedup_capacity(const hr_dedup *d)
-{
-    return d->capacity;
-}
-
 static uint64_t norm(uint64_t h)
 {
     h &= ~PENDING;

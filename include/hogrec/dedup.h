@@ -60,9 +60,6 @@ hr_status hr_dedup_export(hr_dedup *d, double now, hr_dedup_fn fn, void *ctx);
 /* The window in seconds (0 = off). */
 double hr_dedup_window(const hr_dedup *d);
 
-/* The capacity given to create. */
-size_t hr_dedup_capacity(const hr_dedup *d);
-
 typedef struct {
     size_t ids;        /* ids remembered (within the window at now; 0 when off) */
     size_t capacity;   /* ids remembered at most */
