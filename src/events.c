@@ -55,7 +55,7 @@ hr_events_config hr_events_config_from(const hr_config *c)
         .max_items = (uint32_t)c->max_items + 1,
         .history_per_user = (uint32_t)c->history_per_user,
         .dedup_window = c->dedup_window,
-        .dedup_capacity = HR_EVENTS_DEDUP_CAPACITY,
+        .dedup_capacity = (size_t)c->dedup_capacity,
         .half_life = c->popular_half_life,
         .every_positive = strcmp(c->loss, "squared") == 0,
     };

@@ -838,6 +838,11 @@ static json_t *stats_json(hr_http *h)
         hr_trainer_negatives_active(app->trainer), "uptime_seconds", uptime);
     uint64_t tk_batches = 0, tk_queries = 0;
     hr_topk_batcher_counts(h->topk, &tk_batches, &tk_queries);
+    hr_dedup_stats ds;
+    hr_dedup_get_stats(hr_events_dedup(app->events), hr_wall_time(), &ds);
+    json_object_set_new(o, "dedup", json_pack("{s:I,s:I,s:I}", "ids", (json_int_t)ds.ids,
+                                              "capacity", (json_int_t)ds.capacity, "evicted",
+                                              (json_int_t)ds.evicted));
     json_object_set_new(o, "recommend", json_pack("{s:I,s:I}", "queries", (json_int_t)tk_queries,
                                                   "sgemm_batches", (json_int_t)tk_batches));
     json_object_set_new(o, "progressive",
@@ -923,7 +928,7 @@ static void emit_f64(sbuf *b, const char *type, const char *name, const char *he
 
 /* The unlabelled families of /metrics, one line each: TYPE, name, HELP,
  * kind (u64: an integer; f64: a double) and value, an expression over the
- * locals of metrics_text (h, app, qs, tc, rep). A new counter or gauge is
+ * locals of metrics_text (h, app, qs, tc, rep, ds). A new counter or gauge is
  * one line here. */
 #define SCALAR_METRICS(X)                                                                        \
     X(counter, "hogrec_events_accepted_total", "Events accepted (queued, and logged with a "    \
@@ -936,6 +941,11 @@ static void emit_f64(sbuf *b, const char *type, const char *name, const char *he
       "(queue full).", u64, qs.refused)                                                          \
     X(counter, "hogrec_events_duplicate_total", "Events not applied again: their id was "       \
       "applied within dedup_window.", u64, atomic_load(&h->duplicates))                          \
+    X(counter, "hogrec_dedup_evicted_total", "Event ids forgotten within dedup_window to make "  \
+      "room (dedup_capacity reached): a resend of one is applied again.", u64, ds.evicted)       \
+    X(gauge, "hogrec_dedup_ids", "Event ids remembered within dedup_window.", u64, ds.ids)      \
+    X(gauge, "hogrec_dedup_capacity", "Event ids remembered at most (dedup_capacity).", u64,    \
+      ds.capacity)                                                                               \
     X(gauge, "hogrec_queue_depth", "Events in the queue waiting for a trainer.", u64, qs.depth)  \
     X(gauge, "hogrec_queue_capacity", "Events the queue holds at most.", u64, qs.capacity)       \
     X(counter, "hogrec_updates_total", "Model update steps since start, sampled negatives "     \
@@ -997,6 +1007,8 @@ static char *metrics_text(hr_http *h, size_t *len)
     hr_trainer_get_counts(app->trainer, &tc);
     hr_progress_report rep;
     hr_progress_get(app->progress, 0, &rep);
+    hr_dedup_stats ds;
+    hr_dedup_get_stats(hr_events_dedup(app->events), hr_wall_time(), &ds);
 #define EMIT_SCALAR(type, name, help, kind, value) emit_##kind(&b, #type, name, help, value);
     SCALAR_METRICS(EMIT_SCALAR)
 #undef EMIT_SCALAR

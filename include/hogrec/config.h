@@ -59,6 +59,7 @@ typedef struct {
     int64_t memory_limit;       /* bytes per connection pool */
     int64_t max_batch_events;   /* events per POST /v1/events */
     double dedup_window;        /* seconds an event id is remembered */
+    int64_t dedup_capacity;     /* event ids remembered within the window at most */
     int64_t history_per_user;   /* recent items kept per user (exclude_seen) */
     double shutdown_timeout;    /* seconds in-flight requests get after SIGTERM */
     double popular_half_life;   /* seconds for a positive event's weight in the popular

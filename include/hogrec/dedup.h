@@ -2,10 +2,12 @@
  * dedup.h - remembers event ids for a time window so that an event sent
  * twice (a client retry) is applied once.
  *
- * Bounded memory: a fixed table of `capacity` (id hash, time) slots. An id
- * is found again within the window as long as fewer than about capacity ids
- * arrived in that window; past that, the oldest entries are forgotten first.
- * Ids are compared by a 63-bit hash.
+ * Bounded memory, allocated at create: 32 bytes per id of capacity.
+ * Guarantee: as long as at most `capacity` ids were added (claimed or
+ * remembered) within the window, every one of them is found again within
+ * it. Past that, the oldest ids are forgotten first, and each one forgotten
+ * while still within the window is counted (hr_dedup_stats.evicted). Ids
+ * are compared by a 63-bit hash.
  *
  * An id goes through claim -> confirm (its batch was accepted) or claim ->
  * release (its batch was refused: the resend must not be dropped). A
@@ -14,7 +16,7 @@
  * was then refused. remember() adds a confirmed id with a given time
  * (restore, log replay); it is idempotent.
  *
- * Threads: any (striped locks).
+ * Threads: any (one mutex, never held while calling out).
  */
 #ifndef HOGREC_DEDUP_H
 #define HOGREC_DEDUP_H
@@ -28,7 +30,8 @@
 typedef struct hr_dedup hr_dedup;
 
 /* window: seconds an id is remembered (0 = de-duplication off, claims always
- * succeed). capacity is rounded up to a power of two. *out is new. */
+ * succeed, nothing allocated). capacity: ids remembered at most, 1 to
+ * 2^31 - 2 (else HR_EINVAL). *out is new. */
 hr_status hr_dedup_create(size_t capacity, double window, hr_dedup **out);
 void hr_dedup_destroy(hr_dedup *d); /* NULL is a no-op */
 
@@ -43,7 +46,9 @@ void hr_dedup_confirm(hr_dedup *d, uint64_t id_hash);
 void hr_dedup_release(hr_dedup *d, uint64_t id_hash);
 
 /* Remembers a confirmed id seen at time t, judging the window at wall time
- * now (an id already past it is not added; one already present is kept). */
+ * now (an id already past it, or a non-finite t, is not added; one already
+ * present is kept). A full table forgets its oldest id for it, or drops it
+ * if it is older than all of them (counted either way). */
 void hr_dedup_remember(hr_dedup *d, uint64_t id_hash, double t, double now);
 
 /* Calls fn for every confirmed id still within the window at now, with its
@@ -54,5 +59,14 @@ hr_status hr_dedup_export(hr_dedup *d, double now, hr_dedup_fn fn, void *ctx);
 
 /* The window in seconds (0 = off). */
 double hr_dedup_window(const hr_dedup *d);
+
+typedef struct {
+    size_t ids;        /* ids remembered (within the window at now; 0 when off) */
+    size_t capacity;   /* ids remembered at most */
+    uint64_t evicted;  /* ids forgotten within the window to make room, since create */
+} hr_dedup_stats;
+
+/* Fills *out, first forgetting the ids past the window at now. */
+void hr_dedup_get_stats(hr_dedup *d, double now, hr_dedup_stats *out);
 
 #endif

@@ -47,16 +47,13 @@
 #include "hogrec/model.h"
 #include "hogrec/topk.h"
 
-/* Event ids remembered at most (16 bytes each). */
-#define HR_EVENTS_DEDUP_CAPACITY (1u << 20)
-
 typedef struct hr_events hr_events;
 
 typedef struct {
     uint32_t max_users, max_items; /* row bounds of the id tables (config max + 1) */
     uint32_t history_per_user;     /* ring size (0 = none) */
     double dedup_window;           /* seconds (0 = off) */
-    size_t dedup_capacity;         /* ids remembered at most */
+    size_t dedup_capacity;         /* ids remembered at most (32 bytes each) */
     double half_life;              /* popularity half-life, seconds (0 = no decay) */
     bool every_positive;           /* every event counts for popularity (squared loss) */
 } hr_events_config;
