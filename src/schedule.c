@@ -325,6 +325,8 @@ double hr_schedule_rate(const hr_schedule *s, uint64_t t)
         rate = s->eta0;
         break;
     }
+    if (rate > s->eta0) /* rounding: floor + (eta0 - floor) * 1 can exceed eta0 */
+        rate = s->eta0;
     if (s->warmup > 0 && x < s->warmup) {
         double f = (x + 1) / s->warmup;
         return f < 1 ? rate * f : rate;

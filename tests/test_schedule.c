@@ -319,6 +319,24 @@ static void test_group_rate_never_overflows(void **state)
     }
 }
 
+/* Found by fuzz_schedule: at a restart the cosine gives floor + (eta0 -
+ * floor) * 1, which rounds above eta0 (0.03 + 0.27 = 0.30000000000000004).
+ * No schedule's rate exceeds its eta0. */
+static void test_rate_never_above_eta0(void **state)
+{
+    (void)state;
+    hr_schedule s;
+    hr_schedule_defaults(&s);
+    s.type = HR_SCHED_COSINE;
+    s.eta0 = 0.3;
+    s.floor = 0.03;
+    s.period = 0.1;
+    assert_int_equal(hr_schedule_validate(&s, NULL), HR_OK);
+    assert_true(0.03 + (0.3 - 0.03) > 0.3); /* the rounding this guards against */
+    for (uint64_t t = 0; t < 1000; t++)
+        assert_true(hr_schedule_rate(&s, t) <= s.eta0);
+}
+
 /* ---- validation ---- */
 
 typedef void (*mutator)(hr_schedule *);
@@ -985,6 +1003,7 @@ int main(void)
         cmocka_unit_test(test_warmup_and_floor),
         cmocka_unit_test(test_group_rate_and_staleness),
         cmocka_unit_test(test_group_rate_never_overflows),
+        cmocka_unit_test(test_rate_never_above_eta0),
         cmocka_unit_test(test_validate),
         cmocka_unit_test(test_upper_bounds),
         cmocka_unit_test(test_check_state),
