@@ -218,22 +218,11 @@ static void run_settled(waiter *w)
     }
 }
 
-static void deadline_in(struct timespec *ts, unsigned ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
 static void *committer(void *arg)
 {
     hr_evlog *log = arg;
     struct timespec next;
-    deadline_in(&next, log->opt.interval_ms);
+    next = hr_deadline_after(log->opt.interval_ms * 1e-3);
     pthread_mutex_lock(&log->mu);
     for (;;) {
         if (hr_status_board_get(&log->health)) {
@@ -241,7 +230,7 @@ static void *committer(void *arg)
             if (log->stop)
                 break;
             struct timespec ts;
-            deadline_in(&ts, log->opt.retry_ms);
+            ts = hr_deadline_after(log->opt.retry_ms * 1e-3);
             pthread_cond_timedwait(&log->work, &log->mu, &ts);
             if (log->stop)
                 break;
@@ -266,7 +255,7 @@ static void *committer(void *arg)
             /* Interval mode: one commit per period, whatever has gathered. */
             if (pthread_cond_timedwait(&log->work, &log->mu, &next) != ETIMEDOUT)
                 continue;
-            deadline_in(&next, log->opt.interval_ms);
+            next = hr_deadline_after(log->opt.interval_ms * 1e-3);
         }
         batch tmp = log->out;
         log->out = log->pend;

@@ -64,6 +64,7 @@
 
 #include "hogrec/api.h"
 #include "hogrec/events.h"
+#include "hogrec/json.h"
 #include "hogrec/log.h"
 #include "hogrec/persist.h"
 #include "hogrec/sgd.h"
@@ -782,19 +783,14 @@ static double updates_rate(hr_http *h, uint64_t updates)
     return r;
 }
 
-static json_t *num_or_null(double v)
-{
-    return isfinite(v) ? json_real(v) : json_null();
-}
-
 static json_t *progress_json(hr_progress *p, size_t last_n)
 {
     hr_progress_report rep;
     hr_progress_get(p, last_n, &rep);
     return json_pack("{s:I,s:o,s:o,s:o,s:o,s:o}", "n", (json_int_t)rep.n, "loss",
-                     num_or_null(rep.loss), "rmse", num_or_null(rep.rmse), "auc",
-                     num_or_null(rep.auc), "mean_prediction", num_or_null(rep.mean_pred),
-                     "mean_label", num_or_null(rep.mean_label));
+                     hr_json_real_or_null(rep.loss), "rmse", hr_json_real_or_null(rep.rmse), "auc",
+                     hr_json_real_or_null(rep.auc), "mean_prediction", hr_json_real_or_null(rep.mean_pred),
+                     "mean_label", hr_json_real_or_null(rep.mean_label));
 }
 
 static json_t *hist_json(const hr_hist *hh)
@@ -848,7 +844,7 @@ static json_t *stats_json(hr_http *h)
     json_object_set_new(o, "progressive",
                         json_pack("{s:I,s:I,s:o,s:o,s:o}", "total", (json_int_t)all.total,
                                   "nonfinite", (json_int_t)all.nonfinite,
-                                  "loss_total", num_or_null(all.loss_total), "window",
+                                  "loss_total", hr_json_real_or_null(all.loss_total), "window",
                                   progress_json(app->progress, 0), "recent_1000",
                                   progress_json(app->progress, 1000)));
     json_object_set_new(o, "staleness_updates", hist_json(hr_trainer_staleness(app->trainer)));
@@ -1486,15 +1482,7 @@ unsigned hr_http_stop(hr_http *h)
         atomic_store(&h->stopping, true);
         pthread_mutex_unlock(&h->susp_mu);
         double timeout = h->app->cfg.shutdown_timeout;
-        struct timespec dl;
-        clock_gettime(CLOCK_MONOTONIC, &dl);
-        double whole = floor(timeout);
-        dl.tv_sec += (time_t)whole;
-        dl.tv_nsec += (long)((timeout - whole) * 1e9);
-        if (dl.tv_nsec >= 1000000000L) {
-            dl.tv_sec++;
-            dl.tv_nsec -= 1000000000L;
-        }
+        struct timespec dl = hr_deadline_after(timeout);
         /* MHD must not be stopped with suspended connections: wait until
          * the event log settled every commit they wait for (it runs until
          * the app closes, after this) and their answers went out. */

@@ -670,13 +670,7 @@ static void *periodic(void *arg)
     hr_persist *p = arg;
     pthread_mutex_lock(&p->mu);
     while (!p->stop) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_nsec += TICK_MS * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        struct timespec ts = hr_deadline_after(TICK_MS * 1e-3);
         pthread_cond_timedwait(&p->cv, &p->mu, &ts);
         if (p->stop)
             break;

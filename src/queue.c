@@ -90,20 +90,6 @@ static size_t take(hr_queue *q, hr_event *out, size_t max)
     return n;
 }
 
-/* Absolute CLOCK_MONOTONIC time timeout_ms (>= 0) from now. */
-static struct timespec deadline_after(int timeout_ms)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += timeout_ms / 1000;
-    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec += 1;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
-}
-
 hr_status hr_queue_create(size_t capacity, hr_queue **out)
 {
     if (out)
@@ -224,7 +210,7 @@ static hr_status pop_common(hr_queue *q, hr_event *out, size_t max, size_t *n,
         if (timeout_ms == 0)
             break;
         if (timeout_ms > 0 && !have_deadline) {
-            deadline = deadline_after(timeout_ms);
+            deadline = hr_deadline_after(timeout_ms * 1e-3);
             have_deadline = true;
         }
         q->pop_waiters++;

@@ -13,6 +13,7 @@
 
 #include "hogrec/api.h"
 #include "hogrec/dblock.h"
+#include "hogrec/json.h"
 
 void hr_event_list_free(hr_event_list *l)
 {
@@ -223,8 +224,6 @@ static void report_skips(const char *file, const hr_replay_skips *s)
                 file, s->lines, s->lines == 1 ? "" : "s", s->first.message);
 }
 
-static json_t *num(double v) { return isfinite(v) ? json_real(v) : json_null(); }
-
 int hr_replay_main(int argc, char **argv)
 {
     hr_extra_flag extra[] = {
@@ -365,11 +364,11 @@ int hr_replay_main(int argc, char **argv)
     json_t *prog = json_object();
     json_object_set_new(prog, "window", json_integer((json_int_t)pr.n));
     if (squared) {
-        json_object_set_new(prog, "rmse", num(pr.rmse));
+        json_object_set_new(prog, "rmse", hr_json_real_or_null(pr.rmse));
     } else {
-        json_object_set_new(prog, "logloss", num(pr.loss_total));
-        json_object_set_new(prog, "logloss_window", num(pr.loss));
-        json_object_set_new(prog, "auc_window", num(pr.auc));
+        json_object_set_new(prog, "logloss", hr_json_real_or_null(pr.loss_total));
+        json_object_set_new(prog, "logloss_window", hr_json_real_or_null(pr.loss));
+        json_object_set_new(prog, "auc_window", hr_json_real_or_null(pr.auc));
     }
     json_object_set_new(out, "progressive", prog);
     if (extra[X_TEST].value) {
@@ -388,10 +387,10 @@ int hr_replay_main(int argc, char **argv)
         json_object_set_new(t, "events", json_integer((json_int_t)ev.n));
         json_object_set_new(t, "skipped_lines", json_integer((json_int_t)test_skips.lines));
         if (squared) {
-            json_object_set_new(t, "rmse", num(ev.rmse));
+            json_object_set_new(t, "rmse", hr_json_real_or_null(ev.rmse));
         } else {
-            json_object_set_new(t, "auc", num(ev.auc));
-            json_object_set_new(t, "logloss", num(ev.logloss));
+            json_object_set_new(t, "auc", hr_json_real_or_null(ev.auc));
+            json_object_set_new(t, "logloss", hr_json_real_or_null(ev.logloss));
         }
         json_object_set_new(out, "test", t);
     }

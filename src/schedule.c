@@ -35,6 +35,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hogrec/json.h"
+
 /* ---- names ---- */
 
 static const char *const type_names[HR_SCHED_TYPE_COUNT] = {
@@ -492,7 +494,7 @@ json_t *hr_schedule_to_json(const hr_schedule *s)
          * rejects, rather than drop the key silently. */
         double v = field_get(s, &fields[i]);
         if (!obj || json_object_set_new(obj, dot ? dot + 1 : path,
-                                        isfinite(v) ? json_real(v) : json_null()) != 0)
+                                        hr_json_real_or_null(v)) != 0)
             goto fail;
         if (strcmp(path, "staleness.tau") == 0 &&
             json_object_set_new(obj, "enabled", json_boolean(s->staleness_scaling)) != 0)
@@ -626,11 +628,6 @@ size_t hr_schedbox_history(hr_schedbox *box, hr_sched_change *out, size_t max)
     return n;
 }
 
-/* A number, or null when not finite (JSON has no NaN). */
-static json_t *real_or_null(double v)
-{
-    return isfinite(v) ? json_real(v) : json_null();
-}
 
 json_t *hr_schedbox_history_json(hr_schedbox *box)
 {
@@ -642,10 +639,10 @@ json_t *hr_schedbox_history_json(hr_schedbox *box)
         const hr_sched_change *c = &box->history[i];
         json_t *e = json_pack("{s:I, s:o, s:I, s:o, s:o, s:o}",
                               "version", (json_int_t)c->version,
-                              "time", real_or_null(c->wall_time),
+                              "time", hr_json_real_or_null(c->wall_time),
                               "at_update", (json_int_t)c->at_update,
-                              "loss_before", real_or_null(c->loss_before),
-                              "loss_after", real_or_null(c->loss_after),
+                              "loss_before", hr_json_real_or_null(c->loss_before),
+                              "loss_after", hr_json_real_or_null(c->loss_after),
                               "schedule", hr_schedule_to_json(c->schedule));
         if (!e || json_array_append_new(arr, e) != 0) {
             pthread_mutex_unlock(&box->lock);

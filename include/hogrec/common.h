@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #define HR_STATUS_LIST(X)                                                     \
     X(HR_OK, "ok")                                                            \
@@ -49,6 +50,9 @@ hr_status hr_error_set(hr_error *err, hr_status status, const char *field,
 uint64_t hr_now_ns(void);
 /* Wall clock, seconds since the epoch. */
 double hr_wall_time(void);
+/* The CLOCK_MONOTONIC time `seconds` (>= 0) from now, as the absolute
+ * deadline pthread_cond_timedwait takes (its condvar set to that clock). */
+struct timespec hr_deadline_after(double seconds);
 
 /* 64-bit hash of a byte string (seeded), used by ids and context features. */
 uint64_t hr_hash64(const void *data, size_t len, uint64_t seed);
