@@ -499,6 +499,7 @@ static void test_create_bounds_and_off(void **state)
     assert_null(d);
     assert_int_equal(hr_dedup_create((size_t)1 << 32, WINDOW, &d), HR_EINVAL);
     assert_int_equal(hr_dedup_create(16, 0, &d), HR_OK); /* off: every claim is fresh */
+    assert_true(hr_dedup_window(d) == 0);
     assert_true(hr_dedup_claim(d, 5, T0));
     assert_true(hr_dedup_claim(d, 5, T0));
     assert_int_equal(stats_at(d, T0).ids, 0);
@@ -506,6 +507,7 @@ static void test_create_bounds_and_off(void **state)
     hr_dedup_destroy(d);
     /* remember ignores times that are not finite */
     assert_int_equal(hr_dedup_create(16, WINDOW, &d), HR_OK);
+    assert_true(hr_dedup_window(d) == WINDOW);
     hr_dedup_remember(d, 5, NAN, T0);
     hr_dedup_remember(d, 6, INFINITY, T0);
     assert_int_equal(stats_at(d, T0).ids, 0);

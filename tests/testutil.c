@@ -1,6 +1,8 @@
 /* testutil.c - see testutil.h. */
 #include "testutil.h"
 
+#include <curl/curl.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <signal.h>
@@ -8,6 +10,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "hogrec/schedule.h"
 
 const char *tu_shared_data(const char *relpath)
 {
@@ -85,4 +89,192 @@ int tu_terminates(void (*fn)(void *), void *arg, unsigned seconds)
     kill(pid, SIGKILL);
     waitpid(pid, &status, 0);
     return 0;
+}
+
+/* ---- small fixtures ---- */
+
+void tu_small_config(hr_config *c, const char *db)
+{
+    hr_config_defaults(c);
+    int n = snprintf(c->db, sizeof c->db, "%s", db);
+    assert_true(n >= 0 && (size_t)n < sizeof c->db);
+    c->port = 0;
+    c->k = 8;
+    c->max_users = 1024;
+    c->max_items = 1024;
+    c->chunk_rows = 64;
+    c->context_bits = 8;
+    c->threads = 1;
+    c->checkpoint_interval = 0;
+    c->checkpoint_events = 0;
+    snprintf(c->negative_sampling, sizeof c->negative_sampling, "off");
+}
+
+hr_model *tu_small_model(int64_t max_users, int64_t max_items)
+{
+    hr_config c;
+    tu_small_config(&c, "");
+    c.max_users = max_users;
+    c.max_items = max_items;
+    hr_schedule s;
+    hr_schedule_defaults(&s);
+    hr_model_config mc;
+    hr_error err = {{0}, {0}};
+    assert_int_equal(hr_model_config_from(&c, &s, &mc, &err), HR_OK);
+    hr_model *m = NULL;
+    assert_int_equal(hr_model_create(&mc, &m, &err), HR_OK);
+    hr_config_free(&c);
+    return m;
+}
+
+/* ---- child processes ---- */
+
+static void *child_reaper(void *arg)
+{
+    tu_child *ch = arg;
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += ch->bound;
+    pthread_mutex_lock(&ch->mu);
+    while (!ch->exited && pthread_cond_timedwait(&ch->cv, &ch->mu, &until) == 0)
+        ;
+    if (!ch->exited) {
+        ch->killed = true;
+        kill(ch->pid, SIGKILL);
+    }
+    pthread_mutex_unlock(&ch->mu);
+    return NULL;
+}
+
+void tu_child_spawn(tu_child *ch, char *const argv[], unsigned bound, void (*in_child)(void *),
+                    void *arg)
+{
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    fflush(NULL);
+    ch->pid = fork();
+    assert_true(ch->pid >= 0);
+    if (ch->pid == 0) {
+        dup2(p[1], 2);
+        close(p[0]);
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0)
+            dup2(devnull, 1);
+        if (in_child)
+            in_child(arg);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(p[1]);
+    ch->log = fdopen(p[0], "r");
+    assert_non_null(ch->log);
+    ch->port = 0;
+    ch->non_json = 0;
+    ch->exited = ch->killed = false;
+    ch->bound = bound;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&ch->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&ch->mu, NULL);
+    assert_int_equal(pthread_create(&ch->reaper, NULL, child_reaper, ch), 0);
+}
+
+json_t *tu_child_log_until(tu_child *ch, const char *msg, char *all, size_t cap)
+{
+    char line[4096];
+    while (fgets(line, sizeof line, ch->log)) {
+        if (getenv("HOGREC_TEST_DEBUG"))
+            fprintf(stderr, "CHILD: %s", line);
+        if (all && strlen(all) + strlen(line) < cap)
+            strcat(all, line);
+        json_t *o = json_loads(line, 0, NULL);
+        if (!json_is_object(o))
+            ch->non_json++;
+        const char *m = json_string_value(json_object_get(o, "msg"));
+        if (m && !strcmp(m, "listening"))
+            ch->port = (int)json_integer_value(json_object_get(o, "port"));
+        if (m && !strcmp(m, msg))
+            return o;
+        json_decref(o);
+    }
+    return NULL;
+}
+
+int tu_child_wait(tu_child *ch)
+{
+    char line[4096];
+    while (fgets(line, sizeof line, ch->log)) /* the rest of its log */
+        if (getenv("HOGREC_TEST_DEBUG"))
+            fprintf(stderr, "CHILD: %s", line);
+    int status = 0;
+    waitpid(ch->pid, &status, 0);
+    pthread_mutex_lock(&ch->mu);
+    ch->exited = true;
+    bool killed = ch->killed;
+    pthread_cond_broadcast(&ch->cv);
+    pthread_mutex_unlock(&ch->mu);
+    pthread_join(ch->reaper, NULL);
+    fclose(ch->log);
+    ch->log = NULL;
+    pthread_cond_destroy(&ch->cv);
+    pthread_mutex_destroy(&ch->mu);
+    return killed ? -1 : status;
+}
+
+/* ---- HTTP ---- */
+
+typedef struct {
+    char *data;
+    size_t len;
+} body_buf;
+
+static size_t on_body(char *p, size_t size, size_t n, void *cls)
+{
+    body_buf *b = cls;
+    char *d = realloc(b->data, b->len + size * n + 1);
+    if (!d)
+        return 0;
+    memcpy(d + b->len, p, size * n);
+    b->data = d;
+    b->len += size * n;
+    d[b->len] = 0;
+    return size * n;
+}
+
+long tu_http(int port, const char *method, const char *path, const char *body, const char *auth,
+             json_t **out)
+{
+    if (out)
+        *out = NULL;
+    CURL *c = curl_easy_init();
+    if (!c)
+        return 0;
+    char url[2048], hdr[600];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    body_buf b = {0};
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    h = curl_slist_append(h, "Expect:");
+    if (auth) {
+        snprintf(hdr, sizeof hdr, "Authorization: %s", auth);
+        h = curl_slist_append(h, hdr);
+    }
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    if (body)
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 300L);
+    long status = 0;
+    if (curl_easy_perform(c) == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    if (out && b.data)
+        *out = json_loads(b.data, 0, NULL);
+    free(b.data);
+    return status;
 }

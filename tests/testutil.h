@@ -4,11 +4,19 @@
 #ifndef HOGREC_TESTUTIL_H
 #define HOGREC_TESTUTIL_H
 
+#include <jansson.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
 #include <cmocka.h>
+
+#include "hogrec/config.h"
+#include "hogrec/model.h"
 
 /* Path of a file under the shared data folder, or NULL if absent: under
  * $HOGREC_SHARED_DATA when that is set (and only there), else under
@@ -28,6 +36,64 @@ void tu_rmtree(const char *path);
  * call fn again in the test process to check what it computed. */
 int tu_terminates(void (*fn)(void *), void *arg, unsigned seconds);
 
+/* ---- small fixtures ---- */
+
+/* A config for a small in-process app or model: the defaults, then db (a
+ * path, "" = no persistence; asserted to fit, since a cut path would be
+ * another file), port 0, k 8, 1024 users and 1024 items, 64 rows per chunk,
+ * 2^8 context rows, one trainer thread, no periodic checkpoints, negative
+ * sampling off. Tests set what they need on top; free with hr_config_free. */
+void tu_small_config(hr_config *c, const char *db);
+
+/* A model of tu_small_config's shape with max_users/max_items rows and
+ * the default schedule; new (hr_model_destroy). */
+hr_model *tu_small_model(int64_t max_users, int64_t max_items);
+
+/* ---- child processes (the real binary, or this test re-executed) ---- */
+
+typedef struct {
+    pid_t pid;
+    FILE *log;      /* its stderr, read by the parent */
+    int port;       /* from its "listening" log line; 0 until one was read */
+    int non_json;   /* log lines read that were not JSON objects */
+    /* the reaper: kills the child `bound` seconds after the spawn unless
+     * tu_child_wait saw it exit first, so no read of its log or wait for
+     * it lasts forever */
+    pthread_t reaper;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool exited, killed; /* under mu */
+    unsigned bound;
+} tu_child;
+
+/* Forks a child with its stderr to ch->log and its stdout to /dev/null;
+ * the child runs in_child(arg) when it is not NULL (to set up more file
+ * descriptors or the environment), then execv(argv[0], argv). Starts the
+ * reaper with `bound` seconds. Asserts that pipe, fork and the thread
+ * start. */
+void tu_child_spawn(tu_child *ch, char *const argv[], unsigned bound,
+                    void (*in_child)(void *), void *arg);
+
+/* Reads log lines until one that is a JSON object whose "msg" is msg, and
+ * returns it (new; json_decref), or NULL at the end of the log. Notes the
+ * port of a "listening" line and counts lines that are not JSON. Every line
+ * read is appended to all (cap bytes, kept NUL-terminated) when all is not
+ * NULL, and echoed to stderr when HOGREC_TEST_DEBUG is set. No assertion:
+ * usable while the child runs. */
+json_t *tu_child_log_until(tu_child *ch, const char *msg, char *all, size_t cap);
+
+/* Reads the rest of the log, waits for the exit, stops the reaper and
+ * frees what the spawn made (the log included). Returns the wait status,
+ * or -1 if the reaper had to kill the child. */
+int tu_child_wait(tu_child *ch);
+
+/* One HTTP request to 127.0.0.1:port (Content-Type application/json; a
+ * body when body is not NULL; "Authorization: <auth>" when auth is not
+ * NULL). Returns the status, 0 if no answer came (within a generous 300 s
+ * bound); *out (when not NULL) receives the parsed body or NULL. No
+ * assertion: usable from threads and while a child runs. */
+long tu_http(int port, const char *method, const char *path, const char *body, const char *auth,
+             json_t **out);
 
 /* Prints the skip marker line, then calls cmocka's skip(). The line is
  *   [  SKIP    ] <file>:<test function>: <reason>
