@@ -135,7 +135,8 @@ static const struct {
     [ST_LOG_SCAN] = {HR_STORE_LOG, 1, "SELECT seq, event FROM event_log WHERE seq > ? ORDER BY seq"},
     [ST_LOG_SCAN_ARRIVED] = {HR_STORE_LOG, 2,
                              "SELECT seq, event, arrived FROM event_log WHERE seq > ? ORDER BY seq"},
-    [ST_LOG_PROBE] = {HR_STORE_LOG, 1, "UPDATE log_state SET trimmed_to = trimmed_to WHERE id = 1"},
+    [ST_LOG_PROBE] = {HR_STORE_LOG, 1,
+                      "UPDATE log_state SET trimmed_to = -1 - trimmed_to WHERE id = 1"},
 };
 
 struct hr_store {
@@ -830,7 +831,13 @@ hr_status hr_store_log_scan(hr_store *s, uint64_t after, hr_store_event_fn fn, v
 
 hr_status hr_store_log_probe(hr_store *s, hr_error *err)
 {
+    /* SQLite does not write a row whose bytes do not change, so an UPDATE
+     * to the same value commits nothing and succeeds on a full disk. The
+     * probe flips trimmed_to and flips it back in one transaction: the page
+     * is written, the value kept. */
     int rc = run(s->st[ST_BEGIN]);
+    if (rc == SQLITE_OK)
+        rc = run(s->st[ST_LOG_PROBE]);
     if (rc == SQLITE_OK)
         rc = run(s->st[ST_LOG_PROBE]);
     if (rc == SQLITE_OK)

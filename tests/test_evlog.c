@@ -10,8 +10,8 @@
  * Interval mode: a wait returns at once, the commit follows, and destroy
  * commits what is buffered. Failure (SQLite write faults injected with
  * helper_faultvfs): the failed commit gives HR_EIO to its waiters and its
- * notifies, appends then fail fast, the log recovers by itself once writes
- * work, and every event acknowledged before or after is in the file.
+ * notifies, appends then fail fast and keep failing while the probes do,
+ * the log recovers by itself once writes work, and every event acknowledged before or after is in the file.
  * Trim: deleted with the next commit, and the last seq survives a trim of
  * everything. Threads appending in seq order (as ingest does) and waiting
  * outside the lock all get their events acknowledged and stored.
@@ -418,6 +418,14 @@ static void failing_commit(int rc, const char *says)
     hr_evlog_counts(log, NULL, NULL, &failures, NULL);
     assert_true(failures >= 1);
     assert_true(fv_failed_writes() > 0);
+    /* while writes fail, so do the probes: the log stays failing (waited
+     * for: two more failed writes, or the health turning wrongly good) */
+    long seen = fv_failed_writes();
+    for (int i = 0; i < 30000 && hr_evlog_health(log) && fv_failed_writes() < seen + 2; i++)
+        nap();
+    assert_true(fv_failed_writes() >= seen + 2);
+    assert_non_null(hr_evlog_health(log));
+    assert_int_equal(append(log, 6, 1, &err), HR_EIO);
 
     /* the disk comes back: the log probes and recovers by itself */
     fv_fail_writes(NULL, 0);
@@ -575,6 +583,14 @@ static void test_threads_group_commit(void **state)
     tu_rmtree(f.dir);
 }
 
+/* A fault test leaves no fault behind, also when it fails. */
+static int clear_faults(void **state)
+{
+    (void)state;
+    fv_fail_writes(NULL, 0);
+    return 0;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -582,8 +598,8 @@ int main(void)
         cmocka_unit_test(test_notify_once_unlocked),
         cmocka_unit_test(test_destroy_unstarted_settles_notifies),
         cmocka_unit_test(test_interval_mode),
-        cmocka_unit_test(test_failed_commit_disk_full),
-        cmocka_unit_test(test_failed_commit_write_error),
+        cmocka_unit_test_teardown(test_failed_commit_disk_full, clear_faults),
+        cmocka_unit_test_teardown(test_failed_commit_write_error, clear_faults),
         cmocka_unit_test(test_trim),
         cmocka_unit_test(test_threads_group_commit),
     };
