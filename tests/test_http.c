@@ -38,6 +38,7 @@
 #include "testutil.h"
 
 #define TOKEN "t0ken"
+#define CHILD_BOUND 120 /* seconds a child may live: generous, one needs about 3 */
 
 typedef struct {
     hr_app *app;
@@ -51,24 +52,14 @@ static void start_app(server *s, int64_t queue_capacity, const char *token, int6
                       const char *db, int64_t http_threads, bool loading)
 {
     hr_config c;
-    hr_config_defaults(&c);
-    int dbn = snprintf(c.db, sizeof c.db, "%s", db);
-    assert_true(dbn >= 0 && (size_t)dbn < sizeof c.db); /* a truncated path would be another file */
-    c.checkpoint_interval = 0;
-    c.checkpoint_events = 0;
-    c.port = 0;
-    c.k = 8;
+    tu_small_config(&c, db);
     c.max_users = 4096;
     c.max_items = 4096;
-    c.chunk_rows = 64;
-    c.context_bits = 8;
     c.threads = 2;
     c.http_threads = http_threads;
     c.queue_capacity = queue_capacity;
     c.max_body_bytes = max_body;
     c.max_batch_events = 1000;
-    c.negative_sampling[0] = 0;
-    strcpy(c.negative_sampling, "off");
     strcpy(c.admin_token, token);
     hr_error e;
     if (loading)
@@ -809,39 +800,18 @@ static void test_serve_binary_sigterm(void **state)
     const char *bin = getenv("HOGREC_BIN");
     if (!bin || access(bin, X_OK) != 0)
         TU_SKIP("HOGREC_BIN not set or not executable (run through ctest)");
-    int pfd[2];
-    assert_int_equal(pipe(pfd), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(pfd[1], 2);
-        close(pfd[0]);
-        execl(bin, bin, "serve", "--port", "0", "--db", "", "--threads", "1", "--max-users", "1024",
-              "--max-items", "1024", (char *)NULL);
-        _exit(127);
-    }
-    close(pfd[1]);
-    FILE *err = fdopen(pfd[0], "r");
-    char line[1024];
+    char *argv[] = {(char *)bin, "serve", "--port", "0", "--db", "", "--threads", "1",
+                    "--max-users", "1024", "--max-items", "1024", NULL};
+    tu_child ch;
+    tu_child_spawn(&ch, argv, CHILD_BOUND, NULL, NULL);
     /* Wait for "ready" (after "listening": the log tail, if any, is
      * replayed in between). No assertion may fail while the child runs:
      * it would outlive the test and hold ctest's output open. */
-    int port = 0, ready = 0, json_lines = 1;
-    for (int i = 0; i < 100 && !ready && fgets(line, sizeof line, err); i++) {
-        json_t *o = json_loads(line, 0, NULL);
-        if (!o) { /* every log line is one JSON object */
-            json_lines = 0;
-            break;
-        }
-        const char *msg = json_string_value(json_object_get(o, "msg"));
-        if (msg && !strcmp(msg, "listening"))
-            port = (int)json_integer_value(json_object_get(o, "port"));
-        ready = msg && !strcmp(msg, "ready");
-        json_decref(o);
-    }
+    json_t *ready = tu_child_log_until(&ch, "ready", NULL, 0);
+    int json_lines = ch.non_json == 0; /* every log line is one JSON object */
     long st_events = 0, st_health = 0;
-    if (port && ready) {
-        server s = {NULL, NULL, (uint16_t)port};
+    if (ch.port && ready) {
+        server s = {NULL, NULL, (uint16_t)ch.port};
         reply r = post(&s, "/v1/events", "{\"user\":\"a\",\"item\":\"b\"}");
         st_events = r.status;
         done(&r);
@@ -849,20 +819,17 @@ static void test_serve_binary_sigterm(void **state)
         st_health = r.status;
         done(&r);
     }
-    if (!port || !ready || !json_lines) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
+    json_decref(ready);
+    if (!ch.port || !ready || !json_lines) {
+        kill(ch.pid, SIGKILL);
+        tu_child_wait(&ch);
         fail_msg("no listening and ready lines in the log (json lines: %d)", json_lines);
     }
-    kill(pid, SIGTERM);
-    int status = 0;
-    assert_int_equal(waitpid(pid, &status, 0), pid);
-    while (fgets(line, sizeof line, err)) /* the rest of the log */
-        ;
-    fclose(err);
+    kill(ch.pid, SIGTERM);
+    int status = tu_child_wait(&ch);
     assert_int_equal(st_events, 202);
     assert_int_equal(st_health, 200);
-    assert_true(WIFEXITED(status));
+    assert_true(status != -1 && WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
 }
 
@@ -1563,36 +1530,36 @@ static int serve_child(void)
 }
 
 typedef struct {
+    tu_child ch; /* its log, port and reaper */
     pid_t pid;
-    FILE *log; /* the child's stderr */
-    int ctl;   /* write end of its fd 3 */
-    int ack;   /* read end of its fd 4 */
+    int ctl;     /* write end of its fd 3 */
+    int ack;     /* read end of its fd 4 */
     uint16_t port;
-    /* The reaper kills the child if it has not exited CHILD_BOUND seconds
-     * after it started, so every read of its pipes ends. */
-    pthread_t reaper;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool exited, killed; /* under mu */
 } serve_child_t;
 
-#define CHILD_BOUND 120 /* seconds: generous, the child needs about 3 */
+typedef struct {
+    const char *db, *hold, *timeout;
+    int ctl_read, ack_write; /* the child's ends of the command pipes */
+} child_setup;
 
-static void *child_reaper(void *arg)
+/* In the child, before the exec: its command pipes on fds 3 and 4, and
+ * the settings serve_child reads. */
+static void child_env(void *arg)
 {
-    serve_child_t *ch = arg;
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += CHILD_BOUND;
-    pthread_mutex_lock(&ch->mu);
-    while (!ch->exited && pthread_cond_timedwait(&ch->cv, &ch->mu, &until) == 0)
-        ;
-    if (!ch->exited) {
-        ch->killed = true;
-        kill(ch->pid, SIGKILL);
-    }
-    pthread_mutex_unlock(&ch->mu);
-    return NULL;
+    child_setup *c = arg;
+    dup2(c->ctl_read, 3);
+    dup2(c->ack_write, 4);
+    for (int fd = 5; fd < 64; fd++)
+        close(fd);
+    setenv(CHILD_ENV, c->db, 1);
+    setenv("HOGREC_TEST_HOLD", c->hold, 1);
+    setenv("HOGREC_TEST_TIMEOUT", c->timeout, 1);
+    /* The child abandons threads on purpose (a stuck MHD pool): under
+     * TSan that is no finding. */
+    char tsan[1024];
+    const char *prev = getenv("TSAN_OPTIONS");
+    snprintf(tsan, sizeof tsan, "%s report_thread_leaks=0", prev ? prev : "");
+    setenv("TSAN_OPTIONS", tsan, 1);
 }
 
 /* Starts the child on db with --shutdown-timeout timeout; 'h' will hold
@@ -1601,54 +1568,21 @@ static void *child_reaper(void *arg)
 static bool child_start(serve_child_t *ch, const char *db, const char *hold,
                         const char *timeout)
 {
-    int errp[2], ctlp[2], ackp[2];
-    assert_int_equal(pipe(errp), 0);
+    int ctlp[2], ackp[2];
     assert_int_equal(pipe(ctlp), 0);
     assert_int_equal(pipe(ackp), 0);
-    fflush(NULL);
-    ch->pid = fork();
-    assert_true(ch->pid >= 0);
-    if (ch->pid == 0) {
-        dup2(errp[1], 2);
-        dup2(ctlp[0], 3);
-        dup2(ackp[1], 4);
-        for (int fd = 5; fd < 64; fd++)
-            close(fd);
-        setenv(CHILD_ENV, db, 1);
-        setenv("HOGREC_TEST_HOLD", hold, 1);
-        setenv("HOGREC_TEST_TIMEOUT", timeout, 1);
-        /* The child abandons threads on purpose (a stuck MHD pool): under
-         * TSan that is no finding. */
-        char tsan[1024];
-        const char *prev = getenv("TSAN_OPTIONS");
-        snprintf(tsan, sizeof tsan, "%s report_thread_leaks=0", prev ? prev : "");
-        setenv("TSAN_OPTIONS", tsan, 1);
-        execl("/proc/self/exe", "test_http", (char *)NULL);
-        _exit(127);
-    }
-    close(errp[1]);
+    child_setup setup = {db, hold, timeout, ctlp[0], ackp[1]};
+    char *argv[] = {"/proc/self/exe", NULL};
+    tu_child_spawn(&ch->ch, argv, CHILD_BOUND, child_env, &setup);
     close(ctlp[0]);
     close(ackp[1]);
-    ch->log = fdopen(errp[0], "r");
+    ch->pid = ch->ch.pid;
     ch->ctl = ctlp[1];
     ch->ack = ackp[0];
-    ch->port = 0;
-    ch->exited = ch->killed = false;
-    pthread_mutex_init(&ch->mu, NULL);
-    pthread_cond_init(&ch->cv, NULL);
-    assert_int_equal(pthread_create(&ch->reaper, NULL, child_reaper, ch), 0);
-    char line[2048];
-    for (int i = 0; i < 200 && fgets(line, sizeof line, ch->log); i++) {
-        json_t *o = json_loads(line, 0, NULL);
-        const char *msg = json_string_value(json_object_get(o, "msg"));
-        if (msg && !strcmp(msg, "listening"))
-            ch->port = (uint16_t)json_integer_value(json_object_get(o, "port"));
-        bool ready = msg && !strcmp(msg, "ready");
-        json_decref(o);
-        if (ready)
-            return ch->port != 0;
-    }
-    return false;
+    json_t *ready = tu_child_log_until(&ch->ch, "ready", NULL, 0);
+    ch->port = (uint16_t)ch->ch.port;
+    json_decref(ready);
+    return ready && ch->port != 0;
 }
 
 /* Sends a command to the child and reads the answer byte ('h' or 'H');
@@ -1667,45 +1601,20 @@ static bool child_cmd(serve_child_t *ch, char cmd, char want)
  * (NULL). */
 static json_t *child_log_until(serve_child_t *ch, const char *until)
 {
-    char line[2048];
-    while (fgets(line, sizeof line, ch->log)) {
-        if (getenv("HOGREC_TEST_DEBUG"))
-            fprintf(stderr, "CHILD: %s", line);
-        json_t *o = json_loads(line, 0, NULL);
-        const char *msg = json_string_value(json_object_get(o, "msg"));
-        if (msg && !strcmp(msg, until))
-            return o;
-        json_decref(o);
-    }
-    return NULL;
+    return tu_child_log_until(&ch->ch, until, NULL, 0);
 }
 
 /* Waits for the child's exit; returns its wait status, or -1 if the reaper
  * had to kill it. */
 static int child_wait(serve_child_t *ch)
 {
-    int status = 0;
-    char line[2048];
-    while (fgets(line, sizeof line, ch->log)) /* the rest of its log */
-        if (getenv("HOGREC_TEST_DEBUG"))
-            fprintf(stderr, "CHILD: %s", line);
-    waitpid(ch->pid, &status, 0);
-    pthread_mutex_lock(&ch->mu);
-    ch->exited = true;
-    bool killed = ch->killed;
-    pthread_cond_broadcast(&ch->cv);
-    pthread_mutex_unlock(&ch->mu);
-    pthread_join(ch->reaper, NULL);
-    return killed ? -1 : status;
+    return tu_child_wait(&ch->ch);
 }
 
 static void child_close(serve_child_t *ch)
 {
-    fclose(ch->log);
     close(ch->ctl);
     close(ch->ack);
-    pthread_cond_destroy(&ch->cv);
-    pthread_mutex_destroy(&ch->mu);
 }
 
 typedef struct {
@@ -1717,30 +1626,7 @@ typedef struct {
 static void *bg_request_run(void *arg)
 {
     bg_request *b = arg;
-    CURL *c = curl_easy_init();
-    if (!c)
-        return NULL;
-    char url[256], hdr[300];
-    snprintf(url, sizeof url, "http://127.0.0.1:%u%s", b->port, b->path);
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    h = curl_slist_append(h, "Expect:");
-    if (b->auth) {
-        snprintf(hdr, sizeof hdr, "Authorization: %s", b->auth);
-        h = curl_slist_append(h, hdr);
-    }
-    buf sink = {0};
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, b->method);
-    curl_easy_setopt(c, CURLOPT_POSTFIELDS, b->body ? b->body : "");
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &sink);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 300L);
-    if (curl_easy_perform(c) == CURLE_OK)
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &b->status);
-    free(sink.data);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
+    b->status = tu_http(b->port, b->method, b->path, b->body ? b->body : "", b->auth, NULL);
     return NULL;
 }
 
