@@ -46,20 +46,10 @@
 static hr_app *open_app(const char *db, double half_life)
 {
     hr_config c;
-    hr_config_defaults(&c);
-    snprintf(c.db, sizeof c.db, "%s", db);
-    c.checkpoint_interval = 0;
-    c.checkpoint_events = 0;
-    c.k = 8;
-    c.max_users = 1024;
-    c.max_items = 1024;
-    c.chunk_rows = 64;
-    c.context_bits = 8;
-    c.threads = 1;
+    tu_small_config(&c, db);
     c.queue_capacity = 64;
     c.history_per_user = 4;
     c.popular_half_life = half_life;
-    strcpy(c.negative_sampling, "off");
     hr_app *app = NULL;
     hr_error err = {{0}, {0}};
     hr_status st = hr_app_open(&c, &app, &err);
@@ -402,11 +392,9 @@ static void test_save_load_by_key(void **state)
 
 /* ---- the real binary ---- */
 
-typedef struct {
-    pid_t pid;
-    int port;
-    FILE *err; /* its stderr */
-} child;
+typedef tu_child child;
+
+#define CHILD_BOUND 300 /* seconds a child may live: generous, one needs a few */
 
 /* Starts `hogrec serve` on db with extra flags (NULL-terminated); waits for
  * "ready". Returns false (child stopped) if it does not get there. */
@@ -420,39 +408,13 @@ static bool spawn(child *ch, const char *db, const char *const *extra)
     for (int i = 0; extra && extra[i] && argc < 38; i++)
         argv[argc++] = extra[i];
     argv[argc] = NULL;
-    int pfd[2];
-    if (pipe(pfd) != 0)
-        return false;
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0)
-        return false;
-    if (pid == 0) {
-        dup2(pfd[1], 2);
-        close(pfd[0]);
-        close(pfd[1]);
-        execv(bin, (char *const *)argv);
-        _exit(127);
-    }
-    close(pfd[1]);
-    ch->pid = pid;
-    ch->err = fdopen(pfd[0], "r");
-    ch->port = 0;
-    char line[2048];
-    bool ready = false;
-    for (int i = 0; i < 200 && !ready && fgets(line, sizeof line, ch->err); i++) {
-        json_t *o = json_loads(line, 0, NULL);
-        const char *msg = json_string_value(json_object_get(o, "msg"));
-        if (msg && !strcmp(msg, "listening"))
-            ch->port = (int)json_integer_value(json_object_get(o, "port"));
-        ready = msg && !strcmp(msg, "ready");
-        json_decref(o);
-    }
+    tu_child_spawn(ch, (char *const *)argv, CHILD_BOUND, NULL, NULL);
+    json_t *ready = tu_child_log_until(ch, "ready", NULL, 0);
+    json_decref(ready);
     if (ready && ch->port)
         return true;
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    fclose(ch->err);
+    kill(ch->pid, SIGKILL);
+    tu_child_wait(ch);
     return false;
 }
 
@@ -460,65 +422,17 @@ static bool spawn(child *ch, const char *db, const char *const *extra)
 static int stop_child(child *ch, int sig)
 {
     kill(ch->pid, sig);
-    int status = 0;
-    waitpid(ch->pid, &status, 0);
-    char line[2048];
-    while (fgets(line, sizeof line, ch->err)) /* the rest of its log */
-        ;
-    fclose(ch->err);
+    int status = tu_child_wait(ch);
+    if (status == -1) /* it is gone now: safe to fail */
+        fail_msg("the server outlived its %d s bound and was killed", CHILD_BOUND);
     return status;
-}
-
-typedef struct {
-    char *data;
-    size_t len;
-} body_buf;
-
-static size_t on_body(char *p, size_t size, size_t n, void *cls)
-{
-    body_buf *b = cls;
-    char *d = realloc(b->data, b->len + size * n + 1);
-    if (!d)
-        return 0;
-    memcpy(d + b->len, p, size * n);
-    b->data = d;
-    b->len += size * n;
-    d[b->len] = 0;
-    return size * n;
 }
 
 /* One request; no assertions (used while a child runs and from threads).
  * Returns the status (0 if the request failed) and the parsed body. */
 static long http(int port, const char *method, const char *path, const char *body, json_t **out)
 {
-    if (out)
-        *out = NULL;
-    CURL *c = curl_easy_init();
-    if (!c)
-        return 0;
-    char url[512];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
-    body_buf b = {0};
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    h = curl_slist_append(h, "Authorization: Bearer tok");
-    h = curl_slist_append(h, "Expect:");
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    if (body)
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
-    long status = 0;
-    if (curl_easy_perform(c) == CURLE_OK)
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
-    if (out && b.data)
-        *out = json_loads(b.data, 0, NULL);
-    free(b.data);
-    return status;
+    return tu_http(port, method, path, body, "Bearer tok", out);
 }
 
 static json_int_t jint(json_t *o, const char *a, const char *b)
