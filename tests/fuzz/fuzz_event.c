@@ -22,27 +22,6 @@
 
 #include "fuzz.h"
 #include "hogrec/api.h"
-#include "hogrec/config.h"
-
-static hr_model *make_model(const char *loss)
-{
-    hr_config c;
-    hr_config_defaults(&c);
-    c.k = 4;
-    c.max_users = 16;
-    c.max_items = 16;
-    c.chunk_rows = 64;
-    c.context_bits = 4;
-    snprintf(c.loss, sizeof c.loss, "%s", loss);
-    hr_schedule s;
-    hr_schedule_defaults(&s);
-    hr_model_config mc;
-    hr_model *m = NULL;
-    FUZZ_CHECK(hr_model_config_from(&c, &s, &mc, NULL) == HR_OK);
-    FUZZ_CHECK(hr_model_create(&mc, &m, NULL) == HR_OK);
-    hr_config_free(&c);
-    return m;
-}
 
 /* The id the event names in field, as hr_api_id reads it. */
 static void check_row(const hr_model *m, hr_table_id t, uint32_t row, const json_t *obj,
@@ -160,7 +139,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     json_t *root = json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
         return 0;
-    hr_model *models[2] = {make_model("logistic"), make_model("squared")};
+    hr_model *models[2] = {fuzz_small_model("logistic"), fuzz_small_model("squared")};
     for (int k = 0; k < 2; k++) {
         if (!json_is_array(root)) {
             check_event(models[k], root);

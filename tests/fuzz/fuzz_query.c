@@ -20,26 +20,13 @@
 
 #include "fuzz.h"
 #include "hogrec/api.h"
-#include "hogrec/config.h"
 
 #define MAX_PARAMS 64
 
+/* The small model, knowing users u1, u2 and items i1, i2, i3. */
 static hr_model *make_model(void)
 {
-    hr_config c;
-    hr_config_defaults(&c);
-    c.k = 4;
-    c.max_users = 16;
-    c.max_items = 16;
-    c.chunk_rows = 64;
-    c.context_bits = 4;
-    hr_schedule s;
-    hr_schedule_defaults(&s);
-    hr_model_config mc;
-    hr_model *m = NULL;
-    FUZZ_CHECK(hr_model_config_from(&c, &s, &mc, NULL) == HR_OK);
-    FUZZ_CHECK(hr_model_create(&mc, &m, NULL) == HR_OK);
-    hr_config_free(&c);
+    hr_model *m = fuzz_small_model(NULL);
     static const char *const events[] = {"{\"user\":\"u1\",\"item\":\"i1\"}",
                                          "{\"user\":\"u2\",\"item\":\"i2\"}",
                                          "{\"user\":\"u1\",\"item\":\"i3\"}"};
