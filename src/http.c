@@ -22,9 +22,10 @@
  * POST /v1/events with persistence does not block a pool thread on the
  * event log's commit (an fsync): the last call submits without waiting,
  * suspends the connection and asks the log to call events_durable()
- * (http_events.c) once the commit is done; that callback (on the log's committer thread) stores
- * the outcome in the request and resumes the connection; MHD then calls the
- * handler again, which answers 202 or 503 from the stored outcome. A
+ * (http_events.c) once the commit is done; that callback (on the log's
+ * committer thread) stores the outcome in the request and resumes the
+ * connection; MHD then calls the handler again, which answers 202 or 503
+ * from the stored outcome. A
  * suspended connection is neither timed out nor closed by MHD, so the
  * request state outlives the callback. hr_http_stop waits until every
  * request that was suspended has completed before stopping the daemon.
@@ -35,8 +36,8 @@
  * on open connections get 503 shutting_down without touching the app.
  *
  * Limits (connections, per-IP connections, idle timeout, per-connection
- * memory) are daemon options from the config; body size and events per
- * batch are checked here.
+ * memory) are daemon options from the config; body size is checked here,
+ * events per batch in the handler.
  *
  * Threads: handlers run on MHD pool threads and call the engine's
  * thread-safe functions (ingest, model lookups and predictions, stats).
