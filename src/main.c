@@ -1,14 +1,14 @@
 /*
  * main.c - the hogrec command: dispatches to a subcommand.
- *   hogrec serve  [options]        the HTTP server (http.c)
+ *   hogrec serve  [options]        the HTTP server (serve.c, http.c)
  *   hogrec replay [options] FILE   offline training from a file (replay.c)
  *   hogrec version | --version     version, build and libraries (version.c)
  */
 #include <stdio.h>
 #include <string.h>
 
-#include "hogrec/http.h"
 #include "hogrec/replay.h"
+#include "hogrec/serve.h"
 #include "hogrec/topk.h"
 #include "hogrec/version.h"
 

@@ -34,6 +34,7 @@
 #include "hogrec/api.h"
 #include "hogrec/app.h"
 #include "hogrec/http.h"
+#include "hogrec/serve.h"
 #include "helper_faultvfs.h"
 #include "testutil.h"
 

@@ -1,7 +1,7 @@
 /*
  * http.h - the HTTP server: libmicrohttpd daemon, routes, limits and the one
- * error path ({"error": {"code", "message"}} with the right status), plus
- * `hogrec serve`.
+ * error path ({"error": {"code", "message"}} with the right status).
+ * `hogrec serve` (the process around it) is serve.h.
  *
  * Routes (see README and openapi.yaml): POST /v1/events, POST|GET
  * /v1/predict, GET /v1/recommend, GET /v1/stats, admin (bearer token):
@@ -42,11 +42,5 @@ void hr_http_quiesce(hr_http *h);
  * returns their count; the app must then not be freed either (hr_app_stop,
  * not hr_app_close). */
 unsigned hr_http_stop(hr_http *h);
-
-/* `hogrec serve [options]` (argv[0] is "serve"): config from flags,
- * environment and config/hogrec.json, open the app, serve until SIGTERM or
- * SIGINT, then stop accepting, finish in-flight requests, drain the queue
- * and close. Returns the process exit status. */
-int hr_serve_main(int argc, char **argv);
 
 #endif

@@ -1,0 +1,106 @@
+/*
+ * http_admin.c - the admin routes (behind the bearer token; http.c checks
+ * it): the live learning-rate schedule (GET, PUT), its history, a
+ * checkpoint on demand, and the effective config.
+ *
+ * Threads: MHD pool threads; the schedule box, persistence and the config
+ * copy are safe to call from any thread.
+ */
+#include <jansson.h>
+#include <math.h>
+#include <microhttpd.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "hogrec/log.h"
+#include "hogrec/persist.h"
+#include "hogrec/schedule.h"
+#include "http_internal.h"
+
+
+static enum MHD_Result handle_schedule_put(hr_http *h, struct MHD_Connection *c, request *r)
+{
+    hr_app *app = h->app;
+    json_error_t jerr;
+    json_t *v = hr_http_parse_body(r, &jerr);
+    if (!v)
+        return hr_http_reply_error(c, r, 400, "malformed_json", "body is not JSON: %s (line %d, column %d)",
+                           jerr.text, jerr.line, jerr.column);
+    hr_schedule s;
+    hr_error e = {{0}, {0}};
+    hr_status st = hr_schedule_from_json(v, &s, &e);
+    json_decref(v);
+    if (st != HR_OK)
+        return hr_http_reply_invalid(c, r, "", &e);
+    hr_optimizer rows = hr_model_supports(app->model, HR_OPT_FTRL)      ? HR_OPT_FTRL
+                        : hr_model_supports(app->model, HR_OPT_ADAGRAD) ? HR_OPT_ADAGRAD
+                                                                        : HR_OPT_SGD;
+    if (hr_schedule_check_state(&s, rows, &e) != HR_OK)
+        return hr_http_reply_invalid(c, r, "", &e);
+    hr_progress_report rep;
+    hr_progress_get(app->progress, 0, &rep);
+    uint64_t version;
+    st = hr_schedbox_swap(app->sched, &s, hr_trainer_updates(app->trainer), rep.loss, &version, &e);
+    if (st != HR_OK)
+        return hr_http_reply_invalid(c, r, "", &e);
+    hr_log("info", "schedule changed", json_pack("{s:I}", "version", (json_int_t)version));
+    return hr_http_reply_json(c, r, 200, hr_schedule_to_json(hr_schedbox_current(app->sched)));
+}
+
+enum MHD_Result hr_http_schedule(hr_http *h, struct MHD_Connection *c, request *r)
+{
+    if (r->method == M_PUT)
+        return handle_schedule_put(h, c, r);
+    return hr_http_reply_json(c, r, 200, hr_schedule_to_json(hr_schedbox_current(h->app->sched)));
+}
+
+enum MHD_Result hr_http_schedule_history(hr_http *h, struct MHD_Connection *c, request *r)
+{
+    hr_app *app = h->app;
+    /* Note the loss after the latest change once a window of updates passed. */
+    const hr_schedule *cur = hr_schedbox_current(app->sched);
+    hr_sched_change last[1];
+    size_t total = hr_schedbox_history(app->sched, last, 0);
+    if (total > 0) {
+        hr_sched_change *all = malloc(total * sizeof *all);
+        if (all) {
+            size_t n = hr_schedbox_history(app->sched, all, total);
+            if (n > total)
+                n = total;
+            const hr_sched_change *ch = &all[n - 1];
+            if (n > 0 && ch->version == cur->version && isnan(ch->loss_after) &&
+                hr_trainer_updates(app->trainer) >=
+                    ch->at_update + (uint64_t)app->cfg.progress_window) {
+                hr_progress_report rep;
+                hr_progress_get(app->progress, 0, &rep);
+                hr_schedbox_note_loss_after(app->sched, ch->version, rep.loss);
+            }
+            free(all);
+        }
+    }
+    return hr_http_reply_json(c, r, 200, json_pack("{s:o}", "history",
+                                           hr_schedbox_history_json(app->sched)));
+}
+
+enum MHD_Result hr_http_checkpoint(hr_http *h, struct MHD_Connection *c, request *r)
+{
+    if (!h->app->persist)
+        return hr_http_reply_error(c, r, 503, "persistence_off",
+                           "persistence is off (the server runs without a database)");
+    if (!atomic_load(&h->app->ready))
+        return hr_http_reply_error(c, r, 503, "loading", "the server is loading its model");
+    json_t *info = NULL;
+    hr_error e = {{0}, {0}};
+    hr_status st = hr_persist_checkpoint(h->app->persist, &info, &e);
+    if (st != HR_OK) {
+        json_decref(info);
+        return hr_http_reply_error(c, r, st == HR_EBUSY ? 429 : 503, "checkpoint_failed", "%s",
+                           e.message[0] ? e.message : hr_status_to_string(st));
+    }
+    return hr_http_reply_json(c, r, 200, info ? info : json_object());
+}
+
+enum MHD_Result hr_http_config(hr_http *h, struct MHD_Connection *c, request *r)
+{
+    return hr_http_reply_json(c, r, 200, hr_config_to_json(&h->app->cfg));
+}

@@ -1,0 +1,131 @@
+/*
+ * http_internal.h - what the HTTP server's files share: the server and
+ * request structs, the route handlers' signature, and the reply functions
+ * (the one error path). Private to src/http*.c.
+ *
+ * Files: http.c is the machinery (route table, the request state machine:
+ * headers, body, limits, suspend/resume; auth; replies; start and stop);
+ * the handlers are grouped by resource:
+ *   http_events.c  POST /v1/events
+ *   http_query.c   GET|POST /v1/predict, GET /v1/recommend
+ *   http_admin.c   /v1/admin/schedule, /schedule/history, /checkpoint, /config
+ *   http_stats.c   /v1/stats, /metrics, /healthz, /readyz
+ * A route is one line of route_id and of routes[] in http.c plus its
+ * handler here.
+ *
+ * A handler runs on the request's last call (the body is complete), on an
+ * MHD pool thread; it answers through hr_http_reply_* exactly once and
+ * returns what that returned (or MHD_YES after suspending the connection,
+ * see http_events.c).
+ */
+#ifndef HOGREC_HTTP_INTERNAL_H
+#define HOGREC_HTTP_INTERNAL_H
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hogrec/app.h"
+#include "hogrec/http.h"
+#include "hogrec/metrics.h"
+#include "hogrec/topk.h"
+
+/* Methods, as bit flags (route table, request->method). */
+enum { M_GET = 1, M_POST = 2, M_PUT = 4, M_HEAD = 8 };
+
+struct hr_http {
+    hr_app *app;                 /* borrowed */
+    struct MHD_Daemon *daemon;
+    uint16_t port;
+    size_t max_body;             /* bytes */
+    hr_topk_batcher *topk;       /* concurrent recommendations scored together */
+    size_t nroutes;              /* entries of metrics and inflight (the routes) */
+    hr_metrics_route *metrics;   /* owned [nroutes]: answers and latency by route */
+    atomic_uint *inflight;       /* owned [nroutes]: requests from first call to completed */
+    atomic_uint_fast64_t rejected;   /* events invalid, reported by index */
+    atomic_uint_fast64_t duplicates; /* events dropped as repeated ids */
+    atomic_uint_fast64_t refused;    /* events refused whole with 429 */
+    hr_metrics_rate rate;        /* updates/s for /v1/stats */
+    pthread_mutex_t susp_mu;     /* guards suspended */
+    pthread_cond_t susp_cv;      /* suspended dropped to 0 */
+    unsigned suspended;          /* events requests suspended for a commit and
+                                    not completed yet */
+    atomic_bool stopping;        /* hr_http_stop began: new requests get 503 */
+};
+
+/* ---- per-request state ---- */
+
+/* Where a POST /v1/events with persistence is. */
+enum { EV_NONE, EV_WAITING, EV_DONE };
+
+/* What POST /v1/events keeps from submitting to answering. */
+typedef struct {
+    int phase;            /* EV_*: EV_DONE is set by events_durable before resuming */
+    json_t *errors;       /* owned until answered: per-event errors */
+    size_t ok, rejected, dups; /* counts of events */
+    uint64_t first;       /* seq of the first accepted event */
+    hr_status st;         /* the commit's outcome (EV_DONE) */
+    char why[256];        /* why it failed */
+} events_state;
+
+typedef struct {
+    int route;            /* index into http.c's routes[] */
+    unsigned method;      /* M_* */
+    uint64_t t0;          /* hr_now_ns() at the first call */
+    int status;           /* HTTP status answered, 0 until then */
+    /* the first error found before the body arrived */
+    int err_status;
+    const char *err_code;
+    char err_msg[192];
+    char allow[32];       /* Allow header with a 405 */
+    bool ndjson;          /* body is application/x-ndjson */
+    char *body;           /* owned; NUL-terminated */
+    size_t len, cap;
+    struct MHD_Connection *conn; /* borrowed: the connection (while suspended) */
+    events_state ev;      /* POST /v1/events */
+} request;
+
+/* A route's handler (see the file comment). */
+typedef enum MHD_Result hr_http_handler(hr_http *h, struct MHD_Connection *c, request *r);
+
+hr_http_handler hr_http_events;           /* http_events.c */
+hr_http_handler hr_http_predict;          /* http_query.c */
+hr_http_handler hr_http_recommend;
+hr_http_handler hr_http_schedule;         /* http_admin.c */
+hr_http_handler hr_http_schedule_history;
+hr_http_handler hr_http_checkpoint;
+hr_http_handler hr_http_config;
+hr_http_handler hr_http_stats;            /* http_stats.c */
+hr_http_handler hr_http_metrics;
+hr_http_handler hr_http_healthz;
+hr_http_handler hr_http_readyz;
+
+/* ---- replies (http.c) ---- */
+
+/* Answers text (taken: free(); NULL = empty body) of len bytes with
+ * Content-Type ctype, and counts the answer for /metrics. */
+enum MHD_Result hr_http_reply_text(struct MHD_Connection *c, request *r, int status, char *text,
+                                   size_t len, const char *ctype);
+
+/* Answers a JSON body (taken; NULL: 500 out of memory). */
+enum MHD_Result hr_http_reply_json(struct MHD_Connection *c, request *r, int status,
+                                   json_t *body);
+
+/* The one error path: {"error": {"code": code, "message": printf(fmt)}}. */
+enum MHD_Result hr_http_reply_error(struct MHD_Connection *c, request *r, int status,
+                                    const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+/* The error for an hr_error from a validator: 400 naming the field, the
+ * field prefixed with where ("pairs[3]."). */
+enum MHD_Result hr_http_reply_invalid(struct MHD_Connection *c, request *r, const char *where,
+                                      const hr_error *e);
+
+/* The request's body parsed as JSON: a new value, or NULL with *jerr. */
+json_t *hr_http_parse_body(request *r, json_error_t *jerr);
+
+#endif

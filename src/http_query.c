@@ -1,0 +1,233 @@
+/*
+ * http_query.c - the read routes of the model: GET /v1/predict (one pair
+ * from the query string), POST /v1/predict (a batch of pairs), GET
+ * /v1/recommend (top-K items for a user, or the popular items for an
+ * unknown one).
+ *
+ * Query strings are parsed by the api module (hr_api_*_query) from the
+ * parameters MHD decoded; scores come from the model (one dot product) and
+ * top-K (one sgemv per item block, concurrent requests batched into one
+ * sgemm by the server's hr_topk_batcher).
+ *
+ * Threads: MHD pool threads; everything called is thread-safe.
+ */
+#include <inttypes.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hogrec/api.h"
+#include "hogrec/events.h"
+#include "hogrec/sgd.h"
+#include "hogrec/topk.h"
+#include "http_internal.h"
+
+static json_t *id_json(const char *key, size_t len)
+{
+    return json_stringn(key, len);
+}
+
+/* ---- /v1/predict ---- */
+
+static json_t *unknown_json(unsigned u)
+{
+    return json_pack("{s:b,s:b}", "user", (u & HR_API_UNKNOWN_USER) != 0, "item",
+                     (u & HR_API_UNKNOWN_ITEM) != 0);
+}
+
+/* The query parameters of a request, for the hr_api_*_query parsers. */
+typedef struct {
+    hr_api_param *p;
+    size_t n, cap;
+} param_list;
+
+static enum MHD_Result add_param(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 size_t key_size, const char *value, size_t value_size)
+{
+    (void)kind;
+    param_list *l = cls;
+    if (l->n < l->cap)
+        l->p[l->n++] = (hr_api_param){key, key_size, value, value ? value_size : 0};
+    return MHD_YES;
+}
+
+/* Collects the request's query parameters (keys and values borrowed from
+ * MHD until the request completes) into l->p (new: free()). false when
+ * out of memory. */
+static bool query_params(struct MHD_Connection *c, param_list *l)
+{
+    l->n = 0;
+    l->cap = (size_t)MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, NULL, NULL);
+    l->p = malloc((l->cap ? l->cap : 1) * sizeof *l->p);
+    if (!l->p)
+        return false;
+    MHD_get_connection_values_n(c, MHD_GET_ARGUMENT_KIND, add_param, l);
+    return true;
+}
+
+static enum MHD_Result handle_predict_get(hr_http *h, struct MHD_Connection *c, request *r)
+{
+    param_list l;
+    if (!query_params(c, &l))
+        return hr_http_reply_error(c, r, 503, "unavailable", "out of memory");
+    hr_api_predict_req q;
+    hr_error e = {{0}, {0}};
+    const hr_model *m = h->app->model;
+    hr_status st = hr_api_predict_query(m, l.p, l.n, &q, &e);
+    free(l.p);
+    if (st != HR_OK)
+        return hr_http_reply_invalid(c, r, "", &e);
+    json_t *body = json_pack("{s:f}", "score", hr_model_predict(m, &q.ev));
+    if (q.unknown)
+        json_object_set_new(body, "unknown", unknown_json(q.unknown));
+    return hr_http_reply_json(c, r, 200, body);
+}
+
+static enum MHD_Result handle_predict_post(hr_http *h, struct MHD_Connection *c, request *r)
+{
+    json_error_t jerr;
+    json_t *v = hr_http_parse_body(r, &jerr);
+    if (!v)
+        return hr_http_reply_error(c, r, 400, "malformed_json", "body is not JSON: %s (line %d, column %d)",
+                           jerr.text, jerr.line, jerr.column);
+    json_t *pairs = json_object_get(v, "pairs");
+    if (!json_is_object(v) || json_object_size(v) != 1 || !json_is_array(pairs)) {
+        json_decref(v);
+        return hr_http_reply_error(c, r, 400, "invalid", "pairs: body must be {\"pairs\": [...]}");
+    }
+    size_t n = json_array_size(pairs);
+    if (n > (size_t)h->app->cfg.max_batch_events) {
+        json_decref(v);
+        return hr_http_reply_error(c, r, 413, "too_many_pairs", "%zu pairs; at most %" PRId64, n,
+                           h->app->cfg.max_batch_events);
+    }
+    json_t *scores = json_array(), *unknown = json_array();
+    for (size_t i = 0; i < n; i++) {
+        hr_event ev;
+        unsigned unk;
+        hr_error e = {{0}, {0}};
+        if (hr_api_pair_from_json(h->app->model, json_array_get(pairs, i), &ev, &unk, &e) !=
+            HR_OK) {
+            json_decref(v);
+            json_decref(scores);
+            json_decref(unknown);
+            char where[48];
+            snprintf(where, sizeof where, "pairs[%zu].", i);
+            return hr_http_reply_invalid(c, r, where, &e);
+        }
+        json_array_append_new(scores, json_real(hr_model_predict(h->app->model, &ev)));
+        if (unk) {
+            json_t *u = unknown_json(unk);
+            json_object_set_new(u, "index", json_integer((json_int_t)i));
+            json_array_append_new(unknown, u);
+        }
+    }
+    json_decref(v);
+    json_t *body = json_pack("{s:o}", "scores", scores);
+    if (json_array_size(unknown))
+        json_object_set_new(body, "unknown", unknown);
+    else
+        json_decref(unknown);
+    return hr_http_reply_json(c, r, 200, body);
+}
+
+enum MHD_Result hr_http_predict(hr_http *h, struct MHD_Connection *c, request *r)
+{
+    return r->method == M_POST ? handle_predict_post(h, c, r) : handle_predict_get(h, c, r);
+}
+
+/* ---- GET /v1/recommend ---- */
+
+enum MHD_Result hr_http_recommend(hr_http *h, struct MHD_Connection *c, request *r)
+{
+    const hr_model *m = h->app->model;
+    param_list l;
+    hr_api_recommend_req *q = malloc(sizeof *q);
+    if (!q || !query_params(c, &l)) {
+        free(q);
+        return hr_http_reply_error(c, r, 503, "unavailable", "out of memory");
+    }
+    hr_error e = {{0}, {0}};
+    hr_status qst = hr_api_recommend_query(m, l.p, l.n, q, &e);
+    free(l.p);
+    if (qst != HR_OK) {
+        free(q);
+        return hr_http_reply_invalid(c, r, "", &e);
+    }
+    char user[HR_ID_MAX_LEN + 1];
+    size_t user_len = q->user_len;
+    memcpy(user, q->user, user_len + 1);
+    uint32_t k = q->k;
+    /* Excluded rows: named items, then the user's recent items. */
+    size_t cap = q->nexclude + (size_t)h->app->cfg.history_per_user, nex = q->nexclude;
+    uint32_t *rows = malloc((cap ? cap : 1) * sizeof *rows);
+    hr_topk_item *items = malloc((size_t)k * sizeof *items);
+    if (!rows || !items) {
+        free(q);
+        free(rows);
+        free(items);
+        return hr_http_reply_error(c, r, 503, "unavailable", "out of memory");
+    }
+    memcpy(rows, q->exclude, nex * sizeof *rows);
+    uint32_t urow = q->user_row;
+    bool exclude_seen = q->exclude_seen;
+    free(q);
+    bool known = urow != 0;
+    if (known && exclude_seen)
+        nex += hr_events_recent(h->app->events, urow, rows + nex, cap - nex);
+    hr_topk_sort_rows(rows, nex);
+    hr_topk_exclude excl = {rows, nex};
+    uint32_t eff = known ? hr_model_effective_row(m, HR_TABLE_USER, urow) : 0;
+    size_t n = 0;
+    json_t *list = json_array();
+    json_t *body;
+    if (eff == 0) {
+        n = hr_events_popular(h->app->events, (uint32_t)k, &excl, items);
+        for (size_t i = 0; i < n; i++) {
+            size_t len;
+            const char *key = hr_model_key(m, HR_TABLE_ITEM, items[i].row, &len);
+            if (key)
+                json_array_append_new(list, json_pack("{s:o,s:f}", "item", id_json(key, len),
+                                                      "score", (double)items[i].score));
+        }
+        body = json_pack("{s:s%,s:o,s:s}", "user", user, user_len, "items", list, "fallback",
+                         "popular");
+    } else {
+        const hr_row_layout *L = hr_model_layout(m);
+        float *urow_copy = malloc(L->floats * sizeof(float));
+        float *g = malloc(L->floats * sizeof(float));
+        hr_status st = urow_copy && g ? HR_OK : HR_ENOMEM;
+        if (st == HR_OK) {
+            hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_USER, eff), urow_copy);
+            hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_GLOBAL, 0), g);
+            hr_topk_request req = {urow_copy, (uint32_t)k, &excl, items, 0};
+            st = hr_topk_query_batched(h->topk, &req);
+            n = req.n;
+        }
+        if (st != HR_OK) {
+            free(urow_copy);
+            free(g);
+            free(rows);
+            free(items);
+            json_decref(list);
+            return hr_http_reply_error(c, r, 503, "unavailable", "out of memory");
+        }
+        double base = (double)g[L->bias] + urow_copy[L->bias];
+        for (size_t i = 0; i < n; i++) {
+            size_t len;
+            const char *key = hr_model_key(m, HR_TABLE_ITEM, items[i].row, &len);
+            if (key)
+                json_array_append_new(
+                    list, json_pack("{s:o,s:f}", "item", id_json(key, len), "score",
+                                    hr_model_link(m, base + (double)items[i].score)));
+        }
+        free(urow_copy);
+        free(g);
+        body = json_pack("{s:s%,s:o}", "user", user, user_len, "items", list);
+    }
+    free(rows);
+    free(items);
+    return hr_http_reply_json(c, r, 200, body);
+}
