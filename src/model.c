@@ -53,27 +53,6 @@ typedef struct {
     hr_table_id t;
 } init_ctx;
 
-/* Weights [v, bias, count, last_seen] padded to 16 bytes; the state block
- * has the same stride (k+1 accumulators and FTRL's z, n fit in k+3). */
-static hr_row_layout make_layout(uint32_t k, hr_state_kind st, uint32_t chunk_rows)
-{
-    hr_row_layout L = {0};
-    L.k = k;
-    L.bias = k;
-    L.count = k + 1;
-    L.last_seen = k + 2;
-    L.stride = (k + 3 + 3) & ~3u;
-    L.floats = L.stride;
-    if (st != HR_STATE_SGD) {
-        L.state = chunk_rows * L.stride;
-        L.acc = L.state;
-        L.floats = 2 * L.stride;
-    }
-    if (st == HR_STATE_FTRL)
-        L.ftrl = L.state + k + 1;
-    return L;
-}
-
 /* Floats of one chunk: the weights block and, with state, the state block. */
 static size_t chunk_floats(const hr_model *m)
 {
@@ -226,7 +205,7 @@ hr_status hr_model_create(const hr_model_config *mc, hr_model **out, hr_error *e
     if (!m)
         return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
     m->cfg = *mc;
-    m->L = make_layout(mc->k, mc->state, mc->chunk_rows);
+    m->L = hr_row_layout_make(mc->k, mc->state, mc->chunk_rows);
     while ((1u << m->chunk_shift) < mc->chunk_rows)
         m->chunk_shift++;
     hr_status st = HR_OK;
@@ -492,7 +471,7 @@ int hr_model_active_rows(const hr_model *m, const hr_event *ev, uint32_t user, u
 
 double hr_model_link(const hr_model *m, double y)
 {
-    return m->cfg.loss == HR_LOSS_SQUARED ? y : 1.0 / (1.0 + exp(-y));
+    return hr_row_link(m->cfg.loss, y);
 }
 
 double hr_model_predict(const hr_model *m, const hr_event *ev)

@@ -100,13 +100,6 @@ double hr_sgd_score(const hr_row_layout *L, const hr_active *a, int n)
     return score_into(L, a, n, s, tmp);
 }
 
-static inline double link(hr_loss loss, double y)
-{
-    if (loss == HR_LOSS_SQUARED)
-        return y;
-    return 1.0 / (1.0 + exp(-y));
-}
-
 /* One coordinate of FTRL-Proximal (McMahan et al. 2013) on a linear weight.
  * alpha is the learning rate; z and n are the per-coordinate state. */
 static inline float ftrl_weight(float z, float nacc, float alpha, float beta, float l1, float l2)
@@ -158,7 +151,7 @@ hr_step_result hr_sgd_step(const hr_row_layout *L, const hr_active *a, int n, fl
     float s[k], tmp[k], nv[k], nG[k];
     double y = score_into(L, a, n, s, tmp);
     *y_before = y;
-    double pred = link(p->loss, y);
+    double pred = hr_row_link(p->loss, y);
     if (pred_before)
         *pred_before = pred;
     double g = weight * (pred - label); /* dLoss/dy for both losses */
