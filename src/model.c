@@ -16,6 +16,7 @@
  */
 #include "hogrec/model.h"
 
+#include <assert.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -64,15 +65,21 @@ hr_status hr_model_config_from(const hr_config *c, const hr_schedule *s, hr_mode
 {
     memset(out, 0, sizeof *out);
     out->k = (uint32_t)c->k;
-    out->loss = strcmp(c->loss, "squared") == 0 ? HR_LOSS_SQUARED : HR_LOSS_LOGISTIC;
-    if (strcmp(c->state, "auto") == 0)
-        out->state = s->optimizer == HR_OPT_SGD       ? HR_STATE_SGD
-                     : s->optimizer == HR_OPT_ADAGRAD ? HR_STATE_ADAGRAD
-                                                      : HR_STATE_FTRL;
-    else
-        out->state = strcmp(c->state, "sgd") == 0       ? HR_STATE_SGD
-                     : strcmp(c->state, "adagrad") == 0 ? HR_STATE_ADAGRAD
-                                                        : HR_STATE_FTRL;
+    out->loss = c->loss;
+    /* the state the schedule's optimizer needs */
+    const hr_state_kind need = s->optimizer == HR_OPT_SGD       ? HR_STATE_SGD
+                               : s->optimizer == HR_OPT_ADAGRAD ? HR_STATE_ADAGRAD
+                                                                : HR_STATE_FTRL;
+    switch (c->state) {
+    case HR_CONFIG_STATE_SGD: out->state = HR_STATE_SGD; break;
+    case HR_CONFIG_STATE_ADAGRAD: out->state = HR_STATE_ADAGRAD; break;
+    case HR_CONFIG_STATE_FTRL: out->state = HR_STATE_FTRL; break;
+    case HR_CONFIG_STATE_AUTO:
+    default: /* the config parser admits no other value */
+        assert(c->state == HR_CONFIG_STATE_AUTO);
+        out->state = need;
+        break;
+    }
     out->init_scale = (float)c->init_scale;
     out->seed = (uint64_t)c->seed;
     out->l2[HR_GROUP_GLOBAL] = c->l2_global;
@@ -92,12 +99,10 @@ hr_status hr_model_config_from(const hr_config *c, const hr_schedule *s, hr_mode
     out->rating_offset = (float)c->rating_offset;
     if (out->chunk_rows & (out->chunk_rows - 1))
         return hr_error_set(err, HR_EINVAL, "chunk_rows", "chunk_rows must be a power of two");
-    hr_state_kind need = s->optimizer == HR_OPT_SGD       ? HR_STATE_SGD
-                         : s->optimizer == HR_OPT_ADAGRAD ? HR_STATE_ADAGRAD
-                                                          : HR_STATE_FTRL;
     if (need > out->state)
         return hr_error_set(err, HR_EINVAL, "state",
-                            "state '%s' keeps no optimizer state for optimizer '%s'", c->state,
+                            "state '%s' keeps no optimizer state for optimizer '%s'",
+                            hr_config_state_to_string(c->state),
                             hr_optimizer_to_string(s->optimizer));
     return HR_OK;
 }

@@ -1,6 +1,7 @@
 /*
- * row.c - the row layout rule (see row.h). Pure; called when a model is
- * created and by tests that build rows without a model.
+ * row.c - the row layout rule and the loss names (see row.h). Pure; called
+ * when a model is created, by the config, and by tests that build rows
+ * without a model.
  */
 #include "hogrec/row.h"
 
@@ -26,4 +27,11 @@ hr_row_layout hr_row_layout_make(uint32_t k, hr_state_kind st, uint32_t chunk_ro
     if (st == HR_STATE_FTRL)
         L.ftrl = L.state + k + 1;
     return L;
+}
+
+const char *hr_loss_to_string(hr_loss loss)
+{
+    static const char *const names[HR_LOSS_COUNT] = {[HR_LOSS_LOGISTIC] = "logistic",
+                                                     [HR_LOSS_SQUARED] = "squared"};
+    return (unsigned)loss < HR_LOSS_COUNT ? names[loss] : "unknown";
 }

@@ -59,7 +59,7 @@ static hr_app *open_app(const char *db, double half_life)
     c.queue_capacity = 64;
     c.history_per_user = 4;
     c.popular_half_life = half_life;
-    strcpy(c.negative_sampling, "off");
+    c.negative_sampling = HR_CONFIG_NEG_OFF;
     hr_app *app = NULL;
     hr_error err = {{0}, {0}};
     hr_status st = hr_app_open(&c, &app, &err);

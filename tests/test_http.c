@@ -67,8 +67,7 @@ static void start_app(server *s, int64_t queue_capacity, const char *token, int6
     c.queue_capacity = queue_capacity;
     c.max_body_bytes = max_body;
     c.max_batch_events = 1000;
-    c.negative_sampling[0] = 0;
-    strcpy(c.negative_sampling, "off");
+    c.negative_sampling = HR_CONFIG_NEG_OFF;
     strcpy(c.admin_token, token);
     hr_error e;
     if (loading)

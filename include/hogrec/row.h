@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 /* The loss; its values are persisted in checkpoint shapes: do not renumber. */
-typedef enum { HR_LOSS_LOGISTIC, HR_LOSS_SQUARED } hr_loss;
+typedef enum { HR_LOSS_LOGISTIC, HR_LOSS_SQUARED, HR_LOSS_COUNT } hr_loss;
 
 /* What per-row optimizer state the rows carry; persisted like hr_loss. */
 typedef enum { HR_STATE_SGD, HR_STATE_ADAGRAD, HR_STATE_FTRL } hr_state_kind;
@@ -38,6 +38,9 @@ typedef struct {
     uint32_t ftrl;      /* FTRL z at ftrl, n at ftrl+1; 0 if none */
     uint32_t floats;    /* a row packed (weights, then state): what row read/write copy */
 } hr_row_layout;
+
+/* "logistic", "squared" (the config's names); "unknown" out of range. */
+const char *hr_loss_to_string(hr_loss loss);
 
 /* The layout of rows of k factors (k >= 1) with state st, stored in chunks
  * of chunk_rows rows (>= 1; 1 for a packed row that stands alone). The
