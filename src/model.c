@@ -211,6 +211,7 @@ hr_status hr_model_create(const hr_model_config *mc, hr_model **out, hr_error *e
         return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
     m->cfg = *mc;
     m->L = hr_row_layout_make(mc->k, mc->state, mc->chunk_rows);
+    assert((uint64_t)mc->chunk_rows * m->L.floats < UINT32_MAX); /* checked above */
     while ((1u << m->chunk_shift) < mc->chunk_rows)
         m->chunk_shift++;
     hr_status st = HR_OK;
@@ -324,6 +325,7 @@ uint32_t hr_model_rows(const hr_model *m, hr_table_id t)
 uint32_t hr_model_ctx_row(const hr_model *m, const char *field, size_t flen, const char *value,
                           size_t vlen)
 {
+    assert((m->t[HR_TABLE_CTX].max_rows & (m->t[HR_TABLE_CTX].max_rows - 1)) == 0);
     uint64_t h = hr_hash64(field, flen, m->cfg.seed ^ 0xc0ffee);
     if (value)
         h = hr_hash64(value, vlen, h);
@@ -332,8 +334,11 @@ uint32_t hr_model_ctx_row(const hr_model *m, const char *field, size_t flen, con
 
 float *hr_model_row(const hr_model *m, hr_table_id t, uint32_t row)
 {
+    assert((unsigned)t < HR_TABLE_COUNT);
     const table *tb = &m->t[t];
+    assert(row < tb->max_rows);
     float *chunk = atomic_load_explicit(&tb->chunks[row >> m->chunk_shift], memory_order_acquire);
+    assert(chunk); /* a row number exists only once its chunk does */
     return chunk + (size_t)(row & (m->cfg.chunk_rows - 1)) * m->L.stride;
 }
 
@@ -363,8 +368,10 @@ uint32_t hr_model_effective_row(const hr_model *m, hr_table_id t, uint32_t row)
 
 static atomic_uchar *mark(const hr_model *m, hr_table_id t, uint32_t row)
 {
+    assert((unsigned)t < HR_TABLE_COUNT && row < m->t[t].max_rows);
     atomic_uchar *marks =
         atomic_load_explicit(&m->t[t].dirty[row >> m->chunk_shift], memory_order_acquire);
+    assert(marks);
     return marks + (row & (m->cfg.chunk_rows - 1));
 }
 
@@ -464,6 +471,7 @@ int hr_model_active(const hr_model *m, const hr_event *ev, hr_active *out)
 int hr_model_active_rows(const hr_model *m, const hr_event *ev, uint32_t user, uint32_t item,
                          hr_active *out)
 {
+    assert(ev->nctx <= HR_MAX_CTX); /* ctx[] holds no more; the decoders cap it */
     int n = 0;
     out[n++] = (hr_active){hr_model_row(m, HR_TABLE_GLOBAL, 0), 1.0f, HR_GROUP_GLOBAL, 0};
     out[n++] = (hr_active){hr_model_row(m, HR_TABLE_USER, user), 1.0f, HR_GROUP_USER, 1};
