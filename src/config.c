@@ -265,7 +265,7 @@ static hr_status set_opt(hr_config *c, const opt *o, const char *value, hr_error
     switch (o->type) {
     case OPT_INT:
     case OPT_DOUBLE: {
-        double d;
+        double d = 0;
         hr_status st = parse_number(o->name, value, o->type == OPT_INT, o->min, o->max, &d, err);
         if (st != HR_OK)
             return st;
@@ -282,7 +282,7 @@ static hr_status set_opt(hr_config *c, const opt *o, const char *value, hr_error
         return HR_OK;
     case OPT_ENUM: {
         const char *names[MAX_CHOICES + 1];
-        int v;
+        int v = 0;
         hr_status st = parse_choice(o->name, opt_choices(o, names), value, &v, err);
         if (st != HR_OK)
             return st;

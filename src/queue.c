@@ -93,12 +93,14 @@ static size_t take(hr_queue *q, hr_event *out, size_t max)
     return n;
 }
 
+#ifndef NDEBUG /* used by assert() only */
 /* The invariant of the header comment. Caller holds q->mu. */
 static bool counts_ok(const hr_queue *q)
 {
     return q->count <= q->capacity && q->head < q->capacity &&
            q->accepted == q->popped + q->abandoned + q->count;
 }
+#endif
 
 hr_status hr_queue_create(size_t capacity, hr_queue **out)
 {

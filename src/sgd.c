@@ -68,6 +68,7 @@ static inline bool any_nonfinite(const float *a, uint32_t n)
     return bad != 0;
 }
 
+#ifndef NDEBUG /* used by assert() only */
 /* The layout rule of row.c, which every layout here comes from. */
 static bool layout_ok(const hr_row_layout *L)
 {
@@ -77,6 +78,7 @@ static bool layout_ok(const hr_row_layout *L)
                      : L->floats == L->stride && L->acc == 0 && L->ftrl == 0) &&
            (L->ftrl == 0 || L->ftrl == L->state + L->k + 1);
 }
+#endif
 
 /* s[d] = sum_f v_fd x_f; returns sum_f w_f x_f + 0.5 sum_d (s_d^2 - sum_f v_fd^2 x_f^2).
  * tmp is k floats of scratch. */
