@@ -7,9 +7,17 @@
  * says which commands the option applies to: their --help lists it and their
  * flags accept it. The config file and the environment may set any option
  * for any command (one file serves both); a command ignores the others.
+ *
+ * A choice option (loss, state, ...) is an enum field: its text is parsed
+ * here, once, against the names of its values, and a name that is none of
+ * them is an error listing them, whether it came from the file, the
+ * environment or a flag. The config dump and --help print the names. A
+ * command's own flags (hr_extra_flag) may have choices too, checked the
+ * same way.
  */
 #include "hogrec/config.h"
 
+#include <assert.h>
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
@@ -17,16 +25,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { OPT_INT, OPT_DOUBLE, OPT_STRING, OPT_JSON } opt_type;
+typedef enum { OPT_INT, OPT_DOUBLE, OPT_STRING, OPT_ENUM, OPT_JSON } opt_type;
 
 typedef struct {
     const char *name;    /* JSON key; flag is --name with '_' -> '-' */
     opt_type type;
     size_t offset;       /* into hr_config */
-    size_t size;         /* for OPT_STRING: buffer size */
+    size_t size;         /* OPT_STRING: buffer size; OPT_ENUM: sizeof the enum field */
     double min, max;     /* bounds for numbers */
     const char *def;     /* default, as text */
-    const char *choices; /* for strings: "a|b|c", or NULL for free text */
+    const char *(*choice)(int value); /* OPT_ENUM: name of value, value in [0, nchoices) */
+    int nchoices;        /* OPT_ENUM: how many values */
     bool runtime;        /* can change while running (through the admin API) */
     unsigned commands;   /* HR_CMD_* bits: the commands it applies to (their flags, --help) */
     const char *help;
@@ -34,9 +43,51 @@ typedef struct {
 
 #define OFF(f) offsetof(hr_config, f)
 #define SZ(f) sizeof(((hr_config *)0)->f)
-#define I(n, lo, hi, d, rt, cmd, h) {#n, OPT_INT, OFF(n), 0, lo, hi, d, NULL, rt, cmd, h}
-#define D(n, lo, hi, d, rt, cmd, h) {#n, OPT_DOUBLE, OFF(n), 0, lo, hi, d, NULL, rt, cmd, h}
-#define S(n, d, ch, rt, cmd, h) {#n, OPT_STRING, OFF(n), SZ(n), 0, 0, d, ch, rt, cmd, h}
+#define I(n, lo, hi, d, rt, cmd, h) {#n, OPT_INT, OFF(n), 0, lo, hi, d, NULL, 0, rt, cmd, h}
+#define D(n, lo, hi, d, rt, cmd, h) {#n, OPT_DOUBLE, OFF(n), 0, lo, hi, d, NULL, 0, rt, cmd, h}
+#define S(n, d, rt, cmd, h) {#n, OPT_STRING, OFF(n), SZ(n), 0, 0, d, NULL, 0, rt, cmd, h}
+/* An enum option: names(v) names value v of count values. */
+#define E(n, names, count, d, rt, cmd, h) \
+    {#n, OPT_ENUM, OFF(n), SZ(n), 0, 0, d, names, count, rt, cmd, h}
+/* An enum option's value is stored as an int (set_opt). */
+_Static_assert(sizeof(hr_loss) == sizeof(int) && sizeof(hr_config_state) == sizeof(int) &&
+                   sizeof(hr_config_neg) == sizeof(int) &&
+                   sizeof(hr_config_durability) == sizeof(int) && sizeof(hr_log_level) == sizeof(int),
+               "enum options are stored as int");
+
+static const char *const state_names[HR_CONFIG_STATE_COUNT] = {
+    [HR_CONFIG_STATE_AUTO] = "auto", [HR_CONFIG_STATE_SGD] = "sgd",
+    [HR_CONFIG_STATE_ADAGRAD] = "adagrad", [HR_CONFIG_STATE_FTRL] = "ftrl"};
+static const char *const neg_names[HR_CONFIG_NEG_COUNT] = {
+    [HR_CONFIG_NEG_AUTO] = "auto", [HR_CONFIG_NEG_ON] = "on", [HR_CONFIG_NEG_OFF] = "off"};
+static const char *const durability_names[HR_CONFIG_DURABILITY_COUNT] = {
+    [HR_CONFIG_DURABILITY_SYNC] = "sync", [HR_CONFIG_DURABILITY_INTERVAL] = "interval"};
+
+const char *hr_config_state_to_string(hr_config_state v)
+{
+    return (unsigned)v < HR_CONFIG_STATE_COUNT ? state_names[v] : "unknown";
+}
+
+const char *hr_config_neg_to_string(hr_config_neg v)
+{
+    return (unsigned)v < HR_CONFIG_NEG_COUNT ? neg_names[v] : "unknown";
+}
+
+const char *hr_config_durability_to_string(hr_config_durability v)
+{
+    return (unsigned)v < HR_CONFIG_DURABILITY_COUNT ? durability_names[v] : "unknown";
+}
+
+/* The table's name functions (int -> name). */
+static const char *loss_name(int v) { return hr_loss_to_string((hr_loss)v); }
+static const char *state_name(int v) { return hr_config_state_to_string((hr_config_state)v); }
+static const char *neg_name(int v) { return hr_config_neg_to_string((hr_config_neg)v); }
+static const char *durability_name(int v)
+{
+    return hr_config_durability_to_string((hr_config_durability)v);
+}
+static const char *log_level_name(int v) { return hr_log_level_to_string((hr_log_level)v); }
+
 /* the commands column */
 #define SERVE HR_CMD_SERVE
 #define ALL (HR_CMD_SERVE | HR_CMD_REPLAY)
@@ -44,8 +95,8 @@ typedef struct {
 static const opt options[] = {
     /* model */
     I(k, 1, 1024, "16", false, ALL, "factor dimension"),
-    S(loss, "logistic", "logistic|squared", false, ALL, "logistic (clicks) or squared (ratings)"),
-    S(state, "auto", "auto|sgd|adagrad|ftrl", false, ALL,
+    E(loss, loss_name, HR_LOSS_COUNT, "logistic", false, ALL, "logistic (clicks) or squared (ratings)"),
+    E(state, state_name, HR_CONFIG_STATE_COUNT, "auto", false, ALL,
       "optimizer state kept per row (auto: what the schedule's optimizer needs)"),
     D(init_scale, 0, 10, "0.05", false, ALL, "standard deviation of initial factors"),
     I(seed, 0, 9.2e18, "42", false, ALL, "seed of initialization, sampling and shuffles"),
@@ -63,22 +114,22 @@ static const opt options[] = {
     D(grad_clip, 0, 1e9, "100", false, ALL, "largest gradient norm per event (0 = no clip)"),
     D(adagrad_init, 1e-12, 1e6, "0.1", false, ALL, "initial AdaGrad accumulator"),
     D(rating_offset, -1e9, 1e9, "0", false, ALL, "squared loss: initial global bias"),
-    {"schedule", OPT_JSON, OFF(schedule), 0, 0, 0, NULL, NULL, true, ALL,
+    {"schedule", OPT_JSON, OFF(schedule), 0, 0, 0, NULL, NULL, 0, true, ALL,
      "learning-rate schedule and optimizer, a JSON object (see README); live: PUT /v1/admin/schedule"},
     /* trainers and queue */
     I(threads, 1, 256, "2", false, ALL, "trainer threads"),
     I(batch, 1, 65536, "256", false, ALL, "events a trainer takes from the queue at once"),
     I(queue_capacity, 16, 1 << 28, "262144", false, ALL, "events the queue holds"),
-    S(negative_sampling, "auto", "auto|on|off", false, ALL,
+    E(negative_sampling, neg_name, HR_CONFIG_NEG_COUNT, "auto", false, ALL,
       "sample negatives for positive-only streams (auto: until an explicit 0 label arrives)"),
     I(negatives, 0, 100, "1", false, ALL, "sampled negatives per positive"),
     D(negative_alpha, 0, 2, "0", false, ALL, "negatives by popularity^alpha (0 = uniform)"),
     I(progress_window, 100, 10000000, "10000", false, ALL, "events in the progressive-validation window"),
     /* server */
-    S(bind, "127.0.0.1", NULL, false, SERVE, "address to listen on"),
+    S(bind, "127.0.0.1", false, SERVE, "address to listen on"),
     I(port, 0, 65535, "8080", false, SERVE, "TCP port (0 = any free port)"),
     I(http_threads, 1, 256, "2", false, SERVE, "HTTP worker threads"),
-    S(admin_token, "", NULL, false, SERVE, "bearer token of the admin routes (empty = admin disabled)"),
+    S(admin_token, "", false, SERVE, "bearer token of the admin routes (empty = admin disabled)"),
     I(max_body_bytes, 1024, 1 << 30, "8388608", false, SERVE, "largest request body"),
     I(max_connections, 1, 100000, "1024", false, SERVE, "most open connections"),
     I(per_ip_connections, 0, 100000, "256", false, SERVE, "most connections per client IP (0 = no limit)"),
@@ -99,30 +150,56 @@ static const opt options[] = {
     D(popular_half_life, 0, 1e9, "86400", false, SERVE,
       "seconds for a positive event's weight in the popular fallback to halve (0 = plain count)"),
     /* persistence */
-    S(db, "hogrec.db", NULL, false, ALL,
+    S(db, "hogrec.db", false, ALL,
       "SQLite file (empty = no persistence); replay only takes its lock, so it never runs beside the server"),
     D(checkpoint_interval, 0, 1e7, "60", false, SERVE, "seconds between checkpoints (0 = off)"),
     I(checkpoint_events, 0, 1e12, "1000000", false, SERVE, "events between checkpoints (0 = off)"),
     I(keep_checkpoints, 1, 1000, "3", false, SERVE, "complete checkpoints kept"),
     I(full_every, 1, 100000, "10", false, SERVE, "a full checkpoint after this many incremental ones"),
-    S(durability, "sync", "sync|interval", false, SERVE,
+    E(durability, durability_name, HR_CONFIG_DURABILITY_COUNT, "sync", false, SERVE,
       "sync: events synced before the 202; interval: synced every sync_interval_ms"),
     I(sync_interval_ms, 1, 60000, "100", false, SERVE, "event-log sync period for durability interval"),
-    S(log_level, "info", "debug|info|warn|error", false, SERVE, "least severe log level printed"),
+    E(log_level, log_level_name, HR_LOG_LEVEL_COUNT, "info", false, SERVE,
+      "least severe log level printed"),
 };
 
-static bool choice_ok(const char *choices, const char *v)
+/* Most values of a choice (an option's or a command flag's). */
+#define MAX_CHOICES 16
+
+/* The names of an enum option's values, NULL-terminated, into names. */
+static const char *const *opt_choices(const opt *o, const char *names[MAX_CHOICES + 1])
 {
-    size_t n = strlen(v);
-    const char *p = choices;
-    while (p && *p) {
-        const char *bar = strchr(p, '|');
-        size_t len = bar ? (size_t)(bar - p) : strlen(p);
-        if (len == n && strncmp(p, v, n) == 0)
-            return true;
-        p = bar ? bar + 1 : NULL;
-    }
-    return false;
+    assert(o->type == OPT_ENUM && o->nchoices > 0 && o->nchoices <= MAX_CHOICES);
+    for (int i = 0; i < o->nchoices; i++)
+        names[i] = o->choice(i);
+    names[o->nchoices] = NULL;
+    return names;
+}
+
+/* "a|b|c" of a NULL-terminated list, into buf. */
+static const char *join_choices(const char *const *names, char *buf, size_t size)
+{
+    size_t n = 0;
+    buf[0] = 0;
+    for (int i = 0; names[i] && n < size; i++)
+        n += (size_t)snprintf(buf + n, size - n, "%s%s", i ? "|" : "", names[i]);
+    return buf;
+}
+
+/* The index of value in a NULL-terminated list of names; else HR_EINVAL
+ * with err naming the option (name) and listing the names: the one error of
+ * every choice, from a file, the environment or a flag. */
+static hr_status parse_choice(const char *name, const char *const *names, const char *value,
+                              int *index, hr_error *err)
+{
+    for (int i = 0; names[i]; i++)
+        if (strcmp(names[i], value) == 0) {
+            *index = i;
+            return HR_OK;
+        }
+    char list[160];
+    return hr_error_set(err, HR_EINVAL, name, "%s must be one of %s, not '%.40s'", name,
+                        join_choices(names, list, sizeof list), value);
 }
 
 static bool fopen_ok(const char *path)
@@ -164,22 +241,34 @@ static hr_status set_json_opt(hr_config *c, const opt *o, json_t *v, hr_error *e
     return HR_OK;
 }
 
+/* The number in value, an integer if integer, in [min, max]; else HR_EINVAL
+ * with err naming the option (name) and the bound. */
+static hr_status parse_number(const char *name, const char *value, bool integer, double min,
+                              double max, double *out, hr_error *err)
+{
+    errno = 0;
+    char *end = NULL;
+    double d = strtod(value, &end);
+    if (errno || end == value || *end || !isfinite(d))
+        return hr_error_set(err, HR_EINVAL, name, "%s: '%.40s' is not a number", name, value);
+    if (integer && d != floor(d))
+        return hr_error_set(err, HR_EINVAL, name, "%s must be an integer", name);
+    if (d < min || d > max)
+        return hr_error_set(err, HR_EINVAL, name, "%s must be in [%g, %g]", name, min, max);
+    *out = d;
+    return HR_OK;
+}
+
 static hr_status set_opt(hr_config *c, const opt *o, const char *value, hr_error *err)
 {
     char *base = (char *)c + o->offset;
     switch (o->type) {
     case OPT_INT:
     case OPT_DOUBLE: {
-        errno = 0;
-        char *end = NULL;
-        double d = strtod(value, &end);
-        if (errno || end == value || *end || !isfinite(d))
-            return hr_error_set(err, HR_EINVAL, o->name, "%s: '%s' is not a number", o->name, value);
-        if (o->type == OPT_INT && d != floor(d))
-            return hr_error_set(err, HR_EINVAL, o->name, "%s must be an integer", o->name);
-        if (d < o->min || d > o->max)
-            return hr_error_set(err, HR_EINVAL, o->name, "%s must be in [%g, %g]", o->name,
-                                o->min, o->max);
+        double d = 0;
+        hr_status st = parse_number(o->name, value, o->type == OPT_INT, o->min, o->max, &d, err);
+        if (st != HR_OK)
+            return st;
         if (o->type == OPT_INT)
             *(int64_t *)base = (int64_t)d;
         else
@@ -189,11 +278,18 @@ static hr_status set_opt(hr_config *c, const opt *o, const char *value, hr_error
     case OPT_STRING:
         if (strlen(value) >= o->size)
             return hr_error_set(err, HR_EINVAL, o->name, "%s is too long", o->name);
-        if (o->choices && !choice_ok(o->choices, value))
-            return hr_error_set(err, HR_EINVAL, o->name, "%s must be one of %s", o->name,
-                                o->choices);
         memcpy(base, value, strlen(value) + 1);
         return HR_OK;
+    case OPT_ENUM: {
+        const char *names[MAX_CHOICES + 1];
+        int v = 0;
+        hr_status st = parse_choice(o->name, opt_choices(o, names), value, &v, err);
+        if (st != HR_OK)
+            return st;
+        assert(o->size == sizeof v);
+        memcpy(base, &v, sizeof v);
+        return HR_OK;
+    }
     case OPT_JSON: {
         json_error_t jerr;
         json_t *v = json_loads(value, 0, &jerr);
@@ -251,7 +347,7 @@ static hr_status apply_json(hr_config *c, json_t *root, const char *origin, hr_e
             st = set_json_opt(c, o, json_incref(val), err);
         } else if (json_is_string(val)) {
             st = set_opt(c, o, json_string_value(val), err);
-        } else if (json_is_number(val) && o->type != OPT_STRING) {
+        } else if (json_is_number(val) && (o->type == OPT_INT || o->type == OPT_DOUBLE)) {
             char buf[64];
             snprintf(buf, sizeof buf, "%.17g", json_number_value(val));
             st = set_opt(c, o, buf, err);
@@ -345,6 +441,8 @@ hr_status hr_config_from_command_args(hr_config *c, hr_command cmd, int argc, ch
     hr_config_defaults(c);
     *help = false;
     *npositional = 0;
+    for (int j = 0; j < nextra; j++)
+        extra[j].choice = -1;
     /* First pass: --config and --help, so the file applies before flags. */
     const char *file = NULL;
     for (int i = 0; i < argc; i++) {
@@ -398,6 +496,12 @@ hr_status hr_config_from_command_args(hr_config *c, hr_command cmd, int argc, ch
         if (same_flag(arg + 2, n, "config"))
             continue;
         if (x) {
+            if (x->choices && (st = parse_choice(x->name, x->choices, v, &x->choice, err)) != HR_OK)
+                return st;
+            if (x->min < x->max &&
+                (st = parse_number(x->name, v, x->is_integer, x->min, x->max, &x->number, err)) !=
+                    HR_OK)
+                return st;
             x->value = v;
             continue;
         }
@@ -445,13 +549,22 @@ void hr_config_print_command_help(FILE *out, hr_command cmd, const hr_extra_flag
         for (char *p = flag + 2; *p; p++)
             if (*p == '_')
                 *p = '-';
-        fprintf(out, "  %-26s %s%s (default: %s)\n", flag, o->help,
-                o->runtime ? " [runtime]" : "", o->def ? (*o->def ? o->def : "\"\"") : "built-in");
+        char list[160] = "";
+        if (o->type == OPT_ENUM) {
+            const char *names[MAX_CHOICES + 1];
+            join_choices(opt_choices(o, names), list, sizeof list);
+        }
+        fprintf(out, "  %-26s %s%s (%s%sdefault: %s)\n", flag, o->help,
+                o->runtime ? " [runtime]" : "", list, *list ? "; " : "",
+                o->def ? (*o->def ? o->def : "\"\"") : "built-in");
     }
     for (int j = 0; j < nextra; j++) {
-        char flag[64];
+        char flag[64], list[160];
         snprintf(flag, sizeof flag, "--%s", extra[j].name);
-        fprintf(out, "  %-26s %s\n", flag, extra[j].help);
+        fprintf(out, "  %-26s %s", flag, extra[j].help);
+        if (extra[j].choices)
+            fprintf(out, " (%s)", join_choices(extra[j].choices, list, sizeof list));
+        fputc('\n', out);
     }
 }
 
@@ -470,6 +583,12 @@ json_t *hr_config_to_json(const hr_config *c)
                     ? json_string(*base ? "(set)" : "")
                     : json_string(base);
             break;
+        case OPT_ENUM: {
+            int e;
+            memcpy(&e, base, sizeof e);
+            v = json_string(op->choice(e));
+            break;
+        }
         case OPT_JSON: {
             json_t *const *j = (json_t *const *)base;
             v = *j ? json_deep_copy(*j) : json_null();

@@ -57,7 +57,7 @@ hr_events_config hr_events_config_from(const hr_config *c)
         .dedup_window = c->dedup_window,
         .dedup_capacity = (size_t)c->dedup_capacity,
         .half_life = c->popular_half_life,
-        .every_positive = strcmp(c->loss, "squared") == 0,
+        .every_positive = c->loss == HR_LOSS_SQUARED,
     };
     return ec;
 }

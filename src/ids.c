@@ -67,6 +67,7 @@
  */
 #include "hogrec/ids.h"
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -149,6 +150,8 @@ static void account(hr_ids *ids, size_t add, size_t sub)
 
 static inline uint64_t make_slot(const struct keyrec *rec)
 {
+    /* the arena hands out 8-byte aligned records below 2^48 */
+    assert(((uintptr_t)rec & 7) == 0 && (uintptr_t)rec < ARENA_ADDR_LIMIT);
     return (rec->hash >> PTR_BITS) << PTR_BITS | (uint64_t)((uintptr_t)rec >> 3);
 }
 
@@ -191,6 +194,7 @@ static inline void row_set(hr_ids *ids, uint32_t row, const struct keyrec *rec)
 {
     row_ref *chunk = atomic_load_explicit(&ids->rows[row >> ROW_CHUNK_BITS],
                                           memory_order_relaxed);
+    assert(chunk && row < ids->max_rows);
     atomic_store_explicit(&chunk[row & (ROW_CHUNK - 1)], rec, memory_order_release);
 }
 
@@ -277,6 +281,7 @@ static void index_clear(hr_ids *ids, uint64_t p)
 {
     struct index *idx = current(ids);
     uint64_t mask = idx->mask;
+    assert(slot_live(slot_load(idx, p)));
     /* Does a live key after p in the run have its home at or before p? */
     for (uint64_t q = (p + 1) & mask;; q = (q + 1) & mask) {
         uint64_t v = slot_load(idx, q);
@@ -344,6 +349,7 @@ static struct keyrec *arena_alloc(hr_ids *ids, size_t size)
         ids->arena = c = n;
         account(ids, sizeof *n + csize, 0);
     }
+    assert(size % 8 == 0 && c->size - c->used >= size); /* records stay 8-byte aligned */
     struct keyrec *rec = (struct keyrec *)((char *)c->data + c->used);
     c->used += size;
     return rec;
@@ -471,12 +477,14 @@ static hr_status insert_locked(hr_ids *ids, uint64_t hash, const char *key, size
     }
 
     /* Publish: row pointer, then the slot that makes the id findable. */
+    assert(row < ids->max_rows && !row_get(ids, row));
     row_set(ids, row, rec);
     index_put(ids, rec);
     atomic_fetch_add_explicit(&ids->count, 1, memory_order_relaxed);
     if (from_free) {
         ids->free_n--;
     } else if (row >= hw) {
+        assert(ids->free_n + (row - hw) <= ids->free_cap); /* reserve_free made room */
         for (uint32_t r = row; r-- > hw;) /* holes; lowest ends on top */
             ids->free_rows[ids->free_n++] = r;
         atomic_store_explicit(&ids->high_water, row + 1, memory_order_release);

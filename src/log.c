@@ -4,6 +4,7 @@
  */
 #include "hogrec/log.h"
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -13,26 +14,37 @@
 #include "hogrec/common.h"
 
 static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
-static atomic_int min_rank = 1; /* info */
+static atomic_int min_rank = HR_LOG_INFO;
 
-/* Rank of a level name: debug 0, info 1, warn 2, error 3 (unknown: info). */
-static int level_rank(const char *level)
+static const char *const level_names[HR_LOG_LEVEL_COUNT] = {
+    [HR_LOG_DEBUG] = "debug", [HR_LOG_INFO] = "info", [HR_LOG_WARN] = "warn", [HR_LOG_ERROR] = "error"};
+
+const char *hr_log_level_to_string(hr_log_level level)
 {
-    static const char *const names[] = {"debug", "info", "warn", "error"};
-    for (int i = 0; i < 4; i++)
-        if (strcmp(level, names[i]) == 0)
-            return i;
-    return 1;
+    return (unsigned)level < HR_LOG_LEVEL_COUNT ? level_names[level] : "unknown";
 }
 
-void hr_log_set_level(const char *level)
+/* The level of a name the code wrote (hr_log's first argument). A name
+ * that is none of them is a bug: asserted, and logged as an error in a
+ * build without asserts, so the line is not lost. */
+static hr_log_level level_of(const char *name)
 {
-    atomic_store(&min_rank, level_rank(level));
+    for (int i = 0; i < HR_LOG_LEVEL_COUNT; i++)
+        if (strcmp(name, level_names[i]) == 0)
+            return (hr_log_level)i;
+    assert(!"hr_log: unknown level name");
+    return HR_LOG_ERROR;
+}
+
+void hr_log_set_level(hr_log_level level)
+{
+    assert((unsigned)level < HR_LOG_LEVEL_COUNT);
+    atomic_store(&min_rank, (int)level);
 }
 
 void hr_log(const char *level, const char *msg, json_t *fields)
 {
-    if (level_rank(level) < atomic_load_explicit(&min_rank, memory_order_relaxed)) {
+    if ((int)level_of(level) < atomic_load_explicit(&min_rank, memory_order_relaxed)) {
         json_decref(fields);
         return;
     }

@@ -16,6 +16,7 @@
  */
 #include "hogrec/model.h"
 
+#include <assert.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -53,27 +54,6 @@ typedef struct {
     hr_table_id t;
 } init_ctx;
 
-/* Weights [v, bias, count, last_seen] padded to 16 bytes; the state block
- * has the same stride (k+1 accumulators and FTRL's z, n fit in k+3). */
-static hr_row_layout make_layout(uint32_t k, hr_state_kind st, uint32_t chunk_rows)
-{
-    hr_row_layout L = {0};
-    L.k = k;
-    L.bias = k;
-    L.count = k + 1;
-    L.last_seen = k + 2;
-    L.stride = (k + 3 + 3) & ~3u;
-    L.floats = L.stride;
-    if (st != HR_STATE_SGD) {
-        L.state = chunk_rows * L.stride;
-        L.acc = L.state;
-        L.floats = 2 * L.stride;
-    }
-    if (st == HR_STATE_FTRL)
-        L.ftrl = L.state + k + 1;
-    return L;
-}
-
 /* Floats of one chunk: the weights block and, with state, the state block. */
 static size_t chunk_floats(const hr_model *m)
 {
@@ -85,15 +65,21 @@ hr_status hr_model_config_from(const hr_config *c, const hr_schedule *s, hr_mode
 {
     memset(out, 0, sizeof *out);
     out->k = (uint32_t)c->k;
-    out->loss = strcmp(c->loss, "squared") == 0 ? HR_LOSS_SQUARED : HR_LOSS_LOGISTIC;
-    if (strcmp(c->state, "auto") == 0)
-        out->state = s->optimizer == HR_OPT_SGD       ? HR_STATE_SGD
-                     : s->optimizer == HR_OPT_ADAGRAD ? HR_STATE_ADAGRAD
-                                                      : HR_STATE_FTRL;
-    else
-        out->state = strcmp(c->state, "sgd") == 0       ? HR_STATE_SGD
-                     : strcmp(c->state, "adagrad") == 0 ? HR_STATE_ADAGRAD
-                                                        : HR_STATE_FTRL;
+    out->loss = c->loss;
+    /* the state the schedule's optimizer needs */
+    const hr_state_kind need = s->optimizer == HR_OPT_SGD       ? HR_STATE_SGD
+                               : s->optimizer == HR_OPT_ADAGRAD ? HR_STATE_ADAGRAD
+                                                                : HR_STATE_FTRL;
+    switch (c->state) {
+    case HR_CONFIG_STATE_SGD: out->state = HR_STATE_SGD; break;
+    case HR_CONFIG_STATE_ADAGRAD: out->state = HR_STATE_ADAGRAD; break;
+    case HR_CONFIG_STATE_FTRL: out->state = HR_STATE_FTRL; break;
+    case HR_CONFIG_STATE_AUTO:
+    default: /* the config parser admits no other value */
+        assert(c->state == HR_CONFIG_STATE_AUTO);
+        out->state = need;
+        break;
+    }
     out->init_scale = (float)c->init_scale;
     out->seed = (uint64_t)c->seed;
     out->l2[HR_GROUP_GLOBAL] = c->l2_global;
@@ -113,12 +99,10 @@ hr_status hr_model_config_from(const hr_config *c, const hr_schedule *s, hr_mode
     out->rating_offset = (float)c->rating_offset;
     if (out->chunk_rows & (out->chunk_rows - 1))
         return hr_error_set(err, HR_EINVAL, "chunk_rows", "chunk_rows must be a power of two");
-    hr_state_kind need = s->optimizer == HR_OPT_SGD       ? HR_STATE_SGD
-                         : s->optimizer == HR_OPT_ADAGRAD ? HR_STATE_ADAGRAD
-                                                          : HR_STATE_FTRL;
     if (need > out->state)
         return hr_error_set(err, HR_EINVAL, "state",
-                            "state '%s' keeps no optimizer state for optimizer '%s'", c->state,
+                            "state '%s' keeps no optimizer state for optimizer '%s'",
+                            hr_config_state_to_string(c->state),
                             hr_optimizer_to_string(s->optimizer));
     return HR_OK;
 }
@@ -226,7 +210,8 @@ hr_status hr_model_create(const hr_model_config *mc, hr_model **out, hr_error *e
     if (!m)
         return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
     m->cfg = *mc;
-    m->L = make_layout(mc->k, mc->state, mc->chunk_rows);
+    m->L = hr_row_layout_make(mc->k, mc->state, mc->chunk_rows);
+    assert((uint64_t)mc->chunk_rows * m->L.floats < UINT32_MAX); /* checked above */
     while ((1u << m->chunk_shift) < mc->chunk_rows)
         m->chunk_shift++;
     hr_status st = HR_OK;
@@ -340,6 +325,7 @@ uint32_t hr_model_rows(const hr_model *m, hr_table_id t)
 uint32_t hr_model_ctx_row(const hr_model *m, const char *field, size_t flen, const char *value,
                           size_t vlen)
 {
+    assert((m->t[HR_TABLE_CTX].max_rows & (m->t[HR_TABLE_CTX].max_rows - 1)) == 0);
     uint64_t h = hr_hash64(field, flen, m->cfg.seed ^ 0xc0ffee);
     if (value)
         h = hr_hash64(value, vlen, h);
@@ -348,8 +334,11 @@ uint32_t hr_model_ctx_row(const hr_model *m, const char *field, size_t flen, con
 
 float *hr_model_row(const hr_model *m, hr_table_id t, uint32_t row)
 {
+    assert((unsigned)t < HR_TABLE_COUNT);
     const table *tb = &m->t[t];
+    assert(row < tb->max_rows);
     float *chunk = atomic_load_explicit(&tb->chunks[row >> m->chunk_shift], memory_order_acquire);
+    assert(chunk); /* a row number exists only once its chunk does */
     return chunk + (size_t)(row & (m->cfg.chunk_rows - 1)) * m->L.stride;
 }
 
@@ -379,8 +368,10 @@ uint32_t hr_model_effective_row(const hr_model *m, hr_table_id t, uint32_t row)
 
 static atomic_uchar *mark(const hr_model *m, hr_table_id t, uint32_t row)
 {
+    assert((unsigned)t < HR_TABLE_COUNT && row < m->t[t].max_rows);
     atomic_uchar *marks =
         atomic_load_explicit(&m->t[t].dirty[row >> m->chunk_shift], memory_order_acquire);
+    assert(marks);
     return marks + (row & (m->cfg.chunk_rows - 1));
 }
 
@@ -480,6 +471,7 @@ int hr_model_active(const hr_model *m, const hr_event *ev, hr_active *out)
 int hr_model_active_rows(const hr_model *m, const hr_event *ev, uint32_t user, uint32_t item,
                          hr_active *out)
 {
+    assert(ev->nctx <= HR_MAX_CTX); /* ctx[] holds no more; the decoders cap it */
     int n = 0;
     out[n++] = (hr_active){hr_model_row(m, HR_TABLE_GLOBAL, 0), 1.0f, HR_GROUP_GLOBAL, 0};
     out[n++] = (hr_active){hr_model_row(m, HR_TABLE_USER, user), 1.0f, HR_GROUP_USER, 1};
@@ -492,7 +484,7 @@ int hr_model_active_rows(const hr_model *m, const hr_event *ev, uint32_t user, u
 
 double hr_model_link(const hr_model *m, double y)
 {
-    return m->cfg.loss == HR_LOSS_SQUARED ? y : 1.0 / (1.0 + exp(-y));
+    return hr_row_link(m->cfg.loss, y);
 }
 
 double hr_model_predict(const hr_model *m, const hr_event *ev)

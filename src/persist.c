@@ -298,7 +298,7 @@ hr_status hr_persist_open(hr_app *app, hr_persist **out, hr_evlog **log, hr_erro
 
     char logpath[HR_CONFIG_STR + 16];
     snprintf(logpath, sizeof logpath, "%s-events", app->cfg.db);
-    bool sync = strcmp(app->cfg.durability, "interval") != 0;
+    bool sync = app->cfg.durability != HR_CONFIG_DURABILITY_INTERVAL;
     hr_store_options lo = {.kind = HR_STORE_LOG, .sync_full = sync, .busy_ms = BUSY_MS,
                            .quick_check = true};
     if ((st = hr_store_open(logpath, &lo, &p->logstore, &e2)) != HR_OK) {
@@ -710,7 +710,7 @@ json_t *hr_persist_stats(hr_persist *p)
     hr_evlog_counts(p->log, &durable, &commits, &failures, &pending);
     const char *h = hr_evlog_health(p->log);
     json_t *lg = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:s?}", "durability",
-                           p->app->cfg.durability, "last_seq",
+                           hr_config_durability_to_string(p->app->cfg.durability), "last_seq",
                            (json_int_t)hr_evlog_last_seq(p->log), "committed_seq",
                            (json_int_t)durable, "commits", (json_int_t)commits, "failures",
                            (json_int_t)failures, "pending", (json_int_t)pending, "error", h);

@@ -27,6 +27,7 @@
  */
 #include "hogrec/queue.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -58,6 +59,7 @@ struct hr_queue {
  * that n <= capacity - count. */
 static void put(hr_queue *q, const hr_event *evs, size_t n)
 {
+    assert(n <= q->capacity - q->count);
     size_t tail = q->head + q->count;
     if (tail >= q->capacity)
         tail -= q->capacity;
@@ -87,8 +89,18 @@ static size_t take(hr_queue *q, hr_event *out, size_t max)
     q->count -= n;
     if (q->count == 0)
         q->head = 0; /* keeps later batches in one span more often */
+    assert(q->head < q->capacity);
     return n;
 }
+
+#ifndef NDEBUG /* used by assert() only */
+/* The invariant of the header comment. Caller holds q->mu. */
+static bool counts_ok(const hr_queue *q)
+{
+    return q->count <= q->capacity && q->head < q->capacity &&
+           q->accepted == q->popped + q->abandoned + q->count;
+}
+#endif
 
 hr_status hr_queue_create(size_t capacity, hr_queue **out)
 {
@@ -186,6 +198,7 @@ hr_status hr_queue_push(hr_queue *q, const hr_event *evs, size_t n, bool wait)
     }
     put(q, evs, n);
     q->accepted += n;
+    assert(counts_ok(q));
     if (q->pop_waiters > 0)
         pthread_cond_signal(&q->not_empty);
     if (wait && q->push_waiters > 0)
@@ -228,6 +241,7 @@ static hr_status pop_common(hr_queue *q, hr_event *out, size_t max, size_t *n,
     }
     size_t got = take(q, out, max);
     q->popped += got;
+    assert(got >= 1 && counts_ok(q));
     if (q->count > 0 && q->pop_waiters > 0)
         pthread_cond_signal(&q->not_empty); /* pass the baton */
     if (q->push_waiters > 0)
@@ -267,6 +281,7 @@ void hr_queue_close(hr_queue *q, bool drain)
         q->count = 0;
         q->head = 0;
     }
+    assert(counts_ok(q));
     pthread_cond_broadcast(&q->not_empty);
     pthread_cond_broadcast(&q->not_full);
     pthread_cond_broadcast(&q->empty);

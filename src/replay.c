@@ -226,14 +226,27 @@ static void report_skips(const char *file, const hr_replay_skips *s)
 
 int hr_replay_main(int argc, char **argv)
 {
+    /* Indexed by hr_replay_format and hr_replay_order. */
+    static const char *const formats[] = {[HR_FMT_NDJSON] = "ndjson",
+                                          [HR_FMT_MOVIELENS] = "movielens", NULL};
+    static const char *const orders[] = {[HR_ORDER_FILE] = "file", [HR_ORDER_TIME] = "time",
+                                         [HR_ORDER_SHUFFLE] = "shuffle", NULL};
     hr_extra_flag extra[] = {
-        {"format", "replay: ndjson | movielens (default: movielens if the file ends in .data/.base/.test, else ndjson)", NULL, false},
-        {"binarize", "replay: movielens rating >= R is a click, lower a non-click", NULL, false},
-        {"passes", "replay: passes over the file (default 1)", NULL, false},
-        {"order", "replay: file | time | shuffle (default time)", NULL, false},
-        {"test", "replay: held-out file to evaluate after training", NULL, false},
-        {"strict", "replay: stop at the first bad line (default: skip bad lines, count them)", NULL,
-         true},
+        {.name = "format",
+         .help = "replay: the file's format, by default movielens if its name ends in "
+                 ".data/.base/.test, else ndjson",
+         .choices = formats},
+        {.name = "binarize",
+         .help = "replay: movielens rating >= R is a click, lower a non-click (default 0: off)",
+         .min = 0, .max = 1e9},
+        {.name = "passes", .help = "replay: passes over the file (default 1)", .min = 1,
+         .max = 100000, .is_integer = true},
+        {.name = "order", .help = "replay: the order events train in, by default time",
+         .choices = orders},
+        {.name = "test", .help = "replay: held-out file to evaluate after training"},
+        {.name = "strict",
+         .help = "replay: stop at the first bad line (default: skip bad lines, count them)",
+         .is_switch = true},
     };
     enum { X_FORMAT, X_BINARIZE, X_PASSES, X_ORDER, X_TEST, X_STRICT };
     hr_config cfg;
@@ -265,37 +278,17 @@ int hr_replay_main(int argc, char **argv)
     }
     const char *file = pos[0];
     hr_replay_format fmt = HR_FMT_NDJSON;
-    const char *fv = extra[X_FORMAT].value;
-    if (fv) {
-        if (strcmp(fv, "movielens") == 0)
-            fmt = HR_FMT_MOVIELENS;
-        else if (strcmp(fv, "ndjson") != 0) {
-            fprintf(stderr, "hogrec replay: --format must be ndjson or movielens\n");
-            goto out;
-        }
+    if (extra[X_FORMAT].choice >= 0) {
+        fmt = (hr_replay_format)extra[X_FORMAT].choice;
     } else {
         const char *dot = strrchr(file, '.');
         if (dot && (!strcmp(dot, ".data") || !strcmp(dot, ".base") || !strcmp(dot, ".test")))
             fmt = HR_FMT_MOVIELENS;
     }
-    double binarize = extra[X_BINARIZE].value ? atof(extra[X_BINARIZE].value) : 0;
-    long passes = extra[X_PASSES].value ? strtol(extra[X_PASSES].value, NULL, 10) : 1;
-    if (passes < 1 || passes > 100000) {
-        fprintf(stderr, "hogrec replay: --passes must be 1 to 100000\n");
-        goto out;
-    }
-    hr_replay_order order = HR_ORDER_TIME;
-    const char *ov = extra[X_ORDER].value;
-    if (ov) {
-        if (!strcmp(ov, "file"))
-            order = HR_ORDER_FILE;
-        else if (!strcmp(ov, "shuffle"))
-            order = HR_ORDER_SHUFFLE;
-        else if (strcmp(ov, "time")) {
-            fprintf(stderr, "hogrec replay: --order must be file, time or shuffle\n");
-            goto out;
-        }
-    }
+    double binarize = extra[X_BINARIZE].value ? extra[X_BINARIZE].number : 0;
+    long passes = extra[X_PASSES].value ? (long)extra[X_PASSES].number : 1;
+    hr_replay_order order = extra[X_ORDER].choice >= 0 ? (hr_replay_order)extra[X_ORDER].choice
+                                                        : HR_ORDER_TIME;
     bool strict = extra[X_STRICT].value != NULL;
     /* replay trains in memory and leaves the database to the server; given
      * a --db it still takes that database's lock, so it never runs beside

@@ -24,6 +24,7 @@
  */
 #include "hogrec/sgd.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdbool.h>
 #include <string.h>
@@ -67,11 +68,25 @@ static inline bool any_nonfinite(const float *a, uint32_t n)
     return bad != 0;
 }
 
+#ifndef NDEBUG /* used by assert() only */
+/* The layout rule of row.c, which every layout here comes from. */
+static bool layout_ok(const hr_row_layout *L)
+{
+    return L->k >= 1 && L->bias == L->k && L->count == L->k + 1 && L->last_seen == L->k + 2 &&
+           L->stride >= L->k + 3 && L->stride % 4 == 0 &&
+           (L->state ? L->floats == 2 * L->stride && L->acc == L->state
+                     : L->floats == L->stride && L->acc == 0 && L->ftrl == 0) &&
+           (L->ftrl == 0 || L->ftrl == L->state + L->k + 1);
+}
+#endif
+
 /* s[d] = sum_f v_fd x_f; returns sum_f w_f x_f + 0.5 sum_d (s_d^2 - sum_f v_fd^2 x_f^2).
  * tmp is k floats of scratch. */
 static double score_into(const hr_row_layout *L, const hr_active *a, int n, float *s, float *tmp)
 {
     const uint32_t k = L->k;
+    assert(layout_ok(L));
+    assert(n >= 1 && n <= HR_MAX_ACTIVE); /* the model resolves at most this many */
     double lin = 0;
     for (uint32_t d = 0; d < k; d++)
         s[d] = tmp[d] = 0;
@@ -98,13 +113,6 @@ double hr_sgd_score(const hr_row_layout *L, const hr_active *a, int n)
 {
     float s[L->k], tmp[L->k];
     return score_into(L, a, n, s, tmp);
-}
-
-static inline double link(hr_loss loss, double y)
-{
-    if (loss == HR_LOSS_SQUARED)
-        return y;
-    return 1.0 / (1.0 + exp(-y));
 }
 
 /* One coordinate of FTRL-Proximal (McMahan et al. 2013) on a linear weight.
@@ -158,7 +166,7 @@ hr_step_result hr_sgd_step(const hr_row_layout *L, const hr_active *a, int n, fl
     float s[k], tmp[k], nv[k], nG[k];
     double y = score_into(L, a, n, s, tmp);
     *y_before = y;
-    double pred = link(p->loss, y);
+    double pred = hr_row_link(p->loss, y);
     if (pred_before)
         *pred_before = pred;
     double g = weight * (pred - label); /* dLoss/dy for both losses */
@@ -261,6 +269,7 @@ uint32_t hr_sgd_row_last_seen(const hr_row_layout *L, const float *row)
 
 void hr_sgd_row_read(const hr_row_layout *L, const float *row, float *dst)
 {
+    assert(layout_ok(L));
     memcpy(dst, row, (size_t)L->stride * sizeof(float));
     if (L->state)
         memcpy(dst + L->stride, row + L->state, (size_t)L->stride * sizeof(float));
@@ -268,6 +277,7 @@ void hr_sgd_row_read(const hr_row_layout *L, const float *row, float *dst)
 
 void hr_sgd_row_write(const hr_row_layout *L, float *row, const float *src)
 {
+    assert(layout_ok(L));
     memcpy(row, src, (size_t)L->stride * sizeof(float));
     if (L->state)
         memcpy(row + L->state, src + L->stride, (size_t)L->stride * sizeof(float));

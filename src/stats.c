@@ -8,6 +8,7 @@
  */
 #include "hogrec/stats.h"
 
+#include <assert.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -89,6 +90,7 @@ void hr_progress_add(hr_progress *p, const hr_progress_point *pts, size_t n)
             bad++;
     }
     pthread_mutex_lock(&p->mu);
+    assert(p->head < p->window);
     for (size_t i = 0; i < n; i++) {
         if (!point_finite(&pts[i]))
             continue;
@@ -163,6 +165,7 @@ void hr_progress_get(hr_progress *p, size_t last_n, hr_progress_report *out)
     pthread_mutex_lock(&p->mu);
     size_t have = p->total < p->window ? (size_t)p->total : p->window;
     size_t n = last_n && last_n < have ? last_n : have;
+    assert(n <= p->window && p->head < p->window);
     hr_progress_point *copy = malloc((n ? n : 1) * sizeof *copy);
     if (copy)
         for (size_t i = 0; i < n; i++)
@@ -245,6 +248,7 @@ void hr_hist_merge(hr_hist *dst, const hr_hist *const *srcs, size_t n)
 
 uint64_t hr_hist_quantile(const hr_hist *h, double q)
 {
+    assert(q >= 0 && q <= 1); /* the code's constants */
     uint64_t counts[HR_HIST_BUCKETS], total = 0;
     for (int i = 0; i < HR_HIST_BUCKETS; i++) {
         counts[i] = atomic_load_explicit(&((hr_hist *)h)->b[i], memory_order_relaxed);

@@ -101,9 +101,9 @@ hr_trainer_config hr_trainer_config_from(const hr_config *c)
     memset(&t, 0, sizeof t);
     t.threads = (unsigned)c->threads;
     t.batch = (unsigned)c->batch;
-    t.neg_mode = strcmp(c->negative_sampling, "on") == 0    ? HR_NEG_ON
-                 : strcmp(c->negative_sampling, "off") == 0 ? HR_NEG_OFF
-                                                            : HR_NEG_AUTO;
+    t.neg_mode = c->negative_sampling == HR_CONFIG_NEG_ON    ? HR_NEG_ON
+                 : c->negative_sampling == HR_CONFIG_NEG_OFF ? HR_NEG_OFF
+                                                             : HR_NEG_AUTO;
     t.negatives = (unsigned)c->negatives;
     t.neg_alpha = c->negative_alpha;
     t.seed = (uint64_t)c->seed;

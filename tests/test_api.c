@@ -18,7 +18,7 @@ static hr_model *make_model(const char *loss)
     c.max_items = 64;
     c.chunk_rows = 64;
     c.context_bits = 4;
-    strcpy(c.loss, loss);
+    assert_int_equal(hr_config_set(&c, "loss", loss, NULL), HR_OK);
     hr_schedule s;
     hr_schedule_defaults(&s);
     hr_model_config mc;

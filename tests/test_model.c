@@ -157,6 +157,31 @@ static void test_ctx_rows_and_bytes_per_row(void **state)
     }
 }
 
+/* The model lays its rows out by the row rule (row.h), chunk and all, and
+ * its link is the row link of its loss. */
+static void test_layout_and_link_are_the_row_rules(void **state)
+{
+    (void)state;
+    const hr_state_kind kinds[] = {HR_STATE_SGD, HR_STATE_ADAGRAD, HR_STATE_FTRL};
+    for (size_t i = 0; i < HR_ARRAY_LEN(kinds); i++) {
+        hr_model *m = make(12, kinds[i], 0, 0);
+        hr_row_layout want = hr_row_layout_make(12, kinds[i], 64);
+        assert_memory_equal(hr_model_layout(m), &want, sizeof want);
+        assert_int_equal(want.stride % 4, 0);
+        assert_true(want.stride >= 12 + 3);
+        if (kinds[i] != HR_STATE_SGD)
+            assert_int_equal(want.state, 64 * want.stride);
+        /* rows are distinct within a chunk: weights of row 1 follow row 0's */
+        assert_ptr_equal(hr_model_row(m, HR_TABLE_CTX, 1), hr_model_row(m, HR_TABLE_CTX, 0) + want.stride);
+        for (double y = -30; y <= 30; y += 7.5)
+            assert_true(hr_model_link(m, y) == hr_row_link(HR_LOSS_LOGISTIC, y));
+        hr_model_destroy(m);
+    }
+    assert_float_equal(hr_sigmoid(0), 0.5, 0);
+    assert_float_equal(hr_sigmoid(2) + hr_sigmoid(-2), 1.0, 1e-15);
+    assert_true(hr_row_link(HR_LOSS_SQUARED, 3.25) == 3.25);
+}
+
 typedef struct {
     hr_model *m;
     int base;
@@ -214,6 +239,7 @@ int main(void)
         cmocka_unit_test(test_item_blocks_cover_rows),
         cmocka_unit_test(test_expiry_removes_and_reuses),
         cmocka_unit_test(test_ctx_rows_and_bytes_per_row),
+        cmocka_unit_test(test_layout_and_link_are_the_row_rules),
         cmocka_unit_test(test_concurrent_intern_and_score),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

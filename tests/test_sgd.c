@@ -21,23 +21,11 @@ typedef struct {
     hr_active a[NF];
 } world;
 
+/* One row per chunk: a row's state follows its weights, so a world row
+ * below is one packed row, and the kernel needs no model. */
 static hr_row_layout layout_for(hr_state_kind st)
 {
-    /* The layout rule of model.c, from a real model with one row per chunk:
-     * then a row's state follows its weights, and a world row below is one
-     * packed row. */
-    hr_model_config mc = {0};
-    mc.k = K;
-    mc.state = st;
-    mc.chunk_rows = 1;
-    for (int t = 0; t < HR_TABLE_COUNT; t++)
-        mc.max_rows[t] = 64;
-    hr_model *m;
-    hr_error err;
-    assert_int_equal(hr_model_create(&mc, &m, &err), HR_OK);
-    hr_row_layout L = *hr_model_layout(m);
-    hr_model_destroy(m);
-    return L;
+    return hr_row_layout_make(K, st, 1);
 }
 
 static void make_world(world *w, hr_state_kind st, uint64_t seed)
@@ -82,7 +70,7 @@ static double ref_score(const world *w)
 
 static double ref_loss(const world *w, double label)
 {
-    double p = 1.0 / (1.0 + exp(-ref_score(w)));
+    double p = 1.0 / (1.0 + exp(-ref_score(w))); /* the reference, written out */
     return -(label * log(p) + (1 - label) * log(1 - p));
 }
 

@@ -107,7 +107,7 @@ void tu_small_config(hr_config *c, const char *db)
     c->threads = 1;
     c->checkpoint_interval = 0;
     c->checkpoint_events = 0;
-    snprintf(c->negative_sampling, sizeof c->negative_sampling, "off");
+    c->negative_sampling = HR_CONFIG_NEG_OFF;
 }
 
 hr_model *tu_small_model(int64_t max_users, int64_t max_items)

@@ -18,14 +18,46 @@
 #include <stdio.h>
 
 #include "hogrec/common.h"
+#include "hogrec/log.h" /* hr_log_level */
+#include "hogrec/row.h" /* hr_loss */
 
 #define HR_CONFIG_STR 256
+
+/* Choice options are enums, parsed once from their names (the option table
+ * lists the names; an unknown name is an error listing them). Their values
+ * are indexes into that list. */
+
+/* `state`: the optimizer state rows keep, or what the schedule needs. */
+typedef enum {
+    HR_CONFIG_STATE_AUTO,
+    HR_CONFIG_STATE_SGD,
+    HR_CONFIG_STATE_ADAGRAD,
+    HR_CONFIG_STATE_FTRL,
+    HR_CONFIG_STATE_COUNT
+} hr_config_state;
+
+/* `negative_sampling`. */
+typedef enum { HR_CONFIG_NEG_AUTO, HR_CONFIG_NEG_ON, HR_CONFIG_NEG_OFF, HR_CONFIG_NEG_COUNT } hr_config_neg;
+
+/* `durability` of the event log. */
+typedef enum {
+    HR_CONFIG_DURABILITY_SYNC,
+    HR_CONFIG_DURABILITY_INTERVAL,
+    HR_CONFIG_DURABILITY_COUNT
+} hr_config_durability;
+
+/* The option's name of a value ("auto", "on", "sync", ...); static strings,
+ * "unknown" out of range. hr_loss_to_string (row.h) and
+ * hr_log_level_to_string (log.h) name the other two. */
+const char *hr_config_state_to_string(hr_config_state s);
+const char *hr_config_neg_to_string(hr_config_neg n);
+const char *hr_config_durability_to_string(hr_config_durability d);
 
 typedef struct {
     /* model */
     int64_t k;                 /* factor dimension */
-    char loss[16];             /* "logistic" | "squared" */
-    char state[16];            /* optimizer state kept per row: "sgd" | "adagrad" | "ftrl" | "auto" */
+    hr_loss loss;              /* logistic | squared */
+    hr_config_state state;     /* optimizer state kept per row: auto | sgd | adagrad | ftrl */
     double init_scale;         /* stddev of initial factors */
     int64_t seed;              /* seed of init, sampling and shuffles */
     double l2_global, l2_bias, l2_user, l2_item, l2_context; /* L2 per group */
@@ -43,7 +75,7 @@ typedef struct {
     int64_t threads;           /* trainer threads */
     int64_t batch;             /* events a trainer pops at once */
     int64_t queue_capacity;    /* events the queue holds */
-    char negative_sampling[8]; /* "auto" | "on" | "off" */
+    hr_config_neg negative_sampling; /* auto | on | off */
     int64_t negatives;         /* sampled negatives per positive */
     double negative_alpha;     /* 0 = uniform, else popularity^alpha */
     int64_t progress_window;   /* events in the progressive-validation window */
@@ -70,9 +102,9 @@ typedef struct {
     int64_t checkpoint_events;  /* events between checkpoints (0 = off) */
     int64_t keep_checkpoints;   /* complete checkpoints kept */
     int64_t full_every;         /* a full checkpoint every N increments */
-    char durability[16];        /* "sync" | "interval" */
+    hr_config_durability durability; /* sync | interval */
     int64_t sync_interval_ms;   /* for durability "interval" */
-    char log_level[8];          /* "debug" | "info" | "warn" | "error" */
+    hr_log_level log_level;     /* debug | info | warn | error */
 } hr_config;
 
 /* The commands that read a config; an option applies to some of them. */
@@ -110,7 +142,8 @@ hr_status hr_config_load_env(hr_config *c, hr_error *err);
  * config_default if it exists and no --config is given), then environment,
  * then flags. Flags are --name value or --name=value (dashes or underscores);
  * a flag named in extra[] (command-specific, e.g. replay's --passes) has its
- * value stored there instead. Arguments that are not options are returned in
+ * value stored there instead (checked against its choices or bounds, if
+ * any, by the same code as the table's options). Arguments that are not options are returned in
  * positional (borrowed from argv), at most max_positional. --help (or -h)
  * sets *help and returns at once (the caller prints the help). A flag of an
  * option that does not apply to cmd is an error (HR_EINVAL, err naming the
@@ -121,6 +154,13 @@ typedef struct {
     const char *help;  /* one line for --help */
     const char *value; /* out: the value given, or NULL (borrowed from argv) */
     bool is_switch;    /* takes no value: value is "" when the flag is given */
+    const char *const *choices; /* NULL-terminated names the value must be one of (an
+                                   error lists them), or NULL for any text; borrowed */
+    int choice;        /* out: the index in choices of the value given, -1 if none */
+    double min, max;   /* min < max: the value is a number in [min, max], as the
+                          table's numbers are (an error names the bounds) */
+    bool is_integer;   /* with min < max: the number is an integer */
+    double number;     /* out: the number given (with min < max) */
 } hr_extra_flag;
 
 hr_status hr_config_from_command_args(hr_config *c, hr_command cmd, int argc, char **argv,

@@ -38,9 +38,8 @@
 #include "hogrec/config.h"
 #include "hogrec/event.h"
 #include "hogrec/ids.h"
+#include "hogrec/row.h"
 #include "hogrec/schedule.h"
-
-typedef enum { HR_LOSS_LOGISTIC, HR_LOSS_SQUARED } hr_loss;
 
 typedef enum {
     HR_TABLE_GLOBAL, /* one row: w0 in its bias slot */
@@ -49,9 +48,6 @@ typedef enum {
     HR_TABLE_CTX,
     HR_TABLE_COUNT
 } hr_table_id;
-
-/* What per-row optimizer state the rows carry. */
-typedef enum { HR_STATE_SGD, HR_STATE_ADAGRAD, HR_STATE_FTRL } hr_state_kind;
 
 typedef struct {
     uint32_t k;              /* factor dimension */
@@ -68,19 +64,6 @@ typedef struct {
     float adagrad_init;      /* initial accumulator */
     float rating_offset;     /* initial w0 for squared loss */
 } hr_model_config;
-
-/* Row layout, in floats from the row pointer. */
-typedef struct {
-    uint32_t k;         /* factors at [0, k) */
-    uint32_t bias;      /* = k */
-    uint32_t count;     /* uint32 event count */
-    uint32_t last_seen; /* uint32 seconds since the model epoch */
-    uint32_t stride;    /* floats from one row's weights to the next's (multiple of 4) */
-    uint32_t state;     /* offset of the row's optimizer state; 0 if none */
-    uint32_t acc;       /* AdaGrad accumulators of v at [acc, acc+k), bias at acc+k; 0 if none */
-    uint32_t ftrl;      /* FTRL z at ftrl, n at ftrl+1; 0 if none */
-    uint32_t floats;    /* a row packed (weights, then state): what row read/write copy */
-} hr_row_layout;
 
 typedef struct hr_model hr_model;
 
@@ -177,7 +160,8 @@ int hr_model_active_rows(const hr_model *m, const hr_event *ev, uint32_t user, u
 /* Prediction for an event: probability (logistic) or value (squared). */
 double hr_model_predict(const hr_model *m, const hr_event *ev);
 
-/* The link: sigmoid for logistic, identity for squared. */
+/* The link of the model's loss (hr_row_link): sigmoid for logistic,
+ * identity for squared. */
 double hr_model_link(const hr_model *m, double y);
 
 #endif

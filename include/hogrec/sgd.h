@@ -6,14 +6,17 @@
  * without locks (Hogwild). See the comment at the top of sgd.c for why the
  * race is accepted and what it can and cannot do.
  *
- * Kernels take (layout, features, n, ...) and never start threads.
+ * Kernels take (layout, features, n, ...) and never start threads. They know
+ * rows only through their layout (row.h), not the model that stores them.
  */
 #ifndef HOGREC_SGD_H
 #define HOGREC_SGD_H
 
 #include <stdint.h>
 
-#include "hogrec/model.h"
+#include "hogrec/event.h"    /* HR_MAX_CTX */
+#include "hogrec/row.h"      /* hr_row_layout, hr_loss, the link */
+#include "hogrec/schedule.h" /* hr_optimizer, hr_group */
 
 /* Most active features of one event: global, user, item, context. */
 #define HR_MAX_ACTIVE (3 + HR_MAX_CTX)

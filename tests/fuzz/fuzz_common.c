@@ -17,7 +17,7 @@ hr_model *fuzz_small_model(const char *loss)
     c.chunk_rows = 64;
     c.context_bits = 4;
     if (loss)
-        snprintf(c.loss, sizeof c.loss, "%s", loss);
+        FUZZ_CHECK(hr_config_set(&c, "loss", loss, NULL) == HR_OK);
     hr_schedule s;
     hr_schedule_defaults(&s);
     hr_model_config mc;

@@ -1,0 +1,63 @@
+/*
+ * row.h - what the model (storage) and the sgd kernel (arithmetic) share
+ * about one parameter row: its layout in floats, the loss, the optimizer
+ * state it carries, and the link from a raw score to a prediction.
+ *
+ * A leaf header: it includes nothing of hogrec, so model.h and sgd.h can
+ * both depend on it without depending on each other.
+ *
+ * A row is k factors, the bias and two counters (events, last seen) padded
+ * to a multiple of 4 floats (`stride`); its optimizer state (AdaGrad
+ * accumulators of v and bias, FTRL z and n) is `state` floats further on.
+ * The model stores rows in chunks of chunk_rows rows, weights block then
+ * state block, so `state` = chunk_rows * stride; with chunk_rows 1 a row's
+ * state directly follows its weights and a row is one packed block of
+ * `floats` floats (what hr_sgd_row_read/write copy).
+ */
+#ifndef HOGREC_ROW_H
+#define HOGREC_ROW_H
+
+#include <math.h>
+#include <stdint.h>
+
+/* The loss; its values are persisted in checkpoint shapes: do not renumber. */
+typedef enum { HR_LOSS_LOGISTIC, HR_LOSS_SQUARED, HR_LOSS_COUNT } hr_loss;
+
+/* What per-row optimizer state the rows carry; persisted like hr_loss. */
+typedef enum { HR_STATE_SGD, HR_STATE_ADAGRAD, HR_STATE_FTRL } hr_state_kind;
+
+/* Row layout, in floats from the row pointer. */
+typedef struct {
+    uint32_t k;         /* factors at [0, k) */
+    uint32_t bias;      /* = k */
+    uint32_t count;     /* uint32 event count */
+    uint32_t last_seen; /* uint32 seconds since the model epoch */
+    uint32_t stride;    /* floats from one row's weights to the next's (multiple of 4) */
+    uint32_t state;     /* offset of the row's optimizer state; 0 if none */
+    uint32_t acc;       /* AdaGrad accumulators of v at [acc, acc+k), bias at acc+k; 0 if none */
+    uint32_t ftrl;      /* FTRL z at ftrl, n at ftrl+1; 0 if none */
+    uint32_t floats;    /* a row packed (weights, then state): what row read/write copy */
+} hr_row_layout;
+
+/* "logistic", "squared" (the config's names); "unknown" out of range. */
+const char *hr_loss_to_string(hr_loss loss);
+
+/* The layout of rows of k factors (k >= 1) with state st, stored in chunks
+ * of chunk_rows rows (>= 1; 1 for a packed row that stands alone). The
+ * caller checks that chunk_rows * 2 * stride fits in uint32. */
+hr_row_layout hr_row_layout_make(uint32_t k, hr_state_kind st, uint32_t chunk_rows);
+
+/* The logistic function 1 / (1 + e^-y): the one copy in the code. */
+static inline double hr_sigmoid(double y)
+{
+    return 1.0 / (1.0 + exp(-y));
+}
+
+/* The link from a raw score y to the prediction: sigmoid for the logistic
+ * loss (a probability), identity for the squared loss (a rating). */
+static inline double hr_row_link(hr_loss loss, double y)
+{
+    return loss == HR_LOSS_SQUARED ? y : hr_sigmoid(y);
+}
+
+#endif
