@@ -394,7 +394,9 @@ static void upkeep_loss_after(hr_trainer *tr, uint64_t total)
         if (!all)
             return;
         size_t m = hr_schedbox_history(tr->sched, all, n);
-        const hr_sched_change ch = all[(m < n ? m : n) - 1];
+        hr_sched_change ch = {.version = 0};
+        if (m >= n) /* all[n - 1]: the latest when n was read */
+            ch = all[n - 1];
         free(all);
         if (ch.version != cur->version)
             return; /* changed meanwhile: next tick */
@@ -409,6 +411,8 @@ static void upkeep_loss_after(hr_trainer *tr, uint64_t total)
         return;
     hr_progress_report rep;
     hr_progress_get(tr->progress, 0, &rep);
+    if (!isfinite(rep.loss))
+        return; /* no measurement yet (no finite points): next tick */
     hr_schedbox_note_loss_after(tr->sched, tr->pending_version, rep.loss);
     tr->noted_version = tr->pending_version;
     tr->pending_version = 0;
