@@ -2,21 +2,29 @@
  * app.c - builds a running hogrec from a config and tears it down in order:
  *   open:  schedule box -> model -> queue -> progress -> database lock
  *          -> persistence (restore)
- *          -> trainers -> ingest -> events             (hr_app_open_loading)
- *          -> persistence start (serving state, replay log) -> ready
+ *          -> trainers (and their maintenance thread) -> ingest -> events
+ *                                                      (hr_app_open_loading)
+ *          -> start-up replay: the checkpoint's serving state, then the
+ *             logged events after it through the events module, trained
+ *          -> persistence start (log thread, periodic checkpoints) -> ready
  *                                                      (hr_app_finish_loading)
  *   close: trainers stop (drain or not) -> final checkpoint -> unlock
  *                                                          (hr_app_stop)
  *          -> free all
- * Called from the main thread.
+ * Persistence is handed the parts it works on (persist.h); it does not see
+ * the app. Called from the main thread.
  */
 #include "hogrec/app.h"
 
 #include <stdlib.h>
 #include <string.h>
 
+#include "hogrec/api.h"
 #include "hogrec/dblock.h"
+#include "hogrec/log.h"
 #include "hogrec/persist.h"
+
+#define REPLAY_BATCH 256 /* logged events per hr_events_replay */
 
 hr_status hr_app_open(const hr_config *cfg, hr_app **out, hr_error *err)
 {
@@ -28,10 +36,82 @@ hr_status hr_app_open(const hr_config *cfg, hr_app **out, hr_error *err)
     return st;
 }
 
+/* ---- start-up replay ---- */
+
+typedef struct {
+    hr_app *app;
+    hr_event evs[REPLAY_BATCH];
+    uint64_t ids[REPLAY_BATCH];    /* event-id hashes, 0 = none */
+    double arrived[REPLAY_BATCH];  /* arrival wall times, NaN = unknown */
+    size_t n;
+    hr_persist_replay fig;
+} replay_ctx;
+
+static hr_status replay_flush(replay_ctx *rc)
+{
+    if (rc->n == 0)
+        return HR_OK;
+    hr_status st = hr_events_replay(rc->app->events, rc->evs, rc->ids, rc->arrived, rc->n);
+    rc->fig.replayed += rc->n;
+    rc->n = 0;
+    return st;
+}
+
+/* One logged event (hr_persist_log_fn): parsed, batched, replayed. */
+static hr_status replay_event(void *arg, uint64_t seq, double arrived, const char *json,
+                              size_t len)
+{
+    replay_ctx *rc = arg;
+    json_error_t jerr;
+    json_t *obj = json_loadb(json, len, 0, &jerr);
+    hr_error err = {{0}, {0}};
+    const json_t *eid = NULL;
+    hr_status st = obj ? hr_api_event_from_json(rc->app->model, obj, &rc->evs[rc->n], &eid, &err)
+                       : HR_EINVAL;
+    rc->ids[rc->n] = st == HR_OK && eid ? hr_events_id_hash(eid) : 0;
+    json_decref(obj);
+    if (st != HR_OK) {
+        if (rc->fig.skipped++ == 0)
+            hr_log("warn", "a logged event cannot be replayed (later ones are counted in stats)",
+                   json_pack("{s:I,s:s}", "seq", (json_int_t)seq, "detail", err.message));
+        return HR_OK;
+    }
+    rc->arrived[rc->n] = arrived;
+    rc->evs[rc->n++].seq = seq;
+    return rc->n == REPLAY_BATCH ? replay_flush(rc) : HR_OK;
+}
+
+/* Brings the serving state and the model up to the end of the event log:
+ * the checkpoint's serving state, then every event logged after it, replayed
+ * through the events module and trained; then persistence starts. */
+static hr_status replay_log(hr_app *app, hr_error *err)
+{
+    uint64_t t0 = hr_now_ns();
+    replay_ctx *rc = calloc(1, sizeof *rc);
+    if (!rc)
+        return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
+    rc->app = app;
+    /* Schedules count updates since the model began, not since this start. */
+    hr_trainer_set_base_updates(app->trainer, hr_persist_restored_updates(app->persist));
+    hr_status st = hr_persist_load_serving(app->persist, app->events, err);
+    if (st == HR_OK)
+        st = hr_persist_read_log(app->persist, replay_event, rc, err);
+    if (st == HR_OK && (st = replay_flush(rc)) != HR_OK)
+        hr_error_set(err, st, NULL, "replaying the event log: %s", hr_status_to_string(st));
+    if (st == HR_OK) {
+        hr_trainer_wait_idle(app->trainer);
+        rc->fig.seconds = (double)(hr_now_ns() - t0) * 1e-9;
+        hr_persist_running run = {app->trainer, app->ingest, app->events};
+        st = hr_persist_start(app->persist, &run, &rc->fig, err);
+    }
+    free(rc);
+    return st;
+}
+
 hr_status hr_app_finish_loading(hr_app *app, hr_error *err)
 {
     hr_status st;
-    if (app->persist && (st = hr_persist_start(app->persist, err)) != HR_OK)
+    if (app->persist && (st = replay_log(app, err)) != HR_OK)
         return st;
     atomic_store(&app->ready, 1);
     return HR_OK;
@@ -75,7 +155,8 @@ hr_status hr_app_open_loading(const hr_config *cfg, hr_app **out, hr_error *err)
     hr_evlog *log = NULL;
     if (app->cfg.db[0]) {
         if ((st = hr_dblock_acquire(app->cfg.db, &app->dblock, err)) != HR_OK ||
-            (st = hr_persist_open(app, &app->persist, &log, err)) != HR_OK)
+            (st = hr_persist_open(&(hr_persist_parts){app->cfg, app->model, app->sched},
+                                  &app->persist, &log, err)) != HR_OK)
             goto fail;
     }
     hr_trainer_config tc = hr_trainer_config_from(&app->cfg);

@@ -57,27 +57,6 @@ enum MHD_Result hr_http_schedule(hr_http *h, struct MHD_Connection *c, request *
 enum MHD_Result hr_http_schedule_history(hr_http *h, struct MHD_Connection *c, request *r)
 {
     hr_app *app = h->app;
-    /* Note the loss after the latest change once a window of updates passed. */
-    const hr_schedule *cur = hr_schedbox_current(app->sched);
-    hr_sched_change last[1];
-    size_t total = hr_schedbox_history(app->sched, last, 0);
-    if (total > 0) {
-        hr_sched_change *all = malloc(total * sizeof *all);
-        if (all) {
-            size_t n = hr_schedbox_history(app->sched, all, total);
-            if (n > total)
-                n = total;
-            const hr_sched_change *ch = &all[n - 1];
-            if (n > 0 && ch->version == cur->version && isnan(ch->loss_after) &&
-                hr_trainer_updates(app->trainer) >=
-                    ch->at_update + (uint64_t)app->cfg.progress_window) {
-                hr_progress_report rep;
-                hr_progress_get(app->progress, 0, &rep);
-                hr_schedbox_note_loss_after(app->sched, ch->version, rep.loss);
-            }
-            free(all);
-        }
-    }
     return hr_http_reply_json(c, r, 200, json_pack("{s:o}", "history",
                                            hr_schedbox_history_json(app->sched)));
 }

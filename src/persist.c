@@ -1,7 +1,8 @@
 /*
- * persist.c - ties an app to its databases: restore at start, start-up
- * replay of the event log, checkpoints (periodic, on demand, final), health.
- * See persist.h. SQL lives in store.c; the log's group commit in evlog.c.
+ * persist.c - a running hogrec's databases: restore at open, the event log's
+ * tail for the start-up replay (which app.c runs), checkpoints (periodic, on
+ * demand, final), health. See persist.h. SQL lives in store.c; the log's
+ * group commit in evlog.c.
  *
  * DESIGN
  * - Files: <db> holds checkpoints (store kind MAIN); <db>-events holds the
@@ -25,16 +26,17 @@
  *   items are incremental like rows (rings changed since the previous
  *   checkpoint's S; all of them in a full checkpoint or when the previous
  *   one had no serving state); the rest is written whole. At start it is
- *   loaded, then the log after W is replayed through the events module,
- *   which trains every replayed event and applies those after S.
+ *   loaded (hr_persist_load_serving), then the app replays the log after W
+ *   (hr_persist_read_log) through the events module, which trains every
+ *   replayed event and applies those after S.
  * - After a checkpoint commits, the log is trimmed up to W.
  * - Health: the event log's (events get 503) or the last checkpoint's
  *   failure; both retry by themselves (the log probes every RETRY_MS, the
  *   periodic thread retries a failed checkpoint every RETRY_MS).
  *
- * Threads: open/start/close from the main thread; hr_persist_checkpoint from
- * an HTTP thread or the periodic thread (serialized by ckpt_mu); health and
- * stats from any thread.
+ * Threads: open/load_serving/read_log/start/close from the main thread;
+ * hr_persist_checkpoint from an HTTP thread or the periodic thread
+ * (serialized by ckpt_mu); health and stats from any thread.
  */
 #include "hogrec/persist.h"
 
@@ -47,20 +49,20 @@
 #include <string.h>
 #include <time.h>
 
-#include "hogrec/api.h"
 #include "hogrec/log.h"
 #include "hogrec/sgd.h"
 #include "hogrec/store.h"
 
 #define CKPT_BATCH 256      /* rows copied from the model per batch */
-#define REPLAY_BATCH 256    /* events per hr_ingest_replay */
 #define RETRY_MS 500        /* recovery probes */
 #define TICK_MS 100         /* periodic thread's check period */
 #define BUSY_MS 1000        /* wait for another writer's lock */
 #define MAX_HISTORY 4096    /* schedule history entries saved */
 
 struct hr_persist {
-    hr_app *app;                 /* borrowed */
+    hr_persist_parts parts;      /* from open (config copied, pointers borrowed) */
+    hr_persist_running run;      /* from start (borrowed); NULLs before */
+    double opened;               /* wall time at open */
     hr_store *main;              /* owned; under ckpt_mu after open */
     hr_store *logstore;          /* owned by log; used here only before hr_evlog_start */
     hr_evlog *log;               /* owned */
@@ -86,8 +88,9 @@ struct hr_persist {
     double serving_taken;        /* wall time its scores are as of */
 
     uint64_t restored_rows;      /* at open */
-    uint64_t replayed, replay_skipped; /* at start */
-    double restore_seconds, replay_seconds;
+    double restore_seconds;
+    hr_persist_replay replay;    /* the caller's figures, written before started */
+    atomic_bool started;         /* hr_persist_start ran (release after replay) */
 };
 
 static void model_shape(const hr_model *m, char *out, size_t n)
@@ -210,7 +213,7 @@ static void clear_dirty(hr_model *m)
 
 static hr_status restore(hr_persist *p, hr_error *err)
 {
-    hr_model *m = p->app->model;
+    hr_model *m = p->parts.model;
     hr_status st = hr_store_ckpt_latest(p->main, &p->last, err);
     if (st != HR_OK || p->last.id == 0)
         return st;
@@ -218,7 +221,7 @@ static hr_status restore(hr_persist *p, hr_error *err)
         return hr_error_set(err, HR_EINVAL, "db",
                             "%s was written by a model of another shape: %s; this config makes "
                             "%s (change the config back, or use another db)",
-                            p->app->cfg.db, p->last.shape, p->shape);
+                            p->parts.cfg.db, p->last.shape, p->shape);
     double t0 = hr_wall_time();
     restore_ctx rc = {.m = m, .L = hr_model_layout(m), .err = err};
     const hr_model_config *mc = hr_model_get_config(m);
@@ -234,7 +237,7 @@ static hr_status restore(hr_persist *p, hr_error *err)
         free(rc.seen[t]);
     if (st != HR_OK)
         return st;
-    sched_ctx sc = {p->app->sched, err};
+    sched_ctx sc = {p->parts.sched, err};
     if ((st = hr_store_schedule_rows(p->main, p->last.id, restore_sched, &sc, err)) != HR_OK)
         return st;
     if ((st = hr_store_serving(p->main, p->last.id, &p->serving_known, &p->serving_seq,
@@ -257,14 +260,18 @@ static hr_status refuse_corrupt(const char *path, const hr_error *why, hr_error 
                         path, why->message);
 }
 
-hr_status hr_persist_open(hr_app *app, hr_persist **out, hr_evlog **log, hr_error *err)
+hr_status hr_persist_open(const hr_persist_parts *app, hr_persist **out, hr_evlog **log,
+                          hr_error *err)
 {
     *out = NULL;
     *log = NULL;
     hr_persist *p = calloc(1, sizeof *p);
     if (!p)
         return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
-    p->app = app;
+    p->parts = *app;
+    p->parts.cfg.schedule = NULL; /* not read; the caller owns it */
+    p->opened = hr_wall_time();
+    atomic_init(&p->started, false);
     pthread_mutex_init(&p->ckpt_mu, NULL);
     pthread_mutex_init(&p->mu, NULL);
     pthread_condattr_t ca;
@@ -339,47 +346,18 @@ fail:
     return st;
 }
 
-/* ---- start-up replay ---- */
+/* ---- start-up: the serving state, the log tail ---- */
 
-typedef struct {
-    hr_persist *p;
-    hr_event evs[REPLAY_BATCH];
-    uint64_t ids[REPLAY_BATCH];    /* event-id hashes, 0 = none */
-    double arrived[REPLAY_BATCH];  /* arrival wall times, NaN = unknown */
-    size_t n;
-} replay_ctx;
-
-static hr_status replay_flush(replay_ctx *rc)
+uint64_t hr_persist_restored_updates(const hr_persist *p)
 {
-    if (rc->n == 0)
-        return HR_OK;
-    hr_status st = hr_events_replay(rc->p->app->events, rc->evs, rc->ids, rc->arrived, rc->n);
-    rc->p->replayed += rc->n;
-    rc->n = 0;
-    return st;
+    return p->last.updates;
 }
 
-static hr_status replay_event(void *arg, uint64_t seq, double arrived, const char *json,
-                              size_t len)
+hr_status hr_persist_read_log(hr_persist *p, hr_persist_log_fn fn, void *ctx, hr_error *err)
 {
-    replay_ctx *rc = arg;
-    json_error_t jerr;
-    json_t *obj = json_loadb(json, len, 0, &jerr);
-    hr_error err = {{0}, {0}};
-    const json_t *eid = NULL;
-    hr_status st = obj ? hr_api_event_from_json(rc->p->app->model, obj, &rc->evs[rc->n], &eid, &err)
-                       : HR_EINVAL;
-    rc->ids[rc->n] = st == HR_OK && eid ? hr_events_id_hash(eid) : 0;
-    json_decref(obj);
-    if (st != HR_OK) {
-        if (rc->p->replay_skipped++ == 0)
-            hr_log("warn", "a logged event cannot be replayed (later ones are counted in stats)",
-                   json_pack("{s:I,s:s}", "seq", (json_int_t)seq, "detail", err.message));
-        return HR_OK;
-    }
-    rc->arrived[rc->n] = arrived;
-    rc->evs[rc->n++].seq = seq;
-    return rc->n == REPLAY_BATCH ? replay_flush(rc) : HR_OK;
+    if (!p->logstore)
+        return hr_error_set(err, HR_EINVAL, NULL, "the event log is not readable after start");
+    return hr_store_log_scan(p->logstore, p->last.seq, fn, ctx, err);
 }
 
 /* Loading the serving state of the last checkpoint (before the replay). */
@@ -402,11 +380,10 @@ static hr_status load_dedup(void *ctx, const void *data, size_t bytes)
     return hr_events_load_blob(a[0], "dedup", data, bytes, a[1]);
 }
 
-static hr_status load_serving(hr_persist *p, hr_error *err)
+hr_status hr_persist_load_serving(hr_persist *p, hr_events *e, hr_error *err)
 {
     if (!p->serving_known)
         return HR_OK;
-    hr_events *e = p->app->events;
     hr_error e2 = {{0}, {0}};
     void *a[2] = {e, &e2};
     hr_status st = hr_events_load_begin(e, p->serving_seq, p->serving_taken, &e2);
@@ -418,7 +395,7 @@ static hr_status load_serving(hr_persist *p, hr_error *err)
         st = hr_store_serving_blobs(p->main, p->last.id, "dedup", load_dedup, a, &e2);
     hr_events_load_end(e);
     if (st == HR_ECORRUPT)
-        return refuse_corrupt(p->app->cfg.db, &e2, err);
+        return refuse_corrupt(p->parts.cfg.db, &e2, err);
     if (st != HR_OK && err)
         *err = e2;
     return st;
@@ -426,26 +403,14 @@ static hr_status load_serving(hr_persist *p, hr_error *err)
 
 static void *periodic(void *arg);
 
-hr_status hr_persist_start(hr_persist *p, hr_error *err)
+hr_status hr_persist_start(hr_persist *p, const hr_persist_running *run,
+                           const hr_persist_replay *replay, hr_error *err)
 {
-    double t0 = hr_wall_time();
-    replay_ctx *rc = calloc(1, sizeof *rc);
-    if (!rc)
-        return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
-    rc->p = p;
-    /* Schedules count updates since the model began, not since this start. */
-    hr_trainer_set_base_updates(p->app->trainer, p->last.updates);
-    hr_status st = load_serving(p, err);
-    if (st == HR_OK)
-        st = hr_store_log_scan(p->logstore, p->last.seq, replay_event, rc, err);
-    if (st == HR_OK && (st = replay_flush(rc)) != HR_OK)
-        hr_error_set(err, st, NULL, "replaying the event log: %s", hr_status_to_string(st));
-    free(rc);
-    if (st != HR_OK)
-        return st;
-    hr_trainer_wait_idle(p->app->trainer);
-    p->replay_seconds = hr_wall_time() - t0;
+    p->run = *run;
+    p->replay = *replay;
+    atomic_store_explicit(&p->started, true, memory_order_release);
     p->logstore = NULL; /* the log's thread owns it from here */
+    hr_status st;
     if ((st = hr_evlog_start(p->log, err)) != HR_OK)
         return st;
     if (pthread_create(&p->thread, NULL, periodic, p) != 0)
@@ -467,7 +432,7 @@ typedef struct {
 static hr_status write_table(hr_persist *p, int64_t id, hr_table_id t, bool full, float *buf,
                              uint64_t *nrows, hr_error *err)
 {
-    hr_model *m = p->app->model;
+    hr_model *m = p->parts.model;
     const hr_row_layout *L = hr_model_layout(m);
     const size_t bytes = (size_t)L->floats * sizeof(float);
     const bool ids = t == HR_TABLE_USER || t == HR_TABLE_ITEM;
@@ -517,7 +482,7 @@ static hr_status write_schedule(hr_persist *p, int64_t id, hr_error *err)
     hr_sched_change *h = malloc(MAX_HISTORY * sizeof *h);
     if (!h)
         return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
-    size_t n = hr_schedbox_history(p->app->sched, h, MAX_HISTORY);
+    size_t n = hr_schedbox_history(p->parts.sched, h, MAX_HISTORY);
     if (n > MAX_HISTORY)
         n = MAX_HISTORY;
     hr_status st = HR_OK;
@@ -566,16 +531,16 @@ static hr_status sink_blob(void *ctx, const char *kind, uint32_t part, const voi
 /* Under ckpt_mu. */
 static hr_status checkpoint_locked(hr_persist *p, json_t **info, hr_error *err)
 {
-    hr_app *app = p->app;
+    const hr_persist_parts *app = &p->parts;
     double t0 = hr_wall_time();
     p->last_attempt = t0;
     bool full = p->force_full || p->last.id == 0 || p->increments >= (unsigned)app->cfg.full_every;
     /* The watermark: pause just long enough to read it. */
     uint64_t seq = 0, updates = 0;
-    if (app->trainer) {
-        seq = hr_trainer_pause(app->trainer);
-        updates = hr_trainer_updates(app->trainer);
-        hr_trainer_resume(app->trainer);
+    if (p->run.trainer) {
+        seq = hr_trainer_pause(p->run.trainer);
+        updates = hr_trainer_updates(p->run.trainer);
+        hr_trainer_resume(p->run.trainer);
     }
     if (seq < p->last.seq)
         seq = p->last.seq;
@@ -592,13 +557,13 @@ static hr_status checkpoint_locked(hr_persist *p, json_t **info, hr_error *err)
         st = write_table(p, id, (hr_table_id)t, full, buf, &nrows, err);
     /* The serving state, at a cut read after the watermark (so >= it). */
     uint64_t serving_seq = 0;
-    bool serving = st == HR_OK && app->events &&
+    bool serving = st == HR_OK && p->run.events &&
                    hr_store_user_version(p->main) >= 3;
     if (serving) {
         serving_sink ss = {p, id};
         hr_events_sink sink = {&ss, sink_header, sink_history, sink_blob};
         uint64_t since = full || !p->serving_known ? 0 : p->serving_seq;
-        st = hr_events_save(app->events, since, &sink, &serving_seq, err);
+        st = hr_events_save(p->run.events, since, &sink, &serving_seq, err);
     }
     double seconds = hr_wall_time() - t0;
     if (st == HR_OK)
@@ -647,12 +612,12 @@ hr_status hr_persist_checkpoint(hr_persist *p, json_t **info, hr_error *err)
 /* Whether a periodic checkpoint is due now. */
 static bool due(hr_persist *p)
 {
-    const hr_config *c = &p->app->cfg;
-    uint64_t last_seq = hr_ingest_last_seq(p->app->ingest);
+    const hr_config *c = &p->parts.cfg;
+    uint64_t last_seq = hr_ingest_last_seq(p->run.ingest);
     double now = hr_wall_time();
     pthread_mutex_lock(&p->ckpt_mu);
     bool failing = p->last_error[0] != 0;
-    double since = now - (p->last.id ? p->last.started : p->app->started);
+    double since = now - (p->last.id ? p->last.started : p->opened);
     double since_attempt = now - p->last_attempt;
     uint64_t covered = p->last.seq;
     pthread_mutex_unlock(&p->ckpt_mu);
@@ -710,23 +675,23 @@ json_t *hr_persist_stats(hr_persist *p)
     hr_evlog_counts(p->log, &durable, &commits, &failures, &pending);
     const char *h = hr_evlog_health(p->log);
     json_t *lg = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:s?}", "durability",
-                           hr_config_durability_to_string(p->app->cfg.durability), "last_seq",
+                           hr_config_durability_to_string(p->parts.cfg.durability), "last_seq",
                            (json_int_t)hr_evlog_last_seq(p->log), "committed_seq",
                            (json_int_t)durable, "commits", (json_int_t)commits, "failures",
                            (json_int_t)failures, "pending", (json_int_t)pending, "error", h);
-    /* The replay figures are written by the loading thread before the app
-     * turns ready (an atomic store), so read them only after seeing it. */
-    json_t *start = atomic_load(&p->app->ready)
+    /* The replay figures are written by the loading thread before started
+     * turns true (a release store), so read them only after seeing it. */
+    json_t *start = atomic_load_explicit(&p->started, memory_order_acquire)
                         ? json_pack("{s:I, s:f, s:I, s:I, s:f}", "restored_rows",
                                     (json_int_t)p->restored_rows, "restore_seconds",
-                                    p->restore_seconds, "replayed", (json_int_t)p->replayed,
-                                    "replay_skipped", (json_int_t)p->replay_skipped,
-                                    "replay_seconds", p->replay_seconds)
+                                    p->restore_seconds, "replayed", (json_int_t)p->replay.replayed,
+                                    "replay_skipped", (json_int_t)p->replay.skipped,
+                                    "replay_seconds", p->replay.seconds)
                         : json_pack("{s:b, s:I, s:f}", "loading", 1, "restored_rows",
                                     (json_int_t)p->restored_rows, "restore_seconds",
                                     p->restore_seconds);
     const char *health = hr_persist_health(p);
-    return json_pack("{s:s, s:o, s:o, s:o, s:s?}", "db", p->app->cfg.db, "checkpoints", ck,
+    return json_pack("{s:s, s:o, s:o, s:o, s:s?}", "db", p->parts.cfg.db, "checkpoints", ck,
                      "event_log", lg, "start", start, "health", health);
 }
 

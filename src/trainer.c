@@ -16,9 +16,22 @@
  * Counters are per worker (one cache line each, written by their owner
  * only) and summed by readers. The progressive-validation points of a batch
  * go to hr_progress in one call.
+ *
+ * Upkeep is one maintenance thread, started and stopped with the workers
+ * (hr_trainer_start / hr_trainer_stop), ticking every UPKEEP_TICK_MS on the
+ * monotonic clock: it rebuilds the popularity sampler once
+ * SAMPLER_REBUILD_UPDATES updates passed since the last build (the first
+ * time as soon as any update happened), expires ids (every tenth of
+ * expire_seconds), and notes the loss after the latest schedule change once
+ * progress_window updates passed after it. The workers' only upkeep-related
+ * work is reading the sampler under its read lock.
+ *
+ * Clocks: intervals use the monotonic clock (condvars set to it); wall time
+ * only where it is recorded (the model's last_seen).
  */
 #include "hogrec/trainer.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -32,6 +45,7 @@
 #define POP_WAIT_MS 20
 #define PREFETCH_AHEAD 4
 #define SAMPLER_REBUILD_UPDATES (1u << 17)
+#define UPKEEP_TICK_MS 50
 
 typedef struct {
 #define HR_X_ATOMIC(name) atomic_uint_fast64_t name;
@@ -69,8 +83,9 @@ struct hr_trainer {
     worker *w;
     unsigned nw;
 
-    pthread_mutex_t mu;      /* guards the fields down to max_seq */
-    pthread_cond_t cv;       /* parks and pause/idle waits */
+    pthread_mutex_t mu;      /* guards the fields down to stopped */
+    pthread_cond_t cv;       /* parks, pause and idle waits (CLOCK_MONOTONIC);
+                              * broadcast when parked or done change */
     unsigned pause_req;      /* nesting count of pauses */
     unsigned parked;         /* workers parked (or exited) */
     uint64_t max_seq;        /* highest seq applied */
@@ -83,9 +98,21 @@ struct hr_trainer {
     hr_hist freshness;       /* merged view, microseconds */
     pthread_rwlock_t sampler_lock; /* guards sampler pointer swaps */
     sampler *pop_sampler;          /* NULL until built (alpha > 0) */
-    atomic_uint_fast64_t next_rebuild;
-    pthread_mutex_t rebuild_mu;
-    atomic_uint_fast64_t next_expire_ns;
+
+    /* The maintenance thread (upkeep_main). */
+    pthread_mutex_t upkeep_mu;     /* guards upkeep_stop */
+    pthread_cond_t upkeep_cv;      /* its sleep (CLOCK_MONOTONIC); signalled at stop */
+    bool upkeep_stop;
+    bool upkeep_started;
+    pthread_t upkeep_thread;
+    /* Below: the maintenance thread's own (no lock). */
+    uint64_t built_at;             /* update count at the last sampler build */
+    uint64_t next_rebuild;         /* update count from which to rebuild again */
+    uint64_t next_expire_ns;       /* monotonic ns of the next expiry pass */
+    uint64_t noted_version;        /* latest schedule version settled (loss_after noted
+                                    * or known), 0 = none */
+    uint64_t pending_version;      /* the change waiting for its window, 0 = none */
+    uint64_t pending_due;          /* update count at which to note it */
 };
 
 static inline void bump(atomic_uint_fast64_t *c, uint64_t n)
@@ -107,6 +134,7 @@ hr_trainer_config hr_trainer_config_from(const hr_config *c)
     t.negatives = (unsigned)c->negatives;
     t.neg_alpha = c->negative_alpha;
     t.seed = (uint64_t)c->seed;
+    t.progress_window = (uint64_t)c->progress_window;
     return t;
 }
 
@@ -322,25 +350,92 @@ static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n
     hr_progress_add(tr->progress, w->points, w->npoints);
     bump(&w->c.trained, n);
     bump(&w->c.batches, 1);
+}
 
-    /* Maintenance, by whoever crosses the threshold first. */
-    uint64_t total = hr_trainer_updates(tr);
-    if (use_sampler && total >= atomic_load(&tr->next_rebuild) &&
-        pthread_mutex_trylock(&tr->rebuild_mu) == 0) {
-        atomic_store(&tr->next_rebuild, total + SAMPLER_REBUILD_UPDATES);
-        rebuild_sampler(tr);
-        pthread_mutex_unlock(&tr->rebuild_mu);
+/* ---- upkeep (the maintenance thread only) ---- */
+
+/* The popularity sampler: at the first tick after any update, then every
+ * SAMPLER_REBUILD_UPDATES updates. */
+static void upkeep_sampler(hr_trainer *tr, uint64_t total)
+{
+    if (tr->cfg.neg_alpha <= 0 || total == tr->built_at || total < tr->next_rebuild)
+        return;
+    rebuild_sampler(tr);
+    tr->built_at = total;
+    tr->next_rebuild = total + SAMPLER_REBUILD_UPDATES;
+}
+
+/* Id expiry: a pass every tenth of expire_seconds (at least 1 ms apart). */
+static void upkeep_expire(hr_trainer *tr, uint64_t now_ns)
+{
+    const hr_model_config *mc = hr_model_get_config(tr->model);
+    if (mc->expire_seconds <= 0 || now_ns < tr->next_expire_ns)
+        return;
+    uint64_t period = (uint64_t)(mc->expire_seconds * 1e9 / 10);
+    if (period < 1000000)
+        period = 1000000;
+    tr->next_expire_ns = now_ns + period;
+    hr_model_expire(tr->model, hr_model_clock(tr->model));
+}
+
+/* The loss after the latest schedule change: the progressive loss once
+ * progress_window updates passed after it (first note wins). */
+static void upkeep_loss_after(hr_trainer *tr, uint64_t total)
+{
+    if (!tr->progress)
+        return;
+    const hr_schedule *cur = hr_schedbox_current(tr->sched);
+    if (cur->version == tr->noted_version)
+        return;
+    if (cur->version != tr->pending_version) {
+        /* A change not seen yet: read its history entry once. */
+        size_t n = hr_schedbox_history(tr->sched, NULL, 0);
+        hr_sched_change *all = n ? malloc(n * sizeof *all) : NULL;
+        if (!all)
+            return;
+        size_t m = hr_schedbox_history(tr->sched, all, n);
+        hr_sched_change ch = {.version = 0};
+        if (m >= n) /* all[n - 1]: the latest when n was read */
+            ch = all[n - 1];
+        free(all);
+        if (ch.version != cur->version)
+            return; /* changed meanwhile: next tick */
+        if (!isnan(ch.loss_after)) {
+            tr->noted_version = ch.version; /* restored with it */
+            return;
+        }
+        tr->pending_version = ch.version;
+        tr->pending_due = ch.at_update + tr->cfg.progress_window;
     }
-    const hr_model_config *mc = hr_model_get_config(m);
-    if (mc->expire_seconds > 0) {
-        uint64_t t_ns = hr_now_ns(), due = atomic_load(&tr->next_expire_ns);
-        uint64_t period = (uint64_t)(mc->expire_seconds * 1e9 / 10);
-        if (period < 1000000)
-            period = 1000000;
-        if (t_ns >= due &&
-            atomic_compare_exchange_strong(&tr->next_expire_ns, &due, t_ns + period))
-            hr_model_expire(m, hr_model_clock(m));
+    if (total < tr->pending_due)
+        return;
+    hr_progress_report rep;
+    hr_progress_get(tr->progress, 0, &rep);
+    if (!isfinite(rep.loss))
+        return; /* no measurement yet (no finite points): next tick */
+    hr_schedbox_note_loss_after(tr->sched, tr->pending_version, rep.loss);
+    tr->noted_version = tr->pending_version;
+    tr->pending_version = 0;
+}
+
+static void *upkeep_main(void *arg)
+{
+    hr_trainer *tr = arg;
+    pthread_mutex_lock(&tr->upkeep_mu);
+    while (!tr->upkeep_stop) {
+        pthread_mutex_unlock(&tr->upkeep_mu);
+        uint64_t total = hr_trainer_updates(tr);
+        upkeep_sampler(tr, total);
+        upkeep_expire(tr, hr_now_ns());
+        upkeep_loss_after(tr, total);
+        pthread_mutex_lock(&tr->upkeep_mu);
+        struct timespec ts = hr_deadline_after(UPKEEP_TICK_MS * 1e-3);
+        while (!tr->upkeep_stop &&
+               pthread_cond_timedwait(&tr->upkeep_cv, &tr->upkeep_mu, &ts) != ETIMEDOUT)
+            ;
     }
+    pthread_mutex_unlock(&tr->upkeep_mu);
+    return NULL;
 }
 
 static void *worker_main(void *arg)
@@ -398,15 +493,18 @@ hr_status hr_trainer_start(hr_model *model, hr_queue *queue, hr_schedbox *sched,
     tr->progress = progress;
     tr->cfg = *cfg;
     pthread_mutex_init(&tr->mu, NULL);
-    pthread_cond_init(&tr->cv, NULL);
+    pthread_mutex_init(&tr->upkeep_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&tr->cv, &ca);
+    pthread_cond_init(&tr->upkeep_cv, &ca);
+    pthread_condattr_destroy(&ca);
     pthread_rwlock_init(&tr->sampler_lock, NULL);
-    pthread_mutex_init(&tr->rebuild_mu, NULL);
     /* Sampled negatives are label-0 clicks: meaningless for ratings. */
     atomic_init(&tr->neg_active, cfg->neg_mode != HR_NEG_OFF && cfg->negatives > 0 &&
                                      hr_model_get_config(model)->loss == HR_LOSS_LOGISTIC);
-    atomic_init(&tr->next_rebuild, 0);
     atomic_init(&tr->base_updates, 0);
-    atomic_init(&tr->next_expire_ns, 0);
     tr->w = aligned_alloc(HR_CACHE_LINE, ((sizeof(worker) * cfg->threads + HR_CACHE_LINE - 1) /
                                           HR_CACHE_LINE) * HR_CACHE_LINE);
     if (!tr->w) {
@@ -437,6 +535,12 @@ hr_status hr_trainer_start(hr_model *model, hr_queue *queue, hr_schedbox *sched,
         else
             tr->w[i].started = true;
     }
+    if (st == HR_OK) {
+        if (pthread_create(&tr->upkeep_thread, NULL, upkeep_main, tr) != 0)
+            st = HR_ENOMEM;
+        else
+            tr->upkeep_started = true;
+    }
     if (st != HR_OK) {
         hr_trainer_destroy(tr);
         return st;
@@ -462,6 +566,15 @@ void hr_trainer_stop(hr_trainer *tr, bool drain, hr_trainer_counts *counts)
         for (unsigned i = 0; i < tr->nw; i++)
             if (tr->w[i].started)
                 pthread_join(tr->w[i].thread, NULL);
+        /* Upkeep last: it goes on while the workers drain. */
+        if (tr->upkeep_started) {
+            pthread_mutex_lock(&tr->upkeep_mu);
+            tr->upkeep_stop = true;
+            pthread_cond_broadcast(&tr->upkeep_cv);
+            pthread_mutex_unlock(&tr->upkeep_mu);
+            pthread_join(tr->upkeep_thread, NULL);
+            tr->upkeep_started = false;
+        }
     }
     if (counts)
         hr_trainer_get_counts(tr, counts);
@@ -479,7 +592,8 @@ void hr_trainer_destroy(hr_trainer *tr)
     free(tr->w);
     sampler_free(tr->pop_sampler);
     pthread_rwlock_destroy(&tr->sampler_lock);
-    pthread_mutex_destroy(&tr->rebuild_mu);
+    pthread_cond_destroy(&tr->upkeep_cv);
+    pthread_mutex_destroy(&tr->upkeep_mu);
     pthread_cond_destroy(&tr->cv);
     pthread_mutex_destroy(&tr->mu);
     free(tr);
@@ -507,20 +621,15 @@ void hr_trainer_resume(hr_trainer *tr)
 
 void hr_trainer_wait_idle(hr_trainer *tr)
 {
+    /* While done < accepted, an event is queued or in flight, so a worker
+     * will advance done (or the pool stops); both broadcast under mu. */
     pthread_mutex_lock(&tr->mu);
     for (;;) {
         hr_queue_stats qs;
         hr_queue_get_stats(tr->queue, &qs);
         if (tr->stopped || tr->done >= qs.accepted)
             break;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 5 * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
-        pthread_cond_timedwait(&tr->cv, &tr->mu, &ts);
+        pthread_cond_wait(&tr->cv, &tr->mu);
     }
     pthread_mutex_unlock(&tr->mu);
 }

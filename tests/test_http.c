@@ -643,6 +643,72 @@ static void test_schedule_change_while_streaming(void **state)
     stop(&s);
 }
 
+/* GET /v1/admin/schedule/history is a read: the loss after a change is
+ * noted by the trainers' maintenance thread, not by the GET. */
+static void test_schedule_history_get_is_a_read(void **state)
+{
+    (void)state;
+    server s;
+    start(&s, 1 << 16, TOKEN);
+    const char *auth = "Bearer " TOKEN;
+    hr_app *app = s.app;
+    /* A window of updates (progress_window: 10000) after version 1. */
+    enum { N = 10240 };
+    hr_event *evs = calloc(N, sizeof *evs);
+    assert_non_null(evs);
+    for (unsigned e = 0; e < N; e++) {
+        char id[32];
+        snprintf(id, sizeof id, "u%u", e % 101);
+        assert_int_equal(hr_model_intern(app->model, HR_TABLE_USER, id, strlen(id), &evs[e].user,
+                                         NULL), HR_OK);
+        snprintf(id, sizeof id, "i%u", e % 37);
+        assert_int_equal(hr_model_intern(app->model, HR_TABLE_ITEM, id, strlen(id), &evs[e].item,
+                                         NULL), HR_OK);
+        evs[e].label = (float)(e % 2);
+        evs[e].weight = 1;
+        evs[e].flags = HR_EV_EXPLICIT_LABEL;
+    }
+    hr_error err;
+    for (unsigned e = 0; e < N; e += 1024) {
+        uint64_t seq;
+        assert_int_equal(hr_ingest_submit(app->ingest, evs + e, NULL, NULL, 1024, true, &seq, &err),
+                         HR_OK);
+    }
+    hr_trainer_wait_idle(app->trainer);
+    /* Noted with no GET made (bounded wait for the maintenance tick). */
+    hr_sched_change h[2];
+    for (int i = 0; i < 3000; i++) {
+        assert_int_equal(hr_schedbox_history(app->sched, h, 2), 1);
+        if (!isnan(h[0].loss_after))
+            break;
+        struct timespec ts = {0, 10 * 1000000};
+        nanosleep(&ts, NULL);
+    }
+    assert_true(isfinite(h[0].loss_after));
+    /* With the trainers (and their maintenance thread) stopped, a change
+     * whose window has passed (installed at update 0) stays unmeasured: a
+     * GET that wrote would note it. Two GETs answer the same. */
+    hr_trainer_stop(app->trainer, true, NULL);
+    hr_schedule sc = *hr_schedbox_current(app->sched);
+    sc.eta0 /= 2;
+    assert_int_equal(hr_schedbox_swap(app->sched, &sc, 0, NAN, NULL, &err), HR_OK);
+    reply r1 = call(&s, "GET", "/v1/admin/schedule/history", NULL, NULL, 0, auth);
+    reply r2 = call(&s, "GET", "/v1/admin/schedule/history", NULL, NULL, 0, auth);
+    assert_int_equal(r1.status, 200);
+    assert_string_equal(r1.text, r2.text);
+    json_t *hist = json_object_get(r1.json, "history");
+    assert_int_equal(json_array_size(hist), 2);
+    double shown = json_real_value(json_object_get(json_array_get(hist, 0), "loss_after"));
+    assert_true(fabs(shown - h[0].loss_after) <= 1e-7 * h[0].loss_after); /* 9 digits */
+    assert_true(json_is_null(json_object_get(json_array_get(hist, 1), "loss_after")));
+    assert_int_equal(hr_schedbox_history(app->sched, h, 2), 2);
+    assert_true(isnan(h[1].loss_after));
+    done(&r1);
+    done(&r2);
+    free(evs);
+    stop(&s);
+}
+
 typedef struct {
     char item[32];
     double score;
@@ -1744,6 +1810,7 @@ int main(void)
         cmocka_unit_test(test_admin_disabled_without_token),
         cmocka_unit_test(test_queue_full_429),
         cmocka_unit_test(test_schedule_change_while_streaming),
+        cmocka_unit_test(test_schedule_history_get_is_a_read),
         cmocka_unit_test(test_recommend_against_reference),
         cmocka_unit_test(test_jsontestsuite_n_files),
         cmocka_unit_test(test_serve_binary_sigterm),

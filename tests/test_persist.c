@@ -4,7 +4,8 @@
  *
  * Each test builds small apps (k=8, a few hundred ids, one trainer thread,
  * no negative sampling, so training is deterministic) over a database in a
- * fresh temporary directory:
+ * fresh temporary directory, which a cmocka setup/teardown provides (the
+ * fixture: directory, config, and an open app for most tests):
  *   - restore equals what was saved, bit for bit, for a quiet model;
  *   - incremental chains restore to the same model; pruning keeps chains;
  *   - a crash image (files copied while running) restores to the last
@@ -74,17 +75,64 @@ static void make_config(hr_config *c, const char *db)
     cfg_set(c, "db", db);
 }
 
-static hr_app *open_app(const char *db)
+/* Each test's fixture: a fresh temporary directory, a config for the
+ * database <dir>/t.db (make_config), and - with setup_open - an app open on
+ * it. Tests change f->cfg before opening, open and close through app_open /
+ * app_close; teardown closes what is still open (without drain) and removes
+ * the directory. */
+typedef struct {
+    char dir[256];
+    char db[300];   /* <dir>/t.db */
+    hr_config cfg;  /* make_config(db) */
+    hr_app *app;    /* the open app, or NULL */
+    bool mounted;   /* dir is a tmpfs mount point (teardown unmounts it) */
+} fixture;
+
+/* Opens an app from f->cfg into f->app (none may be open). */
+static hr_app *app_open(fixture *f)
 {
-    hr_config c;
-    make_config(&c, db);
-    hr_app *app = NULL;
+    assert_null(f->app);
     hr_error err = {0};
-    hr_status st = hr_app_open(&c, &app, &err);
-    hr_config_free(&c);
+    hr_status st = hr_app_open(&f->cfg, &f->app, &err);
     if (st != HR_OK)
-        fail_msg("hr_app_open(%s): %s: %s", db, hr_status_to_string(st), err.message);
-    return app;
+        fail_msg("hr_app_open(%s): %s: %s", f->cfg.db, hr_status_to_string(st), err.message);
+    return f->app;
+}
+
+static void app_close(fixture *f, bool drain)
+{
+    hr_app_close(f->app, drain);
+    f->app = NULL;
+}
+
+static int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    snprintf(f->dir, sizeof f->dir, "%s", tu_tmpdir());
+    snprintf(f->db, sizeof f->db, "%s/t.db", f->dir);
+    make_config(&f->cfg, f->db);
+    *state = f;
+    return 0;
+}
+
+static int setup_open(void **state)
+{
+    setup(state);
+    app_open(*state);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    app_close(f, false);
+    hr_config_free(&f->cfg);
+    if (f->mounted)
+        umount(f->dir);
+    tu_rmtree(f->dir);
+    free(f);
+    return 0;
 }
 
 static char *path_in(const char *dir, const char *name)
@@ -275,10 +323,8 @@ static void copy_file(const char *from, const char *to)
 
 static void test_restore_bit_for_bit(void **state)
 {
-    (void)state;
-    const char *dir = tu_tmpdir();
-    char *db = path_in(dir, "t.db");
-    hr_app *a = open_app(db);
+    fixture *f = *state;
+    hr_app *a = f->app;
     assert_null(hr_app_not_ready(a));
     submit_ok(a, 1, 600);
     hr_trainer_wait_idle(a->trainer);
@@ -289,9 +335,9 @@ static void test_restore_bit_for_bit(void **state)
     snap_take(a->model, &sa);
     uint64_t updates = hr_trainer_updates(a->trainer);
     assert_true(updates >= 599); /* events 1..599 */
-    hr_app_close(a, true); /* final checkpoint of a quiet model: same rows */
+    app_close(f, true); /* final checkpoint of a quiet model: same rows */
 
-    hr_app *b = open_app(db);
+    hr_app *b = app_open(f);
     snap sb;
     snap_take(b->model, &sb);
     snap_assert_equal(&sa, &sb, true);
@@ -308,18 +354,15 @@ static void test_restore_bit_for_bit(void **state)
     hr_error err;
     assert_int_equal(submit(b, 1000, &seq, &err), HR_OK);
     assert_int_equal(seq, 600);
-    hr_app_close(b, true);
+    app_close(f, true);
     snap_free(&sa);
     snap_free(&sb);
-    tu_rmtree(dir);
 }
 
 static void test_incremental_chain(void **state)
 {
-    (void)state;
-    const char *dir = tu_tmpdir();
-    char *db = path_in(dir, "t.db");
-    hr_app *a = open_app(db); /* full_every 3, keep 3 */
+    fixture *f = *state;
+    hr_app *a = f->app; /* full_every 3, keep 3 */
     submit_ok(a, 1, 400);
     hr_trainer_wait_idle(a->trainer);
     json_t *i1 = checkpoint_ok(a);
@@ -341,17 +384,17 @@ static void test_incremental_chain(void **state)
     assert_int_equal(json_integer_value(json_object_get(i4, "rows")), 0);
     snap sa;
     snap_take(a->model, &sa);
-    hr_app_close(a, false); /* final: the 4th increment -> full (full_every 3) */
+    app_close(f, false); /* final: the 4th increment -> full (full_every 3) */
 
-    hr_app *b = open_app(db);
+    hr_app *b = app_open(f);
     snap sb;
     snap_take(b->model, &sb);
     snap_assert_equal(&sa, &sb, true);
-    hr_app_close(b, false);
+    app_close(f, false);
     snap_free(&sb);
 
     /* Restore through the chain itself: drop the final full checkpoint. */
-    sqlite3 *h = db_open(db);
+    sqlite3 *h = db_open(f->db);
     int64_t last = db_int(h, "SELECT max(id) FROM checkpoint");
     int64_t full_count = db_int(h, "SELECT count(*) FROM checkpoint WHERE kind = 'full'");
     assert_true(full_count >= 2);
@@ -366,32 +409,25 @@ static void test_incremental_chain(void **state)
     assert_int_equal(db_int(h, "SELECT count(*) FROM checkpoint WHERE base = 1"), 4);
     assert_true(last > 4);
     sqlite3_close(h);
-    hr_app *c = open_app(db);
+    hr_app *c = app_open(f);
     snap sc;
     snap_take(c->model, &sc);
     snap_assert_equal(&sa, &sc, true);
-    hr_app_close(c, false);
+    app_close(f, false);
     snap_free(&sc);
     snap_free(&sa);
     json_decref(i1);
     json_decref(i2);
     json_decref(i3);
     json_decref(i4);
-    tu_rmtree(dir);
 }
 
 /* An id that expires stays gone after a restart from an incremental chain. */
 static void test_expired_id_stays_gone(void **state)
 {
-    (void)state;
-    const char *dir = tu_tmpdir();
-    char *db = path_in(dir, "t.db");
-    hr_config c;
-    make_config(&c, db);
-    cfg_set(&c, "expire_seconds", "1000");
-    hr_app *a = NULL;
-    hr_error err = {0};
-    assert_int_equal(hr_app_open(&c, &a, &err), HR_OK);
+    fixture *f = *state;
+    cfg_set(&f->cfg, "expire_seconds", "1000");
+    hr_app *a = app_open(f);
     submit_ok(a, 1, 50);
     hr_trainer_wait_idle(a->trainer);
     json_t *info = checkpoint_ok(a); /* full: every id present */
@@ -404,47 +440,39 @@ static void test_expired_id_stays_gone(void **state)
     info = checkpoint_ok(a); /* incremental: the removals */
     assert_string_equal(info_kind(info), "incremental");
     json_decref(info);
-    hr_app_close(a, false);
+    app_close(f, false);
 
-    hr_app *b = NULL;
-    assert_int_equal(hr_app_open(&c, &b, &err), HR_OK);
+    hr_app *b = app_open(f);
     assert_int_equal(hr_model_id_count(b->model, HR_TABLE_USER), 0);
     assert_int_equal(hr_model_id_count(b->model, HR_TABLE_ITEM), 0);
     assert_int_equal(hr_model_lookup(b->model, HR_TABLE_USER, "u7", 2), HR_ID_NONE);
-    hr_app_close(b, false);
-    hr_config_free(&c);
-    tu_rmtree(dir);
+    app_close(f, false);
 }
 
 static void test_keep_prunes_whole_chains(void **state)
 {
-    (void)state;
-    const char *dir = tu_tmpdir();
-    char *db = path_in(dir, "t.db");
-    hr_app *a = open_app(db); /* keep 3, full_every 3 */
+    fixture *f = *state;
+    hr_app *a = f->app; /* keep 3, full_every 3 */
     for (int i = 0; i < 9; i++) {
         submit_ok(a, (uint32_t)(1 + 10 * i), (uint32_t)(11 + 10 * i));
         hr_trainer_wait_idle(a->trainer);
         json_decref(checkpoint_ok(a));
     }
     /* ids 1..9: full at 1, 5, 9. The newest 3 (7, 8, 9) need chain 5. */
-    sqlite3 *h = db_open(db);
+    sqlite3 *h = db_open(f->db);
     assert_int_equal(db_int(h, "SELECT min(id) FROM checkpoint"), 5);
     assert_int_equal(db_int(h, "SELECT count(*) FROM row WHERE id < (5 << 40)"), 0);
     assert_int_equal(db_int(h, "SELECT count(*) FROM checkpoint WHERE complete = 0"), 0);
     sqlite3_close(h);
-    hr_app_close(a, false);
-    tu_rmtree(dir);
+    app_close(f, false);
 }
 
 /* A crash image: copy the files while the app runs (WAL included), open the
  * copy: last checkpoint + replayed log = the live model. */
 static void test_crash_image_replays_log(void **state)
 {
-    (void)state;
-    const char *dir = tu_tmpdir();
-    char *db = path_in(dir, "t.db");
-    hr_app *a = open_app(db);
+    fixture *f = *state;
+    hr_app *a = f->app;
     submit_ok(a, 1, 300);
     hr_trainer_wait_idle(a->trainer);
     json_decref(checkpoint_ok(a));
@@ -455,12 +483,13 @@ static void test_crash_image_replays_log(void **state)
     const char *files[] = {"t.db", "t.db-wal", "t.db-events", "t.db-events-wal"};
     for (size_t i = 0; i < HR_ARRAY_LEN(files); i++) {
         char to[600];
-        snprintf(to, sizeof to, "%s/copy-%s", dir, files[i]);
-        copy_file(path_in(dir, files[i]), to);
+        snprintf(to, sizeof to, "%s/copy-%s", f->dir, files[i]);
+        copy_file(path_in(f->dir, files[i]), to);
     }
-    hr_app_close(a, true);
+    app_close(f, true);
 
-    hr_app *b = open_app(path_in(dir, "copy-t.db"));
+    cfg_set(&f->cfg, "db", path_in(f->dir, "copy-t.db"));
+    hr_app *b = app_open(f);
     json_t *stats = hr_persist_stats(b->persist);
     assert_int_equal(json_integer_value(json_object_get(json_object_get(stats, "start"),
                                                         "replayed")), 220);
@@ -472,10 +501,9 @@ static void test_crash_image_replays_log(void **state)
     hr_error err;
     assert_int_equal(submit(b, 9999, &seq, &err), HR_OK);
     assert_int_equal(seq, 520);
-    hr_app_close(b, true);
+    app_close(f, true);
     snap_free(&sa);
     snap_free(&sb);
-    tu_rmtree(dir);
 }
 
 /* ---- kill -9 ---- */
@@ -506,13 +534,11 @@ static void hang_in_commit(void)
 /* Child: ingest forever, acknowledging each event; a checkpoint every
  * `every` events; with hang_at_ckpt, the checkpoint after event
  * hang_at_ckpt blocks inside its commit (VFS hook) for the parent to kill. */
-static void child_main(const char *db, uint32_t every, uint32_t hang_at_ckpt)
+static void child_main(const hr_config *c, uint32_t every, uint32_t hang_at_ckpt)
 {
     hr_app *app;
-    hr_config c;
-    make_config(&c, db);
     hr_error err;
-    if (hr_app_open(&c, &app, &err) != HR_OK)
+    if (hr_app_open(c, &app, &err) != HR_OK)
         _exit(3);
     for (uint32_t i = 1;; i++) {
         uint64_t seq;
@@ -551,7 +577,7 @@ static bool read_report(int fd, report *r)
 /* Forks a child running child_main, reads its reports until `acks`
  * acknowledgements (or its 'K' marker when wait_marker), kills it with
  * SIGKILL, then reads what is left in the pipe. */
-static void run_and_kill(const char *db, uint32_t every, uint32_t hang_at, size_t acks,
+static void run_and_kill(const hr_config *c, uint32_t every, uint32_t hang_at, size_t acks,
                          bool wait_marker, reports *out)
 {
     int fds[2];
@@ -562,7 +588,7 @@ static void run_and_kill(const char *db, uint32_t every, uint32_t hang_at, size_
     if (pid == 0) {
         close(fds[0]);
         report_fd = fds[1];
-        child_main(db, every, hang_at);
+        child_main(c, every, hang_at);
         _exit(0);
     }
     close(fds[1]);
@@ -593,8 +619,9 @@ static void run_and_kill(const char *db, uint32_t every, uint32_t hang_at, size_
 /* The databases pass integrity_check, hold only complete checkpoints, and
  * every acknowledged event is covered by the checkpoint or in the log; then
  * a restart replays the log tail and knows every acknowledged id. */
-static void check_recovery(const char *db, const reports *rep, int64_t expect_ckpts_min)
+static void check_recovery(fixture *f, const reports *rep, int64_t expect_ckpts_min)
 {
+    const char *db = f->db;
     char logdb[600];
     snprintf(logdb, sizeof logdb, "%s-events", db);
     assert_integrity(db);
@@ -634,7 +661,7 @@ static void check_recovery(const char *db, const reports *rep, int64_t expect_ck
     sqlite3_close(l);
     assert_true((size_t)tail >= in_log);
 
-    hr_app *app = open_app(db);
+    hr_app *app = app_open(f);
     json_t *stats = hr_persist_stats(app->persist);
     assert_int_equal(json_integer_value(json_object_get(json_object_get(stats, "start"),
                                                         "replayed")), tail);
@@ -658,40 +685,34 @@ static void check_recovery(const char *db, const reports *rep, int64_t expect_ck
     hr_error err;
     assert_int_equal(submit(app, 777777, &seq, &err), HR_OK);
     assert_true(seq > maxack);
-    hr_app_close(app, true);
+    app_close(f, true);
 }
 
 static void test_kill9_during_ingest(void **state)
 {
-    (void)state;
-    const char *dir = tu_tmpdir();
-    char *db = path_in(dir, "t.db");
+    fixture *f = *state;
     reports rep;
-    run_and_kill(db, 700, 0, 2500, false, &rep);
+    run_and_kill(&f->cfg, 700, 0, 2500, false, &rep);
     assert_true(rep.n >= 2500);
-    check_recovery(db, &rep, 1);
+    check_recovery(f, &rep, 1);
     free(rep.r);
-    tu_rmtree(dir);
 }
 
 static void test_kill9_during_checkpoint(void **state)
 {
-    (void)state;
+    fixture *f = *state;
     fv_install();
-    const char *dir = tu_tmpdir();
-    char *db = path_in(dir, "t.db");
     reports rep;
     /* Checkpoints after 500 and 1000 events commit; the one after 1500
      * hangs after writing its second WAL frame, and is killed there. */
-    run_and_kill(db, 500, 1500, 0, true, &rep);
+    run_and_kill(&f->cfg, 500, 1500, 0, true, &rep);
     assert_true(rep.killed_marker);
     assert_true(rep.n >= 1500);
-    sqlite3 *h = db_open(db); /* recovery of the WAL drops the torn commit */
+    sqlite3 *h = db_open(f->db); /* recovery of the WAL drops the torn commit */
     assert_int_equal(db_int(h, "SELECT max(id) FROM checkpoint"), 2);
     sqlite3_close(h);
-    check_recovery(db, &rep, 2);
+    check_recovery(f, &rep, 2);
     free(rep.r);
-    tu_rmtree(dir);
 }
 
 /* ---- faults ---- */
@@ -719,12 +740,10 @@ static hr_event probe_event(hr_app *app)
 
 /* The event log cannot write (error rc): no 202, predictions go on, health
  * says why; recovery once writes work again. */
-static void log_fault(int rc, const char *expect)
+static void log_fault(fixture *f, int rc, const char *expect)
 {
     fv_install();
-    const char *dir = tu_tmpdir();
-    char *db = path_in(dir, "t.db");
-    hr_app *a = open_app(db);
+    hr_app *a = app_open(f);
     submit_ok(a, 1, 100);
     hr_trainer_wait_idle(a->trainer);
     hr_event ev = probe_event(a);
@@ -748,33 +767,28 @@ static void log_fault(int rc, const char *expect)
     wait_healthy(a);
     submit_ok(a, 102, 110);
     hr_trainer_wait_idle(a->trainer);
-    hr_app_close(a, true);
-    assert_integrity(db);
+    app_close(f, true);
+    assert_integrity(f->db);
     char logdb[600];
-    snprintf(logdb, sizeof logdb, "%s-events", db);
+    snprintf(logdb, sizeof logdb, "%s-events", f->db);
     assert_integrity(logdb);
-    tu_rmtree(dir);
 }
 
 static void test_log_disk_full(void **state)
 {
-    (void)state;
-    log_fault(SQLITE_FULL, "full");
+    log_fault(*state, SQLITE_FULL, "full");
 }
 
 static void test_log_write_error(void **state)
 {
-    (void)state;
-    log_fault(SQLITE_IOERR_WRITE, "I/O");
+    log_fault(*state, SQLITE_IOERR_WRITE, "I/O");
 }
 
 static void test_checkpoint_disk_full(void **state)
 {
-    (void)state;
+    fixture *f = *state;
     fv_install();
-    const char *dir = tu_tmpdir();
-    char *db = path_in(dir, "t.db");
-    hr_app *a = open_app(db);
+    hr_app *a = app_open(f);
     submit_ok(a, 1, 200);
     hr_trainer_wait_idle(a->trainer);
     json_decref(checkpoint_ok(a));
@@ -799,26 +813,23 @@ static void test_checkpoint_disk_full(void **state)
     hr_trainer_wait_idle(a->trainer);
     json_decref(checkpoint_ok(a));
     snap_take(a->model, &sa);
-    hr_app_close(a, true);
-    hr_app *b = open_app(db);
+    app_close(f, true);
+    hr_app *b = app_open(f);
     snap sb;
     snap_take(b->model, &sb);
     snap_assert_equal(&sa, &sb, true);
-    hr_app_close(b, true);
+    app_close(f, true);
     snap_free(&sa);
     snap_free(&sb);
-    tu_rmtree(dir);
 }
 
 static void test_busy(void **state)
 {
-    (void)state;
-    const char *dir = tu_tmpdir();
-    char *db = path_in(dir, "t.db");
-    hr_app *a = open_app(db);
+    fixture *f = *state;
+    hr_app *a = f->app;
     submit_ok(a, 1, 100);
     hr_trainer_wait_idle(a->trainer);
-    sqlite3 *h = db_open(db);
+    sqlite3 *h = db_open(f->db);
     sqlite3_busy_timeout(h, 0);
     assert_int_equal(sqlite3_exec(h, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
     hr_error err = {0};
@@ -834,24 +845,20 @@ static void test_busy(void **state)
     assert_true(json_integer_value(json_object_get(json_object_get(stats, "checkpoints"),
                                                    "taken")) >= 1);
     json_decref(stats);
-    hr_app_close(a, true);
-    tu_rmtree(dir);
+    app_close(f, true);
 }
 
 /* A real full file system, when this process may mount a tmpfs. */
 static void test_tmpfs_full(void **state)
 {
-    (void)state;
-    const char *dir = tu_tmpdir();
-    if (mount("tmpfs", dir, "tmpfs", 0, "size=1m") != 0) {
-        tu_rmtree(dir);
+    fixture *f = *state;
+    if (mount("tmpfs", f->dir, "tmpfs", 0, "size=1m") != 0)
         TU_SKIP("cannot mount a tmpfs here (%s)", strerror(errno));
-    }
-    char *db = path_in(dir, "t.db");
-    hr_app *a = open_app(db);
+    f->mounted = true;
+    hr_app *a = app_open(f);
     submit_ok(a, 1, 50);
     /* Fill the file system. */
-    char *filler = path_in(dir, "filler");
+    char *filler = path_in(f->dir, "filler");
     int fd = open(filler, O_WRONLY | O_CREAT, 0600);
     assert_true(fd >= 0);
     char block[4096];
@@ -873,21 +880,20 @@ static void test_tmpfs_full(void **state)
     unlink(filler);
     wait_healthy(a);
     submit_ok(a, 300000, 300010);
-    hr_app_close(a, true);
-    assert_integrity(db);
-    umount(dir);
-    tu_rmtree(dir);
+    app_close(f, true);
+    assert_integrity(f->db);
+    umount(f->dir);
+    f->mounted = false;
 }
 
 static void test_corrupt_refused(void **state)
 {
-    (void)state;
-    const char *dir = tu_tmpdir();
-    char *db = path_in(dir, "t.db");
-    hr_app *a = open_app(db);
+    fixture *f = *state;
+    const char *db = f->db;
+    hr_app *a = f->app;
     submit_ok(a, 1, 100);
     hr_trainer_wait_idle(a->trainer);
-    hr_app_close(a, true);
+    app_close(f, true);
     /* Overwrite the header. */
     int fd = open(db, O_WRONLY);
     assert_true(fd >= 0);
@@ -895,11 +901,9 @@ static void test_corrupt_refused(void **state)
     close(fd);
     struct stat before, after;
     assert_int_equal(stat(db, &before), 0);
-    hr_config c;
-    make_config(&c, db);
     hr_app *b = NULL;
     hr_error err = {0};
-    assert_int_equal(hr_app_open(&c, &b, &err), HR_ECORRUPT);
+    assert_int_equal(hr_app_open(&f->cfg, &b, &err), HR_ECORRUPT);
     assert_null(b);
     assert_non_null(strstr(err.message, "corrupt"));
     assert_non_null(strstr(err.message, "refusing"));
@@ -910,20 +914,17 @@ static void test_corrupt_refused(void **state)
     assert_int_equal(read(fd, head, sizeof head), 24);
     close(fd);
     assert_memory_equal(head, "this is not a database!!", 24);
-    hr_config_free(&c);
-    tu_rmtree(dir);
 }
 
 /* A valid header but damaged pages under the checkpoint rows. */
 static void test_corrupt_pages_refused(void **state)
 {
-    (void)state;
-    const char *dir = tu_tmpdir();
-    char *db = path_in(dir, "t.db");
-    hr_app *a = open_app(db);
+    fixture *f = *state;
+    const char *db = f->db;
+    hr_app *a = f->app;
     submit_ok(a, 1, 300);
     hr_trainer_wait_idle(a->trainer);
-    hr_app_close(a, true);
+    app_close(f, true);
     struct stat sb;
     assert_int_equal(stat(db, &sb), 0);
     int fd = open(db, O_WRONLY);
@@ -933,22 +934,17 @@ static void test_corrupt_pages_refused(void **state)
     for (off_t off = 2 * 4096; off < sb.st_size; off += 4096)
         assert_int_equal(pwrite(fd, junk, sizeof junk, off), (ssize_t)sizeof junk);
     close(fd);
-    hr_config c;
-    make_config(&c, db);
     hr_app *b = NULL;
     hr_error err = {0};
-    assert_int_equal(hr_app_open(&c, &b, &err), HR_ECORRUPT);
+    assert_int_equal(hr_app_open(&f->cfg, &b, &err), HR_ECORRUPT);
     assert_null(b);
     assert_non_null(strstr(err.message, "refusing"));
-    hr_config_free(&c);
-    tu_rmtree(dir);
 }
 
 static void test_migration_from_v1(void **state)
 {
-    (void)state;
-    const char *dir = tu_tmpdir();
-    char *db = path_in(dir, "t.db");
+    fixture *f = *state;
+    const char *db = f->db;
     /* A database created at schema version 1 by this store. */
     hr_store_options o = {.kind = HR_STORE_MAIN, .sync_full = true, .busy_ms = 1000,
                           .target_version = 1};
@@ -962,13 +958,13 @@ static void test_migration_from_v1(void **state)
                      0);
     sqlite3_close(h);
     /* The app migrates it and works; the migrated schema keeps checkpoints. */
-    hr_app *a = open_app(db);
+    hr_app *a = app_open(f);
     submit_ok(a, 1, 100);
     hr_trainer_wait_idle(a->trainer);
     json_decref(checkpoint_ok(a));
     snap sa;
     snap_take(a->model, &sa);
-    hr_app_close(a, true);
+    app_close(f, true);
     h = db_open(db);
     assert_int_equal(db_int(h, "PRAGMA user_version"), hr_store_latest_version(HR_STORE_MAIN));
     assert_true(db_int(h, "SELECT count(*) FROM schedule_history") > 0);
@@ -981,107 +977,90 @@ static void test_migration_from_v1(void **state)
                                   NULL, NULL, NULL),
                      SQLITE_OK);
     sqlite3_close(h);
-    hr_app *b = open_app(db);
+    hr_app *b = app_open(f);
     snap sb;
     snap_take(b->model, &sb);
     snap_assert_equal(&sa, &sb, true);
-    hr_app_close(b, true);
+    app_close(f, true);
     h = db_open(db);
     assert_int_equal(db_int(h, "PRAGMA user_version"), hr_store_latest_version(HR_STORE_MAIN));
     sqlite3_close(h);
     snap_free(&sa);
     snap_free(&sb);
-    tu_rmtree(dir);
 }
 
 static void test_newer_schema_refused(void **state)
 {
-    (void)state;
-    const char *dir = tu_tmpdir();
-    char *db = path_in(dir, "t.db");
-    hr_app *a = open_app(db);
-    hr_app_close(a, true);
-    sqlite3 *h = db_open(db);
+    fixture *f = *state;
+    app_close(f, true);
+    sqlite3 *h = db_open(f->db);
     assert_int_equal(sqlite3_exec(h, "PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(h);
-    hr_config c;
-    make_config(&c, db);
     hr_app *b = NULL;
     hr_error err = {0};
-    assert_int_not_equal(hr_app_open(&c, &b, &err), HR_OK);
+    assert_int_not_equal(hr_app_open(&f->cfg, &b, &err), HR_OK);
     assert_non_null(strstr(err.message, "newer"));
-    hr_config_free(&c);
-    tu_rmtree(dir);
 }
 
 static void test_shape_mismatch_refused(void **state)
 {
-    (void)state;
-    const char *dir = tu_tmpdir();
-    char *db = path_in(dir, "t.db");
-    hr_app *a = open_app(db);
-    submit_ok(a, 1, 10);
-    hr_app_close(a, true);
-    hr_config c;
-    make_config(&c, db);
-    cfg_set(&c, "k", "16");
+    fixture *f = *state;
+    submit_ok(f->app, 1, 10);
+    app_close(f, true);
+    cfg_set(&f->cfg, "k", "16");
     hr_app *b = NULL;
     hr_error err = {0};
-    assert_int_equal(hr_app_open(&c, &b, &err), HR_EINVAL);
+    assert_int_equal(hr_app_open(&f->cfg, &b, &err), HR_EINVAL);
     assert_non_null(strstr(err.message, "shape"));
-    hr_config_free(&c);
-    tu_rmtree(dir);
 }
 
 static void test_interval_durability(void **state)
 {
-    (void)state;
-    const char *dir = tu_tmpdir();
-    char *db = path_in(dir, "t.db");
-    hr_config c;
-    make_config(&c, db);
-    cfg_set(&c, "durability", "interval");
-    cfg_set(&c, "sync_interval_ms", "5");
-    hr_app *a = NULL;
-    hr_error err;
-    assert_int_equal(hr_app_open(&c, &a, &err), HR_OK);
+    fixture *f = *state;
+    cfg_set(&f->cfg, "durability", "interval");
+    cfg_set(&f->cfg, "sync_interval_ms", "5");
+    hr_app *a = app_open(f);
     submit_ok(a, 1, 300);
     hr_trainer_wait_idle(a->trainer);
     snap sa;
     snap_take(a->model, &sa);
-    hr_app_close(a, true); /* commits what is buffered */
-    assert_int_equal(hr_app_open(&c, &a, &err), HR_OK);
+    app_close(f, true); /* commits what is buffered */
+    a = app_open(f);
     snap sb;
     snap_take(a->model, &sb);
     snap_assert_equal(&sa, &sb, true);
-    hr_app_close(a, true);
-    hr_config_free(&c);
+    app_close(f, true);
     snap_free(&sa);
     snap_free(&sb);
-    tu_rmtree(dir);
 }
 
 int main(void)
 {
+    /* setup_open: the test starts with f->app open on <dir>/t.db; setup:
+     * with the directory and config only (the test opens when ready). */
+#define OPEN(t) cmocka_unit_test_setup_teardown(t, setup_open, teardown)
+#define BARE(t) cmocka_unit_test_setup_teardown(t, setup, teardown)
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_restore_bit_for_bit),
-        cmocka_unit_test(test_incremental_chain),
-        cmocka_unit_test(test_keep_prunes_whole_chains),
-        cmocka_unit_test(test_expired_id_stays_gone),
-        cmocka_unit_test(test_crash_image_replays_log),
-        cmocka_unit_test(test_kill9_during_ingest),
-        cmocka_unit_test(test_kill9_during_checkpoint),
-        cmocka_unit_test(test_log_disk_full),
-        cmocka_unit_test(test_log_write_error),
-        cmocka_unit_test(test_checkpoint_disk_full),
-        cmocka_unit_test(test_busy),
-        cmocka_unit_test(test_tmpfs_full),
-        cmocka_unit_test(test_corrupt_refused),
-        cmocka_unit_test(test_corrupt_pages_refused),
-        cmocka_unit_test(test_migration_from_v1),
-        cmocka_unit_test(test_newer_schema_refused),
-        cmocka_unit_test(test_shape_mismatch_refused),
-        cmocka_unit_test(test_interval_durability),
+        OPEN(test_restore_bit_for_bit),
+        OPEN(test_incremental_chain),
+        OPEN(test_keep_prunes_whole_chains),
+        BARE(test_expired_id_stays_gone),
+        OPEN(test_crash_image_replays_log),
+        BARE(test_kill9_during_ingest),
+        BARE(test_kill9_during_checkpoint),
+        BARE(test_log_disk_full),
+        BARE(test_log_write_error),
+        BARE(test_checkpoint_disk_full),
+        OPEN(test_busy),
+        BARE(test_tmpfs_full),
+        OPEN(test_corrupt_refused),
+        OPEN(test_corrupt_pages_refused),
+        BARE(test_migration_from_v1),
+        OPEN(test_newer_schema_refused),
+        OPEN(test_shape_mismatch_refused),
+        BARE(test_interval_durability),
     };
+#undef OPEN
+#undef BARE
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

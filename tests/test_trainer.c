@@ -11,11 +11,14 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "hogrec/app.h"
 #include "hogrec/sgd.h"
 
-static hr_app *open_app(int threads, int k, const char *neg, const char *schedule)
+/* kv: NULL, or more options as name, value pairs ending with NULL. */
+static hr_app *open_app_with(int threads, int k, const char *neg, const char *schedule,
+                             const char *const *kv)
 {
     hr_config c;
     hr_config_defaults(&c);
@@ -33,12 +36,20 @@ static hr_app *open_app(int threads, int k, const char *neg, const char *schedul
     assert_int_equal(hr_config_set(&c, "batch", "64", &err), HR_OK);
     if (schedule)
         assert_int_equal(hr_config_set(&c, "schedule", schedule, &err), HR_OK);
+    for (size_t i = 0; kv && kv[i]; i += 2)
+        if (hr_config_set(&c, kv[i], kv[i + 1], &err) != HR_OK)
+            fail_msg("%s: %s", kv[i], err.message);
     hr_app *app = NULL;
     hr_status st = hr_app_open(&c, &app, &err);
     if (st != HR_OK)
         fail_msg("hr_app_open: %s", err.message);
     hr_config_free(&c);
     return app;
+}
+
+static hr_app *open_app(int threads, int k, const char *neg, const char *schedule)
+{
+    return open_app_with(threads, k, neg, schedule, NULL);
 }
 
 static hr_event event_for(hr_app *app, unsigned user, unsigned item, float label)
@@ -275,6 +286,132 @@ static void test_negative_sampling_auto(void **state)
     hr_app_close(app, true);
 }
 
+/* ---- upkeep: the maintenance thread ---- */
+
+/* Sleeps 10 ms (a bounded wait for the maintenance thread's next tick). */
+static void nap(void)
+{
+    struct timespec ts = {0, 10 * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+/* Ids unseen for expire_seconds go away while no event arrives (upkeep used
+ * to run only at the end of a trained batch). */
+static void test_expiry_without_further_events(void **state)
+{
+    (void)state;
+    const char *kv[] = {"expire_seconds", "1", NULL};
+    hr_app *app = open_app_with(1, 4, "off", NULL, kv);
+    hr_event evs[50];
+    for (int e = 0; e < 50; e++)
+        evs[e] = event_for(app, (unsigned)e % 10, (unsigned)e % 5, 1);
+    uint64_t ids = (uint64_t)hr_model_id_count(app->model, HR_TABLE_USER) +
+                   hr_model_id_count(app->model, HR_TABLE_ITEM);
+    assert_int_equal(ids, 15);
+    submit(app, evs, 50);
+    hr_trainer_wait_idle(app->trainer);
+    /* No more events: the ids are past expiry 1-2 s later (the model clock
+     * counts whole seconds); bounded at 30 s. */
+    for (int i = 0; i < 3000 && hr_model_id_count(app->model, HR_TABLE_USER) +
+                                        hr_model_id_count(app->model, HR_TABLE_ITEM) > 0;
+         i++)
+        nap();
+    assert_int_equal(hr_model_id_count(app->model, HR_TABLE_USER), 0);
+    assert_int_equal(hr_model_id_count(app->model, HR_TABLE_ITEM), 0);
+    assert_int_equal(hr_model_expired_total(app->model), ids);
+    hr_trainer_counts c;
+    hr_trainer_get_counts(app->trainer, &c);
+    assert_int_equal(c.trained, 50);
+    hr_app_close(app, true);
+}
+
+/* The schedule history's loss_after is noted once progress_window updates
+ * passed after a change, with no reader asking (the history GET used to
+ * note it). */
+static void test_loss_after_noted_without_reads(void **state)
+{
+    (void)state;
+    const char *kv[] = {"progress_window", "100", NULL};
+    hr_app *app = open_app_with(2, 4, "off", NULL, kv);
+    hr_schedule s = *hr_schedbox_current(app->sched);
+    s.eta0 /= 2;
+    hr_error err;
+    uint64_t v = 0;
+    assert_int_equal(hr_schedbox_swap(app->sched, &s, hr_trainer_updates(app->trainer), NAN, &v,
+                                      &err),
+                     HR_OK);
+    assert_int_equal(v, 2);
+    hr_event evs[300];
+    for (int e = 0; e < 300; e++)
+        evs[e] = event_for(app, (unsigned)e % 17, (unsigned)e % 7, (float)(e % 2));
+    submit(app, evs, 300);
+    hr_trainer_wait_idle(app->trainer);
+    hr_sched_change h[2];
+    for (int i = 0; i < 3000; i++) { /* bounded at 30 s */
+        assert_int_equal(hr_schedbox_history(app->sched, h, 2), 2);
+        if (!isnan(h[1].loss_after))
+            break;
+        nap();
+    }
+    assert_int_equal(h[1].version, 2);
+    assert_true(isfinite(h[1].loss_after) && h[1].loss_after > 0);
+    /* Only the latest change is measured (version 1 was superseded before
+     * its window passed). */
+    assert_true(isnan(h[0].loss_after));
+    hr_app_close(app, true);
+}
+
+/* After enough updates (SAMPLER_REBUILD_UPDATES, 2^17) the sampler is
+ * rebuilt from the items' event counts: with alpha 1 and one item holding
+ * nearly every event, nearly every negative drawn is that item. */
+static void test_negatives_by_popularity(void **state)
+{
+    (void)state;
+    const char *kv[] = {"negative_alpha", "1", "negatives", "1", NULL};
+    hr_app *app = open_app_with(1, 4, "on", NULL, kv);
+    enum { COLD = 60, HOT_EVENTS = 140000, PROBES = 20 };
+    hr_event cold[COLD];
+    for (unsigned i = 0; i < COLD; i++)
+        cold[i] = event_for(app, i, 1000 + i, 1);
+    submit(app, cold, COLD);
+    hr_event hot[500];
+    for (unsigned e = 0; e < 500; e++)
+        hot[e] = event_for(app, e % 97, 1, 1);
+    for (unsigned n = 0; n < HOT_EVENTS; n += 500)
+        submit(app, hot, 500);
+    hr_trainer_wait_idle(app->trainer);
+    hr_trainer_counts c;
+    hr_trainer_get_counts(app->trainer, &c);
+    assert_true(c.updates > (1u << 17) + 1000);
+    uint32_t hot_row = hot[0].item;
+    hr_event probe[PROBES];
+    for (unsigned e = 0; e < PROBES; e++)
+        probe[e] = event_for(app, 5000, 5000, 1);
+    /* Probe: which item rows do 20 positives' negatives touch? Uniform draws
+     * would hit about 17 of the 60 cold items; popularity draws about 1 in
+     * 26. The rebuild runs on the maintenance thread: retry, bounded. */
+    unsigned cold_hit = COLD;
+    bool hot_hit = false;
+    for (int round = 0; round < 500 && (cold_hit > 5 || !hot_hit); round++) {
+        uint32_t rows = hr_model_rows(app->model, HR_TABLE_ITEM);
+        for (uint32_t r = 0; r < rows; r++)
+            hr_model_take_dirty(app->model, HR_TABLE_ITEM, r);
+        submit(app, probe, PROBES);
+        hr_trainer_wait_idle(app->trainer);
+        cold_hit = 0;
+        for (unsigned i = 0; i < COLD; i++)
+            cold_hit += hr_model_take_dirty(app->model, HR_TABLE_ITEM, cold[i].item);
+        hot_hit = hr_model_take_dirty(app->model, HR_TABLE_ITEM, hot_row);
+        if (cold_hit > 5 || !hot_hit)
+            nap();
+    }
+    print_message("popularity sampling: %u of %d cold items drawn by %d positives\n", cold_hit,
+                  COLD, PROBES);
+    assert_true(hot_hit);
+    assert_true(cold_hit <= 5);
+    hr_app_close(app, true);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -282,6 +419,9 @@ int main(void)
         cmocka_unit_test(test_schedule_swap_under_running_trainers),
         cmocka_unit_test(test_pause_watermark_and_stop),
         cmocka_unit_test(test_negative_sampling_auto),
+        cmocka_unit_test(test_expiry_without_further_events),
+        cmocka_unit_test(test_loss_after_noted_without_reads),
+        cmocka_unit_test(test_negatives_by_popularity),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,9 +5,10 @@
  * command each hold one; tests build their own.
  *
  * The struct is a set of pointers to modules, each owned by the app; the
- * modules do not see the app (except persistence, which wires the app's
- * parts to SQLite). Events enter through `events` (HTTP) or `ingest`
- * (replay command, benchmarks: no serving state). Read-only after hr_app_open except `ready`.
+ * modules do not see the app (persistence is handed the parts it saves and
+ * restores; the app runs the start-up replay of the event log). Events
+ * enter through `events` (HTTP) or `ingest` (replay command, benchmarks: no
+ * serving state). Read-only after hr_app_open except `ready`.
  */
 #ifndef HOGREC_APP_H
 #define HOGREC_APP_H
@@ -57,9 +58,10 @@ hr_status hr_app_open(const hr_config *cfg, hr_app **out, hr_error *err);
  * interleave with the replayed ones). On error *out is NULL. */
 hr_status hr_app_open_loading(const hr_config *cfg, hr_app **out, hr_error *err);
 
-/* The second half: replays the log tail through the trainers, starts the
- * periodic checkpoints, then sets ready. On error the app stays not ready
- * (close it). */
+/* The second half: loads the checkpoint's serving state, replays the log
+ * tail through the events module and waits until the trainers applied it,
+ * starts persistence (the log's thread, periodic checkpoints), then sets
+ * ready. On error the app stays not ready (close it). */
 hr_status hr_app_finish_loading(hr_app *app, hr_error *err);
 
 /* Stops the trainers (drain: train what is queued; else leave it - with

@@ -12,6 +12,11 @@
  * increasing seq order. Then, while the pool is paused, every event with
  * seq <= hr_trainer_pause()'s result has been applied.
  *
+ * Upkeep runs on one maintenance thread of the pool, started and stopped with
+ * the trainer threads: the popularity sampler's rebuild, id expiry, and the
+ * schedule history's loss_after (noted progress_window updates after a
+ * change). It ticks on the monotonic clock, whether or not events arrive.
+ *
  * Threads: start/stop/pause/resume from one control thread at a time; the
  * getters from any thread.
  */
@@ -36,6 +41,7 @@ typedef struct {
     unsigned negatives;  /* sampled negatives per positive */
     double neg_alpha;    /* 0 = uniform over items, else popularity^alpha */
     uint64_t seed;       /* per-thread PRNGs derive from it */
+    uint64_t progress_window; /* updates after a schedule change before its loss_after is noted */
 } hr_trainer_config;
 
 /* Counters; a snapshot from hr_trainer_get_counts. */
@@ -59,14 +65,16 @@ typedef struct hr_trainer hr_trainer;
 
 hr_trainer_config hr_trainer_config_from(const hr_config *c);
 
-/* Starts the threads. model, queue, schedbox and progress are borrowed and
- * must outlive the pool. *out is new; stop it, then destroy it. */
+/* Starts the trainer threads and the maintenance thread. model, queue,
+ * schedbox and progress are borrowed and must outlive the pool. *out is new;
+ * stop it, then destroy it. */
 hr_status hr_trainer_start(hr_model *model, hr_queue *queue, hr_schedbox *sched,
                            hr_progress *progress, const hr_trainer_config *cfg,
                            hr_trainer **out);
 
 /* Closes the queue (drain: train what is queued first; else abandon it),
- * joins the threads and fills *counts (may be NULL). Idempotent. */
+ * joins the threads (the maintenance thread last) and fills *counts (may be
+ * NULL). Idempotent. */
 void hr_trainer_stop(hr_trainer *tr, bool drain, hr_trainer_counts *counts);
 
 /* Frees the pool (stops it first, draining, if still running). NULL: no-op. */
@@ -79,7 +87,8 @@ uint64_t hr_trainer_pause(hr_trainer *tr);
 void hr_trainer_resume(hr_trainer *tr);
 
 /* Blocks until every event pushed so far has been applied (queue empty and
- * no batch in flight), or the pool is stopped. */
+ * no batch in flight), or the pool is stopped. Sleeps on a condvar the
+ * workers signal when they finish a batch (no polling). */
 void hr_trainer_wait_idle(hr_trainer *tr);
 
 /* The pool's update count (the base plus the sum over threads); stamp it on
