@@ -160,9 +160,6 @@ struct hr_http {
     size_t max_body;             /* bytes */
     hr_topk_batcher *topk;       /* concurrent recommendations scored together */
     route_metrics metrics[R_COUNT];
-    atomic_uint_fast64_t rejected;   /* events invalid, reported by index */
-    atomic_uint_fast64_t duplicates; /* events dropped as repeated ids */
-    atomic_uint_fast64_t refused;    /* events refused whole with 429 */
     pthread_mutex_t rate_mu;     /* guards the updates/s sample */
     double rate_t;               /* wall time of the last sample */
     uint64_t rate_updates;       /* updates at that time */
@@ -356,6 +353,7 @@ static json_t *id_json(const char *key, size_t len)
 static enum MHD_Result answer_events(hr_http *h, struct MHD_Connection *c, request *r,
                                      hr_status st, const char *why)
 {
+    (void)h;
     events_state *ev = &r->ev;
     json_t *errors = ev->errors;
     ev->errors = NULL;
@@ -369,7 +367,6 @@ static enum MHD_Result answer_events(hr_http *h, struct MHD_Connection *c, reque
     } else {
         json_decref(errors);
         if (st == HR_EFULL) {
-            atomic_fetch_add(&h->refused, ev->ok);
             ret = reply_error(c, r, 429, "queue_full",
                               "the queue cannot take these %zu events now; nothing was accepted, "
                               "resend the whole request", ev->ok);
@@ -483,71 +480,21 @@ static enum MHD_Result handle_events(hr_http *h, struct MHD_Connection *c, reque
                                ? app->cfg.max_batch_events
                                : app->cfg.queue_capacity);
     }
-    hr_event *evs = malloc((n ? n : 1) * sizeof *evs);
-    uint64_t *ids = malloc((n ? n : 1) * sizeof *ids);
-    char **texts = app->persist ? calloc(n ? n : 1, sizeof *texts) : NULL;
-    size_t *lens = app->persist ? calloc(n ? n : 1, sizeof *lens) : NULL;
-    if (!evs || !ids || (app->persist && (!texts || !lens))) {
-        free(evs);
-        free(ids);
-        free(texts);
-        free(lens);
-        json_decref(events);
-        json_decref(errors);
-        return reply_error(c, r, 503, "unavailable", "out of memory");
-    }
-    size_t ok = 0, rejected = 0;
-    for (size_t i = 0; i < n; i++) {
-        json_t *obj = json_array_get(events, i);
-        if (json_is_null(obj) && r->ndjson) { /* a line that did not parse, already reported */
-            rejected++;
-            continue;
-        }
-        hr_error e = {{0}, {0}};
-        const json_t *eid = NULL;
-        hr_status st = hr_api_event_from_json(app->model, obj, &evs[ok], &eid, &e);
-        if (st != HR_OK) {
-            rejected++;
-            json_t *item = json_pack("{s:I,s:s}", "index", (json_int_t)i, "message", e.message);
-            if (item && e.field[0])
-                json_object_set_new(item, "field", json_string(e.field));
-            json_array_append_new(errors, item);
-            continue;
-        }
-        ids[ok] = eid ? hr_events_id_hash(eid) : 0;
-        if (texts) {
-            texts[ok] = hr_api_event_text(obj, &lens[ok]);
-            if (!texts[ok]) {
-                rejected++;
-                json_array_append_new(errors, json_pack("{s:I,s:s}", "index", (json_int_t)i,
-                                                        "message", "out of memory"));
-                continue;
-            }
-        }
-        ok++;
-    }
-    json_decref(events);
-    /* Ids, submit and serving state: the events module (see events.h). With
+    /* Validation, ids, submit and serving state: the events module (see
+     * events.h), which also counts what it rejects, drops and refuses. With
      * persistence the commit is awaited without holding this thread. */
-    hr_events_batch batch = {evs, ids, texts, lens, ok};
-    hr_events_result res;
+    hr_events_outcome out;
     hr_events_pending *pending = NULL;
     hr_error e = {{0}, {0}};
-    hr_status st = hr_events_submit(app->events, &batch, app->persist == NULL, &res, &pending, &e);
-    atomic_fetch_add(&h->rejected, rejected);
-    atomic_fetch_add(&h->duplicates, res.duplicates);
+    hr_status st = hr_events_post(app->events, events, errors, app->persist == NULL, &out,
+                                  &pending, &e);
+    json_decref(events);
     events_state *ev = &r->ev;
     ev->errors = errors;
-    ev->ok = ok - res.duplicates;
-    ev->rejected = rejected;
-    ev->dups = res.duplicates;
-    ev->first = res.first_seq;
-    for (size_t i = 0; texts && i < ok; i++)
-        free(texts[i]);
-    free(texts);
-    free(lens);
-    free(ids);
-    free(evs);
+    ev->ok = st == HR_EFULL ? out.refused : out.accepted; /* a 429 names the refused */
+    ev->rejected = out.rejected;
+    ev->dups = out.duplicates;
+    ev->first = out.first_seq;
     if (pending) {
         /* Queued and logged: answer once the commit is done, without
          * holding this pool thread (see the file comment) - unless the
@@ -814,12 +761,14 @@ static json_t *stats_json(hr_http *h)
     hr_progress_get(app->progress, 0, &all);
     const hr_schedule *s = hr_schedbox_current(app->sched);
     double uptime = hr_wall_time() - app->started;
+    hr_events_counts ec;
+    hr_events_get_counts(app->events, &ec);
     json_t *o = json_pack(
         "{s:{s:I,s:I,s:I,s:I,s:I},s:{s:I,s:I},s:{s:I,s:I,s:I,s:I,s:I},"
         "s:{s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:f,s:b},s:f}",
         "events", "accepted", (json_int_t)qs.accepted, "trained", (json_int_t)tc.trained,
-        "rejected", (json_int_t)atomic_load(&h->rejected), "refused", (json_int_t)qs.refused,
-        "duplicates", (json_int_t)atomic_load(&h->duplicates),
+        "rejected", (json_int_t)ec.rejected, "refused", (json_int_t)ec.refused,
+        "duplicates", (json_int_t)ec.duplicates,
         "queue", "depth", (json_int_t)qs.depth, "capacity", (json_int_t)qs.capacity,
         "model", "users", (json_int_t)hr_model_id_count(m, HR_TABLE_USER), "items",
         (json_int_t)hr_model_id_count(m, HR_TABLE_ITEM), "k",
@@ -924,7 +873,7 @@ static void emit_f64(sbuf *b, const char *type, const char *name, const char *he
 
 /* The unlabelled families of /metrics, one line each: TYPE, name, HELP,
  * kind (u64: an integer; f64: a double) and value, an expression over the
- * locals of metrics_text (h, app, qs, tc, rep, ds). A new counter or gauge is
+ * locals of metrics_text (h, app, qs, tc, rep, ds, ec). A new counter or gauge is
  * one line here. */
 #define SCALAR_METRICS(X)                                                                        \
     X(counter, "hogrec_events_accepted_total", "Events accepted (queued, and logged with a "    \
@@ -932,11 +881,11 @@ static void emit_f64(sbuf *b, const char *type, const char *name, const char *he
     X(counter, "hogrec_events_trained_total", "Accepted events the trainers applied to the "    \
       "model (sampled negatives not counted).", u64, tc.trained)                                 \
     X(counter, "hogrec_events_rejected_total", "Events rejected as invalid (listed by index in " \
-      "the reply).", u64, atomic_load(&h->rejected))                                             \
+      "the reply).", u64, ec.rejected)                                                           \
     X(counter, "hogrec_events_refused_total", "Events of requests refused whole with 429 "      \
-      "(queue full).", u64, qs.refused)                                                          \
+      "(queue full).", u64, ec.refused)                                                          \
     X(counter, "hogrec_events_duplicate_total", "Events not applied again: their id was "       \
-      "applied within dedup_window.", u64, atomic_load(&h->duplicates))                          \
+      "applied within dedup_window.", u64, ec.duplicates)                                        \
     X(counter, "hogrec_dedup_evicted_total", "Event ids forgotten within dedup_window to make "  \
       "room (dedup_capacity reached): a resend of one is applied again.", u64, ds.evicted)       \
     X(gauge, "hogrec_dedup_ids", "Event ids remembered within dedup_window.", u64, ds.ids)      \
@@ -1005,6 +954,8 @@ static char *metrics_text(hr_http *h, size_t *len)
     hr_progress_get(app->progress, 0, &rep);
     hr_dedup_stats ds;
     hr_dedup_get_stats(hr_events_dedup(app->events), hr_wall_time(), &ds);
+    hr_events_counts ec;
+    hr_events_get_counts(app->events, &ec);
 #define EMIT_SCALAR(type, name, help, kind, value) emit_##kind(&b, #type, name, help, value);
     SCALAR_METRICS(EMIT_SCALAR)
 #undef EMIT_SCALAR
