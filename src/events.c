@@ -6,11 +6,12 @@
  * The mutex `mu` orders admit+resolve+submit+apply (and replay) so the
  * serving state takes events in seq order and a batch admitted is a batch
  * queued: every non-waiting submit goes through it and trainers only free
- * room. It is held across hr_ingest_admit, the id interning of the batch
- * (lock-free lookups; a new id takes the id table's lock),
- * hr_ingest_submit_nowait (which never blocks on a full queue) and the
- * history updates of the batch (a few striped-mutex operations per event).
- * Validation, the log texts and the claims happen before it, unlocked. A checkpoint takes it once,
+ * room. It is held across hr_ingest_admit, the interning of the ids the
+ * batch names that did not exist at validation (ids already known were
+ * looked up then, lock-free), hr_ingest_submit_nowait (which never blocks
+ * on a full queue) and the history updates of the batch (a few
+ * striped-mutex operations per event). Validation, lookups, the log texts
+ * and the claims happen before it, unlocked. A checkpoint takes it once,
  * to read the cut and copy the popularity scores (4 bytes per item row);
  * rings and ids are copied afterwards without it.
  *
@@ -206,6 +207,18 @@ static void insert_error(json_t *errors, size_t from, size_t index, json_t *item
     json_array_insert_new(errors, at, item);
 }
 
+/* The row of an id the model knows (lock-free lookup), else 0 (row 0 is
+ * never an id's). v is a valid id value. */
+static uint32_t known_row(const hr_model *m, hr_table_id t, const json_t *v)
+{
+    char id[HR_ID_MAX_LEN + 1];
+    size_t len;
+    if (hr_api_id(v, "", id, &len, NULL) != HR_OK)
+        return 0;
+    uint32_t row = hr_model_lookup(m, t, id, len);
+    return row == HR_ID_NONE ? 0 : row;
+}
+
 /* Validates events into b (allocated here): the valid ones, in order, with
  * their id hashes and log texts; the invalid ones counted in *rejected and
  * listed in errors. */
@@ -247,6 +260,10 @@ static hr_status validate(hr_events *e, const json_t *events, json_t *errors, ba
             json_array_append_new(errors, error_json(i, ve.field, ve.message));
             continue;
         }
+        /* Ids that exist already are looked up here, unlocked; only new
+         * ones are left for resolve(), under mu. */
+        b->evs[k].user = known_row(e->model, HR_TABLE_USER, b->refs[k].user);
+        b->evs[k].item = known_row(e->model, HR_TABLE_ITEM, b->refs[k].item);
         b->ids[k] = b->refs[k].id ? hr_events_id_hash(b->refs[k].id) : 0;
         b->index[k] = i;
         if (logged) {
@@ -264,7 +281,7 @@ static hr_status validate(hr_events *e, const json_t *events, json_t *errors, ba
 }
 
 /* Under mu, the batch admitted: resolves the ids of b's first n events
- * (creating new ones); an event that cannot be resolved (an id table full)
+ * that validate() did not find (creating new ones); an event that cannot be resolved (an id table full)
  * is rejected: its claim released, its error inserted in errors (from
  * position `from`, in index order), and it moves behind the others.
  * Returns how many were resolved (the first ones of b). */
@@ -274,7 +291,8 @@ static size_t resolve(hr_events *e, batch *b, size_t n, json_t *errors, size_t f
     size_t kept = 0;
     for (size_t i = 0; i < n; i++) {
         hr_error re = {{0}, {0}};
-        if (hr_api_event_resolve(e->model, &b->refs[i], &b->evs[i], &re) != HR_OK) {
+        if ((b->evs[i].user == 0 || b->evs[i].item == 0) &&
+            hr_api_event_resolve(e->model, &b->refs[i], &b->evs[i], &re) != HR_OK) {
             (*rejected)++;
             if (b->ids[i])
                 hr_dedup_release(e->dedup, b->ids[i]);
