@@ -76,24 +76,28 @@ static hr_status features(const hr_model *m, const json_t *obj, hr_event *ev, hr
     return HR_OK;
 }
 
-/* The error of a failed strict unpack of obj whose format named the n
- * fields of `names` (each "s?o"): the first key of obj not among them, named.
- * (Keys are compared, not values: jansson's true, false and null are
- * shared values.) */
-static hr_status unknown_field(const json_t *obj, const char *const *names, size_t n,
-                               const json_error_t *jerr, hr_error *err)
+/* Reads the fields of obj into val[i] (borrowed; NULL when absent) for the
+ * n allowed names; a key not among them is an error naming it. One pass
+ * over the object's keys, the allowed names declared once by the caller.
+ * (jansson's json_unpack_ex with JSON_STRICT does the same, but builds a
+ * hash set of the keys on every call: measured 2.3 times the cost of a
+ * whole event decode, about 9% of POST /v1/events throughput.) */
+static hr_status read_fields(const json_t *obj, const char *const *names, size_t n,
+                             const json_t **val, hr_error *err)
 {
+    for (size_t i = 0; i < n; i++)
+        val[i] = NULL;
     const char *key;
-    json_t *val;
-    json_object_foreach((json_t *)obj, key, val) {
+    json_t *v;
+    json_object_foreach((json_t *)obj, key, v) {
         size_t i = 0;
         while (i < n && strcmp(key, names[i]) != 0)
             i++;
         if (i == n)
             return hr_error_set(err, HR_EINVAL, key, "unknown field '%s'", key);
+        val[i] = v;
     }
-    /* cannot happen: optional "o" conversions fail only on a leftover key */
-    return hr_error_set(err, HR_EINVAL, "", "%s", jerr->text);
+    return HR_OK;
 }
 
 hr_status hr_api_event_parse(const hr_model *m, const json_t *obj, hr_event *ev,
@@ -108,16 +112,12 @@ hr_status hr_api_event_parse(const hr_model *m, const json_t *obj, hr_event *ev,
     enum { USER, ITEM, LABEL, RATING, WEIGHT, TS, FEATURES, ID, NFIELDS };
     static const char *const names[NFIELDS] = {"user", "item", "label", "rating",
                                                "weight", "ts", "features", "id"};
-    json_t *f[NFIELDS] = {NULL};
-    json_error_t jerr;
-    if (json_unpack_ex((json_t *)obj, &jerr, JSON_STRICT, "{s?o, s?o, s?o, s?o, s?o, s?o, s?o, s?o}",
-                       names[USER], &f[USER], names[ITEM], &f[ITEM], names[LABEL], &f[LABEL],
-                       names[RATING], &f[RATING], names[WEIGHT], &f[WEIGHT], names[TS], &f[TS],
-                       names[FEATURES], &f[FEATURES], names[ID], &f[ID]) != 0)
-        return unknown_field(obj, names, NFIELDS, &jerr, err);
+    const json_t *f[NFIELDS];
+    hr_status st;
+    if ((st = read_fields(obj, names, NFIELDS, f, err)) != HR_OK)
+        return st;
     char id[HR_ID_MAX_LEN + 1];
     size_t len;
-    hr_status st;
     if ((st = hr_api_id(f[USER], "user", id, &len, err)) != HR_OK ||
         (st = hr_api_id(f[ITEM], "item", id, &len, err)) != HR_OK)
         return st;
@@ -173,7 +173,7 @@ hr_status hr_api_event_resolve(hr_model *m, const hr_api_event_refs *refs, hr_ev
                                hr_error *err)
 {
     char id[HR_ID_MAX_LEN + 1];
-    size_t len;
+    size_t len = 0;
     hr_status st;
     if ((st = hr_api_id(refs->user, "user", id, &len, err)) != HR_OK)
         return st;
@@ -265,14 +265,12 @@ hr_status hr_api_pair_from_json(const hr_model *m, const json_t *obj, hr_event *
     if (!json_is_object(obj))
         return hr_error_set(err, HR_EINVAL, "", "a pair must be a JSON object");
     static const char *const names[3] = {"user", "item", "features"};
-    json_t *f[3] = {NULL};
-    json_error_t jerr;
-    if (json_unpack_ex((json_t *)obj, &jerr, JSON_STRICT, "{s?o, s?o, s?o}", names[0], &f[0],
-                       names[1], &f[1], names[2], &f[2]) != 0)
-        return unknown_field(obj, names, 3, &jerr, err);
+    const json_t *f[3];
+    hr_status st;
+    if ((st = read_fields(obj, names, 3, f, err)) != HR_OK)
+        return st;
     char id[HR_ID_MAX_LEN + 1];
     size_t len;
-    hr_status st;
     if ((st = hr_api_id(f[0], "user", id, &len, err)) != HR_OK)
         return st;
     ev->user = hr_api_lookup(m, HR_TABLE_USER, id, len, unknown, HR_API_UNKNOWN_USER);
