@@ -96,10 +96,10 @@ int main(int argc, char **argv)
         for (uint32_t d = 0; d < k; d++)
             q[d] = (float)hr_rng_normal(&rng);
         uint64_t t0 = hr_now_ns();
-        hr_topk_query(m, q, 10, NULL, false, out, &n);
+        hr_topk_query(m, q, 10, NULL, out, &n);
         tq[rep] = (double)(hr_now_ns() - t0) * 1e-9;
         t0 = hr_now_ns();
-        hr_topk_query(m, q, 10, NULL, true, out, &n);
+        hr_topk_query_ref(m, q, 10, NULL, out, &n);
         tr[rep] = (double)(hr_now_ns() - t0) * 1e-9;
     }
     qsort(tq, (size_t)queries, sizeof *tq, cmp_d);

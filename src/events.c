@@ -1,11 +1,17 @@
 /*
- * events.c - an accepted batch's path: id claims, ingest submit, serving
- * state; its replay at start; its part of checkpoints. See events.h.
+ * events.c - a posted batch's path: validation, id claims, admission, id
+ * resolution, ingest submit, serving state; its replay at start; its part
+ * of checkpoints. See events.h.
  *
- * The mutex `mu` orders submit+apply (and replay) so the serving state
- * takes events in seq order; it is held across hr_ingest_submit_nowait
- * (which never blocks on a full queue) and the history updates of the batch
- * (a few striped-mutex operations per event). A checkpoint takes it once,
+ * The mutex `mu` orders admit+resolve+submit+apply (and replay) so the
+ * serving state takes events in seq order and a batch admitted is a batch
+ * queued: every non-waiting submit goes through it and trainers only free
+ * room. It is held across hr_ingest_admit, the interning of the ids the
+ * batch names that did not exist at validation (ids already known were
+ * looked up then, lock-free), hr_ingest_submit_nowait (which never blocks
+ * on a full queue) and the history updates of the batch (a few
+ * striped-mutex operations per event). Validation, lookups, the log texts
+ * and the claims happen before it, unlocked. A checkpoint takes it once,
  * to read the cut and copy the popularity scores (4 bytes per item row);
  * rings and ids are copied afterwards without it.
  *
@@ -18,6 +24,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,7 +44,21 @@ struct hr_events {
     uint64_t seq;         /* the cut: highest seq applied */
     double loaded_taken;  /* load: time the loaded scores are as of */
     uint8_t *loaded;      /* load: one bit per user row whose ring was loaded */
+    atomic_uint_fast64_t rejected;   /* events invalid (hr_events_counts) */
+    atomic_uint_fast64_t duplicates; /* events dropped as repeated ids */
+    atomic_uint_fast64_t refused;    /* events of batches refused: queue full */
 };
+
+/* A batch on its way: parallel arrays of n events, reordered alike. */
+typedef struct {
+    hr_event *evs;           /* the events (user and item rows once resolved) */
+    hr_api_event_refs *refs; /* their ids as named, borrowed from the JSON */
+    uint64_t *ids;           /* event id hashes, 0 = none */
+    size_t *index;           /* position in the posted array (for errors) */
+    char **texts;            /* canonical JSON for the log; NULL without a log */
+    size_t *lens;            /* their lengths; NULL without a log */
+    size_t n;
+} batch;
 
 struct hr_events_pending {
     hr_events *e;
@@ -125,26 +146,25 @@ static void apply(hr_events *e, const hr_event *ev, double t)
         hr_history_pop_add(e->history, ev->item, t);
 }
 
-static void swap_at(hr_events_batch *b, size_t i, size_t j)
+static void swap_at(batch *b, size_t i, size_t j)
 {
     if (i == j)
         return;
-    hr_event ev = b->evs[i];
-    b->evs[i] = b->evs[j];
-    b->evs[j] = ev;
-    if (b->ids) {
-        uint64_t h = b->ids[i];
-        b->ids[i] = b->ids[j];
-        b->ids[j] = h;
-    }
+#define SWAP(T, a)            \
+    do {                      \
+        T t_ = (a)[i];        \
+        (a)[i] = (a)[j];      \
+        (a)[j] = t_;          \
+    } while (0)
+    SWAP(hr_event, b->evs);
+    SWAP(hr_api_event_refs, b->refs);
+    SWAP(uint64_t, b->ids);
+    SWAP(size_t, b->index);
     if (b->texts) {
-        char *t = b->texts[i];
-        b->texts[i] = b->texts[j];
-        b->texts[j] = t;
-        size_t l = b->lens[i];
-        b->lens[i] = b->lens[j];
-        b->lens[j] = l;
+        SWAP(char *, b->texts);
+        SWAP(size_t, b->lens);
     }
+#undef SWAP
 }
 
 static void release_ids(hr_events *e, const uint64_t *ids, size_t n)
@@ -154,66 +174,230 @@ static void release_ids(hr_events *e, const uint64_t *ids, size_t n)
             hr_dedup_release(e->dedup, ids[i]);
 }
 
-hr_status hr_events_submit(hr_events *e, hr_events_batch *b, bool wait, hr_events_result *res,
-                           hr_events_pending **pending, hr_error *err)
+static void batch_free(batch *b)
 {
-    memset(res, 0, sizeof *res);
-    *pending = NULL;
-    double now = hr_wall_time();
-    hr_events_pending *p = NULL;
-    if (!wait && b->n) {
-        p = malloc(sizeof *p + b->n * sizeof(uint64_t));
-        if (!p)
-            return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
+    for (size_t i = 0; b->texts && i < b->n; i++)
+        free(b->texts[i]);
+    free(b->evs);
+    free(b->refs);
+    free(b->ids);
+    free(b->index);
+    free(b->texts);
+    free(b->lens);
+}
+
+/* {"index": index, "field": field (if any), "message": message}. */
+static json_t *error_json(size_t index, const char *field, const char *message)
+{
+    json_t *item = json_pack("{s:I,s:s}", "index", (json_int_t)index, "message", message);
+    if (item && field && field[0])
+        json_object_set_new(item, "field", json_string(field));
+    return item;
+}
+
+/* Inserts an error among those from position `from` of errors on, which
+ * are in ascending index order, at the place of its index. */
+static void insert_error(json_t *errors, size_t from, size_t index, json_t *item)
+{
+    size_t at = json_array_size(errors);
+    while (at > from &&
+           (size_t)json_integer_value(json_object_get(json_array_get(errors, at - 1), "index")) >
+               index)
+        at--;
+    json_array_insert_new(errors, at, item);
+}
+
+/* The row of an id the model knows (lock-free lookup), else 0 (row 0 is
+ * never an id's). v is a valid id value. */
+static uint32_t known_row(const hr_model *m, hr_table_id t, const json_t *v)
+{
+    char id[HR_ID_MAX_LEN + 1];
+    size_t len;
+    if (hr_api_id(v, "", id, &len, NULL) != HR_OK)
+        return 0;
+    uint32_t row = hr_model_lookup(m, t, id, len);
+    return row == HR_ID_NONE ? 0 : row;
+}
+
+/* Validates events into b (allocated here): the valid ones, in order, with
+ * their id hashes and log texts; the invalid ones counted in *rejected and
+ * listed in errors. */
+static hr_status validate(hr_events *e, const json_t *events, json_t *errors, batch *b,
+                          size_t *rejected, hr_error *err)
+{
+    size_t n = json_array_size(events), cap = n ? n : 1;
+    bool logged = hr_ingest_has_log(e->ingest);
+    memset(b, 0, sizeof *b);
+    b->evs = malloc(cap * sizeof *b->evs);
+    b->refs = malloc(cap * sizeof *b->refs);
+    b->ids = malloc(cap * sizeof *b->ids);
+    b->index = malloc(cap * sizeof *b->index);
+    b->texts = logged ? calloc(cap, sizeof *b->texts) : NULL;
+    b->lens = logged ? calloc(cap, sizeof *b->lens) : NULL;
+    bool *reported = calloc(cap, sizeof *reported);
+    if (!b->evs || !b->refs || !b->ids || !b->index || (logged && (!b->texts || !b->lens)) ||
+        !reported) {
+        free(reported);
+        batch_free(b);
+        memset(b, 0, sizeof *b);
+        return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
     }
-    /* Claims: a duplicate moves behind the accepted events. */
-    size_t ok = 0;
-    for (size_t i = 0; i < b->n; i++) {
-        if (b->ids && b->ids[i] && !hr_dedup_claim(e->dedup, b->ids[i], now)) {
-            res->duplicates++;
+    for (size_t i = 0; i < json_array_size(errors); i++) {
+        json_int_t at = json_integer_value(json_object_get(json_array_get(errors, i), "index"));
+        if (at >= 0 && (size_t)at < n)
+            reported[at] = true;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (reported[i]) {
+            (*rejected)++;
             continue;
         }
-        swap_at(b, ok++, i);
+        const json_t *obj = json_array_get(events, i);
+        size_t k = b->n;
+        hr_error ve = {{0}, {0}};
+        if (hr_api_event_parse(e->model, obj, &b->evs[k], &b->refs[k], &ve) != HR_OK) {
+            (*rejected)++;
+            json_array_append_new(errors, error_json(i, ve.field, ve.message));
+            continue;
+        }
+        /* Ids that exist already are looked up here, unlocked; only new
+         * ones are left for resolve(), under mu. */
+        b->evs[k].user = known_row(e->model, HR_TABLE_USER, b->refs[k].user);
+        b->evs[k].item = known_row(e->model, HR_TABLE_ITEM, b->refs[k].item);
+        b->ids[k] = b->refs[k].id ? hr_events_id_hash(b->refs[k].id) : 0;
+        b->index[k] = i;
+        if (logged) {
+            b->texts[k] = hr_api_event_text(obj, &b->lens[k]);
+            if (!b->texts[k]) {
+                (*rejected)++;
+                json_array_append_new(errors, error_json(i, NULL, "out of memory"));
+                continue;
+            }
+        }
+        b->n++;
     }
-    if (ok == 0) {
-        free(p);
-        return HR_OK;
+    free(reported);
+    return HR_OK;
+}
+
+/* Under mu, the batch admitted: resolves the ids of b's first n events
+ * that validate() did not find (creating new ones); an event that cannot be resolved (an id table full)
+ * is rejected: its claim released, its error inserted in errors (from
+ * position `from`, in index order), and it moves behind the others.
+ * Returns how many were resolved (the first ones of b). */
+static size_t resolve(hr_events *e, batch *b, size_t n, json_t *errors, size_t from,
+                      size_t *rejected)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        hr_error re = {{0}, {0}};
+        if ((b->evs[i].user == 0 || b->evs[i].item == 0) &&
+            hr_api_event_resolve(e->model, &b->refs[i], &b->evs[i], &re) != HR_OK) {
+            (*rejected)++;
+            if (b->ids[i])
+                hr_dedup_release(e->dedup, b->ids[i]);
+            insert_error(errors, from, b->index[i], error_json(b->index[i], re.field, re.message));
+            continue;
+        }
+        swap_at(b, kept++, i);
+    }
+    return kept;
+}
+
+hr_status hr_events_post(hr_events *e, const json_t *events, json_t *errors, bool wait,
+                         hr_events_outcome *out, hr_events_pending **pending, hr_error *err)
+{
+    memset(out, 0, sizeof *out);
+    *pending = NULL;
+    const size_t from = json_array_size(errors); /* errors of this call start here */
+    batch b;
+    hr_status st = validate(e, events, errors, &b, &out->rejected, err);
+    if (st != HR_OK)
+        return st;
+    double now = hr_wall_time();
+    hr_events_pending *p = NULL;
+    if (!wait && b.n) {
+        p = malloc(sizeof *p + b.n * sizeof(uint64_t));
+        if (!p) {
+            batch_free(&b);
+            return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
+        }
+    }
+    /* Claims: a duplicate moves behind the events that go on. */
+    size_t ok = 0;
+    for (size_t i = 0; i < b.n; i++) {
+        if (b.ids[i] && !hr_dedup_claim(e->dedup, b.ids[i], now)) {
+            out->duplicates++;
+            continue;
+        }
+        swap_at(&b, ok++, i);
     }
     uint64_t first = 0;
-    pthread_mutex_lock(&e->mu);
-    hr_status st = hr_ingest_submit_nowait(e->ingest, b->evs, (const char *const *)b->texts,
-                                           b->lens, ok, now, false, &first, err);
-    if (st == HR_OK) {
-        for (size_t i = 0; i < ok; i++) {
-            if (b->ids && b->ids[i])
-                hr_dedup_confirm(e->dedup, b->ids[i]);
-            apply(e, &b->evs[i], now);
+    size_t kept = 0;
+    bool admitted = false;
+    if (ok > 0) {
+        pthread_mutex_lock(&e->mu);
+        st = hr_ingest_admit(e->ingest, ok, err);
+        admitted = st == HR_OK;
+        if (admitted)
+            kept = resolve(e, &b, ok, errors, from, &out->rejected);
+        if (st == HR_OK && kept > 0)
+            st = hr_ingest_submit_nowait(e->ingest, b.evs, (const char *const *)b.texts, b.lens,
+                                         kept, now, false, &first, err);
+        if (st == HR_OK && kept > 0) {
+            for (size_t i = 0; i < kept; i++) {
+                if (b.ids[i])
+                    hr_dedup_confirm(e->dedup, b.ids[i]);
+                apply(e, &b.evs[i], now);
+            }
+            e->seq = first + kept - 1;
         }
-        e->seq = first + ok - 1;
+        pthread_mutex_unlock(&e->mu);
     }
-    pthread_mutex_unlock(&e->mu);
     if (st != HR_OK) {
-        if (b->ids)
-            release_ids(e, b->ids, ok);
+        /* Nothing queued (a failed commit comes below): the claims go back
+         * (those of events that could not be resolved already went).
+         * HR_EFULL after a successful admit cannot happen while every
+         * non-waiting submit holds mu; it is handled all the same. */
+        size_t held = admitted ? kept : ok;
+        release_ids(e, b.ids, held);
+        if (st == HR_EFULL)
+            out->refused = held;
+        kept = 0;
+    }
+    atomic_fetch_add(&e->rejected, out->rejected);
+    atomic_fetch_add(&e->duplicates, out->duplicates);
+    atomic_fetch_add(&e->refused, out->refused);
+    out->accepted = kept;
+    out->first_seq = kept ? first : 0;
+    if (st != HR_OK || kept == 0) {
         free(p);
+        batch_free(&b);
         return st;
     }
-    res->accepted = ok;
-    res->first_seq = first;
     if (wait) {
-        st = hr_ingest_wait(e->ingest, first + ok - 1, err);
-        if (st != HR_OK && b->ids) /* not durable: the client will resend */
-            release_ids(e, b->ids, ok);
+        st = hr_ingest_wait(e->ingest, first + kept - 1, err);
+        if (st != HR_OK) /* not durable: the client will resend */
+            release_ids(e, b.ids, kept);
+        batch_free(&b);
         return st;
     }
     p->e = e;
-    p->last = first + ok - 1;
+    p->last = first + kept - 1;
     p->n = 0;
-    for (size_t i = 0; b->ids && i < ok; i++)
-        if (b->ids[i])
-            p->ids[p->n++] = b->ids[i];
+    for (size_t i = 0; i < kept; i++)
+        if (b.ids[i])
+            p->ids[p->n++] = b.ids[i];
     *pending = p;
+    batch_free(&b);
     return HR_OK;
+}
+
+void hr_events_get_counts(hr_events *e, hr_events_counts *out)
+{
+    out->rejected = atomic_load(&e->rejected);
+    out->duplicates = atomic_load(&e->duplicates);
+    out->refused = atomic_load(&e->refused);
 }
 
 static void pending_done(void *arg, hr_status st, const char *why)
@@ -257,6 +441,8 @@ size_t hr_events_recent(hr_events *e, uint32_t user, uint32_t *out, size_t max)
 {
     return hr_history_recent(e->history, user, out, max, NULL);
 }
+
+uint32_t hr_events_recent_max(const hr_events *e) { return e->cfg.history_per_user; }
 
 size_t hr_events_popular(hr_events *e, uint32_t k, const hr_topk_exclude *ex, hr_topk_item *out)
 {

@@ -26,8 +26,8 @@
 
 
 /* Answers POST /v1/events from r->ev and the outcome st (why: detail). */
-static enum MHD_Result answer_events(hr_http *h, struct MHD_Connection *c, request *r,
-                                     hr_status st, const char *why)
+static enum MHD_Result answer_events(struct MHD_Connection *c, request *r, hr_status st,
+                                     const char *why)
 {
     events_state *ev = &r->ev;
     json_t *errors = ev->errors;
@@ -42,7 +42,6 @@ static enum MHD_Result answer_events(hr_http *h, struct MHD_Connection *c, reque
     } else {
         json_decref(errors);
         if (st == HR_EFULL) {
-            atomic_fetch_add(&h->refused, ev->ok);
             ret = hr_http_reply_error(c, r, 429, "queue_full",
                               "the queue cannot take these %zu events now; nothing was accepted, "
                               "resend the whole request", ev->ok);
@@ -104,13 +103,13 @@ static enum MHD_Result answer_events_when_durable(hr_http *h, struct MHD_Connect
     pthread_mutex_unlock(&w.mu);
     pthread_cond_destroy(&w.cv);
     pthread_mutex_destroy(&w.mu);
-    return answer_events(h, c, r, w.st, w.why);
+    return answer_events(c, r, w.st, w.why);
 }
 
 enum MHD_Result hr_http_events(hr_http *h, struct MHD_Connection *c, request *r)
 {
     if (r->ev.phase == EV_DONE) /* resumed: the commit is done */
-        return answer_events(h, c, r, r->ev.st, r->ev.why);
+        return answer_events(c, r, r->ev.st, r->ev.why);
     if (r->ev.phase == EV_WAITING) /* cannot happen: suspended connections get no calls */
         return MHD_YES;
     hr_app *app = h->app;
@@ -156,71 +155,21 @@ enum MHD_Result hr_http_events(hr_http *h, struct MHD_Connection *c, request *r)
                                ? app->cfg.max_batch_events
                                : app->cfg.queue_capacity);
     }
-    hr_event *evs = malloc((n ? n : 1) * sizeof *evs);
-    uint64_t *ids = malloc((n ? n : 1) * sizeof *ids);
-    char **texts = app->persist ? calloc(n ? n : 1, sizeof *texts) : NULL;
-    size_t *lens = app->persist ? calloc(n ? n : 1, sizeof *lens) : NULL;
-    if (!evs || !ids || (app->persist && (!texts || !lens))) {
-        free(evs);
-        free(ids);
-        free(texts);
-        free(lens);
-        json_decref(events);
-        json_decref(errors);
-        return hr_http_reply_error(c, r, 503, "unavailable", "out of memory");
-    }
-    size_t ok = 0, rejected = 0;
-    for (size_t i = 0; i < n; i++) {
-        json_t *obj = json_array_get(events, i);
-        if (json_is_null(obj) && r->ndjson) { /* a line that did not parse, already reported */
-            rejected++;
-            continue;
-        }
-        hr_error e = {{0}, {0}};
-        const json_t *eid = NULL;
-        hr_status st = hr_api_event_from_json(app->model, obj, &evs[ok], &eid, &e);
-        if (st != HR_OK) {
-            rejected++;
-            json_t *item = json_pack("{s:I,s:s}", "index", (json_int_t)i, "message", e.message);
-            if (item && e.field[0])
-                json_object_set_new(item, "field", json_string(e.field));
-            json_array_append_new(errors, item);
-            continue;
-        }
-        ids[ok] = eid ? hr_events_id_hash(eid) : 0;
-        if (texts) {
-            texts[ok] = hr_api_event_text(obj, &lens[ok]);
-            if (!texts[ok]) {
-                rejected++;
-                json_array_append_new(errors, json_pack("{s:I,s:s}", "index", (json_int_t)i,
-                                                        "message", "out of memory"));
-                continue;
-            }
-        }
-        ok++;
-    }
-    json_decref(events);
-    /* Ids, submit and serving state: the events module (see events.h). With
+    /* Validation, ids, submit and serving state: the events module (see
+     * events.h), which also counts what it rejects, drops and refuses. With
      * persistence the commit is awaited without holding this thread. */
-    hr_events_batch batch = {evs, ids, texts, lens, ok};
-    hr_events_result res;
+    hr_events_outcome out;
     hr_events_pending *pending = NULL;
     hr_error e = {{0}, {0}};
-    hr_status st = hr_events_submit(app->events, &batch, app->persist == NULL, &res, &pending, &e);
-    atomic_fetch_add(&h->rejected, rejected);
-    atomic_fetch_add(&h->duplicates, res.duplicates);
+    hr_status st = hr_events_post(app->events, events, errors, app->persist == NULL, &out,
+                                  &pending, &e);
+    json_decref(events);
     events_state *ev = &r->ev;
     ev->errors = errors;
-    ev->ok = ok - res.duplicates;
-    ev->rejected = rejected;
-    ev->dups = res.duplicates;
-    ev->first = res.first_seq;
-    for (size_t i = 0; texts && i < ok; i++)
-        free(texts[i]);
-    free(texts);
-    free(lens);
-    free(ids);
-    free(evs);
+    ev->ok = st == HR_EFULL ? out.refused : out.accepted; /* a 429 names the refused */
+    ev->rejected = out.rejected;
+    ev->dups = out.duplicates;
+    ev->first = out.first_seq;
     if (pending) {
         /* Queued and logged: answer once the commit is done, without
          * holding this pool thread (see the file comment) - unless the
@@ -239,5 +188,5 @@ enum MHD_Result hr_http_events(hr_http *h, struct MHD_Connection *c, request *r)
         hr_events_notify(app->events, pending, events_durable, r);
         return MHD_YES;
     }
-    return answer_events(h, c, r, st, e.message);
+    return answer_events(c, r, st, e.message);
 }

@@ -46,9 +46,6 @@ struct hr_http {
     size_t nroutes;              /* entries of metrics and inflight (the routes) */
     hr_metrics_route *metrics;   /* owned [nroutes]: answers and latency by route */
     atomic_uint *inflight;       /* owned [nroutes]: requests from first call to completed */
-    atomic_uint_fast64_t rejected;   /* events invalid, reported by index */
-    atomic_uint_fast64_t duplicates; /* events dropped as repeated ids */
-    atomic_uint_fast64_t refused;    /* events refused whole with 429 */
     hr_metrics_rate rate;        /* updates/s for /v1/stats */
     pthread_mutex_t susp_mu;     /* guards suspended */
     pthread_cond_t susp_cv;      /* suspended dropped to 0 */

@@ -20,6 +20,7 @@
 
 #include "hogrec/api.h"
 #include "hogrec/events.h"
+#include "hogrec/recommend.h"
 #include "hogrec/sgd.h"
 #include "hogrec/topk.h"
 #include "http_internal.h"
@@ -150,84 +151,35 @@ enum MHD_Result hr_http_recommend(hr_http *h, struct MHD_Connection *c, request 
         return hr_http_reply_error(c, r, 503, "unavailable", "out of memory");
     }
     hr_error e = {{0}, {0}};
-    hr_status qst = hr_api_recommend_query(m, l.p, l.n, q, &e);
+    hr_status st = hr_api_recommend_query(m, l.p, l.n, q, &e);
     free(l.p);
-    if (qst != HR_OK) {
+    if (st != HR_OK) {
         free(q);
         return hr_http_reply_invalid(c, r, "", &e);
     }
-    char user[HR_ID_MAX_LEN + 1];
-    size_t user_len = q->user_len;
-    memcpy(user, q->user, user_len + 1);
-    uint32_t k = q->k;
-    /* Excluded rows: named items, then the user's recent items. */
-    size_t cap = q->nexclude + (size_t)h->app->cfg.history_per_user, nex = q->nexclude;
-    uint32_t *rows = malloc((cap ? cap : 1) * sizeof *rows);
-    hr_topk_item *items = malloc((size_t)k * sizeof *items);
-    if (!rows || !items) {
+    /* Ranking and final scores: the recommend module (see recommend.h). */
+    hr_recommend_query rq = {q->user_row, q->k, q->exclude_seen, q->exclude, q->nexclude};
+    hr_recommend_item *items = malloc((size_t)q->k * sizeof *items);
+    size_t n = 0;
+    bool fallback = false;
+    st = items ? hr_recommend(m, h->app->events, h->topk, &rq, items, &n, &fallback) : HR_ENOMEM;
+    if (st != HR_OK) {
         free(q);
-        free(rows);
         free(items);
         return hr_http_reply_error(c, r, 503, "unavailable", "out of memory");
     }
-    memcpy(rows, q->exclude, nex * sizeof *rows);
-    uint32_t urow = q->user_row;
-    bool exclude_seen = q->exclude_seen;
-    free(q);
-    bool known = urow != 0;
-    if (known && exclude_seen)
-        nex += hr_events_recent(h->app->events, urow, rows + nex, cap - nex);
-    hr_topk_sort_rows(rows, nex);
-    hr_topk_exclude excl = {rows, nex};
-    uint32_t eff = known ? hr_model_effective_row(m, HR_TABLE_USER, urow) : 0;
-    size_t n = 0;
     json_t *list = json_array();
-    json_t *body;
-    if (eff == 0) {
-        n = hr_events_popular(h->app->events, (uint32_t)k, &excl, items);
-        for (size_t i = 0; i < n; i++) {
-            size_t len;
-            const char *key = hr_model_key(m, HR_TABLE_ITEM, items[i].row, &len);
-            if (key)
-                json_array_append_new(list, json_pack("{s:o,s:f}", "item", id_json(key, len),
-                                                      "score", (double)items[i].score));
-        }
-        body = json_pack("{s:s%,s:o,s:s}", "user", user, user_len, "items", list, "fallback",
-                         "popular");
-    } else {
-        const hr_row_layout *L = hr_model_layout(m);
-        float *urow_copy = malloc(L->floats * sizeof(float));
-        float *g = malloc(L->floats * sizeof(float));
-        hr_status st = urow_copy && g ? HR_OK : HR_ENOMEM;
-        if (st == HR_OK) {
-            hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_USER, eff), urow_copy);
-            hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_GLOBAL, 0), g);
-            hr_topk_request req = {urow_copy, (uint32_t)k, &excl, items, 0};
-            st = hr_topk_query_batched(h->topk, &req);
-            n = req.n;
-        }
-        if (st != HR_OK) {
-            free(urow_copy);
-            free(g);
-            free(rows);
-            free(items);
-            json_decref(list);
-            return hr_http_reply_error(c, r, 503, "unavailable", "out of memory");
-        }
-        double base = (double)g[L->bias] + urow_copy[L->bias];
-        for (size_t i = 0; i < n; i++) {
-            size_t len;
-            const char *key = hr_model_key(m, HR_TABLE_ITEM, items[i].row, &len);
-            if (key)
-                json_array_append_new(
-                    list, json_pack("{s:o,s:f}", "item", id_json(key, len), "score",
-                                    hr_model_link(m, base + (double)items[i].score)));
-        }
-        free(urow_copy);
-        free(g);
-        body = json_pack("{s:s%,s:o}", "user", user, user_len, "items", list);
+    for (size_t i = 0; i < n; i++) {
+        size_t len;
+        const char *key = hr_model_key(m, HR_TABLE_ITEM, items[i].row, &len);
+        if (key)
+            json_array_append_new(list, json_pack("{s:o,s:f}", "item", id_json(key, len),
+                                                  "score", items[i].score));
     }
-    free(rows);
+    json_t *body = json_pack("{s:s%,s:o}", "user", q->user, q->user_len, "items", list);
+    if (fallback)
+        json_object_set_new(body, "fallback", json_string("popular"));
+    free(q);
     free(items);
     return hr_http_reply_json(c, r, 200, body);
 }

@@ -3,8 +3,8 @@
  * (JSON), GET /metrics (Prometheus text), GET /healthz and GET /readyz.
  *
  * /v1/stats and /metrics are both rendered by the metrics module from one
- * snapshot; this file adds what the HTTP server itself counts (events
- * rejected and duplicated, recommendations batched, answers by route).
+ * snapshot; this file adds what the HTTP server itself counts
+ * (recommendations batched, answers by route).
  *
  * Threads: MHD pool threads.
  */
@@ -19,8 +19,6 @@
 static void gather(hr_http *h, hr_metrics_scope scope, hr_metrics_snapshot *s)
 {
     hr_metrics_gather(h->app, scope, &h->rate, s);
-    s->events_rejected = atomic_load(&h->rejected);
-    s->events_duplicates = atomic_load(&h->duplicates);
     hr_topk_batcher_counts(h->topk, &s->recommend_batches, &s->recommend_queries);
     s->routes = h->metrics;
     s->nroutes = h->nroutes;

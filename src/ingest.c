@@ -37,6 +37,22 @@ void hr_ingest_destroy(hr_ingest *ing)
     free(ing);
 }
 
+hr_status hr_ingest_admit(hr_ingest *ing, size_t n, hr_error *err)
+{
+    if (ing->log && hr_evlog_health(ing->log))
+        return hr_error_set(err, HR_EIO, NULL, "event log unavailable: %s",
+                            hr_evlog_health(ing->log));
+    hr_queue_stats qs;
+    hr_queue_get_stats(ing->queue, &qs);
+    if (n > qs.capacity) /* what hr_queue_push answers */
+        return hr_error_set(err, HR_EINVAL, NULL, "queue: %s", hr_status_to_string(HR_EINVAL));
+    if (qs.depth + n > qs.capacity)
+        return hr_error_set(err, HR_EFULL, NULL, "queue full");
+    return HR_OK;
+}
+
+bool hr_ingest_has_log(const hr_ingest *ing) { return ing->log != NULL; }
+
 static void stamp(hr_ingest *ing, hr_event *evs, size_t n, uint64_t first_seq)
 {
     uint64_t updates = ing->trainer ? hr_trainer_updates(ing->trainer) : 0;

@@ -87,6 +87,7 @@ void hr_metrics_gather(hr_app *app, hr_metrics_scope scope, hr_metrics_rate *rat
     hr_queue_get_stats(app->queue, &out->queue);
     hr_trainer_get_counts(app->trainer, &out->trainer);
     hr_dedup_get_stats(hr_events_dedup(app->events), now, &out->dedup);
+    hr_events_get_counts(app->events, &out->events);
     out->model_users = hr_model_id_count(m, HR_TABLE_USER);
     out->model_items = hr_model_id_count(m, HR_TABLE_ITEM);
     out->model_k = hr_model_layout(m)->k;

@@ -165,7 +165,9 @@ typedef struct {
     float def_score; /* score of the default row (items below min_count) */
 } scan_state;
 
-hr_status hr_topk_query_many(const hr_model *m, hr_topk_request *reqs, size_t nq, bool reference)
+/* Scores the queries: with BLAS, or (reference) with the plain loop the
+ * BLAS path is checked against. */
+static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq, bool reference)
 {
     for (size_t j = 0; j < nq; j++)
         reqs[j].n = 0;
@@ -248,13 +250,30 @@ hr_status hr_topk_query_many(const hr_model *m, hr_topk_request *reqs, size_t nq
     return HR_OK;
 }
 
-hr_status hr_topk_query(const hr_model *m, const float *q, uint32_t k, const hr_topk_exclude *ex,
-                        bool reference, hr_topk_item *out, size_t *n)
+hr_status hr_topk_query_many(const hr_model *m, hr_topk_request *reqs, size_t nq)
+{
+    return query_many(m, reqs, nq, false);
+}
+
+static hr_status query_one(const hr_model *m, const float *q, uint32_t k, const hr_topk_exclude *ex,
+                           bool reference, hr_topk_item *out, size_t *n)
 {
     hr_topk_request req = {q, k, ex, out, 0};
-    hr_status st = hr_topk_query_many(m, &req, 1, reference);
+    hr_status st = query_many(m, &req, 1, reference);
     *n = req.n;
     return st;
+}
+
+hr_status hr_topk_query(const hr_model *m, const float *q, uint32_t k, const hr_topk_exclude *ex,
+                        hr_topk_item *out, size_t *n)
+{
+    return query_one(m, q, k, ex, false, out, n);
+}
+
+hr_status hr_topk_query_ref(const hr_model *m, const float *q, uint32_t k,
+                            const hr_topk_exclude *ex, hr_topk_item *out, size_t *n)
+{
+    return query_one(m, q, k, ex, true, out, n);
 }
 
 /* ---- batching concurrent queries ---- */
@@ -332,7 +351,7 @@ hr_status hr_topk_query_batched(hr_topk_batcher *b, hr_topk_request *req)
         hr_topk_request reqs[256];
         for (size_t i = 0; i < nb; i++)
             reqs[i] = *batch[i]->req;
-        hr_status st = hr_topk_query_many(b->m, reqs, nb, false);
+        hr_status st = query_many(b->m, reqs, nb, false);
 
         pthread_mutex_lock(&b->mu);
         for (size_t i = 0; i < nb; i++) {

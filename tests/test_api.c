@@ -1,7 +1,7 @@
 /*
- * test_api.c - JSON <-> structs (src/api.c): event validation and
- * resolution, predict pairs, the query strings of predict and recommend,
- * the error body.
+ * test_api.c - JSON <-> structs (src/api.c): event validation (which
+ * creates no id) and resolution, predict pairs, the query strings of
+ * predict and recommend, the error body.
  */
 #include <jansson.h>
 #include <string.h>
@@ -81,6 +81,9 @@ static void test_event_invalid_names_field(void **state)
         {"{\"user\":\"u\",\"item\":\"i\",\"features\":[1]}", "features"},
         {"{\"user\":\"u\",\"item\":\"i\",\"features\":{\"a\":null}}", "features"},
         {"{\"user\":\"u\",\"item\":\"i\",\"bogus\":1}", "bogus"},
+        /* an unknown field whose value is the same JSON value as a known one's */
+        {"{\"user\":\"u\",\"item\":\"i\",\"weight\":null,\"bogus\":null}", "bogus"},
+        {"{\"bogus\":true,\"user\":\"u\",\"item\":\"i\",\"label\":true}", "bogus"},
         {"{\"user\":\"\",\"item\":\"i\"}", "user"},
     };
     for (size_t i = 0; i < HR_ARRAY_LEN(cases); i++) {
@@ -118,6 +121,44 @@ static void test_squared_needs_rating(void **state)
     assert_string_equal(e.field, "rating");
     assert_int_equal(ev_from(m, "{\"user\":1,\"item\":2,\"rating\":-1e6}", &ev, &e), HR_OK);
     assert_true(ev.label == -1e6f);
+    hr_model_destroy(m);
+}
+
+/* Validation resolves nothing; resolution creates the ids it names. */
+static void test_event_parse_then_resolve(void **state)
+{
+    (void)state;
+    hr_model *m = make_model("logistic");
+    json_t *v = json_loads("{\"user\":\"u1\",\"item\":7,\"label\":0,\"id\":\"e1\","
+                           "\"features\":{\"dev\":\"ios\"}}", 0, NULL);
+    assert_non_null(v);
+    hr_event ev, direct;
+    hr_api_event_refs refs;
+    hr_error e = {{0}, {0}};
+    assert_int_equal(hr_api_event_parse(m, v, &ev, &refs, &e), HR_OK);
+    assert_int_equal(hr_model_id_count(m, HR_TABLE_USER), 0);
+    assert_int_equal(hr_model_id_count(m, HR_TABLE_ITEM), 0);
+    assert_int_equal(ev.user, 0);
+    assert_int_equal(ev.item, 0);
+    assert_ptr_equal(refs.user, json_object_get(v, "user"));
+    assert_ptr_equal(refs.item, json_object_get(v, "item"));
+    assert_ptr_equal(refs.id, json_object_get(v, "id"));
+    assert_int_equal(hr_api_event_resolve(m, &refs, &ev, &e), HR_OK);
+    assert_int_equal(ev.user, hr_model_lookup(m, HR_TABLE_USER, "u1", 2));
+    assert_int_equal(ev.item, hr_model_lookup(m, HR_TABLE_ITEM, "7", 1));
+    /* the two steps give what hr_api_event_from_json gives */
+    const json_t *eid = NULL;
+    assert_int_equal(hr_api_event_from_json(m, v, &direct, &eid, &e), HR_OK);
+    assert_memory_equal(&ev, &direct, sizeof ev);
+    assert_ptr_equal(eid, refs.id);
+    /* a pair names only user, item and features */
+    unsigned unk;
+    json_t *pair = json_loads("{\"user\":\"u1\",\"item\":7,\"label\":1}", 0, NULL);
+    assert_int_equal(hr_api_pair_from_json(m, pair, &ev, &unk, &e), HR_EINVAL);
+    assert_string_equal(e.field, "label");
+    assert_string_equal(e.message, "unknown field 'label'");
+    json_decref(pair);
+    json_decref(v);
     hr_model_destroy(m);
 }
 
@@ -424,6 +465,7 @@ int main(void)
         cmocka_unit_test(test_event_valid),
         cmocka_unit_test(test_event_invalid_names_field),
         cmocka_unit_test(test_squared_needs_rating),
+        cmocka_unit_test(test_event_parse_then_resolve),
         cmocka_unit_test(test_pair_unknown_creates_nothing),
         cmocka_unit_test(test_error_json),
         cmocka_unit_test(test_ndjson_split),

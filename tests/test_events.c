@@ -6,9 +6,11 @@
  * In-process: popularity counts positive events only and decays with its
  * half-life (checked against 2^(-age/half_life), also across an epoch move);
  * a ring skips events it already took (by seq); dedup ids are exported only
- * once confirmed, and a refused (429) batch gives its ids back; a saved state
- * loads into a model whose ids sit at other rows and still names the same
- * ids.
+ * once confirmed, and a refused (429) batch gives its ids back and creates no
+ * user or item id; a posted batch reports its invalid events by index (an
+ * event whose id table is full too) and the counters count them; a saved
+ * state loads into a model whose ids sit at other rows and still names the
+ * same ids.
  *
  * Real binary ($HOGREC_BIN serve --port 0 --db ...), as a forked child:
  *   - the popular fallback and exclude_seen come back as they were after
@@ -43,10 +45,11 @@
 
 /* ---- in-process fixtures ---- */
 
-static hr_app *open_app(const char *db, double half_life)
+static hr_app *open_app_users(const char *db, double half_life, int64_t max_users)
 {
     hr_config c;
     tu_small_config(&c, db);
+    c.max_users = max_users;
     c.queue_capacity = 64;
     c.history_per_user = 4;
     c.popular_half_life = half_life;
@@ -59,34 +62,31 @@ static hr_app *open_app(const char *db, double half_life)
     return app;
 }
 
-/* Submits events "user item label id" (id "" = none) through the events
- * module, waiting for durability. */
-static hr_status submit(hr_app *app, const char *const (*evs)[4], size_t n, hr_events_result *res)
+static hr_app *open_app(const char *db, double half_life)
 {
-    hr_event ev[16];
-    uint64_t ids[16];
-    char *texts[16];
-    size_t lens[16];
-    assert_true(n <= 16);
+    return open_app_users(db, half_life, 1024);
+}
+
+/* Posts events "user item label id" (id "" = none) through the events
+ * module, waiting for durability. */
+static hr_status submit(hr_app *app, const char *const (*evs)[4], size_t n, hr_events_outcome *res)
+{
+    json_t *arr = json_array(), *errors = json_array();
     for (size_t i = 0; i < n; i++) {
         json_t *o = json_pack("{s:s, s:s, s:i}", "user", evs[i][0], "item", evs[i][1], "label",
                               atoi(evs[i][2]));
         if (evs[i][3][0])
             json_object_set_new(o, "id", json_string(evs[i][3]));
-        const json_t *eid = NULL;
-        hr_error err;
-        assert_int_equal(hr_api_event_from_json(app->model, o, &ev[i], &eid, &err), HR_OK);
-        ids[i] = eid ? hr_events_id_hash(eid) : 0;
-        texts[i] = hr_api_event_text(o, &lens[i]);
-        json_decref(o);
+        json_array_append_new(arr, o);
     }
-    hr_events_batch b = {ev, ids, app->persist ? texts : NULL, app->persist ? lens : NULL, n};
     hr_events_pending *p = NULL;
     hr_error err = {{0}, {0}};
-    hr_status st = hr_events_submit(app->events, &b, true, res, &p, &err);
+    hr_status st = hr_events_post(app->events, arr, errors, true, res, &p, &err);
     assert_null(p);
-    for (size_t i = 0; i < n; i++)
-        free(texts[i]);
+    assert_int_equal(res->rejected, 0);
+    assert_int_equal(json_array_size(errors), 0);
+    json_decref(arr);
+    json_decref(errors);
     return st;
 }
 
@@ -111,7 +111,7 @@ static void test_popularity_positive_only(void **state)
         {"u1", "hot", "1", ""}, {"u2", "hot", "1", ""}, {"u3", "cold", "0", ""},
         {"u4", "cold", "0", ""}, {"u5", "cold", "0", ""}, {"u6", "warm", "1", ""},
     };
-    hr_events_result res;
+    hr_events_outcome res;
     assert_int_equal(submit(app, evs, 6, &res), HR_OK);
     assert_int_equal(res.accepted, 6);
     assert_true(score_of(app, "hot") == 2);
@@ -240,7 +240,7 @@ static void test_submit_duplicates_and_refused_batch(void **state)
     hr_app *app = open_app("", 0);
     const char *const a[][4] = {{"u1", "i1", "1", "x"}, {"u1", "i2", "1", "y"},
                                 {"u2", "i1", "1", "x"}};
-    hr_events_result res;
+    hr_events_outcome res;
     assert_int_equal(submit(app, a, 3, &res), HR_OK);
     assert_int_equal(res.accepted, 2);
     assert_int_equal(res.duplicates, 1);
@@ -265,6 +265,98 @@ static void test_submit_duplicates_and_refused_batch(void **state)
     assert_int_equal(submit(app, b, 2, &res), HR_OK);
     assert_int_equal(res.accepted, 2);
     assert_true(score_of(app, "i3") == 1);
+    /* counted: the refused fill event and batch, the duplicates */
+    hr_events_counts ec;
+    hr_events_get_counts(app->events, &ec);
+    assert_int_equal(ec.refused, 1 + 2);
+    assert_int_equal(ec.duplicates, 1 + 3);
+    assert_int_equal(ec.rejected, 0);
+    hr_app_close(app, true);
+}
+
+/* A posted batch: elements the caller already reported are skipped,
+ * invalid ones listed by index, an event whose user table is full is
+ * rejected with its error in index order (creating nothing) while the
+ * others go on. */
+static void test_post_rejects_by_index(void **state)
+{
+    (void)state;
+    hr_app *app = open_app_users("", 0, 2); /* room for two user ids */
+    json_t *events = json_loads("[null, {\"user\":\"a\",\"item\":\"i1\"},"
+                                " {\"user\":\"b\",\"item\":\"i1\",\"bogus\":1},"
+                                " {\"user\":\"b\",\"item\":\"i2\",\"id\":\"e3\"},"
+                                " {\"user\":\"c\",\"item\":\"i3\",\"id\":\"e4\"},"
+                                " {\"user\":\"a\",\"item\":\"i4\"}, 7]",
+                                0, NULL);
+    assert_non_null(events);
+    json_t *errors = json_pack("[{s:i,s:s}]", "index", 0, "message", "not JSON");
+    hr_events_outcome out;
+    hr_events_pending *p = NULL;
+    hr_error err = {{0}, {0}};
+    assert_int_equal(hr_events_post(app->events, events, errors, true, &out, &p, &err), HR_OK);
+    assert_null(p);
+    assert_int_equal(out.accepted, 3);
+    assert_int_equal(out.rejected, 4);
+    assert_int_equal(out.duplicates, 0);
+    assert_int_equal(out.first_seq, 1);
+    static const struct {
+        int index;
+        const char *field;
+    } want[] = {{0, NULL}, {2, "bogus"}, {4, "user"}, {6, NULL}};
+    assert_int_equal(json_array_size(errors), HR_ARRAY_LEN(want));
+    for (size_t i = 0; i < HR_ARRAY_LEN(want); i++) {
+        json_t *e = json_array_get(errors, i);
+        assert_int_equal(json_integer_value(json_object_get(e, "index")), want[i].index);
+        if (want[i].field)
+            assert_string_equal(json_string_value(json_object_get(e, "field")), want[i].field);
+        else
+            assert_null(json_object_get(e, "field"));
+    }
+    /* the rejected event created nothing and gave its event id back */
+    assert_int_equal(row_of(app, HR_TABLE_USER, "c"), HR_ID_NONE);
+    assert_int_equal(row_of(app, HR_TABLE_ITEM, "i3"), HR_ID_NONE);
+    assert_int_equal(hr_model_id_count(app->model, HR_TABLE_USER), 2);
+    hr_events_counts ec;
+    hr_events_get_counts(app->events, &ec);
+    assert_int_equal(ec.rejected, 4);
+    json_decref(errors);
+    errors = json_array();
+    json_t *again = json_pack("[{s:s,s:s,s:s},{s:s,s:s,s:s}]", "user", "a", "item", "i3", "id",
+                              "e4", "user", "b", "item", "i2", "id", "e3");
+    assert_int_equal(hr_events_post(app->events, again, errors, true, &out, &p, &err), HR_OK);
+    assert_int_equal(out.accepted, 1); /* e4 was released, e3 is a duplicate */
+    assert_int_equal(out.duplicates, 1);
+    assert_int_equal(out.first_seq, 4);
+    json_decref(again);
+    json_decref(errors);
+    json_decref(events);
+    hr_app_close(app, true);
+}
+
+/* A batch refused with 429 (queue full) creates no ids: ids are resolved
+ * only for admitted events. */
+static void test_refused_batch_creates_no_ids(void **state)
+{
+    (void)state;
+    hr_app *app = open_app("", 0);
+    hr_trainer_wait_idle(app->trainer);
+    hr_trainer_pause(app->trainer);
+    const char *const fill[][4] = {{"f", "f1", "1", ""}};
+    hr_events_outcome res;
+    hr_status st = HR_OK;
+    for (int i = 0; i < 65 && st == HR_OK; i++)
+        st = submit(app, fill, 1, &res);
+    assert_int_equal(st, HR_EFULL);
+    uint32_t users = hr_model_id_count(app->model, HR_TABLE_USER);
+    uint32_t items = hr_model_id_count(app->model, HR_TABLE_ITEM);
+    const char *const b[][4] = {{"new-u1", "new-i1", "1", ""}, {"new-u2", "new-i2", "0", "n2"}};
+    assert_int_equal(submit(app, b, 2, &res), HR_EFULL);
+    assert_int_equal(res.accepted, 0);
+    assert_int_equal(hr_model_id_count(app->model, HR_TABLE_USER), users);
+    assert_int_equal(hr_model_id_count(app->model, HR_TABLE_ITEM), items);
+    assert_int_equal(row_of(app, HR_TABLE_USER, "new-u1"), HR_ID_NONE);
+    hr_trainer_resume(app->trainer);
+    hr_trainer_wait_idle(app->trainer);
     hr_app_close(app, true);
 }
 
@@ -331,7 +423,7 @@ static void test_save_load_by_key(void **state)
     hr_app *a = open_app("", 0);
     const char *const evs[][4] = {{"ua", "i1", "1", "e1"}, {"ua", "i2", "1", "e2"},
                                   {"ub", "i2", "1", "e3"}, {"ub", "i3", "0", "e4"}};
-    hr_events_result res;
+    hr_events_outcome res;
     assert_int_equal(submit(a, evs, 4, &res), HR_OK);
     mem_sink *m = calloc(1, sizeof *m);
     hr_events_sink sink = {m, m_header, m_history, m_blob};
@@ -772,6 +864,8 @@ int main(void)
         cmocka_unit_test(test_ring_skips_events_it_took),
         cmocka_unit_test(test_dedup_claim_confirm_export),
         cmocka_unit_test(test_submit_duplicates_and_refused_batch),
+        cmocka_unit_test(test_refused_batch_creates_no_ids),
+        cmocka_unit_test(test_post_rejects_by_index),
         cmocka_unit_test(test_save_load_by_key),
         cmocka_unit_test(test_restart_sigterm_keeps_serving_state),
         cmocka_unit_test(test_restart_kill9_keeps_serving_state),

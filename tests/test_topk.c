@@ -111,13 +111,13 @@ static void check_against_reference(const hr_model *m, const float *q, uint32_t 
     size_t n, n2;
     hr_topk_sort_rows(ex, nex);
     hr_topk_exclude e = {ex, nex};
-    assert_int_equal(hr_topk_query(m, q, k, &e, false, out, &n), HR_OK);
-    assert_int_equal(hr_topk_query(m, q, k, &e, true, out_ref, &n2), HR_OK);
+    assert_int_equal(hr_topk_query(m, q, k, &e, out, &n), HR_OK);
+    assert_int_equal(hr_topk_query_ref(m, q, k, &e, out_ref, &n2), HR_OK);
     size_t want = nref < k ? nref : k;
     assert_int_equal(n, want);
     assert_int_equal(n2, want);
     for (size_t i = 0; i < want; i++) {
-        /* the reference path of hr_topk_query matches the sorted reference exactly */
+        /* hr_topk_query_ref matches the sorted reference exactly */
         assert_int_equal(out_ref[i].row, ref[i].row);
         /* the BLAS path: equal up to float rounding */
         assert_true(fabsf(out[i].score - ref[i].score) <= 1e-3f * (1 + fabsf(ref[i].score)));
@@ -167,11 +167,11 @@ static void test_exclusions_and_k_larger_than_items(void **state)
     check_against_reference(m, q, 100, NULL, 0);
     hr_topk_item out[100];
     size_t n;
-    assert_int_equal(hr_topk_query(m, q, 100, NULL, false, out, &n), HR_OK);
+    assert_int_equal(hr_topk_query(m, q, 100, NULL, out, &n), HR_OK);
     assert_int_equal(n, 40);
     for (size_t i = 0; i < n; i++)
         assert_int_not_equal(out[i].row, 0); /* the default row is never an item */
-    assert_int_equal(hr_topk_query(m, q, 0, NULL, false, out, &n), HR_OK);
+    assert_int_equal(hr_topk_query(m, q, 0, NULL, out, &n), HR_OK);
     assert_int_equal(n, 0);
     free(ref);
     hr_model_destroy(m);
@@ -196,7 +196,7 @@ static void test_ties_lower_row_first(void **state)
     float q[4] = {1, 1, 1, 1};
     hr_topk_item out[3];
     size_t n;
-    assert_int_equal(hr_topk_query(m, q, 3, NULL, false, out, &n), HR_OK);
+    assert_int_equal(hr_topk_query(m, q, 3, NULL, out, &n), HR_OK);
     assert_int_equal(n, 3);
     assert_int_equal(out[0].row, 3);
     assert_int_equal(out[1].row, 7);
@@ -292,7 +292,9 @@ typedef struct {
 static void run_query(void *arg)
 {
     query_case *c = arg;
-    if (hr_topk_query(c->m, c->q, c->k, NULL, c->reference, c->out, &c->n) != HR_OK)
+    hr_status st = c->reference ? hr_topk_query_ref(c->m, c->q, c->k, NULL, c->out, &c->n)
+                                : hr_topk_query(c->m, c->q, c->k, NULL, c->out, &c->n);
+    if (st != HR_OK)
         abort();
 }
 
@@ -436,10 +438,10 @@ static void test_many_matches_single(void **state)
         random_query(q[j], k, 500 + (uint64_t)j);
         reqs[j] = (hr_topk_request){q[j], (uint32_t)(j == 3 ? 0 : 12), j % 2 ? &ex : NULL, got[j], 0};
     }
-    assert_int_equal(hr_topk_query_many(m, reqs, NQ, false), HR_OK);
+    assert_int_equal(hr_topk_query_many(m, reqs, NQ), HR_OK);
     for (int j = 0; j < NQ; j++) {
         size_t n;
-        assert_int_equal(hr_topk_query(m, q[j], reqs[j].k, reqs[j].ex, false, want, &n), HR_OK);
+        assert_int_equal(hr_topk_query(m, q[j], reqs[j].k, reqs[j].ex, want, &n), HR_OK);
         assert_same_ranking(got[j], reqs[j].n, want, n);
     }
     assert_int_equal(reqs[3].n, 0);
@@ -463,7 +465,7 @@ static void *ask(void *arg)
         hr_topk_request req = {q, 10, NULL, got, 0};
         size_t n = 0;
         if (hr_topk_query_batched(a->b, &req) != HR_OK ||
-            hr_topk_query(a->m, q, 10, NULL, false, want, &n) != HR_OK || n != req.n) {
+            hr_topk_query(a->m, q, 10, NULL, want, &n) != HR_OK || n != req.n) {
             a->bad++;
             continue;
         }

@@ -1,7 +1,8 @@
 /*
  * api.h - JSON <-> structs for the public API. Pure functions (no I/O, no
  * globals), so they can be fuzzed; the only side effect is interning new
- * ids into the model when an event is resolved.
+ * ids into the model when an event is resolved (hr_api_event_resolve, and
+ * hr_api_event_from_json which validates and resolves).
  *
  * Event object: {"user": id, "item": id, "label": 0|1, "rating": number in
  *   [-1e6, 1e6], "weight": number in [0, 1e6], "ts": number,
@@ -25,12 +26,36 @@
  * naming `field` otherwise. v is borrowed. */
 hr_status hr_api_id(const json_t *v, const char *field, char *buf, size_t *len, hr_error *err);
 
-/* Validates one event object and resolves it into *ev: user and item ids are
- * interned (created if new), features hashed into context rows. loss decides
- * whether "label" (logistic) or "rating" (squared) is the target. The
- * bookkeeping fields (seq, enq_*) are zeroed. obj is borrowed.
- * *event_id (may be NULL) receives the borrowed "id" value or NULL.
- * HR_EINVAL with err naming the field; HR_EFULL if an id table is full. */
+/* The ids an event names, kept from validation to resolution: borrowed
+ * from the event object (valid while it lives). */
+typedef struct {
+    const json_t *user; /* a valid id value (string or integer, hr_api_id) */
+    const json_t *item; /* likewise */
+    const json_t *id;   /* the event id value, NULL if none */
+} hr_api_event_refs;
+
+/* Validates one event object into *ev without touching the id tables:
+ * label or rating (loss decides which is the target), weight, ts, features
+ * (hashed into context rows); ev->user and ev->item stay 0 until
+ * hr_api_event_resolve. The bookkeeping fields (seq, enq_*) are zeroed.
+ * *refs receives the event's ids (borrowed from obj). The model is only
+ * read. HR_EINVAL with err naming the field (an unknown field is named). */
+hr_status hr_api_event_parse(const hr_model *m, const json_t *obj, hr_event *ev,
+                             hr_api_event_refs *refs, hr_error *err);
+
+/* Resolves a parsed event's ids into ev->user and ev->item: interned,
+ * created if new. Admission decides first: an event that is not going to
+ * be trained must create no id. HR_EFULL (a table is full) or HR_ENOMEM
+ * with err naming "user" or "item" (the user may be created when the item
+ * then fails). */
+hr_status hr_api_event_resolve(hr_model *m, const hr_api_event_refs *refs, hr_event *ev,
+                               hr_error *err);
+
+/* hr_api_event_parse then hr_api_event_resolve: for events that are
+ * trained whatever happens (the start-up log replay, `hogrec replay`).
+ * obj is borrowed. *event_id (may be NULL) receives the borrowed "id"
+ * value or NULL. HR_EINVAL with err naming the field; HR_EFULL if an id
+ * table is full. */
 hr_status hr_api_event_from_json(hr_model *m, const json_t *obj, hr_event *ev,
                                  const json_t **event_id, hr_error *err);
 

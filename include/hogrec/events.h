@@ -3,11 +3,16 @@
  * de-duplication of event ids (claim, then confirm or release), the ingest
  * submit (seq, queue, event log), and the serving state the batch changes -
  * each user's recent items (exclude_seen) and the recently-popular scores
- * (the fallback for unknown users). The HTTP handler submits through it; the
- * start-up log replay goes through it too, so the same state is rebuilt for
- * the replayed events; checkpoints save that state and a restart loads it.
+ * (the fallback for unknown users). A source of events (the HTTP handler)
+ * posts a batch of JSON events with one call, hr_events_post, which
+ * validates, claims, admits, resolves ids, submits and applies, and counts
+ * what it rejected, dropped and refused. The start-up log replay goes
+ * through the module too, so the same state is rebuilt for the replayed
+ * events; checkpoints save that state and a restart loads it.
  *
- * Order: a batch's ids are claimed, then under one mutex the batch is
+ * Order: a batch's event ids are claimed, then under one mutex the batch
+ * is admitted (the queue has room for all of it), its user and item ids
+ * are resolved (created only now: a refused batch creates none), it is
  * submitted to ingest (which assigns its seqs) and applied to the serving
  * state, so the state takes events in seq order and `seq` (the highest seq
  * applied) is a cut: every event <= seq is in the state and no later one is
@@ -25,7 +30,7 @@
  * Ids: an event id is hashed (hr_events_id_hash) to 64 bits with a fixed
  * seed; the hashes are saved in checkpoints, so the function must not change.
  *
- * Threads: submit, notify and the reads from any thread; replay and load
+ * Threads: post, notify and the reads from any thread; replay and load
  * from the loading thread before events are submitted; save from the
  * checkpoint thread.
  */
@@ -70,35 +75,51 @@ void hr_events_destroy(hr_events *e); /* NULL is a no-op */
  * value is not a valid id. id is borrowed. */
 uint64_t hr_events_id_hash(const json_t *id);
 
-/* A batch of valid, resolved events. The arrays are the caller's; submit
- * reorders them alike: the accepted events first, in their order (stamped
- * with their seqs), then the duplicates. */
+/* What became of a posted batch (hr_events_post). */
 typedef struct {
-    hr_event *evs;  /* n events */
-    uint64_t *ids;  /* n id hashes, 0 = no id; NULL: none has one */
-    char **texts;   /* n canonical JSON texts for the log; NULL without a log */
-    size_t *lens;   /* their lengths; NULL with texts */
-    size_t n;
-} hr_events_batch;
-
-typedef struct {
-    size_t accepted;    /* events submitted (the first `accepted` of the batch) */
+    size_t accepted;    /* events queued (the 202's "accepted") */
+    size_t rejected;    /* events invalid, each listed in errors */
     size_t duplicates;  /* events dropped: their id was seen within the window */
+    size_t refused;     /* valid new events of a batch refused whole (HR_EFULL) */
     uint64_t first_seq; /* seq of the first accepted event; 0 if none */
-} hr_events_result;
+} hr_events_outcome;
 
 /* A submitted batch waiting for its log commit. */
 typedef struct hr_events_pending hr_events_pending;
 
-/* Claims the batch's ids, submits the rest (all or nothing, never blocking
- * on a full queue) and applies them to the serving state. Returns what
- * hr_ingest_submit does (HR_EFULL: nothing accepted, ids released; HR_EIO,
- * HR_ESTOPPED); *res is filled in every case.
+/* The one way a batch of client events enters (HTTP, and any other
+ * source): each element of `events` (a JSON array, borrowed) is validated
+ * (hr_api_event_parse); an invalid one is counted as rejected and
+ * {"index", "field"?, "message"} is appended to `errors` (a borrowed
+ * array; an element whose index `errors` already lists - a line the NDJSON
+ * splitter could not parse - is counted as rejected and not looked at).
+ * Then the valid events' ids are claimed (a duplicate is dropped), and
+ * under the module's mutex: admission (hr_ingest_admit: all or nothing,
+ * never blocking), then the user and item ids are resolved, created if new
+ * (only now, so a refused batch creates none; an event whose id table is
+ * full is rejected with its error, the others go on), then the submit
+ * (seqs, queue, log) and the serving state.
+ * Returns HR_OK (including when nothing was valid), HR_EFULL (queue full:
+ * nothing accepted, ids released, out->refused events), HR_EIO (log
+ * failing), HR_EINVAL (more events than the queue holds), HR_ESTOPPED,
+ * HR_ENOMEM; *out is filled in every case and the counters
+ * (hr_events_get_counts) count it.
  * wait: block until the batch is durable (a failed commit releases its ids
  * and returns HR_EIO). !wait: on HR_OK with accepted > 0, *pending receives
  * a new handle that must go to hr_events_notify (else *pending is NULL). */
-hr_status hr_events_submit(hr_events *e, hr_events_batch *b, bool wait, hr_events_result *res,
-                           hr_events_pending **pending, hr_error *err);
+hr_status hr_events_post(hr_events *e, const json_t *events, json_t *errors, bool wait,
+                         hr_events_outcome *out, hr_events_pending **pending, hr_error *err);
+
+/* Events counted by hr_events_post since the module was created, whichever
+ * source posted them. */
+typedef struct {
+    uint64_t rejected;   /* invalid, reported by index */
+    uint64_t duplicates; /* dropped as repeated ids */
+    uint64_t refused;    /* of batches refused whole because the queue was full */
+} hr_events_counts;
+
+/* A snapshot of the counters (each read atomically). */
+void hr_events_get_counts(hr_events *e, hr_events_counts *out);
 
 /* Calls cb(arg, st, why) once the pending batch is durable or cannot be
  * (see hr_evlog_notify for the thread it runs on); a failed commit releases
@@ -116,6 +137,9 @@ hr_status hr_events_replay(hr_events *e, hr_event *evs, const uint64_t *ids,
 
 /* Up to max of user's recent item rows, most recent first. */
 size_t hr_events_recent(hr_events *e, uint32_t user, uint32_t *out, size_t max);
+
+/* Most recent items kept per user (history_per_user). */
+uint32_t hr_events_recent_max(const hr_events *e);
 
 /* The k most popular items now (score: decayed count), best first; see
  * hr_history_popular. */

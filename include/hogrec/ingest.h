@@ -32,6 +32,17 @@ hr_status hr_ingest_create(hr_queue *queue, hr_trainer *trainer, hr_evlog *log,
                            hr_ingest **out);
 void hr_ingest_destroy(hr_ingest *ing); /* NULL is a no-op */
 
+/* Whether submit would take a batch of n events now, before anything is
+ * done for them (hr_events resolves ids only for admitted batches):
+ * HR_OK, HR_EIO (log failing), HR_EINVAL (n above the queue's capacity),
+ * HR_EFULL (no room for n now). Room can only shrink by another push, so
+ * the answer holds while the caller serializes every non-waiting submit
+ * (hr_events does, under its mutex); consumers only free room. */
+hr_status hr_ingest_admit(hr_ingest *ing, size_t n, hr_error *err);
+
+/* Whether events go to an event log (the submits then take their texts). */
+bool hr_ingest_has_log(const hr_ingest *ing);
+
 /* Submits n events all or nothing. evs are stamped (seq, enq_updates,
  * enq_ns) and copied into the queue; json[i]/len[i] is the canonical JSON of
  * event i for the log (ignored without a log; may be NULL then).

@@ -46,6 +46,7 @@
 #include "hogrec/app.h"
 #include "hogrec/common.h"
 #include "hogrec/dedup.h"
+#include "hogrec/events.h"
 #include "hogrec/queue.h"
 #include "hogrec/stats.h"
 #include "hogrec/trainer.h"
@@ -58,12 +59,12 @@
          "Accepted events the trainers applied to the model (sampled negatives not counted).",   \
          u64, s->trainer.trained)                                                                \
     BOTH("events", "rejected", "hogrec_events_rejected_total", counter,                          \
-         "Events rejected as invalid (listed by index in the reply).", u64, s->events_rejected)  \
+         "Events rejected as invalid (listed by index in the reply).", u64, s->events.rejected)  \
     BOTH("events", "refused", "hogrec_events_refused_total", counter,                            \
-         "Events of requests refused whole with 429 (queue full).", u64, s->queue.refused)       \
+         "Events of requests refused whole with 429 (queue full).", u64, s->events.refused)      \
     BOTH("events", "duplicates", "hogrec_events_duplicate_total", counter,                       \
          "Events not applied again: their id was applied within dedup_window.", u64,             \
-         s->events_duplicates)                                                                   \
+         s->events.duplicates)                                                                   \
     BOTH("queue", "depth", "hogrec_queue_depth", gauge,                                          \
          "Events in the queue waiting for a trainer.", u64, s->queue.depth)                      \
     BOTH("queue", "capacity", "hogrec_queue_capacity", gauge,                                    \
@@ -179,8 +180,7 @@ typedef struct {
 typedef struct {
     hr_queue_stats queue;
     hr_trainer_counts trainer;
-    uint64_t events_rejected;   /* events invalid, reported by index (POST /v1/events) */
-    uint64_t events_duplicates; /* events dropped as repeated ids (POST /v1/events) */
+    hr_events_counts events;    /* rejected, duplicates, refused: the events module's */
     hr_dedup_stats dedup;
     uint64_t model_users, model_items, model_k, model_bytes, model_expired_ids;
     double updates_per_second;     /* between the last two samples a second apart */
@@ -209,7 +209,7 @@ typedef enum {
  * parts only /v1/stats shows zero or NULL (the rate sample, the last-1000
  * report, the schedule and checkpoint JSON: the checkpoint's waits for a
  * running checkpoint's lock, which a scrape must not). rate (STATS only) is
- * sampled. events_rejected, events_duplicates, the recommend counts and the
+ * sampled. The recommend counts and the
  * routes are the HTTP server's: its caller fills them. Release with
  * hr_metrics_snapshot_release. */
 void hr_metrics_gather(hr_app *app, hr_metrics_scope scope, hr_metrics_rate *rate,

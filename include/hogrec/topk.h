@@ -4,7 +4,7 @@
  * query [q, 1], so each score is <q, v_i> + b_i) and keep the best in a
  * partial heap. Rows without a key (row 0, freed rows) and excluded rows are
  * skipped. The BLAS path is checked against hr_sgd_block_scores_ref
- * (reference = true runs that plain loop instead).
+ * (hr_topk_query_ref runs that plain loop instead, for tests and benchmarks).
  *
  * Threads: any; reads live rows without locks (a query may see a row half
  * updated by a trainer, like any Hogwild reader). BLAS runs single-threaded
@@ -40,8 +40,13 @@ void hr_topk_sort_rows(uint32_t *rows, size_t n);
  * for k entries. With min_count > 0, an item still below it scores as the
  * default row 0 would. HR_ENOMEM if scratch cannot be allocated. */
 hr_status hr_topk_query(const hr_model *m, const float *q, uint32_t k,
-                        const hr_topk_exclude *ex, bool reference,
-                        hr_topk_item *out, size_t *n);
+                        const hr_topk_exclude *ex, hr_topk_item *out, size_t *n);
+
+/* The same ranking scored with the plain per-row loop
+ * (hr_sgd_block_scores_ref) instead of BLAS: the reference that tests and
+ * benchmarks compare hr_topk_query with. Slow; not for serving. */
+hr_status hr_topk_query_ref(const hr_model *m, const float *q, uint32_t k,
+                            const hr_topk_exclude *ex, hr_topk_item *out, size_t *n);
 
 /* One query of a batch. */
 typedef struct {
@@ -56,8 +61,7 @@ typedef struct {
  * slice (one sgemv when nq is 1), then each query's heap. Each request's
  * results are those hr_topk_query gives (up to float rounding of the
  * summation order). HR_ENOMEM if scratch cannot be allocated. */
-hr_status hr_topk_query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
-                             bool reference);
+hr_status hr_topk_query_many(const hr_model *m, hr_topk_request *reqs, size_t nq);
 
 /* Batches concurrent queries: a caller that finds no batch being scored
  * takes every query waiting (up to max_batch) and scores them together with

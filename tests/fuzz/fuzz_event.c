@@ -1,15 +1,18 @@
 /*
- * fuzz_event.c - the event decoder (hr_api_event_from_json and
- * hr_api_event_lookup, src/api.c) on a small model, as POST /v1/events
- * drives it.
+ * fuzz_event.c - the event decoder (hr_api_event_parse, hr_api_event_resolve,
+ * hr_api_event_from_json and hr_api_event_lookup, src/api.c) on a small
+ * model, as POST /v1/events drives it.
  *
  * Input: a JSON text; an object is one event, an array a batch (its first
  * 32 elements, more than the tables hold, so "table full" is reached). Each
  * input gets a fresh logistic and a fresh squared-loss model (16 users, 16
  * items, 16 context rows), and each event is decoded by both, first as a
  * predict pair (hr_api_pair_from_json: creates no id, unknown ids are row 0
- * and flagged, the prediction is finite), then as an event. Checked: an
- * error is HR_EINVAL or HR_EFULL with a message and HR_EINVAL creates no id;
+ * and flagged, the prediction is finite), then validated alone
+ * (hr_api_event_parse: creates no id, fails exactly when decoding says
+ * HR_EINVAL, its refs are the object's id values), then as an event.
+ * Checked: an error is HR_EINVAL or HR_EFULL with a message and HR_EINVAL
+ * creates no id; validation then resolution gives the decoded event;
  * an accepted event has rows in range that hold the ids it names, a finite
  * label (0 or 1 when logistic), weight and feature values, a finite
  * prediction; looking it up again finds the same rows; its log text
@@ -84,8 +87,23 @@ static void check_event(hr_model *m, const json_t *obj)
     FUZZ_CHECK(hr_model_id_count(m, HR_TABLE_USER) == users &&
                hr_model_id_count(m, HR_TABLE_ITEM) == items);
 
+    /* validated alone: creates nothing */
+    hr_api_event_refs refs;
+    hr_event parsed;
+    hr_error pe = {{0}, {0}};
+    hr_status pst = hr_api_event_parse(m, obj, &parsed, &refs, &pe);
+    FUZZ_CHECK(pst == HR_OK || (pst == HR_EINVAL && pe.message[0] != 0));
+    FUZZ_CHECK(hr_model_id_count(m, HR_TABLE_USER) == users &&
+               hr_model_id_count(m, HR_TABLE_ITEM) == items);
+    if (pst == HR_OK)
+        FUZZ_CHECK(parsed.user == 0 && parsed.item == 0 &&
+                   refs.user == json_object_get(obj, "user") &&
+                   refs.item == json_object_get(obj, "item") &&
+                   refs.id == json_object_get(obj, "id"));
+
     const json_t *eid = (const json_t *)&e; /* must be overwritten */
     st = hr_api_event_from_json(m, obj, &ev, &eid, &e);
+    FUZZ_CHECK((st == HR_EINVAL) == (pst != HR_OK));
     if (st != HR_OK) {
         FUZZ_CHECK(st == HR_EINVAL || st == HR_EFULL);
         FUZZ_CHECK(e.message[0] != 0);
@@ -100,6 +118,9 @@ static void check_event(hr_model *m, const json_t *obj)
     }
     check_row(m, HR_TABLE_USER, ev.user, obj, "user");
     check_row(m, HR_TABLE_ITEM, ev.item, obj, "item");
+    /* the two steps give the decoded event (the ids exist now) */
+    FUZZ_CHECK(hr_api_event_resolve(m, &refs, &parsed, &pe) == HR_OK);
+    FUZZ_CHECK(same_event(&ev, &parsed));
     FUZZ_CHECK(isfinite(ev.label) && isfinite(ev.weight) && isfinite(ev.ts));
     if (mc->loss == HR_LOSS_LOGISTIC)
         FUZZ_CHECK(ev.label == 0.0f || ev.label == 1.0f);

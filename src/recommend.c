@@ -1,0 +1,86 @@
+/*
+ * recommend.c - the k best items for a user, with final scores; see
+ * recommend.h. Called from HTTP threads.
+ *
+ * The topk scan ranks by the partial score <v_u, v_i> + b_i (the user's
+ * bias and w0 are the same for every item, so they do not change the
+ * order); the final score adds them and applies the link, in double, once
+ * per returned item.
+ */
+#include "hogrec/recommend.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "hogrec/sgd.h"
+
+/* The user's row scored against every item; scores made final. */
+static hr_status score_user(const hr_model *m, hr_topk_batcher *batcher, uint32_t eff,
+                            uint32_t k, const hr_topk_exclude *ex, hr_topk_item *items,
+                            hr_recommend_item *out, size_t *n)
+{
+    const hr_row_layout *L = hr_model_layout(m);
+    float *u = malloc(L->floats * sizeof *u), *g = malloc(L->floats * sizeof *g);
+    hr_status st = u && g ? HR_OK : HR_ENOMEM;
+    size_t got = 0;
+    if (st == HR_OK) {
+        hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_USER, eff), u);
+        hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_GLOBAL, 0), g);
+        if (batcher) {
+            hr_topk_request req = {u, k, ex, items, 0};
+            st = hr_topk_query_batched(batcher, &req);
+            got = req.n;
+        } else {
+            st = hr_topk_query(m, u, k, ex, items, &got);
+        }
+    }
+    if (st == HR_OK) {
+        double base = (double)g[L->bias] + u[L->bias];
+        for (size_t i = 0; i < got; i++)
+            out[i] = (hr_recommend_item){items[i].row,
+                                         hr_model_link(m, base + (double)items[i].score)};
+        *n = got;
+    }
+    free(u);
+    free(g);
+    return st;
+}
+
+hr_status hr_recommend(const hr_model *m, hr_events *events, hr_topk_batcher *batcher,
+                       const hr_recommend_query *q, hr_recommend_item *out, size_t *n,
+                       bool *fallback)
+{
+    *n = 0;
+    *fallback = false;
+    const bool known = q->user_row != 0;
+    /* Left out: the named items, then the user's recent ones; sorted. */
+    size_t cap = q->nexclude + (known && q->exclude_seen ? hr_events_recent_max(events) : 0);
+    uint32_t *rows = malloc((cap ? cap : 1) * sizeof *rows);
+    hr_topk_item *items = malloc((size_t)(q->k ? q->k : 1) * sizeof *items);
+    if (!rows || !items) {
+        free(rows);
+        free(items);
+        return HR_ENOMEM;
+    }
+    size_t nex = q->nexclude;
+    if (nex)
+        memcpy(rows, q->exclude, nex * sizeof *rows);
+    if (known && q->exclude_seen)
+        nex += hr_events_recent(events, q->user_row, rows + nex, cap - nex);
+    hr_topk_sort_rows(rows, nex);
+    hr_topk_exclude ex = {rows, nex};
+    uint32_t eff = known ? hr_model_effective_row(m, HR_TABLE_USER, q->user_row) : 0;
+    hr_status st = HR_OK;
+    if (eff == 0) {
+        size_t got = hr_events_popular(events, q->k, &ex, items);
+        for (size_t i = 0; i < got; i++)
+            out[i] = (hr_recommend_item){items[i].row, (double)items[i].score};
+        *n = got;
+        *fallback = true;
+    } else {
+        st = score_user(m, batcher, eff, q->k, &ex, items, out, n);
+    }
+    free(rows);
+    free(items);
+    return st;
+}
