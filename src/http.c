@@ -288,6 +288,14 @@ json_t *hr_http_parse_body(request *r, json_error_t *jerr)
     return json_loadb(r->body ? r->body : "", r->len, JSON_REJECT_DUPLICATES, jerr);
 }
 
+enum MHD_Result hr_http_reply_malformed(struct MHD_Connection *c, request *r,
+                                        const json_error_t *jerr)
+{
+    return hr_http_reply_error(c, r, 400, "malformed_json",
+                               "body is not JSON: %s (line %d, column %d)", jerr->text, jerr->line,
+                               jerr->column);
+}
+
 /* ---- the access handler ---- */
 
 static void first_call(hr_http *h, struct MHD_Connection *c, request *r, const char *url,
@@ -438,6 +446,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     tls_http = h;
     return dispatch(h, c, r);
+}
+
+bool hr_http_suspend(hr_http *h, struct MHD_Connection *c, request *r)
+{
+    pthread_mutex_lock(&h->susp_mu);
+    bool suspend = !atomic_load(&h->stopping);
+    if (suspend)
+        h->suspended++; /* from here on hr_http_stop waits for this request */
+    pthread_mutex_unlock(&h->susp_mu);
+    if (suspend) {
+        r->conn = c;
+        r->ev.phase = EV_WAITING;
+        MHD_suspend_connection(c); /* outside susp_mu: MHD takes its own locks */
+    }
+    return suspend;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,

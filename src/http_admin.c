@@ -24,8 +24,7 @@ static enum MHD_Result handle_schedule_put(hr_http *h, struct MHD_Connection *c,
     json_error_t jerr;
     json_t *v = hr_http_parse_body(r, &jerr);
     if (!v)
-        return hr_http_reply_error(c, r, 400, "malformed_json", "body is not JSON: %s (line %d, column %d)",
-                           jerr.text, jerr.line, jerr.column);
+        return hr_http_reply_malformed(c, r, &jerr);
     hr_schedule s;
     hr_error e = {{0}, {0}};
     hr_status st = hr_schedule_from_json(v, &s, &e);
@@ -57,15 +56,15 @@ enum MHD_Result hr_http_schedule(hr_http *h, struct MHD_Connection *c, request *
 enum MHD_Result hr_http_schedule_history(hr_http *h, struct MHD_Connection *c, request *r)
 {
     hr_app *app = h->app;
-    return hr_http_reply_json(c, r, 200, json_pack("{s:o}", "history",
-                                           hr_schedbox_history_json(app->sched)));
+    return hr_http_reply_json(c, r, 200,
+                              json_pack("{s:o}", "history", hr_schedbox_history_json(app->sched)));
 }
 
 enum MHD_Result hr_http_checkpoint(hr_http *h, struct MHD_Connection *c, request *r)
 {
     if (!h->app->persist)
         return hr_http_reply_error(c, r, 503, "persistence_off",
-                           "persistence is off (the server runs without a database)");
+                                   "persistence is off (the server runs without a database)");
     if (!atomic_load(&h->app->ready))
         return hr_http_reply_error(c, r, 503, "loading", "the server is loading its model");
     json_t *info = NULL;
@@ -74,7 +73,7 @@ enum MHD_Result hr_http_checkpoint(hr_http *h, struct MHD_Connection *c, request
     if (st != HR_OK) {
         json_decref(info);
         return hr_http_reply_error(c, r, st == HR_EBUSY ? 429 : 503, "checkpoint_failed", "%s",
-                           e.message[0] ? e.message : hr_status_to_string(st));
+                                   e.message[0] ? e.message : hr_status_to_string(st));
     }
     return hr_http_reply_json(c, r, 200, info ? info : json_object());
 }

@@ -42,14 +42,16 @@ static enum MHD_Result answer_events(struct MHD_Connection *c, request *r, hr_st
     } else {
         json_decref(errors);
         if (st == HR_EFULL) {
-            ret = hr_http_reply_error(c, r, 429, "queue_full",
-                              "the queue cannot take these %zu events now; nothing was accepted, "
-                              "resend the whole request", ev->ok);
+            ret = hr_http_reply_error(
+                c, r, 429, "queue_full",
+                "the queue cannot take these %zu events now; nothing was accepted, "
+                "resend the whole request",
+                ev->ok);
         } else if (st == HR_ESTOPPED) {
             ret = hr_http_reply_error(c, r, 503, "shutting_down", "the server is stopping");
         } else {
             ret = hr_http_reply_error(c, r, 503, "unavailable", "%s",
-                              why && why[0] ? why : hr_status_to_string(st));
+                                      why && why[0] ? why : hr_status_to_string(st));
         }
     }
     return ret;
@@ -114,8 +116,9 @@ enum MHD_Result hr_http_events(hr_http *h, struct MHD_Connection *c, request *r)
         return MHD_YES;
     hr_app *app = h->app;
     if (!atomic_load(&app->ready)) /* the log tail is replaying: seqs must not interleave */
-        return hr_http_reply_error(c, r, 503, "loading",
-                           "the server is loading its model; retry when /readyz answers 200");
+        return hr_http_reply_error(
+            c, r, 503, "loading",
+            "the server is loading its model; retry when /readyz answers 200");
     json_t *events, *errors = json_array();
     size_t n;
     if (r->ndjson) {
@@ -124,15 +127,15 @@ enum MHD_Result hr_http_events(hr_http *h, struct MHD_Connection *c, request *r)
         if (json_array_size(events) > 0 && parsed == 0) {
             json_decref(events);
             json_decref(errors);
-            return hr_http_reply_error(c, r, 400, "malformed_json", "no line of the NDJSON body is JSON");
+            return hr_http_reply_error(c, r, 400, "malformed_json",
+                                       "no line of the NDJSON body is JSON");
         }
     } else {
         json_error_t jerr;
         json_t *v = hr_http_parse_body(r, &jerr);
         if (!v) {
             json_decref(errors);
-            return hr_http_reply_error(c, r, 400, "malformed_json", "body is not JSON: %s (line %d, column %d)",
-                               jerr.text, jerr.line, jerr.column);
+            return hr_http_reply_malformed(c, r, &jerr);
         }
         if (json_is_object(v)) {
             events = json_array();
@@ -142,18 +145,18 @@ enum MHD_Result hr_http_events(hr_http *h, struct MHD_Connection *c, request *r)
         } else {
             json_decref(v);
             json_decref(errors);
-            return hr_http_reply_error(c, r, 400, "invalid", "body must be an event object or an array of events");
+            return hr_http_reply_error(c, r, 400, "invalid",
+                                       "body must be an event object or an array of events");
         }
     }
     n = json_array_size(events);
     if (n > (size_t)app->cfg.max_batch_events || n > (size_t)app->cfg.queue_capacity) {
         json_decref(events);
         json_decref(errors);
-        return hr_http_reply_error(c, r, 413, "too_many_events",
-                           "%zu events in one request; at most %" PRId64, n,
-                           app->cfg.max_batch_events < app->cfg.queue_capacity
-                               ? app->cfg.max_batch_events
-                               : app->cfg.queue_capacity);
+        return hr_http_reply_error(
+            c, r, 413, "too_many_events", "%zu events in one request; at most %" PRId64, n,
+            app->cfg.max_batch_events < app->cfg.queue_capacity ? app->cfg.max_batch_events
+                                                                : app->cfg.queue_capacity);
     }
     /* Validation, ids, submit and serving state: the events module (see
      * events.h), which also counts what it rejects, drops and refuses. With
@@ -172,19 +175,9 @@ enum MHD_Result hr_http_events(hr_http *h, struct MHD_Connection *c, request *r)
     ev->first = out.first_seq;
     if (pending) {
         /* Queued and logged: answer once the commit is done, without
-         * holding this pool thread (see the file comment) - unless the
-         * server is stopping: MHD must not get a suspended connection after
-         * hr_http_stop counted them, so wait here (the stop bounds that). */
-        r->conn = c;
-        pthread_mutex_lock(&h->susp_mu);
-        bool suspend = !atomic_load(&h->stopping);
-        if (suspend)
-            h->suspended++;
-        pthread_mutex_unlock(&h->susp_mu);
-        if (!suspend)
+         * holding this pool thread - unless the server is stopping. */
+        if (!hr_http_suspend(h, c, r))
             return answer_events_when_durable(h, c, r, pending);
-        ev->phase = EV_WAITING;
-        MHD_suspend_connection(c);
         hr_events_notify(app->events, pending, events_durable, r);
         return MHD_YES;
     }

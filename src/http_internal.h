@@ -125,4 +125,18 @@ enum MHD_Result hr_http_reply_invalid(struct MHD_Connection *c, request *r, cons
 /* The request's body parsed as JSON: a new value, or NULL with *jerr. */
 json_t *hr_http_parse_body(request *r, json_error_t *jerr);
 
+/* The 400 for a body hr_http_parse_body refused, with jansson's detail. */
+enum MHD_Result hr_http_reply_malformed(struct MHD_Connection *c, request *r,
+                                        const json_error_t *jerr);
+
+/* ---- suspend/resume (http.c) ---- */
+
+/* Suspends c, counted for hr_http_stop, so that this pool thread is free
+ * while the request waits; the handler is called again (r->ev.phase set by
+ * whoever resumes it with MHD_resume_connection) once it is resumed. false,
+ * with nothing suspended, when the server is stopping: MHD must not get a
+ * suspended connection after hr_http_stop counted them, so the caller waits
+ * on its own thread instead (the stop bounds that). */
+bool hr_http_suspend(hr_http *h, struct MHD_Connection *c, request *r);
+
 #endif

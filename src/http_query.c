@@ -91,8 +91,7 @@ static enum MHD_Result handle_predict_post(hr_http *h, struct MHD_Connection *c,
     json_error_t jerr;
     json_t *v = hr_http_parse_body(r, &jerr);
     if (!v)
-        return hr_http_reply_error(c, r, 400, "malformed_json", "body is not JSON: %s (line %d, column %d)",
-                           jerr.text, jerr.line, jerr.column);
+        return hr_http_reply_malformed(c, r, &jerr);
     json_t *pairs = json_object_get(v, "pairs");
     if (!json_is_object(v) || json_object_size(v) != 1 || !json_is_array(pairs)) {
         json_decref(v);
@@ -102,7 +101,7 @@ static enum MHD_Result handle_predict_post(hr_http *h, struct MHD_Connection *c,
     if (n > (size_t)h->app->cfg.max_batch_events) {
         json_decref(v);
         return hr_http_reply_error(c, r, 413, "too_many_pairs", "%zu pairs; at most %" PRId64, n,
-                           h->app->cfg.max_batch_events);
+                                   h->app->cfg.max_batch_events);
     }
     json_t *scores = json_array(), *unknown = json_array();
     for (size_t i = 0; i < n; i++) {
