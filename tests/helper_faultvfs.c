@@ -246,3 +246,10 @@ void fv_on_write(const char *suffix, long nth, void (*fn)(void))
 }
 
 long fv_failed_writes(void) { return atomic_load(&failed_count); }
+
+int fv_clear_faults(void **state)
+{
+    (void)state;
+    fv_fail_writes(NULL, 0);
+    return 0;
+}

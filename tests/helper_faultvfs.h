@@ -15,6 +15,10 @@
 
 void fv_install(void);
 void fv_fail_writes(const char *suffix, int sqlite_rc);
+
+/* A cmocka teardown: no more faults, so a fault test leaves none behind,
+ * also when it fails. */
+int fv_clear_faults(void **state);
 void fv_on_write(const char *suffix, long nth, void (*fn)(void));
 /* Writes that failed because of fv_fail_writes so far. */
 long fv_failed_writes(void);

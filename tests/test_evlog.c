@@ -583,14 +583,6 @@ static void test_threads_group_commit(void **state)
     tu_rmtree(f.dir);
 }
 
-/* A fault test leaves no fault behind, also when it fails. */
-static int clear_faults(void **state)
-{
-    (void)state;
-    fv_fail_writes(NULL, 0);
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -598,8 +590,8 @@ int main(void)
         cmocka_unit_test(test_notify_once_unlocked),
         cmocka_unit_test(test_destroy_unstarted_settles_notifies),
         cmocka_unit_test(test_interval_mode),
-        cmocka_unit_test_teardown(test_failed_commit_disk_full, clear_faults),
-        cmocka_unit_test_teardown(test_failed_commit_write_error, clear_faults),
+        cmocka_unit_test_teardown(test_failed_commit_disk_full, fv_clear_faults),
+        cmocka_unit_test_teardown(test_failed_commit_write_error, fv_clear_faults),
         cmocka_unit_test(test_trim),
         cmocka_unit_test(test_threads_group_commit),
     };

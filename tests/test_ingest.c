@@ -483,13 +483,6 @@ static void test_threads_queue_in_seq_order(void **state)
     tu_rmtree(r.dir);
 }
 
-static int clear_faults(void **state)
-{
-    (void)state;
-    fv_fail_writes(NULL, 0);
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -499,7 +492,7 @@ int main(void)
         cmocka_unit_test(test_full_queue_with_log),
         cmocka_unit_test(test_stopped_without_log),
         cmocka_unit_test(test_stopped_with_log),
-        cmocka_unit_test_teardown(test_log_failing, clear_faults),
+        cmocka_unit_test_teardown(test_log_failing, fv_clear_faults),
         cmocka_unit_test(test_replay_queues_without_logging),
         cmocka_unit_test(test_threads_queue_in_seq_order),
     };

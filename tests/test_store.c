@@ -794,14 +794,6 @@ static void test_event_log_write_fails_whole(void **state)
     tu_rmtree(dir);
 }
 
-/* A fault test leaves no fault behind, also when it fails. */
-static int clear_faults(void **state)
-{
-    (void)state;
-    fv_fail_writes(NULL, 0);
-    return 0;
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -812,7 +804,7 @@ int main(void)
         cmocka_unit_test(test_checkpoint_transactions),
         cmocka_unit_test(test_older_schema_ignores_newer_parts),
         cmocka_unit_test(test_event_log),
-        cmocka_unit_test_teardown(test_event_log_write_fails_whole, clear_faults),
+        cmocka_unit_test_teardown(test_event_log_write_fails_whole, fv_clear_faults),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
