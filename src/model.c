@@ -9,7 +9,9 @@
  * from the id table (whose publication happens after the chunk's) can use it.
  *
  * Row contents are only touched through sgd.c (see the race note there).
- * Dirty marks are one atomic byte per row, beside the chunk.
+ * Change marks are one atomic byte per row, beside the chunk, a bit per
+ * consumer (hr_mark): the checkpoint's bit and the delta's bits are set
+ * together by one atomic or and cleared separately by their takers.
  *
  * Threads: hr_model_intern from HTTP/replay threads; lookups, rows and
  * predictions from any thread; expiry from the trainer pool's maintenance.
@@ -36,7 +38,10 @@ typedef struct {
     uint32_t max_rows;              /* hard limit */
     uint32_t nchunks;               /* entries in chunks[] */
     _Atomic(float *) *chunks;       /* chunk -> rows, NULL until allocated */
-    _Atomic(atomic_uchar *) *dirty; /* chunk -> one mark per row */
+    _Atomic(atomic_uchar *) *dirty; /* chunk -> one mark byte per row (hr_mark bits) */
+    atomic_uchar *summary;          /* group of HR_MARK_GROUP_ROWS rows -> or of its
+                                       rows' marks since taken */
+    uint32_t ngroups;               /* entries in summary[] */
     pthread_mutex_t grow;           /* serializes chunk allocation */
     atomic_uint_fast64_t nalloc;    /* chunks allocated */
 } table;
@@ -184,6 +189,7 @@ static void table_free(const hr_model *m, table *tb)
     }
     free(tb->chunks);
     free(tb->dirty);
+    free(tb->summary);
     hr_ids_destroy(tb->ids);
     pthread_mutex_destroy(&tb->grow);
 }
@@ -224,7 +230,9 @@ hr_status hr_model_create(const hr_model_config *mc, hr_model **out, hr_error *e
         tb->nchunks = (uint32_t)(((uint64_t)tb->max_rows + mc->chunk_rows - 1) >> m->chunk_shift);
         tb->chunks = calloc(tb->nchunks, sizeof *tb->chunks);
         tb->dirty = calloc(tb->nchunks, sizeof *tb->dirty);
-        if (!tb->chunks || !tb->dirty) {
+        tb->ngroups = (uint32_t)(((uint64_t)tb->max_rows + HR_MARK_GROUP_ROWS - 1) / HR_MARK_GROUP_ROWS);
+        tb->summary = calloc(tb->ngroups, sizeof *tb->summary);
+        if (!tb->chunks || !tb->dirty || !tb->summary) {
             st = hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
             goto fail;
         }
@@ -282,7 +290,15 @@ hr_status hr_model_intern(hr_model *m, hr_table_id t, const char *id, size_t len
         return HR_OK;
     }
     init_ctx ic = {m, t};
-    return hr_ids_intern(m->t[t].ids, id, len, on_new_row, &ic, row, created);
+    bool fresh = false;
+    hr_status st = hr_ids_intern(m->t[t].ids, id, len, on_new_row, &ic, row, &fresh);
+    /* on_new_row marked the contents before the id was visible; the id mark
+     * comes after, so a delta that takes it finds the id. */
+    if (st == HR_OK && fresh)
+        hr_model_mark(m, t, *row, HR_MARK_ALL);
+    if (created)
+        *created = fresh;
+    return st;
 }
 
 uint32_t hr_model_lookup(const hr_model *m, hr_table_id t, const char *id, size_t len)
@@ -308,6 +324,13 @@ hr_status hr_model_insert_id_at(hr_model *m, hr_table_id t, const char *id, size
     if (st != HR_OK)
         return st;
     return hr_ids_insert_at(m->t[t].ids, id, len, row);
+}
+
+hr_status hr_model_remove_id(hr_model *m, hr_table_id t, uint32_t row)
+{
+    if (!has_ids(t))
+        return HR_EINVAL;
+    return hr_ids_remove(m->t[t].ids, row);
 }
 
 uint32_t hr_model_id_count(const hr_model *m, hr_table_id t)
@@ -375,26 +398,87 @@ static atomic_uchar *mark(const hr_model *m, hr_table_id t, uint32_t row)
     return marks + (row & (m->cfg.chunk_rows - 1));
 }
 
-void hr_model_mark_dirty(hr_model *m, hr_table_id t, uint32_t row)
+/*
+ * Marks: an or, not a store, since another bit may be set or taken
+ * meanwhile; the load first keeps a row that is already marked free of
+ * writes (the trainers' steady state). The row's bits are set before its
+ * group's summary, and a consumer takes the summary before the rows; with
+ * both sides sequentially consistent (a lock-prefixed instruction or a plain
+ * load on x86, as relaxed ones), a consumer that took a summary bit sees
+ * every row bit set before it was set, and a row bit set after the take
+ * finds the summary clear and sets it again. A marker that finds the
+ * summary bit already set relies on that earlier setter's take to come
+ * after its own row bit: it loads the summary after its or on the row.
+ */
+void hr_model_mark(hr_model *m, hr_table_id t, uint32_t row, unsigned marks)
 {
     atomic_uchar *d = mark(m, t, row);
-    if (!atomic_load_explicit(d, memory_order_relaxed))
-        atomic_store_explicit(d, 1, memory_order_relaxed);
+    if ((atomic_load_explicit(d, memory_order_relaxed) & marks) == marks)
+        return;
+    atomic_fetch_or_explicit(d, (unsigned char)marks, memory_order_seq_cst);
+    atomic_uchar *s = &m->t[t].summary[row / HR_MARK_GROUP_ROWS];
+    if ((atomic_load_explicit(s, memory_order_seq_cst) & marks) != marks)
+        atomic_fetch_or_explicit(s, (unsigned char)marks, memory_order_seq_cst);
+}
+
+uint32_t hr_model_mark_groups(const hr_model *m, hr_table_id t)
+{
+    assert((unsigned)t < HR_TABLE_COUNT);
+    return m->t[t].ngroups;
+}
+
+unsigned hr_model_take_group_mark(hr_model *m, hr_table_id t, uint32_t g, unsigned which)
+{
+    assert((unsigned)t < HR_TABLE_COUNT && g < m->t[t].ngroups);
+    atomic_uchar *s = &m->t[t].summary[g];
+    if (!(atomic_load_explicit(s, memory_order_seq_cst) & which))
+        return 0;
+    return atomic_fetch_and_explicit(s, (unsigned char)~which, memory_order_seq_cst) & which;
+}
+
+void hr_model_mark_group(hr_model *m, hr_table_id t, uint32_t g, unsigned marks)
+{
+    assert((unsigned)t < HR_TABLE_COUNT && g < m->t[t].ngroups);
+    atomic_fetch_or_explicit(&m->t[t].summary[g], (unsigned char)marks, memory_order_seq_cst);
+}
+
+void hr_model_mark_dirty(hr_model *m, hr_table_id t, uint32_t row)
+{
+    hr_model_mark(m, t, row, HR_MARK_CKPT | HR_MARK_DELTA);
+}
+
+unsigned hr_model_take_mark(hr_model *m, hr_table_id t, uint32_t row, unsigned which)
+{
+    assert((unsigned)t < HR_TABLE_COUNT && row < m->t[t].max_rows);
+    atomic_uchar *marks =
+        atomic_load_explicit(&m->t[t].dirty[row >> m->chunk_shift], memory_order_acquire);
+    if (!marks)
+        return 0;
+    atomic_uchar *d = marks + (row & (m->cfg.chunk_rows - 1));
+    if (!(atomic_load_explicit(d, memory_order_seq_cst) & which))
+        return 0;
+    return atomic_fetch_and_explicit(d, (unsigned char)~which, memory_order_seq_cst) & which;
 }
 
 bool hr_model_take_dirty(hr_model *m, hr_table_id t, uint32_t row)
 {
-    return atomic_exchange_explicit(mark(m, t, row), 0, memory_order_acq_rel) != 0;
+    (void)mark(m, t, row); /* the row's storage must exist, as before */
+    return hr_model_take_mark(m, t, row, HR_MARK_CKPT) != 0;
 }
 
-uint64_t hr_model_count_dirty(const hr_model *m, hr_table_id t)
+uint64_t hr_model_count_marked(const hr_model *m, hr_table_id t, hr_mark which)
 {
     uint64_t n = 0, rows = hr_model_rows(m, t);
     for (uint32_t r = 0; r < rows; r++)
         if (atomic_load_explicit(&m->t[t].chunks[r >> m->chunk_shift], memory_order_acquire) &&
-            atomic_load_explicit(mark(m, t, r), memory_order_relaxed))
+            (atomic_load_explicit(mark(m, t, r), memory_order_relaxed) & which))
             n++;
     return n;
+}
+
+uint64_t hr_model_count_dirty(const hr_model *m, hr_table_id t)
+{
+    return hr_model_count_marked(m, t, HR_MARK_CKPT);
 }
 
 const float *hr_model_item_block(const hr_model *m, uint32_t b, uint32_t *nrows, uint32_t *lda)
@@ -434,7 +518,8 @@ uint64_t hr_model_expire(hr_model *m, uint32_t now)
             uint32_t seen = hr_sgd_row_last_seen(&m->L, hr_model_row(m, (hr_table_id)t, r));
             if ((double)now - (double)seen >= m->cfg.expire_seconds &&
                 hr_ids_remove(m->t[t].ids, r) == HR_OK) {
-                hr_model_mark_dirty(m, (hr_table_id)t, r); /* checkpoints record the removal */
+                /* checkpoints record the removal, deltas send it */
+                hr_model_mark(m, (hr_table_id)t, r, HR_MARK_ALL);
                 removed++;
             }
         }
@@ -455,7 +540,7 @@ size_t hr_model_bytes(const hr_model *m)
         const table *tb = &m->t[t];
         uint64_t nalloc = atomic_load(&((table *)tb)->nalloc);
         total += nalloc * m->cfg.chunk_rows * (m->L.floats * sizeof(float) + 1);
-        total += tb->nchunks * 2 * sizeof(void *);
+        total += tb->nchunks * 2 * sizeof(void *) + tb->ngroups;
         if (tb->ids)
             total += hr_ids_bytes(tb->ids);
     }

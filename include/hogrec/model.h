@@ -24,8 +24,9 @@
  *
  * Concurrency: ids are added (hr_model_intern) from any thread while others
  * read and train. Row contents are read and written without locks (Hogwild);
- * all such accesses go through sgd.c. Each row has a dirty mark (atomic) for
- * incremental checkpoints.
+ * all such accesses go through sgd.c. Each row has one atomic byte of change
+ * marks, a bit per consumer (hr_mark): incremental checkpoints and row deltas
+ * each take their own bit, so neither steals the other's changes.
  */
 #ifndef HOGREC_MODEL_H
 #define HOGREC_MODEL_H
@@ -87,7 +88,8 @@ bool hr_model_supports(const hr_model *m, hr_optimizer opt);
 
 /* ---- ids (user and item tables only) ---- */
 
-/* Finds or adds an id; *row receives its row. *created may be NULL.
+/* Finds or adds an id; *row receives its row. *created may be NULL. A new
+ * id's row is marked for every consumer (HR_MARK_ALL) once the id is visible.
  * Errors: HR_EINVAL (bad length), HR_EFULL (table full), HR_ENOMEM. */
 hr_status hr_model_intern(hr_model *m, hr_table_id t, const char *id, size_t len,
                           uint32_t *row, bool *created);
@@ -95,9 +97,14 @@ hr_status hr_model_intern(hr_model *m, hr_table_id t, const char *id, size_t len
 uint32_t hr_model_lookup(const hr_model *m, hr_table_id t, const char *id, size_t len);
 /* Lock-free; borrowed key or NULL (row free or row 0). */
 const char *hr_model_key(const hr_model *m, hr_table_id t, uint32_t row, size_t *len);
-/* Restores an id at a given row (checkpoint load). */
+/* Restores an id at a given row (checkpoint load, delta apply). Sets no
+ * change mark. */
 hr_status hr_model_insert_id_at(hr_model *m, hr_table_id t, const char *id, size_t len,
                                 uint32_t row);
+/* Removes the id at row (a delta's removal; expiry removes its own). The row
+ * goes on the free list; its contents stay. Sets no change mark.
+ * HR_ENOTFOUND if the row holds no id, HR_EINVAL for a table without ids. */
+hr_status hr_model_remove_id(hr_model *m, hr_table_id t, uint32_t row);
 /* Number of ids present; rows ever handed out (high water, >= 1). */
 uint32_t hr_model_id_count(const hr_model *m, hr_table_id t);
 uint32_t hr_model_rows(const hr_model *m, hr_table_id t);
@@ -120,12 +127,48 @@ void hr_model_prefetch(const hr_model *m, hr_table_id t, uint32_t row);
  * row 0 while the id has fewer than min_count events. */
 uint32_t hr_model_effective_row(const hr_model *m, hr_table_id t, uint32_t row);
 
-/* Marks a row changed since the last checkpoint (cheap if already marked). */
+/* Change marks, one bit per consumer in each row's atomic byte. A consumer
+ * takes its bit (hr_model_take_mark) and then reads the row or its id, so a
+ * change made after the take marks the row again. Each group of
+ * HR_MARK_GROUP_ROWS rows also has a summary byte, the or of the bits set
+ * in it since its last take (hr_model_take_group_mark), so a consumer can
+ * skip the groups nothing changed in: take the group's bit, then the rows'. */
+#define HR_MARK_GROUP_ROWS 64u
+typedef enum {
+    HR_MARK_CKPT = 1,  /* row contents or id changed since the last checkpoint took it */
+    HR_MARK_DELTA = 2, /* row contents changed since the last delta took it */
+    HR_MARK_ID = 4,    /* the row's id was assigned or freed since the last delta took it */
+    HR_MARK_ALL = 7
+} hr_mark;
+
+/* Marks a row's contents changed for every consumer (HR_MARK_CKPT |
+ * HR_MARK_DELTA): one relaxed load when both bits are already set (the
+ * trainers' steady state), else one atomic or on the row's byte plus, when
+ * its group's summary lacks a bit, one on the summary. The trainers call it
+ * after each update. */
 void hr_model_mark_dirty(hr_model *m, hr_table_id t, uint32_t row);
-/* Atomically reads and clears the dirty mark. */
+/* Sets the given bits (an or of hr_mark), the same way. The row's chunk
+ * must exist. */
+void hr_model_mark(hr_model *m, hr_table_id t, uint32_t row, unsigned marks);
+/* Atomically reads and clears the checkpoint bit (HR_MARK_CKPT). */
 bool hr_model_take_dirty(hr_model *m, hr_table_id t, uint32_t row);
-/* Number of rows marked dirty now (scans; for stats and tests). */
+/* Atomically reads and clears the bits `which` (an or of hr_mark) of a row
+ * and returns those that were set (a load first: no write when none is).
+ * 0 for a row whose storage does not exist (a free row of the user or item
+ * table that was never handed out). */
+unsigned hr_model_take_mark(hr_model *m, hr_table_id t, uint32_t row, unsigned which);
+/* The same for group g's summary (rows [g, g+1) x HR_MARK_GROUP_ROWS): the
+ * bits `which` set by any mark in it since the last take. Take the summary
+ * before the rows: a row marked after that take sets it again. */
+unsigned hr_model_take_group_mark(hr_model *m, hr_table_id t, uint32_t g, unsigned which);
+/* Sets bits of group g's summary (a consumer that gives back what it took). */
+void hr_model_mark_group(hr_model *m, hr_table_id t, uint32_t g, unsigned marks);
+/* Number of groups of a table (max_rows / HR_MARK_GROUP_ROWS, rounded up). */
+uint32_t hr_model_mark_groups(const hr_model *m, hr_table_id t);
+/* Number of rows whose checkpoint bit is set now (scans; for stats and tests). */
 uint64_t hr_model_count_dirty(const hr_model *m, hr_table_id t);
+/* The same for any one bit. */
+uint64_t hr_model_count_marked(const hr_model *m, hr_table_id t, hr_mark which);
 
 /* Items as row-major float blocks for BLAS: block b covers rows
  * [b*chunk_rows, b*chunk_rows + *nrows); *lda is the stride in floats. Returns
@@ -137,7 +180,8 @@ const float *hr_model_item_block(const hr_model *m, uint32_t b, uint32_t *nrows,
 uint32_t hr_model_clock(const hr_model *m);
 
 /* Removes ids not seen for expire_seconds (no-op if expiry is off). Their rows
- * are reset and reused by later ids. Returns how many were removed. Safe
+ * are reset and reused by later ids, and marked HR_MARK_ALL once the id is
+ * gone. Returns how many were removed. Safe
  * while trainers run (a trainer still holding the row trains a fresh row). */
 uint64_t hr_model_expire(hr_model *m, uint32_t now);
 /* Totals for stats. */
