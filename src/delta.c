@@ -450,6 +450,15 @@ hr_status hr_delta_encode(hr_model *m, const hr_delta_header *h, size_t max_part
     return ok ? HR_OK : hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
 }
 
+void hr_delta_seal(void *buf, size_t len)
+{
+    uint8_t *p = buf;
+    if (len < HDR_BYTES + TRAILER_BYTES || len > UINT32_MAX)
+        return;
+    put32(p + O_LENGTH, (uint32_t)len);
+    put64(p + len - TRAILER_BYTES, hr_hash64(p, len - TRAILER_BYTES, CHECK_SEED));
+}
+
 /* ---- apply ---- */
 
 /* Checks a part; fills *h. Writes nothing. */

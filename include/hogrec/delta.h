@@ -81,6 +81,12 @@ void hr_delta_buf_free(hr_delta_buf *b); /* NULL is a no-op; leaves *b zeroed */
 hr_status hr_delta_encode(hr_model *m, const hr_delta_header *h, size_t max_part_bytes,
                           hr_delta_buf *out, hr_error *err);
 
+/* Writes the length field and the checksum of a part of len bytes (buf
+ * borrowed) as the encoder does, whatever the rest holds: for tests and
+ * fuzzing, which build parts whose damage the checksum would hide. No-op if
+ * len is shorter than a header. */
+void hr_delta_seal(void *buf, size_t len);
+
 /* What a follower has applied. Zero-initialize (nothing applied yet: the
  * first part 0 of any epoch and seq is taken). */
 typedef struct {
