@@ -127,8 +127,9 @@ int main(int argc, char **argv)
     printf("|---|---|---|---|---|---|---|---|---|---|\n");
     const uint32_t ks[] = {16, 64};
     const uint32_t events[] = {1000, 100000};
-    double *enc = malloc(sizeof(double) * (size_t)rounds), *app = malloc(sizeof(double) * (size_t)rounds),
-           *cpy = malloc(sizeof(double) * (size_t)rounds);
+    double *enc = malloc(sizeof(double) * (size_t)rounds);
+    double *app = malloc(sizeof(double) * (size_t)rounds);
+    double *cpy = malloc(sizeof(double) * (size_t)rounds);
     for (size_t ki = 0; ki < 2; ki++) {
         hr_model *leader = make(ks[ki], users, items), *follower = make(ks[ki], users, items);
         fill(leader, HR_TABLE_USER, "u", users);

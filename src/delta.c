@@ -385,7 +385,8 @@ static bool scan(writer *w, hr_table_id t, hr_mark which)
 {
     hr_model *m = w->m;
     const uint32_t groups = hr_model_mark_groups(m, t);
-    const uint32_t max_rows = hr_model_get_config(m)->max_rows[t] ? hr_model_get_config(m)->max_rows[t] : 1;
+    const uint32_t cfg_rows = hr_model_get_config(m)->max_rows[t];
+    const uint32_t max_rows = cfg_rows ? cfg_rows : 1;
     for (uint32_t g = 0; g < groups; g++) {
         if (!hr_model_take_group_mark(m, t, g, which))
             continue;

@@ -230,7 +230,8 @@ hr_status hr_model_create(const hr_model_config *mc, hr_model **out, hr_error *e
         tb->nchunks = (uint32_t)(((uint64_t)tb->max_rows + mc->chunk_rows - 1) >> m->chunk_shift);
         tb->chunks = calloc(tb->nchunks, sizeof *tb->chunks);
         tb->dirty = calloc(tb->nchunks, sizeof *tb->dirty);
-        tb->ngroups = (uint32_t)(((uint64_t)tb->max_rows + HR_MARK_GROUP_ROWS - 1) / HR_MARK_GROUP_ROWS);
+        tb->ngroups =
+            (uint32_t)(((uint64_t)tb->max_rows + HR_MARK_GROUP_ROWS - 1) / HR_MARK_GROUP_ROWS);
         tb->summary = calloc(tb->ngroups, sizeof *tb->summary);
         if (!tb->chunks || !tb->dirty || !tb->summary) {
             st = hr_error_set(err, HR_ENOMEM, NULL, "out of memory");

@@ -157,7 +157,9 @@ static void assert_same(hr_model *leader, hr_model *follower)
             hr_sgd_row_read(L, hr_model_row(leader, (hr_table_id)t, r), a);
             hr_sgd_row_read(L, hr_model_row(follower, (hr_table_id)t, r), b);
             if (memcmp(a, b, sizeof a) != 0)
-                fail_msg("table %d row %u differs (count %u/%u, last seen %u/%u)", t, r, hr_sgd_row_count(L, a), hr_sgd_row_count(L, b), hr_sgd_row_last_seen(L, a), hr_sgd_row_last_seen(L, b));
+                fail_msg("table %d row %u differs (count %u/%u, last seen %u/%u)", t, r,
+                         hr_sgd_row_count(L, a), hr_sgd_row_count(L, b),
+                         hr_sgd_row_last_seen(L, a), hr_sgd_row_last_seen(L, b));
         }
         if (has_ids(t))
             assert_int_equal(hr_model_id_count(leader, (hr_table_id)t),
@@ -265,7 +267,8 @@ static void test_follower_equals_leader(void **state)
 static void test_expiry_and_moved_ids(void **state)
 {
     (void)state;
-    hr_model *leader = make(4, HR_STATE_ADAGRAD, 100, 16), *follower = make(4, HR_STATE_ADAGRAD, 100, 16);
+    hr_model *leader = make(4, HR_STATE_ADAGRAD, 100, 16);
+    hr_model *follower = make(4, HR_STATE_ADAGRAD, 100, 16);
     const hr_row_layout *L = hr_model_layout(leader);
     hr_delta_state st = {0};
     hr_delta_header h = header(1);
@@ -299,7 +302,8 @@ static void test_expiry_and_moved_ids(void **state)
     ship(leader, follower, &st, &h, 0, &b);
     assert_same(leader, follower);
     /* Two ids expire and come back in swapped rows within one delta. */
-    uint32_t rw = intern(leader, HR_TABLE_ITEM, "w%u", 0), rx = intern(leader, HR_TABLE_ITEM, "x%u", 0);
+    uint32_t rw = intern(leader, HR_TABLE_ITEM, "w%u", 0);
+    uint32_t rx = intern(leader, HR_TABLE_ITEM, "x%u", 0);
     ship(leader, follower, &st, &h, 0, &b);
     now = hr_model_clock(leader);
     for (unsigned i = 0; i < 60; i++) { /* every other item stays */
@@ -329,7 +333,8 @@ static void test_expiry_and_moved_ids(void **state)
 static void test_epochs_and_order(void **state)
 {
     (void)state;
-    hr_model *leader = make(4, HR_STATE_ADAGRAD, 0, 16), *follower = make(4, HR_STATE_ADAGRAD, 0, 16);
+    hr_model *leader = make(4, HR_STATE_ADAGRAD, 0, 16);
+    hr_model *follower = make(4, HR_STATE_ADAGRAD, 0, 16);
     hr_delta_state st = {0};
     hr_delta_header h = header(5);
     hr_delta_buf b = {0}, old = {0};
@@ -573,7 +578,8 @@ static void take_checkpoint_marks(hr_model *m)
 static void test_marks_independent_of_checkpoints(void **state)
 {
     (void)state;
-    hr_model *leader = make(4, HR_STATE_ADAGRAD, 0, 16), *follower = make(4, HR_STATE_ADAGRAD, 0, 16);
+    hr_model *leader = make(4, HR_STATE_ADAGRAD, 0, 16);
+    hr_model *follower = make(4, HR_STATE_ADAGRAD, 0, 16);
     hr_delta_state st = {0};
     hr_delta_header h = header(1);
     hr_delta_buf b = {0};
@@ -641,7 +647,8 @@ static void *trainer_thread(void *arg)
 static void test_encode_while_training(void **state)
 {
     (void)state;
-    hr_model *leader = make(8, HR_STATE_ADAGRAD, 0, 256), *follower = make(8, HR_STATE_ADAGRAD, 0, 256);
+    hr_model *leader = make(8, HR_STATE_ADAGRAD, 0, 256);
+    hr_model *follower = make(8, HR_STATE_ADAGRAD, 0, 256);
     hr_delta_state st = {0};
     hr_delta_header h = header(1);
     hr_delta_buf b = {0};
