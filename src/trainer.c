@@ -318,8 +318,13 @@ static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n
         uint64_t t_now = bc.t + trained_updates;
         uint64_t staleness = t_now > ev->enq_updates ? t_now - ev->enq_updates : 0;
         hr_hist_add_owned(&w->staleness, staleness);
+        /* The id's own row counts the event even while it trains through
+         * row 0 (min_count): mark it, so checkpoints and deltas carry the
+         * count (a no-op load when it is the row trained, marked anyway). */
         hr_sgd_touch(L, hr_model_row(m, HR_TABLE_USER, ev->user), now);
         hr_sgd_touch(L, hr_model_row(m, HR_TABLE_ITEM, ev->item), now);
+        hr_model_mark_dirty(m, HR_TABLE_USER, ev->user);
+        hr_model_mark_dirty(m, HR_TABLE_ITEM, ev->item);
         double pred = apply(tr, w, &bc, ev, staleness);
         trained_updates++;
         add_point(w, pred, ev->label, ev->weight);

@@ -359,6 +359,37 @@ static void test_restore_bit_for_bit(void **state)
     snap_free(&sb);
 }
 
+/* With min_count, an id below it trains through the shared row 0, but its
+ * own row still counts its events: an incremental checkpoint must save that
+ * count, or after a restart the id needs min_count events again. */
+static void test_min_count_counts_survive_incremental(void **state)
+{
+    fixture *f = *state;
+    cfg_set(&f->cfg, "min_count", "1000"); /* every id stays below it */
+    hr_app *a = app_open(f);
+    submit_ok(a, 1, 100);
+    hr_trainer_wait_idle(a->trainer);
+    json_t *info = checkpoint_ok(a);
+    assert_string_equal(info_kind(info), "full");
+    json_decref(info);
+    submit_ok(a, 100, 300);
+    hr_trainer_wait_idle(a->trainer);
+    info = checkpoint_ok(a);
+    assert_string_equal(info_kind(info), "incremental");
+    json_decref(info);
+    snap sa;
+    snap_take(a->model, &sa);
+    app_close(f, false); /* no final checkpoint: the incremental one is what there is */
+
+    hr_app *b = app_open(f);
+    snap sb;
+    snap_take(b->model, &sb);
+    snap_assert_equal(&sa, &sb, true);
+    app_close(f, false);
+    snap_free(&sa);
+    snap_free(&sb);
+}
+
 static void test_incremental_chain(void **state)
 {
     fixture *f = *state;
@@ -1042,6 +1073,7 @@ int main(void)
 #define BARE(t) cmocka_unit_test_setup_teardown(t, setup, teardown)
     const struct CMUnitTest tests[] = {
         OPEN(test_restore_bit_for_bit),
+        BARE(test_min_count_counts_survive_incremental),
         OPEN(test_incremental_chain),
         OPEN(test_keep_prunes_whole_chains),
         BARE(test_expired_id_stays_gone),
