@@ -1,7 +1,11 @@
 /* testutil.c - see testutil.h. */
 #include "testutil.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <netinet/in.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -277,4 +281,142 @@ long tu_http(int port, const char *method, const char *path, const char *body, c
         *out = json_loads(b.data, 0, NULL);
     free(b.data);
     return status;
+}
+
+/* ---- redis-server ---- */
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t len = sizeof a;
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* Whether something on port answers a PING (+PONG, or -NOAUTH when a
+ * password is set), within about 200 ms. */
+static bool redis_answers(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0)
+        return false;
+    struct timeval tv = {0, 200000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    bool ok = false;
+    char buf[64] = {0};
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        send(fd, "PING\r\n", 6, MSG_NOSIGNAL) == 6 && recv(fd, buf, sizeof buf - 1, 0) > 0)
+        ok = !strncmp(buf, "+PONG", 5) || !strncmp(buf, "-NOAUTH", 7);
+    close(fd);
+    return ok;
+}
+
+static bool on_path(const char *prog)
+{
+    const char *path = getenv("PATH");
+    char buf[4096], dir[4096];
+    snprintf(buf, sizeof buf, "%s", path && *path ? path : "/usr/bin:/bin");
+    for (char *save = NULL, *d = strtok_r(buf, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+        snprintf(dir, sizeof dir, "%s/%s", d, prog);
+        if (access(dir, X_OK) == 0)
+            return true;
+    }
+    return false;
+}
+
+void tu_redis_start(tu_redis *r)
+{
+    if (!on_path("redis-server"))
+        fail_msg("redis-server is not installed: run tools/deps (it installs redis-server)");
+    if (!r->dir[0])
+        snprintf(r->dir, sizeof r->dir, "%s", tu_tmpdir());
+    if (r->port == 0)
+        r->port = free_port();
+    char port[16], log[300];
+    snprintf(port, sizeof port, "%d", r->port);
+    snprintf(log, sizeof log, "%s/redis.log", r->dir);
+    const char *argv[48] = {"redis-server", "--port", port, "--bind", "127.0.0.1",
+                            "--dir", r->dir, "--save", "", "--appendonly", "yes",
+                            "--daemonize", "no", "--logfile", log};
+    int argc = 15;
+    if (r->requirepass) {
+        argv[argc++] = "--requirepass";
+        argv[argc++] = r->requirepass;
+    }
+    for (int i = 0; r->extra && r->extra[i]; i++) {
+        assert_true(argc < (int)HR_ARRAY_LEN(argv) - 1);
+        argv[argc++] = r->extra[i];
+    }
+    argv[argc] = NULL;
+    fflush(NULL);
+    r->pid = fork();
+    assert_true(r->pid >= 0);
+    if (r->pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* a test that dies leaves no server behind */
+        int devnull = open("/dev/null", O_RDWR);
+        if (devnull >= 0) {
+            dup2(devnull, 0); /* no pipe of the test runner stays open in it */
+            dup2(devnull, 1);
+            dup2(devnull, 2);
+        }
+        execvp("redis-server", (char *const *)argv);
+        _exit(127);
+    }
+    for (int i = 0; i < 200; i++) { /* 10 s */
+        if (redis_answers(r->port))
+            return;
+        int status;
+        if (waitpid(r->pid, &status, WNOHANG) == r->pid) {
+            r->pid = 0;
+            fail_msg("redis-server exited at start (status %d); see %s", status, log);
+        }
+        nanosleep(&(struct timespec){0, 50000000L}, NULL);
+    }
+    fail_msg("redis-server on port %d did not answer PING within 10 s; see %s", r->port, log);
+}
+
+void tu_redis_kill(tu_redis *r, int sig)
+{
+    if (r->pid <= 0)
+        return;
+    kill(r->pid, sig);
+    if (sig != SIGKILL && sig != SIGTERM)
+        return;
+    int status;
+    for (int i = 0; i < 100; i++) { /* 5 s, then SIGKILL */
+        if (waitpid(r->pid, &status, WNOHANG) == r->pid) {
+            r->pid = 0;
+            return;
+        }
+        nanosleep(&(struct timespec){0, 50000000L}, NULL);
+    }
+    kill(r->pid, SIGCONT);
+    kill(r->pid, SIGKILL);
+    waitpid(r->pid, &status, 0);
+    r->pid = 0;
+}
+
+void tu_redis_stop(tu_redis *r)
+{
+    if (r->pid > 0) {
+        kill(r->pid, SIGCONT); /* a paused one must be able to exit */
+        tu_redis_kill(r, SIGTERM);
+    }
+    if (r->dir[0])
+        tu_rmtree(r->dir);
+    r->dir[0] = 0;
+}
+
+const char *tu_redis_url(const tu_redis *r)
+{
+    static char url[64];
+    snprintf(url, sizeof url, "redis://127.0.0.1:%d", r->port);
+    return url;
 }

@@ -95,6 +95,37 @@ int tu_child_wait(tu_child *ch);
 long tu_http(int port, const char *method, const char *path, const char *body, const char *auth,
              json_t **out);
 
+/* ---- a redis-server of the test's own ---- */
+
+/* A redis-server child on 127.0.0.1, in a temporary directory (its AOF and
+ * log), with --save "" --appendonly yes --daemonize no. */
+typedef struct {
+    const char *requirepass; /* in: --requirepass (NULL: none); set before start */
+    const char *const *extra; /* in: more arguments, NULL-terminated (NULL: none) */
+    int port;                /* in/out: 0 picks a free port; kept for a restart */
+    pid_t pid;               /* 0 when not running */
+    char dir[256];           /* "" until the first start; kept across a kill */
+} tu_redis;
+
+/* Starts redis-server (on r->port, or a free port when 0; in r->dir, or a
+ * new temporary directory when empty) and waits, bounded (10 s), until it
+ * answers PING. The server is killed if the thread that started it ends
+ * (a crashed test leaves none behind); start it from the main thread. Fails the test, saying to run tools/deps, when
+ * redis-server is not installed. */
+void tu_redis_start(tu_redis *r);
+
+/* Sends sig (SIGKILL: a crash; SIGSTOP/SIGCONT: a pause) to the server;
+ * for SIGKILL and SIGTERM waits for it to exit. Port and dir stay, so
+ * tu_redis_start restarts it on the same port with the same data. */
+void tu_redis_kill(tu_redis *r, int sig);
+
+/* Stops the server (SIGTERM, SIGKILL after 5 s) and removes its
+ * directory. A stopped tu_redis (pid 0) is only cleaned. */
+void tu_redis_stop(tu_redis *r);
+
+/* "redis://127.0.0.1:<port>" in a static buffer. */
+const char *tu_redis_url(const tu_redis *r);
+
 /* Prints the skip marker line, then calls cmocka's skip(). The line is
  *   [  SKIP    ] <file>:<test function>: <reason>
  * tests/CMakeLists.txt marks a ctest entry that prints it as skipped
