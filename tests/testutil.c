@@ -334,7 +334,7 @@ static bool on_path(const char *prog)
 void tu_redis_start(tu_redis *r)
 {
     if (!on_path("redis-server"))
-        fail_msg("redis-server is not installed: run tools/deps (it installs redis-server)");
+        fail_msg("redis-server is not installed: run tools/deps --test (it installs redis-server)");
     if (!r->dir[0])
         snprintf(r->dir, sizeof r->dir, "%s", tu_tmpdir());
     if (r->port == 0)

@@ -110,7 +110,7 @@ typedef struct {
 /* Starts redis-server (on r->port, or a free port when 0; in r->dir, or a
  * new temporary directory when empty) and waits, bounded (10 s), until it
  * answers PING. The server is killed if the thread that started it ends
- * (a crashed test leaves none behind); start it from the main thread. Fails the test, saying to run tools/deps, when
+ * (a crashed test leaves none behind); start it from the main thread. Fails the test, saying to run tools/deps --test, when
  * redis-server is not installed. */
 void tu_redis_start(tu_redis *r);
 

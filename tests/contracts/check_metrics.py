@@ -37,7 +37,7 @@ def promtool():
         return p
     p = shutil.which("promtool")
     if not p:
-        raise Failure("promtool not found: install the Debian package prometheus (tools/deps)")
+        raise Failure("promtool not found: install the Debian package prometheus (tools/deps --test)")
     return p
 
 
