@@ -458,6 +458,22 @@ static void test_dedup_window(void **state)
     batch_add(&b, 77, 1, 1);
     bool dup[1];
     assert_int_equal(append_ok(s, &b, dup).appended, 1);
+    /* a claim is a key that expires after the window (a stream of a
+     * window long enough to look at it) */
+    hr_estream *slow = open_stream(tu_redis_url(&g_srv), "win2", 60000, 1);
+    assert_int_equal(append_ok(slow, &b, dup).appended, 1);
+    hr_estream_destroy(slow);
+    hr_redis *admin = NULL;
+    hr_redis_options ro = test_redis_options();
+    hr_error err = {{0}, {0}};
+    assert_int_equal(hr_redis_open(tu_redis_url(&g_srv), &ro, &admin, &err), HR_OK);
+    char key[80];
+    snprintf(key, sizeof key, "hogrec:{win2}:eid:%016" PRIx64, b.hash[0]);
+    redisReply *rep = NULL;
+    assert_int_equal(hr_redis_call(admin, &rep, &err, "PTTL", key, NULL), HR_OK);
+    assert_true(rep->integer > 0 && rep->integer <= 60000);
+    freeReplyObject(rep);
+    hr_redis_destroy(admin);
     /* the window runs out: the id is new again (polled, bounded) */
     bool expired = false;
     for (uint64_t end = hr_now_ns() + 10000000000ull; hr_now_ns() < end && !expired;) {
@@ -654,6 +670,17 @@ static void test_refused_write_claims_nothing(void **state)
     assert_non_null(strstr(err.message, "OOM"));
     assert_int_equal(hr_redis_call(admin, NULL, &err, "CONFIG", "SET", "maxmemory", "0", NULL), HR_OK);
     redisReply *rep = NULL;
+    assert_int_equal(hr_redis_call(admin, &rep, &err, "DBSIZE", NULL), HR_OK);
+    assert_int_equal(rep->integer, 0);
+    freeReplyObject(rep);
+
+    /* an XADD that fails (the stream key holds a string): HR_EINVAL, and
+     * the ids are not claimed either (the script writes nothing before the
+     * XADD) */
+    assert_int_equal(hr_redis_call(admin, NULL, &err, "SET", "hogrec:{oom}:events", "x", NULL), HR_OK);
+    assert_int_equal(append(s, &b, NULL, &out, &err), HR_EINVAL);
+    assert_non_null(strstr(err.message, "WRONGTYPE"));
+    assert_int_equal(hr_redis_call(admin, NULL, &err, "DEL", "hogrec:{oom}:events", NULL), HR_OK);
     assert_int_equal(hr_redis_call(admin, &rep, &err, "DBSIZE", NULL), HR_OK);
     assert_int_equal(rep->integer, 0);
     freeReplyObject(rep);
