@@ -449,6 +449,18 @@ static void test_dedup_two_nodes(void **state)
     tu_redis_stop(&g_srv);
 }
 
+/* The server's clock, ms. */
+static uint64_t server_ms(hr_redis *r)
+{
+    redisReply *rep = NULL;
+    hr_error err = {{0}, {0}};
+    assert_int_equal(hr_redis_call(r, &rep, &err, "TIME", NULL), HR_OK);
+    uint64_t ms = strtoull(rep->element[0]->str, NULL, 10) * 1000 +
+                  strtoull(rep->element[1]->str, NULL, 10) / 1000;
+    freeReplyObject(rep);
+    return ms;
+}
+
 static void test_dedup_window(void **state)
 {
     (void)state;
@@ -458,8 +470,8 @@ static void test_dedup_window(void **state)
     batch_add(&b, 77, 1, 1);
     bool dup[1];
     assert_int_equal(append_ok(s, &b, dup).appended, 1);
-    /* a claim is a key that expires after the window (a stream of a
-     * window long enough to look at it) */
+    /* a claim is a member of the window's id set, which expires (a
+     * stream of a window long enough to look at it) */
     hr_estream *slow = open_stream(tu_redis_url(&g_srv), "win2", 60000, 1);
     assert_int_equal(append_ok(slow, &b, dup).appended, 1);
     hr_estream_destroy(slow);
@@ -467,13 +479,48 @@ static void test_dedup_window(void **state)
     hr_redis_options ro = test_redis_options();
     hr_error err = {{0}, {0}};
     assert_int_equal(hr_redis_open(tu_redis_url(&g_srv), &ro, &admin, &err), HR_OK);
+    redisReply *rep = NULL; /* one id set: the current bucket */
+    assert_int_equal(hr_redis_call(admin, &rep, &err, "KEYS", "hogrec:{win2}:eid:*", NULL), HR_OK);
+    assert_int_equal(rep->elements, 1);
     char key[80];
-    snprintf(key, sizeof key, "hogrec:{win2}:eid:%016" PRIx64, b.hash[0]);
-    redisReply *rep = NULL;
+    snprintf(key, sizeof key, "%s", rep->element[0]->str);
+    freeReplyObject(rep);
+    char hex[17];
+    snprintf(hex, sizeof hex, "%016" PRIx64, b.hash[0]);
+    assert_int_equal(hr_redis_call(admin, &rep, &err, "SISMEMBER", key, hex, NULL), HR_OK);
+    assert_int_equal(rep->integer, 1);
+    freeReplyObject(rep);
+    /* it expires between one and two windows from now */
     assert_int_equal(hr_redis_call(admin, &rep, &err, "PTTL", key, NULL), HR_OK);
-    assert_true(rep->integer > 0 && rep->integer <= 60000);
+    assert_true(rep->integer > 0 && rep->integer <= 2 * 60000);
     freeReplyObject(rep);
     hr_redis_destroy(admin);
+    /* an id in the previous window's set is still a duplicate (one window
+     * of 1 h; retried when the bucket turned between the two reads) */
+    hr_estream *hour = open_stream(tu_redis_url(&g_srv), "win3", 3600000, 1);
+    batch p = {0};
+    batch_add(&p, 4242, 1, 1);
+    char phex[17];
+    snprintf(phex, sizeof phex, "%016" PRIx64, p.hash[0]);
+    assert_int_equal(hr_redis_open(tu_redis_url(&g_srv), &ro, &admin, &err), HR_OK);
+    bool checked = false;
+    for (int attempt = 0; attempt < 3 && !checked; attempt++) {
+        uint64_t b1 = server_ms(admin) / 3600000, b2;
+        char prev[80];
+        snprintf(prev, sizeof prev, "hogrec:{win3}:eid:%" PRIu64, b1 - 1);
+        assert_int_equal(hr_redis_call(admin, NULL, &err, "SADD", prev, phex, NULL), HR_OK);
+        hr_estream_appended o = append_ok(hour, &p, dup);
+        b2 = server_ms(admin) / 3600000;
+        if (b1 == b2) {
+            assert_int_equal(o.duplicates, 1);
+            checked = true;
+        }
+    }
+    assert_true(checked);
+    hr_redis_destroy(admin);
+    hr_estream_destroy(hour);
+    batch_free(&p);
+
     /* the window runs out: the id is new again (polled, bounded) */
     bool expired = false;
     for (uint64_t end = hr_now_ns() + 10000000000ull; hr_now_ns() < end && !expired;) {

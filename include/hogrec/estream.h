@@ -8,22 +8,28 @@
  * Keys (the {C} hash tag keeps them in one slot):
  *   hogrec:{C}:events      the stream; one entry per appended request
  *   hogrec:{C}:events:n    entries ever appended (the last entry's ordinal)
- *   hogrec:{C}:eid:<hex>   an event id seen within the de-duplication
- *                          window (<hex>: its 64-bit hash, 16 hex digits)
+ *   hogrec:{C}:eid:<b>     the ids (hashes, 16 hex digits) first seen in
+ *                          window bucket b = floor(Redis time ms / window),
+ *                          a set expiring at the end of bucket b + 1
  * An entry's fields: v (format, "1"), k (its ordinal: 1, 2, 3, ... in
  * stream order, never reused), n (events), t (arrival wall time, seconds),
  * ev (the events' canonical JSON texts, hr_api_event_text, joined by '\n';
  * compact JSON never holds a raw newline), ids (n id hashes, 16 lowercase
  * hex digits each, 0000000000000000 for an event without an id).
  *
- * Append: one Redis round trip per request (one Lua script, atomic): for
- * every event with an id, a cluster-wide de-duplication (the key
- * hogrec:{C}:eid:<hex> set NX with a PX window: already there means a
- * duplicate, also within the same batch), then ONE XADD holding only the
- * events that are not duplicates (none when all are). The script writes
- * nothing before the XADD (it checks the ids with reads first), so an
- * error or a refusal (OOM: HR_EFULL) leaves no id claimed and no entry.
- *
+ * Append: one Redis round trip per request (one Lua script, atomic): a
+ * cluster-wide de-duplication of the events that have an id (an id in the
+ * current or the previous bucket's set, or earlier in the same batch, is a
+ * duplicate: an id is remembered for at least one window and less than
+ * two), then ONE XADD holding only the events that are not duplicates
+ * (none when all are), then the new ids are added to the current set. A
+ * set per window bucket (SMISMEMBER/SADD, a few commands per request)
+ * instead of a key per id (SET NX PX) doubles the append rate
+ * (bench_estream). The script writes nothing before the XADD (it checks
+ * the ids with reads first), so an error or a refusal (OOM: HR_EFULL)
+ * leaves no id claimed and no entry. A bucket's set is freed as a whole
+ * when it expires: with large windows and high rates set Redis'
+ * lazyfree-lazy-expire yes so that does not stall it.
  * Durability: hr_estream_append returns HR_OK only after Redis answered,
  * i.e. after the entry is in its AOF (appendfsync always: on disk;
  * everysec: in the page cache, on disk within about a second; see
@@ -164,10 +170,12 @@ hr_status hr_estream_read(hr_estream *s, hr_estream_id after, size_t max_entries
                           hr_estream_entry_fn cb, void *arg, hr_estream_id *last, size_t *count,
                           hr_error *err);
 
-/* Entries in the stream after `covered` (the id the leader's model covers;
- * {0, 0}: all), counted from the ordinals, so entries trimmed after
- * covered still count as not covered. *backlog receives it; HR_EIO,
- * HR_EBUSY, HR_ECORRUPT (an entry without an ordinal). */
+/* Entries after `covered` (the id the leader's model covers; {0, 0}: all),
+ * counted from the ordinals: the entries ever appended less the ordinal of
+ * the last entry at or before covered (or, when that one was trimmed, the
+ * first entry after covered's ordinal - 1; an empty stream counts 0). Two
+ * O(log N) lookups in one script. *backlog receives it; HR_EIO, HR_EBUSY,
+ * HR_ECORRUPT (an entry without an ordinal). */
 hr_status hr_estream_backlog(hr_estream *s, hr_estream_id covered, uint64_t *backlog,
                              hr_error *err);
 
