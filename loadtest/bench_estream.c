@@ -274,7 +274,7 @@ static double measure(int mode, int threads, int round)
         hr_estream_options o;
         hr_estream_options_defaults(&o);
         o.cluster = cluster;
-        o.dedup_window_ms = getenv("BW") ? 0 : 600000;
+        o.dedup_window_ms = 600000;
         o.connections = threads;
         if (hr_estream_open(url, NULL, &o, &s, &err) != HR_OK)
             die("hr_estream_open", err.message);
