@@ -21,6 +21,7 @@ struct hr_watermark {
     _Atomic uint64_t value; /* the position; only raised */
     pthread_mutex_t mu;     /* orders raises against waiters going to sleep */
     pthread_cond_t cv;      /* broadcast when value rises or on wake (CLOCK_MONOTONIC) */
+    unsigned waiters;       /* threads inside hr_watermark_wait's sleep; under mu */
 };
 
 hr_status hr_watermark_create(hr_watermark **out)
@@ -89,16 +90,26 @@ bool hr_watermark_wait(hr_watermark *w, uint64_t target, uint64_t deadline_ns,
         struct timespec ts = {(time_t)(deadline_ns / 1000000000u),
                               (long)(deadline_ns % 1000000000u)};
         pthread_mutex_lock(&w->mu);
+        w->waiters++;
         while ((v = hr_watermark_get(w)) < target && !(cancel && atomic_load(cancel)))
             if (pthread_cond_timedwait(&w->cv, &w->mu, &ts) == ETIMEDOUT) {
                 v = hr_watermark_get(w);
                 break;
             }
+        w->waiters--;
         pthread_mutex_unlock(&w->mu);
     }
     if (value)
         *value = v;
     return v >= target;
+}
+
+unsigned hr_watermark_waiters(hr_watermark *w)
+{
+    pthread_mutex_lock(&w->mu);
+    unsigned n = w->waiters;
+    pthread_mutex_unlock(&w->mu);
+    return n;
 }
 
 void hr_watermark_wake(hr_watermark *w)

@@ -46,6 +46,9 @@ uint64_t hr_watermark_get(const hr_watermark *w);
 bool hr_watermark_wait(hr_watermark *w, uint64_t target, uint64_t deadline_ns,
                        const atomic_bool *cancel, uint64_t *value);
 
+/* Threads waiting now (inside hr_watermark_wait, target not reached). */
+unsigned hr_watermark_waiters(hr_watermark *w);
+
 /* Wakes every waiter so it re-checks its cancel flag: set the flag first. */
 void hr_watermark_wake(hr_watermark *w);
 
