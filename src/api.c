@@ -367,16 +367,101 @@ static hr_status id_param(const hr_api_param *p, const char *name, hr_error *err
     return HR_OK;
 }
 
+/* An optional integer parameter: decimal digits only, at most max. */
+static hr_status uint_param(const hr_api_param *p, const char *name, uint64_t max, uint64_t *out,
+                            hr_error *err)
+{
+    uint64_t v = 0;
+    size_t i = 0;
+    bool ok = p->value && p->value_len > 0 && p->value_len <= 20;
+    for (; ok && i < p->value_len; i++) {
+        unsigned d = (unsigned char)p->value[i] - '0';
+        if (d > 9 || v > (max - d) / 10)
+            ok = false;
+        else
+            v = v * 10 + d;
+    }
+    if (!ok)
+        return hr_error_set(err, HR_EINVAL, name, "%s: an integer in [0, %" PRIu64 "]", name,
+                            max);
+    *out = v;
+    return HR_OK;
+}
+
+/* min_seq and wait_ms of a query (either may be NULL: not given). */
+static hr_status wait_params(const hr_api_param *min_seq, const hr_api_param *wait_ms,
+                             hr_api_wait *out, hr_error *err)
+{
+    out->given = min_seq != NULL;
+    out->min_seq = 0;
+    out->wait_ms = -1;
+    hr_status st;
+    if (min_seq && (st = uint_param(min_seq, "min_seq", INT64_MAX, &out->min_seq, err)) != HR_OK)
+        return st;
+    uint64_t w = 0;
+    if (wait_ms && (st = uint_param(wait_ms, "wait_ms", HR_API_MAX_WAIT_MS, &w, err)) != HR_OK)
+        return st;
+    if (wait_ms)
+        out->wait_ms = (int64_t)w;
+    return HR_OK;
+}
+
+hr_status hr_api_wait_from_json(const json_t *obj, hr_api_wait *out, hr_error *err)
+{
+    out->given = false;
+    out->min_seq = 0;
+    out->wait_ms = -1;
+    const json_t *ms = json_object_get(obj, "min_seq"), *wm = json_object_get(obj, "wait_ms");
+    if (ms) {
+        if (!json_is_integer(ms) || json_integer_value(ms) < 0)
+            return hr_error_set(err, HR_EINVAL, "min_seq", "min_seq: an integer >= 0");
+        out->given = true;
+        out->min_seq = (uint64_t)json_integer_value(ms);
+    }
+    if (wm) {
+        if (!json_is_integer(wm) || json_integer_value(wm) < 0 ||
+            json_integer_value(wm) > HR_API_MAX_WAIT_MS)
+            return hr_error_set(err, HR_EINVAL, "wait_ms", "wait_ms: an integer in [0, %d]",
+                                HR_API_MAX_WAIT_MS);
+        out->wait_ms = (int64_t)json_integer_value(wm);
+    }
+    return HR_OK;
+}
+
+hr_status hr_api_wait_check(const hr_api_wait *w, uint64_t last_seq, int64_t max_wait_ms,
+                            int64_t *wait_ms, hr_error *err)
+{
+    if (!w->given) {
+        *wait_ms = 0;
+        if (w->wait_ms >= 0)
+            return hr_error_set(err, HR_EINVAL, "wait_ms", "wait_ms: only with min_seq");
+        return HR_OK;
+    }
+    if (w->wait_ms > max_wait_ms)
+        return hr_error_set(err, HR_EINVAL, "wait_ms",
+                            "wait_ms: an integer in [0, %" PRId64 "] (max_wait_ms)", max_wait_ms);
+    if (w->min_seq > last_seq)
+        return hr_error_set(err, HR_EINVAL, "min_seq",
+                            "min_seq: %" PRIu64 " is beyond the last seq accepted (%" PRIu64
+                            "), so it can never be applied",
+                            w->min_seq, last_seq);
+    *wait_ms = w->wait_ms >= 0 ? w->wait_ms
+               : HR_API_DEFAULT_WAIT_MS < max_wait_ms ? HR_API_DEFAULT_WAIT_MS
+                                                      : max_wait_ms;
+    return HR_OK;
+}
+
 hr_status hr_api_predict_query(const hr_model *m, const hr_api_param *params, size_t n,
                                hr_api_predict_req *out, hr_error *err)
 {
     memset(out, 0, sizeof *out);
     out->ev.weight = 1.0f;
-    static const char *const names[] = {"user", "item", NULL};
-    const hr_api_param *f[2];
+    static const char *const names[] = {"user", "item", "min_seq", "wait_ms", NULL};
+    const hr_api_param *f[4];
     hr_status st;
     if ((st = find_params(params, n, names, f, err)) != HR_OK ||
-        (st = id_param(f[0], "user", err)) != HR_OK || (st = id_param(f[1], "item", err)) != HR_OK)
+        (st = id_param(f[0], "user", err)) != HR_OK || (st = id_param(f[1], "item", err)) != HR_OK ||
+        (st = wait_params(f[2], f[3], &out->wait, err)) != HR_OK)
         return st;
     out->ev.user = hr_api_lookup(m, HR_TABLE_USER, f[0]->value, f[0]->value_len, &out->unknown,
                                  HR_API_UNKNOWN_USER);
@@ -394,11 +479,13 @@ hr_status hr_api_recommend_query(const hr_model *m, const hr_api_param *params, 
     out->k = 10;
     out->exclude_seen = true;
     out->nexclude = 0;
-    static const char *const names[] = {"user", "k", "exclude_seen", "exclude", NULL};
-    const hr_api_param *f[4];
+    static const char *const names[] = {"user",    "k",       "exclude_seen", "exclude",
+                                        "min_seq", "wait_ms", NULL};
+    const hr_api_param *f[6];
     hr_status st;
     if ((st = find_params(params, n, names, f, err)) != HR_OK ||
-        (st = id_param(f[0], "user", err)) != HR_OK)
+        (st = id_param(f[0], "user", err)) != HR_OK ||
+        (st = wait_params(f[4], f[5], &out->wait, err)) != HR_OK)
         return st;
     if (f[1]) {
         const hr_api_param *p = f[1];

@@ -100,6 +100,9 @@ static hr_status replay_log(hr_app *app, hr_error *err)
         hr_error_set(err, st, NULL, "replaying the event log: %s", hr_status_to_string(st));
     if (st == HR_OK) {
         hr_trainer_wait_idle(app->trainer);
+        /* Everything up to the log's end is in the model now (the checkpoint
+         * covers what was not replayed): read-your-writes may count on it. */
+        hr_watermark_publish(hr_trainer_applied(app->trainer), hr_ingest_last_seq(app->ingest));
         rc->fig.seconds = (double)(hr_now_ns() - t0) * 1e-9;
         hr_persist_running run = {app->trainer, app->ingest, app->events};
         st = hr_persist_start(app->persist, &run, &rc->fig, err);

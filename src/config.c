@@ -143,6 +143,9 @@ static const opt options[] = {
       "event ids remembered within dedup_window (32 bytes each, allocated at start); "
       "past it the oldest are forgotten and counted (dedup.evicted)"),
     I(history_per_user, 0, 10000, "64", false, SERVE, "recent items remembered per user (exclude_seen)"),
+    I(max_wait_ms, 0, 60000, "1000", false, SERVE,
+      "largest wait_ms of a read-your-writes query (min_seq on predict, recommend); "
+      "the wait holds an HTTP thread"),
     D(shutdown_timeout, 0.1, 86400, "30", false, SERVE,
       "seconds requests in flight get after SIGTERM, and the drain and final checkpoint then"),
     /* A day: a burst fades within days (1/128 after a week) while the daily

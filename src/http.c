@@ -64,6 +64,7 @@
 #include "hogrec/log.h"
 #include "hogrec/metrics.h"
 #include "hogrec/topk.h"
+#include "hogrec/watermark.h"
 #include "http_internal.h"
 #include "http_mhd.h"
 
@@ -656,6 +657,7 @@ unsigned hr_http_stop(hr_http *h)
         pthread_mutex_lock(&h->susp_mu); /* from here on no request suspends */
         atomic_store(&h->stopping, true);
         pthread_mutex_unlock(&h->susp_mu);
+        hr_watermark_wake(hr_trainer_applied(h->app->trainer)); /* min_seq waits end now */
         double timeout = h->app->cfg.shutdown_timeout;
         struct timespec dl = hr_deadline_after(timeout);
         /* MHD must not be stopped with suspended connections: wait until

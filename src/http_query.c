@@ -9,6 +9,17 @@
  * top-K (one sgemv per item block, concurrent requests batched into one
  * sgemm by the server's hr_topk_batcher).
  *
+ * Read-your-writes: with min_seq (a seq from a 202 of POST /v1/events)
+ * each route first waits until this node's applied watermark (watermark.h;
+ * the trainer pool publishes it in standalone mode) reaches min_seq, or
+ * wait_ms passes, or the server begins to stop; then it looks the ids up
+ * and scores, and says in "applied" whether min_seq was reached. The wait
+ * blocks the pool thread (at most max_wait_ms, and it ends at once when
+ * hr_http_stop wakes the watermark): applying is normally a matter of
+ * milliseconds, and a suspended connection would need a timer to resume
+ * it at its deadline, which MHD does not offer; the price is that each
+ * waiting request holds one of the http_threads.
+ *
  * Threads: MHD pool threads; everything called is thread-safe.
  */
 #include <inttypes.h>
@@ -23,11 +34,55 @@
 #include "hogrec/recommend.h"
 #include "hogrec/sgd.h"
 #include "hogrec/topk.h"
+#include "hogrec/watermark.h"
 #include "http_internal.h"
 
 static json_t *id_json(const char *key, size_t len)
 {
     return json_stringn(key, len);
+}
+
+/* ---- read-your-writes ---- */
+
+/* What a min_seq wait found. */
+typedef struct {
+    bool given;       /* min_seq was given: answer with applied and applied_seq */
+    bool applied;     /* the node's applied position reached min_seq */
+    uint64_t seq;     /* the node's applied position after the wait */
+} ryw_outcome;
+
+/* This node's applied position: the trainer pool's watermark. */
+static hr_watermark *node_applied(hr_http *h)
+{
+    return hr_trainer_applied(h->app->trainer);
+}
+
+/* Checks w (hr_api_wait_check against the config and the last seq handed
+ * out) and, when min_seq was given, waits for it. HR_EINVAL with e naming
+ * the parameter. */
+static hr_status await_min_seq(hr_http *h, const hr_api_wait *w, ryw_outcome *out, hr_error *e)
+{
+    int64_t wait_ms;
+    out->given = w->given;
+    out->applied = false;
+    out->seq = 0;
+    hr_status st = hr_api_wait_check(w, hr_ingest_last_seq(h->app->ingest),
+                                     h->app->cfg.max_wait_ms, &wait_ms, e);
+    if (st != HR_OK || !w->given)
+        return st;
+    uint64_t deadline = hr_now_ns() + (uint64_t)wait_ms * 1000000u;
+    out->applied = hr_watermark_wait(node_applied(h), w->min_seq, deadline, &h->stopping,
+                                     &out->seq);
+    return HR_OK;
+}
+
+/* Adds "applied" and "applied_seq" to body (borrowed) when min_seq was given. */
+static void add_outcome(json_t *body, const ryw_outcome *o)
+{
+    if (!body || !o->given)
+        return;
+    json_object_set_new(body, "applied", json_boolean(o->applied));
+    json_object_set_new(body, "applied_seq", json_integer((json_int_t)o->seq));
 }
 
 /* ---- /v1/predict ---- */
@@ -77,12 +132,20 @@ static enum MHD_Result handle_predict_get(hr_http *h, struct MHD_Connection *c, 
     hr_error e = {{0}, {0}};
     const hr_model *m = h->app->model;
     hr_status st = hr_api_predict_query(m, l.p, l.n, &q, &e);
+    ryw_outcome o;
+    if (st == HR_OK)
+        st = await_min_seq(h, &q.wait, &o, &e);
+    /* After a wait the ids are looked up again: what was applied meanwhile
+     * may have created them. */
+    if (st == HR_OK && o.given)
+        st = hr_api_predict_query(m, l.p, l.n, &q, &e);
     free(l.p);
     if (st != HR_OK)
         return hr_http_reply_invalid(c, r, "", &e);
     json_t *body = json_pack("{s:f}", "score", hr_model_predict(m, &q.ev));
     if (q.unknown)
         json_object_set_new(body, "unknown", unknown_json(q.unknown));
+    add_outcome(body, &o);
     return hr_http_reply_json(c, r, 200, body);
 }
 
@@ -93,15 +156,44 @@ static enum MHD_Result handle_predict_post(hr_http *h, struct MHD_Connection *c,
     if (!v)
         return hr_http_reply_malformed(c, r, &jerr);
     json_t *pairs = json_object_get(v, "pairs");
-    if (!json_is_object(v) || json_object_size(v) != 1 || !json_is_array(pairs)) {
+    hr_api_wait w = {false, 0, -1};
+    size_t members = 1 + (json_object_get(v, "min_seq") != NULL) +
+                     (json_object_get(v, "wait_ms") != NULL);
+    if (!json_is_object(v) || json_object_size(v) != members || !json_is_array(pairs)) {
         json_decref(v);
-        return hr_http_reply_error(c, r, 400, "invalid", "pairs: body must be {\"pairs\": [...]}");
+        return hr_http_reply_error(
+            c, r, 400, "invalid",
+            "pairs: body must be {\"pairs\": [...]} (and optionally min_seq, wait_ms)");
     }
     size_t n = json_array_size(pairs);
     if (n > (size_t)h->app->cfg.max_batch_events) {
         json_decref(v);
         return hr_http_reply_error(c, r, 413, "too_many_pairs", "%zu pairs; at most %" PRId64, n,
                                    h->app->cfg.max_batch_events);
+    }
+    hr_error we = {{0}, {0}};
+    ryw_outcome o = {false, false, 0};
+    hr_status wst = hr_api_wait_from_json(v, &w, &we);
+    if (wst == HR_OK && w.given) {
+        /* Validate the pairs before waiting: a bad one is a 400 at once. */
+        for (size_t i = 0; i < n; i++) {
+            hr_event ev;
+            unsigned unk;
+            hr_error e = {{0}, {0}};
+            if (hr_api_pair_from_json(h->app->model, json_array_get(pairs, i), &ev, &unk, &e) !=
+                HR_OK) {
+                json_decref(v);
+                char where[48];
+                snprintf(where, sizeof where, "pairs[%zu].", i);
+                return hr_http_reply_invalid(c, r, where, &e);
+            }
+        }
+    }
+    if (wst == HR_OK)
+        wst = await_min_seq(h, &w, &o, &we);
+    if (wst != HR_OK) {
+        json_decref(v);
+        return hr_http_reply_invalid(c, r, "", &we);
     }
     json_t *scores = json_array(), *unknown = json_array();
     for (size_t i = 0; i < n; i++) {
@@ -130,6 +222,7 @@ static enum MHD_Result handle_predict_post(hr_http *h, struct MHD_Connection *c,
         json_object_set_new(body, "unknown", unknown);
     else
         json_decref(unknown);
+    add_outcome(body, &o);
     return hr_http_reply_json(c, r, 200, body);
 }
 
@@ -151,6 +244,11 @@ enum MHD_Result hr_http_recommend(hr_http *h, struct MHD_Connection *c, request 
     }
     hr_error e = {{0}, {0}};
     hr_status st = hr_api_recommend_query(m, l.p, l.n, q, &e);
+    ryw_outcome o;
+    if (st == HR_OK)
+        st = await_min_seq(h, &q->wait, &o, &e);
+    if (st == HR_OK && o.given) /* the user and excluded items after the wait */
+        st = hr_api_recommend_query(m, l.p, l.n, q, &e);
     free(l.p);
     if (st != HR_OK) {
         free(q);
@@ -178,6 +276,7 @@ enum MHD_Result hr_http_recommend(hr_http *h, struct MHD_Connection *c, request 
     json_t *body = json_pack("{s:s%,s:o}", "user", q->user, q->user_len, "items", list);
     if (fallback)
         json_object_set_new(body, "fallback", json_string("popular"));
+    add_outcome(body, &o);
     free(q);
     free(items);
     return hr_http_reply_json(c, r, 200, body);

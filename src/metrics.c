@@ -86,6 +86,7 @@ void hr_metrics_gather(hr_app *app, hr_metrics_scope scope, hr_metrics_rate *rat
     double now = hr_wall_time();
     hr_queue_get_stats(app->queue, &out->queue);
     hr_trainer_get_counts(app->trainer, &out->trainer);
+    out->applied_seq = hr_watermark_get(hr_trainer_applied(app->trainer));
     hr_dedup_get_stats(hr_events_dedup(app->events), now, &out->dedup);
     hr_events_get_counts(app->events, &out->events);
     out->model_users = hr_model_id_count(m, HR_TABLE_USER);

@@ -13,6 +13,21 @@
  * popped event has been applied; since producers push in seq order and the
  * queue is FIFO, every event with seq <= the highest seq applied is applied.
  *
+ * The applied watermark (hr_trainer_applied): the highest seq such that
+ * every event with seq <= it has been applied. Workers finish batches out
+ * of order, so it is not the highest seq applied. A worker registers each
+ * popped batch (its lowest seq, and the count of events popped) under mu
+ * before training it, and clears it under mu when done; at that point the
+ * watermark is recomputed: if every event the queue handed out is
+ * registered (the trainer's count equals the queue's popped count, read
+ * under mu, so no popped batch is on its way to being registered), nothing
+ * popped before can be missing, the queue holds only later seqs (FIFO, seq
+ * order), and so the watermark is (lowest seq of any batch in flight) - 1,
+ * or the highest seq applied when none is in flight. Otherwise it waits for
+ * the next batch's end. Events without a seq (0) do not count. Cost: one
+ * more lock of mu and one queue-stats read per batch; the watermark's
+ * broadcast only when it advanced.
+ *
  * Counters are per worker (one cache line each, written by their owner
  * only) and summed by readers. The progressive-validation points of a batch
  * go to hr_progress in one call.
@@ -41,6 +56,7 @@
 #include <string.h>
 
 #include "hogrec/sgd.h"
+#include "hogrec/watermark.h"
 
 #define POP_WAIT_MS 20
 #define PREFETCH_AHEAD 4
@@ -64,6 +80,8 @@ typedef struct worker {
     bool started;
     hr_rng rng;                /* owner only */
     hr_event *buf;             /* popped batch */
+    uint64_t inflight_lo;      /* lowest seq > 0 of the batch in flight, 0 = none;
+                                * under tr->mu */
     hr_progress_point *points; /* progressive points of a batch */
     size_t npoints, cap_points;
 } worker;
@@ -90,6 +108,9 @@ struct hr_trainer {
     unsigned parked;         /* workers parked (or exited) */
     uint64_t max_seq;        /* highest seq applied */
     uint64_t done;           /* queue events applied (under mu) */
+    uint64_t registered;     /* queue events popped (since the queue's creation)
+                              * whose batch was registered (under mu) */
+    hr_watermark *applied;   /* the applied watermark (see the file comment) */
     bool stopped;            /* hr_trainer_stop ran */
 
     atomic_uint_fast64_t base_updates; /* update count before this start */
@@ -443,6 +464,23 @@ static void *upkeep_main(void *arg)
     return NULL;
 }
 
+/* Recomputes the applied watermark (see the file comment). Caller holds
+ * tr->mu. */
+static void do_advance_applied(hr_trainer *tr)
+{
+    hr_queue_stats qs;
+    hr_queue_get_stats(tr->queue, &qs);
+    if (tr->registered != qs.popped)
+        return; /* a popped batch is not registered yet: it may hold lower seqs */
+    uint64_t wm = tr->max_seq;
+    for (unsigned i = 0; i < tr->nw; i++) {
+        uint64_t lo = tr->w[i].inflight_lo;
+        if (lo && lo - 1 < wm)
+            wm = lo - 1;
+    }
+    hr_watermark_publish(tr->applied, wm);
+}
+
 static void *worker_main(void *arg)
 {
     worker *w = arg;
@@ -464,15 +502,25 @@ static void *worker_main(void *arg)
             break;
         if (n == 0)
             continue;
+        uint64_t first = 0, last = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint64_t s = w->buf[i].seq;
+            if (s && (first == 0 || s < first))
+                first = s;
+            if (s > last)
+                last = s;
+        }
+        pthread_mutex_lock(&tr->mu);
+        w->inflight_lo = first;
+        tr->registered += n;
+        pthread_mutex_unlock(&tr->mu);
         train_batch(tr, w, w->buf, n);
-        uint64_t last = 0;
-        for (size_t i = 0; i < n; i++)
-            if (w->buf[i].seq > last)
-                last = w->buf[i].seq;
         pthread_mutex_lock(&tr->mu);
         if (last > tr->max_seq)
             tr->max_seq = last;
         tr->done += n;
+        w->inflight_lo = 0;
+        do_advance_applied(tr);
         pthread_cond_broadcast(&tr->cv);
         pthread_mutex_unlock(&tr->mu);
     }
@@ -517,6 +565,16 @@ hr_status hr_trainer_start(hr_model *model, hr_queue *queue, hr_schedbox *sched,
         return HR_ENOMEM;
     }
     memset(tr->w, 0, sizeof(worker) * cfg->threads);
+    if (hr_watermark_create(&tr->applied) != HR_OK) {
+        free(tr->w);
+        free(tr);
+        return HR_ENOMEM;
+    }
+    /* Events popped before this pool started (an earlier pool on the same
+     * queue) are not this pool's to register. */
+    hr_queue_stats qs;
+    hr_queue_get_stats(queue, &qs);
+    tr->registered = qs.popped;
     if (cfg->neg_alpha > 0)
         rebuild_sampler(tr);
     hr_status st = HR_OK;
@@ -601,6 +659,7 @@ void hr_trainer_destroy(hr_trainer *tr)
     pthread_mutex_destroy(&tr->upkeep_mu);
     pthread_cond_destroy(&tr->cv);
     pthread_mutex_destroy(&tr->mu);
+    hr_watermark_destroy(tr->applied);
     free(tr);
 }
 
@@ -671,6 +730,11 @@ const hr_hist *hr_trainer_staleness(const hr_trainer *tr)
 const hr_hist *hr_trainer_freshness(const hr_trainer *tr)
 {
     return merged(tr, offsetof(worker, freshness), &((hr_trainer *)tr)->freshness);
+}
+
+hr_watermark *hr_trainer_applied(hr_trainer *tr)
+{
+    return tr->applied;
 }
 
 bool hr_trainer_negatives_active(const hr_trainer *tr)

@@ -15,6 +15,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "hogrec/common.h"
 #include "hogrec/event.h"
@@ -109,15 +110,43 @@ typedef struct {
     size_t value_len;
 } hr_api_param;
 
-/* GET /v1/predict?user=ID&item=ID, resolved for hr_model_predict. */
+/* Read-your-writes: min_seq (a seq from a 202 of POST /v1/events) and
+ * wait_ms (how long to wait for this node to apply it). Both are integers
+ * of decimal digits in a query string or JSON integers in a body. */
+#define HR_API_MAX_WAIT_MS 60000     /* largest wait_ms the syntax takes (config bounds it lower) */
+#define HR_API_DEFAULT_WAIT_MS 100   /* wait_ms when min_seq is given without it */
+
+typedef struct {
+    bool given;       /* min_seq was given */
+    uint64_t min_seq; /* the seq to wait for (given) */
+    int64_t wait_ms;  /* 0..HR_API_MAX_WAIT_MS; -1: not given */
+} hr_api_wait;
+
+/* Checks a parsed hr_api_wait against the server's limit: wait_ms without
+ * min_seq, or above max_wait_ms, is HR_EINVAL naming wait_ms; min_seq
+ * above last_seq (the last seq this node ever handed out: it can never be
+ * applied) is HR_EINVAL naming min_seq. On HR_OK *wait_ms receives the
+ * wait to use: the given one, or min(HR_API_DEFAULT_WAIT_MS, max_wait_ms). */
+hr_status hr_api_wait_check(const hr_api_wait *w, uint64_t last_seq, int64_t max_wait_ms,
+                            int64_t *wait_ms, hr_error *err);
+
+/* The optional "min_seq" and "wait_ms" members of a JSON object (POST
+ * /v1/predict's body): integers >= 0 (wait_ms at most HR_API_MAX_WAIT_MS).
+ * obj is borrowed. HR_EINVAL with err naming the member. */
+hr_status hr_api_wait_from_json(const json_t *obj, hr_api_wait *out, hr_error *err);
+
+/* GET /v1/predict?user=ID&item=ID[&min_seq=N[&wait_ms=N]], resolved for
+ * hr_model_predict. */
 typedef struct {
     hr_event ev;      /* user and item rows (0, the default row, for unknown ids) */
     unsigned unknown; /* HR_API_UNKNOWN_* */
+    hr_api_wait wait; /* min_seq, wait_ms */
 } hr_api_predict_req;
 
 /* Parses and resolves the parameters of GET /v1/predict: user and item
  * (required, 1..HR_ID_MAX_LEN bytes of UTF-8 without NUL, as the ids events
- * name).
+ * name), min_seq and wait_ms (optional, see hr_api_wait; the syntax only,
+ * hr_api_wait_check does the rest).
  * An unknown, repeated or empty parameter is an error. Creates nothing; the
  * model is only read. params borrowed for the call. HR_EINVAL with err
  * naming the parameter. */
@@ -134,14 +163,15 @@ typedef struct {
     size_t nexclude;              /* rows in exclude */
     uint32_t exclude[HR_API_MAX_EXCLUDE]; /* rows of the excluded items the model
                                              knows, in the order named */
+    hr_api_wait wait;             /* min_seq, wait_ms */
 } hr_api_recommend_req;
 
 /* Parses and resolves the parameters of GET /v1/recommend: user (required,
  * as for predict), k (decimal digits, 1..HR_API_MAX_K), exclude_seen
  * (true, false, 1 or 0), exclude (comma-separated ids of 1..HR_ID_MAX_LEN
  * bytes, at most HR_API_MAX_EXCLUDE; empty entries are skipped, ids the
- * model does not know are dropped). An unknown, repeated or empty
- * parameter is an error. Creates nothing; the model is only read. params
+ * model does not know are dropped), min_seq and wait_ms (as for predict).
+ * An unknown, repeated or empty parameter is an error. Creates nothing; the model is only read. params
  * borrowed for the call. HR_EINVAL with err naming the parameter. */
 hr_status hr_api_recommend_query(const hr_model *m, const hr_api_param *params, size_t n,
                                  hr_api_recommend_req *out, hr_error *err);

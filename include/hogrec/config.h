@@ -93,6 +93,7 @@ typedef struct {
     double dedup_window;        /* seconds an event id is remembered */
     int64_t dedup_capacity;     /* event ids remembered within the window at most */
     int64_t history_per_user;   /* recent items kept per user (exclude_seen) */
+    int64_t max_wait_ms;        /* largest wait_ms of a min_seq query, milliseconds */
     double shutdown_timeout;    /* seconds in-flight requests get after SIGTERM */
     double popular_half_life;   /* seconds for a positive event's weight in the popular
                                    fallback to halve (0 = no decay) */

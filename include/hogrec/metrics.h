@@ -50,6 +50,7 @@
 #include "hogrec/queue.h"
 #include "hogrec/stats.h"
 #include "hogrec/trainer.h"
+#include "hogrec/watermark.h"
 
 /* clang-format off */
 #define HR_METRICS(BOTH, STATS, PROM)                                                            \
@@ -58,6 +59,9 @@
     BOTH("events", "trained", "hogrec_events_trained_total", counter,                            \
          "Accepted events the trainers applied to the model (sampled negatives not counted).",   \
          u64, s->trainer.trained)                                                                \
+    BOTH("events", "applied_seq", "hogrec_events_applied_seq", gauge,                            \
+         "Highest seq such that every accepted event up to it is applied to the model (what "    \
+         "min_seq waits for).", u64, s->applied_seq)                                             \
     BOTH("events", "rejected", "hogrec_events_rejected_total", counter,                          \
          "Events rejected as invalid (listed by index in the reply).", u64, s->events.rejected)  \
     BOTH("events", "refused", "hogrec_events_refused_total", counter,                            \
@@ -181,6 +185,7 @@ typedef struct {
     hr_queue_stats queue;
     hr_trainer_counts trainer;
     hr_events_counts events;    /* rejected, duplicates, refused: the events module's */
+    uint64_t applied_seq;       /* the trainers' applied watermark */
     hr_dedup_stats dedup;
     uint64_t model_users, model_items, model_k, model_bytes, model_expired_ids;
     double updates_per_second;     /* between the last two samples a second apart */

@@ -12,6 +12,13 @@
  * increasing seq order. Then, while the pool is paused, every event with
  * seq <= hr_trainer_pause()'s result has been applied.
  *
+ * The applied watermark (hr_trainer_applied) is the highest seq such that
+ * every event with seq <= it has been applied (not just popped): batches
+ * finish out of order, so it trails the highest seq applied while a batch
+ * with lower seqs is still in flight. Events without a seq (0) do not count.
+ * It advances at the end of a batch, and reaches the last seq pushed once
+ * the queue is empty and no batch is in flight.
+ *
  * Upkeep runs on one maintenance thread of the pool, started and stopped with
  * the trainer threads: the popularity sampler's rebuild, id expiry, and the
  * schedule history's loss_after (noted progress_window updates after a
@@ -31,6 +38,7 @@
 #include "hogrec/queue.h"
 #include "hogrec/schedule.h"
 #include "hogrec/stats.h"
+#include "hogrec/watermark.h"
 
 typedef enum { HR_NEG_OFF, HR_NEG_ON, HR_NEG_AUTO } hr_neg_mode;
 
@@ -105,6 +113,12 @@ void hr_trainer_get_counts(const hr_trainer *tr, hr_trainer_counts *out);
 const hr_hist *hr_trainer_staleness(const hr_trainer *tr);
 /* Freshness histogram (microseconds from enqueue to applied). Borrowed. */
 const hr_hist *hr_trainer_freshness(const hr_trainer *tr);
+
+/* The applied watermark (see the file comment): borrowed, lives as long as
+ * the pool. Read it, or wait on it, from any thread; the pool publishes to
+ * it, and so may whoever knows more (the start-up replay: everything up to
+ * the log's last seq is in the model once it is idle). */
+hr_watermark *hr_trainer_applied(hr_trainer *tr);
 
 /* Whether negative sampling is on now (auto turns it off at the first
  * explicit 0 label). */
