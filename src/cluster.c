@@ -662,20 +662,26 @@ static void lead(hr_cluster *c, uint64_t *next_pub)
         step_down(c, "the lease was lost", NULL);
         return;
     }
-    uint64_t now = now_ms();
-    int wait = *next_pub > now ? (int)(*next_pub - now) : 0;
-    if (wait > c->publish_ms)
-        wait = c->publish_ms;
+    /* With entries fed and not yet published, read without blocking and
+     * wait for the publish here: Redis ends a short XREAD BLOCK only at
+     * its next cron tick (1000 / hz ms, 100 ms by default), though it
+     * answers at once when an entry comes. With nothing to publish, block
+     * until an entry comes (a tick at most, so the loop still runs). */
+    bool dirty = c->fed_n > 0 || c->pending;
     pthread_mutex_lock(&c->mu);
     hr_estream_id after = c->read_after;
     pthread_mutex_unlock(&c->mu);
     hr_error err = {{0}, {0}};
-    hr_status st = hr_estream_read(c->reader, after, READ_ENTRIES, wait, feed_entry, c, NULL,
-                                   NULL, &err);
+    size_t got = 0;
+    hr_status st = hr_estream_read(c->reader, after, READ_ENTRIES, dirty ? 0 : FOLLOW_BLOCK_MS,
+                                   feed_entry, c, NULL, &got, &err);
     if (st != HR_OK && st != HR_ESTOPPED) {
         log_redis_error(c, "cannot read the event stream", st, &err);
         sleep_ms(RETRY_MS);
     }
+    uint64_t now = now_ms();
+    if (got == 0 && dirty && now < *next_pub)
+        sleep_ms((int)(*next_pub - now));
     if (now_ms() >= *next_pub) {
         publish(c);
         *next_pub = now_ms() + (uint64_t)c->publish_ms;
