@@ -3,12 +3,13 @@
  *   open:  schedule box -> model -> queue -> progress -> database lock
  *          -> persistence (restore)
  *          -> trainers (and their maintenance thread) -> ingest -> events
+ *          -> cluster (with --redis: connections, settings check)
  *                                                      (hr_app_open_loading)
  *          -> start-up replay: the checkpoint's serving state, then the
  *             logged events after it through the events module, trained
- *          -> persistence start (log thread, periodic checkpoints) -> ready
- *                                                      (hr_app_finish_loading)
- *   close: trainers stop (drain or not) -> final checkpoint -> unlock
+ *          -> persistence start (log thread, periodic checkpoints)
+ *          -> the cluster's node thread -> ready      (hr_app_finish_loading)
+ *   close: cluster stop (a leader publishes, releases) -> trainers stop (drain or not) -> final checkpoint -> unlock
  *                                                          (hr_app_stop)
  *          -> free all
  * Persistence is handed the parts it works on (persist.h); it does not see

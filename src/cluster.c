@@ -222,6 +222,27 @@ static hr_status deltas_trimmed(hr_cluster *c, bool *trimmed, hr_error *err)
     return HR_OK;
 }
 
+/* Takes the delta bits of a model nothing trained yet: its rows are what
+ * the seed and the options make them on every node alike (model.c fills a
+ * row from the seed, table and row alone), so the first delta of a leader
+ * carries only what it changed, not the initial context table (2^context_bits
+ * rows). */
+static void forget_initial_marks(hr_model *m)
+{
+    const unsigned bits = HR_MARK_DELTA | HR_MARK_ID;
+    for (int t = 0; t < HR_TABLE_COUNT; t++) {
+        uint32_t groups = hr_model_mark_groups(m, (hr_table_id)t);
+        uint32_t rows = hr_model_rows(m, (hr_table_id)t);
+        for (uint32_t g = 0; g < groups; g++) {
+            if (!hr_model_take_group_mark(m, (hr_table_id)t, g, bits))
+                continue;
+            for (uint32_t r = g * HR_MARK_GROUP_ROWS; r < (g + 1) * HR_MARK_GROUP_ROWS && r < rows;
+                 r++)
+                hr_model_take_mark(m, (hr_table_id)t, r, bits);
+        }
+    }
+}
+
 hr_status hr_cluster_open(const hr_config *cfg, const hr_cluster_parts *parts, hr_cluster **out,
                           hr_error *err)
 {
@@ -292,6 +313,7 @@ hr_status hr_cluster_open(const hr_config *cfg, const hr_cluster_parts *parts, h
     if ((st = hr_estream_open(cfg->redis, NULL, &eo, &c->reader, err)) != HR_OK)
         goto fail;
     c->seq = hr_events_seq(c->p.events);
+    forget_initial_marks(c->p.model);
     *out = c;
     return HR_OK;
 fail:

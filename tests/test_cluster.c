@@ -28,6 +28,7 @@
 #define EVENTS_PER 100
 #define USERS 40          /* the synthetic world */
 #define ITEMS 60
+#define TRAINED_VALUES 6  /* context values d=v0..v5 are trained; v6.. are not */
 #define CHILD_BOUND 300   /* seconds a node may live */
 #define WAIT_SECONDS 60   /* bound of every poll */
 
@@ -120,29 +121,36 @@ static int wait_leader(tu_child *n)
  * user, item and label from r and the position). New string. */
 static char *events_body(int r)
 {
-    size_t cap = (size_t)EVENTS_PER * 64 + 16, len = 0;
+    size_t cap = (size_t)EVENTS_PER * 96 + 16, len = 0;
     char *b = malloc(cap);
     assert_non_null(b);
     len += (size_t)snprintf(b + len, cap - len, "[");
     for (int i = 0; i < EVENTS_PER; i++) {
         unsigned x = (unsigned)(r * EVENTS_PER + i) * 2654435761u;
-        len += (size_t)snprintf(b + len, cap - len, "%s{\"user\":\"u%u\",\"item\":\"i%u\",\"label\":%u}",
-                                i ? "," : "", (x >> 8) % USERS, (x >> 16) % ITEMS, (x >> 4) & 1);
+        len += (size_t)snprintf(b + len, cap - len,
+                                "%s{\"user\":\"u%u\",\"item\":\"i%u\",\"label\":%u,"
+                                "\"features\":{\"d\":\"v%u\"}}",
+                                i ? "," : "", (x >> 8) % USERS, (x >> 16) % ITEMS, (x >> 4) & 1,
+                                (x >> 24) % TRAINED_VALUES);
     }
     snprintf(b + len, cap - len, "]");
     return b;
 }
 
-static double score_at(int port, int u, int i)
+/* The score of (u<u>, i<i>) with context d=v<v> (POST /v1/predict);
+ * values from TRAINED_VALUES on reach context rows no event trained. */
+static double score_at(int port, int u, int i, int v)
 {
-    char path[96];
-    snprintf(path, sizeof path, "/v1/predict?user=u%d&item=i%d", u, i);
+    char body[160];
+    snprintf(body, sizeof body,
+             "{\"pairs\":[{\"user\":\"u%d\",\"item\":\"i%d\",\"features\":{\"d\":\"v%d\"}}]}",
+             u, i, v);
     json_t *o = NULL;
-    long s = tu_http(port, "GET", path, NULL, NULL, &o);
+    long s = tu_http(port, "POST", "/v1/predict", body, NULL, &o);
     assert_int_equal(s, 200);
-    double v = json_real_value(json_object_get(o, "score"));
+    double sc = json_real_value(json_array_get(json_object_get(o, "scores"), 0));
     json_decref(o);
-    return v;
+    return sc;
 }
 
 static void test_leader_and_followers(void **state)
@@ -206,16 +214,18 @@ static void test_leader_and_followers(void **state)
     json_decref(lc);
 
     /* the followers score exactly as the leader (rows carried bit for bit);
-     * an unknown id scores through the default rows alike */
+     * an unknown id scores through the default rows alike, and a context
+     * value no event trained through the initial row every node made alike */
     int compared = 0;
     for (int u = 0; u <= USERS; u += 3)
         for (int i = 0; i <= ITEMS; i += 7) {
-            double want = score_at(n[leader].port, u, i);
+            int v = (u + i) % (TRAINED_VALUES + 3);
+            double want = score_at(n[leader].port, u, i, v);
             for (int k = 0; k < NODES; k++) {
-                double got = score_at(n[k].port, u, i);
+                double got = score_at(n[k].port, u, i, v);
                 if (got != want)
-                    fail_msg("u%d i%d: node %s scores %.17g, the leader %.17g", u, i, ids[k], got,
-                             want);
+                    fail_msg("u%d i%d d=v%d: node %s scores %.17g, the leader %.17g", u, i, v,
+                             ids[k], got, want);
             }
             compared++;
         }
