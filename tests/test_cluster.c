@@ -7,7 +7,8 @@
  * last acknowledged entry, the followers' scores equal the leader's bit
  * for bit and the leader trained exactly the events acknowledged. Then:
  * an event id posted to two nodes is applied once, and with Redis killed
- * a POST answers 503 with a JSON error, never a 202.
+ * a POST answers 503 with a JSON error, never a 202. And the max_backlog
+ * bound (429), and a db refused in cluster mode.
  *
  * Waits are bounded polls for a state (the nodes run on a shared machine);
  * nothing asserts a duration.
@@ -48,13 +49,14 @@ static const char *bin_or_skip(void)
 /* Starts node `id` of cluster `name` on Redis url; true once it logged
  * "ready" (listening, the node thread started; /readyz says when it
  * caught up). */
-static bool spawn_node(tu_child *ch, const char *bin, const char *url, const char *name,
-                       const char *id)
+static bool spawn_node_with(tu_child *ch, const char *bin, const char *url, const char *name,
+                            const char *id, const char *lease_ms, const char *max_backlog)
 {
     const char *argv[] = {bin, "serve", "--port", "0", "--db", "", "--threads", "1",
                           "--max-users", "4096", "--max-items", "4096", "--k", "8",
                           "--negative-sampling", "off", "--redis", url, "--cluster", name,
-                          "--node-id", id, "--publish-ms", "10", "--lease-ms", "3000", NULL};
+                          "--node-id", id, "--publish-ms", "10", "--lease-ms", lease_ms,
+                          "--max-backlog", max_backlog, NULL};
     tu_child_spawn(ch, (char *const *)argv, CHILD_BOUND, NULL, NULL);
     json_t *ready = tu_child_log_until(ch, "ready", NULL, 0);
     json_decref(ready);
@@ -63,6 +65,12 @@ static bool spawn_node(tu_child *ch, const char *bin, const char *url, const cha
     kill(ch->pid, SIGKILL);
     tu_child_wait(ch);
     return false;
+}
+
+static bool spawn_node(tu_child *ch, const char *bin, const char *url, const char *name,
+                       const char *id)
+{
+    return spawn_node_with(ch, bin, url, name, id, "3000", "0");
 }
 
 /* GET /v1/cluster of a node: new, or NULL. */
@@ -95,11 +103,11 @@ static hr_estream_id parse_id(const char *text)
 
 /* Polls until every node answers /readyz 200 and exactly one says it is
  * the leader; returns its index. */
-static int wait_leader(tu_child *n)
+static int wait_leader_of(tu_child *n, int nodes)
 {
     for (int round = 0; round < WAIT_SECONDS * 20; round++) {
         int leader = -1, leaders = 0, ready = 0;
-        for (int i = 0; i < NODES; i++) {
+        for (int i = 0; i < nodes; i++) {
             if (tu_http(n[i].port, "GET", "/readyz", NULL, NULL, NULL) == 200)
                 ready++;
             json_t *o = cluster_of(n[i].port);
@@ -109,13 +117,15 @@ static int wait_leader(tu_child *n)
             }
             json_decref(o);
         }
-        if (ready == NODES && leaders == 1)
+        if (ready == nodes && leaders == 1)
             return leader;
         sleep_ms(50);
     }
     fail_msg("no single leader with every node ready within %d s", WAIT_SECONDS);
     return -1;
 }
+
+static int wait_leader(tu_child *n) { return wait_leader_of(n, NODES); }
 
 /* A request of EVENTS_PER events of request r (a fixed synthetic world:
  * user, item and label from r and the position). New string. */
@@ -280,6 +290,61 @@ static void test_leader_and_followers(void **state)
     tu_redis_stop(&rs);
 }
 
+/* max_backlog: while the leader is stopped (SIGSTOP, well within its
+ * lease) the entries it has not covered pile up; past the bound a POST on
+ * a follower is refused whole with 429 backlog_full and appends nothing;
+ * once the leader runs again and covers them, it is accepted. */
+static void test_backlog_bound(void **state)
+{
+    (void)state;
+    const char *bin = bin_or_skip();
+    tu_redis rs = {0};
+    tu_redis_start(&rs);
+    char url[64];
+    snprintf(url, sizeof url, "%s", tu_redis_url(&rs));
+    tu_child n[2];
+    assert_true(spawn_node_with(&n[0], bin, url, "t2", "a", "60000", "2"));
+    assert_true(spawn_node_with(&n[1], bin, url, "t2", "b", "60000", "2"));
+    int leader = wait_leader_of(n, 2), f = 1 - leader;
+    kill(n[leader].pid, SIGSTOP);
+    const char *ev = "{\"user\":\"u1\",\"item\":\"i1\"}";
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(tu_http(n[f].port, "POST", "/v1/events", ev, NULL, NULL), 202);
+    json_t *o = NULL;
+    assert_int_equal(tu_http(n[f].port, "POST", "/v1/events", ev, NULL, &o), 429);
+    assert_string_equal(str_at(json_object_get(o, "error"), "code", NULL), "backlog_full");
+    json_decref(o);
+    kill(n[leader].pid, SIGCONT);
+    long s = 0;
+    for (int round = 0; round < WAIT_SECONDS * 20 && s != 202; round++) {
+        s = tu_http(n[f].port, "POST", "/v1/events", ev, NULL, NULL);
+        if (s != 202) {
+            assert_int_equal(s, 429);
+            sleep_ms(50);
+        }
+    }
+    assert_int_equal(s, 202);
+    json_t *st = NULL;
+    for (int round = 0; round < WAIT_SECONDS * 20; round++) {
+        json_decref(st);
+        st = NULL;
+        assert_int_equal(tu_http(n[leader].port, "GET", "/v1/stats", NULL, NULL, &st), 200);
+        if (json_integer_value(json_object_get(json_object_get(st, "events"), "trained")) >= 4)
+            break;
+        sleep_ms(50);
+    }
+    /* the three accepted before the refusal and the one after: no more */
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "events"), "trained")), 4);
+    json_decref(st);
+    for (int i = 0; i < 2; i++)
+        kill(n[i].pid, SIGTERM);
+    for (int i = 0; i < 2; i++) {
+        int status = tu_child_wait(&n[i]);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    tu_redis_stop(&rs);
+}
+
 /* A node refuses to start in cluster mode with a local database (this
  * version keeps none) and says so. */
 static void test_refuses_db(void **state)
@@ -306,6 +371,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_leader_and_followers),
+        cmocka_unit_test(test_backlog_bound),
         cmocka_unit_test(test_refuses_db),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
