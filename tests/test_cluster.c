@@ -33,6 +33,22 @@
 #define CHILD_BOUND 300   /* seconds a node may live */
 #define WAIT_SECONDS 60   /* bound of every poll */
 
+/* Nodes spawned by the running test: a failed assertion leaves the test
+ * early, and the teardown kills what is left (the reaper threads end with
+ * the test process, the nodes would not). */
+static pid_t g_spawned[8];
+static size_t g_nspawned;
+
+static int kill_leftovers(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < g_nspawned; i++)
+        if (kill(g_spawned[i], 0) == 0 && waitpid(g_spawned[i], NULL, WNOHANG) == 0)
+            kill(g_spawned[i], SIGKILL);
+    g_nspawned = 0;
+    return 0;
+}
+
 static void sleep_ms(int ms)
 {
     nanosleep(&(struct timespec){ms / 1000, (long)(ms % 1000) * 1000000L}, NULL);
@@ -58,6 +74,8 @@ static bool spawn_node_with(tu_child *ch, const char *bin, const char *url, cons
                           "--node-id", id, "--publish-ms", "10", "--lease-ms", lease_ms,
                           "--max-backlog", max_backlog, NULL};
     tu_child_spawn(ch, (char *const *)argv, CHILD_BOUND, NULL, NULL);
+    if (g_nspawned < sizeof g_spawned / sizeof g_spawned[0])
+        g_spawned[g_nspawned++] = ch->pid;
     json_t *ready = tu_child_log_until(ch, "ready", NULL, 0);
     json_decref(ready);
     if (ready && ch->port)
@@ -370,9 +388,9 @@ static void test_refuses_db(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_leader_and_followers),
-        cmocka_unit_test(test_backlog_bound),
-        cmocka_unit_test(test_refuses_db),
+        cmocka_unit_test_teardown(test_leader_and_followers, kill_leftovers),
+        cmocka_unit_test_teardown(test_backlog_bound, kill_leftovers),
+        cmocka_unit_test_teardown(test_refuses_db, kill_leftovers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
