@@ -3,12 +3,13 @@
  *   open:  schedule box -> model -> queue -> progress -> database lock
  *          -> persistence (restore)
  *          -> trainers (and their maintenance thread) -> ingest -> events
+ *          -> cluster (with --redis: connections, settings check)
  *                                                      (hr_app_open_loading)
  *          -> start-up replay: the checkpoint's serving state, then the
  *             logged events after it through the events module, trained
- *          -> persistence start (log thread, periodic checkpoints) -> ready
- *                                                      (hr_app_finish_loading)
- *   close: trainers stop (drain or not) -> final checkpoint -> unlock
+ *          -> persistence start (log thread, periodic checkpoints)
+ *          -> the cluster's node thread -> ready      (hr_app_finish_loading)
+ *   close: cluster stop (a leader publishes, releases) -> trainers stop (drain or not) -> final checkpoint -> unlock
  *                                                          (hr_app_stop)
  *          -> free all
  * Persistence is handed the parts it works on (persist.h); it does not see
@@ -20,6 +21,7 @@
 #include <string.h>
 
 #include "hogrec/api.h"
+#include "hogrec/cluster.h"
 #include "hogrec/dblock.h"
 #include "hogrec/log.h"
 #include "hogrec/persist.h"
@@ -116,6 +118,8 @@ hr_status hr_app_finish_loading(hr_app *app, hr_error *err)
     hr_status st;
     if (app->persist && (st = replay_log(app, err)) != HR_OK)
         return st;
+    if (app->cluster && (st = hr_cluster_start(app->cluster, err)) != HR_OK)
+        return st;
     atomic_store(&app->ready, 1);
     return HR_OK;
 }
@@ -130,6 +134,8 @@ hr_status hr_app_open_loading(const hr_config *cfg, hr_app **out, hr_error *err)
     app->cfg.schedule = cfg->schedule ? json_deep_copy(cfg->schedule) : NULL;
     app->started = hr_wall_time();
     hr_status st;
+    if (app->cfg.redis[0] && (st = hr_cluster_check_config(&app->cfg, err)) != HR_OK)
+        goto fail;
 
     hr_schedule sched;
     if (app->cfg.schedule) {
@@ -177,6 +183,11 @@ hr_status hr_app_open_loading(const hr_config *cfg, hr_app **out, hr_error *err)
         hr_error_set(err, st, NULL, "creating the serving state: %s", hr_status_to_string(st));
         goto fail;
     }
+    if (app->cfg.redis[0] &&
+        (st = hr_cluster_open(&app->cfg,
+                              &(hr_cluster_parts){app->model, app->events, app->trainer, app->sched},
+                              &app->cluster, err)) != HR_OK)
+        goto fail;
     *out = app;
     return HR_OK;
 fail:
@@ -189,6 +200,7 @@ void hr_app_stop(hr_app *app, bool drain)
     if (!app)
         return;
     atomic_store(&app->ready, 0);
+    hr_cluster_stop(app->cluster); /* a leader publishes what it trained, then releases */
     if (app->trainer)
         hr_trainer_stop(app->trainer, drain, NULL);
     hr_persist_close(app->persist,
@@ -203,6 +215,7 @@ void hr_app_close(hr_app *app, bool drain)
     if (!app)
         return;
     hr_app_stop(app, drain);
+    hr_cluster_destroy(app->cluster);
     hr_events_destroy(app->events);
     hr_ingest_destroy(app->ingest);
     hr_trainer_destroy(app->trainer);
@@ -218,6 +231,8 @@ const char *hr_app_not_ready(hr_app *app)
 {
     if (!atomic_load(&app->ready))
         return "loading";
+    if (app->cluster)
+        return hr_cluster_not_ready(app->cluster);
     if (app->persist)
         return hr_persist_health(app->persist);
     return NULL;

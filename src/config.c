@@ -164,6 +164,18 @@ static const opt options[] = {
     I(sync_interval_ms, 1, 60000, "100", false, SERVE, "event-log sync period for durability interval"),
     E(log_level, log_level_name, HR_LOG_LEVEL_COUNT, "info", false, SERVE,
       "least severe log level printed"),
+    /* cluster mode (README: "Running more than one node") */
+    S(redis, "", false, SERVE,
+      "redis://HOST:PORT[/DB] of the cluster's Redis (empty = standalone; the password only "
+      "from HOGREC_REDIS_PASSWORD)"),
+    S(cluster, "hogrec", false, SERVE, "cluster name: 1-64 of A-Z a-z 0-9 . _ -"),
+    S(node_id, "", false, SERVE, "this node's id in the cluster (empty = HOSTNAME-PORT)"),
+    I(redis_unsafe, 0, 1, "0", false, SERVE,
+      "1: start even when Redis' settings can lose acknowledged events (appendonly no, eviction)"),
+    I(publish_ms, 1, 60000, "10", false, SERVE, "leader: publishes a row delta every this many ms"),
+    I(lease_ms, 300, 600000, "3000", false, SERVE, "leader lease time, ms (renewed every third)"),
+    I(max_backlog, 0, 1e12, "0", false, SERVE,
+      "429 on POST /v1/events while the leader has more unread stream entries (0 = no bound)"),
 };
 
 /* Most values of a choice (an option's or a command flag's). */

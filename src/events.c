@@ -220,13 +220,12 @@ static uint32_t known_row(const hr_model *m, hr_table_id t, const json_t *v)
 }
 
 /* Validates events into b (allocated here): the valid ones, in order, with
- * their id hashes and log texts; the invalid ones counted in *rejected and
- * listed in errors. */
-static hr_status validate(hr_events *e, const json_t *events, json_t *errors, batch *b,
-                          size_t *rejected, hr_error *err)
+ * their id hashes and (when logged) their log texts; the invalid ones
+ * counted in *rejected and listed in errors. */
+static hr_status validate(hr_events *e, const json_t *events, json_t *errors, bool logged,
+                          batch *b, size_t *rejected, hr_error *err)
 {
     size_t n = json_array_size(events), cap = n ? n : 1;
-    bool logged = hr_ingest_has_log(e->ingest);
     memset(b, 0, sizeof *b);
     b->evs = malloc(cap * sizeof *b->evs);
     b->refs = malloc(cap * sizeof *b->refs);
@@ -311,7 +310,8 @@ hr_status hr_events_post(hr_events *e, const json_t *events, json_t *errors, boo
     *pending = NULL;
     const size_t from = json_array_size(errors); /* errors of this call start here */
     batch b;
-    hr_status st = validate(e, events, errors, &b, &out->rejected, err);
+    hr_status st = validate(e, events, errors, hr_ingest_has_log(e->ingest), &b, &out->rejected,
+                            err);
     if (st != HR_OK)
         return st;
     double now = hr_wall_time();
@@ -391,6 +391,36 @@ hr_status hr_events_post(hr_events *e, const json_t *events, json_t *errors, boo
     *pending = p;
     batch_free(&b);
     return HR_OK;
+}
+
+hr_status hr_events_post_append(hr_events *e, const json_t *events, json_t *errors,
+                                hr_events_append_fn append, void *arg, hr_events_outcome *out,
+                                hr_error *err)
+{
+    memset(out, 0, sizeof *out);
+    batch b;
+    hr_status st = validate(e, events, errors, true, &b, &out->rejected, err);
+    if (st != HR_OK)
+        return st;
+    bool *dup = calloc(b.n ? b.n : 1, sizeof *dup);
+    if (!dup) {
+        batch_free(&b);
+        return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
+    }
+    size_t appended = 0;
+    if (b.n > 0)
+        st = append(arg, b.n, (const char *const *)b.texts, b.lens, b.ids, hr_wall_time(), dup,
+                    &appended, err);
+    if (st == HR_OK) {
+        for (size_t i = 0; i < b.n; i++)
+            out->duplicates += dup[i];
+        out->accepted = appended;
+    }
+    atomic_fetch_add(&e->rejected, out->rejected);
+    atomic_fetch_add(&e->duplicates, out->duplicates);
+    free(dup);
+    batch_free(&b);
+    return st;
 }
 
 void hr_events_get_counts(hr_events *e, hr_events_counts *out)

@@ -87,6 +87,7 @@ typedef enum {
     R_HEALTHZ,
     R_READYZ,
     R_METRICS,
+    R_CLUSTER,
     R_NOT_FOUND,
     R_COUNT
 } route_id;
@@ -119,6 +120,7 @@ static const route routes[R_COUNT] = {
     [R_HEALTHZ] = {"/healthz", "healthz", M_GET | M_HEAD, 0, false, false, hr_http_healthz},
     [R_READYZ] = {"/readyz", "readyz", M_GET | M_HEAD, 0, false, false, hr_http_readyz},
     [R_METRICS] = {"/metrics", "metrics", M_GET | M_HEAD, 0, false, false, hr_http_metrics},
+    [R_CLUSTER] = {"/v1/cluster", "cluster", M_GET | M_HEAD, 0, false, false, hr_http_cluster},
     [R_NOT_FOUND] = {NULL, "not_found", 0, 0, false, false, NULL},
 };
 

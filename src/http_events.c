@@ -21,6 +21,7 @@
 #include <stdlib.h>
 
 #include "hogrec/api.h"
+#include "hogrec/cluster.h"
 #include "hogrec/events.h"
 #include "http_internal.h"
 
@@ -37,11 +38,15 @@ static enum MHD_Result answer_events(struct MHD_Connection *c, request *r, hr_st
         json_t *body = json_pack("{s:I,s:I,s:I,s:o,s:I}", "accepted", (json_int_t)ev->ok,
                                  "rejected", (json_int_t)ev->rejected, "duplicates",
                                  (json_int_t)ev->dups, "errors", errors, "seq",
-                                 (json_int_t)(ev->ok ? ev->first + ev->ok - 1 : 0));
+                                 (json_int_t)(ev->ok && ev->first ? ev->first + ev->ok - 1 : 0));
+        if (body && ev->entry[0])
+            json_object_set_new(body, "entry", json_string(ev->entry));
         ret = hr_http_reply_json(c, r, 202, body);
     } else {
         json_decref(errors);
-        if (st == HR_EFULL) {
+        if (st == HR_EFULL && ev->cluster) {
+            ret = hr_http_reply_error(c, r, 429, "backlog_full", "%s", why ? why : "backlog");
+        } else if (st == HR_EFULL) {
             ret = hr_http_reply_error(
                 c, r, 429, "queue_full",
                 "the queue cannot take these %zu events now; nothing was accepted, "
@@ -160,12 +165,19 @@ enum MHD_Result hr_http_events(hr_http *h, struct MHD_Connection *c, request *r)
     }
     /* Validation, ids, submit and serving state: the events module (see
      * events.h), which also counts what it rejects, drops and refuses. With
-     * persistence the commit is awaited without holding this thread. */
+     * persistence the commit is awaited without holding this thread. In
+     * cluster mode the events go to the cluster's event stream instead,
+     * acknowledged by Redis before the answer (cluster.h). */
     hr_events_outcome out;
     hr_events_pending *pending = NULL;
     hr_error e = {{0}, {0}};
-    hr_status st = hr_events_post(app->events, events, errors, app->persist == NULL, &out,
-                                  &pending, &e);
+    hr_status st =
+        app->cluster
+            ? hr_cluster_post(app->cluster, events, errors, &out, r->ev.entry,
+                              sizeof r->ev.entry, &e)
+            : hr_events_post(app->events, events, errors, app->persist == NULL, &out, &pending,
+                             &e);
+    r->ev.cluster = app->cluster != NULL;
     json_decref(events);
     events_state *ev = &r->ev;
     ev->errors = errors;

@@ -9,7 +9,7 @@
  *   http_events.c  POST /v1/events
  *   http_query.c   GET|POST /v1/predict, GET /v1/recommend
  *   http_admin.c   /v1/admin/schedule, /schedule/history, /checkpoint, /config
- *   http_stats.c   /v1/stats, /metrics, /healthz, /readyz
+ *   http_stats.c   /v1/stats, /metrics, /healthz, /readyz, /v1/cluster
  * A route is one line of route_id and of routes[] in http.c plus its
  * handler here.
  *
@@ -65,6 +65,8 @@ typedef struct {
     json_t *errors;       /* owned until answered: per-event errors */
     size_t ok, rejected, dups; /* counts of events */
     uint64_t first;       /* seq of the first accepted event */
+    char entry[48];       /* cluster mode: the event stream entry id ("" none) */
+    bool cluster;         /* cluster mode: a 429 is the leader's backlog */
     hr_status st;         /* the commit's outcome (EV_DONE) */
     char why[256];        /* why it failed */
 } events_state;
@@ -100,6 +102,7 @@ hr_http_handler hr_http_stats;            /* http_stats.c */
 hr_http_handler hr_http_metrics;
 hr_http_handler hr_http_healthz;
 hr_http_handler hr_http_readyz;
+hr_http_handler hr_http_cluster;
 
 /* ---- replies (http.c) ---- */
 

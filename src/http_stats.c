@@ -1,6 +1,8 @@
 /*
  * http_stats.c - the routes that report on the server: GET /v1/stats
- * (JSON), GET /metrics (Prometheus text), GET /healthz and GET /readyz.
+ * (JSON), GET /metrics (Prometheus text), GET /healthz, GET /readyz and
+ * GET /v1/cluster (this node's role and lag; {"mode":"standalone"} without
+ * --redis).
  *
  * /v1/stats and /metrics are both rendered by the metrics module from one
  * snapshot; this file adds what the HTTP server itself counts
@@ -12,6 +14,7 @@
 #include <microhttpd.h>
 #include <stdatomic.h>
 
+#include "hogrec/cluster.h"
 #include "hogrec/metrics.h"
 #include "http_internal.h"
 
@@ -57,4 +60,11 @@ enum MHD_Result hr_http_readyz(hr_http *h, struct MHD_Connection *c, request *r)
     if (why)
         return hr_http_reply_error(c, r, 503, "not_ready", "%s", why);
     return hr_http_reply_json(c, r, 200, json_pack("{s:s}", "status", "ready"));
+}
+
+enum MHD_Result hr_http_cluster(hr_http *h, struct MHD_Connection *c, request *r)
+{
+    if (!h->app->cluster)
+        return hr_http_reply_json(c, r, 200, json_pack("{s:s}", "mode", "standalone"));
+    return hr_http_reply_json(c, r, 200, hr_cluster_status_json(h->app->cluster));
 }

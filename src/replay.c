@@ -302,6 +302,7 @@ int hr_replay_main(int argc, char **argv)
             break;
         }
     cfg.db[0] = 0;
+    cfg.redis[0] = 0; /* replay trains alone, never as a cluster node */
 
     if ((st = hr_app_open(&cfg, &app, &err)) != HR_OK) {
         fprintf(stderr, "hogrec replay: %s\n", err.message);

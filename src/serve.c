@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "hogrec/app.h"
+#include "hogrec/cluster.h"
 #include "hogrec/config.h"
 #include "hogrec/http.h"
 #include "hogrec/log.h"
@@ -141,6 +142,8 @@ int hr_serve_main(int argc, char **argv)
                                             (int)hr_http_port(http), "http_threads",
                                             (json_int_t)app->cfg.http_threads, "blas_kernel",
                                             openblas_get_corename()));
+    if (app->cluster)
+        hr_cluster_set_address(app->cluster, app->cfg.bind, hr_http_port(http));
     if ((st = hr_app_finish_loading(app, &err)) != HR_OK) {
         hr_log("error", "cannot load", json_pack("{s:s,s:s}", "status", hr_status_to_string(st),
                                                    "detail", err.message));

@@ -683,6 +683,16 @@ void hr_trainer_resume(hr_trainer *tr)
     pthread_mutex_unlock(&tr->mu);
 }
 
+uint64_t hr_trainer_applied_count(hr_trainer *tr, uint64_t *max_seq)
+{
+    pthread_mutex_lock(&tr->mu);
+    uint64_t done = tr->done;
+    if (max_seq)
+        *max_seq = tr->max_seq;
+    pthread_mutex_unlock(&tr->mu);
+    return done;
+}
+
 void hr_trainer_wait_idle(hr_trainer *tr)
 {
     /* While done < accepted, an event is queued or in flight, so a worker

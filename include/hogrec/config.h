@@ -106,6 +106,14 @@ typedef struct {
     hr_config_durability durability; /* sync | interval */
     int64_t sync_interval_ms;   /* for durability "interval" */
     hr_log_level log_level;     /* debug | info | warn | error */
+    /* cluster mode (cluster.h); redis "" = standalone */
+    char redis[HR_CONFIG_STR];  /* redis://HOST:PORT[/DB] of the cluster; "" = standalone */
+    char cluster[HR_CONFIG_STR]; /* cluster name (its keys are hogrec:{NAME}:...) */
+    char node_id[HR_CONFIG_STR]; /* this node's id in the cluster; "" = host name and port */
+    int64_t redis_unsafe;       /* 1: start even when the Redis settings check refuses */
+    int64_t publish_ms;         /* leader: a row delta every this many ms */
+    int64_t lease_ms;           /* leader lease time, ms */
+    int64_t max_backlog;        /* 429 while the leader's unread entries exceed it (0 = off) */
 } hr_config;
 
 /* The commands that read a config; an option applies to some of them. */

@@ -110,6 +110,30 @@ typedef struct hr_events_pending hr_events_pending;
 hr_status hr_events_post(hr_events *e, const json_t *events, json_t *errors, bool wait,
                          hr_events_outcome *out, hr_events_pending **pending, hr_error *err);
 
+/* Where hr_events_post_append hands a validated batch: n events (n >= 1),
+ * their canonical texts (hr_api_event_text) and id hashes (0: none), all
+ * borrowed for the call; arrived is the request's wall time. Sets
+ * duplicate[i] for each event it drops as a repeated id and *appended to
+ * the events it took. Returns HR_OK once they are durable where it puts
+ * them, else an error (nothing acknowledged). */
+typedef hr_status (*hr_events_append_fn)(void *arg, size_t n, const char *const *text,
+                                         const size_t *len, const uint64_t *id_hash,
+                                         double arrived, bool *duplicate, size_t *appended,
+                                         hr_error *err);
+
+/* The way a batch of client events enters when another log than this
+ * node's holds them (cluster mode: the cluster's event stream, which also
+ * de-duplicates ids; nothing is queued or applied here): validates
+ * `events` exactly as hr_events_post does (invalid ones counted in
+ * out->rejected and listed in `errors`), then hands the valid ones to
+ * append(arg, ...) in ONE call (none when no event is valid). On HR_OK
+ * out->accepted and out->duplicates are what append reported; otherwise
+ * append's status (or HR_ENOMEM) with err, nothing accepted. The rejected
+ * and duplicate counters (hr_events_get_counts) count the batch. */
+hr_status hr_events_post_append(hr_events *e, const json_t *events, json_t *errors,
+                                hr_events_append_fn append, void *arg, hr_events_outcome *out,
+                                hr_error *err);
+
 /* Events counted by hr_events_post since the module was created, whichever
  * source posted them. */
 typedef struct {

@@ -99,6 +99,13 @@ void hr_trainer_resume(hr_trainer *tr);
  * workers signal when they finish a batch (no polling). */
 void hr_trainer_wait_idle(hr_trainer *tr);
 
+/* Events applied so far (queue events; a batch counts once its last event
+ * is written), without waiting; *max_seq (may be NULL) receives the highest
+ * seq applied. Read under the pool's lock, so the rows those events wrote
+ * are visible to the caller afterwards. When it equals the events pushed
+ * so far, every one of them is applied. */
+uint64_t hr_trainer_applied_count(hr_trainer *tr, uint64_t *max_seq);
+
 /* The pool's update count (the base plus the sum over threads); stamp it on
  * events at enqueue. Schedules are functions of it. */
 uint64_t hr_trainer_updates(const hr_trainer *tr);

@@ -1,0 +1,121 @@
+/*
+ * cluster.h - one node of a hogrec cluster on Redis (`hogrec serve
+ * --redis URL`): its role (the trainer leader or a follower), the node
+ * thread that plays it, the events path of POST /v1/events, readiness and
+ * the GET /v1/cluster report. Built from the Redis blocks: redis (the
+ * settings check), lease (leader lease, fencing epoch, membership),
+ * estream (the cluster's event stream) and delta (row deltas).
+ *
+ * Roles. Every node appends the events it is posted to the event stream
+ * (hr_cluster_post: one entry per request, de-duplicated cluster-wide,
+ * acknowledged by Redis before the 202). The node thread first applies
+ * the row deltas already in the delta stream (hogrec:{C}:deltas), then
+ * tries to take the lease:
+ *   leader    took it (then applies any delta published before its epoch
+ *             began, so it starts from exactly what the followers have):
+ *             reads the event stream after the entry its model covers (the
+ *             last applied delta's, "0-0" at the first start), feeds each
+ *             entry's events to its trainers and serving state
+ *             (hr_events_replay), and every publish_ms encodes a delta of
+ *             the rows changed (hr_delta_encode) whose header names the
+ *             last entry all of whose events are trained, published with
+ *             the fenced XADD of its epoch. A refused (fenced) write or a
+ *             lost lease ends its leadership: it stops reading and
+ *             training and is "stepped_down" (not ready; its model holds
+ *             training nobody published: restart it).
+ *   follower  did not: reads the delta stream (XREAD BLOCK, 100 ms) and
+ *             applies each part in order (older epochs ignored); it never
+ *             trains. While the lease is free (the leader stopped or died)
+ *             it applies the deltas to the end and tries to take it (at
+ *             most every lease_ms / 3).
+ * Every second the thread writes its membership heartbeat (role, epoch,
+ * lag).
+ *
+ * Not in this version: snapshot bootstrap (a node started after deltas
+ * were trimmed cannot catch up: it refuses to start; nothing trims the
+ * streams yet), local checkpoints (cluster mode needs db ""; a node
+ * rebuilds from the delta stream at start), followers' serving state
+ * (recent items, popularity: only the leader has it), schedule changes
+ * across nodes, read-your-writes.
+ *
+ * Threads: open/start/stop/destroy from the main thread; post, not_ready
+ * and status_json from HTTP threads; the node thread; the lease's renewal
+ * thread (its lost callback only sets a flag).
+ */
+#ifndef HOGREC_CLUSTER_H
+#define HOGREC_CLUSTER_H
+
+#include <jansson.h>
+#include <stdint.h>
+
+#include "hogrec/common.h"
+#include "hogrec/config.h"
+#include "hogrec/events.h"
+#include "hogrec/model.h"
+#include "hogrec/schedule.h"
+#include "hogrec/trainer.h"
+
+typedef struct hr_cluster hr_cluster;
+
+/* What a node works on, all borrowed for the cluster's life. */
+typedef struct {
+    hr_model *model;
+    hr_events *events;
+    hr_trainer *trainer;
+    hr_schedbox *sched;
+} hr_cluster_parts;
+
+/* Checks the options cluster mode needs (cfg->redis set): db "" (no local
+ * database in this version), expire_seconds 0 (expiry would run on each
+ * node apart), the cluster name and node id. HR_EINVAL naming the option.
+ * Pure. */
+hr_status hr_cluster_check_config(const hr_config *cfg, hr_error *err);
+
+/* Connects to cfg->redis, runs hr_redis_check_settings and logs its
+ * verdict (a REFUSE is HR_EINVAL unless cfg->redis_unsafe, then a
+ * warning), checks that the delta stream was never trimmed (else
+ * HR_EINVAL: a snapshot bootstrap would be needed), and opens the event
+ * stream's connections. *out is new (hr_cluster_destroy). HR_EIO when
+ * Redis cannot be reached. cfg is read during the call only. */
+hr_status hr_cluster_open(const hr_config *cfg, const hr_cluster_parts *parts, hr_cluster **out,
+                          hr_error *err);
+
+/* The "host:port" peers reach this node at (for the membership entry);
+ * call before hr_cluster_start. */
+void hr_cluster_set_address(hr_cluster *c, const char *host, unsigned port);
+
+/* Starts the node thread (see the top). */
+hr_status hr_cluster_start(hr_cluster *c, hr_error *err);
+
+/* Stops the node thread (bounded by one Redis command timeout), releases
+ * the lease if held and leaves the membership. Idempotent. */
+void hr_cluster_stop(hr_cluster *c);
+
+/* Stops and frees. NULL is a no-op. */
+void hr_cluster_destroy(hr_cluster *c);
+
+/* POST /v1/events in cluster mode: validates `events` as hr_events_post
+ * does (hr_events_post_append: errors, rejected), appends the valid ones
+ * with one hr_estream_append and fills *out (accepted, duplicates,
+ * rejected) and entry (the entry's id "MS-SEQ", "" when none was
+ * appended: every event invalid or a duplicate; cap >= 44). HR_OK only
+ * once Redis acknowledged; HR_EIO (Redis unreachable, no answer),
+ * HR_EBUSY, HR_EFULL (Redis out of memory) with err: nothing acknowledged
+ * (answer 503); HR_EFULL while more entries than max_backlog (when set)
+ * are not yet in this node's model: nothing appended (answer 429). */
+hr_status hr_cluster_post(hr_cluster *c, const json_t *events, json_t *errors,
+                          hr_events_outcome *out, char *entry, size_t cap, hr_error *err);
+
+/* NULL when ready: a follower that applied the deltas present when it
+ * started (and none failed), a leader that holds the lease and read the
+ * event stream up to its end at the time it took it. Else why not. The
+ * text is static. */
+const char *hr_cluster_not_ready(hr_cluster *c);
+
+/* GET /v1/cluster: a new object {"mode":"cluster", "cluster", "node_id",
+ * "role", "epoch", "ready", "applied": {"delta", "covered_entry"},
+ * "lag": {...}, "members": [...]} (see openapi.yaml). Makes a few Redis
+ * calls; what Redis cannot answer is left out and "redis_error" says why. */
+json_t *hr_cluster_status_json(hr_cluster *c);
+
+#endif
