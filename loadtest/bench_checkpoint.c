@@ -27,6 +27,7 @@
 #include "hogrec/app.h"
 #include "hogrec/persist.h"
 #include "hogrec/sgd.h"
+#include "bench_machine.h"
 
 static char dir[512];
 
@@ -40,21 +41,8 @@ static void die(const char *what, const char *msg)
 
 static void machine(void)
 {
-    char model[256] = "unknown";
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (f) {
-        char line[512];
-        while (fgets(line, sizeof line, f))
-            if (strncmp(line, "model name", 10) == 0) {
-                char *c = strchr(line, ':');
-                if (c) {
-                    snprintf(model, sizeof model, "%s", c + 2);
-                    model[strcspn(model, "\n")] = 0;
-                }
-                break;
-            }
-        fclose(f);
-    }
+    char model[256];
+    bench_cpu_model(model, sizeof model);
     printf("machine: nproc=%ld, cpu=%s, sqlite %s, dir %s\n", sysconf(_SC_NPROCESSORS_ONLN),
            model, sqlite3_libversion(), dir);
 }

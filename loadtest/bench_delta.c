@@ -19,6 +19,7 @@
 #include "hogrec/delta.h"
 #include "hogrec/model.h"
 #include "hogrec/sgd.h"
+#include "bench_machine.h"
 
 static hr_model *make(uint32_t k, uint32_t users, uint32_t items)
 {
@@ -95,23 +96,6 @@ static double median(double *v, int n)
     return v[n / 2];
 }
 
-static void print_machine(void)
-{
-    char model[256] = "unknown";
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char line[512];
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, "model name", 10) == 0) {
-            char *c = strchr(line, ':');
-            snprintf(model, sizeof model, "%.200s", c ? c + 2 : line);
-            model[strcspn(model, "\n")] = 0;
-            break;
-        }
-    if (f)
-        fclose(f);
-    printf("machine: %ld cpus, %s\n", sysconf(_SC_NPROCESSORS_ONLN), model);
-}
-
 int main(int argc, char **argv)
 {
     uint32_t users = argc > 1 ? (uint32_t)strtoul(argv[1], NULL, 10) : 100000;
@@ -119,7 +103,7 @@ int main(int argc, char **argv)
     int rounds = argc > 3 ? atoi(argv[3]) : 15;
     if (rounds < 1 || rounds > 1000 || users < 1 || items < 1)
         return 2;
-    print_machine();
+    bench_print_machine();
     printf("%u users x %u items, AdaGrad, logistic, uniform events; median of %d rounds\n\n",
            users, items, rounds);
     printf("| k | events/delta | rows/delta | bytes/row | bytes/event | encode ns/row | apply "

@@ -35,6 +35,7 @@
 #include "hogrec/api.h"
 #include "hogrec/estream.h"
 #include "hogrec/events.h"
+#include "bench_machine.h"
 
 #define BATCH 100
 
@@ -314,21 +315,8 @@ static double measure(int mode, int threads, int round)
 
 static void machine(void)
 {
-    char model[256] = "unknown";
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (f) {
-        char line[512];
-        while (fgets(line, sizeof line, f))
-            if (strncmp(line, "model name", 10) == 0) {
-                char *c = strchr(line, ':');
-                if (c) {
-                    snprintf(model, sizeof model, "%s", c + 2);
-                    model[strcspn(model, "\n")] = 0;
-                }
-                break;
-            }
-        fclose(f);
-    }
+    char model[256];
+    bench_cpu_model(model, sizeof model);
     char ver[64] = "?";
     hr_redis *r = NULL;
     redisReply *rep = NULL;

@@ -17,6 +17,7 @@
 
 #include "hogrec/app.h"
 #include "hogrec/sgd.h"
+#include "bench_machine.h"
 
 typedef struct {
     const char *name;
@@ -151,27 +152,10 @@ static double bare(hr_app *app, const hr_event *ev, size_t n, unsigned threads)
     return (hr_now_ns() - t0) / 1e9;
 }
 
-static void print_machine(void)
-{
-    char model[256] = "unknown";
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char line[512];
-    while (f && fgets(line, sizeof line, f))
-        if (strncmp(line, "model name", 10) == 0) {
-            char *c = strchr(line, ':');
-            snprintf(model, sizeof model, "%.200s", c ? c + 2 : line);
-            model[strcspn(model, "\n")] = 0;
-            break;
-        }
-    if (f)
-        fclose(f);
-    printf("machine: %ld cpus, %s\n", sysconf(_SC_NPROCESSORS_ONLN), model);
-}
-
 int main(int argc, char **argv)
 {
     size_t n = argc > 1 ? strtoull(argv[1], NULL, 10) : 2000000;
-    print_machine();
+    bench_print_machine();
     unsigned ncpu = (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
     if (ncpu > 64)
         ncpu = 64;
