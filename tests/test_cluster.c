@@ -10,7 +10,8 @@
  * a POST answers 503 with a JSON error, never a 202. And the max_backlog
  * bound (429), and a db refused in cluster mode.
  * And failover: the leader killed (kill -9) mid-ingest, a follower takes
- * over and every event posted is in the survivors' model exactly once.
+ * over and every event posted is in the survivors' model exactly once; a
+ * paused leader (SIGSTOP past its lease) steps down without publishing.
  *
  * Waits are bounded polls for a state (the nodes run on a shared machine);
  * nothing asserts a duration.
@@ -638,6 +639,121 @@ static void test_failover_kill_leader(void **state)
     tu_redis_stop(&rs);
 }
 
+/* Posts requests [from, to) of tag to the ports round-robin; each 202. */
+static void post_range(const char *tag, int from, int to, const int *ports, int nports)
+{
+    for (int r = from; r < to; r++) {
+        char *body = events_body_ids(tag, r);
+        long s = tu_http(ports[r % nports], "POST", "/v1/events", body, NULL, NULL);
+        free(body);
+        assert_int_equal(s, 202);
+    }
+}
+
+/* Case 5: the paused leader. The leader is stopped (SIGSTOP) past its
+ * lease; a follower takes the lease with a newer epoch and publishes.
+ * The old leader, continued (SIGCONT) while events keep coming, must see
+ * the newer epoch and step down without publishing: no delta of its epoch
+ * follows the new epoch's first one in the delta stream (read here with a
+ * Redis client), its /v1/cluster says stepped_down, and the remaining
+ * follower scores as the new leader does. */
+static void test_paused_leader_steps_down(void **state)
+{
+    (void)state;
+    const char *bin = bin_or_skip();
+    unsetenv("HOGREC_REDIS_PASSWORD");
+    tu_redis rs = {0};
+    tu_redis_start(&rs);
+    char url[64], lease[16];
+    snprintf(url, sizeof url, "%s", tu_redis_url(&rs));
+    snprintf(lease, sizeof lease, "%d", FO_LEASE_MS);
+    tu_child n[NODES];
+    const char *ids[NODES] = {"a", "b", "c"};
+    for (int i = 0; i < NODES; i++)
+        assert_true(spawn_node_with(&n[i], bin, url, "t5", ids[i], lease, "0"));
+    int old = wait_leader(n);
+    int64_t epoch0 = epoch_of(n[old].port);
+    int fol[2] = {(old + 1) % NODES, (old + 2) % NODES};
+    int ports[2] = {n[fol[0]].port, n[fol[1]].port};
+    json_t *oc = cluster_of(n[old].port);
+    assert_non_null(oc);
+    char deltas_key[160];
+    snprintf(deltas_key, sizeof deltas_key, "%s", str_at(oc, "delta_stream", NULL));
+    json_decref(oc);
+
+    /* the old leader trains and publishes some, then stops past its lease */
+    post_range("p", 0, 10, ports, 2);
+    assert_true(wait_covered(n[old].port, stream_last(url, "t5")));
+    kill(n[old].pid, SIGSTOP);
+    post_range("p", 10, 20, ports, 2); /* appended while it is stopped */
+    uint64_t leader_ms = 0, ready_ms = 0;
+    int nl = wait_new_leader(n, NODES, old, epoch0 + 1, &leader_ms, &ready_ms);
+    if (nl < 0)
+        fail_msg("no follower took the lease of the stopped leader within %d s", WAIT_SECONDS);
+    int other = nl == fol[0] ? fol[1] : fol[0];
+    int64_t epoch1 = epoch_of(n[nl].port);
+    assert_true(epoch1 > epoch0);
+    /* the new epoch's first delta exists before the old leader runs again */
+    assert_true(wait_covered(n[nl].port, stream_last(url, "t5")));
+
+    kill(n[old].pid, SIGCONT);
+    post_range("p", 20, 40, ports, 2); /* what the old leader would read */
+    bool stepped = false;
+    for (int round = 0; round < WAIT_SECONDS * 20 && !stepped; round++) {
+        json_t *o = cluster_of(n[old].port);
+        stepped = o && !strcmp(str_at(o, "role", NULL), "stepped_down");
+        json_decref(o);
+        if (!stepped)
+            sleep_ms(50);
+    }
+    if (!stepped)
+        fail_msg("the paused leader %s did not step down within %d s", ids[old], WAIT_SECONDS);
+    assert_int_not_equal(tu_http(n[old].port, "GET", "/readyz", NULL, NULL, NULL), 200);
+    hr_estream_id last = stream_last(url, "t5");
+    if (!wait_covered(n[nl].port, last) || !wait_covered(n[other].port, last))
+        fail_msg("the new leader and the follower do not cover the last entry within %d s",
+                 WAIT_SECONDS);
+
+    /* the delta stream: epochs never go back (nothing of epoch0 after the
+     * first delta of a newer epoch), and both epochs published */
+    hr_redis *r = NULL;
+    hr_error err = {{0}, {0}};
+    if (hr_redis_open(url, NULL, &r, &err) != HR_OK)
+        fail_msg("cannot connect to redis: %s", err.message);
+    redisReply *rep = NULL;
+    if (hr_redis_call(r, &rep, &err, "XRANGE", deltas_key, "-", "+", NULL) != HR_OK)
+        fail_msg("XRANGE %s: %s", deltas_key, err.message);
+    assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+    long long prev = 0;
+    size_t of_old = 0, of_new = 0;
+    for (size_t i = 0; i < rep->elements; i++) {
+        redisReply *e = rep->element[i], *f = e->element[1];
+        long long ep = -1;
+        for (size_t j = 0; j + 1 < f->elements; j += 2)
+            if (!strcmp(f->element[j]->str, "e"))
+                ep = strtoll(f->element[j + 1]->str, NULL, 10);
+        if (ep < prev)
+            fail_msg("delta %s of epoch %lld after one of epoch %lld", e->element[0]->str, ep,
+                     prev);
+        prev = ep;
+        of_old += ep == epoch0;
+        of_new += ep == epoch1;
+    }
+    freeReplyObject(rep);
+    hr_redis_destroy(r);
+    assert_true(of_old > 0);
+    assert_true(of_new > 0);
+    assert_int_equal(prev, epoch1);
+    assert_int_equal(epoch_of(n[nl].port), epoch1);
+    assert_true(compare_scores(n[nl].port, n[other].port, "new leader and follower") > 50);
+
+    for (int i = 0; i < NODES; i++)
+        kill(n[i].pid, SIGTERM);
+    for (int i = 0; i < NODES; i++)
+        assert_true(WIFEXITED(tu_child_wait(&n[i])));
+    tu_redis_stop(&rs);
+}
+
 /* A node refuses to start in cluster mode with a local database (this
  * version keeps none) and says so. */
 static void test_refuses_db(void **state)
@@ -667,6 +783,7 @@ int main(void)
         cmocka_unit_test_teardown(test_backlog_bound, kill_leftovers),
         cmocka_unit_test_teardown(test_refuses_db, kill_leftovers),
         cmocka_unit_test_teardown(test_failover_kill_leader, kill_leftovers),
+        cmocka_unit_test_teardown(test_paused_leader_steps_down, kill_leftovers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
