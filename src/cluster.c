@@ -12,13 +12,14 @@
  *
  * Covered entry: the leader numbers the events it feeds (seq, as the
  * start-up log replay does) and keeps, per entry read, the seq of its last
- * event (the `fed` ring). At each publish it finds the highest seq such
- * that every event up to it is trained: every event fed when the trainers'
- * applied count reached the fed count (hr_trainer_applied_count, no wait), else
- * the seq hr_trainer_pause returns (the trainers park between batches for
- * that moment). The delta names the last entry whose last seq is within
- * it. The rows it carries may hold a few later updates too (as a
- * checkpoint's do): a new leader retrains from the named entry on.
+ * event (the `fed` ring). At each publish it first waits until the
+ * trainers applied every event it fed (hr_trainer_wait_idle; the node
+ * thread is their only feeder, so nothing is trained while it encodes),
+ * then names the last entry fed. So the rows a delta carries hold exactly
+ * the events up to the entry it names, no later one: a new leader that
+ * retrains from that entry on counts no event twice (an earlier version
+ * encoded while the trainers ran on, and failover then trained some
+ * events twice).
  *
  * Delta stream entries: one per part, field "d" the part's bytes (plus
  * "e" epoch and "s" delta number, for people reading the stream).
@@ -43,6 +44,7 @@
 #include "hogrec/lease.h"
 #include "hogrec/log.h"
 #include "hogrec/redis.h"
+#include "hogrec/sgd.h"
 
 #define HEARTBEAT_MS 1000       /* membership heartbeat period */
 #define FOLLOW_BLOCK_MS 100     /* a follower's XREAD BLOCK */
@@ -578,6 +580,9 @@ static void publish(hr_cluster *c)
 {
     if (c->pending && send_parts(c) != HR_OK)
         return;
+    /* Every event fed is trained and none trains while the rows are
+     * encoded (see DESIGN): the delta holds exactly what it covers. */
+    hr_trainer_wait_idle(c->p.trainer);
     uint64_t upto = trained_prefix(c);
     pthread_mutex_lock(&c->mu);
     hr_estream_id cov = c->covered;
@@ -915,6 +920,20 @@ const char *hr_cluster_not_ready(hr_cluster *c)
     return why;
 }
 
+/* The events in this node's model: the sum of the item rows' event counts
+ * (a row's count is carried by the deltas with its weights; each trained
+ * event adds one to its item's row, negatives none). Read without a lock
+ * while the trainers may write: a figure for a quiet model. */
+static uint64_t events_counted(const hr_model *m)
+{
+    const hr_row_layout *L = hr_model_layout(m);
+    uint64_t sum = 0;
+    uint32_t rows = hr_model_rows(m, HR_TABLE_ITEM);
+    for (uint32_t r = 1; r < rows; r++)
+        sum += hr_sgd_row_count(L, hr_model_row(m, HR_TABLE_ITEM, r));
+    return sum;
+}
+
 json_t *hr_cluster_status_json(hr_cluster *c)
 {
     const char *not_ready = hr_cluster_not_ready(c);
@@ -958,6 +977,8 @@ json_t *hr_cluster_status_json(hr_cluster *c)
         }
     }
     json_object_set_new(o, "lag", lag);
+    json_object_set_new(o, "model", json_pack("{s:I}", "events_counted",
+                                              (json_int_t)events_counted(c->p.model)));
     json_t *members = json_array();
     hr_lease_member *m = NULL;
     size_t n = 0;

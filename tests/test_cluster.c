@@ -9,6 +9,9 @@
  * an event id posted to two nodes is applied once, and with Redis killed
  * a POST answers 503 with a JSON error, never a 202. And the max_backlog
  * bound (429), and a db refused in cluster mode.
+ * And failover: the leader killed (kill -9) mid-ingest, a follower takes
+ * over and every event posted is in the survivors' model exactly once; a
+ * paused leader (SIGSTOP past its lease) steps down without publishing.
  *
  * Waits are bounded polls for a state (the nodes run on a shared machine);
  * nothing asserts a duration.
@@ -16,13 +19,16 @@
 /* ctest-labels: concurrent */
 #include "testutil.h"
 
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "hogrec/estream.h"
+#include "hogrec/redis.h"
 
 #define NODES 3
 #define REQUESTS 30       /* POSTs of EVENTS_PER events */
@@ -43,8 +49,10 @@ static int kill_leftovers(void **state)
 {
     (void)state;
     for (size_t i = 0; i < g_nspawned; i++)
-        if (kill(g_spawned[i], 0) == 0 && waitpid(g_spawned[i], NULL, WNOHANG) == 0)
+        if (kill(g_spawned[i], 0) == 0 && waitpid(g_spawned[i], NULL, WNOHANG) == 0) {
+            kill(g_spawned[i], SIGCONT); /* a node a test stopped (SIGSTOP) */
             kill(g_spawned[i], SIGKILL);
+        }
     g_nspawned = 0;
     return 0;
 }
@@ -363,6 +371,389 @@ static void test_backlog_bound(void **state)
     tu_redis_stop(&rs);
 }
 
+/* ---- failover (issue cases 2 and 5) ---- */
+
+#define FO_LEASE_MS 1000  /* the nodes' lease in the failover tests */
+#define FO_REQUESTS 80    /* POSTs of EVENTS_PER events with unique ids */
+#define FO_CLIENTS 2
+#define FO_MARGIN_MS 10000 /* slack for a slow shared machine (see below) */
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Request r of events_body, each event with the id "<tag>-<r>-<i>". New
+ * string. */
+static char *events_body_ids(const char *tag, int r)
+{
+    char *plain = events_body(r);
+    size_t cap = strlen(plain) + (size_t)EVENTS_PER * 48 + 16, len = 0;
+    char *b = malloc(cap);
+    assert_non_null(b);
+    int i = 0;
+    for (const char *p = plain; *p; p++) {
+        b[len++] = *p;
+        if (*p == '{' && p[1] == '"' && !strncmp(p + 1, "\"user\"", 6))
+            len += (size_t)snprintf(b + len, cap - len, "\"id\":\"%s-%d-%d\",", tag, r, i++);
+    }
+    b[len] = 0;
+    free(plain);
+    assert_int_equal(i, EVENTS_PER);
+    return b;
+}
+
+/* A client thread: posts requests first, first + FO_CLIENTS, ... to the
+ * ports round-robin; a request answered with anything but 202 is sent again
+ * (same ids) until a 202, so each event ends up accepted once, or a
+ * duplicate because an earlier attempt reached the stream. No cmocka
+ * assertion here (not thread-safe): failures are counted. */
+typedef struct {
+    const char *tag;
+    int first;
+    int ports[2];
+    atomic_int *done;     /* requests answered 202, all clients */
+    uint64_t accepted, duplicates, retries, failed;
+} fo_client;
+
+static void *fo_client_main(void *arg)
+{
+    fo_client *cl = arg;
+    for (int r = cl->first, k = 0; r < FO_REQUESTS; r += FO_CLIENTS, k++) {
+        char *body = events_body_ids(cl->tag, r);
+        bool ok = false;
+        for (int attempt = 0; attempt < 400 && !ok; attempt++) {
+            json_t *o = NULL;
+            long st = tu_http(cl->ports[(k + attempt) % 2], "POST", "/v1/events", body, NULL, &o);
+            if (st == 202) {
+                cl->accepted += (uint64_t)json_integer_value(json_object_get(o, "accepted"));
+                cl->duplicates += (uint64_t)json_integer_value(json_object_get(o, "duplicates"));
+                ok = true;
+            } else {
+                cl->retries++;
+                sleep_ms(50);
+            }
+            json_decref(o);
+        }
+        free(body);
+        if (!ok)
+            cl->failed++;
+        atomic_fetch_add(cl->done, 1);
+    }
+    return NULL;
+}
+
+/* The event stream's last entry of cluster `name`, read from Redis. */
+static hr_estream_id stream_last(const char *url, const char *name)
+{
+    hr_estream_options eo;
+    hr_estream_options_defaults(&eo);
+    eo.cluster = name;
+    eo.connections = 1;
+    hr_estream *es = NULL;
+    hr_error err = {{0}, {0}};
+    if (hr_estream_open(url, NULL, &eo, &es, &err) != HR_OK)
+        fail_msg("cannot open the event stream: %s", err.message);
+    hr_estream_id last = {0, 0};
+    uint64_t ordinal = 0;
+    if (hr_estream_last(es, &last, &ordinal, &err) != HR_OK)
+        fail_msg("cannot read the event stream's last entry: %s", err.message);
+    hr_estream_destroy(es);
+    return last;
+}
+
+/* Polls node `port` until its model covers entry `last`; false at the bound. */
+static bool wait_covered(int port, hr_estream_id last)
+{
+    for (int round = 0; round < WAIT_SECONDS * 20; round++) {
+        json_t *o = cluster_of(port);
+        bool covered = o && hr_estream_id_cmp(parse_id(str_at(o, "applied", "covered_entry")),
+                                              last) >= 0;
+        json_decref(o);
+        if (covered)
+            return true;
+        sleep_ms(50);
+    }
+    return false;
+}
+
+/* /v1/cluster's model.events_counted of a node (-1 when absent). */
+static long long events_counted_of(int port)
+{
+    json_t *o = cluster_of(port);
+    json_t *v = json_object_get(json_object_get(o, "model"), "events_counted");
+    long long n = json_is_integer(v) ? (long long)json_integer_value(v) : -1;
+    json_decref(o);
+    return n;
+}
+
+/* Scores of sampled pairs (with context) on node a equal node b's; returns
+ * the pairs compared. */
+static int compare_scores(int port_a, int port_b, const char *what)
+{
+    int compared = 0;
+    for (int u = 0; u <= USERS; u += 3)
+        for (int i = 0; i <= ITEMS; i += 7) {
+            int v = (u + i) % (TRAINED_VALUES + 3);
+            double want = score_at(port_a, u, i, v), got = score_at(port_b, u, i, v);
+            if (got != want)
+                fail_msg("%s: u%d i%d d=v%d scores %.17g and %.17g", what, u, i, v, want, got);
+            compared++;
+        }
+    return compared;
+}
+
+/* Polls the nodes (except `skip`) until one of them is the leader and
+ * answers /readyz 200; returns its index, or -1 at the bound. *leader_ms
+ * gets when it first said it is the leader, *ready_ms when it was ready
+ * (mono_ms). */
+static int wait_new_leader(tu_child *n, int nodes, int skip, int64_t min_epoch,
+                           uint64_t *leader_ms, uint64_t *ready_ms)
+{
+    *leader_ms = 0;
+    for (int round = 0; round < WAIT_SECONDS * 50; round++) {
+        for (int i = 0; i < nodes; i++) {
+            if (i == skip)
+                continue;
+            json_t *o = cluster_of(n[i].port);
+            bool lead = o && !strcmp(str_at(o, "role", NULL), "leader") &&
+                        json_integer_value(json_object_get(o, "epoch")) >= min_epoch;
+            json_decref(o);
+            if (!lead)
+                continue;
+            if (!*leader_ms)
+                *leader_ms = mono_ms();
+            if (tu_http(n[i].port, "GET", "/readyz", NULL, NULL, NULL) == 200) {
+                *ready_ms = mono_ms();
+                return i;
+            }
+        }
+        sleep_ms(20);
+    }
+    return -1;
+}
+
+static int64_t epoch_of(int port)
+{
+    json_t *o = cluster_of(port);
+    int64_t e = o ? (int64_t)json_integer_value(json_object_get(o, "epoch")) : -1;
+    json_decref(o);
+    return e;
+}
+
+/* Case 2: kill -9 of the leader mid-ingest. Two client threads post
+ * events with unique ids round-robin to the two followers; a third of the
+ * way in the leader is killed (SIGKILL, by pid). A follower becomes the
+ * leader once the lease expires and continues from the entry of the last
+ * delta it applied, so the events the dead leader trained but never
+ * published are trained again. Once both survivors cover the stream's
+ * last entry, each one's model counts every event exactly once (the item
+ * rows' event counts, negative sampling off, sum to the events posted: a
+ * new leader that read the stream from its start, or from an entry the
+ * dead leader's rows had already gone past, counts some twice) and their
+ * scores are equal. */
+static void test_failover_kill_leader(void **state)
+{
+    (void)state;
+    const char *bin = bin_or_skip();
+    unsetenv("HOGREC_REDIS_PASSWORD");
+    tu_redis rs = {0};
+    tu_redis_start(&rs);
+    char url[64], lease[16];
+    snprintf(url, sizeof url, "%s", tu_redis_url(&rs));
+    snprintf(lease, sizeof lease, "%d", FO_LEASE_MS);
+    tu_child n[NODES];
+    const char *ids[NODES] = {"a", "b", "c"};
+    for (int i = 0; i < NODES; i++)
+        assert_true(spawn_node_with(&n[i], bin, url, "t3", ids[i], lease, "0"));
+    int leader = wait_leader(n);
+    int64_t epoch0 = epoch_of(n[leader].port);
+    int f1 = (leader + 1) % NODES, f2 = (leader + 2) % NODES;
+
+    atomic_int done = 0;
+    fo_client cl[FO_CLIENTS];
+    pthread_t th[FO_CLIENTS];
+    for (int t = 0; t < FO_CLIENTS; t++) {
+        cl[t] = (fo_client){.tag = "k", .first = t, .ports = {n[f1].port, n[f2].port},
+                            .done = &done};
+        if (t == 1) { /* the other thread starts on the other follower */
+            cl[t].ports[0] = n[f2].port;
+            cl[t].ports[1] = n[f1].port;
+        }
+        assert_int_equal(pthread_create(&th[t], NULL, fo_client_main, &cl[t]), 0);
+    }
+    for (int round = 0; round < WAIT_SECONDS * 100 && atomic_load(&done) < FO_REQUESTS / 3; round++)
+        sleep_ms(10);
+    uint64_t killed_ms = mono_ms();
+    kill(n[leader].pid, SIGKILL);
+    tu_child_wait(&n[leader]);
+    uint64_t leader_ms = 0, ready_ms = 0;
+    int nl = wait_new_leader(n, NODES, leader, epoch0 + 1, &leader_ms, &ready_ms);
+    for (int t = 0; t < FO_CLIENTS; t++)
+        pthread_join(th[t], NULL);
+    if (nl < 0)
+        fail_msg("no survivor became a ready leader within %d s", WAIT_SECONDS);
+    int other = nl == f1 ? f2 : f1;
+    /* The issue's bound: a new leader within the lease plus a second. The
+     * margin is for this slow shared machine (2 cores, several builds):
+     * a correctness bound (a follower does take over, without a restart),
+     * not a benchmark; the figures measured are printed. */
+    uint64_t took = leader_ms - killed_ms, ready = ready_ms - killed_ms;
+    fprintf(stderr, "failover: kill -9 -> %s leader %llu ms, ready %llu ms (lease %d ms)\n",
+            ids[nl], (unsigned long long)took, (unsigned long long)ready, FO_LEASE_MS);
+    assert_true(took <= FO_LEASE_MS + 1000 + FO_MARGIN_MS);
+    assert_true(epoch_of(n[nl].port) > epoch0);
+
+    uint64_t accepted = 0, duplicates = 0, retries = 0;
+    for (int t = 0; t < FO_CLIENTS; t++) {
+        assert_int_equal(cl[t].failed, 0);
+        accepted += cl[t].accepted;
+        duplicates += cl[t].duplicates;
+        retries += cl[t].retries;
+    }
+    fprintf(stderr, "failover: %llu events accepted, %llu duplicates on a resend, %llu resends\n",
+            (unsigned long long)accepted, (unsigned long long)duplicates,
+            (unsigned long long)retries);
+    /* every event is accepted once, or a duplicate of an earlier attempt
+     * that reached the stream (only a resend can be one: ids are unique) */
+    assert_int_equal(accepted + duplicates, FO_REQUESTS * EVENTS_PER);
+    if (retries == 0)
+        assert_int_equal(duplicates, 0);
+
+    hr_estream_id last = stream_last(url, "t3");
+    if (!wait_covered(n[nl].port, last) || !wait_covered(n[other].port, last))
+        fail_msg("the survivors do not cover the stream's last entry within %d s", WAIT_SECONDS);
+    long long want = FO_REQUESTS * EVENTS_PER;
+    long long cnt_nl = events_counted_of(n[nl].port), cnt_o = events_counted_of(n[other].port);
+    if (cnt_nl != want || cnt_o != want)
+        fail_msg("events in the model: new leader %lld, follower %lld; posted %lld", cnt_nl, cnt_o,
+                 want);
+    assert_true(compare_scores(n[nl].port, n[other].port, "survivors") > 50);
+
+    kill(n[nl].pid, SIGTERM);
+    kill(n[other].pid, SIGTERM);
+    assert_true(WIFEXITED(tu_child_wait(&n[nl])));
+    assert_true(WIFEXITED(tu_child_wait(&n[other])));
+    tu_redis_stop(&rs);
+}
+
+/* Posts requests [from, to) of tag to the ports round-robin; each 202. */
+static void post_range(const char *tag, int from, int to, const int *ports, int nports)
+{
+    for (int r = from; r < to; r++) {
+        char *body = events_body_ids(tag, r);
+        long s = tu_http(ports[r % nports], "POST", "/v1/events", body, NULL, NULL);
+        free(body);
+        assert_int_equal(s, 202);
+    }
+}
+
+/* Case 5: the paused leader. The leader is stopped (SIGSTOP) past its
+ * lease; a follower takes the lease with a newer epoch and publishes.
+ * The old leader, continued (SIGCONT) while events keep coming, must see
+ * the newer epoch and step down without publishing: no delta of its epoch
+ * follows the new epoch's first one in the delta stream (read here with a
+ * Redis client), its /v1/cluster says stepped_down, and the remaining
+ * follower scores as the new leader does. */
+static void test_paused_leader_steps_down(void **state)
+{
+    (void)state;
+    const char *bin = bin_or_skip();
+    unsetenv("HOGREC_REDIS_PASSWORD");
+    tu_redis rs = {0};
+    tu_redis_start(&rs);
+    char url[64], lease[16];
+    snprintf(url, sizeof url, "%s", tu_redis_url(&rs));
+    snprintf(lease, sizeof lease, "%d", FO_LEASE_MS);
+    tu_child n[NODES];
+    const char *ids[NODES] = {"a", "b", "c"};
+    for (int i = 0; i < NODES; i++)
+        assert_true(spawn_node_with(&n[i], bin, url, "t5", ids[i], lease, "0"));
+    int old = wait_leader(n);
+    int64_t epoch0 = epoch_of(n[old].port);
+    int fol[2] = {(old + 1) % NODES, (old + 2) % NODES};
+    int ports[2] = {n[fol[0]].port, n[fol[1]].port};
+    json_t *oc = cluster_of(n[old].port);
+    assert_non_null(oc);
+    char deltas_key[160];
+    snprintf(deltas_key, sizeof deltas_key, "%s", str_at(oc, "delta_stream", NULL));
+    json_decref(oc);
+
+    /* the old leader trains and publishes some, then stops past its lease */
+    post_range("p", 0, 10, ports, 2);
+    assert_true(wait_covered(n[old].port, stream_last(url, "t5")));
+    kill(n[old].pid, SIGSTOP);
+    post_range("p", 10, 20, ports, 2); /* appended while it is stopped */
+    uint64_t leader_ms = 0, ready_ms = 0;
+    int nl = wait_new_leader(n, NODES, old, epoch0 + 1, &leader_ms, &ready_ms);
+    if (nl < 0)
+        fail_msg("no follower took the lease of the stopped leader within %d s", WAIT_SECONDS);
+    int other = nl == fol[0] ? fol[1] : fol[0];
+    int64_t epoch1 = epoch_of(n[nl].port);
+    assert_true(epoch1 > epoch0);
+    /* the new epoch's first delta exists before the old leader runs again */
+    assert_true(wait_covered(n[nl].port, stream_last(url, "t5")));
+
+    kill(n[old].pid, SIGCONT);
+    post_range("p", 20, 40, ports, 2); /* what the old leader would read */
+    bool stepped = false;
+    for (int round = 0; round < WAIT_SECONDS * 20 && !stepped; round++) {
+        json_t *o = cluster_of(n[old].port);
+        stepped = o && !strcmp(str_at(o, "role", NULL), "stepped_down");
+        json_decref(o);
+        if (!stepped)
+            sleep_ms(50);
+    }
+    if (!stepped)
+        fail_msg("the paused leader %s did not step down within %d s", ids[old], WAIT_SECONDS);
+    assert_int_not_equal(tu_http(n[old].port, "GET", "/readyz", NULL, NULL, NULL), 200);
+    hr_estream_id last = stream_last(url, "t5");
+    if (!wait_covered(n[nl].port, last) || !wait_covered(n[other].port, last))
+        fail_msg("the new leader and the follower do not cover the last entry within %d s",
+                 WAIT_SECONDS);
+
+    /* the delta stream: epochs never go back (nothing of epoch0 after the
+     * first delta of a newer epoch), and both epochs published */
+    hr_redis *r = NULL;
+    hr_error err = {{0}, {0}};
+    if (hr_redis_open(url, NULL, &r, &err) != HR_OK)
+        fail_msg("cannot connect to redis: %s", err.message);
+    redisReply *rep = NULL;
+    if (hr_redis_call(r, &rep, &err, "XRANGE", deltas_key, "-", "+", NULL) != HR_OK)
+        fail_msg("XRANGE %s: %s", deltas_key, err.message);
+    assert_int_equal(rep->type, REDIS_REPLY_ARRAY);
+    long long prev = 0;
+    size_t of_old = 0, of_new = 0;
+    for (size_t i = 0; i < rep->elements; i++) {
+        redisReply *e = rep->element[i], *f = e->element[1];
+        long long ep = -1;
+        for (size_t j = 0; j + 1 < f->elements; j += 2)
+            if (!strcmp(f->element[j]->str, "e"))
+                ep = strtoll(f->element[j + 1]->str, NULL, 10);
+        if (ep < prev)
+            fail_msg("delta %s of epoch %lld after one of epoch %lld", e->element[0]->str, ep,
+                     prev);
+        prev = ep;
+        of_old += ep == epoch0;
+        of_new += ep == epoch1;
+    }
+    freeReplyObject(rep);
+    hr_redis_destroy(r);
+    assert_true(of_old > 0);
+    assert_true(of_new > 0);
+    assert_int_equal(prev, epoch1);
+    assert_int_equal(epoch_of(n[nl].port), epoch1);
+    assert_true(compare_scores(n[nl].port, n[other].port, "new leader and follower") > 50);
+
+    for (int i = 0; i < NODES; i++)
+        kill(n[i].pid, SIGTERM);
+    for (int i = 0; i < NODES; i++)
+        assert_true(WIFEXITED(tu_child_wait(&n[i])));
+    tu_redis_stop(&rs);
+}
+
 /* A node refuses to start in cluster mode with a local database (this
  * version keeps none) and says so. */
 static void test_refuses_db(void **state)
@@ -391,6 +782,8 @@ int main(void)
         cmocka_unit_test_teardown(test_leader_and_followers, kill_leftovers),
         cmocka_unit_test_teardown(test_backlog_bound, kill_leftovers),
         cmocka_unit_test_teardown(test_refuses_db, kill_leftovers),
+        cmocka_unit_test_teardown(test_failover_kill_leader, kill_leftovers),
+        cmocka_unit_test_teardown(test_paused_leader_steps_down, kill_leftovers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
