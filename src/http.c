@@ -28,7 +28,9 @@
  * from the stored outcome. A
  * suspended connection is neither timed out nor closed by MHD, so the
  * request state outlives the callback. hr_http_stop waits until every
- * request that was suspended has completed before stopping the daemon.
+ * request handed to its handler (suspended ones included) has completed -
+ * its answer sent - before stopping the daemon, which would otherwise close
+ * a connection whose answer is queued but not yet written.
  *
  * Stopping is bounded (shutdown_timeout): requests still in flight when it
  * runs out - a handler that does not return, a commit that does not end -
@@ -45,6 +47,7 @@
 #include "hogrec/http.h"
 
 #include <arpa/inet.h>
+#include <assert.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -377,6 +380,12 @@ static void first_call(hr_http *h, struct MHD_Connection *c, request *r, const c
 
 static enum MHD_Result dispatch(hr_http *h, struct MHD_Connection *c, request *r)
 {
+    if (!r->answering) { /* the first dispatch: from here on hr_http_stop waits for it */
+        pthread_mutex_lock(&h->susp_mu);
+        h->answering++;
+        r->answering = true;
+        pthread_mutex_unlock(&h->susp_mu);
+    }
     if (r->err_status)
         return hr_http_reply_error(c, r, r->err_status, r->err_code, "%s", r->err_msg);
     hr_http_handler *handler = routes[r->route].handler;
@@ -453,11 +462,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
 bool hr_http_suspend(hr_http *h, struct MHD_Connection *c, request *r)
 {
-    pthread_mutex_lock(&h->susp_mu);
+    assert(r->answering); /* counted at dispatch: hr_http_stop waits for it */
     bool suspend = !atomic_load(&h->stopping);
-    if (suspend)
-        h->suspended++; /* from here on hr_http_stop waits for this request */
-    pthread_mutex_unlock(&h->susp_mu);
     if (suspend) {
         r->conn = c;
         r->ev.phase = EV_WAITING;
@@ -477,9 +483,9 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         return;
     json_decref(r->ev.errors);
     atomic_fetch_sub(&h->inflight[r->route], 1);
-    if (r->ev.phase != EV_NONE) { /* was suspended: hr_http_stop may wait for it */
+    if (r->answering) { /* hr_http_stop may wait for it */
         pthread_mutex_lock(&h->susp_mu);
-        if (--h->suspended == 0)
+        if (--h->answering == 0)
             pthread_cond_broadcast(&h->susp_cv);
         pthread_mutex_unlock(&h->susp_mu);
     }
@@ -635,7 +641,7 @@ static bool stop_daemon_by(struct MHD_Daemon *d, const struct timespec *deadline
 
 /* Logs the requests still in flight, by route; returns their count (at
  * least 1). */
-static unsigned log_abandoned(hr_http *h, unsigned suspended, double timeout)
+static unsigned log_abandoned(hr_http *h, unsigned answering, double timeout)
 {
     json_t *by_route = json_object();
     unsigned n = 0;
@@ -646,8 +652,8 @@ static unsigned log_abandoned(hr_http *h, unsigned suspended, double timeout)
         n += c;
     }
     hr_log("error", "shutdown abandoned requests",
-           json_pack("{s:I,s:I,s:o,s:f}", "requests", (json_int_t)n, "suspended",
-                     (json_int_t)suspended, "routes", by_route, "timeout_seconds", timeout));
+           json_pack("{s:I,s:I,s:o,s:f}", "requests", (json_int_t)n, "answering",
+                     (json_int_t)answering, "routes", by_route, "timeout_seconds", timeout));
     return n ? n : 1;
 }
 
@@ -662,19 +668,21 @@ unsigned hr_http_stop(hr_http *h)
         hr_watermark_wake(hr_trainer_applied(h->app->trainer)); /* min_seq waits end now */
         double timeout = h->app->cfg.shutdown_timeout;
         struct timespec dl = hr_deadline_after(timeout);
-        /* MHD must not be stopped with suspended connections: wait until
-         * the event log settled every commit they wait for (it runs until
-         * the app closes, after this) and their answers went out. */
+        /* MHD must not be stopped with suspended connections, nor while a
+         * handler's answer is queued but not written (MHD_stop_daemon closes
+         * the connection under it): wait until every request handed to its
+         * handler completed - the event log settles the commits suspended
+         * ones wait for (it runs until the app closes, after this). */
         pthread_mutex_lock(&h->susp_mu);
-        while (h->suspended && pthread_cond_timedwait(&h->susp_cv, &h->susp_mu, &dl) != ETIMEDOUT)
+        while (h->answering && pthread_cond_timedwait(&h->susp_cv, &h->susp_mu, &dl) != ETIMEDOUT)
             ;
-        unsigned suspended = h->suspended;
+        unsigned answering = h->answering;
         pthread_mutex_unlock(&h->susp_mu);
         /* Past the bound the daemon and h are left as they are: the event
          * log may still call back into a suspended request, and a stuck
          * handler still uses h. */
-        if (suspended)
-            return log_abandoned(h, suspended, timeout);
+        if (answering)
+            return log_abandoned(h, answering, timeout);
         if (!stop_daemon_by(h->daemon, &dl))
             return log_abandoned(h, 0, timeout);
     }

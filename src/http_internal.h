@@ -47,10 +47,11 @@ struct hr_http {
     hr_metrics_route *metrics;   /* owned [nroutes]: answers and latency by route */
     atomic_uint *inflight;       /* owned [nroutes]: requests from first call to completed */
     hr_metrics_rate rate;        /* updates/s for /v1/stats */
-    pthread_mutex_t susp_mu;     /* guards suspended */
-    pthread_cond_t susp_cv;      /* suspended dropped to 0 */
-    unsigned suspended;          /* events requests suspended for a commit and
-                                    not completed yet */
+    pthread_mutex_t susp_mu;     /* guards answering */
+    pthread_cond_t susp_cv;      /* answering dropped to 0 (while stopping) */
+    unsigned answering;          /* requests handed to their handler (body
+                                    complete) and not completed yet, suspended
+                                    ones included: hr_http_stop waits for them */
     atomic_bool stopping;        /* hr_http_stop began: new requests get 503 */
 };
 
@@ -85,6 +86,7 @@ typedef struct {
     char *body;           /* owned; NUL-terminated */
     size_t len, cap;
     struct MHD_Connection *conn; /* borrowed: the connection (while suspended) */
+    bool answering;       /* counted in hr_http.answering (set at the first dispatch) */
     events_state ev;      /* POST /v1/events */
 } request;
 
@@ -134,12 +136,12 @@ enum MHD_Result hr_http_reply_malformed(struct MHD_Connection *c, request *r,
 
 /* ---- suspend/resume (http.c) ---- */
 
-/* Suspends c, counted for hr_http_stop, so that this pool thread is free
- * while the request waits; the handler is called again (r->ev.phase set by
- * whoever resumes it with MHD_resume_connection) once it is resumed. false,
- * with nothing suspended, when the server is stopping: MHD must not get a
- * suspended connection after hr_http_stop counted them, so the caller waits
- * on its own thread instead (the stop bounds that). */
+/* Suspends c so that this pool thread is free while the request waits (the
+ * request is already counted for hr_http_stop, since its dispatch); the
+ * handler is called again (r->ev.phase set by whoever resumes it with
+ * MHD_resume_connection) once it is resumed. false, with nothing
+ * suspended, when the server is stopping: the caller then waits on its own
+ * thread (the stop waits for it, bounded). */
 bool hr_http_suspend(hr_http *h, struct MHD_Connection *c, request *r);
 
 #endif
