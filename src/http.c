@@ -91,6 +91,11 @@ typedef enum {
     R_READYZ,
     R_METRICS,
     R_CLUSTER,
+    R_ROOT,
+    R_UI,
+    R_STATS_HISTORY,
+    R_SIMILAR,
+    R_USER,
     R_NOT_FOUND,
     R_COUNT
 } route_id;
@@ -124,14 +129,24 @@ static const route routes[R_COUNT] = {
     [R_READYZ] = {"/readyz", "readyz", M_GET | M_HEAD, 0, false, false, hr_http_readyz},
     [R_METRICS] = {"/metrics", "metrics", M_GET | M_HEAD, 0, false, false, hr_http_metrics},
     [R_CLUSTER] = {"/v1/cluster", "cluster", M_GET | M_HEAD, 0, false, false, hr_http_cluster},
+    [R_ROOT] = {"/", "root", M_GET | M_HEAD, 0, false, false, hr_http_root},
+    [R_UI] = {"/ui/", "ui", M_GET | M_HEAD, 0, false, false, hr_http_ui}, /* and below */
+    [R_STATS_HISTORY] = {"/v1/stats/history", "stats_history", M_GET | M_HEAD, 0, false, false,
+                         hr_http_stats_history},
+    [R_SIMILAR] = {"/v1/similar", "similar", M_GET | M_HEAD, 0, false, false, hr_http_similar},
+    [R_USER] = {"/v1/user", "user", M_GET | M_HEAD, 0, false, false, hr_http_user},
     [R_NOT_FOUND] = {NULL, "not_found", 0, 0, false, false, NULL},
 };
 
+/* A path ending in '/' (but "/") also matches every path below it. */
 static route_id route_of(const char *url)
 {
-    for (int i = 0; i < R_NOT_FOUND; i++)
-        if (strcmp(url, routes[i].path) == 0)
+    for (int i = 0; i < R_NOT_FOUND; i++) {
+        size_t n = strlen(routes[i].path);
+        if (strcmp(url, routes[i].path) == 0 ||
+            (n > 1 && routes[i].path[n - 1] == '/' && strncmp(url, routes[i].path, n) == 0))
             return (route_id)i;
+    }
     return R_NOT_FOUND;
 }
 
@@ -211,6 +226,25 @@ enum MHD_Result hr_http_reply_text(struct MHD_Connection *c, request *r, int sta
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
     if (status == 401)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    r->status = status;
+    record(r);
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+enum MHD_Result hr_http_reply_static(struct MHD_Connection *c, request *r, int status,
+                                     const char *data, size_t len, const char *ctype,
+                                     const char *const *headers)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        data ? len : 0, (void *)(data ? data : ""), MHD_RESPMEM_PERSISTENT);
+    if (!resp)
+        return MHD_NO;
+    if (ctype)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    for (size_t i = 0; headers && headers[i] && headers[i + 1]; i += 2)
+        MHD_add_response_header(resp, headers[i], headers[i + 1]);
     r->status = status;
     record(r);
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, resp);
@@ -309,6 +343,7 @@ static void first_call(hr_http *h, struct MHD_Connection *c, request *r, const c
 {
     hr_app *app = h->app;
     r->route = route_of(url);
+    r->url = url;
     r->method = method_of(method);
     const route *rt = &routes[r->route];
     header_scan hs = {0};
@@ -530,6 +565,8 @@ hr_status hr_http_start(hr_app *app, hr_http **out, hr_error *err)
         h->metrics[i].label = routes[i].label;
     if (st == HR_OK)
         st = hr_topk_batcher_create(app->model, TOPK_BATCH, &h->topk);
+    if (st == HR_OK)
+        st = hr_statsring_start(app, HR_STATSRING_DEFAULT_CAPACITY, 1000, &h->ring);
     if (st != HR_OK) {
         hr_http_stop(h);
         return hr_error_set(err, st, NULL, "out of memory");
@@ -661,6 +698,7 @@ unsigned hr_http_stop(hr_http *h)
 {
     if (!h)
         return 0;
+    hr_statsring_halt(h->ring); /* no sample of an app that may close after this */
     if (h->daemon) {
         pthread_mutex_lock(&h->susp_mu); /* from here on no request suspends */
         atomic_store(&h->stopping, true);
@@ -686,6 +724,7 @@ unsigned hr_http_stop(hr_http *h)
         if (!stop_daemon_by(h->daemon, &dl))
             return log_abandoned(h, 0, timeout);
     }
+    hr_statsring_stop(h->ring);
     hr_topk_batcher_destroy(h->topk);
     free(h->metrics);
     free(h->inflight);

@@ -10,6 +10,7 @@
  *   http_query.c   GET|POST /v1/predict, GET /v1/recommend
  *   http_admin.c   /v1/admin/schedule, /schedule/history, /checkpoint, /config
  *   http_stats.c   /v1/stats, /metrics, /healthz, /readyz, /v1/cluster
+ *   http_dash.c    the dashboard: /, /ui/, /v1/stats/history, /v1/similar, /v1/user
  * A route is one line of route_id and of routes[] in http.c plus its
  * handler here.
  *
@@ -32,6 +33,7 @@
 #include "hogrec/app.h"
 #include "hogrec/http.h"
 #include "hogrec/metrics.h"
+#include "hogrec/statsring.h"
 #include "hogrec/topk.h"
 
 /* Methods, as bit flags (route table, request->method). */
@@ -47,6 +49,7 @@ struct hr_http {
     hr_metrics_route *metrics;   /* owned [nroutes]: answers and latency by route */
     atomic_uint *inflight;       /* owned [nroutes]: requests from first call to completed */
     hr_metrics_rate rate;        /* updates/s for /v1/stats */
+    hr_statsring *ring;          /* per-second samples for /v1/stats/history */
     pthread_mutex_t susp_mu;     /* guards answering */
     pthread_cond_t susp_cv;      /* answering dropped to 0 (while stopping) */
     unsigned answering;          /* requests handed to their handler (body
@@ -74,6 +77,7 @@ typedef struct {
 
 typedef struct {
     int route;            /* index into http.c's routes[] */
+    const char *url;      /* the path, borrowed from MHD (valid until completed) */
     unsigned method;      /* M_* */
     uint64_t t0;          /* hr_now_ns() at the first call */
     int status;           /* HTTP status answered, 0 until then */
@@ -105,6 +109,11 @@ hr_http_handler hr_http_metrics;
 hr_http_handler hr_http_healthz;
 hr_http_handler hr_http_readyz;
 hr_http_handler hr_http_cluster;
+hr_http_handler hr_http_root;             /* http_dash.c */
+hr_http_handler hr_http_ui;
+hr_http_handler hr_http_stats_history;
+hr_http_handler hr_http_similar;
+hr_http_handler hr_http_user;
 
 /* ---- replies (http.c) ---- */
 
@@ -112,6 +121,13 @@ hr_http_handler hr_http_cluster;
  * Content-Type ctype, and counts the answer for /metrics. */
 enum MHD_Result hr_http_reply_text(struct MHD_Connection *c, request *r, int status, char *text,
                                    size_t len, const char *ctype);
+
+/* Answers len bytes of data (borrowed, static: NULL = empty body) with
+ * Content-Type ctype (NULL: none) and the extra headers, name/value pairs
+ * in one NULL-terminated array (borrowed for the call; NULL: none). */
+enum MHD_Result hr_http_reply_static(struct MHD_Connection *c, request *r, int status,
+                                     const char *data, size_t len, const char *ctype,
+                                     const char *const *headers);
 
 /* Answers a JSON body (taken; NULL: 500 out of memory). */
 enum MHD_Result hr_http_reply_json(struct MHD_Connection *c, request *r, int status,

@@ -9,6 +9,7 @@
  */
 #include "hogrec/recommend.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -83,4 +84,41 @@ hr_status hr_recommend(const hr_model *m, hr_events *events, hr_topk_batcher *ba
     free(rows);
     free(items);
     return st;
+}
+
+static double dot(const float *a, const float *b, uint32_t k)
+{
+    double s = 0;
+    for (uint32_t i = 0; i < k; i++)
+        s += (double)a[i] * b[i];
+    return s;
+}
+
+hr_status hr_recommend_similar(const hr_model *m, uint32_t item_row, uint32_t k,
+                               hr_recommend_item *out, size_t *n)
+{
+    *n = 0;
+    uint32_t nf = hr_model_layout(m)->k, rows = hr_model_rows(m, HR_TABLE_ITEM);
+    hr_topk_item *storage = malloc((k ? k : 1) * sizeof *storage);
+    if (!storage)
+        return HR_ENOMEM;
+    const float *q = hr_model_row(m, HR_TABLE_ITEM, item_row);
+    double qn = sqrt(dot(q, q, nf));
+    hr_topk_heap hp;
+    hr_topk_heap_init(&hp, storage, k);
+    for (uint32_t row = 1; qn > 0 && row < rows; row++) {
+        size_t len;
+        if (row == item_row || !hr_model_key(m, HR_TABLE_ITEM, row, &len))
+            continue;
+        const float *v = hr_model_row(m, HR_TABLE_ITEM, row);
+        double vn = sqrt(dot(v, v, nf));
+        if (vn > 0)
+            hr_topk_heap_offer(&hp, row, (float)(dot(q, v, nf) / (qn * vn)));
+    }
+    uint32_t got = hr_topk_heap_finish(&hp);
+    for (uint32_t i = 0; i < got; i++)
+        out[i] = (hr_recommend_item){storage[i].row, storage[i].score};
+    *n = got;
+    free(storage);
+    return HR_OK;
 }

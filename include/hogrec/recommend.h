@@ -46,4 +46,13 @@ hr_status hr_recommend(const hr_model *m, hr_events *events, hr_topk_batcher *ba
                        const hr_recommend_query *q, hr_recommend_item *out, size_t *n,
                        bool *fallback);
 
+/* The k items nearest to item_row (a row the model holds) by the cosine of
+ * their factor vectors, best first, the item itself left out: out[0..*n)
+ * (room for k), score in [-1, 1]. Rows whose vector is all zero are left
+ * out too (no direction). One pass over the item rows; for the dashboard's
+ * explorer, not a serving path. HR_ENOMEM when scratch cannot be allocated
+ * (*n is 0). */
+hr_status hr_recommend_similar(const hr_model *m, uint32_t item_row, uint32_t k,
+                               hr_recommend_item *out, size_t *n);
+
 #endif

@@ -57,6 +57,8 @@ UNEXERCISED = {
         "while the log replays or with persistence failing (test_persist)",
     ("/v1/admin/checkpoint", "post", "429"):
         "another checkpoint must be running at that moment (timing)",
+    ("/ui/", "get", "304"):
+        "needs the ETag of an earlier answer (test_statsring, tests/test_dashboard.py)",
 }
 
 SERVERS = [
@@ -69,7 +71,7 @@ SERVERS = [
 COMMON = ["--max-body-bytes", str(MAX_BODY), "--max-batch-events", str(MAX_BATCH),
           "--queue-capacity", "1024", "--checkpoint-interval", "0", "--checkpoint-events", "0"]
 
-UNKNOWN_PATHS = ["/", "/v1", "/v1/events/x", "/nope", "/V1/EVENTS", "/metrics/"]
+UNKNOWN_PATHS = ["/v1", "/ui", "/v1/events/x", "/nope", "/V1/EVENTS", "/metrics/"]
 METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 JSON = ("Content-Type", "application/json")
 NDJSON = ("Content-Type", "application/x-ndjson")
@@ -161,6 +163,14 @@ def specific(auth):
         ("schedule other state", "PUT", "/v1/admin/schedule",
          post("/v1/admin/schedule", b'{"optimizer":"ftrl","type":"constant","eta0":0.1}')),
         ("schedule history", "GET", "/v1/admin/schedule/history", {"headers": a}),
+        ("stats history", "GET", "/v1/stats/history?since=0", {}),
+        ("stats history since=x", "GET", "/v1/stats/history?since=x", {}),
+        ("similar", "GET", "/v1/similar?item=i1&k=3", {}),
+        ("similar k=0", "GET", "/v1/similar?item=i1&k=0", {}),
+        ("user", "GET", "/v1/user?user=u1", {}),
+        ("user missing", "GET", "/v1/user", {}),
+        ("ui file", "GET", "/ui/app.js", {}),
+        ("ui no such file", "GET", "/ui/nope.js", {}),
     ]
 
 
@@ -247,6 +257,8 @@ def main():
                 reply = request(srv.port, method, target, **kw)
                 total += 1
                 path = target.split("?")[0]
+                if path.startswith("/ui/"):  # the route serves every file below it
+                    path = "/ui/"
                 key = (path, "get" if method == "HEAD" else method.lower(), str(reply.status))
                 seen.setdefault(key, f"{method} {target[:60]} ({label}, {name})")
                 why = check_reply(spec, ops, path, method, reply.status, reply)

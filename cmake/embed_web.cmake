@@ -1,0 +1,41 @@
+# Turns the dashboard's files (web/*) into a C file (run at build time by the
+# hogrec_core target):
+#   cmake -DWEB_DIR=... -DOUT=... -P embed_web.cmake
+# Each file becomes one entry of hr_web_assets[] (name, Content-Type, bytes,
+# ETag: the first 16 hex digits of its SHA-256), so the binary serves the
+# dashboard without reading the source tree. Text files only (HTML, CSS, JS,
+# SVG): they are embedded as string literals.
+file(GLOB files RELATIVE ${WEB_DIR} ${WEB_DIR}/*)
+list(SORT files)
+set(body "/* Generated from the files in web/ by cmake/embed_web.cmake. Do not edit. */\n")
+string(APPEND body "#include \"web_assets.h\"\n\n")
+set(table "const hr_web_asset hr_web_assets[] = {\n")
+set(count 0)
+foreach(f ${files})
+  if(f MATCHES "\\.html$")
+    set(ctype "text/html; charset=utf-8")
+  elseif(f MATCHES "\\.css$")
+    set(ctype "text/css; charset=utf-8")
+  elseif(f MATCHES "\\.js$")
+    set(ctype "text/javascript; charset=utf-8")
+  elseif(f MATCHES "\\.svg$")
+    set(ctype "image/svg+xml")
+  else()
+    message(FATAL_ERROR "web/${f}: only .html, .css, .js and .svg files are embedded")
+  endif()
+  file(READ ${WEB_DIR}/${f} text)
+  file(SHA256 ${WEB_DIR}/${f} sum)
+  string(SUBSTRING "${sum}" 0 16 etag)
+  string(REPLACE "\\" "\\\\" text "${text}")
+  string(REPLACE "\"" "\\\"" text "${text}")
+  string(REPLACE "?" "\\?" text "${text}")
+  string(REPLACE "\t" "\\t" text "${text}")
+  string(REPLACE "\r" "\\r" text "${text}")
+  string(REPLACE "\n" "\\n\"\n    \"" text "${text}")
+  string(APPEND body "static const char asset${count}[] =\n    \"${text}\";\n")
+  string(APPEND table "  {\"${f}\", \"${ctype}\", \"\\\"${etag}\\\"\", sizeof asset${count} - 1, asset${count}},\n")
+  math(EXPR count "${count} + 1")
+endforeach()
+string(APPEND body "\n${table}};\nconst int hr_web_asset_count = ${count};\n")
+file(WRITE ${OUT}.tmp "${body}")
+configure_file(${OUT}.tmp ${OUT} COPYONLY)
