@@ -109,6 +109,8 @@ static void test_samples_and_ring(void **state)
     assert_true(json_real_value(json_object_get(a, "accepted_ps")) == 0);
     assert_int_equal(json_integer_value(json_object_get(b, "users")), 3);
     assert_int_equal(json_integer_value(json_object_get(b, "items")), 3);
+    assert_true(json_is_null(json_object_get(a, "loss")));         /* an empty window: no loss */
+    assert_true(json_is_null(json_object_get(a, "auc")));
     assert_true(json_is_real(json_object_get(b, "loss")));         /* 4 points in the window */
     assert_true(json_is_real(json_object_get(b, "mean_label")));
     assert_true(fabs(json_real_value(json_object_get(b, "mean_label")) - 0.5) < 1e-9);
