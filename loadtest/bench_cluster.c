@@ -544,6 +544,21 @@ static int wait_leader(node *n, int count)
     return -1;
 }
 
+/* Prints the warn and error lines of a node's log (at most 8). */
+static void print_warnings(const node *n)
+{
+    FILE *f = fopen(n->log, "r");
+    char line[2048];
+    int shown = 0;
+    while (f && shown < 8 && fgets(line, sizeof line, f))
+        if (strstr(line, "\"level\":\"warn\"") || strstr(line, "\"level\":\"error\"")) {
+            printf("  %s: %s", n->id, line);
+            shown++;
+        }
+    if (f)
+        fclose(f);
+}
+
 /* Restarts (as a new node id) every node that stepped down: a leader
  * that lost its lease stays not ready until restarted. Says so. */
 static void restart_stepped_down(node *n, int count, int *next_id)
@@ -557,6 +572,7 @@ static void restart_stepped_down(node *n, int count, int *next_id)
             snprintf(id, sizeof id, "r%d", (*next_id)++);
             printf("note: node %s stepped down (%s); restarted as %s\n", n[i].id,
                    why ? why : "?", id);
+            print_warnings(&n[i]);
             node_stop(&n[i]);
             node_start(&n[i], id, NULL, NULL);
         }
@@ -1101,6 +1117,8 @@ int main(int argc, char **argv)
     if (strcmp(role_after, "leader"))
         printf("note: the leader (%s) is %s after the ingest: the per-event figures below mix "
                "leaders\n", n[leader].id, role_after);
+    for (int i = 0; i < 3 && strcmp(role_after, "leader"); i++)
+        print_warnings(&n[i]);
 
     fresh_result cl_fr = freshness(n[fa].port, n[fc].port, 2);
 
