@@ -500,7 +500,8 @@ static void node_stop(node *n)
 static void role_of(int port, char *out, size_t cap)
 {
     json_t *o = get_json(port, "/v1/cluster");
-    snprintf(out, cap, "%s", o ? json_string_value(json_object_get(o, "role")) ?: "" : "");
+    const char *role = o ? json_string_value(json_object_get(o, "role")) : NULL;
+    snprintf(out, cap, "%s", role ? role : "");
     json_decref(o);
 }
 
@@ -977,7 +978,7 @@ static void print_row(const char *what, const char *value, const char *baseline,
 
 int main(int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v)
             usage();
@@ -1001,7 +1002,6 @@ int main(int argc, char **argv)
             opt_lease = int_arg(v, 300, 600000);
         else
             usage();
-        i++;
     }
     if (!on_path("redis-server")) {
         fprintf(stderr, "bench_cluster: skipped: redis-server is not on PATH (tools/deps installs it)\n");
