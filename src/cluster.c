@@ -122,6 +122,8 @@ struct hr_cluster {
     double *arrived;
     size_t feed_cap;
     uint64_t skipped;       /* events of the stream that could not be parsed */
+    uint64_t redis_fail_ms; /* when a call of the node thread last failed (now_ms; 0 never) */
+    uint64_t reclaims;      /* leader: times it took its lease back (same epoch) */
     uint64_t last_err_ns;   /* rate limit of error logs */
 };
 
@@ -153,6 +155,7 @@ static bool name_ok(const char *s)
 static void log_redis_error(hr_cluster *c, const char *what, hr_status st, const hr_error *err)
 {
     uint64_t now = hr_now_ns();
+    c->redis_fail_ms = now / 1000000u;
     if (now - c->last_err_ns < 1000000000ull && c->last_err_ns)
         return;
     c->last_err_ns = now;
@@ -683,12 +686,49 @@ static void try_lead(hr_cluster *c)
     hr_log("info", "leader", f);
 }
 
+/* The renewal thread counted the lease lost: Redis did not answer for a
+ * whole lease (down, restarted past the key's expiry) or the key holds
+ * another value. The leader's model holds training not yet published, so
+ * it takes the lease back with the same epoch if no node acquired since
+ * (hr_lease_reclaim; its fenced writes are then still valid) and goes on
+ * leading; it steps down only once another node did lead. While Redis does
+ * not answer it neither reads nor publishes and asks again after a pause.
+ * Returns whether it leads on now. */
+static bool reclaim(hr_cluster *c)
+{
+    hr_lease_stop_renewal(c->lease); /* the thread ended after its callback */
+    hr_lease_state ls;
+    hr_error err = {{0}, {0}};
+    hr_status st = hr_lease_reclaim(c->lease, c->epoch, &ls, &err);
+    if (st != HR_OK) {
+        log_redis_error(c, "the lease is lost and Redis does not answer (retrying)", st, &err);
+        sleep_ms(RETRY_MS);
+        return false;
+    }
+    if (!ls.held) {
+        char why[160];
+        snprintf(why, sizeof why, "the lease was lost: node '%s' holds it, epoch %" PRId64,
+                 ls.holder, ls.epoch);
+        step_down(c, why, NULL);
+        return false;
+    }
+    if ((st = hr_lease_start_renewal(c->lease, on_lost, c, &err)) != HR_OK) {
+        log_redis_error(c, "cannot restart the lease renewal", st, &err);
+        sleep_ms(RETRY_MS);
+        return false;
+    }
+    atomic_store(&c->lost, false);
+    pthread_mutex_lock(&c->mu);
+    c->reclaims++;
+    pthread_mutex_unlock(&c->mu);
+    hr_log("info", "lease taken back", json_pack("{s:I}", "epoch", (json_int_t)c->epoch));
+    return true;
+}
+
 static void lead(hr_cluster *c, uint64_t *next_pub)
 {
-    if (atomic_load(&c->lost)) {
-        step_down(c, "the lease was lost", NULL);
+    if (atomic_load(&c->lost) && !reclaim(c))
         return;
-    }
     /* With entries fed and not yet published, read without blocking and
      * wait for the publish here: Redis ends a short XREAD BLOCK only at
      * its next cron tick (1000 / hz ms, 100 ms by default), though it
@@ -734,6 +774,23 @@ static void heartbeat(hr_cluster *c)
     json_decref(lag);
 }
 
+/* Whether a follower leaves a free lease alone for now because Redis just
+ * failed it: after a Redis outage longer than the lease, the key expired
+ * although its leader lives, and that leader takes it back (reclaim) as
+ * soon as its connections reconnect (at most one backoff after Redis
+ * answers). A follower that took it first would make the leader step down
+ * for good. So a follower waits the lease plus two of the longest backoffs
+ * after its own last failed call; a dead leader's lease is then taken that
+ * much later. */
+static bool outage_grace(hr_cluster *c, role_t role)
+{
+    if (role != ROLE_FOLLOWER || c->redis_fail_ms == 0)
+        return false;
+    hr_redis_options o;
+    hr_redis_options_defaults(&o);
+    return now_ms() < c->redis_fail_ms + (uint64_t)c->lease_ms + 2u * (uint64_t)o.backoff_max_ms;
+}
+
 static void *node_main(void *arg)
 {
     hr_cluster *c = arg;
@@ -775,7 +832,8 @@ static void *node_main(void *arg)
             continue; /* catching up: read on before trying the lease */
         /* A node that never led tries the lease at start and whenever it
          * may be free (every lease_ms / 3). */
-        if (role != ROLE_STEPPED_DOWN && !broken && now_ms() >= next_try && n >= 0) {
+        if (role != ROLE_STEPPED_DOWN && !broken && now_ms() >= next_try && n >= 0 &&
+            !outage_grace(c, role)) {
             next_try = now_ms() + (uint64_t)(c->lease_ms / 3);
             try_lead(c);
             next_pub = now_ms();
