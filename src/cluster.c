@@ -30,6 +30,7 @@
 #include "hogrec/cluster.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -52,6 +53,7 @@
 #define READ_ENTRIES 256        /* event entries per leader read */
 #define PART_BYTES (4u << 20)   /* largest delta part (one stream entry) */
 #define RETRY_MS 50             /* pause after a failed Redis call */
+#define SCHEDULE_POLL_MS 100    /* the node thread looks for schedule changes */
 
 typedef enum { ROLE_STARTING, ROLE_FOLLOWER, ROLE_LEADER, ROLE_STEPPED_DOWN } role_t;
 
@@ -78,6 +80,7 @@ struct hr_cluster {
     char node_id[HR_LEASE_NAME_MAX + 1];
     char address[96];                    /* host:port for the membership entry */
     char deltas_key[160];                /* hogrec:{C}:deltas */
+    char sched_key[160];                 /* hogrec:{C}:schedule (hash: version, N -> JSON) */
     int publish_ms, lease_ms;
     int64_t max_backlog;                 /* 0: no bound */
     hr_redis *conn;        /* the node thread's */
@@ -297,6 +300,7 @@ hr_status hr_cluster_open(const hr_config *cfg, const hr_cluster_parts *parts, h
             HR_OK)
         goto fail;
     snprintf(c->deltas_key, sizeof c->deltas_key, "%sdeltas", hr_lease_key_prefix(c->lease));
+    snprintf(c->sched_key, sizeof c->sched_key, "%sschedule", hr_lease_key_prefix(c->lease));
     bool trimmed;
     if ((st = deltas_trimmed(c, &trimmed, err)) != HR_OK)
         goto fail;
@@ -791,6 +795,86 @@ static bool outage_grace(hr_cluster *c, role_t role)
     return now_ms() < c->redis_fail_ms + (uint64_t)c->lease_ms + 2u * (uint64_t)o.backoff_max_ms;
 }
 
+/* ---- the schedule, cluster-wide ---- */
+
+/* Schedule put: KEYS schedule hash; ARGV the schedule's JSON. Stores it as
+ * the next version (the initial schedule of every node is version 1, so
+ * the first change is 2) and returns that version. */
+static const char sched_put_lua[] =
+    "local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '1') + 1 "
+    "redis.call('HSET', KEYS[1], 'version', v, tostring(v), ARGV[1]) "
+    "return v";
+
+/* Installs, in order, every version of the cluster's schedule hash newer
+ * than this node's current one, through the schedule box (so each node's
+ * version numbers are the cluster's). Caller holds aux_mu (it serializes
+ * the installs too). */
+static hr_status do_sync_schedule(hr_cluster *c, hr_error *err)
+{
+    redisReply *rep = NULL;
+    hr_status st = hr_redis_call(c->aux, &rep, err, "HGET", c->sched_key, "version", NULL);
+    if (st != HR_OK)
+        return st;
+    uint64_t want = rep->type == REDIS_REPLY_STRING ? strtoull(rep->str, NULL, 10) : 0;
+    freeReplyObject(rep);
+    for (uint64_t v = hr_schedbox_current(c->p.sched)->version + 1; v <= want; v++) {
+        char field[24];
+        snprintf(field, sizeof field, "%" PRIu64, v);
+        if ((st = hr_redis_call(c->aux, &rep, err, "HGET", c->sched_key, field, NULL)) != HR_OK)
+            return st;
+        json_t *j = rep->type == REDIS_REPLY_STRING ? json_loadb(rep->str, rep->len, 0, NULL) : NULL;
+        freeReplyObject(rep);
+        hr_schedule s;
+        st = j ? hr_schedule_from_json(j, &s, err)
+               : hr_error_set(err, HR_EINVAL, "schedule", "version %" PRIu64 " missing in %s", v,
+                              c->sched_key);
+        json_decref(j);
+        uint64_t got = 0;
+        if (st == HR_OK)
+            st = hr_schedbox_swap(c->p.sched, &s, hr_trainer_updates(c->p.trainer), NAN, &got, err);
+        if (st != HR_OK)
+            return st;
+        hr_log("info", "schedule changed", json_pack("{s:I,s:s}", "version", (json_int_t)got,
+                                                     "from", "cluster"));
+    }
+    return HR_OK;
+}
+
+hr_status hr_cluster_schedule_put(hr_cluster *c, const hr_schedule *s, uint64_t *version,
+                                  hr_error *err)
+{
+    *version = 0;
+    json_t *j = hr_schedule_to_json(s);
+    json_object_del(j, "version");
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (!text)
+        return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
+    const char *argv[] = {c->sched_key, text};
+    redisReply *rep = NULL;
+    pthread_mutex_lock(&c->aux_mu);
+    hr_status st = hr_redis_eval(c->aux, sched_put_lua, 1, 2, argv, NULL, &rep, err);
+    if (st == HR_OK) {
+        *version = rep->type == REDIS_REPLY_INTEGER ? (uint64_t)rep->integer : 0;
+        freeReplyObject(rep);
+        st = do_sync_schedule(c, err);
+    }
+    pthread_mutex_unlock(&c->aux_mu);
+    free(text);
+    return st;
+}
+
+/* The node thread's pick-up of schedule changes made on other nodes. */
+static void sync_schedule(hr_cluster *c)
+{
+    hr_error err = {{0}, {0}};
+    pthread_mutex_lock(&c->aux_mu);
+    hr_status st = do_sync_schedule(c, &err);
+    pthread_mutex_unlock(&c->aux_mu);
+    if (st != HR_OK)
+        log_redis_error(c, "cannot take the cluster's schedule", st, &err);
+}
+
 static void *node_main(void *arg)
 {
     hr_cluster *c = arg;
@@ -809,12 +893,16 @@ static void *node_main(void *arg)
         log_redis_error(c, "cannot read the delta stream", st, &err);
         sleep_ms(RETRY_MS);
     }
-    uint64_t next_hb = 0, next_try = 0, next_pub = 0;
+    uint64_t next_hb = 0, next_try = 0, next_pub = 0, next_sched = 0;
     while (!atomic_load(&c->stop)) {
         uint64_t now = now_ms();
         if (now >= next_hb) {
             heartbeat(c);
             next_hb = now + HEARTBEAT_MS;
+        }
+        if (now >= next_sched) {
+            sync_schedule(c);
+            next_sched = now + SCHEDULE_POLL_MS;
         }
         pthread_mutex_lock(&c->mu);
         role_t role = c->role;

@@ -760,6 +760,146 @@ static void test_paused_leader_steps_down(void **state)
     tu_redis_stop(&rs);
 }
 
+/* ---- the schedule across nodes ---- */
+
+#define ADMIN_TOKEN "test-admin-token"
+#define SAMPLE_USERS 8
+#define SAMPLE_ITEMS 8
+
+/* Scores of a fixed sample of trained pairs on a node, into out. */
+static void sample_scores(int port, double out[SAMPLE_USERS * SAMPLE_ITEMS])
+{
+    for (int u = 0; u < SAMPLE_USERS; u++)
+        for (int i = 0; i < SAMPLE_ITEMS; i++)
+            out[u * SAMPLE_ITEMS + i] = score_at(port, u, i, u % TRAINED_VALUES);
+}
+
+/* The schedule version of a node (GET /v1/admin/schedule), -1 on error. */
+static long long schedule_version_of(int port, json_t **sched)
+{
+    json_t *o = NULL;
+    long s = tu_http(port, "GET", "/v1/admin/schedule", NULL, "Bearer " ADMIN_TOKEN, &o);
+    long long v = s == 200 ? (long long)json_integer_value(json_object_get(o, "version")) : -1;
+    if (sched)
+        *sched = o;
+    else
+        json_decref(o);
+    return v;
+}
+
+/* Polls every node until its schedule is version v and its history ends
+ * with v; false at the bound. */
+static bool wait_schedule_everywhere(tu_child *n, long long v)
+{
+    for (int i = 0; i < NODES; i++) {
+        bool seen = false;
+        for (int round = 0; round < WAIT_SECONDS * 20 && !seen; round++) {
+            json_t *h = NULL;
+            seen = schedule_version_of(n[i].port, NULL) == v &&
+                   tu_http(n[i].port, "GET", "/v1/admin/schedule/history", NULL,
+                           "Bearer " ADMIN_TOKEN, &h) == 200 &&
+                   json_array_size(json_object_get(h, "history")) == (size_t)v &&
+                   json_integer_value(json_object_get(
+                       json_array_get(json_object_get(h, "history"), (size_t)v - 1), "version")) ==
+                       v;
+            json_decref(h);
+            if (!seen)
+                sleep_ms(50);
+        }
+        if (!seen)
+            return false;
+    }
+    return true;
+}
+
+/* A schedule change sent to a follower takes effect on the leader and is
+ * visible on every node with the same version and history. First every
+ * rate multiplier 0, sent to one follower: once every node shows version
+ * 2, events trained after it leave the leader's scores bit for bit as
+ * they were (a leader still on version 1 would move them). Then the
+ * multipliers back to 1 on the other follower (version 3): the next
+ * events move the scores again, and the followers score as the leader. */
+static void test_schedule_across_nodes(void **state)
+{
+    (void)state;
+    const char *bin = bin_or_skip();
+    unsetenv("HOGREC_REDIS_PASSWORD");
+    setenv("HOGREC_ADMIN_TOKEN", ADMIN_TOKEN, 1);
+    tu_redis rs = {0};
+    tu_redis_start(&rs);
+    char url[64];
+    snprintf(url, sizeof url, "%s", tu_redis_url(&rs));
+    tu_child n[NODES];
+    const char *ids[NODES] = {"a", "b", "c"};
+    for (int i = 0; i < NODES; i++)
+        assert_true(spawn_node(&n[i], bin, url, "t6", ids[i]));
+    unsetenv("HOGREC_ADMIN_TOKEN");
+    int leader = wait_leader(n), f1 = (leader + 1) % NODES, f2 = (leader + 2) % NODES;
+    int ports[2] = {n[f1].port, n[f2].port};
+    for (int i = 0; i < NODES; i++)
+        assert_int_equal(schedule_version_of(n[i].port, NULL), 1);
+
+    post_range("s", 0, 6, ports, 2);
+    hr_estream_id last = stream_last(url, "t6");
+    assert_true(wait_covered(n[leader].port, last));
+    static double before[SAMPLE_USERS * SAMPLE_ITEMS], after[SAMPLE_USERS * SAMPLE_ITEMS];
+    sample_scores(n[leader].port, before);
+
+    /* version 2 on follower 1: no learning */
+    const char *frozen = "{\"type\":\"constant\",\"eta0\":0.2,\"multipliers\":{\"global\":0,"
+                         "\"bias\":0,\"user\":0,\"item\":0,\"context\":0}}";
+    json_t *o = NULL;
+    assert_int_equal(tu_http(n[f1].port, "PUT", "/v1/admin/schedule", frozen,
+                             "Bearer " ADMIN_TOKEN, &o), 200);
+    assert_int_equal(json_integer_value(json_object_get(o, "version")), 2);
+    json_decref(o);
+    /* a bad schedule is refused as in standalone mode and changes nothing */
+    assert_int_equal(tu_http(n[f2].port, "PUT", "/v1/admin/schedule",
+                             "{\"type\":\"constant\",\"eta0\":-1}", "Bearer " ADMIN_TOKEN, NULL),
+                     400);
+    if (!wait_schedule_everywhere(n, 2))
+        fail_msg("schedule version 2 is not on every node within %d s", WAIT_SECONDS);
+    json_t *ls = NULL;
+    assert_int_equal(schedule_version_of(n[leader].port, &ls), 2);
+    assert_true(json_real_value(json_object_get(json_object_get(ls, "multipliers"), "item")) == 0.0);
+    json_decref(ls);
+    long long counted = events_counted_of(n[leader].port);
+    post_range("s", 6, 12, ports, 2);
+    last = stream_last(url, "t6");
+    assert_true(wait_covered(n[leader].port, last));
+    assert_true(events_counted_of(n[leader].port) > counted); /* it did train them */
+    sample_scores(n[leader].port, after);
+    for (int k = 0; k < SAMPLE_USERS * SAMPLE_ITEMS; k++)
+        if (after[k] != before[k])
+            fail_msg("pair %d: the leader's score moved (%.17g -> %.17g) under multipliers 0", k,
+                     before[k], after[k]);
+
+    /* version 3 on follower 2: learning again */
+    const char *live = "{\"type\":\"constant\",\"eta0\":0.2}";
+    assert_int_equal(tu_http(n[f2].port, "PUT", "/v1/admin/schedule", live,
+                             "Bearer " ADMIN_TOKEN, &o), 200);
+    assert_int_equal(json_integer_value(json_object_get(o, "version")), 3);
+    json_decref(o);
+    if (!wait_schedule_everywhere(n, 3))
+        fail_msg("schedule version 3 is not on every node within %d s", WAIT_SECONDS);
+    post_range("s", 12, 18, ports, 2);
+    last = stream_last(url, "t6");
+    for (int i = 0; i < NODES; i++)
+        assert_true(wait_covered(n[i].port, last));
+    sample_scores(n[leader].port, after);
+    int moved = 0;
+    for (int k = 0; k < SAMPLE_USERS * SAMPLE_ITEMS; k++)
+        moved += after[k] != before[k];
+    assert_true(moved > 0);
+    assert_true(compare_scores(n[leader].port, n[f1].port, "leader and follower") > 50);
+
+    for (int i = 0; i < NODES; i++)
+        kill(n[i].pid, SIGTERM);
+    for (int i = 0; i < NODES; i++)
+        assert_true(WIFEXITED(tu_child_wait(&n[i])));
+    tu_redis_stop(&rs);
+}
+
 /* ---- Redis killed and restarted (issue case 4) ---- */
 
 #define RK_CLIENTS 2
@@ -986,6 +1126,7 @@ int main(void)
         cmocka_unit_test_teardown(test_failover_kill_leader, kill_leftovers),
         cmocka_unit_test_teardown(test_paused_leader_steps_down, kill_leftovers),
         cmocka_unit_test_teardown(test_redis_killed_and_restarted, kill_leftovers),
+        cmocka_unit_test_teardown(test_schedule_across_nodes, kill_leftovers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

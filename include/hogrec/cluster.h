@@ -106,6 +106,17 @@ void hr_cluster_destroy(hr_cluster *c);
 hr_status hr_cluster_post(hr_cluster *c, const json_t *events, json_t *errors,
                           hr_events_outcome *out, char *entry, size_t cap, hr_error *err);
 
+/* PUT /v1/admin/schedule in cluster mode: stores s (validated by the
+ * caller: hr_schedule_from_json, hr_schedule_check_state) in Redis as the
+ * cluster's next schedule version (hogrec:{C}:schedule, one script) and
+ * installs every newer version on this node before it returns; every other
+ * node's thread installs them within about 100 ms. *version gets the
+ * version. HR_EIO and the hr_redis statuses when Redis does not answer
+ * (nothing changed, or the change is stored and this node installs it on
+ * its next look). s is read during the call. Any thread. */
+hr_status hr_cluster_schedule_put(hr_cluster *c, const hr_schedule *s, uint64_t *version,
+                                  hr_error *err);
+
 /* NULL when ready: a follower that applied the deltas present when it
  * started (and none failed), a leader that holds the lease and read the
  * event stream up to its end at the time it took it. Else why not. The
