@@ -46,6 +46,7 @@
 #include "hogrec/log.h"
 #include "hogrec/redis.h"
 #include "hogrec/sgd.h"
+#include "hogrec/watermark.h"
 
 #define HEARTBEAT_MS 1000       /* membership heartbeat period */
 #define FOLLOW_BLOCK_MS 100     /* a follower's XREAD BLOCK */
@@ -88,6 +89,7 @@ struct hr_cluster {
     hr_redis *aux;         /* /v1/cluster's, under aux_mu */
     pthread_mutex_t aux_mu;
     hr_lease *lease;
+    hr_watermark *covered_wm;  /* the covered entry, packed (hr_cluster_entry_pack) */
     hr_estream *append;    /* POST /v1/events */
     hr_estream *reader;    /* the leader's XREAD of the event stream */
     pthread_t thread;
@@ -274,6 +276,10 @@ hr_status hr_cluster_open(const hr_config *cfg, const hr_cluster_parts *parts, h
     c->max_backlog = cfg->max_backlog;
     c->role = ROLE_STARTING;
 
+    if ((st = hr_watermark_create(&c->covered_wm)) != HR_OK) {
+        hr_error_set(err, st, NULL, "out of memory");
+        goto fail;
+    }
     if ((st = hr_redis_open(cfg->redis, NULL, &c->conn, err)) != HR_OK)
         goto fail;
     hr_redis_settings set;
@@ -337,6 +343,36 @@ void hr_cluster_set_address(hr_cluster *c, const char *host, unsigned port)
     pthread_mutex_unlock(&c->mu);
 }
 
+/* ---- read-your-writes: the covered entry as a watermark ---- */
+
+uint64_t hr_cluster_entry_pack(uint64_t ms, uint64_t seq)
+{
+    const uint64_t seq_max = (1ull << HR_CLUSTER_PACK_SEQ_BITS) - 1;
+    const uint64_t ms_max = (1ull << (64 - HR_CLUSTER_PACK_SEQ_BITS)) - 1;
+    return (ms > ms_max ? ms_max : ms) << HR_CLUSTER_PACK_SEQ_BITS | (seq > seq_max ? seq_max : seq);
+}
+
+/* Publishes the entry the model now covers to the min_seq waiters. */
+static void note_covered(hr_cluster *c, hr_estream_id covered)
+{
+    hr_watermark_publish(c->covered_wm, hr_cluster_entry_pack(covered.ms, covered.seq));
+}
+
+hr_watermark *hr_cluster_applied(hr_cluster *c)
+{
+    return c->covered_wm;
+}
+
+bool hr_cluster_covers(hr_cluster *c, uint64_t ms, uint64_t seq, char *entry, size_t cap)
+{
+    pthread_mutex_lock(&c->mu);
+    hr_estream_id cov = c->covered;
+    pthread_mutex_unlock(&c->mu);
+    char b[HR_ESTREAM_ID_LEN];
+    snprintf(entry, cap, "%s", hr_estream_id_format(cov, b));
+    return cov.ms > ms || (cov.ms == ms && cov.seq >= seq);
+}
+
 /* ---- follower: the delta stream ---- */
 
 /* Applies one part (the stream entry `id`). false when it cannot be
@@ -366,7 +402,9 @@ static bool apply_part(hr_cluster *c, hr_estream_id id, const void *data, size_t
             hr_estream_id_parse(c->dst.event_id, &cov, NULL) == HR_OK)
             c->covered = cov;
     }
+    hr_estream_id covered = c->covered;
     pthread_mutex_unlock(&c->mu);
+    note_covered(c, covered);
     return true;
 }
 
@@ -568,6 +606,7 @@ static hr_status send_parts(hr_cluster *c)
     c->covered = c->pend_covered;
     c->deltas_published++;
     pthread_mutex_unlock(&c->mu);
+    note_covered(c, c->pend_covered);
     return HR_OK;
 }
 
@@ -977,6 +1016,7 @@ void hr_cluster_destroy(hr_cluster *c)
     hr_redis_destroy(c->conn);
     hr_redis_destroy(c->lconn);
     hr_redis_destroy(c->aux);
+    hr_watermark_destroy(c->covered_wm);
     hr_delta_buf_free(&c->buf);
     free(c->fed);
     free(c->evs);

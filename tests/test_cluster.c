@@ -900,6 +900,100 @@ static void test_schedule_across_nodes(void **state)
     tu_redis_stop(&rs);
 }
 
+/* ---- read-your-writes across nodes ---- */
+
+/* GET path on port: status; *o the body. */
+static long get_json(int port, const char *path, json_t **o)
+{
+    return tu_http(port, "GET", path, NULL, NULL, o);
+}
+
+/* min_seq in cluster mode is the entry id of a 202: a query on another
+ * node with it waits until that node's model covers the entry, then says
+ * applied true and the entry it covers, and the score reflects the events
+ * (it differs from the one before the post: a new user and item scored
+ * through the default rows). Also through POST /v1/predict (a JSON string)
+ * and recommend. An entry far in the future: applied false after wait_ms.
+ * A standalone seq (an integer) is refused in cluster mode. */
+static void test_read_your_writes(void **state)
+{
+    (void)state;
+    const char *bin = bin_or_skip();
+    unsetenv("HOGREC_REDIS_PASSWORD");
+    setenv("HOGREC_MAX_WAIT_MS", "20000", 1); /* generous: a slow machine */
+    tu_redis rs = {0};
+    tu_redis_start(&rs);
+    char url[64];
+    snprintf(url, sizeof url, "%s", tu_redis_url(&rs));
+    tu_child n[NODES];
+    const char *ids[NODES] = {"a", "b", "c"};
+    for (int i = 0; i < NODES; i++)
+        assert_true(spawn_node(&n[i], bin, url, "t7", ids[i]));
+    unsetenv("HOGREC_MAX_WAIT_MS");
+    int leader = wait_leader(n), na = (leader + 1) % NODES, nc = (leader + 2) % NODES;
+
+    json_t *o = NULL;
+    assert_int_equal(get_json(n[nc].port, "/v1/predict?user=ryw-u&item=ryw-i", &o), 200);
+    double before = json_real_value(json_object_get(o, "score"));
+    json_decref(o);
+    char body[2048];
+    size_t len = (size_t)snprintf(body, sizeof body, "[");
+    for (int i = 0; i < 10; i++)
+        len += (size_t)snprintf(body + len, sizeof body - len,
+                                "%s{\"user\":\"ryw-u\",\"item\":\"ryw-i\",\"label\":1}",
+                                i ? "," : "");
+    snprintf(body + len, sizeof body - len, "]");
+    assert_int_equal(tu_http(n[na].port, "POST", "/v1/events", body, NULL, &o), 202);
+    char entry[64];
+    snprintf(entry, sizeof entry, "%s", str_at(o, "entry", NULL));
+    json_decref(o);
+    hr_estream_id want = parse_id(entry);
+
+    char path[256];
+    snprintf(path, sizeof path, "/v1/predict?user=ryw-u&item=ryw-i&min_seq=%s&wait_ms=20000",
+             entry);
+    assert_int_equal(get_json(n[nc].port, path, &o), 200);
+    if (!json_is_true(json_object_get(o, "applied")))
+        fail_msg("node %s did not apply entry %s within 20 s", ids[nc], entry);
+    assert_true(hr_estream_id_cmp(parse_id(str_at(o, "applied_entry", NULL)), want) >= 0);
+    double after = json_real_value(json_object_get(o, "score"));
+    json_decref(o);
+    if (after == before)
+        fail_msg("applied, but the score is still %.17g", after);
+
+    /* POST /v1/predict with min_seq a JSON string; recommend */
+    snprintf(body, sizeof body,
+             "{\"pairs\":[{\"user\":\"ryw-u\",\"item\":\"ryw-i\"}],\"min_seq\":\"%s\","
+             "\"wait_ms\":20000}", entry);
+    assert_int_equal(tu_http(n[leader].port, "POST", "/v1/predict", body, NULL, &o), 200);
+    assert_true(json_is_true(json_object_get(o, "applied")));
+    assert_true(json_real_value(json_array_get(json_object_get(o, "scores"), 0)) == after);
+    json_decref(o);
+    snprintf(path, sizeof path, "/v1/recommend?user=ryw-u&k=3&min_seq=%s&wait_ms=20000", entry);
+    assert_int_equal(get_json(n[na].port, path, &o), 200);
+    assert_true(json_is_true(json_object_get(o, "applied")));
+    json_decref(o);
+
+    /* far in the future: not applied once wait_ms passed */
+    assert_int_equal(
+        get_json(n[nc].port, "/v1/predict?user=ryw-u&item=ryw-i&min_seq=99999999999999-0&wait_ms=200",
+                 &o),
+        200);
+    assert_true(json_is_false(json_object_get(o, "applied")));
+    assert_true(hr_estream_id_cmp(parse_id(str_at(o, "applied_entry", NULL)), want) >= 0);
+    json_decref(o);
+    /* a standalone seq means nothing here */
+    assert_int_equal(get_json(n[nc].port, "/v1/predict?user=ryw-u&item=ryw-i&min_seq=5", &o), 400);
+    assert_string_equal(str_at(json_object_get(o, "error"), "code", NULL), "invalid");
+    json_decref(o);
+
+    for (int i = 0; i < NODES; i++)
+        kill(n[i].pid, SIGTERM);
+    for (int i = 0; i < NODES; i++)
+        assert_true(WIFEXITED(tu_child_wait(&n[i])));
+    tu_redis_stop(&rs);
+}
+
 /* ---- Redis killed and restarted (issue case 4) ---- */
 
 #define RK_CLIENTS 2
@@ -1127,6 +1221,7 @@ int main(void)
         cmocka_unit_test_teardown(test_paused_leader_steps_down, kill_leftovers),
         cmocka_unit_test_teardown(test_redis_killed_and_restarted, kill_leftovers),
         cmocka_unit_test_teardown(test_schedule_across_nodes, kill_leftovers),
+        cmocka_unit_test_teardown(test_read_your_writes, kill_leftovers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -46,7 +46,9 @@
 #define HOGREC_CLUSTER_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <stddef.h>
 
 #include "hogrec/common.h"
 #include "hogrec/config.h"
@@ -116,6 +118,22 @@ hr_status hr_cluster_post(hr_cluster *c, const json_t *events, json_t *errors,
  * its next look). s is read during the call. Any thread. */
 hr_status hr_cluster_schedule_put(hr_cluster *c, const hr_schedule *s, uint64_t *version,
                                   hr_error *err);
+
+/* Read-your-writes (min_seq = the entry id of a 202): the entry this
+ * node's model covers (the last complete delta's: applied by a follower,
+ * published by the leader) as a watermark, an entry id "MS-SEQ" packed
+ * into 64 bits as MS * 2^20 + SEQ (hr_cluster_entry_pack: SEQ above
+ * 2^20 - 1, a million entries in one millisecond, and MS past the year
+ * 2500 are clamped, so the packed order may tie but never inverts; the
+ * verdict is hr_cluster_covers). Borrowed for the cluster's life; wake
+ * it (hr_watermark_wake) to end waits at a stop. */
+#define HR_CLUSTER_PACK_SEQ_BITS 20
+uint64_t hr_cluster_entry_pack(uint64_t ms, uint64_t seq);
+struct hr_watermark *hr_cluster_applied(hr_cluster *c);
+
+/* Whether the model covers entry MS-SEQ; entry (cap bytes, >= 44) gets
+ * the entry it covers. Any thread. */
+bool hr_cluster_covers(hr_cluster *c, uint64_t ms, uint64_t seq, char *entry, size_t cap);
 
 /* NULL when ready: a follower that applied the deltas present when it
  * started (and none failed), a leader that holds the lease and read the
