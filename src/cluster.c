@@ -96,6 +96,7 @@ struct hr_cluster {
     bool started;
     atomic_bool stop;
     atomic_bool lost;      /* the renewal thread saw the lease lost */
+    atomic_uint_fast64_t redis_errors; /* failed Redis calls (node thread, appends) */
 
     pthread_mutex_t mu;    /* guards the fields down to the next comment */
     role_t role;
@@ -110,6 +111,8 @@ struct hr_cluster {
     const char *broken;          /* why the delta stream cannot be followed; NULL */
     char broken_detail[256];
     uint64_t deltas_applied, deltas_published, delta_bytes, events_fed;
+    uint64_t lag_entries, lag_ms;  /* measured by the node thread (measure_lag) */
+    uint64_t reconnects;           /* of conn and aux, as the node thread last saw */
 
     /* node thread only */
     hr_delta_state dst;
@@ -161,6 +164,7 @@ static void log_redis_error(hr_cluster *c, const char *what, hr_status st, const
 {
     uint64_t now = hr_now_ns();
     c->redis_fail_ms = now / 1000000u;
+    atomic_fetch_add(&c->redis_errors, 1);
     if (now - c->last_err_ns < 1000000000ull && c->last_err_ns)
         return;
     c->last_err_ns = now;
@@ -914,6 +918,57 @@ static void sync_schedule(hr_cluster *c)
         log_redis_error(c, "cannot take the cluster's schedule", st, &err);
 }
 
+/* ---- figures ---- */
+
+/* The lag of this node's model behind the event stream, and the
+ * connections' reconnects, for hr_cluster_get_counts (node thread, every
+ * heartbeat: two Redis calls). */
+static void measure_lag(hr_cluster *c)
+{
+    pthread_mutex_lock(&c->mu);
+    hr_estream_id cov = c->covered;
+    pthread_mutex_unlock(&c->mu);
+    uint64_t backlog = 0, ordinal = 0;
+    hr_estream_id last = {0, 0};
+    hr_error err = {{0}, {0}};
+    hr_status st = hr_estream_backlog(c->append, cov, &backlog, &err);
+    if (st == HR_OK)
+        st = hr_estream_last(c->reader, &last, &ordinal, &err);
+    pthread_mutex_lock(&c->aux_mu);
+    uint64_t reconnects = hr_redis_reconnects(c->aux);
+    pthread_mutex_unlock(&c->aux_mu);
+    reconnects += hr_redis_reconnects(c->conn);
+    pthread_mutex_lock(&c->mu);
+    if (st == HR_OK) {
+        c->lag_entries = backlog;
+        c->lag_ms = backlog > 0 && last.ms > cov.ms ? last.ms - cov.ms : 0;
+    }
+    c->reconnects = reconnects;
+    pthread_mutex_unlock(&c->mu);
+    if (st != HR_OK)
+        log_redis_error(c, "cannot measure the lag", st, &err);
+}
+
+void hr_cluster_get_counts(hr_cluster *c, hr_cluster_counts *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!c)
+        return;
+    out->enabled = true;
+    out->ready = hr_cluster_not_ready(c) == NULL;
+    pthread_mutex_lock(&c->mu);
+    out->leader = c->role == ROLE_LEADER;
+    out->epoch = c->epoch > 0 ? (uint64_t)c->epoch : 0;
+    out->deltas_applied = c->deltas_applied;
+    out->deltas_published = c->deltas_published;
+    out->lag_entries = c->lag_entries;
+    out->lag_ms = c->lag_ms;
+    out->redis_reconnects = c->reconnects;
+    out->lease_reclaims = c->reclaims;
+    pthread_mutex_unlock(&c->mu);
+    out->redis_errors = atomic_load(&c->redis_errors);
+}
+
 static void *node_main(void *arg)
 {
     hr_cluster *c = arg;
@@ -936,6 +991,7 @@ static void *node_main(void *arg)
     while (!atomic_load(&c->stop)) {
         uint64_t now = now_ms();
         if (now >= next_hb) {
+            measure_lag(c);
             heartbeat(c);
             next_hb = now + HEARTBEAT_MS;
         }
@@ -1044,6 +1100,8 @@ static hr_status append_entry(void *arg, size_t n, const char *const *text, cons
     hr_estream_appended out;
     hr_status st = hr_estream_append(a->c->append, n, text, len, id_hash, arrived, duplicate,
                                      &out, err);
+    if (st != HR_OK)
+        atomic_fetch_add(&a->c->redis_errors, 1);
     if (st == HR_EFULL) /* Redis out of memory: not the 429 of a backlog */
         st = HR_EIO;
     if (st != HR_OK)

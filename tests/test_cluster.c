@@ -19,6 +19,7 @@
 /* ctest-labels: concurrent */
 #include "testutil.h"
 
+#include <curl/curl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -908,6 +909,96 @@ static long get_json(int port, const char *path, json_t **o)
     return tu_http(port, "GET", path, NULL, NULL, o);
 }
 
+/* /v1/stats' cluster.<key> of a node as an integer (-1 when absent). */
+static long long cluster_stat(int port, const char *key)
+{
+    json_t *o = NULL;
+    long long v = -1;
+    if (get_json(port, "/v1/stats", &o) == 200) {
+        json_t *x = json_object_get(json_object_get(o, "cluster"), key);
+        v = json_is_integer(x) ? (long long)json_integer_value(x) : json_is_real(x) ? 0 : -1;
+    }
+    json_decref(o);
+    return v;
+}
+
+static size_t on_text(char *p, size_t size, size_t n, void *arg)
+{
+    char **buf = arg;
+    size_t old = *buf ? strlen(*buf) : 0, add = size * n;
+    char *b = realloc(*buf, old + add + 1);
+    if (!b)
+        return 0;
+    memcpy(b + old, p, add);
+    b[old + add] = 0;
+    *buf = b;
+    return add;
+}
+
+/* GET path on port as text: new string, or NULL. */
+static char *http_text(int port, const char *path)
+{
+    CURL *c = curl_easy_init();
+    if (!c)
+        return NULL;
+    char url[256], *text = NULL;
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_text);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &text);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 300L);
+    if (curl_easy_perform(c) != CURLE_OK) {
+        free(text);
+        text = NULL;
+    }
+    curl_easy_cleanup(c);
+    return text;
+}
+
+/* The value of sample `name` in a node's /metrics (-1 when absent). */
+static double prom_value(int port, const char *name)
+{
+    char *text = http_text(port, "/metrics");
+    double v = -1;
+    size_t n = strlen(name);
+    for (const char *p = text; p && *p;) {
+        if (!strncmp(p, name, n) && p[n] == ' ')
+            v = strtod(p + n + 1, NULL);
+        const char *nl = strchr(p, '\n');
+        p = nl ? nl + 1 : NULL;
+    }
+    free(text);
+    return v;
+}
+
+/* The cluster figures of /v1/stats and /metrics on every node once the
+ * nodes are quiet: one leader (cluster.leader), epoch and readiness, the
+ * leader published and the followers applied deltas, and the lag (measured
+ * every second) comes back to 0. */
+static void check_cluster_figures(tu_child *n, int leader)
+{
+    for (int i = 0; i < NODES; i++) {
+        assert_int_equal(cluster_stat(n[i].port, "enabled"), 1);
+        assert_int_equal(cluster_stat(n[i].port, "leader"), i == leader);
+        assert_int_equal(cluster_stat(n[i].port, "ready"), 1);
+        assert_true(cluster_stat(n[i].port, "epoch") >= 1);
+        assert_true(prom_value(n[i].port, "hogrec_cluster_leader") == (i == leader ? 1.0 : 0.0));
+        assert_true(prom_value(n[i].port, "hogrec_cluster_epoch") >= 1.0);
+        if (i == leader)
+            assert_true(cluster_stat(n[i].port, "deltas_published") > 0);
+        else
+            assert_true(cluster_stat(n[i].port, "deltas_applied") > 0);
+        bool caught_up = false;
+        for (int round = 0; round < WAIT_SECONDS * 20 && !caught_up; round++) {
+            caught_up = cluster_stat(n[i].port, "lag_entries") == 0 &&
+                        prom_value(n[i].port, "hogrec_cluster_lag_seconds") == 0.0;
+            if (!caught_up)
+                sleep_ms(50);
+        }
+        assert_true(caught_up);
+    }
+}
+
 /* min_seq in cluster mode is the entry id of a 202: a query on another
  * node with it waits until that node's model covers the entry, then says
  * applied true and the entry it covers, and the score reflects the events
@@ -986,6 +1077,7 @@ static void test_read_your_writes(void **state)
     assert_int_equal(get_json(n[nc].port, "/v1/predict?user=ryw-u&item=ryw-i&min_seq=5", &o), 400);
     assert_string_equal(str_at(json_object_get(o, "error"), "code", NULL), "invalid");
     json_decref(o);
+    check_cluster_figures(n, leader);
 
     for (int i = 0; i < NODES; i++)
         kill(n[i].pid, SIGTERM);
@@ -1178,6 +1270,16 @@ static void test_redis_killed_and_restarted(void **state)
             sleep_ms(50);
     }
     assert_true(fresh);
+    /* the outage is in the figures: Redis errors and reconnections on
+     * every node; a leader that kept its role took its lease back */
+    for (int i = 0; i < NODES; i++) {
+        assert_true(cluster_stat(n[i].port, "redis_errors") > 0);
+        assert_true(cluster_stat(n[i].port, "redis_reconnects") > 0);
+        assert_true(prom_value(n[i].port, "hogrec_cluster_redis_errors_total") > 0);
+    }
+    if (leader == leader0)
+        assert_true(cluster_stat(n[leader].port, "lease_reclaims") > 0);
+    check_cluster_figures(n, leader);
 
     for (int i = 0; i < NODES; i++)
         kill(n[i].pid, SIGTERM);

@@ -135,6 +135,25 @@ struct hr_watermark *hr_cluster_applied(hr_cluster *c);
  * the entry it covers. Any thread. */
 bool hr_cluster_covers(hr_cluster *c, uint64_t ms, uint64_t seq, char *entry, size_t cap);
 
+/* This node's cluster figures for /metrics and /v1/stats (metrics.h). */
+typedef struct {
+    bool enabled;              /* cluster mode */
+    bool leader;               /* the trainer leader now */
+    bool ready;                /* hr_cluster_not_ready is NULL */
+    uint64_t epoch;            /* held (leader) or of the newest delta applied */
+    uint64_t deltas_applied;   /* complete deltas applied (follower) */
+    uint64_t deltas_published; /* deltas published (leader) */
+    uint64_t lag_entries;      /* event stream entries after the covered one */
+    uint64_t lag_ms;           /* the last entry's time less the covered one's (Redis clock) */
+    uint64_t redis_errors;     /* failed Redis calls: node thread, appends */
+    uint64_t redis_reconnects; /* of the node thread's and the report's connections */
+    uint64_t lease_reclaims;   /* the lease taken back with the same epoch (leader) */
+} hr_cluster_counts;
+
+/* Fills *out without a Redis call (the lag is the node thread's, measured
+ * every second). c NULL (standalone): all zero. Any thread. */
+void hr_cluster_get_counts(hr_cluster *c, hr_cluster_counts *out);
+
 /* NULL when ready: a follower that applied the deltas present when it
  * started (and none failed), a leader that holds the lease and read the
  * event stream up to its end at the time it took it. Else why not. The
