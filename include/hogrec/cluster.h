@@ -29,14 +29,24 @@
  *             it applies the deltas to the end and tries to take it (at
  *             most every lease_ms / 3).
  * Every second the thread writes its membership heartbeat (role, epoch,
- * lag).
+ * lag) and measures its lag for /metrics; every 100 ms it installs the
+ * cluster's schedule versions it does not have (hr_cluster_schedule_put).
+ *
+ * Redis away: every connection reconnects with the backoff of redis.h;
+ * POSTs answer 503, queries go on from the model. A leader whose lease
+ * lapsed meanwhile takes it back with the same epoch when no node
+ * acquired since (hr_lease_reclaim), and followers leave a free lease
+ * alone for lease_ms + 2 backoffs after their own last failed call, so
+ * the leader gets there first.
+ *
+ * Read-your-writes: the entry the model covers is a watermark
+ * (hr_cluster_applied) that min_seq waits on.
  *
  * Not in this version: snapshot bootstrap (a node started after deltas
  * were trimmed cannot catch up: it refuses to start; nothing trims the
  * streams yet), local checkpoints (cluster mode needs db ""; a node
  * rebuilds from the delta stream at start), followers' serving state
- * (recent items, popularity: only the leader has it), schedule changes
- * across nodes, read-your-writes.
+ * (recent items, popularity: only the leader has it).
  *
  * Threads: open/start/stop/destroy from the main thread; post, not_ready
  * and status_json from HTTP threads; the node thread; the lease's renewal
