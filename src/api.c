@@ -388,6 +388,23 @@ static hr_status uint_param(const hr_api_param *p, const char *name, uint64_t ma
     return HR_OK;
 }
 
+/* A stream entry id "MS-SEQ" (each part 1-20 digits, no overflow) of len
+ * bytes into w (is_entry). false when text is not one. */
+static bool entry_text(const char *text, size_t len, hr_api_wait *w)
+{
+    const char *dash = text ? memchr(text, '-', len) : NULL;
+    if (!dash)
+        return false;
+    hr_api_param a = {.value = text, .value_len = (size_t)(dash - text)};
+    hr_api_param b = {.value = dash + 1, .value_len = len - (size_t)(dash - text) - 1};
+    hr_error ignore = {{0}, {0}};
+    if (uint_param(&a, "min_seq", UINT64_MAX, &w->entry_ms, &ignore) != HR_OK ||
+        uint_param(&b, "min_seq", UINT64_MAX, &w->entry_seq, &ignore) != HR_OK)
+        return false;
+    w->is_entry = true;
+    return true;
+}
+
 /* min_seq and wait_ms of a query (either may be NULL: not given). */
 static hr_status wait_params(const hr_api_param *min_seq, const hr_api_param *wait_ms,
                              hr_api_wait *out, hr_error *err)
@@ -395,8 +412,10 @@ static hr_status wait_params(const hr_api_param *min_seq, const hr_api_param *wa
     out->given = min_seq != NULL;
     out->min_seq = 0;
     out->wait_ms = -1;
+    out->is_entry = false;
     hr_status st;
-    if (min_seq && (st = uint_param(min_seq, "min_seq", INT64_MAX, &out->min_seq, err)) != HR_OK)
+    if (min_seq && !entry_text(min_seq->value, min_seq->value_len, out) &&
+        (st = uint_param(min_seq, "min_seq", INT64_MAX, &out->min_seq, err)) != HR_OK)
         return st;
     uint64_t w = 0;
     if (wait_ms && (st = uint_param(wait_ms, "wait_ms", HR_API_MAX_WAIT_MS, &w, err)) != HR_OK)
@@ -412,7 +431,11 @@ hr_status hr_api_wait_from_json(const json_t *obj, hr_api_wait *out, hr_error *e
     out->min_seq = 0;
     out->wait_ms = -1;
     const json_t *ms = json_object_get(obj, "min_seq"), *wm = json_object_get(obj, "wait_ms");
-    if (ms) {
+    out->is_entry = false;
+    if (ms && json_is_string(ms) &&
+        entry_text(json_string_value(ms), json_string_length(ms), out)) {
+        out->given = true;
+    } else if (ms) {
         if (!json_is_integer(ms) || json_integer_value(ms) < 0)
             return hr_error_set(err, HR_EINVAL, "min_seq", "min_seq: an integer >= 0");
         out->given = true;

@@ -30,6 +30,7 @@
 #include "hogrec/cluster.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -45,6 +46,7 @@
 #include "hogrec/log.h"
 #include "hogrec/redis.h"
 #include "hogrec/sgd.h"
+#include "hogrec/watermark.h"
 
 #define HEARTBEAT_MS 1000       /* membership heartbeat period */
 #define FOLLOW_BLOCK_MS 100     /* a follower's XREAD BLOCK */
@@ -52,6 +54,7 @@
 #define READ_ENTRIES 256        /* event entries per leader read */
 #define PART_BYTES (4u << 20)   /* largest delta part (one stream entry) */
 #define RETRY_MS 50             /* pause after a failed Redis call */
+#define SCHEDULE_POLL_MS 100    /* the node thread looks for schedule changes */
 
 typedef enum { ROLE_STARTING, ROLE_FOLLOWER, ROLE_LEADER, ROLE_STEPPED_DOWN } role_t;
 
@@ -78,6 +81,7 @@ struct hr_cluster {
     char node_id[HR_LEASE_NAME_MAX + 1];
     char address[96];                    /* host:port for the membership entry */
     char deltas_key[160];                /* hogrec:{C}:deltas */
+    char sched_key[160];                 /* hogrec:{C}:schedule (hash: version, N -> JSON) */
     int publish_ms, lease_ms;
     int64_t max_backlog;                 /* 0: no bound */
     hr_redis *conn;        /* the node thread's */
@@ -85,12 +89,14 @@ struct hr_cluster {
     hr_redis *aux;         /* /v1/cluster's, under aux_mu */
     pthread_mutex_t aux_mu;
     hr_lease *lease;
+    hr_watermark *covered_wm;  /* the covered entry, packed (hr_cluster_entry_pack) */
     hr_estream *append;    /* POST /v1/events */
     hr_estream *reader;    /* the leader's XREAD of the event stream */
     pthread_t thread;
     bool started;
     atomic_bool stop;
     atomic_bool lost;      /* the renewal thread saw the lease lost */
+    atomic_uint_fast64_t redis_errors; /* failed Redis calls (node thread, appends) */
 
     pthread_mutex_t mu;    /* guards the fields down to the next comment */
     role_t role;
@@ -105,6 +111,8 @@ struct hr_cluster {
     const char *broken;          /* why the delta stream cannot be followed; NULL */
     char broken_detail[256];
     uint64_t deltas_applied, deltas_published, delta_bytes, events_fed;
+    uint64_t lag_entries, lag_ms;  /* measured by the node thread (measure_lag) */
+    uint64_t reconnects;           /* of conn and aux, as the node thread last saw */
 
     /* node thread only */
     hr_delta_state dst;
@@ -122,6 +130,8 @@ struct hr_cluster {
     double *arrived;
     size_t feed_cap;
     uint64_t skipped;       /* events of the stream that could not be parsed */
+    uint64_t redis_fail_ms; /* when a call of the node thread last failed (now_ms; 0 never) */
+    uint64_t reclaims;      /* leader: times it took its lease back (same epoch) */
     uint64_t last_err_ns;   /* rate limit of error logs */
 };
 
@@ -153,6 +163,8 @@ static bool name_ok(const char *s)
 static void log_redis_error(hr_cluster *c, const char *what, hr_status st, const hr_error *err)
 {
     uint64_t now = hr_now_ns();
+    c->redis_fail_ms = now / 1000000u;
+    atomic_fetch_add(&c->redis_errors, 1);
     if (now - c->last_err_ns < 1000000000ull && c->last_err_ns)
         return;
     c->last_err_ns = now;
@@ -268,6 +280,10 @@ hr_status hr_cluster_open(const hr_config *cfg, const hr_cluster_parts *parts, h
     c->max_backlog = cfg->max_backlog;
     c->role = ROLE_STARTING;
 
+    if ((st = hr_watermark_create(&c->covered_wm)) != HR_OK) {
+        hr_error_set(err, st, NULL, "out of memory");
+        goto fail;
+    }
     if ((st = hr_redis_open(cfg->redis, NULL, &c->conn, err)) != HR_OK)
         goto fail;
     hr_redis_settings set;
@@ -294,6 +310,7 @@ hr_status hr_cluster_open(const hr_config *cfg, const hr_cluster_parts *parts, h
             HR_OK)
         goto fail;
     snprintf(c->deltas_key, sizeof c->deltas_key, "%sdeltas", hr_lease_key_prefix(c->lease));
+    snprintf(c->sched_key, sizeof c->sched_key, "%sschedule", hr_lease_key_prefix(c->lease));
     bool trimmed;
     if ((st = deltas_trimmed(c, &trimmed, err)) != HR_OK)
         goto fail;
@@ -330,6 +347,36 @@ void hr_cluster_set_address(hr_cluster *c, const char *host, unsigned port)
     pthread_mutex_unlock(&c->mu);
 }
 
+/* ---- read-your-writes: the covered entry as a watermark ---- */
+
+uint64_t hr_cluster_entry_pack(uint64_t ms, uint64_t seq)
+{
+    const uint64_t seq_max = (1ull << HR_CLUSTER_PACK_SEQ_BITS) - 1;
+    const uint64_t ms_max = (1ull << (64 - HR_CLUSTER_PACK_SEQ_BITS)) - 1;
+    return (ms > ms_max ? ms_max : ms) << HR_CLUSTER_PACK_SEQ_BITS | (seq > seq_max ? seq_max : seq);
+}
+
+/* Publishes the entry the model now covers to the min_seq waiters. */
+static void note_covered(hr_cluster *c, hr_estream_id covered)
+{
+    hr_watermark_publish(c->covered_wm, hr_cluster_entry_pack(covered.ms, covered.seq));
+}
+
+hr_watermark *hr_cluster_applied(hr_cluster *c)
+{
+    return c->covered_wm;
+}
+
+bool hr_cluster_covers(hr_cluster *c, uint64_t ms, uint64_t seq, char *entry, size_t cap)
+{
+    pthread_mutex_lock(&c->mu);
+    hr_estream_id cov = c->covered;
+    pthread_mutex_unlock(&c->mu);
+    char b[HR_ESTREAM_ID_LEN];
+    snprintf(entry, cap, "%s", hr_estream_id_format(cov, b));
+    return cov.ms > ms || (cov.ms == ms && cov.seq >= seq);
+}
+
 /* ---- follower: the delta stream ---- */
 
 /* Applies one part (the stream entry `id`). false when it cannot be
@@ -359,7 +406,9 @@ static bool apply_part(hr_cluster *c, hr_estream_id id, const void *data, size_t
             hr_estream_id_parse(c->dst.event_id, &cov, NULL) == HR_OK)
             c->covered = cov;
     }
+    hr_estream_id covered = c->covered;
     pthread_mutex_unlock(&c->mu);
+    note_covered(c, covered);
     return true;
 }
 
@@ -561,6 +610,7 @@ static hr_status send_parts(hr_cluster *c)
     c->covered = c->pend_covered;
     c->deltas_published++;
     pthread_mutex_unlock(&c->mu);
+    note_covered(c, c->pend_covered);
     return HR_OK;
 }
 
@@ -683,12 +733,49 @@ static void try_lead(hr_cluster *c)
     hr_log("info", "leader", f);
 }
 
+/* The renewal thread counted the lease lost: Redis did not answer for a
+ * whole lease (down, restarted past the key's expiry) or the key holds
+ * another value. The leader's model holds training not yet published, so
+ * it takes the lease back with the same epoch if no node acquired since
+ * (hr_lease_reclaim; its fenced writes are then still valid) and goes on
+ * leading; it steps down only once another node did lead. While Redis does
+ * not answer it neither reads nor publishes and asks again after a pause.
+ * Returns whether it leads on now. */
+static bool reclaim(hr_cluster *c)
+{
+    hr_lease_stop_renewal(c->lease); /* the thread ended after its callback */
+    hr_lease_state ls;
+    hr_error err = {{0}, {0}};
+    hr_status st = hr_lease_reclaim(c->lease, c->epoch, &ls, &err);
+    if (st != HR_OK) {
+        log_redis_error(c, "the lease is lost and Redis does not answer (retrying)", st, &err);
+        sleep_ms(RETRY_MS);
+        return false;
+    }
+    if (!ls.held) {
+        char why[160];
+        snprintf(why, sizeof why, "the lease was lost: node '%s' holds it, epoch %" PRId64,
+                 ls.holder, ls.epoch);
+        step_down(c, why, NULL);
+        return false;
+    }
+    if ((st = hr_lease_start_renewal(c->lease, on_lost, c, &err)) != HR_OK) {
+        log_redis_error(c, "cannot restart the lease renewal", st, &err);
+        sleep_ms(RETRY_MS);
+        return false;
+    }
+    atomic_store(&c->lost, false);
+    pthread_mutex_lock(&c->mu);
+    c->reclaims++;
+    pthread_mutex_unlock(&c->mu);
+    hr_log("info", "lease taken back", json_pack("{s:I}", "epoch", (json_int_t)c->epoch));
+    return true;
+}
+
 static void lead(hr_cluster *c, uint64_t *next_pub)
 {
-    if (atomic_load(&c->lost)) {
-        step_down(c, "the lease was lost", NULL);
+    if (atomic_load(&c->lost) && !reclaim(c))
         return;
-    }
     /* With entries fed and not yet published, read without blocking and
      * wait for the publish here: Redis ends a short XREAD BLOCK only at
      * its next cron tick (1000 / hz ms, 100 ms by default), though it
@@ -734,6 +821,154 @@ static void heartbeat(hr_cluster *c)
     json_decref(lag);
 }
 
+/* Whether a follower leaves a free lease alone for now because Redis just
+ * failed it: after a Redis outage longer than the lease, the key expired
+ * although its leader lives, and that leader takes it back (reclaim) as
+ * soon as its connections reconnect (at most one backoff after Redis
+ * answers). A follower that took it first would make the leader step down
+ * for good. So a follower waits the lease plus two of the longest backoffs
+ * after its own last failed call; a dead leader's lease is then taken that
+ * much later. */
+static bool outage_grace(hr_cluster *c, role_t role)
+{
+    if (role != ROLE_FOLLOWER || c->redis_fail_ms == 0)
+        return false;
+    hr_redis_options o;
+    hr_redis_options_defaults(&o);
+    return now_ms() < c->redis_fail_ms + (uint64_t)c->lease_ms + 2u * (uint64_t)o.backoff_max_ms;
+}
+
+/* ---- the schedule, cluster-wide ---- */
+
+/* Schedule put: KEYS schedule hash; ARGV the schedule's JSON. Stores it as
+ * the next version (the initial schedule of every node is version 1, so
+ * the first change is 2) and returns that version. */
+static const char sched_put_lua[] =
+    "local v = tonumber(redis.call('HGET', KEYS[1], 'version') or '1') + 1 "
+    "redis.call('HSET', KEYS[1], 'version', v, tostring(v), ARGV[1]) "
+    "return v";
+
+/* Installs, in order, every version of the cluster's schedule hash newer
+ * than this node's current one, through the schedule box (so each node's
+ * version numbers are the cluster's). Caller holds aux_mu (it serializes
+ * the installs too). */
+static hr_status do_sync_schedule(hr_cluster *c, hr_error *err)
+{
+    redisReply *rep = NULL;
+    hr_status st = hr_redis_call(c->aux, &rep, err, "HGET", c->sched_key, "version", NULL);
+    if (st != HR_OK)
+        return st;
+    uint64_t want = rep->type == REDIS_REPLY_STRING ? strtoull(rep->str, NULL, 10) : 0;
+    freeReplyObject(rep);
+    for (uint64_t v = hr_schedbox_current(c->p.sched)->version + 1; v <= want; v++) {
+        char field[24];
+        snprintf(field, sizeof field, "%" PRIu64, v);
+        if ((st = hr_redis_call(c->aux, &rep, err, "HGET", c->sched_key, field, NULL)) != HR_OK)
+            return st;
+        json_t *j = rep->type == REDIS_REPLY_STRING ? json_loadb(rep->str, rep->len, 0, NULL) : NULL;
+        freeReplyObject(rep);
+        hr_schedule s;
+        st = j ? hr_schedule_from_json(j, &s, err)
+               : hr_error_set(err, HR_EINVAL, "schedule", "version %" PRIu64 " missing in %s", v,
+                              c->sched_key);
+        json_decref(j);
+        uint64_t got = 0;
+        if (st == HR_OK)
+            st = hr_schedbox_swap(c->p.sched, &s, hr_trainer_updates(c->p.trainer), NAN, &got, err);
+        if (st != HR_OK)
+            return st;
+        hr_log("info", "schedule changed", json_pack("{s:I,s:s}", "version", (json_int_t)got,
+                                                     "from", "cluster"));
+    }
+    return HR_OK;
+}
+
+hr_status hr_cluster_schedule_put(hr_cluster *c, const hr_schedule *s, uint64_t *version,
+                                  hr_error *err)
+{
+    *version = 0;
+    json_t *j = hr_schedule_to_json(s);
+    json_object_del(j, "version");
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (!text)
+        return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
+    const char *argv[] = {c->sched_key, text};
+    redisReply *rep = NULL;
+    pthread_mutex_lock(&c->aux_mu);
+    hr_status st = hr_redis_eval(c->aux, sched_put_lua, 1, 2, argv, NULL, &rep, err);
+    if (st == HR_OK) {
+        *version = rep->type == REDIS_REPLY_INTEGER ? (uint64_t)rep->integer : 0;
+        freeReplyObject(rep);
+        st = do_sync_schedule(c, err);
+    }
+    pthread_mutex_unlock(&c->aux_mu);
+    free(text);
+    return st;
+}
+
+/* The node thread's pick-up of schedule changes made on other nodes. */
+static void sync_schedule(hr_cluster *c)
+{
+    hr_error err = {{0}, {0}};
+    pthread_mutex_lock(&c->aux_mu);
+    hr_status st = do_sync_schedule(c, &err);
+    pthread_mutex_unlock(&c->aux_mu);
+    if (st != HR_OK)
+        log_redis_error(c, "cannot take the cluster's schedule", st, &err);
+}
+
+/* ---- figures ---- */
+
+/* The lag of this node's model behind the event stream, and the
+ * connections' reconnects, for hr_cluster_get_counts (node thread, every
+ * heartbeat: two Redis calls). */
+static void measure_lag(hr_cluster *c)
+{
+    pthread_mutex_lock(&c->mu);
+    hr_estream_id cov = c->covered;
+    pthread_mutex_unlock(&c->mu);
+    uint64_t backlog = 0, ordinal = 0;
+    hr_estream_id last = {0, 0};
+    hr_error err = {{0}, {0}};
+    hr_status st = hr_estream_backlog(c->append, cov, &backlog, &err);
+    if (st == HR_OK)
+        st = hr_estream_last(c->reader, &last, &ordinal, &err);
+    pthread_mutex_lock(&c->aux_mu);
+    uint64_t reconnects = hr_redis_reconnects(c->aux);
+    pthread_mutex_unlock(&c->aux_mu);
+    reconnects += hr_redis_reconnects(c->conn);
+    pthread_mutex_lock(&c->mu);
+    if (st == HR_OK) {
+        c->lag_entries = backlog;
+        c->lag_ms = backlog > 0 && last.ms > cov.ms ? last.ms - cov.ms : 0;
+    }
+    c->reconnects = reconnects;
+    pthread_mutex_unlock(&c->mu);
+    if (st != HR_OK)
+        log_redis_error(c, "cannot measure the lag", st, &err);
+}
+
+void hr_cluster_get_counts(hr_cluster *c, hr_cluster_counts *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!c)
+        return;
+    out->enabled = true;
+    out->ready = hr_cluster_not_ready(c) == NULL;
+    pthread_mutex_lock(&c->mu);
+    out->leader = c->role == ROLE_LEADER;
+    out->epoch = c->epoch > 0 ? (uint64_t)c->epoch : 0;
+    out->deltas_applied = c->deltas_applied;
+    out->deltas_published = c->deltas_published;
+    out->lag_entries = c->lag_entries;
+    out->lag_ms = c->lag_ms;
+    out->redis_reconnects = c->reconnects;
+    out->lease_reclaims = c->reclaims;
+    pthread_mutex_unlock(&c->mu);
+    out->redis_errors = atomic_load(&c->redis_errors);
+}
+
 static void *node_main(void *arg)
 {
     hr_cluster *c = arg;
@@ -752,12 +987,17 @@ static void *node_main(void *arg)
         log_redis_error(c, "cannot read the delta stream", st, &err);
         sleep_ms(RETRY_MS);
     }
-    uint64_t next_hb = 0, next_try = 0, next_pub = 0;
+    uint64_t next_hb = 0, next_try = 0, next_pub = 0, next_sched = 0;
     while (!atomic_load(&c->stop)) {
         uint64_t now = now_ms();
         if (now >= next_hb) {
+            measure_lag(c);
             heartbeat(c);
             next_hb = now + HEARTBEAT_MS;
+        }
+        if (now >= next_sched) {
+            sync_schedule(c);
+            next_sched = now + SCHEDULE_POLL_MS;
         }
         pthread_mutex_lock(&c->mu);
         role_t role = c->role;
@@ -775,7 +1015,8 @@ static void *node_main(void *arg)
             continue; /* catching up: read on before trying the lease */
         /* A node that never led tries the lease at start and whenever it
          * may be free (every lease_ms / 3). */
-        if (role != ROLE_STEPPED_DOWN && !broken && now_ms() >= next_try && n >= 0) {
+        if (role != ROLE_STEPPED_DOWN && !broken && now_ms() >= next_try && n >= 0 &&
+            !outage_grace(c, role)) {
             next_try = now_ms() + (uint64_t)(c->lease_ms / 3);
             try_lead(c);
             next_pub = now_ms();
@@ -831,6 +1072,7 @@ void hr_cluster_destroy(hr_cluster *c)
     hr_redis_destroy(c->conn);
     hr_redis_destroy(c->lconn);
     hr_redis_destroy(c->aux);
+    hr_watermark_destroy(c->covered_wm);
     hr_delta_buf_free(&c->buf);
     free(c->fed);
     free(c->evs);
@@ -858,6 +1100,8 @@ static hr_status append_entry(void *arg, size_t n, const char *const *text, cons
     hr_estream_appended out;
     hr_status st = hr_estream_append(a->c->append, n, text, len, id_hash, arrived, duplicate,
                                      &out, err);
+    if (st != HR_OK)
+        atomic_fetch_add(&a->c->redis_errors, 1);
     if (st == HR_EFULL) /* Redis out of memory: not the 429 of a backlog */
         st = HR_EIO;
     if (st != HR_OK)

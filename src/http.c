@@ -64,6 +64,7 @@
 #include <unistd.h>
 
 #include "hogrec/api.h"
+#include "hogrec/cluster.h"
 #include "hogrec/log.h"
 #include "hogrec/metrics.h"
 #include "hogrec/topk.h"
@@ -703,7 +704,8 @@ unsigned hr_http_stop(hr_http *h)
         pthread_mutex_lock(&h->susp_mu); /* from here on no request suspends */
         atomic_store(&h->stopping, true);
         pthread_mutex_unlock(&h->susp_mu);
-        hr_watermark_wake(hr_trainer_applied(h->app->trainer)); /* min_seq waits end now */
+        hr_watermark_wake(h->app->cluster ? hr_cluster_applied(h->app->cluster)
+                                          : hr_trainer_applied(h->app->trainer)); /* min_seq waits end now */
         double timeout = h->app->cfg.shutdown_timeout;
         struct timespec dl = hr_deadline_after(timeout);
         /* MHD must not be stopped with suspended connections, nor while a

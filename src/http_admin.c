@@ -3,6 +3,9 @@
  * it): the live learning-rate schedule (GET, PUT), its history, a
  * checkpoint on demand, and the effective config.
  *
+ * In cluster mode a schedule change goes to the cluster (cluster.h:
+ * stored in Redis, installed by every node).
+ *
  * Threads: MHD pool threads; the schedule box, persistence and the config
  * copy are safe to call from any thread.
  */
@@ -12,6 +15,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
+#include "hogrec/cluster.h"
 #include "hogrec/log.h"
 #include "hogrec/persist.h"
 #include "hogrec/schedule.h"
@@ -39,6 +43,11 @@ static enum MHD_Result handle_schedule_put(hr_http *h, struct MHD_Connection *c,
     hr_progress_report rep;
     hr_progress_get(app->progress, 0, &rep);
     uint64_t version;
+    if (app->cluster) { /* the cluster's schedule: every node installs it (cluster.h) */
+        if ((st = hr_cluster_schedule_put(app->cluster, &s, &version, &e)) != HR_OK)
+            return hr_http_reply_error(c, r, 503, "unavailable", "%s", e.message);
+        return hr_http_reply_json(c, r, 200, hr_schedule_to_json(hr_schedbox_current(app->sched)));
+    }
     st = hr_schedbox_swap(app->sched, &s, hr_trainer_updates(app->trainer), rep.loss, &version, &e);
     if (st != HR_OK)
         return hr_http_reply_invalid(c, r, "", &e);

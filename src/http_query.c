@@ -34,6 +34,7 @@
 #include "hogrec/recommend.h"
 #include "hogrec/sgd.h"
 #include "hogrec/topk.h"
+#include "hogrec/cluster.h"
 #include "hogrec/watermark.h"
 #include "http_internal.h"
 
@@ -49,12 +50,34 @@ typedef struct {
     bool given;       /* min_seq was given: answer with applied and applied_seq */
     bool applied;     /* the node's applied position reached min_seq */
     uint64_t seq;     /* the node's applied position after the wait */
+    char entry[48];   /* cluster mode: the entry the model covers ("" standalone) */
 } ryw_outcome;
 
-/* This node's applied position: the trainer pool's watermark. */
+/* This node's applied position: the trainer pool's watermark, or in
+ * cluster mode the entry its model covers (cluster.h). */
 static hr_watermark *node_applied(hr_http *h)
 {
-    return hr_trainer_applied(h->app->trainer);
+    return h->app->cluster ? hr_cluster_applied(h->app->cluster)
+                           : hr_trainer_applied(h->app->trainer);
+}
+
+/* Cluster mode: min_seq is the entry id of a 202; waits until the model
+ * covers it (bounded as in standalone mode). */
+static hr_status await_entry(hr_http *h, const hr_api_wait *w, ryw_outcome *out, hr_error *e)
+{
+    int64_t wait_ms;
+    hr_status st = hr_api_wait_check(w, UINT64_MAX, h->app->cfg.max_wait_ms, &wait_ms, e);
+    if (st != HR_OK || !w->given)
+        return st;
+    if (!w->is_entry)
+        return hr_error_set(e, HR_EINVAL, "min_seq",
+                            "min_seq: in cluster mode the \"entry\" of a 202 (MS-SEQ)");
+    uint64_t deadline = hr_now_ns() + (uint64_t)wait_ms * 1000000u;
+    hr_watermark_wait(node_applied(h), hr_cluster_entry_pack(w->entry_ms, w->entry_seq), deadline,
+                      &h->stopping, NULL);
+    out->applied = hr_cluster_covers(h->app->cluster, w->entry_ms, w->entry_seq, out->entry,
+                                     sizeof out->entry);
+    return HR_OK;
 }
 
 /* Checks w (hr_api_wait_check against the config and the last seq handed
@@ -66,6 +89,12 @@ static hr_status await_min_seq(hr_http *h, const hr_api_wait *w, ryw_outcome *ou
     out->given = w->given;
     out->applied = false;
     out->seq = 0;
+    out->entry[0] = 0;
+    if (h->app->cluster)
+        return await_entry(h, w, out, e);
+    if (w->is_entry)
+        return hr_error_set(e, HR_EINVAL, "min_seq", "min_seq: an integer in [0, %" PRId64 "]",
+                            INT64_MAX);
     hr_status st = hr_api_wait_check(w, hr_ingest_last_seq(h->app->ingest),
                                      h->app->cfg.max_wait_ms, &wait_ms, e);
     if (st != HR_OK || !w->given)
@@ -82,7 +111,10 @@ static void add_outcome(json_t *body, const ryw_outcome *o)
     if (!body || !o->given)
         return;
     json_object_set_new(body, "applied", json_boolean(o->applied));
-    json_object_set_new(body, "applied_seq", json_integer((json_int_t)o->seq));
+    if (o->entry[0])
+        json_object_set_new(body, "applied_entry", json_string(o->entry));
+    else
+        json_object_set_new(body, "applied_seq", json_integer((json_int_t)o->seq));
 }
 
 /* ---- /v1/predict ---- */
@@ -156,7 +188,7 @@ static enum MHD_Result handle_predict_post(hr_http *h, struct MHD_Connection *c,
     if (!v)
         return hr_http_reply_malformed(c, r, &jerr);
     json_t *pairs = json_object_get(v, "pairs");
-    hr_api_wait w = {false, 0, -1};
+    hr_api_wait w = {.given = false, .wait_ms = -1};
     size_t members = 1 + (json_object_get(v, "min_seq") != NULL) +
                      (json_object_get(v, "wait_ms") != NULL);
     if (!json_is_object(v) || json_object_size(v) != members || !json_is_array(pairs)) {
@@ -172,7 +204,7 @@ static enum MHD_Result handle_predict_post(hr_http *h, struct MHD_Connection *c,
                                    h->app->cfg.max_batch_events);
     }
     hr_error we = {{0}, {0}};
-    ryw_outcome o = {false, false, 0};
+    ryw_outcome o = {.given = false};
     hr_status wst = hr_api_wait_from_json(v, &w, &we);
     if (wst == HR_OK && w.given) {
         /* Validate the pairs before waiting: a bad one is a 400 at once. */

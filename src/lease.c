@@ -67,6 +67,17 @@ static const char renew_lua[] =
     "if cur == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return {1, cur} end "
     "return {0, cur or '', redis.call('GET', KEYS[2]) or '0'}";
 
+/* Reclaim: KEYS leader, epoch; ARGV value, ttl_ms, epoch. Returns {1}
+ * when the key is (again) this value, else {0, current value or '', last
+ * epoch}. */
+static const char reclaim_lua[] =
+    "local e = redis.call('GET', KEYS[2]) or '0' "
+    "local cur = redis.call('GET', KEYS[1]) "
+    "if e == ARGV[3] and (cur == ARGV[1] or not cur) then "
+    "  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return {1} "
+    "end "
+    "return {0, cur or '', e}";
+
 /* Release: KEYS leader; ARGV value. Returns 1 when deleted. */
 static const char release_lua[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
@@ -256,6 +267,37 @@ hr_status hr_lease_renew(hr_lease *l, hr_lease_state *out, hr_error *err)
 {
     pthread_mutex_lock(&l->mu);
     hr_status st = do_renew(l, out, err);
+    pthread_mutex_unlock(&l->mu);
+    return st;
+}
+
+hr_status hr_lease_reclaim(hr_lease *l, int64_t epoch, hr_lease_state *out, hr_error *err)
+{
+    memset(out, 0, sizeof *out);
+    if (epoch <= 0)
+        return hr_error_set(err, HR_EINVAL, NULL, "lease reclaim: epoch %" PRId64, epoch);
+    char ttl[16], ep[24], value[sizeof l->value];
+    snprintf(ttl, sizeof ttl, "%d", l->ttl_ms);
+    snprintf(ep, sizeof ep, "%" PRId64, epoch);
+    snprintf(value, sizeof value, "%s %" PRId64, l->node_id, epoch);
+    const char *argv[] = {l->leader_key, l->epoch_key, value, ttl, ep};
+    redisReply *rep = NULL;
+    pthread_mutex_lock(&l->mu);
+    hr_status st = hr_redis_eval(l->r, reclaim_lua, 2, 5, argv, NULL, &rep, err);
+    if (st == HR_OK) {
+        if (elem_int(rep, 0) == 1) {
+            out->held = true;
+            snprintf(out->holder, sizeof out->holder, "%s", l->node_id);
+            out->epoch = epoch;
+            l->epoch = epoch;
+            snprintf(l->value, sizeof l->value, "%s", value);
+        } else {
+            parse_value(elem_str(rep, 1), strtoll(elem_str(rep, 2), NULL, 10), out);
+            if (!out->holder[0])
+                out->epoch = strtoll(elem_str(rep, 2), NULL, 10);
+        }
+        freeReplyObject(rep);
+    }
     pthread_mutex_unlock(&l->mu);
     return st;
 }

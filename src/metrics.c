@@ -100,6 +100,11 @@ void hr_metrics_gather(hr_app *app, hr_metrics_scope scope, hr_metrics_rate *rat
     const hr_schedule *sched = hr_schedbox_current(app->sched);
     out->schedule_version = sched->version;
     out->ready = hr_app_not_ready(app) ? 0 : 1;
+    hr_cluster_get_counts(app->cluster, &out->cluster);
+    out->cluster_enabled = out->cluster.enabled;
+    out->cluster_leader = out->cluster.leader;
+    out->cluster_ready = out->cluster.ready;
+    out->cluster_lag_seconds = (double)out->cluster.lag_ms / 1000.0;
     out->negative_sampling = hr_trainer_negatives_active(app->trainer);
     out->uptime_seconds = now - app->started;
     out->updates_per_second_avg =

@@ -335,6 +335,34 @@ static void test_predict_query(void **state)
     n = split_query(longq, buf, p, 8);
     assert_int_equal(hr_api_predict_query(m, p, n, &q, &e), HR_OK);
     assert_int_equal(hr_model_id_count(m, HR_TABLE_ITEM), 2); /* i1 and \x01 */
+    /* min_seq: a seq, or a stream entry id (cluster mode) */
+    n = split_query("user=u1&item=i1&min_seq=17&wait_ms=5", buf, p, 8);
+    assert_int_equal(hr_api_predict_query(m, p, n, &q, &e), HR_OK);
+    assert_true(q.wait.given && !q.wait.is_entry);
+    assert_int_equal(q.wait.min_seq, 17);
+    n = split_query("user=u1&item=i1&min_seq=1700000000123-42", buf, p, 8);
+    assert_int_equal(hr_api_predict_query(m, p, n, &q, &e), HR_OK);
+    assert_true(q.wait.given && q.wait.is_entry);
+    assert_int_equal(q.wait.entry_ms, 1700000000123ull);
+    assert_int_equal(q.wait.entry_seq, 42);
+    const char *bad_seq[] = {"min_seq=1-", "min_seq=-1", "min_seq=1-2-3", "min_seq=a-1",
+                             "min_seq=99999999999999999999-1"};
+    for (size_t i = 0; i < HR_ARRAY_LEN(bad_seq); i++) {
+        snprintf(longq, sizeof longq, "user=u1&item=i1&%s", bad_seq[i]);
+        n = split_query(longq, buf, p, 8);
+        assert_int_equal(hr_api_predict_query(m, p, n, &q, &e), HR_EINVAL);
+        assert_string_equal(e.field, "min_seq");
+    }
+    hr_api_wait w;
+    json_t *j = json_loads("{\"min_seq\":\"5-6\"}", 0, NULL);
+    assert_int_equal(hr_api_wait_from_json(j, &w, &e), HR_OK);
+    assert_true(w.given && w.is_entry);
+    assert_int_equal(w.entry_ms, 5);
+    assert_int_equal(w.entry_seq, 6);
+    json_decref(j);
+    j = json_loads("{\"min_seq\":\"5\"}", 0, NULL);
+    assert_int_equal(hr_api_wait_from_json(j, &w, &e), HR_EINVAL);
+    json_decref(j);
     hr_model_destroy(m);
 }
 

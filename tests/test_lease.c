@@ -275,6 +275,64 @@ static void test_renewal_redis_down(void **state)
     assert_int_equal(hr_lease_epoch(f->a), 0);
 }
 
+/* Polls until the leader key of cluster c1 is gone (expired). */
+static void wait_key_gone(fixture *f)
+{
+    hr_error err = {{0}, {0}};
+    for (int i = 0; i < 500; i++) { /* 5 s */
+        redisReply *rep = NULL;
+        assert_int_equal(hr_redis_call(f->rt, &rep, &err, "EXISTS", "hogrec:{c1}:leader", NULL),
+                         HR_OK);
+        bool gone = rep->integer == 0;
+        freeReplyObject(rep);
+        if (gone)
+            return;
+        sleep_ms(10);
+    }
+    fail_msg("the leader key did not expire within 5 s");
+}
+
+/* A holder whose key expired (Redis restarted, or unreachable past the
+ * ttl) takes it back with the same epoch while no node acquired since;
+ * once another node did, the reclaim is refused and names it. */
+static void test_reclaim(void **state)
+{
+    fixture *f = *state;
+    hr_error err = {{0}, {0}};
+    hr_lease_state st;
+    assert_int_equal(hr_lease_acquire(f->a, &st, &err), HR_OK);
+    assert_int_equal(st.epoch, 1);
+    wait_key_gone(f);
+    assert_int_equal(hr_lease_reclaim(f->a, 1, &st, &err), HR_OK);
+    assert_true(st.held);
+    assert_int_equal(st.epoch, 1);
+    assert_int_equal(hr_lease_epoch(f->a), 1);
+    assert_int_equal(hr_lease_acquire(f->b, &st, &err), HR_OK);
+    assert_false(st.held);
+    assert_string_equal(st.holder, "node-A");
+    /* while held, a reclaim is a renewal */
+    assert_int_equal(hr_lease_reclaim(f->a, 1, &st, &err), HR_OK);
+    assert_true(st.held);
+    assert_int_equal(hr_lease_renew(f->a, &st, &err), HR_OK);
+    assert_true(st.held);
+    /* B takes epoch 2 once it expires: A's reclaim of epoch 1 is refused */
+    assert_true(acquire_within(f->b, &st));
+    assert_int_equal(st.epoch, 2);
+    assert_int_equal(hr_lease_reclaim(f->a, 1, &st, &err), HR_OK);
+    assert_false(st.held);
+    assert_string_equal(st.holder, "node-B");
+    assert_int_equal(st.epoch, 2);
+    /* and stays refused when the key is free again: epoch 2 existed */
+    bool released = false;
+    assert_int_equal(hr_lease_release(f->b, &released, &err), HR_OK);
+    assert_true(released);
+    assert_int_equal(hr_lease_reclaim(f->a, 1, &st, &err), HR_OK);
+    assert_false(st.held);
+    assert_string_equal(st.holder, "");
+    assert_int_equal(st.epoch, 2);
+    assert_int_equal(hr_lease_reclaim(f->a, 0, &st, &err), HR_EINVAL);
+}
+
 static void test_membership(void **state)
 {
     fixture *f = *state;
@@ -348,6 +406,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_same_node_id, setup, teardown),
         cmocka_unit_test_setup_teardown(test_renewal_thread, setup, teardown),
         cmocka_unit_test_setup_teardown(test_renewal_redis_down, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reclaim, setup, teardown),
         cmocka_unit_test_setup_teardown(test_membership, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

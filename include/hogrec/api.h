@@ -112,14 +112,20 @@ typedef struct {
 
 /* Read-your-writes: min_seq (a seq from a 202 of POST /v1/events) and
  * wait_ms (how long to wait for this node to apply it). Both are integers
- * of decimal digits in a query string or JSON integers in a body. */
+ * of decimal digits in a query string or JSON integers in a body; in
+ * cluster mode min_seq is the 202's entry id instead, "MS-SEQ" (digits,
+ * '-', digits; a JSON string in a body), parsed into is_entry. Which form
+ * a server takes is the caller's check. */
 #define HR_API_MAX_WAIT_MS 60000     /* largest wait_ms the syntax takes (config bounds it lower) */
 #define HR_API_DEFAULT_WAIT_MS 100   /* wait_ms when min_seq is given without it */
 
 typedef struct {
     bool given;       /* min_seq was given */
-    uint64_t min_seq; /* the seq to wait for (given) */
+    uint64_t min_seq; /* the seq to wait for (given, not is_entry) */
     int64_t wait_ms;  /* 0..HR_API_MAX_WAIT_MS; -1: not given */
+    bool is_entry;    /* min_seq was a stream entry id "MS-SEQ" (the "entry" of a
+                         202 in cluster mode): entry_ms, entry_seq */
+    uint64_t entry_ms, entry_seq;
 } hr_api_wait;
 
 /* Checks a parsed hr_api_wait against the server's limit: wait_ms without

@@ -29,14 +29,24 @@
  *             it applies the deltas to the end and tries to take it (at
  *             most every lease_ms / 3).
  * Every second the thread writes its membership heartbeat (role, epoch,
- * lag).
+ * lag) and measures its lag for /metrics; every 100 ms it installs the
+ * cluster's schedule versions it does not have (hr_cluster_schedule_put).
+ *
+ * Redis away: every connection reconnects with the backoff of redis.h;
+ * POSTs answer 503, queries go on from the model. A leader whose lease
+ * lapsed meanwhile takes it back with the same epoch when no node
+ * acquired since (hr_lease_reclaim), and followers leave a free lease
+ * alone for lease_ms + 2 backoffs after their own last failed call, so
+ * the leader gets there first.
+ *
+ * Read-your-writes: the entry the model covers is a watermark
+ * (hr_cluster_applied) that min_seq waits on.
  *
  * Not in this version: snapshot bootstrap (a node started after deltas
  * were trimmed cannot catch up: it refuses to start; nothing trims the
  * streams yet), local checkpoints (cluster mode needs db ""; a node
  * rebuilds from the delta stream at start), followers' serving state
- * (recent items, popularity: only the leader has it), schedule changes
- * across nodes, read-your-writes.
+ * (recent items, popularity: only the leader has it).
  *
  * Threads: open/start/stop/destroy from the main thread; post, not_ready
  * and status_json from HTTP threads; the node thread; the lease's renewal
@@ -46,7 +56,9 @@
 #define HOGREC_CLUSTER_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdint.h>
+#include <stddef.h>
 
 #include "hogrec/common.h"
 #include "hogrec/config.h"
@@ -105,6 +117,52 @@ void hr_cluster_destroy(hr_cluster *c);
  * are not yet in this node's model: nothing appended (answer 429). */
 hr_status hr_cluster_post(hr_cluster *c, const json_t *events, json_t *errors,
                           hr_events_outcome *out, char *entry, size_t cap, hr_error *err);
+
+/* PUT /v1/admin/schedule in cluster mode: stores s (validated by the
+ * caller: hr_schedule_from_json, hr_schedule_check_state) in Redis as the
+ * cluster's next schedule version (hogrec:{C}:schedule, one script) and
+ * installs every newer version on this node before it returns; every other
+ * node's thread installs them within about 100 ms. *version gets the
+ * version. HR_EIO and the hr_redis statuses when Redis does not answer
+ * (nothing changed, or the change is stored and this node installs it on
+ * its next look). s is read during the call. Any thread. */
+hr_status hr_cluster_schedule_put(hr_cluster *c, const hr_schedule *s, uint64_t *version,
+                                  hr_error *err);
+
+/* Read-your-writes (min_seq = the entry id of a 202): the entry this
+ * node's model covers (the last complete delta's: applied by a follower,
+ * published by the leader) as a watermark, an entry id "MS-SEQ" packed
+ * into 64 bits as MS * 2^20 + SEQ (hr_cluster_entry_pack: SEQ above
+ * 2^20 - 1, a million entries in one millisecond, and MS past the year
+ * 2500 are clamped, so the packed order may tie but never inverts; the
+ * verdict is hr_cluster_covers). Borrowed for the cluster's life; wake
+ * it (hr_watermark_wake) to end waits at a stop. */
+#define HR_CLUSTER_PACK_SEQ_BITS 20
+uint64_t hr_cluster_entry_pack(uint64_t ms, uint64_t seq);
+struct hr_watermark *hr_cluster_applied(hr_cluster *c);
+
+/* Whether the model covers entry MS-SEQ; entry (cap bytes, >= 44) gets
+ * the entry it covers. Any thread. */
+bool hr_cluster_covers(hr_cluster *c, uint64_t ms, uint64_t seq, char *entry, size_t cap);
+
+/* This node's cluster figures for /metrics and /v1/stats (metrics.h). */
+typedef struct {
+    bool enabled;              /* cluster mode */
+    bool leader;               /* the trainer leader now */
+    bool ready;                /* hr_cluster_not_ready is NULL */
+    uint64_t epoch;            /* held (leader) or of the newest delta applied */
+    uint64_t deltas_applied;   /* complete deltas applied (follower) */
+    uint64_t deltas_published; /* deltas published (leader) */
+    uint64_t lag_entries;      /* event stream entries after the covered one */
+    uint64_t lag_ms;           /* the last entry's time less the covered one's (Redis clock) */
+    uint64_t redis_errors;     /* failed Redis calls: node thread, appends */
+    uint64_t redis_reconnects; /* of the node thread's and the report's connections */
+    uint64_t lease_reclaims;   /* the lease taken back with the same epoch (leader) */
+} hr_cluster_counts;
+
+/* Fills *out without a Redis call (the lag is the node thread's, measured
+ * every second). c NULL (standalone): all zero. Any thread. */
+void hr_cluster_get_counts(hr_cluster *c, hr_cluster_counts *out);
 
 /* NULL when ready: a follower that applied the deltas present when it
  * started (and none failed), a leader that holds the lease and read the

@@ -84,6 +84,17 @@ hr_status hr_lease_acquire(hr_lease *l, hr_lease_state *out, hr_error *err);
  * forgets its epoch. HR_EINVAL when this lease never acquired. */
 hr_status hr_lease_renew(hr_lease *l, hr_lease_state *out, hr_error *err);
 
+/* Takes the lease back with the same epoch after it was counted lost
+ * (the renewal thread's callback, Redis unreachable or restarted past the
+ * key's expiry): held again (out->held, renewed by ttl_ms) when the leader
+ * key still holds "<node_id> <epoch>" or is free while the epoch key still
+ * equals `epoch` (no node acquired since, so no other leader existed and
+ * the epoch's fenced writes are still this node's). Otherwise out->held
+ * false with the holder and the last epoch handed out: another node led
+ * since. epoch > 0. HR_EIO and the hr_redis statuses when Redis does not
+ * answer (try again). */
+hr_status hr_lease_reclaim(hr_lease *l, int64_t epoch, hr_lease_state *out, hr_error *err);
+
 /* Deletes the leader key only if it is this lease's; otherwise changes
  * nothing. *released (may be NULL) says which. */
 hr_status hr_lease_release(hr_lease *l, bool *released, hr_error *err);

@@ -44,6 +44,7 @@
 #include <stdint.h>
 
 #include "hogrec/app.h"
+#include "hogrec/cluster.h"
 #include "hogrec/common.h"
 #include "hogrec/dedup.h"
 #include "hogrec/events.h"
@@ -133,7 +134,37 @@
     /* /v1/stats has it as schedule.version, inside the schedule's own JSON */                   \
     PROM("hogrec_schedule_version", gauge, "Version of the live learning-rate schedule.", u64,   \
          s->schedule_version)                                                                    \
-    PROM("hogrec_ready", gauge, "1 when /readyz answers 200, else 0.", u64, s->ready)
+    PROM("hogrec_ready", gauge, "1 when /readyz answers 200, else 0.", u64, s->ready)           \
+    /* cluster mode (--redis); all 0 in standalone mode */                                     \
+    BOTH("cluster", "enabled", "hogrec_cluster_enabled", gauge,                                  \
+         "1 in cluster mode (--redis), else 0.", u64, s->cluster_enabled)                        \
+    BOTH("cluster", "leader", "hogrec_cluster_leader", gauge,                                    \
+         "1 while this node is its cluster's trainer leader, else 0.", u64, s->cluster_leader)   \
+    BOTH("cluster", "ready", "hogrec_cluster_ready", gauge,                                      \
+         "1 while this node is ready in its cluster (deltas applied; the leader: lease held, "   \
+         "stream read), else 0.", u64, s->cluster_ready)                                         \
+    BOTH("cluster", "epoch", "hogrec_cluster_epoch", gauge,                                      \
+         "Lease epoch this node holds (leader) or follows (newest delta applied).", u64,         \
+         s->cluster.epoch)                                                                       \
+    BOTH("cluster", "deltas_applied", "hogrec_cluster_deltas_applied_total", counter,            \
+         "Row deltas this node applied (as a follower).", u64, s->cluster.deltas_applied)        \
+    BOTH("cluster", "deltas_published", "hogrec_cluster_deltas_published_total", counter,        \
+         "Row deltas this node published (as the leader).", u64, s->cluster.deltas_published)    \
+    BOTH("cluster", "lag_entries", "hogrec_cluster_lag_entries", gauge,                          \
+         "Event stream entries (requests) not yet in this node's model (measured every second).",\
+         u64, s->cluster.lag_entries)                                                            \
+    BOTH("cluster", "lag_seconds", "hogrec_cluster_lag_seconds", gauge,                          \
+         "Time between the event stream's last entry and the one this node's model covers "      \
+         "(Redis clock; 0 when caught up; measured every second).", f64, s->cluster_lag_seconds) \
+    BOTH("cluster", "redis_errors", "hogrec_cluster_redis_errors_total", counter,                \
+         "Redis calls that failed (the node thread's, the event appends').", u64,                \
+         s->cluster.redis_errors)                                                                \
+    BOTH("cluster", "redis_reconnects", "hogrec_cluster_redis_reconnects_total", counter,        \
+         "Reconnections of the node thread's and the cluster report's Redis connections.", u64,  \
+         s->cluster.redis_reconnects)                                                            \
+    BOTH("cluster", "lease_reclaims", "hogrec_cluster_lease_reclaims_total", counter,            \
+         "Times this node took its lease back with the same epoch after Redis was away.", u64,   \
+         s->cluster.lease_reclaims)
 
 /* The families of /metrics that are not one sample: name, type, HELP. */
 #define HR_METRICS_FAMILIES(X)                                                                   \
@@ -199,6 +230,9 @@ typedef struct {
     hr_metrics_hist freshness_us;  /* microseconds */
     uint64_t schedule_version;
     uint64_t ready;                /* 1 when /readyz answers 200, else 0 */
+    hr_cluster_counts cluster;     /* zero in standalone mode */
+    uint64_t cluster_enabled, cluster_leader, cluster_ready; /* its flags as 0/1 */
+    double cluster_lag_seconds;    /* cluster.lag_ms / 1000 */
     json_t *schedule;              /* owned: the live schedule's JSON, or NULL */
     json_t *checkpoint;            /* owned: persistence's JSON, or NULL */
     const hr_metrics_route *routes; /* borrowed: per-route HTTP counters, or NULL */
