@@ -91,6 +91,7 @@ typedef enum {
     R_READYZ,
     R_METRICS,
     R_CLUSTER,
+    R_SNAPSHOT,
     R_NOT_FOUND,
     R_COUNT
 } route_id;
@@ -124,6 +125,8 @@ static const route routes[R_COUNT] = {
     [R_READYZ] = {"/readyz", "readyz", M_GET | M_HEAD, 0, false, false, hr_http_readyz},
     [R_METRICS] = {"/metrics", "metrics", M_GET | M_HEAD, 0, false, false, hr_http_metrics},
     [R_CLUSTER] = {"/v1/cluster", "cluster", M_GET | M_HEAD, 0, false, false, hr_http_cluster},
+    [R_SNAPSHOT] = {"/v1/admin/snapshot", "admin_snapshot", M_GET, 0, false, true,
+                    hr_http_snapshot},
     [R_NOT_FOUND] = {NULL, "not_found", 0, 0, false, false, NULL},
 };
 
@@ -211,6 +214,16 @@ enum MHD_Result hr_http_reply_text(struct MHD_Connection *c, request *r, int sta
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, r->allow);
     if (status == 401)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    r->status = status;
+    record(r);
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+enum MHD_Result hr_http_reply_response(struct MHD_Connection *c, request *r, int status,
+                                       struct MHD_Response *resp)
+{
     r->status = status;
     record(r);
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, resp);

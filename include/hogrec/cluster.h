@@ -53,6 +53,7 @@
 #include "hogrec/events.h"
 #include "hogrec/model.h"
 #include "hogrec/schedule.h"
+#include "hogrec/snapshot.h"
 #include "hogrec/trainer.h"
 
 typedef struct hr_cluster hr_cluster;
@@ -111,6 +112,19 @@ hr_status hr_cluster_post(hr_cluster *c, const json_t *events, json_t *errors,
  * event stream up to its end at the time it took it. Else why not. The
  * text is static. */
 const char *hr_cluster_not_ready(hr_cluster *c);
+
+/* GET /v1/admin/snapshot: asks the node thread for a snapshot of this
+ * node's whole model (snapshot.h) at a delta boundary (the leader right
+ * after a publish, its trainers idle; a follower between two applied
+ * deltas) and waits for it, at most wait_ms. One at a time. On HR_OK,
+ * path (cap bytes) names a new temporary file that is the caller's to
+ * read and unlink, and *meta says which delta it matches. HR_ESTOPPED:
+ * this node cannot give one (not ready, bootstrapping, stopping; answer
+ * 409); HR_EBUSY: another snapshot is being taken (429); HR_EIO: no
+ * boundary within wait_ms, or the file could not be written (503). err
+ * says which. Blocks the calling (HTTP) thread. */
+hr_status hr_cluster_snapshot(hr_cluster *c, int wait_ms, char *path, size_t cap,
+                              hr_snapshot_meta *meta, hr_error *err);
 
 /* GET /v1/cluster: a new object {"mode":"cluster", "cluster", "node_id",
  * "role", "epoch", "ready", "applied": {"delta", "covered_entry"},
