@@ -135,6 +135,7 @@ struct hr_cluster {
     char admin_token[HR_CONFIG_STR]; /* to fetch a peer's snapshot ("" cannot) */
     int64_t retention_ms;            /* delta_retention_ms; 0: the leader never trims */
     char trimmed_key[160];           /* hogrec:{C}:events_trimmed */
+    char dtrimmed_key[160];          /* hogrec:{C}:deltas_trimmed */
     pthread_mutex_t snap_mu;         /* guards the snap_ fields */
     pthread_cond_t snap_cv;          /* snap_state left SNAP_ASKED (monotonic clock) */
     int snap_state;                  /* SNAP_IDLE, SNAP_ASKED, SNAP_DONE */
@@ -230,28 +231,19 @@ static void default_node_id(char *out, size_t cap)
     snprintf(out, cap, "%s-%ld", host, (long)getpid());
 }
 
-/* The newest entry trimming deleted from the delta stream (XINFO
- * STREAM's max-deleted-entry-id; {0, 0} when none, or no stream), on
- * connection r (the caller's to hold). */
+/* The newest entry trimming deleted from the delta stream ({0, 0} when
+ * none): the deltas_trimmed key the leader's trimmer sets before each
+ * XTRIM (Redis' own XINFO max-deleted-entry-id counts XDEL only, not
+ * trimming). Read on connection r (the caller's to hold). */
 static hr_status deltas_max_deleted(hr_cluster *c, hr_redis *r, hr_estream_id *out, hr_error *err)
 {
     *out = (hr_estream_id){0, 0};
     redisReply *rep = NULL;
-    hr_status st = hr_redis_call(r, &rep, err, "EXISTS", c->deltas_key, NULL);
+    hr_status st = hr_redis_call(r, &rep, err, "GET", c->dtrimmed_key, NULL);
     if (st != HR_OK)
         return st;
-    bool exists = rep->type == REDIS_REPLY_INTEGER && rep->integer > 0;
-    freeReplyObject(rep);
-    if (!exists)
-        return HR_OK;
-    if ((st = hr_redis_call(r, &rep, err, "XINFO", "STREAM", c->deltas_key, NULL)) != HR_OK)
-        return st;
-    for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i + 1 < rep->elements; i += 2) {
-        redisReply *k = rep->element[i], *v = rep->element[i + 1];
-        if (k->type == REDIS_REPLY_STRING && !strcmp(k->str, "max-deleted-entry-id") &&
-            (v->type == REDIS_REPLY_STRING || v->type == REDIS_REPLY_STATUS))
-            st = hr_estream_id_parse(v->str, out, err);
-    }
+    if (rep->type == REDIS_REPLY_STRING)
+        st = hr_estream_id_parse(rep->str, out, err);
     freeReplyObject(rep);
     return st;
 }
@@ -330,6 +322,8 @@ hr_status hr_cluster_open(const hr_config *cfg, const hr_cluster_parts *parts, h
         goto fail;
     snprintf(c->deltas_key, sizeof c->deltas_key, "%sdeltas", hr_lease_key_prefix(c->lease));
     snprintf(c->trimmed_key, sizeof c->trimmed_key, "%sevents_trimmed",
+             hr_lease_key_prefix(c->lease));
+    snprintf(c->dtrimmed_key, sizeof c->dtrimmed_key, "%sdeltas_trimmed",
              hr_lease_key_prefix(c->lease));
     hr_estream_options eo;
     hr_estream_options_defaults(&eo);
@@ -420,7 +414,7 @@ static void want_bootstrap(hr_cluster *c, const char *why)
 /* Before applying a delta part that hr_delta_apply cannot tell apart from
  * one that follows (this node's first part, or the first of a newer epoch:
  * both are taken at part 0): whether deltas after the last one applied
- * were trimmed (XINFO's max-deleted-entry-id). false when the part must
+ * were trimmed (deltas_max_deleted). false when the part must
  * not be applied: the node then bootstraps, or Redis failed (logged; the
  * caller reads again). */
 static bool part_follows(hr_cluster *c, const redisReply *fields)
@@ -788,16 +782,39 @@ static void trim_streams(hr_cluster *c)
     pthread_mutex_unlock(&c->mu);
     if (last.ms <= (uint64_t)c->retention_ms)
         return;
-    char minid[HR_ESTREAM_ID_LEN];
-    hr_estream_id_format((hr_estream_id){last.ms - (uint64_t)c->retention_ms, 0}, minid);
+    char minid[HR_ESTREAM_ID_LEN + 1];
+    minid[0] = '(';
+    hr_estream_id_format((hr_estream_id){last.ms - (uint64_t)c->retention_ms, 0}, minid + 1);
+    /* The newest entry the trim deletes goes in deltas_trimmed first: a
+     * follower that applied an older one knows it cannot follow. Only the
+     * leader appends, after the MINID, so what lies before it is fixed. */
     redisReply *rep = NULL;
     hr_error err = {{0}, {0}};
-    hr_status st = hr_redis_call(c->conn, &rep, &err, "XTRIM", c->deltas_key, "MINID", minid, NULL);
+    hr_status st = hr_redis_call(c->conn, &rep, &err, "XREVRANGE", c->deltas_key, minid, "-",
+                                 "COUNT", "1", NULL);
     if (st != HR_OK) {
-        log_redis_error(c, "cannot trim the delta stream", st, &err);
+        log_redis_error(c, "cannot read the delta stream", st, &err);
         return;
     }
+    char gone[HR_ESTREAM_ID_LEN] = "";
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 1 &&
+        rep->element[0]->type == REDIS_REPLY_ARRAY && rep->element[0]->elements >= 1 &&
+        rep->element[0]->element[0]->type == REDIS_REPLY_STRING)
+        snprintf(gone, sizeof gone, "%s", rep->element[0]->element[0]->str);
     freeReplyObject(rep);
+    if (gone[0]) {
+        st = hr_redis_call(c->conn, &rep, &err, "SET", c->dtrimmed_key, gone, NULL);
+        if (st == HR_OK) {
+            freeReplyObject(rep);
+            st = hr_redis_call(c->conn, &rep, &err, "XTRIM", c->deltas_key, "MINID", minid + 1,
+                               NULL);
+        }
+        if (st != HR_OK) {
+            log_redis_error(c, "cannot trim the delta stream", st, &err);
+            return;
+        }
+        freeReplyObject(rep);
+    }
     /* what the oldest retained delta covers */
     if ((st = hr_redis_call(c->conn, &rep, &err, "XRANGE", c->deltas_key, "-", "+", "COUNT", "1",
                             NULL)) != HR_OK) {

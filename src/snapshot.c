@@ -1,8 +1,8 @@
 /*
  * snapshot.c - a whole model to a checkpoint database and back; see
  * snapshot.h. The SQL is the store module's: a snapshot is one full
- * checkpoint (hr_store_ckpt_begin/row/schedule/blob/commit) whose "cluster"
- * blob holds the meta as JSON.
+ * checkpoint (hr_store_ckpt_begin/row/schedule/commit) plus the meta as
+ * JSON (hr_store_snapshot_meta_put, a table only snapshot files have).
  *
  * The workload: a few times per node life (a node joins, or lags past
  * the delta stream's retention), the whole model at once. Rows are copied
@@ -26,7 +26,6 @@
 
 #define BATCH 256            /* rows copied from the model per batch */
 #define MAX_HISTORY 4096     /* schedule changes written */
-#define META_KIND "cluster"  /* the blob that holds the meta */
 
 /* The shape a snapshot must match (as persist.c's checkpoints name it). */
 static void model_shape(const hr_model *m, char *out, size_t n)
@@ -156,7 +155,7 @@ hr_status hr_snapshot_write(const char *path, hr_model *m, hr_schedbox *sched,
         json_t *j = meta_json(meta);
         char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
         json_decref(j);
-        rc = text ? hr_store_ckpt_blob(s, id, META_KIND, 0, text, strlen(text), err)
+        rc = text ? hr_store_snapshot_meta_put(s, text, err)
                   : hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
         free(text);
     }
@@ -188,9 +187,8 @@ static void copy_str(char *dst, size_t cap, const char *src)
     snprintf(dst, cap, "%s", src ? src : "");
 }
 
-static hr_status read_meta_blob(void *arg, const void *data, size_t bytes)
+static hr_status read_meta_text(meta_ctx *mc, const char *data, size_t bytes)
 {
-    meta_ctx *mc = arg;
     json_error_t jerr;
     json_t *j = json_loadb(data, bytes, 0, &jerr);
     const char *delta = NULL, *covered = NULL;
@@ -231,7 +229,13 @@ static hr_status open_snapshot(const char *path, hr_store **s, hr_store_ckpt *ck
         return hr_error_set(err, HR_ECORRUPT, "snapshot", "%s holds no full checkpoint", path);
     memset(meta, 0, sizeof *meta);
     meta_ctx mc = {meta, false, err};
-    if ((rc = hr_store_serving_blobs(*s, ck->id, META_KIND, read_meta_blob, &mc, err)) != HR_OK)
+    char *text = NULL;
+    if ((rc = hr_store_snapshot_meta_get(*s, &text, err)) != HR_OK)
+        return rc;
+    if (text)
+        rc = read_meta_text(&mc, text, strlen(text));
+    free(text);
+    if (rc != HR_OK)
         return rc;
     if (!mc.found)
         return hr_error_set(err, HR_ECORRUPT, "snapshot",

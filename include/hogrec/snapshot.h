@@ -6,8 +6,8 @@
  * The file is a checkpoint database of the store module (store.h, the
  * same schema and migrations as `--db`): one full checkpoint (every row of
  * the four tables with its id, weights and optimizer state), the schedule
- * history, and a blob of kind "cluster" (a JSON object: hr_snapshot_meta)
- * that says which delta the rows match. Restoring it is not a checkpoint
+ * history, and the meta (a JSON object: hr_snapshot_meta, in a one-row
+ * table only snapshot files have) that says which delta the rows match. Restoring it is not a checkpoint
  * restore: the rows replace a live model's (a follower's, while queries
  * read it), ids are moved as a delta moves them, and ids the snapshot does
  * not hold are removed.
