@@ -24,6 +24,19 @@
  * Delta stream entries: one per part, field "d" the part's bytes (plus
  * "e" epoch and "s" delta number, for people reading the stream).
  *
+ * Snapshots. An HTTP thread asks (snap_state ASKED, snap_asked) and waits
+ * on snap_cv, bounded; the node thread answers at its next delta boundary
+ * (serve_snapshot: the leader after a publish that left nothing pending
+ * and nothing fed, its trainers idle; a follower after a complete delta),
+ * writing a temporary file the asker streams and unlinks. An asker that
+ * gave up sets snap_abandoned and the node thread removes the file.
+ * Bootstrap (bootstrap_step) runs on the node thread instead of following
+ * while need_boot is set; the model is written only there, as a delta
+ * apply writes it. Gaps: hr_delta_apply refuses a gap within an epoch; a
+ * node's first part and a newer epoch's first part are accepted at part 0
+ * whatever came before, so before those part_follows compares the
+ * deltas_trimmed key with the delta applied.
+ *
  * Shared state (role, ids, reasons) is under `mu`; the node thread is its
  * only writer apart from `lost` (atomic, set by the renewal thread).
  */

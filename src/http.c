@@ -125,7 +125,7 @@ static const route routes[R_COUNT] = {
     [R_READYZ] = {"/readyz", "readyz", M_GET | M_HEAD, 0, false, false, hr_http_readyz},
     [R_METRICS] = {"/metrics", "metrics", M_GET | M_HEAD, 0, false, false, hr_http_metrics},
     [R_CLUSTER] = {"/v1/cluster", "cluster", M_GET | M_HEAD, 0, false, false, hr_http_cluster},
-    [R_SNAPSHOT] = {"/v1/admin/snapshot", "admin_snapshot", M_GET, 0, false, true,
+    [R_SNAPSHOT] = {"/v1/admin/snapshot", "admin_snapshot", M_GET | M_HEAD, 0, false, true,
                     hr_http_snapshot},
     [R_NOT_FOUND] = {NULL, "not_found", 0, 0, false, false, NULL},
 };

@@ -842,6 +842,12 @@ static void test_whole_cluster_restart_refuses_to_lead(void **state)
     json_t *o = cluster_of(b.port);
     assert_true(json_is_true(json_object_get(json_object_get(o, "snapshots"), "bootstrapping")));
     json_decref(o);
+    /* and it has no snapshot to give */
+    char path[128], delta[80];
+    tmp_path(path, sizeof path, "none");
+    assert_int_equal(get_snapshot(b.port, "Authorization: Bearer " TOKEN, path, delta,
+                                  sizeof delta), 409);
+    unlink(path);
     redisReply *rep = NULL;
     hr_error err = {{0}, {0}};
     assert_int_equal(hr_redis_call(r, &rep, &err, "EXISTS", "hogrec:{s3}:leader", NULL), HR_OK);

@@ -31,15 +31,32 @@
  * Every second the thread writes its membership heartbeat (role, epoch,
  * lag).
  *
- * Not in this version: snapshot bootstrap (a node started after deltas
- * were trimmed cannot catch up: it refuses to start; nothing trims the
- * streams yet), local checkpoints (cluster mode needs db ""; a node
- * rebuilds from the delta stream at start), followers' serving state
- * (recent items, popularity: only the leader has it), schedule changes
- * across nodes, read-your-writes.
+ * Snapshots, trimming, bootstrap. GET /v1/admin/snapshot
+ * (hr_cluster_snapshot) has the node thread write its whole model
+ * (snapshot.h) at a delta boundary. With delta_retention_ms set, the
+ * leader trims the delta stream to the deltas of that many ms before its
+ * last one (recording the newest trimmed in hogrec:{C}:deltas_trimmed),
+ * and the event stream up to the entry the oldest kept delta covers
+ * (recorded first in hogrec:{C}:events_trimmed). A node that finds a delta
+ * it needs trimmed (at start, or lagging: a gap hr_delta_apply refuses, or
+ * a new epoch's first part after deltas_trimmed moved past what it
+ * applied) stops following and bootstraps: it fetches a snapshot from the
+ * leader (its membership address; then any other live member) with the
+ * admin token (httpc.h), loads it, and follows the deltas after it; not
+ * ready until then, retrying with a backoff (200 ms doubling to 5 s).
+ * Leadership rule: a node takes the lease only while bootstrapped and
+ * with its covered entry at or after events_trimmed, so no node leads a
+ * model that misses trimmed events (after a whole-cluster restart with
+ * trimmed streams nobody leads: see the README).
  *
- * Threads: open/start/stop/destroy from the main thread; post, not_ready
- * and status_json from HTTP threads; the node thread; the lease's renewal
+ * Not in this version: local checkpoints (cluster mode needs db ""; a node
+ * rebuilds from the delta stream or a peer's snapshot at start),
+ * followers' serving state (recent items, popularity: only the leader has
+ * it; a snapshot carries none), schedule changes across nodes,
+ * read-your-writes.
+ *
+ * Threads: open/start/stop/destroy from the main thread; post, not_ready,
+ * snapshot and status_json from HTTP threads; the node thread; the lease's renewal
  * thread (its lost callback only sets a flag).
  */
 #ifndef HOGREC_CLUSTER_H
@@ -74,9 +91,8 @@ hr_status hr_cluster_check_config(const hr_config *cfg, hr_error *err);
 
 /* Connects to cfg->redis, runs hr_redis_check_settings and logs its
  * verdict (a REFUSE is HR_EINVAL unless cfg->redis_unsafe, then a
- * warning), checks that the delta stream was never trimmed (else
- * HR_EINVAL: a snapshot bootstrap would be needed), and opens the event
- * stream's connections. *out is new (hr_cluster_destroy). HR_EIO when
+ * warning), and opens the event stream's connections (a trimmed delta
+ * stream is the node thread's: it bootstraps). *out is new (hr_cluster_destroy). HR_EIO when
  * Redis cannot be reached. cfg is read during the call only. */
 hr_status hr_cluster_open(const hr_config *cfg, const hr_cluster_parts *parts, hr_cluster **out,
                           hr_error *err);

@@ -57,6 +57,14 @@ UNEXERCISED = {
         "while the log replays or with persistence failing (test_persist)",
     ("/v1/admin/checkpoint", "post", "429"):
         "another checkpoint must be running at that moment (timing)",
+    ("/v1/admin/snapshot", "get", "200"):
+        "cluster mode only (needs Redis): test_snapshot fetches one",
+    ("/v1/admin/snapshot", "get", "409"):
+        "cluster mode only, a node that is not ready (test_snapshot)",
+    ("/v1/admin/snapshot", "get", "429"):
+        "cluster mode only, another snapshot being taken at that moment (timing)",
+    ("/v1/admin/snapshot", "get", "503"):
+        "cluster mode only, a node thread that reaches no delta boundary in 60 s",
 }
 
 SERVERS = [
