@@ -132,7 +132,7 @@ enum MHD_Result hr_http_snapshot(hr_http *h, struct MHD_Connection *c, request *
     MHD_add_response_header(resp, "X-Hogrec-Delta", meta.delta);
     MHD_add_response_header(resp, "X-Hogrec-Covered-Entry", meta.covered);
     MHD_add_response_header(resp, "X-Hogrec-Epoch", epoch);
-    hr_log("info", "snapshot sent",
+    hr_log("info", "snapshot answered",
            json_pack("{s:s,s:I}", "delta", meta.delta, "bytes", (json_int_t)sb.st_size));
     return hr_http_reply_response(c, r, 200, resp);
 }
