@@ -551,7 +551,7 @@ hr_status hr_cluster_snapshot(hr_cluster *c, int wait_ms, char *path, size_t cap
     const char *why = hr_cluster_not_ready(c);
     if (why)
         return hr_error_set(err, HR_ESTOPPED, NULL, "this node is not ready: %s", why);
-    if (!c->started || atomic_load(&c->stop))
+    if (atomic_load(&c->stop))
         return hr_error_set(err, HR_ESTOPPED, NULL, "this node is stopping");
     pthread_mutex_lock(&c->snap_mu);
     if (c->snap_state != SNAP_IDLE) {
