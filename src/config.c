@@ -176,6 +176,9 @@ static const opt options[] = {
     I(lease_ms, 300, 600000, "3000", false, SERVE, "leader lease time, ms (renewed every third)"),
     I(max_backlog, 0, 1e12, "0", false, SERVE,
       "429 on POST /v1/events while the leader has more unread stream entries (0 = no bound)"),
+    I(delta_retention_ms, 0, 1e12, "0", false, SERVE,
+      "leader: keeps the row deltas of the last this many ms (and the events they do not cover), "
+      "trims older ones; 0 = never trims (README: whole-cluster restart)"),
 };
 
 /* Most values of a choice (an option's or a command flag's). */

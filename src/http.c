@@ -97,6 +97,7 @@ typedef enum {
     R_STATS_HISTORY,
     R_SIMILAR,
     R_USER,
+    R_SNAPSHOT,
     R_NOT_FOUND,
     R_COUNT
 } route_id;
@@ -136,6 +137,8 @@ static const route routes[R_COUNT] = {
                          hr_http_stats_history},
     [R_SIMILAR] = {"/v1/similar", "similar", M_GET | M_HEAD, 0, false, false, hr_http_similar},
     [R_USER] = {"/v1/user", "user", M_GET | M_HEAD, 0, false, false, hr_http_user},
+    [R_SNAPSHOT] = {"/v1/admin/snapshot", "admin_snapshot", M_GET | M_HEAD, 0, false, true,
+                    hr_http_snapshot},
     [R_NOT_FOUND] = {NULL, "not_found", 0, 0, false, false, NULL},
 };
 
@@ -246,6 +249,12 @@ enum MHD_Result hr_http_reply_static(struct MHD_Connection *c, request *r, int s
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     for (size_t i = 0; headers && headers[i] && headers[i + 1]; i += 2)
         MHD_add_response_header(resp, headers[i], headers[i + 1]);
+    return hr_http_reply_response(c, r, status, resp);
+}
+
+enum MHD_Result hr_http_reply_response(struct MHD_Connection *c, request *r, int status,
+                                       struct MHD_Response *resp)
+{
     r->status = status;
     record(r);
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, resp);

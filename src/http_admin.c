@@ -1,7 +1,8 @@
 /*
  * http_admin.c - the admin routes (behind the bearer token; http.c checks
  * it): the live learning-rate schedule (GET, PUT), its history, a
- * checkpoint on demand, and the effective config.
+ * checkpoint on demand, the effective config, and (cluster mode) a
+ * snapshot of the whole model.
  *
  * In cluster mode a schedule change goes to the cluster (cluster.h:
  * stored in Redis, installed by every node).
@@ -9,11 +10,15 @@
  * Threads: MHD pool threads; the schedule box, persistence and the config
  * copy are safe to call from any thread.
  */
+#include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
 #include <microhttpd.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "hogrec/cluster.h"
 #include "hogrec/log.h"
@@ -90,4 +95,52 @@ enum MHD_Result hr_http_checkpoint(hr_http *h, struct MHD_Connection *c, request
 enum MHD_Result hr_http_config(hr_http *h, struct MHD_Connection *c, request *r)
 {
     return hr_http_reply_json(c, r, 200, hr_config_to_json(&h->app->cfg));
+}
+
+/* How long GET /v1/admin/snapshot waits for the node thread to write the
+ * file (it reaches a delta boundary within a publish or an XREAD, then
+ * writes the whole model). */
+#define SNAPSHOT_WAIT_MS 60000
+
+enum MHD_Result hr_http_snapshot(hr_http *h, struct MHD_Connection *c, request *r)
+{
+    hr_app *app = h->app;
+    if (!app->cluster)
+        return hr_http_reply_error(c, r, 404, "not_found",
+                                   "snapshots are for cluster nodes; this server runs standalone "
+                                   "(its checkpoints are in --db)");
+    char path[512];
+    hr_snapshot_meta meta;
+    hr_error e = {{0}, {0}};
+    hr_status st = hr_cluster_snapshot(app->cluster, SNAPSHOT_WAIT_MS, path, sizeof path, &meta, &e);
+    if (st != HR_OK)
+        return hr_http_reply_error(c, r, st == HR_ESTOPPED ? 409 : st == HR_EBUSY ? 429 : 503,
+                                   st == HR_ESTOPPED ? "not_ready"
+                                   : st == HR_EBUSY  ? "snapshot_busy"
+                                                     : "unavailable",
+                                   "%s", e.message);
+    /* The file lives while the response reads it: unlinked now, closed by
+     * libmicrohttpd when the response is destroyed. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    unlink(path);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return hr_http_reply_error(c, r, 503, "unavailable", "the snapshot file cannot be read");
+    }
+    struct MHD_Response *resp = MHD_create_response_from_fd((size_t)sb.st_size, fd);
+    if (!resp) {
+        close(fd);
+        return MHD_NO;
+    }
+    char epoch[24];
+    snprintf(epoch, sizeof epoch, "%llu", (unsigned long long)meta.epoch);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/vnd.sqlite3");
+    MHD_add_response_header(resp, "X-Hogrec-Delta", meta.delta);
+    MHD_add_response_header(resp, "X-Hogrec-Covered-Entry", meta.covered);
+    MHD_add_response_header(resp, "X-Hogrec-Epoch", epoch);
+    hr_log("info", "snapshot answered",
+           json_pack("{s:s,s:I}", "delta", meta.delta, "bytes", (json_int_t)sb.st_size));
+    return hr_http_reply_response(c, r, 200, resp);
 }

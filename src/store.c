@@ -670,6 +670,46 @@ hr_status hr_store_ckpt_blob(hr_store *s, int64_t id, const char *kind, uint32_t
     return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "writing the serving state");
 }
 
+hr_status hr_store_snapshot_meta_put(hr_store *s, const char *text, hr_error *err)
+{
+    int rc = sqlite3_exec(s->db,
+                          "CREATE TABLE IF NOT EXISTS snapshot_meta (id INTEGER PRIMARY KEY "
+                          "CHECK (id = 1), json TEXT NOT NULL)",
+                          NULL, NULL, NULL);
+    sqlite3_stmt *st = NULL;
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO snapshot_meta (id, json) "
+                                       "VALUES (1, ?1)", -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, text, -1, SQLITE_STATIC);
+        rc = run(st);
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "writing the snapshot meta");
+}
+
+hr_status hr_store_snapshot_meta_get(hr_store *s, char **text, hr_error *err)
+{
+    *text = NULL;
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->db, "SELECT json FROM snapshot_meta WHERE id = 1", -1, &st,
+                                NULL);
+    if (rc != SQLITE_OK) { /* no such table: not a snapshot */
+        sqlite3_finalize(st);
+        return HR_OK;
+    }
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const char *t = (const char *)sqlite3_column_text(st, 0);
+        *text = strdup(t ? t : "");
+        rc = *text ? SQLITE_OK : SQLITE_NOMEM;
+    } else if (rc == SQLITE_DONE) {
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "reading the snapshot meta");
+}
+
 hr_status hr_store_serving(hr_store *s, int64_t id, bool *found, uint64_t *seq, double *taken,
                            hr_error *err)
 {

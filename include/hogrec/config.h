@@ -114,6 +114,7 @@ typedef struct {
     int64_t publish_ms;         /* leader: a row delta every this many ms */
     int64_t lease_ms;           /* leader lease time, ms */
     int64_t max_backlog;        /* 429 while the leader's unread entries exceed it (0 = off) */
+    int64_t delta_retention_ms; /* leader: delta stream kept this many ms (0 = never trimmed) */
 } hr_config;
 
 /* The commands that read a config; an option applies to some of them. */

@@ -136,6 +136,15 @@ typedef hr_status (*hr_store_blob_fn)(void *ctx, const void *data, size_t bytes)
 hr_status hr_store_serving_blobs(hr_store *s, int64_t id, const char *kind, hr_store_blob_fn fn,
                                  void *ctx, hr_error *err);
 
+/* ---- snapshot meta (snapshot files, snapshot.h) ---- */
+
+/* Writes the meta text of a snapshot file into a one-row table of its own
+ * (created here, so a --db database never has it: no migration). Call
+ * inside the snapshot's checkpoint transaction. */
+hr_status hr_store_snapshot_meta_put(hr_store *s, const char *text, hr_error *err);
+/* Reads it: *text is new (free), or NULL when the file has none. */
+hr_status hr_store_snapshot_meta_get(hr_store *s, char **text, hr_error *err);
+
 /* ---- event log (log database) ---- */
 
 /* In one transaction: inserts n events (seqs[i], arrival wall time

@@ -59,6 +59,14 @@ UNEXERCISED = {
         "another checkpoint must be running at that moment (timing)",
     ("/ui/", "get", "304"):
         "needs the ETag of an earlier answer (test_statsring, tests/test_dashboard.py)",
+    ("/v1/admin/snapshot", "get", "200"):
+        "cluster mode only (needs Redis): test_snapshot fetches one",
+    ("/v1/admin/snapshot", "get", "409"):
+        "cluster mode only, a node that is not ready (test_snapshot)",
+    ("/v1/admin/snapshot", "get", "429"):
+        "cluster mode only, another snapshot being taken at that moment (timing)",
+    ("/v1/admin/snapshot", "get", "503"):
+        "cluster mode only, a node thread that reaches no delta boundary in 60 s",
 }
 
 SERVERS = [
