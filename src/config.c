@@ -57,7 +57,8 @@ _Static_assert(sizeof(hr_loss) == sizeof(int) && sizeof(hr_config_state) == size
 
 static const char *const state_names[HR_CONFIG_STATE_COUNT] = {
     [HR_CONFIG_STATE_AUTO] = "auto", [HR_CONFIG_STATE_SGD] = "sgd",
-    [HR_CONFIG_STATE_ADAGRAD] = "adagrad", [HR_CONFIG_STATE_FTRL] = "ftrl"};
+    [HR_CONFIG_STATE_ADAGRAD] = "adagrad", [HR_CONFIG_STATE_FTRL] = "ftrl",
+    [HR_CONFIG_STATE_ADAM] = "adam"};
 static const char *const neg_names[HR_CONFIG_NEG_COUNT] = {
     [HR_CONFIG_NEG_AUTO] = "auto", [HR_CONFIG_NEG_ON] = "on", [HR_CONFIG_NEG_OFF] = "off"};
 static const char *const durability_names[HR_CONFIG_DURABILITY_COUNT] = {

@@ -31,7 +31,8 @@ static enum MHD_Result handle_schedule_put(hr_http *h, struct MHD_Connection *c,
     json_decref(v);
     if (st != HR_OK)
         return hr_http_reply_invalid(c, r, "", &e);
-    hr_optimizer rows = hr_model_supports(app->model, HR_OPT_FTRL)      ? HR_OPT_FTRL
+    hr_optimizer rows = hr_model_supports(app->model, HR_OPT_ADAM)      ? HR_OPT_ADAM
+                        : hr_model_supports(app->model, HR_OPT_FTRL)    ? HR_OPT_FTRL
                         : hr_model_supports(app->model, HR_OPT_ADAGRAD) ? HR_OPT_ADAGRAD
                                                                         : HR_OPT_SGD;
     if (hr_schedule_check_state(&s, rows, &e) != HR_OK)

@@ -312,6 +312,9 @@ static void resolve_params(hr_trainer *tr, batch_ctx *bc)
     bc->p.clip = (float)mc->grad_clip;
     bc->p.ftrl_beta = (float)bc->s->ftrl_beta;
     bc->p.ftrl_l1 = (float)bc->s->ftrl_l1;
+    bc->p.adam_beta1 = (float)bc->s->adam_beta1;
+    bc->p.adam_beta2 = (float)bc->s->adam_beta2;
+    bc->p.adam_eps = (float)bc->s->adam_epsilon;
 }
 
 static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n)

@@ -33,6 +33,7 @@ typedef enum {
     HR_CONFIG_STATE_SGD,
     HR_CONFIG_STATE_ADAGRAD,
     HR_CONFIG_STATE_FTRL,
+    HR_CONFIG_STATE_ADAM,
     HR_CONFIG_STATE_COUNT
 } hr_config_state;
 
@@ -57,7 +58,7 @@ typedef struct {
     /* model */
     int64_t k;                 /* factor dimension */
     hr_loss loss;              /* logistic | squared */
-    hr_config_state state;     /* optimizer state kept per row: auto | sgd | adagrad | ftrl */
+    hr_config_state state;     /* optimizer state kept per row: auto | sgd | adagrad | ftrl | adam */
     double init_scale;         /* stddev of initial factors */
     int64_t seed;              /* seed of init, sampling and shuffles */
     double l2_global, l2_bias, l2_user, l2_item, l2_context; /* L2 per group */
