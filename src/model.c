@@ -185,6 +185,14 @@ static hr_status on_new_row(void *ctx, uint32_t row)
     return HR_OK;
 }
 
+void hr_model_reset_row(hr_model *m, hr_table_id t, uint32_t row)
+{
+    float fresh[m->L.floats];
+    init_row(m, t, row, fresh);
+    hr_sgd_row_write(&m->L, hr_model_row(m, t, row), fresh);
+    hr_model_mark_dirty(m, t, row);
+}
+
 static void table_free(const hr_model *m, table *tb)
 {
     for (uint32_t c = 0; tb->chunks && tb->dirty && c < tb->nchunks; c++) {

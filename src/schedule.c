@@ -533,7 +533,8 @@ struct hr_schedbox {
 /* Appends a heap copy of s as the next version and publishes it. Caller holds
  * box->lock (or is create, before the box is shared). */
 static hr_status do_install(hr_schedbox *box, const hr_schedule *s, uint64_t at_update,
-                            double loss_before, uint64_t *version, hr_error *err)
+                            double loss_before, const char *note, uint64_t *version,
+                            hr_error *err)
 {
     if (box->len == box->cap) {
         size_t cap = box->cap ? box->cap * 2 : 8;
@@ -556,6 +557,8 @@ static hr_status do_install(hr_schedbox *box, const hr_schedule *s, uint64_t at_
         .loss_after = NAN,
         .schedule = copy,
     };
+    snprintf(box->history[box->len].note, sizeof box->history[box->len].note, "%s",
+             note ? note : "");
     box->len++;
     atomic_store_explicit(&box->current, copy, memory_order_release);
     if (version)
@@ -578,7 +581,7 @@ hr_status hr_schedbox_create(const hr_schedule *initial, hr_schedbox **out,
         return hr_error_set(err, HR_ENOMEM, NULL, "cannot create schedule box mutex");
     }
     atomic_init(&box->current, NULL);
-    st = do_install(box, initial, 0, NAN, NULL, err);
+    st = do_install(box, initial, 0, NAN, NULL, NULL, err);
     if (st != HR_OK) {
         hr_schedbox_destroy(box);
         return st;
@@ -611,7 +614,20 @@ hr_status hr_schedbox_swap(hr_schedbox *box, const hr_schedule *s,
     if (st != HR_OK)
         return st;
     pthread_mutex_lock(&box->lock);
-    st = do_install(box, s, at_update, loss_before, version, err);
+    st = do_install(box, s, at_update, loss_before, NULL, version, err);
+    pthread_mutex_unlock(&box->lock);
+    return st;
+}
+
+hr_status hr_schedbox_swap_note(hr_schedbox *box, const hr_schedule *s, uint64_t at_update,
+                                double loss_before, const char *note, uint64_t *version,
+                                hr_error *err)
+{
+    hr_status st = hr_schedule_validate(s, err);
+    if (st != HR_OK)
+        return st;
+    pthread_mutex_lock(&box->lock);
+    st = do_install(box, s, at_update, loss_before, note, version, err);
     pthread_mutex_unlock(&box->lock);
     return st;
 }
@@ -657,6 +673,10 @@ json_t *hr_schedbox_history_json(hr_schedbox *box)
                               "loss_before", hr_json_real_or_null(c->loss_before),
                               "loss_after", hr_json_real_or_null(c->loss_after),
                               "schedule", hr_schedule_to_json(c->schedule));
+        if (e && c->note[0] && json_object_set_new(e, "note", json_string(c->note)) != 0) {
+            json_decref(e);
+            e = NULL;
+        }
         if (!e || json_array_append_new(arr, e) != 0) {
             pthread_mutex_unlock(&box->lock);
             json_decref(arr);

@@ -80,6 +80,13 @@ typedef struct {
     int64_t negatives;         /* sampled negatives per positive */
     double negative_alpha;     /* 0 = uniform, else popularity^alpha */
     int64_t progress_window;   /* events in the progressive-validation window */
+    /* divergence guard (guard.h) */
+    int64_t guard;             /* 1: a restore point and a watch after each schedule change */
+    double guard_margin;       /* revert when the window loss > before * (1 + margin) */
+    int64_t guard_windows;     /* consecutive windows over the margin that revert */
+    int64_t guard_watch;       /* windows watched after a change; then it is kept */
+    double guard_nonfinite;    /* a window with more skipped non-finite steps (fraction) is over */
+    int64_t guard_memory_mb;   /* most memory a restore point may hold (rows + events), MB */
     /* server */
     char bind[64];
     int64_t port;

@@ -140,6 +140,8 @@ typedef struct {
     double loss_before;    /* progressive logloss over the window before, NAN if unknown */
     double loss_after;     /* same for the window after, NAN until noted */
     const hr_schedule *schedule; /* borrowed; valid until box destroyed */
+    char note[256];        /* why it was installed, "" for a plain change (e.g. "reverted
+                              by guard: ..."); kept in memory, not in checkpoints */
 } hr_sched_change;
 
 /* initial is copied (version 1). Validates it: HR_EINVAL with err. */
@@ -156,6 +158,11 @@ const hr_schedule *hr_schedbox_current(const hr_schedbox *box);
 hr_status hr_schedbox_swap(hr_schedbox *box, const hr_schedule *s,
                            uint64_t at_update, double loss_before,
                            uint64_t *version, hr_error *err);
+
+/* hr_schedbox_swap with a note for the history entry (NULL: none). */
+hr_status hr_schedbox_swap_note(hr_schedbox *box, const hr_schedule *s, uint64_t at_update,
+                                double loss_before, const char *note, uint64_t *version,
+                                hr_error *err);
 
 /* Records the loss measured after the change of `version` (first call wins). */
 void hr_schedbox_note_loss_after(hr_schedbox *box, uint64_t version, double loss);
