@@ -190,8 +190,10 @@ static hr_status do_revert(hr_guard *g, const char *note, json_t **info, hr_erro
         do_release(g, "no restore point: the undo failed");
         return st;
     }
-    qsort(evs, nev, sizeof *evs, by_seq); /* batches were tapped as they finished */
-    hr_trainer_replay_paused(g->trainer, evs, nev);
+    if (nev) {
+        qsort(evs, nev, sizeof *evs, by_seq); /* batches were tapped as they finished */
+        hr_trainer_replay_paused(g->trainer, evs, nev);
+    }
     free(evs);
     g->reverts++;
     json_t *j = json_pack("{s:I, s:I, s:I, s:s}", "undone_version", (json_int_t)g->version,

@@ -7,7 +7,8 @@
  * trainer thread), and there is nothing to undo (409 in HTTP) before a
  * change, after an undo, and without restore points. Every event is in the
  * model exactly once: the item rows' event counts add up to the events
- * submitted.
+ * submitted (with one trainer thread: two can lose a count increment to
+ * the Hogwild race, which would hide nothing but make the count inexact).
  */
 #include "testutil.h"
 
@@ -175,7 +176,8 @@ static double model_auc(hr_app *app, const hr_event *test, const float *labels, 
 /* Converge, apply an effective rate of 50 (eta0 10, the bound, times
  * multipliers 5), feed a window at a time: the guard reverts after
  * GUARD_WINDOWS windows over the margin, the AUC comes back to 0.99 of what
- * it was, and every event is counted once. */
+ * it was, and every event is counted once (one trainer thread, see above;
+ * the guard's watch and undo run beside it on threads of their own). */
 static void test_guard_reverts_runaway_rate(void **state)
 {
     (void)state;
@@ -183,7 +185,7 @@ static void test_guard_reverts_runaway_rate(void **state)
     hr_rng rng;
     hr_rng_seed(&rng, 2024);
     planted_make(&w, &rng);
-    hr_app *app = open_app(2, NULL);
+    hr_app *app = open_app(1, NULL);
     const size_t ntrain = 60000, ntest = 20000;
     hr_event *train = malloc(ntrain * sizeof *train), *test = malloc(ntest * sizeof *test);
     float *labels = malloc(ntest * sizeof *labels);
@@ -373,12 +375,38 @@ static void test_no_restore_point_over_the_memory_limit(void **state)
     hr_app_close(app, true);
 }
 
+/* An undo right after the change: nothing to replay, the rows as they were. */
+static void test_undo_with_no_event_since(void **state)
+{
+    (void)state;
+    const char *const kv[] = {"guard", "0", NULL};
+    hr_app *app = open_app(1, kv);
+    hr_event ev = event_for(app, 1, 2, 1.0f);
+    submit(app, &ev, 1);
+    size_t n0, n1;
+    float *before = rows_copy(app, &n0);
+    hr_schedule s = parse_schedule("{\"optimizer\":\"sgd\",\"type\":\"constant\",\"eta0\":0.5}");
+    hr_error err;
+    assert_int_equal(hr_guard_apply(app->guard, &s, NULL, NULL, &err), HR_OK);
+    json_t *info = NULL;
+    assert_int_equal(hr_guard_undo(app->guard, &info, &err), HR_OK);
+    assert_int_equal(json_integer_value(json_object_get(info, "replayed")), 0);
+    json_decref(info);
+    float *after = rows_copy(app, &n1);
+    assert_int_equal(n0, n1);
+    assert_memory_equal(before, after, n0 * sizeof(float));
+    free(before);
+    free(after);
+    hr_app_close(app, true);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_guard_reverts_runaway_rate),
         cmocka_unit_test(test_manual_undo_is_exact),
         cmocka_unit_test(test_no_restore_point_over_the_memory_limit),
+        cmocka_unit_test(test_undo_with_no_event_since),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
