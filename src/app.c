@@ -23,6 +23,7 @@
 #include "hogrec/api.h"
 #include "hogrec/cluster.h"
 #include "hogrec/dblock.h"
+#include "hogrec/guard.h"
 #include "hogrec/log.h"
 #include "hogrec/persist.h"
 
@@ -124,6 +125,27 @@ hr_status hr_app_finish_loading(hr_app *app, hr_error *err)
     return HR_OK;
 }
 
+/* The guard of schedule changes: restore points unless cluster mode or id
+ * expiry rule them out (guard.h). */
+static hr_status open_guard(hr_app *app, hr_error *err)
+{
+    const hr_config *c = &app->cfg;
+    hr_guard_config gc = {
+        .watch_on = c->guard != 0,
+        .restore_points = !c->redis[0] && c->expire_seconds <= 0,
+        .margin = c->guard_margin,
+        .windows = (unsigned)c->guard_windows,
+        .watch = (unsigned)c->guard_watch,
+        .nonfinite = c->guard_nonfinite,
+        .window = (uint64_t)c->progress_window,
+        .memory_bytes = (size_t)c->guard_memory_mb << 20,
+        .why_off = c->redis[0] ? "no restore points in cluster mode"
+                               : "no restore points with id expiry (expire_seconds > 0)",
+    };
+    return hr_guard_create(&gc, app->model, app->trainer, app->sched, app->progress, &app->guard,
+                           err);
+}
+
 hr_status hr_app_open_loading(const hr_config *cfg, hr_app **out, hr_error *err)
 {
     *out = NULL;
@@ -183,6 +205,8 @@ hr_status hr_app_open_loading(const hr_config *cfg, hr_app **out, hr_error *err)
         hr_error_set(err, st, NULL, "creating the serving state: %s", hr_status_to_string(st));
         goto fail;
     }
+    if ((st = open_guard(app, err)) != HR_OK)
+        goto fail;
     if (app->cfg.redis[0] &&
         (st = hr_cluster_open(&app->cfg,
                               &(hr_cluster_parts){app->model, app->events, app->trainer, app->sched},
@@ -201,6 +225,8 @@ void hr_app_stop(hr_app *app, bool drain)
         return;
     atomic_store(&app->ready, 0);
     hr_cluster_stop(app->cluster); /* a leader publishes what it trained, then releases */
+    hr_guard_destroy(app->guard); /* its tap off the trainers before they stop */
+    app->guard = NULL;
     if (app->trainer)
         hr_trainer_stop(app->trainer, drain, NULL);
     hr_persist_close(app->persist,

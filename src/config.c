@@ -57,7 +57,8 @@ _Static_assert(sizeof(hr_loss) == sizeof(int) && sizeof(hr_config_state) == size
 
 static const char *const state_names[HR_CONFIG_STATE_COUNT] = {
     [HR_CONFIG_STATE_AUTO] = "auto", [HR_CONFIG_STATE_SGD] = "sgd",
-    [HR_CONFIG_STATE_ADAGRAD] = "adagrad", [HR_CONFIG_STATE_FTRL] = "ftrl"};
+    [HR_CONFIG_STATE_ADAGRAD] = "adagrad", [HR_CONFIG_STATE_FTRL] = "ftrl",
+    [HR_CONFIG_STATE_ADAM] = "adam"};
 static const char *const neg_names[HR_CONFIG_NEG_COUNT] = {
     [HR_CONFIG_NEG_AUTO] = "auto", [HR_CONFIG_NEG_ON] = "on", [HR_CONFIG_NEG_OFF] = "off"};
 static const char *const durability_names[HR_CONFIG_DURABILITY_COUNT] = {
@@ -125,6 +126,19 @@ static const opt options[] = {
     I(negatives, 0, 100, "1", false, ALL, "sampled negatives per positive"),
     D(negative_alpha, 0, 2, "0", false, ALL, "negatives by popularity^alpha (0 = uniform)"),
     I(progress_window, 100, 10000000, "10000", false, ALL, "events in the progressive-validation window"),
+    /* divergence guard (README: "Undoing a schedule change") */
+    I(guard, 0, 1, "1", false, SERVE,
+      "1: mark a restore point at each schedule change and revert it when the loss diverges"),
+    D(guard_margin, 0, 100, "0.1", false, SERVE,
+      "guard: a window is over when its loss > the loss before the change x (1 + margin)"),
+    I(guard_windows, 1, 1000, "3", false, SERVE,
+      "guard: consecutive windows (progress_window events each) over the margin that revert"),
+    I(guard_watch, 1, 100000, "10", false, SERVE,
+      "guard: windows watched after a change; after them the change is kept, the restore point freed"),
+    D(guard_nonfinite, 0, 1, "0.01", false, SERVE,
+      "guard: a window whose skipped non-finite steps exceed this fraction is over"),
+    I(guard_memory_mb, 0, 1048576, "1024", false, SERVE,
+      "guard: most memory of a restore point (rows copied + events since), MB; 0 = no restore points"),
     /* server */
     S(bind, "127.0.0.1", false, SERVE, "address to listen on"),
     I(port, 0, 65535, "8080", false, SERVE, "TCP port (0 = any free port)"),

@@ -1,11 +1,12 @@
 /*
  * http_admin.c - the admin routes (behind the bearer token; http.c checks
- * it): the live learning-rate schedule (GET, PUT), its history, a
- * checkpoint on demand, the effective config, and (cluster mode) a
- * snapshot of the whole model.
+ * it): the live learning-rate schedule (GET, PUT through the guard, which
+ * marks a restore point), its history and the guard's state, the undo of
+ * the last change, a checkpoint on demand, the effective config, and
+ * (cluster mode) a snapshot of the whole model.
  *
  * In cluster mode a schedule change goes to the cluster (cluster.h:
- * stored in Redis, installed by every node).
+ * stored in Redis, installed by every node); the guard is off there.
  *
  * Threads: MHD pool threads; the schedule box, persistence and the config
  * copy are safe to call from any thread.
@@ -21,6 +22,7 @@
 #include <unistd.h>
 
 #include "hogrec/cluster.h"
+#include "hogrec/guard.h"
 #include "hogrec/log.h"
 #include "hogrec/persist.h"
 #include "hogrec/schedule.h"
@@ -40,23 +42,31 @@ static enum MHD_Result handle_schedule_put(hr_http *h, struct MHD_Connection *c,
     json_decref(v);
     if (st != HR_OK)
         return hr_http_reply_invalid(c, r, "", &e);
-    hr_optimizer rows = hr_model_supports(app->model, HR_OPT_FTRL)      ? HR_OPT_FTRL
+    hr_optimizer rows = hr_model_supports(app->model, HR_OPT_ADAM)      ? HR_OPT_ADAM
+                        : hr_model_supports(app->model, HR_OPT_FTRL)    ? HR_OPT_FTRL
                         : hr_model_supports(app->model, HR_OPT_ADAGRAD) ? HR_OPT_ADAGRAD
                                                                         : HR_OPT_SGD;
     if (hr_schedule_check_state(&s, rows, &e) != HR_OK)
         return hr_http_reply_invalid(c, r, "", &e);
-    hr_progress_report rep;
-    hr_progress_get(app->progress, 0, &rep);
     uint64_t version;
+    bool restore = false;
     if (app->cluster) { /* the cluster's schedule: every node installs it (cluster.h) */
         if ((st = hr_cluster_schedule_put(app->cluster, &s, &version, &e)) != HR_OK)
             return hr_http_reply_error(c, r, 503, "unavailable", "%s", e.message);
         return hr_http_reply_json(c, r, 200, hr_schedule_to_json(hr_schedbox_current(app->sched)));
     }
-    st = hr_schedbox_swap(app->sched, &s, hr_trainer_updates(app->trainer), rep.loss, &version, &e);
+    if (app->guard) {
+        st = hr_guard_apply(app->guard, &s, &version, &restore, &e);
+    } else {
+        hr_progress_report rep;
+        hr_progress_get(app->progress, 0, &rep);
+        st = hr_schedbox_swap(app->sched, &s, hr_trainer_updates(app->trainer), rep.loss, &version,
+                              &e);
+    }
     if (st != HR_OK)
         return hr_http_reply_invalid(c, r, "", &e);
-    hr_log("info", "schedule changed", json_pack("{s:I}", "version", (json_int_t)version));
+    hr_log("info", "schedule changed",
+           json_pack("{s:I, s:b}", "version", (json_int_t)version, "restore_point", restore));
     return hr_http_reply_json(c, r, 200, hr_schedule_to_json(hr_schedbox_current(app->sched)));
 }
 
@@ -70,8 +80,26 @@ enum MHD_Result hr_http_schedule(hr_http *h, struct MHD_Connection *c, request *
 enum MHD_Result hr_http_schedule_history(hr_http *h, struct MHD_Connection *c, request *r)
 {
     hr_app *app = h->app;
-    return hr_http_reply_json(c, r, 200,
-                              json_pack("{s:o}", "history", hr_schedbox_history_json(app->sched)));
+    json_t *j = json_pack("{s:o}", "history", hr_schedbox_history_json(app->sched));
+    if (j && app->guard)
+        json_object_set_new(j, "guard", hr_guard_status(app->guard));
+    return hr_http_reply_json(c, r, 200, j);
+}
+
+enum MHD_Result hr_http_schedule_undo(hr_http *h, struct MHD_Connection *c, request *r)
+{
+    hr_app *app = h->app;
+    if (!app->guard)
+        return hr_http_reply_error(c, r, 409, "nothing_to_undo", "nothing to undo: no guard");
+    json_t *info = NULL;
+    hr_error e = {{0}, {0}};
+    hr_status st = hr_guard_undo(app->guard, &info, &e);
+    if (st == HR_ENOTFOUND)
+        return hr_http_reply_error(c, r, 409, "nothing_to_undo", "%s", e.message);
+    if (st != HR_OK)
+        return hr_http_reply_error(c, r, 503, "unavailable", "%s", e.message);
+    json_object_set_new(info, "schedule", hr_schedule_to_json(hr_schedbox_current(app->sched)));
+    return hr_http_reply_json(c, r, 200, info);
 }
 
 enum MHD_Result hr_http_checkpoint(hr_http *h, struct MHD_Connection *c, request *r)

@@ -103,6 +103,7 @@ hr_http_handler hr_http_predict;          /* http_query.c */
 hr_http_handler hr_http_recommend;
 hr_http_handler hr_http_schedule;         /* http_admin.c */
 hr_http_handler hr_http_schedule_history;
+hr_http_handler hr_http_schedule_undo;
 hr_http_handler hr_http_checkpoint;
 hr_http_handler hr_http_config;
 hr_http_handler hr_http_snapshot;

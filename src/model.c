@@ -74,11 +74,13 @@ hr_status hr_model_config_from(const hr_config *c, const hr_schedule *s, hr_mode
     /* the state the schedule's optimizer needs */
     const hr_state_kind need = s->optimizer == HR_OPT_SGD       ? HR_STATE_SGD
                                : s->optimizer == HR_OPT_ADAGRAD ? HR_STATE_ADAGRAD
+                               : s->optimizer == HR_OPT_ADAM    ? HR_STATE_ADAM
                                                                 : HR_STATE_FTRL;
     switch (c->state) {
     case HR_CONFIG_STATE_SGD: out->state = HR_STATE_SGD; break;
     case HR_CONFIG_STATE_ADAGRAD: out->state = HR_STATE_ADAGRAD; break;
     case HR_CONFIG_STATE_FTRL: out->state = HR_STATE_FTRL; break;
+    case HR_CONFIG_STATE_ADAM: out->state = HR_STATE_ADAM; break;
     case HR_CONFIG_STATE_AUTO:
     default: /* the config parser admits no other value */
         assert(c->state == HR_CONFIG_STATE_AUTO);
@@ -104,7 +106,11 @@ hr_status hr_model_config_from(const hr_config *c, const hr_schedule *s, hr_mode
     out->rating_offset = (float)c->rating_offset;
     if (out->chunk_rows & (out->chunk_rows - 1))
         return hr_error_set(err, HR_EINVAL, "chunk_rows", "chunk_rows must be a power of two");
-    if (need > out->state)
+    /* SGD needs nothing; Adam needs Adam rows; AdaGrad and FTRL a state at
+     * least as far along their chain (row.h) */
+    bool served = need == HR_STATE_SGD || need == out->state ||
+                  (need != HR_STATE_ADAM && out->state != HR_STATE_ADAM && need < out->state);
+    if (!served)
         return hr_error_set(err, HR_EINVAL, "state",
                             "state '%s' keeps no optimizer state for optimizer '%s'",
                             hr_config_state_to_string(c->state),
@@ -179,6 +185,14 @@ static hr_status on_new_row(void *ctx, uint32_t row)
     return HR_OK;
 }
 
+void hr_model_reset_row(hr_model *m, hr_table_id t, uint32_t row)
+{
+    float fresh[m->L.floats];
+    init_row(m, t, row, fresh);
+    hr_sgd_row_write(&m->L, hr_model_row(m, t, row), fresh);
+    hr_model_mark_dirty(m, t, row);
+}
+
 static void table_free(const hr_model *m, table *tb)
 {
     for (uint32_t c = 0; tb->chunks && tb->dirty && c < tb->nchunks; c++) {
@@ -210,7 +224,7 @@ hr_status hr_model_create(const hr_model_config *mc, hr_model **out, hr_error *e
         return hr_error_set(err, HR_EINVAL, "k", "k must be in [1, 1024]");
     if (mc->chunk_rows < 1 || (mc->chunk_rows & (mc->chunk_rows - 1)))
         return hr_error_set(err, HR_EINVAL, "chunk_rows", "chunk_rows must be a power of two");
-    if ((uint64_t)mc->chunk_rows * 2 * ((mc->k + 6) & ~3u) >= UINT32_MAX)
+    if ((uint64_t)mc->chunk_rows * 3 * ((mc->k + 6) & ~3u) >= UINT32_MAX)
         return hr_error_set(err, HR_EINVAL, "chunk_rows", "chunk_rows x row size is too large");
     hr_model *m = calloc(1, sizeof *m);
     if (!m)
@@ -272,6 +286,7 @@ bool hr_model_supports(const hr_model *m, hr_optimizer opt)
     case HR_OPT_SGD: return true;
     case HR_OPT_ADAGRAD: return m->L.acc != 0;
     case HR_OPT_FTRL: return m->L.acc != 0 && m->L.ftrl != 0;
+    case HR_OPT_ADAM: return m->L.adam != 0;
     default: return false;
     }
 }
@@ -381,6 +396,8 @@ void hr_model_prefetch(const hr_model *m, hr_table_id t, uint32_t row)
     prefetch_span((const char *)r, bytes);
     if (m->L.state)
         prefetch_span((const char *)(r + m->L.state), bytes);
+    if (m->L.adam_v)
+        prefetch_span((const char *)(r + m->L.adam_v), bytes);
 }
 
 uint32_t hr_model_effective_row(const hr_model *m, hr_table_id t, uint32_t row)

@@ -33,6 +33,7 @@ typedef enum {
     HR_CONFIG_STATE_SGD,
     HR_CONFIG_STATE_ADAGRAD,
     HR_CONFIG_STATE_FTRL,
+    HR_CONFIG_STATE_ADAM,
     HR_CONFIG_STATE_COUNT
 } hr_config_state;
 
@@ -57,7 +58,7 @@ typedef struct {
     /* model */
     int64_t k;                 /* factor dimension */
     hr_loss loss;              /* logistic | squared */
-    hr_config_state state;     /* optimizer state kept per row: auto | sgd | adagrad | ftrl */
+    hr_config_state state;     /* optimizer state kept per row: auto | sgd | adagrad | ftrl | adam */
     double init_scale;         /* stddev of initial factors */
     int64_t seed;              /* seed of init, sampling and shuffles */
     double l2_global, l2_bias, l2_user, l2_item, l2_context; /* L2 per group */
@@ -79,6 +80,13 @@ typedef struct {
     int64_t negatives;         /* sampled negatives per positive */
     double negative_alpha;     /* 0 = uniform, else popularity^alpha */
     int64_t progress_window;   /* events in the progressive-validation window */
+    /* divergence guard (guard.h) */
+    int64_t guard;             /* 1: a restore point and a watch after each schedule change */
+    double guard_margin;       /* revert when the window loss > before * (1 + margin) */
+    int64_t guard_windows;     /* consecutive windows over the margin that revert */
+    int64_t guard_watch;       /* windows watched after a change; then it is kept */
+    double guard_nonfinite;    /* a window with more skipped non-finite steps (fraction) is over */
+    int64_t guard_memory_mb;   /* most memory a restore point may hold (rows + events), MB */
     /* server */
     char bind[64];
     int64_t port;

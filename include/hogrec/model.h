@@ -116,6 +116,11 @@ uint32_t hr_model_ctx_row(const hr_model *m, const char *field, size_t flen,
 
 /* ---- rows ---- */
 
+/* Overwrites a row with its initial values (the seeded factors a new row
+ * gets, zero bias and counts, initial optimizer state) and marks it. For a
+ * restore, while nothing trains. */
+void hr_model_reset_row(hr_model *m, hr_table_id t, uint32_t row);
+
 /* Pointer to a row (never moves). row < hr_model_rows(). */
 float *hr_model_row(const hr_model *m, hr_table_id t, uint32_t row);
 

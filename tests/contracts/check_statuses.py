@@ -57,6 +57,8 @@ UNEXERCISED = {
         "while the log replays or with persistence failing (test_persist)",
     ("/v1/admin/checkpoint", "post", "429"):
         "another checkpoint must be running at that moment (timing)",
+    ("/v1/admin/schedule/undo", "post", "503"):
+        "only when installing the previous schedule fails (out of memory)",
     ("/ui/", "get", "304"):
         "needs the ETag of an earlier answer (test_statsring, tests/test_dashboard.py)",
     ("/v1/admin/snapshot", "get", "200"):
@@ -170,6 +172,8 @@ def specific(auth):
         ("schedule invalid", "PUT", "/v1/admin/schedule", post("/v1/admin/schedule", b'{"type":"invpow","eta0":-1}')),
         ("schedule other state", "PUT", "/v1/admin/schedule",
          post("/v1/admin/schedule", b'{"optimizer":"ftrl","type":"constant","eta0":0.1}')),
+        ("schedule undo", "POST", "/v1/admin/schedule/undo", post("/v1/admin/schedule/undo", b'')),
+        ("schedule undo again", "POST", "/v1/admin/schedule/undo", post("/v1/admin/schedule/undo", b'')),
         ("schedule history", "GET", "/v1/admin/schedule/history", {"headers": a}),
         ("stats history", "GET", "/v1/stats/history?since=0", {}),
         ("stats history since=x", "GET", "/v1/stats/history?since=x", {}),
