@@ -828,6 +828,28 @@ static bool may_lead(hr_cluster *c)
  * before its last delta (XTRIM MINID), then the event stream up to the
  * entry the oldest retained delta covers, after recording that point in
  * the events_trimmed key (so no node leads with less). */
+/* Sets key to the stream id `id` unless it holds a later one, in one
+ * script: both trim points only move forward, so a stale leader (paused
+ * past its lease, not yet fenced) can never lower them. */
+static const char raise_id_lua[] =
+    "local function parse(s) local a, b = string.match(s, '^(%d+)-(%d+)$') "
+    "return tonumber(a), tonumber(b) end "
+    "local cur = redis.call('GET', KEYS[1]) "
+    "if cur then "
+    "  local cm, cs = parse(cur) local nm, ns = parse(ARGV[1]) "
+    "  if cm and (cm > nm or (cm == nm and cs >= ns)) then return 0 end "
+    "end "
+    "redis.call('SET', KEYS[1], ARGV[1]) return 1";
+
+static hr_status raise_id(hr_cluster *c, const char *key, const char *id, hr_error *err)
+{
+    const char *argv[] = {key, id};
+    redisReply *rep = NULL;
+    hr_status st = hr_redis_eval(c->conn, raise_id_lua, 1, 2, argv, NULL, &rep, err);
+    freeReplyObject(rep);
+    return st;
+}
+
 static void trim_streams(hr_cluster *c)
 {
     if (c->retention_ms <= 0)
@@ -864,12 +886,10 @@ static void trim_streams(hr_cluster *c)
         snprintf(gone, sizeof gone, "%s", rep->element[0]->element[0]->str);
     freeReplyObject(rep);
     if (gone[0]) {
-        st = hr_redis_call(c->conn, &rep, &err, "SET", c->dtrimmed_key, gone, NULL);
-        if (st == HR_OK) {
-            freeReplyObject(rep);
+        st = raise_id(c, c->dtrimmed_key, gone, &err);
+        if (st == HR_OK)
             st = hr_redis_call(c->conn, &rep, &err, "XTRIM", c->deltas_key, "MINID", minid + 1,
                                NULL);
-        }
         if (st != HR_OK) {
             log_redis_error(c, "cannot trim the delta stream", st, &err);
             return;
@@ -898,23 +918,10 @@ static void trim_streams(hr_cluster *c)
     if (!have || !h.event_id[0] || hr_estream_id_parse(h.event_id, &t, NULL) != HR_OK ||
         hr_estream_id_cmp(t, c->events_trimmed) <= 0)
         return;
-    /* The trim point only moves forward (a stale leader's would be older). */
-    if ((st = hr_redis_call(c->conn, &rep, &err, "GET", c->trimmed_key, NULL)) != HR_OK) {
-        log_redis_error(c, "cannot read the event stream's trim point", st, &err);
+    char ts[HR_ESTREAM_ID_LEN];
+    if ((st = raise_id(c, c->trimmed_key, hr_estream_id_format(t, ts), &err)) != HR_OK) {
+        log_redis_error(c, "cannot record the event stream's trim point", st, &err);
         return;
-    }
-    hr_estream_id prev = {0, 0};
-    if (rep->type == REDIS_REPLY_STRING)
-        hr_estream_id_parse(rep->str, &prev, NULL);
-    freeReplyObject(rep);
-    if (hr_estream_id_cmp(t, prev) > 0) {
-        char ts[HR_ESTREAM_ID_LEN];
-        if ((st = hr_redis_call(c->conn, &rep, &err, "SET", c->trimmed_key,
-                                hr_estream_id_format(t, ts), NULL)) != HR_OK) {
-            log_redis_error(c, "cannot record the event stream's trim point", st, &err);
-            return;
-        }
-        freeReplyObject(rep);
     }
     uint64_t removed = 0;
     if ((st = hr_estream_trim(c->reader, t, &removed, &err)) != HR_OK) {

@@ -795,6 +795,27 @@ static void test_follower_restart_bootstraps(void **state)
     assert_int_equal(events_counted_of(c.port), want);
     assert_true(compare_scores(a.port, c.port, "new node") > 50);
 
+    /* The trim points only move forward: set far ahead (as a newer leader
+     * would have), they stay there while the leader trims on, which a
+     * plain SET of its own older points would lower. */
+    static const char *const ahead = "99999999999999-0";
+    r = redis_of(url);
+    const char *keys[] = {"hogrec:{s2}:deltas_trimmed", "hogrec:{s2}:events_trimmed"};
+    redisReply *rep = NULL;
+    hr_error err = {{0}, {0}};
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(hr_redis_call(r, &rep, &err, "SET", keys[k], ahead, NULL), HR_OK);
+        freeReplyObject(rep);
+    }
+    post_until_trimmed(url, "s2", "k", a.port, deleted_of(r, "hogrec:{s2}:deltas"), &next);
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(hr_redis_call(r, &rep, &err, "GET", keys[k], NULL), HR_OK);
+        assert_int_equal(rep->type, REDIS_REPLY_STRING);
+        assert_string_equal(rep->str, ahead);
+        freeReplyObject(rep);
+    }
+    hr_redis_destroy(r);
+
     kill(a.pid, SIGTERM);
     kill(b.pid, SIGTERM);
     kill(c.pid, SIGTERM);
