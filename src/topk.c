@@ -20,6 +20,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "hogrec/half.h"
 #include "hogrec/sgd.h"
 
 static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
@@ -165,6 +166,9 @@ typedef struct {
     float def_score; /* score of the default row (items below min_count) */
 } scan_state;
 
+static hr_status query_many_half(const hr_model *m, hr_topk_request *reqs, size_t nq,
+                                 bool *done);
+
 /* Scores the queries: with BLAS, or (reference) with the plain loop the
  * BLAS path is checked against. */
 static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq, bool reference)
@@ -173,6 +177,12 @@ static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
         reqs[j].n = 0;
     if (nq == 0)
         return HR_OK;
+    if (!reference && hr_model_half_layout(m)) {
+        bool done = false;
+        hr_status hst = query_many_half(m, reqs, nq, &done);
+        if (done)
+            return hst;
+    }
     pthread_once(&blas_once, blas_init);
     const hr_row_layout *L = hr_model_layout(m);
     const hr_model_config *mc = hr_model_get_config(m);
@@ -248,6 +258,190 @@ static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
     free(scores);
     free(ss);
     return HR_OK;
+}
+
+/* ---- the half-precision path (topk_precision f16) ----
+ *
+ * The model keeps a half copy of the item rows (half.h), brought up to date
+ * by hr_model_item_half_sync before each scan. The scan computes a half
+ * score s' per row and, from the row's norm, a bound B with |s - s'| <= B
+ * for the fp32 score s (hr_half_error_bound), so s lies in [s' - B, s' + B].
+ * Per query, a heap keeps the K best lower bounds of eligible rows; its
+ * worst, T, only rises. A row whose upper bound is below T is beaten
+ * strictly by K rows and cannot be in the top K; every other row is a
+ * candidate. The candidates are re-scored with the fp32 reference loop and
+ * ranked by the usual heap, so the result is the fp32 top K with its ties
+ * (hr_topk_query_ref's, bit for bit, on a model not being trained). Few rows
+ * are candidates: the bound is ~2^-11 of |q| |v|.
+ */
+
+typedef struct {
+    uint32_t row;
+    float hi;  /* upper bound of its fp32 score */
+    bool def;  /* scores as the default row (min_count) */
+} half_cand;
+
+typedef struct {
+    hr_topk_heap lo;    /* the best K lower bounds of eligible rows */
+    float threshold;    /* lo's worst once full, else -inf */
+    float c[2];         /* the bound: c[0] * norm + c[1] */
+    float def_score;    /* score of the default row (items below min_count) */
+    half_cand *cands;   /* rows whose upper bound reached the threshold */
+    size_t nc, cap;
+} half_state;
+
+/* Drops the candidates the threshold now rules out; grows the array if
+ * that frees too little. */
+static bool cands_make_room(half_state *hs)
+{
+    size_t w = 0;
+    for (size_t i = 0; i < hs->nc; i++)
+        if (hs->cands[i].hi >= hs->threshold)
+            hs->cands[w++] = hs->cands[i];
+    hs->nc = w;
+    if (hs->nc < hs->cap / 2)
+        return true;
+    half_cand *c = realloc(hs->cands, 2 * hs->cap * sizeof *c);
+    if (!c)
+        return false;
+    hs->cands = c;
+    hs->cap *= 2;
+    return true;
+}
+
+/* Offers a slice's half scores of one query. False on allocation failure. */
+static bool half_offer(const hr_model *m, const hr_half_layout *H, const hr_topk_request *rq,
+                       half_state *hs, const uint16_t *sub, uint32_t base, uint32_t len,
+                       const float *scores, size_t step)
+{
+    const bool min_count = hr_model_get_config(m)->min_count > 0;
+    for (uint32_t i = 0; i < len; i++) {
+        const float s = scores[i * step];
+        const float norm = hr_half_row_norm(H, sub + (size_t)i * H->stride);
+        float hi = INFINITY, lo = -INFINITY;
+        if (norm < INFINITY) { /* else: out of fp16 range, always re-scored */
+            const float b = hs->c[0] * norm + hs->c[1];
+            hi = s + b;
+            lo = s - b;
+        }
+        if (min_count && hi < hs->def_score)
+            hi = hs->def_score; /* it may score as the default row */
+        if (hi < hs->threshold)
+            continue;
+        const uint32_t row = base + i;
+        if (row == 0 || !hr_model_key(m, HR_TABLE_ITEM, row, NULL) || excluded(rq->ex, row))
+            continue;
+        bool def = min_count && hr_model_effective_row(m, HR_TABLE_ITEM, row) == 0;
+        if (def)
+            hi = lo = hs->def_score;
+        hr_topk_heap_offer(&hs->lo, row, lo);
+        if (hs->lo.n == hs->lo.k)
+            hs->threshold = hs->lo.h[0].score;
+        if (hi < hs->threshold)
+            continue;
+        if (hs->nc == hs->cap && !cands_make_room(hs))
+            return false;
+        hs->cands[hs->nc++] = (half_cand){row, hi, def};
+    }
+    return true;
+}
+
+/* Scans the half copy for candidates and re-scores them in fp32. *done is
+ * false (and nothing written) when a query has no bound (not finite): the
+ * caller scores the batch in fp32 instead. */
+static hr_status query_many_half(const hr_model *m, hr_topk_request *reqs, size_t nq,
+                                 bool *done)
+{
+    const hr_half_layout *H = hr_model_half_layout(m);
+    const hr_row_layout *L = hr_model_layout(m);
+    const hr_model_config *mc = hr_model_get_config(m);
+    const uint32_t chunk = mc->chunk_rows, dims = H->dims;
+    *done = false;
+    /* Slices of SUB rows; a batch expands them (fp32, dims wide) for sgemm. */
+    enum { SUB = 512 };
+    float *qx = calloc(nq * dims, sizeof *qx);
+    float *scores = malloc((size_t)SUB * nq * sizeof *scores);
+    float *wide = nq > 1 ? malloc((size_t)SUB * dims * sizeof *wide) : NULL;
+    half_state *hs = calloc(nq, sizeof *hs);
+    size_t lo_total = 0;
+    for (size_t j = 0; j < nq; j++)
+        lo_total += reqs[j].k;
+    hr_topk_item *lo_st = malloc((lo_total ? lo_total : 1) * sizeof *lo_st);
+    hr_status st = HR_OK;
+    if (!qx || !scores || (nq > 1 && !wide) || !hs || !lo_st) {
+        st = HR_ENOMEM;
+        *done = true;
+        goto out;
+    }
+    const float *r0 = hr_model_row(m, HR_TABLE_ITEM, 0);
+    size_t lo_at = 0;
+    for (size_t j = 0; j < nq; j++) {
+        memcpy(qx + j * dims, reqs[j].q, L->k * sizeof *qx);
+        qx[j * dims + L->k] = 1.0f; /* the bias */
+        if (!hr_half_error_bound(H, qx + j * dims, hs[j].c))
+            goto out; /* not done: fp32 */
+        hr_topk_heap_init(&hs[j].lo, lo_st + lo_at, reqs[j].k);
+        lo_at += reqs[j].k;
+        hs[j].threshold = -INFINITY;
+        if (mc->min_count > 0)
+            hr_sgd_block_scores_ref(L, r0, 1, L->stride, reqs[j].q, &hs[j].def_score);
+        hs[j].cap = 4 * (size_t)reqs[j].k + 64;
+        if (!(hs[j].cands = malloc(hs[j].cap * sizeof *hs[j].cands))) {
+            st = HR_ENOMEM;
+            *done = true;
+            goto out;
+        }
+    }
+    *done = true;
+    hr_model_item_half_sync(m);
+    if (nq > 1)
+        pthread_once(&blas_once, blas_init);
+    uint32_t nrows;
+    const uint16_t *blk;
+    for (uint32_t b = 0; (blk = hr_model_item_half_block(m, b, &nrows)) != NULL; b++) {
+        for (uint32_t off = 0; off < nrows; off += SUB) {
+            const uint32_t len = nrows - off < SUB ? nrows - off : SUB;
+            const uint16_t *sub = blk + (size_t)off * H->stride;
+            if (nq == 1) {
+                hr_half_block_scores(H, sub, len, qx, scores);
+            } else { /* scores = wide[len x dims] * qx^T[dims x nq] */
+                hr_half_block_expand(H, sub, len, wide);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)len, (int)nq,
+                            (int)dims, 1.0f, wide, (int)dims, qx, (int)dims, 0.0f, scores,
+                            (int)nq);
+            }
+            for (size_t j = 0; j < nq; j++)
+                if (reqs[j].k > 0 && !half_offer(m, H, &reqs[j], &hs[j], sub, b * chunk + off,
+                                                 len, scores + j, nq)) {
+                    st = HR_ENOMEM;
+                    goto out;
+                }
+        }
+    }
+    for (size_t j = 0; j < nq; j++) {
+        hr_topk_heap hp;
+        hr_topk_heap_init(&hp, reqs[j].out, reqs[j].k);
+        for (size_t i = 0; i < hs[j].nc; i++) {
+            const half_cand *c = &hs[j].cands[i];
+            if (c->hi < hs[j].threshold)
+                continue;
+            float s = hs[j].def_score;
+            if (!c->def)
+                hr_sgd_block_scores_ref(L, hr_model_row(m, HR_TABLE_ITEM, c->row), 1, L->stride,
+                                        reqs[j].q, &s);
+            hr_topk_heap_offer(&hp, c->row, s);
+        }
+        reqs[j].n = hr_topk_heap_finish(&hp);
+    }
+out:
+    for (size_t j = 0; hs && j < nq; j++)
+        free(hs[j].cands);
+    free(qx);
+    free(scores);
+    free(wide);
+    free(hs);
+    free(lo_st);
+    return st;
 }
 
 hr_status hr_topk_query_many(const hr_model *m, hr_topk_request *reqs, size_t nq)
