@@ -257,8 +257,10 @@ static hr_model *make_model(uint32_t k, uint32_t items, uint64_t seed, bool half
                     row[d] *= 1e-5f; /* subnormal halves */
             } else if (kind < 3) { /* exact copies of one row: exact ties */
                 row[d] = base[d];
-            } else if (kind < 7) { /* the same row moved below fp16's resolution */
+            } else if (kind < 5) { /* the same row moved below fp16's resolution */
                 row[d] = base[d] * (1.0f + (float)hr_rng_normal(&rng) * 0x1p-14f);
+            } else if (kind < 7) { /* ... by about fp16's resolution: half order != fp32 order */
+                row[d] = base[d] * (1.0f + (float)hr_rng_normal(&rng) * 0x1p-11f);
             } else {
                 row[d] = (float)hr_rng_normal(&rng) * 0.3f;
             }
