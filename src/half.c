@@ -122,13 +122,6 @@ static bool use_fast(void)
 
 /* ---- rows ---- */
 
-float hr_half_row_norm(const hr_half_layout *H, const uint16_t *hrow)
-{
-    float n;
-    memcpy(&n, hrow + H->norm, sizeof n);
-    return n;
-}
-
 #if HALF_X86
 __attribute__((target("avx2,fma,f16c"))) static void convert_fast(const float *src, uint32_t n,
                                                                   uint16_t *dst)
@@ -229,18 +222,74 @@ __attribute__((target("avx2,fma,f16c"))) static void scores_fast(const hr_half_l
     }
 }
 
-__attribute__((target("avx2,fma,f16c"))) static void expand_fast(const hr_half_layout *H,
-                                                                 const uint16_t *block,
-                                                                 uint32_t nrows, float *dst)
+#endif
+
+void hr_half_block_scores_many_ref(const hr_half_layout *H, const uint16_t *block,
+                                   uint32_t nrows, const float *qt, uint32_t nq8, float *out)
 {
     for (uint32_t i = 0; i < nrows; i++) {
         const uint16_t *r = block + (size_t)i * H->stride;
-        float *o = dst + (size_t)i * H->dims;
-        for (uint32_t g = 0; g < H->dims; g += 8)
-            _mm256_storeu_ps(o + g, load_half8(r + g));
+        float *o = out + (size_t)i * nq8;
+        for (uint32_t j = 0; j < nq8; j++)
+            o[j] = 0;
+        for (uint32_t d = 0; d < H->dims; d++) {
+            float v = hr_half_to_float(r[d]);
+            for (uint32_t j = 0; j < nq8; j++)
+                o[j] += v * qt[(size_t)d * nq8 + j];
+        }
     }
 }
+
+#if HALF_X86
+/* Eight queries per vector: for each row, the score of every query is a
+ * sum over d of value_d (broadcast) times the queries' column d, so no
+ * horizontal sums. Two rows, two chains each, keep the FMA units busy. */
+__attribute__((target("avx2,fma,f16c"))) static void scores_many_fast(const hr_half_layout *H,
+                                                                      const uint16_t *block,
+                                                                      uint32_t nrows,
+                                                                      const float *qt,
+                                                                      uint32_t nq8, float *out)
+{
+    const uint32_t dims = H->dims, st = H->stride;
+    float v0[dims] __attribute__((aligned(32))), v1[dims] __attribute__((aligned(32)));
+    uint32_t i = 0;
+    for (; i + 2 <= nrows; i += 2) {
+        const uint16_t *r = block + (size_t)i * st;
+        for (uint32_t g = 0; g < dims; g += 8) {
+            _mm256_store_ps(v0 + g, load_half8(r + g));
+            _mm256_store_ps(v1 + g, load_half8(r + st + g));
+        }
+        for (uint32_t j = 0; j < nq8; j += 8) {
+            __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0;
+            for (uint32_t d = 0; d < dims; d += 2) {
+                __m256 q0 = _mm256_loadu_ps(qt + (size_t)d * nq8 + j);
+                __m256 q1 = _mm256_loadu_ps(qt + (size_t)(d + 1) * nq8 + j);
+                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(v0 + d), q0, a0);
+                b0 = _mm256_fmadd_ps(_mm256_broadcast_ss(v0 + d + 1), q1, b0);
+                a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(v1 + d), q0, a1);
+                b1 = _mm256_fmadd_ps(_mm256_broadcast_ss(v1 + d + 1), q1, b1);
+            }
+            _mm256_storeu_ps(out + (size_t)i * nq8 + j, _mm256_add_ps(a0, b0));
+            _mm256_storeu_ps(out + (size_t)(i + 1) * nq8 + j, _mm256_add_ps(a1, b1));
+        }
+    }
+    if (i < nrows)
+        hr_half_block_scores_many_ref(H, block + (size_t)i * st, nrows - i, qt, nq8,
+                                      out + (size_t)i * nq8);
+}
 #endif
+
+void hr_half_block_scores_many(const hr_half_layout *H, const uint16_t *block, uint32_t nrows,
+                               const float *qt, uint32_t nq8, float *out)
+{
+#if HALF_X86
+    if (use_fast()) {
+        scores_many_fast(H, block, nrows, qt, nq8, out);
+        return;
+    }
+#endif
+    hr_half_block_scores_many_ref(H, block, nrows, qt, nq8, out);
+}
 
 void hr_half_block_scores(const hr_half_layout *H, const uint16_t *block, uint32_t nrows,
                           const float *qx, float *out)
@@ -252,20 +301,6 @@ void hr_half_block_scores(const hr_half_layout *H, const uint16_t *block, uint32
     }
 #endif
     hr_half_block_scores_ref(H, block, nrows, qx, out);
-}
-
-void hr_half_block_expand(const hr_half_layout *H, const uint16_t *block, uint32_t nrows,
-                          float *dst)
-{
-#if HALF_X86
-    if (use_fast()) {
-        expand_fast(H, block, nrows, dst);
-        return;
-    }
-#endif
-    for (uint32_t i = 0; i < nrows; i++)
-        for (uint32_t d = 0; d < H->dims; d++)
-            dst[(size_t)i * H->dims + d] = hr_half_to_float(block[(size_t)i * H->stride + d]);
 }
 
 /*

@@ -315,18 +315,20 @@ static bool half_offer(const hr_model *m, const hr_half_layout *H, const hr_topk
                        const float *scores, size_t step)
 {
     const bool min_count = hr_model_get_config(m)->min_count > 0;
+    const float c0 = hs->c[0], c1 = hs->c[1], def_score = hs->def_score;
+    float threshold = hs->threshold; /* a local: stores below cannot alias it */
     for (uint32_t i = 0; i < len; i++) {
         const float s = scores[i * step];
         const float norm = hr_half_row_norm(H, sub + (size_t)i * H->stride);
         float hi = INFINITY, lo = -INFINITY;
         if (norm < INFINITY) { /* else: out of fp16 range, always re-scored */
-            const float b = hs->c[0] * norm + hs->c[1];
+            const float b = c0 * norm + c1;
             hi = s + b;
             lo = s - b;
         }
-        if (min_count && hi < hs->def_score)
-            hi = hs->def_score; /* it may score as the default row */
-        if (hi < hs->threshold)
+        if (min_count && hi < def_score)
+            hi = def_score; /* it may score as the default row */
+        if (hi < threshold)
             continue;
         const uint32_t row = base + i;
         if (row == 0 || !hr_model_key(m, HR_TABLE_ITEM, row, NULL) || excluded(rq->ex, row))
@@ -336,8 +338,8 @@ static bool half_offer(const hr_model *m, const hr_half_layout *H, const hr_topk
             hi = lo = hs->def_score;
         hr_topk_heap_offer(&hs->lo, row, lo);
         if (hs->lo.n == hs->lo.k)
-            hs->threshold = hs->lo.h[0].score;
-        if (hi < hs->threshold)
+            hs->threshold = threshold = hs->lo.h[0].score;
+        if (hi < threshold)
             continue;
         if (hs->nc == hs->cap && !cands_make_room(hs))
             return false;
@@ -357,18 +359,20 @@ static hr_status query_many_half(const hr_model *m, hr_topk_request *reqs, size_
     const hr_model_config *mc = hr_model_get_config(m);
     const uint32_t chunk = mc->chunk_rows, dims = H->dims;
     *done = false;
-    /* Slices of SUB rows; a batch expands them (fp32, dims wide) for sgemm. */
+    /* Slices of SUB rows. A batch is scored eight queries per vector: qt
+     * holds the queries transposed (dims x nq8, zero-padded). */
     enum { SUB = 512 };
+    const size_t nq8 = nq > 1 ? (nq + 7) & ~(size_t)7 : 1;
     float *qx = calloc(nq * dims, sizeof *qx);
-    float *scores = malloc((size_t)SUB * nq * sizeof *scores);
-    float *wide = nq > 1 ? malloc((size_t)SUB * dims * sizeof *wide) : NULL;
+    float *scores = malloc((size_t)SUB * nq8 * sizeof *scores);
+    float *qt = nq > 1 ? calloc(dims * nq8, sizeof *qt) : NULL;
     half_state *hs = calloc(nq, sizeof *hs);
     size_t lo_total = 0;
     for (size_t j = 0; j < nq; j++)
         lo_total += reqs[j].k;
     hr_topk_item *lo_st = malloc((lo_total ? lo_total : 1) * sizeof *lo_st);
     hr_status st = HR_OK;
-    if (!qx || !scores || (nq > 1 && !wide) || !hs || !lo_st) {
+    if (!qx || !scores || (nq > 1 && !qt) || !hs || !lo_st) {
         st = HR_ENOMEM;
         *done = true;
         goto out;
@@ -380,6 +384,8 @@ static hr_status query_many_half(const hr_model *m, hr_topk_request *reqs, size_
         qx[j * dims + L->k] = 1.0f; /* the bias */
         if (!hr_half_error_bound(H, qx + j * dims, hs[j].c))
             goto out; /* not done: fp32 */
+        for (uint32_t d = 0; qt && d < dims; d++)
+            qt[d * nq8 + j] = qx[j * dims + d];
         hr_topk_heap_init(&hs[j].lo, lo_st + lo_at, reqs[j].k);
         lo_at += reqs[j].k;
         hs[j].threshold = -INFINITY;
@@ -394,25 +400,19 @@ static hr_status query_many_half(const hr_model *m, hr_topk_request *reqs, size_
     }
     *done = true;
     hr_model_item_half_sync(m);
-    if (nq > 1)
-        pthread_once(&blas_once, blas_init);
     uint32_t nrows;
     const uint16_t *blk;
     for (uint32_t b = 0; (blk = hr_model_item_half_block(m, b, &nrows)) != NULL; b++) {
         for (uint32_t off = 0; off < nrows; off += SUB) {
             const uint32_t len = nrows - off < SUB ? nrows - off : SUB;
             const uint16_t *sub = blk + (size_t)off * H->stride;
-            if (nq == 1) {
+            if (nq == 1)
                 hr_half_block_scores(H, sub, len, qx, scores);
-            } else { /* scores = wide[len x dims] * qx^T[dims x nq] */
-                hr_half_block_expand(H, sub, len, wide);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)len, (int)nq,
-                            (int)dims, 1.0f, wide, (int)dims, qx, (int)dims, 0.0f, scores,
-                            (int)nq);
-            }
+            else
+                hr_half_block_scores_many(H, sub, len, qt, (uint32_t)nq8, scores);
             for (size_t j = 0; j < nq; j++)
                 if (reqs[j].k > 0 && !half_offer(m, H, &reqs[j], &hs[j], sub, b * chunk + off,
-                                                 len, scores + j, nq)) {
+                                                 len, scores + j, nq8)) {
                     st = HR_ENOMEM;
                     goto out;
                 }
@@ -438,7 +438,7 @@ out:
         free(hs[j].cands);
     free(qx);
     free(scores);
-    free(wide);
+    free(qt);
     free(hs);
     free(lo_st);
     return st;

@@ -130,28 +130,36 @@ static void test_kernel_matches_reference(void **state)
     for (size_t ki = 0; ki < sizeof ks / sizeof *ks; ki++) {
         hr_half_layout H = hr_half_layout_make(ks[ki]);
         assert_true(H.dims % 8 == 0 && H.dims >= ks[ki] + 1 && H.stride == H.dims + 2);
-        float *qx = calloc(H.dims, sizeof *qx);
+        float *qx = calloc(H.dims, sizeof *qx), *qt = calloc((size_t)H.dims * 16, sizeof *qt);
         for (uint32_t d = 0; d <= H.k; d++)
             qx[d] = (float)hr_rng_normal(&rng);
         for (uint32_t nrows = 0; nrows <= 13; nrows++) {
             uint16_t *b = random_half_rows(&H, nrows, &rng);
-            float fast[16], ref[16], wide[16 * 136];
+            float fast[16], ref[16], many[16 * 16], many_ref[16 * 16];
             hr_half_block_scores(&H, b, nrows, qx, fast);
             hr_half_block_scores_ref(&H, b, nrows, qx, ref);
-            hr_half_block_expand(&H, b, nrows, wide);
+            /* a batch of 16: query 0 is qx, query j qx scaled by j + 1 */
+            for (uint32_t d = 0; d < H.dims; d++)
+                for (uint32_t j = 0; j < 16; j++)
+                    qt[d * 16 + j] = qx[d] * (float)(j + 1);
+            hr_half_block_scores_many(&H, b, nrows, qt, 16, many);
+            hr_half_block_scores_many_ref(&H, b, nrows, qt, 16, many_ref);
             for (uint32_t i = 0; i < nrows; i++) {
                 double mag = 0;
-                for (uint32_t d = 0; d < H.dims; d++) {
-                    float v = hr_half_to_float(b[(size_t)i * H.stride + d]);
-                    assert_true(f2u(wide[(size_t)i * H.dims + d]) == f2u(v));
-                    mag += fabs((double)qx[d] * v);
-                }
+                for (uint32_t d = 0; d < H.dims; d++)
+                    mag += fabs((double)qx[d] * hr_half_to_float(b[(size_t)i * H.stride + d]));
                 /* two summation orders: each within dims * 2^-24 of the sum */
-                assert_true(fabs((double)fast[i] - ref[i]) <= 2 * H.dims * 0x1p-24 * mag + 1e-30);
+                double tol = 2 * H.dims * 0x1p-24 * mag + 1e-30;
+                assert_true(fabs((double)fast[i] - ref[i]) <= tol);
+                for (uint32_t j = 0; j < 16; j++) {
+                    assert_true(fabs((double)many[i * 16 + j] - many_ref[i * 16 + j]) <= tol * (j + 1));
+                    assert_true(fabs((double)many[i * 16 + j] - ref[i] * (j + 1)) <= 2 * tol * (j + 1));
+                }
             }
             free(b);
         }
         free(qx);
+        free(qt);
     }
 }
 

@@ -26,6 +26,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "hogrec/row.h"
 
@@ -54,7 +55,12 @@ void hr_half_row_write(const hr_row_layout *L, const hr_half_layout *H, const fl
                        uint16_t *hrow);
 
 /* The norm stored in a half row (+inf for a row out of fp16 range). */
-float hr_half_row_norm(const hr_half_layout *H, const uint16_t *hrow);
+static inline float hr_half_row_norm(const hr_half_layout *H, const uint16_t *hrow)
+{
+    float n;
+    memcpy(&n, hrow + H->norm, sizeof n);
+    return n;
+}
 
 /* out[i] = sum_d qx[d] * value_d of half row i, d < dims, for nrows rows
  * stride H->stride apart. qx has H->dims floats (the query, 1 for the bias,
@@ -65,10 +71,13 @@ void hr_half_block_scores(const hr_half_layout *H, const uint16_t *block, uint32
 void hr_half_block_scores_ref(const hr_half_layout *H, const uint16_t *block, uint32_t nrows,
                               const float *qx, float *out);
 
-/* Expands nrows half rows into fp32 rows of H->dims floats (dst, row-major,
- * leading dimension H->dims), for sgemm over a batch of queries. */
-void hr_half_block_expand(const hr_half_layout *H, const uint16_t *block, uint32_t nrows,
-                          float *dst);
+/* The same for a batch of queries: qt holds them transposed, H->dims rows
+ * of nq8 floats (query j's value d at qt[d * nq8 + j]; nq8 a multiple of 8,
+ * unused queries zero); out[i * nq8 + j] is row i's score for query j. */
+void hr_half_block_scores_many(const hr_half_layout *H, const uint16_t *block, uint32_t nrows,
+                               const float *qt, uint32_t nq8, float *out);
+void hr_half_block_scores_many_ref(const hr_half_layout *H, const uint16_t *block,
+                                   uint32_t nrows, const float *qt, uint32_t nq8, float *out);
 
 /* Per-query constants of the error bound: for the query qx (H->dims floats)
  * c[0] multiplies a row's norm, c[1] is added. |s - s_half| <= c[0] * norm
