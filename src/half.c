@@ -313,9 +313,11 @@ void hr_half_block_scores(const hr_half_layout *H, const uint16_t *block, uint32
  *   |a.h - a.v| <= 2^-11 sum|a_d v_d| + 2^-25 |a|_1
  * and sum|a_d v_d| <= |a|_2 norm. So
  *   |H - S| <= (2^-11 + 3g) |a|_2 norm + 2^-25 (1 + g) |a|_1 (+ underflow).
- * The caller forms lo = H - B and hi = H + B in fp32 and compares them:
- * each rounding moves them by at most u |H| + u B, |H| <= 2 |a|_2 norm, so
- * 2^-21 |a|_2 norm more covers it; 1% more covers the rounding of B itself.
+ * The caller forms lo = H - B and hi = H + B in fp32, with B = c0 norm + c1,
+ * in any order with up to three roundings (a mul, an add or an fma each):
+ * each rounding moves them by at most u (|H| + B), |H| <= 2 |a|_2 norm, so
+ * 2^-20 |a|_2 norm more covers three; 1% more covers the rounding of the
+ * constants themselves.
  */
 bool hr_half_error_bound(const hr_half_layout *H, const float *qx, float c[2])
 {
@@ -327,7 +329,7 @@ bool hr_half_error_bound(const hr_half_layout *H, const float *qx, float c[2])
         l1 += fabs((double)qx[d]);
     }
     const double u = 0x1p-24, n = H->dims, g = n * u / (1 - n * u);
-    double c0 = (0x1p-11 + 3 * g + 0x1p-21) * sqrt(l2) * 1.01;
+    double c0 = (0x1p-11 + 3 * g + 0x1p-20) * sqrt(l2) * 1.01;
     double c1 = (0x1p-25 * (1 + g) * l1 + n * 0x1p-149) * 1.01;
     c[0] = (float)c0;
     c[1] = (float)c1;

@@ -82,7 +82,9 @@ void hr_half_block_scores_many_ref(const hr_half_layout *H, const uint16_t *bloc
 /* Per-query constants of the error bound: for the query qx (H->dims floats)
  * c[0] multiplies a row's norm, c[1] is added. |s - s_half| <= c[0] * norm
  * + c[1], where s is any fp32 evaluation (any summation order) of the row's
- * fp32 score and s_half the half score in fp32 from any kernel above.
+ * fp32 score and s_half the half score in fp32 from any kernel above; and
+ * s_half - (c[0] * norm + c[1]) <= s <= s_half + (c[0] * norm + c[1])
+ * when each side is evaluated in fp32 with up to three roundings.
  * Returns false if qx is not finite (no bound: score in fp32). */
 bool hr_half_error_bound(const hr_half_layout *H, const float *qx, float c[2]);
 
