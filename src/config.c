@@ -52,7 +52,8 @@ typedef struct {
 /* An enum option's value is stored as an int (set_opt). */
 _Static_assert(sizeof(hr_loss) == sizeof(int) && sizeof(hr_config_state) == sizeof(int) &&
                    sizeof(hr_config_neg) == sizeof(int) &&
-                   sizeof(hr_config_durability) == sizeof(int) && sizeof(hr_log_level) == sizeof(int),
+                   sizeof(hr_config_durability) == sizeof(int) && sizeof(hr_log_level) == sizeof(int) &&
+                   sizeof(hr_config_topk) == sizeof(int),
                "enum options are stored as int");
 
 static const char *const state_names[HR_CONFIG_STATE_COUNT] = {
@@ -74,6 +75,14 @@ const char *hr_config_neg_to_string(hr_config_neg v)
     return (unsigned)v < HR_CONFIG_NEG_COUNT ? neg_names[v] : "unknown";
 }
 
+static const char *const topk_names[HR_CONFIG_TOPK_COUNT] = {[HR_CONFIG_TOPK_F32] = "f32",
+                                                               [HR_CONFIG_TOPK_F16] = "f16"};
+
+const char *hr_config_topk_to_string(hr_config_topk v)
+{
+    return (unsigned)v < HR_CONFIG_TOPK_COUNT ? topk_names[v] : "unknown";
+}
+
 const char *hr_config_durability_to_string(hr_config_durability v)
 {
     return (unsigned)v < HR_CONFIG_DURABILITY_COUNT ? durability_names[v] : "unknown";
@@ -87,6 +96,7 @@ static const char *durability_name(int v)
 {
     return hr_config_durability_to_string((hr_config_durability)v);
 }
+static const char *topk_name(int v) { return hr_config_topk_to_string((hr_config_topk)v); }
 static const char *log_level_name(int v) { return hr_log_level_to_string((hr_log_level)v); }
 
 /* the commands column */
@@ -111,6 +121,9 @@ static const opt options[] = {
     I(context_bits, 1, 26, "16", false, ALL, "context features hash into 2^bits rows"),
     I(chunk_rows, 64, 16777216, "65536", false, ALL, "rows per storage chunk (power of two)"),
     I(min_count, 0, 1000000, "0", false, ALL, "events before an id gets its own embedding"),
+    E(topk_precision, topk_name, HR_CONFIG_TOPK_COUNT, "f32", false, ALL,
+      "item copy top-K scans: f32, or f16 (a half copy scanned for candidates, re-scored in "
+      "f32: the same results; half the bytes read, more memory)"),
     D(expire_seconds, 0, 1e9, "0", false, ALL, "forget ids unseen this many seconds (0 = never)"),
     D(grad_clip, 0, 1e9, "100", false, ALL, "largest gradient norm per event (0 = no clip)"),
     D(adagrad_init, 1e-12, 1e6, "0.1", false, ALL, "initial AdaGrad accumulator"),

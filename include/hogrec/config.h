@@ -47,12 +47,20 @@ typedef enum {
     HR_CONFIG_DURABILITY_COUNT
 } hr_config_durability;
 
+/* `topk_precision`: the item copy top-K scans for candidates (exact either way). */
+typedef enum {
+    HR_CONFIG_TOPK_F32,
+    HR_CONFIG_TOPK_F16,
+    HR_CONFIG_TOPK_COUNT
+} hr_config_topk;
+
 /* The option's name of a value ("auto", "on", "sync", ...); static strings,
  * "unknown" out of range. hr_loss_to_string (row.h) and
  * hr_log_level_to_string (log.h) name the other two. */
 const char *hr_config_state_to_string(hr_config_state s);
 const char *hr_config_neg_to_string(hr_config_neg n);
 const char *hr_config_durability_to_string(hr_config_durability d);
+const char *hr_config_topk_to_string(hr_config_topk t);
 
 typedef struct {
     /* model */
@@ -66,6 +74,7 @@ typedef struct {
     int64_t context_bits;      /* context features hash into 2^bits rows */
     int64_t chunk_rows;        /* rows per storage chunk (power of two) */
     int64_t min_count;         /* events before an id gets its own embedding */
+    hr_config_topk topk_precision; /* f32 | f16: item copy top-K scans */
     double expire_seconds;     /* drop ids unseen this long (0 = never) */
     double grad_clip;          /* max gradient L2 norm per event (0 = off) */
     double adagrad_init;       /* initial AdaGrad accumulator */
