@@ -438,7 +438,7 @@ hr_status hr_store_ckpt_at(hr_store *s, uint64_t max_seq, double max_started, hr
 {
     sqlite3_stmt *st = s->st[ST_CKPT_AT];
     sqlite3_bind_int64(st, 1, max_seq > INT64_MAX ? INT64_MAX : (int64_t)max_seq);
-    sqlite3_bind_double(st, 2, max_started);
+    sqlite3_bind_double(st, 2, max_started < 1e300 ? max_started : 1e300); /* not Inf */
     int rc = read_ckpt(st, out);
     return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "finding a checkpoint");
 }

@@ -630,6 +630,8 @@ static hr_status resolve_window(hr_store *main, hr_store *log, const json_t *win
                                 json_number_value(since), (unsigned long long)end);
         }
         from = first - 1;
+        if (trimmed > 0 && first <= trimmed + 1)
+            from = trimmed - 1; /* it may reach before what the log keeps: refused below */
     }
     if (end <= from || end <= trimmed) {
         *code = "window_not_retained";
