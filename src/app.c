@@ -17,6 +17,7 @@
  */
 #include "hogrec/app.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,6 +27,7 @@
 #include "hogrec/guard.h"
 #include "hogrec/log.h"
 #include "hogrec/persist.h"
+#include "hogrec/trials.h"
 
 #define REPLAY_BATCH 256 /* logged events per hr_events_replay */
 
@@ -146,6 +148,22 @@ static hr_status open_guard(hr_app *app, hr_error *err)
                            err);
 }
 
+/* Counterfactual trials (trials.h): refused without a database and in
+ * cluster mode. */
+static hr_status open_trials(hr_app *app, hr_error *err)
+{
+    const hr_config *c = &app->cfg;
+    hr_trials_config tc = {
+        .refuse = c->redis[0] ? "trials are not available in cluster mode in this version" : NULL,
+        .memory_bytes = (size_t)c->trial_memory_mb << 20,
+        .cpu_share = c->trial_cpu_share,
+        .curve_events = (uint64_t)c->trial_curve_events,
+        .trainer = hr_trainer_config_from(c),
+    };
+    snprintf(tc.db, sizeof tc.db, "%s", c->db);
+    return hr_trials_create(&tc, app->model, app->sched, app->guard, &app->trials, err);
+}
+
 hr_status hr_app_open_loading(const hr_config *cfg, hr_app **out, hr_error *err)
 {
     *out = NULL;
@@ -205,7 +223,7 @@ hr_status hr_app_open_loading(const hr_config *cfg, hr_app **out, hr_error *err)
         hr_error_set(err, st, NULL, "creating the serving state: %s", hr_status_to_string(st));
         goto fail;
     }
-    if ((st = open_guard(app, err)) != HR_OK)
+    if ((st = open_guard(app, err)) != HR_OK || (st = open_trials(app, err)) != HR_OK)
         goto fail;
     if (app->cfg.redis[0] &&
         (st = hr_cluster_open(&app->cfg,
@@ -225,6 +243,8 @@ void hr_app_stop(hr_app *app, bool drain)
         return;
     atomic_store(&app->ready, 0);
     hr_cluster_stop(app->cluster); /* a leader publishes what it trained, then releases */
+    hr_trials_destroy(app->trials); /* its thread stopped; it applies through the guard */
+    app->trials = NULL;
     hr_guard_destroy(app->guard); /* its tap off the trainers before they stop */
     app->guard = NULL;
     if (app->trainer)

@@ -152,6 +152,16 @@ static const opt options[] = {
       "guard: a window whose skipped non-finite steps exceed this fraction is over"),
     I(guard_memory_mb, 0, 1048576, "1024", false, SERVE,
       "guard: most memory of a restore point (rows copied + events since), MB; 0 = no restore points"),
+    /* counterfactual trials (README: "Trying a schedule before applying it") */
+    I(trial_retain_events, 0, 9.2e18, "100000", false, SERVE,
+      "trials: the event log keeps the events of the last N seqs (from a checkpoint at or before them)"),
+    D(trial_retain_seconds, 0, 1e9, "0", false, SERVE,
+      "trials: the event log also keeps the events of the last S seconds (0 = off)"),
+    I(trial_memory_mb, 0, 1048576, "512", false, SERVE,
+      "trials: most memory of a trial's private copy (two models, the window's events), MB"),
+    D(trial_cpu_share, 0.01, 1, "0.25", false, SERVE,
+      "trials: share of one core the trial thread may use (it sleeps the rest)"),
+    I(trial_curve_events, 10, 100000000, "1000", false, SERVE, "trials: events per point of a curve"),
     /* server */
     S(bind, "127.0.0.1", false, SERVE, "address to listen on"),
     I(port, 0, 65535, "8080", false, SERVE, "TCP port (0 = any free port)"),

@@ -365,6 +365,12 @@ void hr_guard_destroy(hr_guard *g)
 hr_status hr_guard_apply(hr_guard *g, const hr_schedule *s, uint64_t *version, bool *restore,
                          hr_error *err)
 {
+    return hr_guard_apply_note(g, s, NULL, version, restore, err);
+}
+
+hr_status hr_guard_apply_note(hr_guard *g, const hr_schedule *s, const char *note,
+                              uint64_t *version, bool *restore, hr_error *err)
+{
     hr_status st = hr_schedule_validate(s, err);
     if (st != HR_OK)
         return st;
@@ -377,7 +383,7 @@ hr_status hr_guard_apply(hr_guard *g, const hr_schedule *s, uint64_t *version, b
     if (!g->cfg.restore_points)
         do_release(g, g->cfg.why_off ? g->cfg.why_off : "no restore points");
     uint64_t v = 0;
-    st = hr_schedbox_swap(g->box, s, hr_trainer_updates(g->trainer), rep.loss, &v, err);
+    st = hr_schedbox_swap_note(g->box, s, hr_trainer_updates(g->trainer), rep.loss, note, &v, err);
     if (st != HR_OK) {
         do_release(g, "no restore point: the last change failed");
         made = false;

@@ -99,6 +99,9 @@ typedef enum {
     R_SIMILAR,
     R_USER,
     R_SNAPSHOT,
+    R_TRIALS,
+    R_TRIAL,
+    R_TRIAL_APPLY,
     R_NOT_FOUND,
     R_COUNT
 } route_id;
@@ -142,15 +145,41 @@ static const route routes[R_COUNT] = {
     [R_USER] = {"/v1/user", "user", M_GET | M_HEAD, 0, false, false, hr_http_user},
     [R_SNAPSHOT] = {"/v1/admin/snapshot", "admin_snapshot", M_GET | M_HEAD, 0, false, true,
                     hr_http_snapshot},
+    [R_TRIALS] = {"/v1/admin/trials", "admin_trials", M_POST, M_POST, false, true, hr_http_trials},
+    [R_TRIAL] = {"/v1/admin/trials/{id}", "admin_trial", M_GET | M_HEAD | M_DELETE, 0, false, true,
+                 hr_http_trial},
+    [R_TRIAL_APPLY] = {"/v1/admin/trials/{id}/apply", "admin_trial_apply", M_POST, 0, false, true,
+                       hr_http_trial_apply},
     [R_NOT_FOUND] = {NULL, "not_found", 0, 0, false, false, NULL},
 };
 
-/* A path ending in '/' (but "/") also matches every path below it. */
+/* Whether url matches a path with "{name}" segments, each of which
+ * matches one non-empty segment. */
+static bool template_match(const char *path, const char *url)
+{
+    while (*path && *url) {
+        if (*path == '{') {
+            const char *end = strchr(path, '}');
+            size_t seg = strcspn(url, "/");
+            if (!end || seg == 0)
+                return false;
+            path = end + 1;
+            url += seg;
+        } else if (*path++ != *url++) {
+            return false;
+        }
+    }
+    return *path == 0 && *url == 0;
+}
+
+/* A path ending in '/' (but "/") also matches every path below it; a path
+ * with "{name}" segments matches any one segment there. */
 static route_id route_of(const char *url)
 {
     for (int i = 0; i < R_NOT_FOUND; i++) {
         size_t n = strlen(routes[i].path);
         if (strcmp(url, routes[i].path) == 0 ||
+            (strchr(routes[i].path, '{') && template_match(routes[i].path, url)) ||
             (n > 1 && routes[i].path[n - 1] == '/' && strncmp(url, routes[i].path, n) == 0))
             return (route_id)i;
     }
@@ -167,6 +196,8 @@ static unsigned method_of(const char *m)
         return M_PUT;
     if (strcmp(m, "HEAD") == 0)
         return M_HEAD;
+    if (strcmp(m, "DELETE") == 0)
+        return M_DELETE;
     return 0;
 }
 
@@ -176,7 +207,8 @@ static void allow_of(unsigned methods, char *out, size_t size)
     static const struct {
         unsigned flag;
         const char *name;
-    } order[] = {{M_GET, "GET"}, {M_HEAD, "HEAD"}, {M_POST, "POST"}, {M_PUT, "PUT"}};
+    } order[] = {{M_GET, "GET"}, {M_HEAD, "HEAD"}, {M_POST, "POST"}, {M_PUT, "PUT"},
+                 {M_DELETE, "DELETE"}};
     size_t len = 0;
     out[0] = 0;
     for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)

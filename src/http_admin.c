@@ -3,7 +3,8 @@
  * it): the live learning-rate schedule (GET, PUT through the guard, which
  * marks a restore point), its history and the guard's state, the undo of
  * the last change, a checkpoint on demand, the effective config, and
- * (cluster mode) a snapshot of the whole model.
+ * (cluster mode) a snapshot of the whole model, and counterfactual trials of
+ * schedules (trials.h).
  *
  * In cluster mode a schedule change goes to the cluster (cluster.h:
  * stored in Redis, installed by every node); the guard is off there.
@@ -18,6 +19,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -26,6 +28,7 @@
 #include "hogrec/log.h"
 #include "hogrec/persist.h"
 #include "hogrec/schedule.h"
+#include "hogrec/trials.h"
 #include "http_internal.h"
 
 
@@ -171,4 +174,76 @@ enum MHD_Result hr_http_snapshot(hr_http *h, struct MHD_Connection *c, request *
     hr_log("info", "snapshot answered",
            json_pack("{s:s,s:I}", "delta", meta.delta, "bytes", (json_int_t)sb.st_size));
     return hr_http_reply_response(c, r, 200, resp);
+}
+
+/* ---- counterfactual trials (trials.h) ---- */
+
+/* The HTTP status of a trials error. */
+static int trials_http_status(hr_status st)
+{
+    switch (st) {
+    case HR_EINVAL: return 400;
+    case HR_ENOTFOUND: return 409; /* the window cannot be rebuilt */
+    case HR_EUNSUPPORTED:
+    case HR_EBUSY: return 409;
+    case HR_EFULL: return 507;
+    default: return 503;
+    }
+}
+
+/* The {id} of /v1/admin/trials/{id}[/...] into id (size bytes). */
+static void trial_id_of(const char *url, char *id, size_t size)
+{
+    const char *p = url + strlen("/v1/admin/trials/");
+    size_t n = strcspn(p, "/");
+    snprintf(id, size, "%.*s", (int)(n < size ? n : size - 1), p);
+}
+
+enum MHD_Result hr_http_trials(hr_http *h, struct MHD_Connection *c, request *r)
+{
+    json_error_t jerr;
+    json_t *v = hr_http_parse_body(r, &jerr);
+    if (!v)
+        return hr_http_reply_malformed(c, r, &jerr);
+    json_t *out = NULL;
+    const char *code = "invalid";
+    hr_error e = {{0}, {0}};
+    hr_status st = hr_trials_start(h->app->trials, v, &out, &code, &e);
+    json_decref(v);
+    if (st == HR_EINVAL)
+        return hr_http_reply_invalid(c, r, "", &e);
+    if (st != HR_OK)
+        return hr_http_reply_error(c, r, trials_http_status(st), code, "%s", e.message);
+    return hr_http_reply_json(c, r, 202, out);
+}
+
+enum MHD_Result hr_http_trial(hr_http *h, struct MHD_Connection *c, request *r)
+{
+    char id[32];
+    trial_id_of(r->url, id, sizeof id);
+    if (r->method == M_DELETE) {
+        hr_error e = {{0}, {0}};
+        if (hr_trials_cancel(h->app->trials, id, &e) != HR_OK)
+            return hr_http_reply_error(c, r, 404, "not_found", "%s", e.message);
+    }
+    json_t *j = hr_trials_get(h->app->trials, id);
+    if (!j)
+        return hr_http_reply_error(c, r, 404, "not_found", "no trial %s", id);
+    return hr_http_reply_json(c, r, 200, j);
+}
+
+enum MHD_Result hr_http_trial_apply(hr_http *h, struct MHD_Connection *c, request *r)
+{
+    char id[32];
+    trial_id_of(r->url, id, sizeof id);
+    json_t *out = NULL;
+    const char *code = "invalid";
+    hr_error e = {{0}, {0}};
+    hr_status st = hr_trials_apply(h->app->trials, id, &out, &code, &e);
+    if (st == HR_ENOTFOUND)
+        return hr_http_reply_error(c, r, 404, code, "%s", e.message);
+    if (st != HR_OK)
+        return hr_http_reply_error(c, r, st == HR_EINVAL ? 400 : trials_http_status(st), code,
+                                   "%s", e.message);
+    return hr_http_reply_json(c, r, 200, out);
 }

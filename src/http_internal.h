@@ -9,7 +9,7 @@
  *   http_events.c  POST /v1/events
  *   http_query.c   GET|POST /v1/predict, GET /v1/recommend
  *   http_admin.c   /v1/admin/schedule, /schedule/history, /checkpoint, /config,
- *                  /snapshot (cluster mode)
+ *                  /snapshot (cluster mode), /trials
  *   http_stats.c   /v1/stats, /metrics, /healthz, /readyz, /v1/cluster
  *   http_dash.c    the dashboard: /, /ui/, /v1/stats/history, /v1/similar, /v1/user
  * A route is one line of route_id and of routes[] in http.c plus its
@@ -38,7 +38,7 @@
 #include "hogrec/topk.h"
 
 /* Methods, as bit flags (route table, request->method). */
-enum { M_GET = 1, M_POST = 2, M_PUT = 4, M_HEAD = 8 };
+enum { M_GET = 1, M_POST = 2, M_PUT = 4, M_HEAD = 8, M_DELETE = 16 };
 
 struct hr_http {
     hr_app *app;                 /* borrowed */
@@ -107,6 +107,9 @@ hr_http_handler hr_http_schedule_undo;
 hr_http_handler hr_http_checkpoint;
 hr_http_handler hr_http_config;
 hr_http_handler hr_http_snapshot;
+hr_http_handler hr_http_trials;           /* http_admin.c: counterfactual trials */
+hr_http_handler hr_http_trial;
+hr_http_handler hr_http_trial_apply;
 hr_http_handler hr_http_stats;            /* http_stats.c */
 hr_http_handler hr_http_metrics;
 hr_http_handler hr_http_healthz;

@@ -52,6 +52,8 @@ enum {
     ST_SERVING_GET,
     ST_HISTORY_ROWS,
     ST_BLOB_ROWS,
+    ST_CKPT_AT,
+    ST_CKPT_FROM,
     /* log */
     ST_LOG_INSERT,
     ST_LOG_INSERT_ARRIVED,
@@ -63,6 +65,7 @@ enum {
     ST_LOG_SCAN,
     ST_LOG_SCAN_ARRIVED,
     ST_LOG_PROBE,
+    ST_LOG_SINCE,
     ST_COUNT
 };
 
@@ -121,6 +124,14 @@ static const struct {
     [ST_BLOB_ROWS] = {HR_STORE_MAIN, 3,
                       "SELECT data FROM serving_blob WHERE checkpoint = ? AND kind = ? "
                       "ORDER BY part"},
+    [ST_CKPT_AT] = {HR_STORE_MAIN, 1,
+                    "SELECT id, base, kind = 'full', seq, nrows, updates, started, "
+                    "coalesce(seconds, 0), shape FROM checkpoint WHERE complete = 1 "
+                    "AND seq <= ? AND started <= ? ORDER BY id DESC LIMIT 1"},
+    [ST_CKPT_FROM] = {HR_STORE_MAIN, 1,
+                      "SELECT id, base, kind = 'full', seq, nrows, updates, started, "
+                      "coalesce(seconds, 0), shape FROM checkpoint WHERE complete = 1 "
+                      "AND seq >= ? ORDER BY seq, id LIMIT 1"},
     [ST_LOG_INSERT] = {HR_STORE_LOG, 1, "INSERT INTO event_log (seq, event) VALUES (?, ?)"},
     [ST_LOG_INSERT_ARRIVED] = {HR_STORE_LOG, 2,
                                "INSERT INTO event_log (seq, event, arrived) VALUES (?, ?, ?)"},
@@ -137,6 +148,7 @@ static const struct {
                              "SELECT seq, event, arrived FROM event_log WHERE seq > ? ORDER BY seq"},
     [ST_LOG_PROBE] = {HR_STORE_LOG, 1,
                       "UPDATE log_state SET trimmed_to = -1 - trimmed_to WHERE id = 1"},
+    [ST_LOG_SINCE] = {HR_STORE_LOG, 2, "SELECT min(seq) FROM event_log WHERE arrived >= ?"},
 };
 
 struct hr_store {
@@ -390,10 +402,11 @@ void hr_store_close(hr_store *s)
 
 /* ---- checkpoints ---- */
 
-hr_status hr_store_ckpt_latest(hr_store *s, hr_store_ckpt *out, hr_error *err)
+/* One checkpoint row of a statement selecting the columns of ST_CKPT_LATEST
+ * (bound by the caller); out->id 0 when there is none. Resets st. */
+static int read_ckpt(sqlite3_stmt *st, hr_store_ckpt *out)
 {
     memset(out, 0, sizeof *out);
-    sqlite3_stmt *st = s->st[ST_CKPT_LATEST];
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
         out->id = sqlite3_column_int64(st, 0);
@@ -411,7 +424,31 @@ hr_status hr_store_ckpt_latest(hr_store *s, hr_store_ckpt *out, hr_error *err)
         rc = SQLITE_OK;
     }
     sqlite3_reset(st);
+    return rc;
+}
+
+hr_status hr_store_ckpt_latest(hr_store *s, hr_store_ckpt *out, hr_error *err)
+{
+    int rc = read_ckpt(s->st[ST_CKPT_LATEST], out);
     return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "reading the latest checkpoint");
+}
+
+hr_status hr_store_ckpt_at(hr_store *s, uint64_t max_seq, double max_started, hr_store_ckpt *out,
+                           hr_error *err)
+{
+    sqlite3_stmt *st = s->st[ST_CKPT_AT];
+    sqlite3_bind_int64(st, 1, max_seq > INT64_MAX ? INT64_MAX : (int64_t)max_seq);
+    sqlite3_bind_double(st, 2, max_started < 1e300 ? max_started : 1e300); /* not Inf */
+    int rc = read_ckpt(st, out);
+    return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "finding a checkpoint");
+}
+
+hr_status hr_store_ckpt_from(hr_store *s, uint64_t min_seq, hr_store_ckpt *out, hr_error *err)
+{
+    sqlite3_stmt *st = s->st[ST_CKPT_FROM];
+    sqlite3_bind_int64(st, 1, min_seq > INT64_MAX ? INT64_MAX : (int64_t)min_seq);
+    int rc = read_ckpt(st, out);
+    return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "finding a checkpoint");
 }
 
 hr_status hr_store_ckpt_count(hr_store *s, int64_t *out, hr_error *err)
@@ -835,6 +872,19 @@ hr_status hr_store_log_trimmed_to(hr_store *s, uint64_t *out, hr_error *err)
     int rc = one_int(s->st[ST_LOG_TRIMMED], 0, &v);
     *out = (uint64_t)v;
     return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "event log: reading trimmed_to");
+}
+
+hr_status hr_store_log_since(hr_store *s, double t, uint64_t *out, hr_error *err)
+{
+    *out = 0;
+    sqlite3_stmt *st = s->st[ST_LOG_SINCE];
+    if (!st)
+        return hr_error_set(err, HR_EINVAL, NULL, "the event log has no arrival times");
+    sqlite3_bind_double(st, 1, t);
+    int64_t v = 0;
+    int rc = one_int(st, 0, &v);
+    *out = (uint64_t)v;
+    return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "event log: finding a time");
 }
 
 hr_status hr_store_log_count(hr_store *s, uint64_t *out, hr_error *err)

@@ -96,6 +96,12 @@ typedef struct {
     int64_t guard_watch;       /* windows watched after a change; then it is kept */
     double guard_nonfinite;    /* a window with more skipped non-finite steps (fraction) is over */
     int64_t guard_memory_mb;   /* most memory a restore point may hold (rows + events), MB */
+    /* counterfactual trials (trials.h) */
+    int64_t trial_retain_events; /* the event log keeps this many events before the newest one */
+    double trial_retain_seconds; /* ... and the events of this many seconds (0: off) */
+    int64_t trial_memory_mb;   /* most memory of a trial's private copy, MB */
+    double trial_cpu_share;    /* share of one core a trial's thread may use, (0, 1] */
+    int64_t trial_curve_events; /* events per point of a trial's curve */
     /* server */
     char bind[64];
     int64_t port;

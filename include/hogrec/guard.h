@@ -78,6 +78,11 @@ void hr_guard_destroy(hr_guard *g);
 hr_status hr_guard_apply(hr_guard *g, const hr_schedule *s, uint64_t *version, bool *restore,
                          hr_error *err);
 
+/* hr_guard_apply with a note for the history entry (borrowed for the
+ * call; NULL: none), e.g. the trial that chose the schedule. */
+hr_status hr_guard_apply_note(hr_guard *g, const hr_schedule *s, const char *note,
+                              uint64_t *version, bool *restore, hr_error *err);
+
 /* Undoes the last change by hand. HR_ENOTFOUND with err when there is no
  * restore point (none made, kept after the watch, freed, or undone);
  * *info (may be NULL) receives a new JSON object: the version installed,

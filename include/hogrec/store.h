@@ -68,6 +68,12 @@ typedef struct {
 
 /* The latest complete checkpoint (id 0 if none). */
 hr_status hr_store_ckpt_latest(hr_store *s, hr_store_ckpt *out, hr_error *err);
+/* The newest complete checkpoint with seq <= max_seq and started <=
+ * max_started (id 0 if none). */
+hr_status hr_store_ckpt_at(hr_store *s, uint64_t max_seq, double max_started, hr_store_ckpt *out,
+                           hr_error *err);
+/* The complete checkpoint with the lowest seq >= min_seq (id 0 if none). */
+hr_status hr_store_ckpt_from(hr_store *s, uint64_t min_seq, hr_store_ckpt *out, hr_error *err);
 /* Number of complete checkpoints. */
 hr_status hr_store_ckpt_count(hr_store *s, int64_t *out, hr_error *err);
 
@@ -157,6 +163,9 @@ hr_status hr_store_log_write(hr_store *s, const uint64_t *seqs, const double *ar
 hr_status hr_store_log_last_seq(hr_store *s, uint64_t *out, hr_error *err);
 /* The highest seq deleted by trimming. */
 hr_status hr_store_log_trimmed_to(hr_store *s, uint64_t *out, hr_error *err);
+/* The lowest seq logged at or after wall time t (seconds); 0 if none.
+ * HR_EINVAL below schema version 2 (no arrival times). */
+hr_status hr_store_log_since(hr_store *s, double t, uint64_t *out, hr_error *err);
 /* Number of events in the log. */
 hr_status hr_store_log_count(hr_store *s, uint64_t *out, hr_error *err);
 

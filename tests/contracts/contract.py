@@ -119,7 +119,7 @@ def spec_methods(ops, path):
 
 # ---- the server's route table (src/http.c) ----
 
-_FLAG = {"M_GET": "GET", "M_POST": "POST", "M_PUT": "PUT", "M_HEAD": "HEAD"}
+_FLAG = {"M_GET": "GET", "M_POST": "POST", "M_PUT": "PUT", "M_HEAD": "HEAD", "M_DELETE": "DELETE"}
 
 
 def route_table(http_c):
