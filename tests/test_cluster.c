@@ -713,6 +713,9 @@ static void test_failover_kill_leader(void **state)
         fail_msg("events in the model: new leader %lld, follower %lld; posted %lld", cnt_nl, cnt_o,
                  want);
     assert_true(compare_scores(n[nl].port, n[other].port, "survivors") > 50);
+    /* the new leader took over the serving state it kept as a follower */
+    tu_child surv[2] = {n[nl], n[other]};
+    assert_true(compare_recommend(surv, 2, 0, last, "survivors") >= USERS / 3);
 
     kill(n[nl].pid, SIGTERM);
     kill(n[other].pid, SIGTERM);
