@@ -126,6 +126,7 @@ struct hr_cluster {
     hr_estream_id delta_target;  /* the delta stream's last id at start */
     hr_estream_id applied;       /* last delta part applied (or published) */
     hr_estream_id covered;       /* entry the model covers (last complete delta) */
+    hr_estream_id ryw;           /* entry model and serving state cover (note_covered) */
     hr_estream_id read_after;    /* leader: last entry read */
     hr_estream_id events_target; /* leader: the event stream's last id when it took over */
     const char *broken;          /* why the delta stream cannot be followed; NULL */
@@ -396,9 +397,14 @@ uint64_t hr_cluster_entry_pack(uint64_t ms, uint64_t seq)
     return (ms > ms_max ? ms_max : ms) << HR_CLUSTER_PACK_SEQ_BITS | (seq > seq_max ? seq_max : seq);
 }
 
-/* Publishes the entry the model now covers to the min_seq waiters. */
+/* Publishes the entry the model and the serving state now cover to the
+ * min_seq waiters (and to hr_cluster_covers' verdict). */
 static void note_covered(hr_cluster *c, hr_estream_id covered)
 {
+    pthread_mutex_lock(&c->mu);
+    if (hr_estream_id_cmp(covered, c->ryw) > 0)
+        c->ryw = covered;
+    pthread_mutex_unlock(&c->mu);
     hr_watermark_publish(c->covered_wm, hr_cluster_entry_pack(covered.ms, covered.seq));
 }
 
@@ -410,7 +416,7 @@ hr_watermark *hr_cluster_applied(hr_cluster *c)
 bool hr_cluster_covers(hr_cluster *c, uint64_t ms, uint64_t seq, char *entry, size_t cap)
 {
     pthread_mutex_lock(&c->mu);
-    hr_estream_id cov = c->covered;
+    hr_estream_id cov = c->ryw;
     pthread_mutex_unlock(&c->mu);
     char b[HR_ESTREAM_ID_LEN];
     snprintf(entry, cap, "%s", hr_estream_id_format(cov, b));

@@ -180,8 +180,9 @@ hr_status hr_cluster_schedule_put(hr_cluster *c, const hr_schedule *s, uint64_t 
 uint64_t hr_cluster_entry_pack(uint64_t ms, uint64_t seq);
 struct hr_watermark *hr_cluster_applied(hr_cluster *c);
 
-/* Whether the model covers entry MS-SEQ; entry (cap bytes, >= 44) gets
- * the entry it covers. Any thread. */
+/* Whether the model and the serving state cover entry MS-SEQ (the
+ * watermark's entry, unpacked); entry (cap bytes, >= 44) gets the entry
+ * they cover. Any thread. */
 bool hr_cluster_covers(hr_cluster *c, uint64_t ms, uint64_t seq, char *entry, size_t cap);
 
 /* This node's cluster figures for /metrics and /v1/stats (metrics.h). */
