@@ -126,6 +126,7 @@ struct hr_cluster {
     hr_estream_id delta_target;  /* the delta stream's last id at start */
     hr_estream_id applied;       /* last delta part applied (or published) */
     hr_estream_id covered;       /* entry the model covers (last complete delta) */
+    hr_estream_id ryw;           /* entry model and serving state cover (note_covered) */
     hr_estream_id read_after;    /* leader: last entry read */
     hr_estream_id events_target; /* leader: the event stream's last id when it took over */
     const char *broken;          /* why the delta stream cannot be followed; NULL */
@@ -178,6 +179,11 @@ struct hr_cluster {
     int boot_backoff_ms;
     uint64_t next_trim_ms;
     hr_estream_id events_trimmed;    /* the last trim point this leader set */
+
+    /* The serving state (see "Serving state" above); node thread only. */
+    hr_estream_id served;            /* last event entry applied to it */
+    uint64_t served_ord;             /* its ordinal (served_ord_known) */
+    bool served_ord_known;           /* false after a snapshot: no gap check on the next */
 };
 
 /* ---- small helpers ---- */
@@ -366,6 +372,7 @@ hr_status hr_cluster_open(const hr_config *cfg, const hr_cluster_parts *parts, h
     if ((st = hr_estream_open(cfg->redis, NULL, &eo, &c->reader, err)) != HR_OK)
         goto fail;
     c->seq = hr_events_seq(c->p.events);
+    c->served_ord_known = true; /* the stream's first entry is ordinal 1 */
     forget_initial_marks(c->p.model);
     *out = c;
     return HR_OK;
@@ -390,9 +397,14 @@ uint64_t hr_cluster_entry_pack(uint64_t ms, uint64_t seq)
     return (ms > ms_max ? ms_max : ms) << HR_CLUSTER_PACK_SEQ_BITS | (seq > seq_max ? seq_max : seq);
 }
 
-/* Publishes the entry the model now covers to the min_seq waiters. */
+/* Publishes the entry the model and the serving state now cover to the
+ * min_seq waiters (and to hr_cluster_covers' verdict). */
 static void note_covered(hr_cluster *c, hr_estream_id covered)
 {
+    pthread_mutex_lock(&c->mu);
+    if (hr_estream_id_cmp(covered, c->ryw) > 0)
+        c->ryw = covered;
+    pthread_mutex_unlock(&c->mu);
     hr_watermark_publish(c->covered_wm, hr_cluster_entry_pack(covered.ms, covered.seq));
 }
 
@@ -404,7 +416,7 @@ hr_watermark *hr_cluster_applied(hr_cluster *c)
 bool hr_cluster_covers(hr_cluster *c, uint64_t ms, uint64_t seq, char *entry, size_t cap)
 {
     pthread_mutex_lock(&c->mu);
-    hr_estream_id cov = c->covered;
+    hr_estream_id cov = c->ryw;
     pthread_mutex_unlock(&c->mu);
     char b[HR_ESTREAM_ID_LEN];
     snprintf(entry, cap, "%s", hr_estream_id_format(cov, b));
@@ -552,6 +564,8 @@ static void serve_snapshot(hr_cluster *c)
     bool boundary = role == ROLE_LEADER ? !c->pending && c->fed_n == 0 &&
                                               (c->dseq > 0 || !c->dst.started || c->dst.complete)
                                         : !c->dst.started || c->dst.complete;
+    /* the serving state at the same entry (a follower's may lag a read) */
+    boundary = boundary && hr_estream_id_cmp(c->served, c->covered) == 0;
     pthread_mutex_unlock(&c->mu);
     if (!boundary)
         return; /* the next boundary */
@@ -563,7 +577,8 @@ static void serve_snapshot(hr_cluster *c)
     hr_status st = HR_EIO;
     if (!tmp_file(path, sizeof path))
         hr_error_set(&err, HR_EIO, NULL, "cannot create a temporary file in %s", tmp_dir());
-    else if ((st = hr_snapshot_write(path, c->p.model, c->p.sched, &meta, &ss, &err)) != HR_OK)
+    else if ((st = hr_snapshot_write(path, c->p.model, c->p.sched, c->p.events, &meta, &ss,
+                                     &err)) != HR_OK)
         unlink(path);
     hr_log(st == HR_OK ? "info" : "error", st == HR_OK ? "snapshot taken" : "snapshot failed",
            json_pack("{s:s,s:s,s:I,s:I,s:f,s:s}", "delta", meta.delta, "covered_entry",
@@ -729,7 +744,7 @@ static bool bootstrap_once(hr_cluster *c)
             continue;
         }
         hr_snapshot_stats ls = {0};
-        st = hr_snapshot_load(path, c->p.model, c->p.sched, &meta, &ls, &err);
+        st = hr_snapshot_load(path, c->p.model, c->p.sched, c->p.events, &meta, &ls, &err);
         unlink(path);
         if (st != HR_OK) {
             hr_log("error", "cannot load a peer's snapshot",
@@ -745,6 +760,15 @@ static bool bootstrap_once(hr_cluster *c)
         c->dst.seq = meta.seq;
         c->dst.schedule_version = meta.schedule_version;
         snprintf(c->dst.event_id, sizeof c->dst.event_id, "%s", meta.covered);
+        /* The serving state is the snapshot's (a snapshot of an older
+         * version has none: it then misses the events before cov). */
+        c->served = cov;
+        c->served_ord_known = false;
+        c->seq = hr_events_seq(c->p.events);
+        if (!ls.serving)
+            hr_log("warn", "the snapshot holds no serving state: recent items and popularity "
+                           "start from its entry",
+                   json_pack("{s:s}", "peer", ids[i]));
         pthread_mutex_lock(&c->mu);
         c->applied = d;
         c->covered = cov;
@@ -933,6 +957,9 @@ static void trim_streams(hr_cluster *c)
 
 /* ---- follower: the delta stream ---- */
 
+static bool serve_follow(hr_cluster *c);
+static hr_status parse_entry(hr_cluster *c, const hr_estream_entry *e, bool intern, size_t *m_out);
+
 /* Applies one part (the stream entry `id`). false when it cannot be
  * applied: the node is broken (logged). */
 static bool apply_part(hr_cluster *c, hr_estream_id id, const void *data, size_t len)
@@ -967,10 +994,8 @@ static bool apply_part(hr_cluster *c, hr_estream_id id, const void *data, size_t
             hr_estream_id_parse(c->dst.event_id, &cov, NULL) == HR_OK)
             c->covered = cov;
     }
-    hr_estream_id covered = c->covered;
     pthread_mutex_unlock(&c->mu);
-    note_covered(c, covered);
-    return true;
+    return true; /* min_seq waiters: once the serving state covers it too (serve_follow) */
 }
 
 /* One XREAD of the delta stream after the last part applied, blocking up
@@ -1029,7 +1054,71 @@ static int follow(hr_cluster *c, int block_ms)
         }
     }
     freeReplyObject(rep);
-    return n;
+    return serve_follow(c) ? n : -1;
+}
+
+/* ---- follower: the serving state ---- */
+
+/* hr_estream_entry_fn of a follower's serving read: the entry's events
+ * parsed (no id created) and applied to the serving state only. An entry
+ * whose ordinal does not follow the last one applied means entries were
+ * trimmed unread: HR_ENOTFOUND (the node bootstraps). */
+static hr_status serve_entry(void *arg, const hr_estream_entry *e)
+{
+    hr_cluster *c = arg;
+    if (c->served_ord_known && e->ordinal != c->served_ord + 1)
+        return HR_ENOTFOUND;
+    size_t m = 0;
+    hr_status st = parse_entry(c, e, false, &m);
+    if (st != HR_OK)
+        return st;
+    if (m > 0)
+        hr_events_apply(c->p.events, c->evs, c->ids, c->arrived, m);
+    c->served = e->id;
+    c->served_ord = e->ordinal;
+    c->served_ord_known = true;
+    return HR_OK;
+}
+
+/* A follower's serving state up to the entry its model covers: reads the
+ * event stream after the last entry applied to it, up to the covered one
+ * (hr_estream_range, on the reader's connection), then publishes that
+ * entry to the min_seq waiters (model and serving state both cover it).
+ * false on a Redis error (logged, after a pause; the next call goes on
+ * from where this one stopped) or a gap (the entries were trimmed: the
+ * node bootstraps). Node thread. */
+static bool serve_follow(hr_cluster *c)
+{
+    pthread_mutex_lock(&c->mu);
+    hr_estream_id cov = c->covered;
+    bool skip = c->broken != NULL || c->need_boot;
+    pthread_mutex_unlock(&c->mu);
+    if (skip)
+        return true;
+    hr_error err = {{0}, {0}};
+    for (int i = 0; i < 1000000 && hr_estream_id_cmp(c->served, cov) < 0; i++) {
+        if (atomic_load(&c->stop))
+            return false;
+        size_t got = 0;
+        hr_status st = hr_estream_range(c->reader, c->served, cov, READ_ENTRIES, serve_entry, c,
+                                        NULL, &got, &err);
+        if (st == HR_ENOTFOUND || (st == HR_OK && got == 0)) {
+            char b1[HR_ESTREAM_ID_LEN], b2[HR_ESTREAM_ID_LEN], why[200];
+            snprintf(why, sizeof why,
+                     "the event stream was trimmed past the serving state (entry %s; the model "
+                     "covers %s)",
+                     hr_estream_id_format(c->served, b1), hr_estream_id_format(cov, b2));
+            want_bootstrap(c, why);
+            return false;
+        }
+        if (st != HR_OK) {
+            log_redis_error(c, "cannot read the event stream (serving state)", st, &err);
+            sleep_ms(RETRY_MS);
+            return false;
+        }
+    }
+    note_covered(c, cov);
+    return true;
 }
 
 /* The delta stream's last id ({0, 0} when empty or missing). */
@@ -1070,11 +1159,14 @@ static void step_down(hr_cluster *c, const char *why, const char *detail)
            json_pack("{s:s,s:s}", "reason", why, "detail", detail ? detail : ""));
 }
 
-/* hr_estream_entry_fn of the leader's read: the entry's events parsed,
- * numbered and fed to the serving state and the trainers. */
-static hr_status feed_entry(void *arg, const hr_estream_entry *e)
+/* Parses entry e's events into the feed buffers (c->evs, ids, arrived),
+ * numbered after c->seq; *m gets how many. intern (the leader): new user
+ * and item ids get rows; else (a follower, whose ids come with the
+ * deltas) an event naming an id the model does not hold is left out. An
+ * event that cannot be parsed is left out and counted. */
+static hr_status parse_entry(hr_cluster *c, const hr_estream_entry *e, bool intern, size_t *m_out)
 {
-    hr_cluster *c = arg;
+    *m_out = 0;
     if (e->n > c->feed_cap) {
         size_t cap = e->n;
         hr_event *evs = realloc(c->evs, cap * sizeof *evs);
@@ -1090,6 +1182,41 @@ static hr_status feed_entry(void *arg, const hr_estream_entry *e)
             return HR_ENOMEM;
         c->feed_cap = cap;
     }
+    size_t m = 0;
+    for (size_t i = 0; i < e->n; i++) {
+        json_error_t jerr;
+        json_t *obj = json_loadb(e->text[i], e->len[i], 0, &jerr);
+        hr_error err = {{0}, {0}};
+        unsigned unknown = 0;
+        hr_status st = !obj   ? HR_EINVAL
+                       : intern ? hr_api_event_from_json(c->p.model, obj, &c->evs[m], NULL, &err)
+                                : hr_api_event_lookup(c->p.model, obj, &c->evs[m], &unknown, &err);
+        json_decref(obj);
+        if (st == HR_OK && unknown)
+            st = hr_error_set(&err, HR_ENOTFOUND, NULL, "an id the model does not hold");
+        if (st != HR_OK) {
+            if (c->skipped++ == 0) {
+                char b[HR_ESTREAM_ID_LEN];
+                hr_log("warn", "an event of the stream cannot be applied (later ones are not logged)",
+                       json_pack("{s:s,s:s}", "entry", hr_estream_id_format(e->id, b), "detail",
+                                 obj ? err.message : jerr.text));
+            }
+            continue;
+        }
+        c->ids[m] = e->id_hash[i];
+        c->arrived[m] = e->arrived;
+        c->evs[m].seq = ++c->seq;
+        m++;
+    }
+    *m_out = m;
+    return HR_OK;
+}
+
+/* hr_estream_entry_fn of the leader's read: the entry's events parsed,
+ * numbered and fed to the serving state and the trainers. */
+static hr_status feed_entry(void *arg, const hr_estream_entry *e)
+{
+    hr_cluster *c = arg;
     if (c->fed_n == c->fed_cap) {
         size_t cap = c->fed_cap ? 2 * c->fed_cap : 1024;
         fed_entry *f = malloc(cap * sizeof *f);
@@ -1103,32 +1230,14 @@ static hr_status feed_entry(void *arg, const hr_estream_entry *e)
         c->fed_head = 0;
     }
     size_t m = 0;
-    for (size_t i = 0; i < e->n; i++) {
-        json_error_t jerr;
-        json_t *obj = json_loadb(e->text[i], e->len[i], 0, &jerr);
-        hr_error err = {{0}, {0}};
-        hr_status st = obj ? hr_api_event_from_json(c->p.model, obj, &c->evs[m], NULL, &err)
-                           : HR_EINVAL;
-        json_decref(obj);
-        if (st != HR_OK) {
-            if (c->skipped++ == 0) {
-                char b[HR_ESTREAM_ID_LEN];
-                hr_log("warn", "an event of the stream cannot be trained (later ones are not logged)",
-                       json_pack("{s:s,s:s}", "entry", hr_estream_id_format(e->id, b), "detail",
-                                 obj ? err.message : jerr.text));
-            }
-            continue;
-        }
-        c->ids[m] = e->id_hash[i];
-        c->arrived[m] = e->arrived;
-        c->evs[m].seq = ++c->seq;
-        m++;
-    }
-    if (m > 0) {
-        hr_status st = hr_events_replay(c->p.events, c->evs, c->ids, c->arrived, m);
-        if (st != HR_OK)
-            return st;
-    }
+    hr_status st = parse_entry(c, e, true, &m);
+    if (st != HR_OK)
+        return st;
+    if (m > 0 && (st = hr_events_replay(c->p.events, c->evs, c->ids, c->arrived, m)) != HR_OK)
+        return st;
+    c->served = e->id;
+    c->served_ord = e->ordinal;
+    c->served_ord_known = true;
     c->fed[(c->fed_head + c->fed_n++) % c->fed_cap] = (fed_entry){c->seq, e->id};
     pthread_mutex_lock(&c->mu);
     c->read_after = e->id;
@@ -1267,6 +1376,11 @@ static void try_lead(hr_cluster *c)
      * Apply whatever they published, so this model is the followers'. */
     hr_estream_id target;
     bool ok = follow_to_end(c) && may_lead(c);
+    pthread_mutex_lock(&c->mu);
+    /* the serving state must cover what the model does, no more, no less:
+     * the leader feeds both from the entry after it */
+    ok = ok && hr_estream_id_cmp(c->served, c->covered) == 0;
+    pthread_mutex_unlock(&c->mu);
     uint64_t ordinal;
     if (ok && (st = hr_estream_last(c->reader, &target, &ordinal, &err)) != HR_OK) {
         log_redis_error(c, "cannot read the event stream", st, &err);

@@ -132,7 +132,33 @@ static json_t *meta_json(const hr_snapshot_meta *m)
                      "taken", m->taken);
 }
 
-hr_status hr_snapshot_write(const char *path, hr_model *m, hr_schedbox *sched,
+/* The serving state's sink (hr_events_save): the snapshot's checkpoint. */
+typedef struct {
+    hr_store *s;
+    int64_t id;
+} serving_sink;
+
+static hr_status sink_header(void *ctx, uint64_t seq, double taken, hr_error *err)
+{
+    serving_sink *ss = ctx;
+    return hr_store_ckpt_serving(ss->s, ss->id, seq, taken, err);
+}
+
+static hr_status sink_history(void *ctx, const char *user, size_t ulen, uint64_t seq,
+                              const void *items, size_t bytes, hr_error *err)
+{
+    serving_sink *ss = ctx;
+    return hr_store_ckpt_history(ss->s, ss->id, user, ulen, seq, items, bytes, err);
+}
+
+static hr_status sink_blob(void *ctx, const char *kind, uint32_t part, const void *data,
+                           size_t bytes, hr_error *err)
+{
+    serving_sink *ss = ctx;
+    return hr_store_ckpt_blob(ss->s, ss->id, kind, part, data, bytes, err);
+}
+
+hr_status hr_snapshot_write(const char *path, hr_model *m, hr_schedbox *sched, hr_events *events,
                             const hr_snapshot_meta *meta, hr_snapshot_stats *out, hr_error *err)
 {
     hr_snapshot_stats st = {0};
@@ -151,6 +177,12 @@ hr_status hr_snapshot_write(const char *path, hr_model *m, hr_schedbox *sched,
         rc = write_schedule(s, id, sched, err);
     for (int t = 0; t < HR_TABLE_COUNT && rc == HR_OK; t++)
         rc = write_rows(s, id, m, (hr_table_id)t, &st, err);
+    if (rc == HR_OK && events) {
+        serving_sink ss = {s, id};
+        hr_events_sink sink = {&ss, sink_header, sink_history, sink_blob};
+        uint64_t cut = 0;
+        rc = hr_events_save(events, 0, &sink, &cut, err);
+    }
     if (rc == HR_OK) {
         json_t *j = meta_json(meta);
         char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
@@ -342,7 +374,58 @@ static hr_status load_sched(void *arg, uint64_t version, double wall_time, uint6
     return HR_OK;
 }
 
-hr_status hr_snapshot_load(const char *path, hr_model *m, hr_schedbox *sched,
+/* Loading the serving state (hr_events_load_*) from the snapshot. */
+typedef struct {
+    hr_events *e;
+    hr_error *err;
+} serving_ctx;
+
+static hr_status load_history(void *ctx, const char *user, size_t ulen, uint64_t seq,
+                              const void *items, size_t bytes)
+{
+    serving_ctx *sc = ctx;
+    return hr_events_load_history(sc->e, user, ulen, seq, items, bytes, sc->err);
+}
+
+static hr_status load_popularity(void *ctx, const void *data, size_t bytes)
+{
+    serving_ctx *sc = ctx;
+    return hr_events_load_blob(sc->e, "popularity", data, bytes, sc->err);
+}
+
+static hr_status load_dedup(void *ctx, const void *data, size_t bytes)
+{
+    serving_ctx *sc = ctx;
+    return hr_events_load_blob(sc->e, "dedup", data, bytes, sc->err);
+}
+
+/* The snapshot's serving state into e, when it has one. The cut becomes
+ * the larger of e's and the snapshot's, so the events e takes next are
+ * numbered above every ring's last seq, loaded or kept. */
+static hr_status load_serving(hr_store *s, const hr_store_ckpt *ck, hr_events *e,
+                              hr_snapshot_stats *st, hr_error *err)
+{
+    bool found = false;
+    uint64_t seq = 0;
+    double taken = 0;
+    hr_status rc = hr_store_serving(s, ck->id, &found, &seq, &taken, err);
+    if (rc != HR_OK || !found)
+        return rc;
+    uint64_t cut = hr_events_seq(e);
+    if ((rc = hr_events_load_begin(e, seq > cut ? seq : cut, taken, err)) != HR_OK)
+        return rc;
+    serving_ctx sc = {e, err};
+    rc = hr_store_chain_history(s, ck, load_history, &sc, err);
+    if (rc == HR_OK)
+        rc = hr_store_serving_blobs(s, ck->id, "popularity", load_popularity, &sc, err);
+    if (rc == HR_OK)
+        rc = hr_store_serving_blobs(s, ck->id, "dedup", load_dedup, &sc, err);
+    hr_events_load_end(e);
+    st->serving = rc == HR_OK;
+    return rc;
+}
+
+hr_status hr_snapshot_load(const char *path, hr_model *m, hr_schedbox *sched, hr_events *events,
                            hr_snapshot_meta *meta, hr_snapshot_stats *out, hr_error *err)
 {
     hr_snapshot_stats st = {0};
@@ -382,6 +465,8 @@ hr_status hr_snapshot_load(const char *path, hr_model *m, hr_schedbox *sched,
     }
     for (int t = 0; t < HR_TABLE_COUNT; t++)
         free(lc.seen[t]);
+    if (rc == HR_OK && events)
+        rc = load_serving(s, &ck, events, &st, err);
     if (rc == HR_OK) {
         sched_ctx sc = {sched, hr_schedbox_current(sched)->version, err};
         rc = hr_store_schedule_rows(s, ck.id, load_sched, &sc, err);

@@ -164,14 +164,14 @@ static void test_write_load_round_trip(void **state)
                              .started = true, .epoch = 4, .seq = 17, .schedule_version = 2,
                              .taken = 1.5};
     hr_snapshot_stats ws, ls;
-    hr_status wst = hr_snapshot_write(path, a, sa, &meta, &ws, &err);
+    hr_status wst = hr_snapshot_write(path, a, sa, NULL, &meta, &ws, &err);
     if (wst != HR_OK)
         fail_msg("write: %s", err.message);
     assert_true(ws.bytes > 0);
     assert_int_equal(ws.ids, 120);
 
     hr_snapshot_meta got;
-    assert_int_equal(hr_snapshot_load(path, b, sb, &got, &ls, &err), HR_OK);
+    assert_int_equal(hr_snapshot_load(path, b, sb, NULL, &got, &ls, &err), HR_OK);
     assert_string_equal(got.delta, meta.delta);
     assert_string_equal(got.covered, meta.covered);
     assert_true(got.started);
@@ -200,7 +200,7 @@ static void test_write_load_round_trip(void **state)
     hr_model *k4 = NULL;
     assert_int_equal(hr_model_create(&mc, &k4, &err), HR_OK);
     hr_config_free(&c);
-    assert_int_equal(hr_snapshot_load(path, k4, sb, &got, NULL, &err), HR_EINVAL);
+    assert_int_equal(hr_snapshot_load(path, k4, sb, NULL, &got, NULL, &err), HR_EINVAL);
     assert_int_equal(hr_model_id_count(k4, HR_TABLE_ITEM), 0);
 
     /* a file that is not a snapshot */
