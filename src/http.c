@@ -7,7 +7,11 @@
  *                (two Content-Length headers, size, method, media type,
  *                auth) and remember the first error, if any (a declared
  *                body over max_body_bytes, 413, and framing in doubt, 400,
- *                are answered at once, before any body is read);
+ *                are answered at once, before any body is read; except a
+ *                declared body at most DRAIN_BYTES over the limit: it is
+ *                read and dropped first, as for a body found too large while
+ *                reading it, so the client still sending it reads the 413
+ *                instead of a reset from closing a socket with unread data);
  *   middle calls buffer the body up to max_body_bytes (past it: discard and
  *                remember 413);
  *   last call    answer: the remembered error or the route's handler
@@ -73,6 +77,7 @@
 #include "http_mhd.h"
 
 #define TOPK_BATCH 32             /* recommendations scored in one sgemm at most */
+#define DRAIN_BYTES (1u << 20)  /* a declared body this far over max_body_bytes is read, then 413 */
 
 /* ---- routes ---- */
 
@@ -418,6 +423,7 @@ static void first_call(hr_http *h, struct MHD_Connection *c, request *r, const c
         if (errno == 0 && end != cl && n > h->max_body) {
             request_fail(r, 413, "payload_too_large", "body of %llu bytes; at most %zu", n,
                          h->max_body);
+            r->drain = n - h->max_body <= DRAIN_BYTES;
             return;
         }
     }
@@ -495,7 +501,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             first_call(h, c, r, url, method);
         }
         atomic_fetch_add(&h->inflight[r->route], 1);
-        if (r->err_status == 413 || r->err_status == 400) {
+        if ((r->err_status == 413 && !r->drain) || r->err_status == 400) {
             /* A declared body over max_body_bytes, or framing in doubt:
              * answered now, before any body is read; with a response
              * queued MHD sends no 100 Continue and closes the connection

@@ -84,6 +84,7 @@ typedef struct {
     int status;           /* HTTP status answered, 0 until then */
     /* the first error found before the body arrived */
     int err_status;
+    bool drain;           /* a 413 answered after its (bounded) body is read */
     const char *err_code;
     char err_msg[192];
     char allow[32];       /* Allow header with a 405 */

@@ -14,6 +14,7 @@
  */
 /* ctest-labels: concurrent */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <curl/curl.h>
 #include <dirent.h>
 #include <jansson.h>
@@ -1457,6 +1458,76 @@ static void test_reported_cases(void **state)
 
 /* A declared Content-Length over max_body_bytes is answered 413 before any
  * body is sent, with or without Expect: 100-continue (and never 100). */
+/* A declared body a little over max_body_bytes (here 8x, within the
+ * server's drain bound) is read before the 413 is answered: a client still
+ * sending it must be able to send every byte and then read the answer
+ * (answered at once, the server closed a socket with unread data, which
+ * resets it: curl then failed with "Failed sending data to the peer").
+ * Five rounds, each sending 512 KiB, then a GET on the same connection. */
+static void test_413_after_body_read(void **state)
+{
+    (void)state;
+    server s;
+    start(&s, 1024, TOKEN);
+    size_t body = 8 * 65536, cap = body + 256;
+    char *req = malloc(cap), *out = malloc(4096);
+    for (int round = 0; round < 5; round++) {
+        int hl = snprintf(req, cap,
+                          "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          "Content-Length: %zu\r\n\r\n",
+                          body);
+        memset(req + hl, ' ', body);
+        size_t len = (size_t)hl + body;
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        assert_true(fd >= 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(s.port)};
+        inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+        struct timeval tv = {30, 0};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+        for (size_t off = 0; off < len;) {
+            ssize_t n = send(fd, req + off, len - off, MSG_NOSIGNAL);
+            if (n <= 0)
+                fail_msg("round %d: send failed after %zu of %zu bytes: %s", round, off, len,
+                         n < 0 ? strerror(errno) : "closed");
+            off += (size_t)n;
+        }
+        size_t got = 0;
+        for (int i = 0; i < 1000 && got + 1 < 4096; i++) {
+            ssize_t n = recv(fd, out + got, 4095 - got, 0);
+            if (n < 0)
+                fail_msg("round %d: reading the answer: %s", round, strerror(errno));
+            if (n == 0)
+                break;
+            got += (size_t)n;
+            out[got] = 0;
+            const char *end = strstr(out, "\r\n\r\n"), *cl = strcasestr(out, "Content-Length: ");
+            if (end && cl && got >= (size_t)(end + 4 - out) + (size_t)atol(cl + 16))
+                break; /* the whole answer (the connection may stay open) */
+        }
+        out[got] = 0;
+        int status = 0;
+        if (sscanf(out, "HTTP/1.%*d %d", &status) != 1 || status != 413 ||
+            !strstr(out, "payload_too_large"))
+            fail_msg("round %d: answer %.200s", round, out);
+        /* the body was read, so the connection is still good for the next
+         * request (answered at once, it was closed under the body) */
+        static const char next[] = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+        if (send(fd, next, sizeof next - 1, MSG_NOSIGNAL) != (ssize_t)(sizeof next - 1))
+            fail_msg("round %d: the connection was closed after the 413", round);
+        ssize_t n = recv(fd, out, 4095, 0);
+        out[n > 0 ? n : 0] = 0;
+        if (sscanf(out, "HTTP/1.%*d %d", &status) != 1 || status != 200)
+            fail_msg("round %d: no answer on the same connection after the 413 (%.120s)", round,
+                     out);
+        close(fd);
+    }
+    free(req);
+    free(out);
+    stop(&s);
+}
+
 static void test_declared_length_413_at_once(void **state)
 {
     (void)state;
@@ -1820,6 +1891,7 @@ int main(void)
         cmocka_unit_test(test_every_route_bad_values),
         cmocka_unit_test(test_reported_cases),
         cmocka_unit_test(test_declared_length_413_at_once),
+        cmocka_unit_test(test_413_after_body_read),
         cmocka_unit_test(test_library_answers_json),
         cmocka_unit_test(test_sigterm_with_suspended_request),
         cmocka_unit_test(test_sigterm_with_stuck_handler),
