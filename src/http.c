@@ -97,6 +97,10 @@ typedef enum {
     R_STATS_HISTORY,
     R_SIMILAR,
     R_USER,
+    R_ITEMS,
+    R_ITEM,
+    R_USERS,
+    R_USER_RECORD,
     R_NOT_FOUND,
     R_COUNT
 } route_id;
@@ -109,6 +113,7 @@ typedef struct {
     bool ndjson;        /* accepts application/x-ndjson */
     bool admin;         /* behind the bearer token */
     hr_http_handler *handler; /* answers the request (any allowed method) */
+    unsigned admin_methods; /* methods behind the bearer token on a route that is not admin */
 } route;
 
 static const route routes[R_COUNT] = {
@@ -136,6 +141,12 @@ static const route routes[R_COUNT] = {
                          hr_http_stats_history},
     [R_SIMILAR] = {"/v1/similar", "similar", M_GET | M_HEAD, 0, false, false, hr_http_similar},
     [R_USER] = {"/v1/user", "user", M_GET | M_HEAD, 0, false, false, hr_http_user},
+    [R_ITEMS] = {"/v1/items", "items", M_POST, M_POST, true, false, hr_http_catalog_bulk},
+    [R_ITEM] = {"/v1/items/", "item", M_GET | M_HEAD | M_PUT | M_DELETE, M_PUT, false, false,
+                hr_http_catalog_record}, /* /v1/items/{id} */
+    [R_USERS] = {"/v1/users", "users", M_POST, M_POST, true, false, hr_http_catalog_bulk},
+    [R_USER_RECORD] = {"/v1/users/", "user_record", M_GET | M_HEAD | M_PUT | M_DELETE, M_PUT,
+                       false, false, hr_http_catalog_record, M_DELETE}, /* /v1/users/{id} */
     [R_NOT_FOUND] = {NULL, "not_found", 0, 0, false, false, NULL},
 };
 
@@ -161,16 +172,19 @@ static unsigned method_of(const char *m)
         return M_PUT;
     if (strcmp(m, "HEAD") == 0)
         return M_HEAD;
+    if (strcmp(m, "DELETE") == 0)
+        return M_DELETE;
     return 0;
 }
 
-/* The Allow header of a route: its methods, "GET, HEAD, POST, PUT" order. */
+/* The Allow header of a route: its methods, "GET, HEAD, POST, PUT, DELETE" order. */
 static void allow_of(unsigned methods, char *out, size_t size)
 {
     static const struct {
         unsigned flag;
         const char *name;
-    } order[] = {{M_GET, "GET"}, {M_HEAD, "HEAD"}, {M_POST, "POST"}, {M_PUT, "PUT"}};
+    } order[] = {{M_GET, "GET"}, {M_HEAD, "HEAD"}, {M_POST, "POST"}, {M_PUT, "PUT"},
+                 {M_DELETE, "DELETE"}};
     size_t len = 0;
     out[0] = 0;
     for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
@@ -391,7 +405,11 @@ static void first_call(hr_http *h, struct MHD_Connection *c, request *r, const c
                      method, r->allow);
         return;
     }
-    if (rt->admin &&
+    if ((rt->admin_methods & r->method) && !app->cfg.admin_token[0]) {
+        request_fail(r, 404, "not_found", "admin API disabled: no admin_token is configured");
+        return;
+    }
+    if ((rt->admin || (rt->admin_methods & r->method)) &&
         !auth_ok(MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION),
                  app->cfg.admin_token)) {
         request_fail(r, 401, "unauthorized", "admin routes need Authorization: Bearer <token>");

@@ -29,6 +29,7 @@
 struct hr_persist; /* persist.h: SQLite store, event log, checkpoints */
 struct hr_dblock;  /* dblock.h: the database's owner lock */
 struct hr_cluster; /* cluster.h: this node of a cluster on Redis */
+struct hr_catalog; /* catalog.h: users' and items' records */
 
 typedef struct hr_app {
     hr_config cfg;              /* owned copy (its schedule JSON too) */
@@ -42,6 +43,7 @@ typedef struct hr_app {
     struct hr_persist *persist; /* NULL when cfg.db is "" */
     struct hr_dblock *dblock;   /* held while persist is open; NULL without a db */
     struct hr_cluster *cluster; /* cluster mode (cfg.redis set); NULL standalone */
+    struct hr_catalog *catalog; /* records of users and items (standalone); NULL in cluster mode */
     double started;             /* wall time at open */
     atomic_int ready;           /* 1 once the checkpoint and log tail are loaded */
 } hr_app;

@@ -18,8 +18,9 @@
 #include "hogrec/row.h"      /* hr_row_layout, hr_loss, the link */
 #include "hogrec/schedule.h" /* hr_optimizer, hr_group */
 
-/* Most active features of one event: global, user, item, context. */
-#define HR_MAX_ACTIVE (3 + HR_MAX_CTX)
+/* Most active features of one event: global, user, item, context, the
+ * user's and the item's catalog attributes. */
+#define HR_MAX_ACTIVE (3 + HR_MAX_CTX + 2 * HR_MAX_ATTRS)
 
 /* One active feature: its row and value. */
 typedef struct hr_active {

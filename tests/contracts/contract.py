@@ -119,7 +119,26 @@ def spec_methods(ops, path):
 
 # ---- the server's route table (src/http.c) ----
 
-_FLAG = {"M_GET": "GET", "M_POST": "POST", "M_PUT": "PUT", "M_HEAD": "HEAD"}
+_FLAG = {"M_GET": "GET", "M_POST": "POST", "M_PUT": "PUT", "M_HEAD": "HEAD",
+         "M_DELETE": "DELETE"}
+
+
+def spec_path(path, spec_paths):
+    """The spec path a concrete path or a route's path is answered under: the
+    path itself, or the templated path whose text before the first '{' it
+    starts with (a route "/v1/items/" and a request "/v1/items/x" are both
+    "/v1/items/{id}")."""
+    if path in spec_paths:
+        return path
+    for sp in sorted(spec_paths):
+        if "{" in sp and path.startswith(sp[:sp.index("{")]):
+            return sp
+    return path
+
+
+def concrete(path):
+    """A request target for a spec path: each {param} replaced by a value."""
+    return re.sub(r"\{[^}]*\}", "cx1", path)
 
 
 def route_table(http_c):

@@ -1,0 +1,289 @@
+/*
+ * test_catalog.c - the catalog: record validation, writes and reads, the
+ * model attributes a record sets, durability across a restart, the HTTP
+ * routes and their auth.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "hogrec/app.h"
+#include "hogrec/catalog.h"
+#include "hogrec/http.h"
+#include "testutil.h"
+
+static json_t *parse(const char *s)
+{
+    json_t *v = json_loads(s, 0, NULL);
+    assert_non_null(v);
+    return v;
+}
+
+/* hr_catalog_parse on text: its status; err's field into field. */
+static hr_status try_parse(const char *text, const char *id, char *field)
+{
+    json_t *v = parse(text);
+    hr_catalog_record r;
+    hr_error e = {{0}, {0}};
+    hr_status st = hr_catalog_parse(v, id, id ? strlen(id) : 0, &r, &e);
+    json_decref(v);
+    if (field)
+        strcpy(field, e.field);
+    hr_catalog_record_free(&r);
+    return st;
+}
+
+static void test_parse_validates(void **state)
+{
+    (void)state;
+    char f[64];
+    assert_int_equal(try_parse("{\"features\":{\"a\":\"x\",\"n\":2},\"categories\":[\"c\"],"
+                               "\"hidden\":true,\"expires_at\":1e9}",
+                               "i1", f),
+                     HR_OK);
+    assert_int_equal(try_parse("{\"id\":7}", NULL, f), HR_OK);
+    assert_int_equal(try_parse("{}", NULL, f), HR_EINVAL);
+    assert_string_equal(f, "id");
+    assert_int_equal(try_parse("{\"id\":\"other\"}", "i1", f), HR_EINVAL);
+    assert_string_equal(f, "id");
+    assert_int_equal(try_parse("{\"colour\":1}", "i1", f), HR_EINVAL);
+    assert_string_equal(f, "colour");
+    assert_int_equal(try_parse("{\"features\":[]}", "i1", f), HR_EINVAL);
+    assert_string_equal(f, "features");
+    assert_int_equal(try_parse("{\"features\":{\"a\":true}}", "i1", f), HR_EINVAL);
+    assert_int_equal(try_parse("{\"features\":{\"a\":1e7}}", "i1", f), HR_EINVAL);
+    assert_int_equal(try_parse("{\"features\":{\"a\":1,\"b\":1,\"c\":1,\"d\":1,\"e\":1,\"f\":1,"
+                               "\"g\":1,\"h\":1,\"i\":1}}",
+                               "i1", f),
+                     HR_EINVAL);
+    assert_int_equal(try_parse("{\"categories\":\"c\"}", "i1", f), HR_EINVAL);
+    assert_string_equal(f, "categories");
+    assert_int_equal(try_parse("{\"categories\":[\"\"]}", "i1", f), HR_EINVAL);
+    assert_int_equal(try_parse("{\"categories\":[\"a,b\"]}", "i1", f), HR_EINVAL);
+    assert_int_equal(try_parse("{\"categories\":[1]}", "i1", f), HR_EINVAL);
+    assert_int_equal(try_parse("{\"categories\":[\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\","
+                               "\"9\"]}",
+                               "i1", f),
+                     HR_EINVAL);
+    assert_int_equal(try_parse("{\"hidden\":1}", "i1", f), HR_EINVAL);
+    assert_string_equal(f, "hidden");
+    assert_int_equal(try_parse("{\"expires_at\":-1}", "i1", f), HR_EINVAL);
+    assert_string_equal(f, "expires_at");
+    assert_int_equal(try_parse("{\"expires_at\":null}", "i1", f), HR_OK);
+    assert_int_equal(try_parse("[]", "i1", f), HR_EINVAL);
+
+    /* canonical: repeats collapse, defaults filled in */
+    json_t *v = parse("{\"categories\":[\"a\",\"b\",\"a\"]}");
+    hr_catalog_record r;
+    hr_error e;
+    assert_int_equal(hr_catalog_parse(v, "x", 1, &r, &e), HR_OK);
+    assert_int_equal(json_array_size(json_object_get(r.doc, "categories")), 2);
+    assert_true(json_is_false(json_object_get(r.doc, "hidden")));
+    assert_string_equal(json_string_value(json_object_get(r.doc, "id")), "x");
+    hr_catalog_record_free(&r);
+    json_decref(v);
+}
+
+static hr_app *open_app(const char *db)
+{
+    hr_config c;
+    tu_small_config(&c, db);
+    hr_app *app;
+    hr_error e;
+    assert_int_equal(hr_app_open(&c, &app, &e), HR_OK);
+    hr_config_free(&c);
+    return app;
+}
+
+static void put(hr_catalog *cat, hr_catalog_kind kind, const char *id, const char *text)
+{
+    json_t *v = parse(text);
+    hr_catalog_record r;
+    hr_error e = {{0}, {0}};
+    assert_int_equal(hr_catalog_parse(v, id, strlen(id), &r, &e), HR_OK);
+    json_decref(v);
+    assert_int_equal(hr_catalog_put(cat, kind, &r, 1, NULL, &e), HR_OK);
+}
+
+static uint32_t attrs_of(hr_app *app, hr_table_id t, const char *id)
+{
+    uint32_t row = hr_model_lookup(app->model, t, id, strlen(id));
+    assert_int_not_equal(row, HR_ID_NONE);
+    hr_feat f[HR_MAX_ATTRS];
+    return hr_model_attrs(app->model, t, row, f);
+}
+
+static void test_put_get_delete_and_attributes(void **state)
+{
+    (void)state;
+    hr_app *app = open_app("");
+    hr_catalog *cat = app->catalog;
+    assert_non_null(cat);
+    put(cat, HR_CATALOG_ITEM, "i1", "{\"features\":{\"lang\":\"en\",\"year\":3},"
+                                    "\"categories\":[\"drama\",\"comedy\"]}");
+    put(cat, HR_CATALOG_USER, "u1", "{\"features\":{\"gender\":\"F\"}}");
+    /* the ids exist in the model now, with their attributes, pinned */
+    assert_int_equal(attrs_of(app, HR_TABLE_ITEM, "i1"), 4);
+    assert_int_equal(attrs_of(app, HR_TABLE_USER, "u1"), 1);
+    assert_true(hr_model_attrs_pinned(app->model, HR_TABLE_ITEM,
+                                      hr_model_lookup(app->model, HR_TABLE_ITEM, "i1", 2)));
+    json_t *doc = hr_catalog_get(cat, HR_CATALOG_ITEM, "i1", 2);
+    assert_non_null(doc);
+    assert_int_equal(json_array_size(json_object_get(doc, "categories")), 2);
+    json_decref(doc);
+    assert_null(hr_catalog_get(cat, HR_CATALOG_USER, "i1", 2));
+    assert_int_equal(hr_catalog_count(cat, HR_CATALOG_ITEM), 1);
+
+    /* the attributes take part in a prediction: a user row with attributes
+     * and one without score differently for the same pair */
+    hr_event ev = {0};
+    ev.item = hr_model_lookup(app->model, HR_TABLE_ITEM, "i1", 2);
+    ev.user = hr_model_lookup(app->model, HR_TABLE_USER, "u1", 2);
+    double with = hr_model_predict(app->model, &ev);
+    /* a rewrite replaces them */
+    put(cat, HR_CATALOG_ITEM, "i1", "{\"categories\":[\"drama\"]}");
+    assert_int_equal(attrs_of(app, HR_TABLE_ITEM, "i1"), 1);
+    assert_true(hr_model_predict(app->model, &ev) != with);
+
+    hr_error e;
+    assert_int_equal(hr_catalog_delete(cat, HR_CATALOG_ITEM, "i1", 2, &e), HR_OK);
+    assert_int_equal(attrs_of(app, HR_TABLE_ITEM, "i1"), 0);
+    assert_false(hr_model_attrs_pinned(app->model, HR_TABLE_ITEM, ev.item));
+    assert_int_equal(hr_catalog_delete(cat, HR_CATALOG_ITEM, "i1", 2, &e), HR_ENOTFOUND);
+    assert_null(hr_catalog_get(cat, HR_CATALOG_ITEM, "i1", 2));
+    hr_app_close(app, true);
+}
+
+static void test_records_survive_a_restart(void **state)
+{
+    (void)state;
+    char dir[512], db[600];
+    snprintf(dir, sizeof dir, "%s/catalog-XXXXXX", tu_tmpdir());
+    assert_non_null(mkdtemp(dir));
+    snprintf(db, sizeof db, "%s/h.db", dir);
+    hr_app *app = open_app(db);
+    put(app->catalog, HR_CATALOG_ITEM, "i9", "{\"categories\":[\"a\"],\"hidden\":true}");
+    put(app->catalog, HR_CATALOG_USER, "u9", "{\"features\":{\"age\":\"18-24\"}}");
+    hr_catalog_record two[2];
+    hr_error e;
+    json_t *a = parse("{\"id\":\"b1\",\"categories\":[\"x\"]}"),
+           *b = parse("{\"id\":\"b2\",\"features\":{\"k\":1}}");
+    assert_int_equal(hr_catalog_parse(a, NULL, 0, &two[0], &e), HR_OK);
+    assert_int_equal(hr_catalog_parse(b, NULL, 0, &two[1], &e), HR_OK);
+    json_decref(a);
+    json_decref(b);
+    assert_int_equal(hr_catalog_put(app->catalog, HR_CATALOG_ITEM, two, 2, NULL, &e), HR_OK);
+    hr_app_close(app, true);
+
+    app = open_app(db);
+    assert_int_equal(hr_catalog_count(app->catalog, HR_CATALOG_ITEM), 3);
+    assert_int_equal(hr_catalog_count(app->catalog, HR_CATALOG_USER), 1);
+    json_t *doc = hr_catalog_get(app->catalog, HR_CATALOG_ITEM, "i9", 2);
+    assert_non_null(doc);
+    assert_true(json_is_true(json_object_get(doc, "hidden")));
+    json_decref(doc);
+    assert_int_equal(attrs_of(app, HR_TABLE_USER, "u9"), 1);
+    assert_int_equal(attrs_of(app, HR_TABLE_ITEM, "b2"), 1);
+    hr_app_close(app, true);
+    tu_rmtree(dir);
+}
+
+/* ---- HTTP ---- */
+
+typedef struct {
+    hr_app *app;
+    hr_http *http;
+    int port;
+} server;
+
+static void start(server *s, const char *token, const char *db)
+{
+    hr_config c;
+    tu_small_config(&c, db);
+    c.max_batch_events = 3;
+    strcpy(c.admin_token, token);
+    hr_error e;
+    assert_int_equal(hr_app_open(&c, &s->app, &e), HR_OK);
+    assert_int_equal(hr_http_start(s->app, &s->http, &e), HR_OK);
+    s->port = hr_http_port(s->http);
+    hr_config_free(&c);
+}
+
+static void stop(server *s)
+{
+    hr_http_stop(s->http);
+    hr_app_close(s->app, true);
+}
+
+static void test_http_routes(void **state)
+{
+    (void)state;
+    server s;
+    start(&s, "tok", "");
+    json_t *out = NULL;
+    assert_int_equal(tu_http(s.port, "PUT", "/v1/items/i1",
+                             "{\"categories\":[\"c1\"],\"features\":{\"f\":\"v\"}}", NULL, &out),
+                     200);
+    assert_true(json_is_true(json_object_get(out, "created")));
+    json_decref(out);
+    assert_int_equal(tu_http(s.port, "GET", "/v1/items/i1", NULL, NULL, &out), 200);
+    assert_string_equal(json_string_value(json_object_get(out, "id")), "i1");
+    json_decref(out);
+    assert_int_equal(tu_http(s.port, "GET", "/v1/items/none", NULL, NULL, NULL), 404);
+    assert_int_equal(tu_http(s.port, "PUT", "/v1/items/i1", "{\"hidden\":2}", NULL, &out), 400);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(out, "error"), "code")),
+                        "invalid");
+    json_decref(out);
+    assert_int_equal(tu_http(s.port, "PUT", "/v1/items/i1", "{\"id\":\"i2\"}", NULL, NULL), 400);
+    /* bulk: per-record errors, the valid ones stored */
+    assert_int_equal(tu_http(s.port, "POST", "/v1/users",
+                             "[{\"id\":\"u1\",\"features\":{\"g\":\"m\"}},{\"features\":{}},"
+                             "{\"id\":\"u2\"}]",
+                             NULL, &out),
+                     200);
+    assert_int_equal(json_integer_value(json_object_get(out, "accepted")), 2);
+    assert_int_equal(json_integer_value(json_object_get(out, "rejected")), 1);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(json_object_get(out, "errors"), 0), "index")), 1);
+    json_decref(out);
+    assert_int_equal(tu_http(s.port, "POST", "/v1/users", "[{\"id\":1},{\"id\":2},{\"id\":3},{\"id\":4}]",
+                             NULL, NULL),
+                     400); /* more than max_batch_events */
+    assert_int_equal(tu_http(s.port, "GET", "/v1/users/u2", NULL, NULL, NULL), 200);
+    /* deleting an item needs no token, forgetting a user does */
+    assert_int_equal(tu_http(s.port, "DELETE", "/v1/items/i1", NULL, NULL, NULL), 200);
+    assert_int_equal(tu_http(s.port, "DELETE", "/v1/items/i1", NULL, NULL, NULL), 404);
+    assert_int_equal(tu_http(s.port, "DELETE", "/v1/users/u1", NULL, NULL, NULL), 401);
+    assert_int_equal(tu_http(s.port, "DELETE", "/v1/users/u1", NULL, "Bearer nope", NULL), 401);
+    assert_int_equal(tu_http(s.port, "GET", "/v1/users/u1", NULL, NULL, NULL), 200);
+    assert_int_equal(tu_http(s.port, "DELETE", "/v1/users/u1", NULL, "Bearer tok", &out), 200);
+    assert_true(json_is_true(json_object_get(out, "record")));
+    json_decref(out);
+    assert_int_equal(tu_http(s.port, "GET", "/v1/users/u1", NULL, NULL, NULL), 404);
+    assert_int_equal(tu_http(s.port, "POST", "/v1/items/i1", "{}", NULL, NULL), 405);
+    stop(&s);
+
+    /* no admin token configured: forgetting is not available */
+    start(&s, "", "");
+    assert_int_equal(tu_http(s.port, "PUT", "/v1/users/u1", "{}", NULL, NULL), 200);
+    assert_int_equal(tu_http(s.port, "DELETE", "/v1/users/u1", NULL, NULL, NULL), 404);
+    assert_int_equal(tu_http(s.port, "GET", "/v1/users/u1", NULL, NULL, NULL), 200);
+    stop(&s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_parse_validates),
+        cmocka_unit_test(test_put_get_delete_and_attributes),
+        cmocka_unit_test(test_records_survive_a_restart),
+        cmocka_unit_test(test_http_routes),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
