@@ -5,7 +5,11 @@
  *   read:  one pass over the factor and bias columns of every item row
  *          (the bytes sgemv must read), best of R passes -> GB/s;
  *   topk:  hr_topk_query (one sgemv per block + heap, top 10), median of Q
- *          random queries; also the plain reference loop.
+ *          random queries; also the plain reference loop;
+ *   filter: the same queries with a catalog filter keeping a random 10% of
+ *          the items (and 25%), each query building its allow bitmap from a
+ *          category bitmap (copy, mask, popcount) as the catalog does;
+ *          ratio to the unfiltered top-K of the same run.
  * Prints key=value lines for loadtest/run.
  *
  * usage: bench_topk [items] [k] [queries]
@@ -102,8 +106,42 @@ int main(int argc, char **argv)
         hr_topk_query_ref(m, q, 10, NULL, out, &n);
         tr[rep] = (double)(hr_now_ns() - t0) * 1e-9;
     }
+    /* filtered: a category bitmap keeping `pct` percent of the rows */
+    uint32_t rows = hr_model_rows(m, HR_TABLE_ITEM), words = (rows + 63) / 64;
+    double filt_ms[2];
+    const int pcts[2] = {10, 25};
+    uint64_t *cat = calloc(words, sizeof *cat), *allow = malloc(words * sizeof *allow);
+    double *tf = malloc((size_t)queries * sizeof *tf);
+    for (int f = 0; f < 2; f++) {
+        memset(cat, 0, words * sizeof *cat);
+        for (uint32_t r = 1; r < rows; r++)
+            if (hr_rng_below(&rng, 100) < (uint64_t)pcts[f])
+                cat[r / 64] |= 1ull << (r % 64);
+        for (int rep = 0; rep < queries; rep++) {
+            for (uint32_t d = 0; d < k; d++)
+                q[d] = (float)hr_rng_normal(&rng);
+            uint64_t t0 = hr_now_ns();
+            uint32_t count = 0;
+            for (uint32_t w = 0; w < words; w++) {
+                allow[w] = cat[w];
+                count += (uint32_t)__builtin_popcountll(allow[w]);
+            }
+            hr_topk_exclude ex = {NULL, 0, allow, rows, count};
+            hr_topk_query(m, q, 10, &ex, out, &n);
+            tf[rep] = (double)(hr_now_ns() - t0) * 1e-9;
+        }
+        qsort(tf, (size_t)queries, sizeof *tf, cmp_d);
+        filt_ms[f] = tf[queries / 2] * 1e3;
+    }
+    free(tf);
+    free(cat);
+    free(allow);
     qsort(tq, (size_t)queries, sizeof *tq, cmp_d);
     qsort(tr, (size_t)queries, sizeof *tr, cmp_d);
+    printf("topk_filter10_ms=%.3f\ntopk_filter10_ratio=%.2f\ntopk_filter25_ms=%.3f\n"
+           "topk_filter25_ratio=%.2f\n",
+           filt_ms[0], filt_ms[0] / (tq[queries / 2] * 1e3), filt_ms[1],
+           filt_ms[1] / (tq[queries / 2] * 1e3));
     printf("items=%u\nk=%u\nread_ms=%.3f\nread_gbps=%.1f\ntopk_ms=%.3f\ntopk_ref_ms=%.3f\n"
            "ratio=%.2f\n",
            items, k, best_read * 1e3, bytes / best_read * 1e-9, tq[queries / 2] * 1e3,

@@ -69,7 +69,7 @@ hr_status hr_recommend(const hr_model *m, hr_events *events, hr_topk_batcher *ba
     if (known && q->exclude_seen)
         nex += hr_events_recent(events, q->user_row, rows + nex, cap - nex);
     hr_topk_sort_rows(rows, nex);
-    hr_topk_exclude ex = {rows, nex};
+    hr_topk_exclude ex = {rows, nex, q->allow, q->allow_rows, q->allow_count};
     uint32_t eff = known ? hr_model_effective_row(m, HR_TABLE_USER, q->user_row) : 0;
     hr_status st = HR_OK;
     if (eff == 0) {

@@ -6,7 +6,11 @@
  * bias. Per block (in slices of 2048 rows): one sgemv y = B[:, 0..k] * [q; 1] into a scratch vector,
  * then every score is offered to a min-heap of size K (a score that does not
  * beat the heap's minimum costs one compare). Exclusions are checked only
- * for scores that would enter the heap (binary search in a sorted array).
+ * for scores that would enter the heap (binary search in a sorted array,
+ * one bit of a catalog filter's bitmap). A filter that keeps few rows
+ * (fewer than 1 / HR_TOPK_SPARSE of them) is scored row by row instead: one
+ * dot product per allowed row, found by walking the bitmap's set bits, so
+ * its cost follows the rows it keeps, not the matrix.
  *
  * The scan is memory-bound: it reads (k+1) floats per item once; at k=64
  * and 100k items that is ~26 MB.
@@ -143,9 +147,13 @@ void hr_topk_sort_rows(uint32_t *rows, size_t n)
         qsort(rows, n, sizeof *rows, cmp_u32);
 }
 
-static bool excluded(const hr_topk_exclude *ex, uint32_t row)
+bool hr_topk_excluded(const hr_topk_exclude *ex, uint32_t row)
 {
-    if (!ex || ex->n == 0)
+    if (!ex)
+        return false;
+    if (ex->allow && (row >= ex->allow_rows || !((ex->allow[row / 64] >> (row % 64)) & 1)))
+        return true;
+    if (ex->n == 0)
         return false;
     size_t lo = 0, hi = ex->n;
     while (lo < hi) {
@@ -164,6 +172,38 @@ typedef struct {
     float threshold; /* the heap's worst score once it is full */
     float def_score; /* score of the default row (items below min_count) */
 } scan_state;
+
+static bool sparse(const hr_topk_request *r)
+{
+    const hr_topk_exclude *ex = r->ex;
+    return ex && ex->allow && (uint64_t)ex->allow_count * HR_TOPK_SPARSE < ex->allow_rows;
+}
+
+/* A query whose filter keeps few rows: each allowed row scored alone. */
+static void scan_sparse(const hr_model *m, hr_topk_request *r, const float *qx, scan_state *st)
+{
+    const hr_row_layout *L = hr_model_layout(m);
+    const bool min_count = hr_model_get_config(m)->min_count > 0;
+    const uint32_t rows = hr_model_rows(m, HR_TABLE_ITEM);
+    const hr_topk_exclude *ex = r->ex;
+    const uint32_t end = ex->allow_rows < rows ? ex->allow_rows : rows;
+    for (uint32_t w = 0; w * 64 < end; w++) {
+        for (uint64_t bits = ex->allow[w]; bits; bits &= bits - 1) {
+            uint32_t row = w * 64 + (uint32_t)__builtin_ctzll(bits);
+            if (row >= end)
+                break;
+            if (row == 0 || !hr_model_key(m, HR_TABLE_ITEM, row, NULL) ||
+                hr_topk_excluded(ex, row))
+                continue;
+            float s;
+            if (min_count && hr_model_effective_row(m, HR_TABLE_ITEM, row) == 0)
+                s = st->def_score;
+            else /* [v_i, b_i] . [q, 1] */
+                s = cblas_sdot((int)L->k + 1, hr_model_row(m, HR_TABLE_ITEM, row), 1, qx, 1);
+            hr_topk_heap_offer(&st->hp, row, s);
+        }
+    }
+}
 
 /* Scores the queries: with BLAS, or (reference) with the plain loop the
  * BLAS path is checked against. */
@@ -200,9 +240,19 @@ static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
         if (min_count)
             hr_sgd_block_scores_ref(L, r0, 1, L->stride, reqs[j].q, &ss[j].def_score);
     }
+    size_t ndense = 0;
+    for (size_t j = 0; j < nq; j++) {
+        if (!reference && sparse(&reqs[j]) && ss[j].hp.k > 0) {
+            scan_sparse(m, &reqs[j], qx + j * kq, &ss[j]);
+            ss[j].hp.k = 0; /* done: the dense loop skips it */
+            ss[j].threshold = INFINITY;
+        } else {
+            ndense++;
+        }
+    }
     uint32_t nrows, lda;
     const float *blk;
-    for (uint32_t b = 0; (blk = hr_model_item_block(m, b, &nrows, &lda)) != NULL; b++) {
+    for (uint32_t b = 0; ndense && (blk = hr_model_item_block(m, b, &nrows, &lda)) != NULL; b++) {
         for (uint32_t off = 0; off < nrows; off += SUB) {
             const uint32_t len = nrows - off < SUB ? nrows - off : SUB;
             const float *sub = blk + (size_t)off * lda;
@@ -231,7 +281,7 @@ static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
                         continue;
                     uint32_t row = base + i;
                     if (row == 0 || !hr_model_key(m, HR_TABLE_ITEM, row, NULL) ||
-                        excluded(reqs[j].ex, row))
+                        hr_topk_excluded(reqs[j].ex, row))
                         continue;
                     if (min_count && hr_model_effective_row(m, HR_TABLE_ITEM, row) == 0)
                         s = st->def_score;
@@ -242,8 +292,10 @@ static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
             }
         }
     }
-    for (size_t j = 0; j < nq; j++)
+    for (size_t j = 0; j < nq; j++) {
+        ss[j].hp.k = reqs[j].k; /* a sparse query's heap (k was zeroed to skip it) */
         reqs[j].n = hr_topk_heap_finish(&ss[j].hp);
+    }
     free(qx);
     free(scores);
     free(ss);

@@ -11,12 +11,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <math.h>
 
 #include <cmocka.h>
 
 #include "hogrec/app.h"
 #include "hogrec/catalog.h"
 #include "hogrec/http.h"
+#include "hogrec/sgd.h"
+#include "hogrec/topk.h"
 #include "testutil.h"
 
 static json_t *parse(const char *s)
@@ -203,11 +206,11 @@ typedef struct {
     int port;
 } server;
 
-static void start(server *s, const char *token, const char *db)
+static void start(server *s, const char *token, const char *db, int64_t max_batch)
 {
     hr_config c;
     tu_small_config(&c, db);
-    c.max_batch_events = 3;
+    c.max_batch_events = max_batch;
     strcpy(c.admin_token, token);
     hr_error e;
     assert_int_equal(hr_app_open(&c, &s->app, &e), HR_OK);
@@ -226,7 +229,7 @@ static void test_http_routes(void **state)
 {
     (void)state;
     server s;
-    start(&s, "tok", "");
+    start(&s, "tok", "", 3);
     json_t *out = NULL;
     assert_int_equal(tu_http(s.port, "PUT", "/v1/items/i1",
                              "{\"categories\":[\"c1\"],\"features\":{\"f\":\"v\"}}", NULL, &out),
@@ -270,10 +273,178 @@ static void test_http_routes(void **state)
     stop(&s);
 
     /* no admin token configured: forgetting is not available */
-    start(&s, "", "");
+    start(&s, "", "", 3);
     assert_int_equal(tu_http(s.port, "PUT", "/v1/users/u1", "{}", NULL, NULL), 200);
     assert_int_equal(tu_http(s.port, "DELETE", "/v1/users/u1", NULL, NULL, NULL), 404);
     assert_int_equal(tu_http(s.port, "GET", "/v1/users/u1", NULL, NULL, NULL), 200);
+    stop(&s);
+}
+
+/* ---- filters ---- */
+
+/* Top-K with an allow bitmap keeping one row in `every` (dense and sparse
+ * paths) equals a brute-force ranking of the allowed rows, and returns only
+ * allowed rows. */
+static void check_filtered_topk(uint32_t every)
+{
+    hr_model *m = tu_small_model(16, 1000);
+    char id[16];
+    for (int i = 0; i < 1000; i++) {
+        snprintf(id, sizeof id, "i%d", i);
+        uint32_t row;
+        assert_int_equal(hr_model_intern(m, HR_TABLE_ITEM, id, strlen(id), &row, NULL), HR_OK);
+    }
+    uint32_t rows = hr_model_rows(m, HR_TABLE_ITEM);
+    uint64_t *allow = calloc((rows + 63) / 64, sizeof *allow);
+    uint32_t count = 0;
+    for (uint32_t r = 1; r < rows; r++)
+        if (r % every == 3) {
+            allow[r / 64] |= 1ull << (r % 64);
+            count++;
+        }
+    uint32_t excluded_row = 3 + every; /* allowed, but named in the exclusions */
+    hr_topk_exclude ex = {&excluded_row, 1, allow, rows, count};
+    const hr_row_layout *L = hr_model_layout(m);
+    float q[64];
+    for (uint32_t d = 0; d < L->k; d++)
+        q[d] = (float)((int)(d * 7 % 5) - 2) * 0.3f;
+    enum { K = 20 };
+    hr_topk_item got[K], want_storage[K];
+    size_t n = 0;
+    assert_int_equal(hr_topk_query(m, q, K, &ex, got, &n), HR_OK);
+    hr_topk_heap hp;
+    hr_topk_heap_init(&hp, want_storage, K);
+    for (uint32_t r = 1; r < rows; r++) {
+        if (r % every != 3 || r == excluded_row)
+            continue;
+        float sc;
+        hr_sgd_block_scores_ref(L, hr_model_row(m, HR_TABLE_ITEM, r), 1, L->stride, q, &sc);
+        hr_topk_heap_offer(&hp, r, sc);
+    }
+    uint32_t nw = hr_topk_heap_finish(&hp);
+    assert_int_equal(n, nw);
+    for (size_t i = 0; i < n; i++) {
+        assert_true(got[i].row % every == 3 && got[i].row != excluded_row);
+        assert_int_equal(got[i].row, want_storage[i].row);
+        assert_true(fabsf(got[i].score - want_storage[i].score) < 1e-4f);
+    }
+    /* the reference scan agrees */
+    hr_topk_item ref[K];
+    size_t nr = 0;
+    assert_int_equal(hr_topk_query_ref(m, q, K, &ex, ref, &nr), HR_OK);
+    assert_int_equal(nr, n);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(ref[i].row, got[i].row);
+    free(allow);
+    hr_model_destroy(m);
+}
+
+static void test_topk_filter_dense_and_sparse(void **state)
+{
+    (void)state;
+    check_filtered_topk(2);  /* keeps half: the sgemv scan */
+    check_filtered_topk(50); /* keeps 2%: row by row */
+}
+
+static json_t *recommend(int port, const char *query)
+{
+    json_t *out = NULL;
+    char path[512];
+    snprintf(path, sizeof path, "/v1/recommend?%s", query);
+    assert_int_equal(tu_http(port, "GET", path, NULL, NULL, &out), 200);
+    return out;
+}
+
+/* The items of a recommendation, as one string "a,b,c" (sorted by the server). */
+static bool all_items_in(const json_t *out, const char *const *allowed, size_t nallowed,
+                         size_t *n)
+{
+    const json_t *items = json_object_get(out, "items");
+    *n = json_array_size(items);
+    for (size_t i = 0; i < *n; i++) {
+        const char *id = json_string_value(json_object_get(json_array_get(items, i), "item"));
+        bool ok = false;
+        for (size_t j = 0; j < nallowed && !ok; j++)
+            ok = strcmp(id, allowed[j]) == 0;
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+static void test_recommend_filters(void **state)
+{
+    (void)state;
+    server s;
+    start(&s, "tok", "", 1000);
+    /* items: a1 a2 (category a), b1 b2 (b), ab (both), h (a, hidden), x (a, expired) */
+    assert_int_equal(tu_http(s.port, "POST", "/v1/items",
+                             "[{\"id\":\"a1\",\"categories\":[\"a\"]},"
+                             "{\"id\":\"a2\",\"categories\":[\"a\"]},"
+                             "{\"id\":\"b1\",\"categories\":[\"b\"]},"
+                             "{\"id\":\"b2\",\"categories\":[\"b\"]},"
+                             "{\"id\":\"ab\",\"categories\":[\"a\",\"b\"]},"
+                             "{\"id\":\"h\",\"categories\":[\"a\"],\"hidden\":true},"
+                             "{\"id\":\"x\",\"categories\":[\"a\"],\"expires_at\":1000}]",
+                             NULL, NULL),
+                     200);
+    /* clicks on every item (popularity) by u0..u4 */
+    char body[4096];
+    size_t len = 0;
+    const char *all[] = {"a1", "a2", "b1", "b2", "ab", "h", "x"};
+    len += (size_t)snprintf(body + len, sizeof body - len, "[");
+    for (int u = 0; u < 5; u++)
+        for (int i = 0; i < 7; i++)
+            len += (size_t)snprintf(body + len, sizeof body - len, "%s{\"user\":\"u%d\",\"item\":\"%s\"}",
+                                    len > 1 ? "," : "", u, all[i]);
+    snprintf(body + len, sizeof body - len, "]");
+    assert_int_equal(tu_http(s.port, "POST", "/v1/events", body, NULL, NULL), 202);
+    hr_trainer_wait_idle(s.app->trainer);
+
+    const char *visible[] = {"a1", "a2", "b1", "b2", "ab"};
+    const char *in_a[] = {"a1", "a2", "ab"};
+    const char *not_b[] = {"a1", "a2"};
+    size_t n;
+    /* a known user (no exclude_seen) and an unknown one (popular fallback) */
+    const char *users[] = {"user=u0&exclude_seen=false", "user=nobody"};
+    for (int u = 0; u < 2; u++) {
+        char q[256];
+        snprintf(q, sizeof q, "%s&k=20", users[u]);
+        json_t *out = recommend(s.port, q);
+        assert_true(all_items_in(out, visible, 5, &n));
+        assert_int_equal(n, 5); /* never h (hidden) nor x (expired) */
+        assert_int_equal(json_object_get(out, "fallback") != NULL, u == 1);
+        json_decref(out);
+        snprintf(q, sizeof q, "%s&k=20&categories=a", users[u]);
+        out = recommend(s.port, q);
+        assert_true(all_items_in(out, in_a, 3, &n));
+        assert_int_equal(n, 3);
+        json_decref(out);
+        snprintf(q, sizeof q, "%s&k=20&categories=a&exclude_categories=b", users[u]);
+        out = recommend(s.port, q);
+        assert_true(all_items_in(out, not_b, 2, &n));
+        assert_int_equal(n, 2);
+        json_decref(out);
+        snprintf(q, sizeof q, "%s&k=20&categories=nosuch,b", users[u]);
+        out = recommend(s.port, q);
+        assert_int_equal(json_array_size(json_object_get(out, "items")), 3); /* b1 b2 ab */
+        json_decref(out);
+        snprintf(q, sizeof q, "%s&k=20&categories=nosuch", users[u]);
+        out = recommend(s.port, q);
+        assert_int_equal(json_array_size(json_object_get(out, "items")), 0);
+        json_decref(out);
+    }
+    /* un-hiding brings h back; bad filters are 400s */
+    assert_int_equal(tu_http(s.port, "PUT", "/v1/items/h", "{\"categories\":[\"a\"]}", NULL, NULL),
+                     200);
+    json_t *out = recommend(s.port, "user=u0&exclude_seen=false&k=20&categories=a");
+    assert_int_equal(json_array_size(json_object_get(out, "items")), 4);
+    json_decref(out);
+    assert_int_equal(tu_http(s.port, "GET", "/v1/recommend?user=u0&categories=a,,b", NULL, NULL,
+                             NULL),
+                     400);
+    assert_int_equal(tu_http(s.port, "GET", "/v1/recommend?user=u0&categories=", NULL, NULL, NULL),
+                     400);
     stop(&s);
 }
 
@@ -284,6 +455,8 @@ int main(void)
         cmocka_unit_test(test_put_get_delete_and_attributes),
         cmocka_unit_test(test_records_survive_a_restart),
         cmocka_unit_test(test_http_routes),
+        cmocka_unit_test(test_topk_filter_dense_and_sparse),
+        cmocka_unit_test(test_recommend_filters),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -163,6 +163,8 @@ def specific(auth):
         ("recommend popular", "GET", "/v1/recommend?user=nobody", {}),
         ("recommend exclude", "GET", "/v1/recommend?user=u1&k=5&exclude_seen=false&exclude=i1,i2", {}),
         ("recommend k=0", "GET", "/v1/recommend?user=u1&k=0", {}),
+        ("recommend categories", "GET", "/v1/recommend?user=u1&categories=drama,a&exclude_categories=b", {}),
+        ("recommend categories empty entry", "GET", "/v1/recommend?user=u1&categories=a,,b", {}),
         ("recommend k=x", "GET", "/v1/recommend?user=u1&k=x", {}),
         ("recommend exclude_seen=x", "GET", "/v1/recommend?user=u1&exclude_seen=x", {}),
         ("recommend no user", "GET", "/v1/recommend", {}),
