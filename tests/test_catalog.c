@@ -448,6 +448,115 @@ static void test_recommend_filters(void **state)
     stop(&s);
 }
 
+/* ---- forgetting a user ---- */
+
+/* Whether the bytes of needle occur in the file at path (absent: no). */
+static bool file_holds(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return false;
+    size_t cap = 1 << 20, len = 0;
+    char *buf = malloc(cap);
+    assert_non_null(buf);
+    size_t n;
+    while ((n = fread(buf + len, 1, cap - len, f)) > 0) {
+        len += n;
+        if (len == cap) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+            assert_non_null(buf);
+        }
+    }
+    fclose(f);
+    bool found = memmem(buf, len, needle, strlen(needle)) != NULL;
+    free(buf);
+    return found;
+}
+
+static bool any_file_holds(const char *db, const char *needle)
+{
+    static const char *const suffix[] = {"", "-wal", "-events", "-events-wal", "-journal",
+                                         "-events-journal"};
+    char path[700];
+    for (size_t i = 0; i < sizeof suffix / sizeof *suffix; i++) {
+        snprintf(path, sizeof path, "%s%s", db, suffix[i]);
+        if (file_holds(path, needle))
+            return true;
+    }
+    return false;
+}
+
+static void post_events(int port, const char *user, int from, int n)
+{
+    char body[8192];
+    size_t len = (size_t)snprintf(body, sizeof body, "[");
+    for (int i = 0; i < n; i++)
+        len += (size_t)snprintf(body + len, sizeof body - len,
+                                "%s{\"user\":\"%s\",\"item\":\"it%d\",\"features\":{\"dev\":\"d\"}}",
+                                i ? "," : "", user, from + i);
+    snprintf(body + len, sizeof body - len, "]");
+    assert_int_equal(tu_http(port, "POST", "/v1/events", body, NULL, NULL), 202);
+}
+
+static void test_forget_user_leaves_nothing_in_the_files(void **state)
+{
+    (void)state;
+    const char *gone = "forget-me-7f3a9c", *kept = "keep-me-41d2b0";
+    char dir[512], db[600];
+    snprintf(dir, sizeof dir, "%s/forget-XXXXXX", tu_tmpdir());
+    assert_non_null(mkdtemp(dir));
+    snprintf(db, sizeof db, "%s/h.db", dir);
+    server s;
+    start(&s, "tok", db, 1000);
+    char path[300];
+    snprintf(path, sizeof path, "/v1/users/%s", gone);
+    assert_int_equal(tu_http(s.port, "PUT", path, "{\"features\":{\"age\":\"25-34\"}}", NULL, NULL),
+                     200);
+    /* events of both users, a checkpoint (rows, recent items), then more
+     * events that only the event log holds */
+    post_events(s.port, gone, 0, 20);
+    post_events(s.port, kept, 0, 20);
+    hr_trainer_wait_idle(s.app->trainer);
+    assert_int_equal(tu_http(s.port, "POST", "/v1/admin/checkpoint", NULL, "Bearer tok", NULL),
+                     200);
+    post_events(s.port, gone, 20, 10);
+    post_events(s.port, kept, 20, 10);
+    hr_trainer_wait_idle(s.app->trainer);
+    assert_true(any_file_holds(db, gone)); /* the check below can see it */
+
+    json_t *out = NULL;
+    assert_int_equal(tu_http(s.port, "DELETE", path, NULL, "Bearer tok", &out), 200);
+    assert_true(json_is_true(json_object_get(out, "record")));
+    assert_true(json_is_true(json_object_get(out, "model")));
+    assert_true(json_integer_value(json_object_get(out, "db_rows")) >= 12); /* 10 logged events,
+                                                                              a row, a record */
+    json_decref(out);
+    /* gone from memory at once */
+    assert_int_equal(hr_model_lookup(s.app->model, HR_TABLE_USER, gone, strlen(gone)), HR_ID_NONE);
+    assert_int_equal(tu_http(s.port, "GET", path, NULL, NULL, NULL), 404);
+    assert_false(any_file_holds(db, gone));
+    stop(&s); /* a final checkpoint */
+    assert_false(any_file_holds(db, gone));
+    assert_true(any_file_holds(db, kept));
+
+    /* a restart brings nothing of it back; the other user is intact */
+    start(&s, "tok", db, 1000);
+    assert_int_equal(hr_model_lookup(s.app->model, HR_TABLE_USER, gone, strlen(gone)), HR_ID_NONE);
+    assert_int_not_equal(hr_model_lookup(s.app->model, HR_TABLE_USER, kept, strlen(kept)),
+                         HR_ID_NONE);
+    assert_int_equal(tu_http(s.port, "GET", path, NULL, NULL, NULL), 404);
+    char q[200];
+    snprintf(q, sizeof q, "/v1/user?user=%s", gone);
+    assert_int_equal(tu_http(s.port, "GET", q, NULL, NULL, &out), 200);
+    assert_true(json_is_false(json_object_get(out, "known")));
+    assert_int_equal(json_array_size(json_object_get(out, "seen")), 0);
+    json_decref(out);
+    stop(&s);
+    assert_false(any_file_holds(db, gone));
+    tu_rmtree(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -457,6 +566,7 @@ int main(void)
         cmocka_unit_test(test_http_routes),
         cmocka_unit_test(test_topk_filter_dense_and_sparse),
         cmocka_unit_test(test_recommend_filters),
+        cmocka_unit_test(test_forget_user_leaves_nothing_in_the_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
