@@ -56,6 +56,7 @@ typedef struct {
     atomic_uint_fast64_t nalloc;    /* chunks allocated */
     _Atomic(attr_slot *) *attrs;    /* user/item: chunk -> attribute slots, NULL until a
                                        row in it gets attributes (hr_model_set_attrs) */
+    atomic_uint attr_rows;          /* rows with at least one attribute */
 } table;
 
 struct hr_model {
@@ -593,20 +594,25 @@ int hr_model_active_rows(const hr_model *m, const hr_event *ev, uint32_t user, u
 {
     assert(ev->nctx <= HR_MAX_CTX); /* ctx[] holds no more; the decoders cap it */
     int n = 0;
-    out[n++] = (hr_active){hr_model_row(m, HR_TABLE_GLOBAL, 0), 1.0f, HR_GROUP_GLOBAL, 0};
-    out[n++] = (hr_active){hr_model_row(m, HR_TABLE_USER, user), 1.0f, HR_GROUP_USER, 1};
-    out[n++] = (hr_active){hr_model_row(m, HR_TABLE_ITEM, item), 1.0f, HR_GROUP_ITEM, 1};
+    out[n++] = (hr_active){hr_model_row(m, HR_TABLE_GLOBAL, 0), 1.0f, HR_GROUP_GLOBAL, 0, 0};
+    out[n++] = (hr_active){hr_model_row(m, HR_TABLE_USER, user), 1.0f, HR_GROUP_USER, 1, 0};
+    out[n++] = (hr_active){hr_model_row(m, HR_TABLE_ITEM, item), 1.0f, HR_GROUP_ITEM, 1, 0};
     for (int i = 0; i < ev->nctx && i < HR_MAX_CTX; i++)
         out[n++] = (hr_active){hr_model_row(m, HR_TABLE_CTX, ev->ctx[i].row), ev->ctx[i].x,
-                               HR_GROUP_CONTEXT, 1};
+                               HR_GROUP_CONTEXT, 1, 0};
     /* The catalog attributes of the user and the item (their own rows, not
-     * the effective ones: a user below min_count keeps its attributes). */
+     * the effective ones: a user below min_count keeps its attributes). An
+     * id with attributes forms a side with them: the pairs within it are
+     * left out (the id and its attributes add up to one representation,
+     * which meets the other side's and the event's features). */
     hr_feat f[HR_MAX_ATTRS];
     for (int t = HR_TABLE_USER; t <= HR_TABLE_ITEM; t++) {
         uint32_t na = hr_model_attrs(m, (hr_table_id)t, t == HR_TABLE_USER ? ev->user : ev->item, f);
+        uint8_t side = na ? (uint8_t)t : 0; /* HR_TABLE_USER = 1, HR_TABLE_ITEM = 2 */
+        out[t].side = side;
         for (uint32_t i = 0; i < na; i++)
             out[n++] = (hr_active){hr_model_row(m, HR_TABLE_CTX, f[i].row), f[i].x,
-                                   HR_GROUP_CONTEXT, 1};
+                                   HR_GROUP_CONTEXT, 1, side};
     }
     return n;
 }
@@ -641,7 +647,11 @@ hr_status hr_model_set_attrs(hr_model *m, hr_table_id t, uint32_t row, const hr_
             return HR_ENOMEM;
         s = &c[row & (m->cfg.chunk_rows - 1)];
     }
-    atomic_store_explicit(&s->meta, 0, memory_order_release);
+    uint32_t was = atomic_exchange_explicit(&s->meta, 0, memory_order_acq_rel) & 0xffu;
+    if (was && !n)
+        atomic_fetch_sub(&tb->attr_rows, 1);
+    else if (!was && n)
+        atomic_fetch_add(&tb->attr_rows, 1);
     for (uint32_t i = 0; i < n; i++) {
         uint32_t xb;
         memcpy(&xb, &f[i].x, sizeof xb);
@@ -669,6 +679,13 @@ uint32_t hr_model_attrs(const hr_model *m, hr_table_id t, uint32_t row, hr_feat 
             k++;
     }
     return k;
+}
+
+uint32_t hr_model_attrs_count(const hr_model *m, hr_table_id t)
+{
+    if (t != HR_TABLE_USER && t != HR_TABLE_ITEM)
+        return 0;
+    return atomic_load(&((hr_model *)m)->t[t].attr_rows);
 }
 
 bool hr_model_attrs_pinned(const hr_model *m, hr_table_id t, uint32_t row)

@@ -1,7 +1,12 @@
+/* ctest-separate: test_movielens_attributes */
+/* ctest-labels: concurrent */
 /*
  * test_catalog.c - the catalog: record validation, writes and reads, the
  * model attributes a record sets, durability across a restart, the HTTP
- * routes and their auth.
+ * routes and their auth, recommendation filters (top-K against a brute
+ * force ranking), forgetting a user (no byte left in the files), a new
+ * user scored through its attributes, and `hogrec replay --users --items`
+ * on MovieLens (skipped when ../shared data is absent).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -448,6 +453,72 @@ static void test_recommend_filters(void **state)
     stop(&s);
 }
 
+/* ---- the model uses attributes ---- */
+
+/* Women click romance and not action, men the reverse; a new user with a
+ * known gender and no event scores through what was learned about it, and
+ * is recommended accordingly (not the popular fallback). Without the
+ * attributes both new users would score every item alike. */
+static void test_new_user_scores_through_attributes(void **state)
+{
+    (void)state;
+    server s;
+    start(&s, "tok", "", 100000);
+    char body[1 << 16];
+    size_t len = (size_t)snprintf(body, sizeof body, "[");
+    for (int i = 0; i < 10; i++)
+        len += (size_t)snprintf(body + len, sizeof body - len,
+                                "%s{\"id\":\"r%d\",\"categories\":[\"romance\"]},"
+                                "{\"id\":\"a%d\",\"categories\":[\"action\"]}",
+                                i ? "," : "", i, i);
+    snprintf(body + len, sizeof body - len, "]");
+    assert_int_equal(tu_http(s.port, "POST", "/v1/items", body, NULL, NULL), 200);
+    len = (size_t)snprintf(body, sizeof body, "[");
+    for (int u = 0; u < 60; u++)
+        len += (size_t)snprintf(body + len, sizeof body - len,
+                                "%s{\"id\":\"u%d\",\"features\":{\"gender\":\"%s\"}}", u ? "," : "",
+                                u, u % 2 ? "F" : "M");
+    len += (size_t)snprintf(body + len, sizeof body - len,
+                            ",{\"id\":\"newF\",\"features\":{\"gender\":\"F\"}},"
+                            "{\"id\":\"newM\",\"features\":{\"gender\":\"M\"}}]");
+    assert_int_equal(tu_http(s.port, "POST", "/v1/users", body, NULL, NULL), 200);
+    for (int round = 0; round < 30; round++) {
+        len = (size_t)snprintf(body, sizeof body, "[");
+        for (int u = 0; u < 60; u++)
+            for (int i = 0; i < 2; i++) {
+                bool f = u % 2, romance = i == 0;
+                len += (size_t)snprintf(body + len, sizeof body - len,
+                                        "%s{\"user\":\"u%d\",\"item\":\"%c%d\",\"label\":%d}",
+                                        len > 1 ? "," : "", u, romance ? 'r' : 'a',
+                                        (u + round) % 10, f == romance);
+            }
+        snprintf(body + len, sizeof body - len, "]");
+        assert_int_equal(tu_http(s.port, "POST", "/v1/events", body, NULL, NULL), 202);
+    }
+    hr_trainer_wait_idle(s.app->trainer);
+    json_t *out;
+    double sc[2][2];
+    const char *users[2] = {"newF", "newM"}, *items[2] = {"r3", "a3"};
+    for (int u = 0; u < 2; u++)
+        for (int i = 0; i < 2; i++) {
+            char q[128];
+            snprintf(q, sizeof q, "/v1/predict?user=%s&item=%s", users[u], items[i]);
+            assert_int_equal(tu_http(s.port, "GET", q, NULL, NULL, &out), 200);
+            sc[u][i] = json_real_value(json_object_get(out, "score"));
+            json_decref(out);
+        }
+    assert_true(sc[0][0] > sc[0][1] + 0.05); /* newF: romance over action */
+    assert_true(sc[1][1] > sc[1][0] + 0.05); /* newM: the reverse */
+    out = recommend(s.port, "user=newF&k=5");
+    assert_null(json_object_get(out, "fallback"));
+    json_t *list = json_object_get(out, "items");
+    assert_int_equal(json_array_size(list), 5);
+    for (size_t i = 0; i < 5; i++)
+        assert_int_equal(json_string_value(json_object_get(json_array_get(list, i), "item"))[0], 'r');
+    json_decref(out);
+    stop(&s);
+}
+
 /* ---- forgetting a user ---- */
 
 /* Whether the bytes of needle occur in the file at path (absent: no). */
@@ -557,6 +628,113 @@ static void test_forget_user_leaves_nothing_in_the_files(void **state)
     tu_rmtree(dir);
 }
 
+/* ---- MovieLens with attributes (hogrec replay) ---- */
+
+/* Runs HOGREC_BIN replay with args; the "test" object of its summary (new). */
+static json_t *replay_test(const char *args)
+{
+    char cmd[12288];
+    snprintf(cmd, sizeof cmd, "'%s' replay --db '' --threads 1 --binarize 4 %s 2>/dev/null",
+             getenv("HOGREC_BIN"), args);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    char out[8192];
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = 0;
+    assert_int_equal(pclose(p), 0);
+    json_t *v = json_loads(out, 0, NULL);
+    assert_non_null(v);
+    json_t *t = json_incref(json_object_get(v, "test"));
+    json_decref(v);
+    assert_non_null(t);
+    return t;
+}
+
+static void test_movielens_attributes(void **state)
+{
+    (void)state;
+    const char *need[] = {"ml-100k/u.data", "ml-100k/u.user", "ml-100k/u.item",
+                          "ml-100k/u1.base", "ml-100k/u1.test"};
+    char path[5][1024];
+    for (int i = 0; i < 5; i++) {
+        const char *p = tu_shared_data(need[i]);
+        if (!p)
+            TU_SKIP("ml-100k (u.data, u.user, u.item, u1.*) not found under ../shared/data (or "
+                    "$HOGREC_SHARED_DATA): attribute quality check skipped");
+        snprintf(path[i], sizeof path[i], "%s", p);
+    }
+    /* the time split: u.data by timestamp (stable), first 80% / last 20% */
+    FILE *f = fopen(path[0], "r");
+    assert_non_null(f);
+    char **lines = calloc(100000, sizeof *lines);
+    size_t n = 0;
+    char buf[256];
+    while (n < 100000 && fgets(buf, sizeof buf, f))
+        lines[n++] = strdup(buf);
+    fclose(f);
+    assert_int_equal(n, 100000);
+    long *ts = malloc(n * sizeof *ts);
+    size_t *ord = malloc(n * sizeof *ord);
+    for (size_t i = 0; i < n; i++) {
+        sscanf(lines[i], "%*s %*s %*s %ld", &ts[i]);
+        ord[i] = i;
+    }
+    /* stable merge sort of ord by ts (equal stamps keep the file's order) */
+    size_t *tmp = malloc(n * sizeof *tmp);
+    for (size_t w = 1; w < n; w *= 2)
+        for (size_t lo = 0; lo < n; lo += 2 * w) {
+            size_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;
+            size_t a = lo, b = mid, o = lo;
+            while (a < mid || b < hi)
+                tmp[o++] = b >= hi || (a < mid && ts[ord[a]] <= ts[ord[b]]) ? ord[a++] : ord[b++];
+            memcpy(ord + lo, tmp + lo, (hi - lo) * sizeof *ord);
+        }
+    char dir[512], base[600], test[600];
+    snprintf(dir, sizeof dir, "%s/ml-XXXXXX", tu_tmpdir());
+    assert_non_null(mkdtemp(dir));
+    snprintf(base, sizeof base, "%s/time.base", dir);
+    snprintf(test, sizeof test, "%s/time.test", dir);
+    FILE *fb = fopen(base, "w"), *ft = fopen(test, "w");
+    for (size_t i = 0; i < n; i++)
+        fputs(lines[ord[i]], i < 80000 ? fb : ft);
+    fclose(fb);
+    fclose(ft);
+    for (size_t i = 0; i < n; i++)
+        free(lines[i]);
+    free(lines);
+    free(ts);
+    free(ord);
+    free(tmp);
+
+    char args[8192], attrs[2200];
+    snprintf(attrs, sizeof attrs, "--users '%s' --items '%s'", path[1], path[2]);
+    double auc[2][2], cold[2];
+    size_t ncold[2];
+    for (int a = 0; a < 2; a++) {
+        snprintf(args, sizeof args, "%s --test '%s' '%s'", a ? attrs : "", test, base);
+        json_t *t = replay_test(args);
+        auc[0][a] = json_real_value(json_object_get(t, "auc"));
+        cold[a] = json_real_value(json_object_get(t, "cold_user_auc"));
+        ncold[a] = (size_t)json_integer_value(json_object_get(t, "cold_user_events"));
+        json_decref(t);
+        snprintf(args, sizeof args, "%s --test '%s' '%s'", a ? attrs : "", path[4], path[3]);
+        t = replay_test(args);
+        auc[1][a] = json_real_value(json_object_get(t, "auc"));
+        json_decref(t);
+    }
+    print_message("ML-100K, one pass, binarize 4: time split AUC %.4f without attributes, %.4f "
+                  "with; cold-user rows (%zu) %.4f / %.4f; u1 %.4f / %.4f\n",
+                  auc[0][0], auc[0][1], ncold[0], cold[0], cold[1], auc[1][0], auc[1][1]);
+    assert_int_equal(ncold[0], 17048); /* the count of rows of users unseen in training */
+    assert_int_equal(ncold[1], 17048);
+    /* the attributes must not make either split worse; u1 keeps its bar */
+    assert_true(auc[0][1] >= auc[0][0] - 0.002);
+    assert_true(cold[1] >= cold[0] - 0.002);
+    assert_true(auc[1][1] >= auc[1][0] - 0.002);
+    assert_true(auc[1][1] >= 0.78);
+    tu_rmtree(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -567,6 +745,8 @@ int main(void)
         cmocka_unit_test(test_topk_filter_dense_and_sparse),
         cmocka_unit_test(test_recommend_filters),
         cmocka_unit_test(test_forget_user_leaves_nothing_in_the_files),
+        cmocka_unit_test(test_new_user_scores_through_attributes),
+        cmocka_unit_test(test_movielens_attributes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

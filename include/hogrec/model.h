@@ -225,6 +225,8 @@ hr_status hr_model_set_attrs(hr_model *m, hr_table_id t, uint32_t row, const hr_
 /* Copies a row's attributes into out (room for HR_MAX_ATTRS); returns how
  * many (0 for row 0, the global and context tables). Lock-free. */
 uint32_t hr_model_attrs(const hr_model *m, hr_table_id t, uint32_t row, hr_feat *out);
+/* How many rows of a table have attributes now. */
+uint32_t hr_model_attrs_count(const hr_model *m, hr_table_id t);
 /* Whether the row is pinned (hr_model_set_attrs). */
 bool hr_model_attrs_pinned(const hr_model *m, hr_table_id t, uint32_t row);
 /* Marks the context rows of ev's user and item attributes changed (the

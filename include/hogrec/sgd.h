@@ -28,6 +28,8 @@ typedef struct hr_active {
     float x;         /* feature value */
     uint8_t group;   /* hr_group of its factors (GLOBAL: bias only) */
     uint8_t has_v;   /* 0 for the global row (w0 has no factors) */
+    uint8_t side;    /* 0: none; 1: the user's side, 2: the item's side (the id and
+                        its catalog attributes): pairs within a side are left out */
 } hr_active;
 
 /* Per-step parameters, resolved by the trainer from the live schedule. */
