@@ -6,18 +6,27 @@
  *          (the bytes sgemv must read), best of R passes -> GB/s;
  *   topk:  hr_topk_query (one sgemv per block + heap, top 10), median of Q
  *          random queries; also the plain reference loop;
+ *   half:  the same queries on a second model with the same rows and
+ *          topk_precision f16 (scan of the half copy, candidates re-scored
+ *          in fp32), alternating query by query with the fp32 model, and
+ *          the same for batches of 8 queries (hr_topk_query_many);
+ *          half_equal counts the queries whose half result equals the
+ *          fp32 reference loop's exactly (checked on up to 20).
  *   filter: the same queries with a catalog filter keeping a random 10% of
  *          the items (and 25%), each query building its allow bitmap from a
  *          category bitmap (copy, mask, popcount) as the catalog does;
- *          ratio to the unfiltered top-K of the same run.
- * Prints key=value lines for loadtest/run.
+ *          ratio to the unfiltered top-K of the same run; the same on the
+ *          half model, alternating (half_filter*_ms).
+ * Prints the machine and key=value lines for loadtest/run.
  *
- * usage: bench_topk [items] [k] [queries]
+ * usage: bench_topk [items] [k] [queries] [top]
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "bench_machine.h"
 #include "hogrec/sgd.h"
 #include "hogrec/topk.h"
 
@@ -33,8 +42,15 @@ int main(int argc, char **argv)
     uint32_t items = argc > 1 ? (uint32_t)atoi(argv[1]) : 100000;
     uint32_t k = argc > 2 ? (uint32_t)atoi(argv[2]) : 64;
     int queries = argc > 3 ? atoi(argv[3]) : 50;
-    if (queries < 1 || queries > 100000 || k < 1 || k > 1024)
+    uint32_t top = argc > 4 ? (uint32_t)atoi(argv[4]) : 10;
+    if (queries < 1 || queries > 100000 || k < 1 || k > 1024 || top < 1 || top > 10000)
         return 2;
+    char cpu[128];
+    bench_cpu_model(cpu, sizeof cpu);
+    for (char *p = cpu; *p; p++) /* a shell word for loadtest/run's eval */
+        if (*p == '"' || *p == '\\' || *p == '$' || *p == '`')
+            *p = '_';
+    printf("machine=\"%ld cpus, %s\"\n", sysconf(_SC_NPROCESSORS_ONLN), cpu);
     hr_config c;
     hr_config_defaults(&c);
     c.k = k;
@@ -44,9 +60,14 @@ int main(int argc, char **argv)
     hr_schedule s;
     hr_schedule_defaults(&s);
     hr_model_config mc;
-    hr_model *m;
+    hr_model *m, *mh;
     hr_error err;
     if (hr_model_config_from(&c, &s, &mc, &err) != HR_OK || hr_model_create(&mc, &m, &err) != HR_OK) {
+        fprintf(stderr, "model: %s\n", err.message);
+        return 1;
+    }
+    c.topk_precision = HR_CONFIG_TOPK_F16;
+    if (hr_model_config_from(&c, &s, &mc, &err) != HR_OK || hr_model_create(&mc, &mh, &err) != HR_OK) {
         fprintf(stderr, "model: %s\n", err.message);
         return 1;
     }
@@ -58,12 +79,16 @@ int main(int argc, char **argv)
         char id[32];
         int n = snprintf(id, sizeof id, "i%u", i);
         uint32_t r;
-        if (hr_model_intern(m, HR_TABLE_ITEM, id, (size_t)n, &r, NULL) != HR_OK)
+        uint32_t rh;
+        if (hr_model_intern(m, HR_TABLE_ITEM, id, (size_t)n, &r, NULL) != HR_OK ||
+            hr_model_intern(mh, HR_TABLE_ITEM, id, (size_t)n, &rh, NULL) != HR_OK || r != rh)
             return 1;
         hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_ITEM, r), row);
         for (uint32_t d = 0; d <= k; d++)
             row[d] = (float)(hr_rng_normal(&rng) * 0.1);
         hr_sgd_row_write(L, hr_model_row(m, HR_TABLE_ITEM, r), row);
+        hr_sgd_row_write(L, hr_model_row(mh, HR_TABLE_ITEM, r), row);
+        hr_model_mark_dirty(mh, HR_TABLE_ITEM, r); /* as a trainer does */
     }
     /* memory read: the first k+1 floats of every row, best of 10 */
     double best_read = 1e9;
@@ -92,26 +117,59 @@ int main(int argc, char **argv)
     }
     (void)sink; /* read only through the volatile stores above */
     double bytes = (double)hr_model_rows(m, HR_TABLE_ITEM) * (k + 1) * sizeof(float);
+    /* the first half query converts every row: timed apart */
+    uint64_t t_sync = hr_now_ns();
+    uint64_t converted = hr_model_item_half_sync(mh);
+    double sync_s = (double)(hr_now_ns() - t_sync) * 1e-9;
     double *tq = malloc((size_t)queries * sizeof *tq), *tr = malloc((size_t)queries * sizeof *tr);
-    float *q = malloc(k * sizeof *q);
-    hr_topk_item out[10];
-    size_t n;
+    double *th = malloc((size_t)queries * sizeof *th);
+    double *bq = malloc((size_t)queries * sizeof *bq), *bh = malloc((size_t)queries * sizeof *bh);
+    enum { NB = 8 };
+    float *q = malloc((size_t)NB * k * sizeof *q);
+    hr_topk_item *out = malloc((size_t)NB * top * sizeof *out);
+    hr_topk_item *want = malloc((size_t)top * sizeof *want);
+    size_t n, nw;
+    int checked = 0, equal = 0;
     for (int rep = 0; rep < queries; rep++) {
-        for (uint32_t d = 0; d < k; d++)
+        for (uint32_t d = 0; d < NB * k; d++)
             q[d] = (float)hr_rng_normal(&rng);
-        uint64_t t0 = hr_now_ns();
-        hr_topk_query(m, q, 10, NULL, out, &n);
-        tq[rep] = (double)(hr_now_ns() - t0) * 1e-9;
+        uint64_t t0;
+        /* fp32 and half alternate, each first every other query */
+        for (int turn = 0; turn < 2; turn++) {
+            bool half = (turn + rep) % 2 == 1;
+            t0 = hr_now_ns();
+            hr_topk_query(half ? mh : m, q, top, NULL, out, &n);
+            (half ? th : tq)[rep] = (double)(hr_now_ns() - t0) * 1e-9;
+        }
+        if (checked < 20) {
+            hr_topk_query(mh, q, top, NULL, out, &n);
+            hr_topk_query_ref(m, q, top, NULL, want, &nw);
+            bool same = n == nw;
+            for (size_t i = 0; same && i < n; i++)
+                same = out[i].row == want[i].row && out[i].score == want[i].score;
+            equal += same;
+            checked++;
+        }
         t0 = hr_now_ns();
-        hr_topk_query_ref(m, q, 10, NULL, out, &n);
+        hr_topk_query_ref(m, q, top, NULL, out, &n);
         tr[rep] = (double)(hr_now_ns() - t0) * 1e-9;
+        hr_topk_request reqs[NB];
+        for (int turn = 0; turn < 2; turn++) {
+            bool half = (turn + rep) % 2 == 1;
+            for (int j = 0; j < NB; j++)
+                reqs[j] = (hr_topk_request){q + (size_t)j * k, top, NULL, out + (size_t)j * top, 0};
+            t0 = hr_now_ns();
+            hr_topk_query_many(half ? mh : m, reqs, NB);
+            (half ? bh : bq)[rep] = (double)(hr_now_ns() - t0) * 1e-9;
+        }
     }
     /* filtered: a category bitmap keeping `pct` percent of the rows */
     uint32_t rows = hr_model_rows(m, HR_TABLE_ITEM), words = (rows + 63) / 64;
-    double filt_ms[2];
+    double filt_ms[2][2]; /* [10%, 25%][fp32, half] */
     const int pcts[2] = {10, 25};
     uint64_t *cat = calloc(words, sizeof *cat), *allow = malloc(words * sizeof *allow);
-    double *tf = malloc((size_t)queries * sizeof *tf);
+    double *tf[2] = {malloc((size_t)queries * sizeof(double)),
+                     malloc((size_t)queries * sizeof(double))};
     for (int f = 0; f < 2; f++) {
         memset(cat, 0, words * sizeof *cat);
         for (uint32_t r = 1; r < rows; r++)
@@ -120,37 +178,59 @@ int main(int argc, char **argv)
         for (int rep = 0; rep < queries; rep++) {
             for (uint32_t d = 0; d < k; d++)
                 q[d] = (float)hr_rng_normal(&rng);
-            uint64_t t0 = hr_now_ns();
-            uint32_t count = 0;
-            for (uint32_t w = 0; w < words; w++) {
-                allow[w] = cat[w];
-                count += (uint32_t)__builtin_popcountll(allow[w]);
+            for (int turn = 0; turn < 2; turn++) {
+                bool half = (turn + rep) % 2 == 1;
+                uint64_t t0 = hr_now_ns();
+                uint32_t count = 0;
+                for (uint32_t w = 0; w < words; w++) {
+                    allow[w] = cat[w];
+                    count += (uint32_t)__builtin_popcountll(allow[w]);
+                }
+                hr_topk_exclude ex = {NULL, 0, allow, rows, count};
+                hr_topk_query(half ? mh : m, q, top, &ex, out, &n);
+                tf[half][rep] = (double)(hr_now_ns() - t0) * 1e-9;
             }
-            hr_topk_exclude ex = {NULL, 0, allow, rows, count};
-            hr_topk_query(m, q, 10, &ex, out, &n);
-            tf[rep] = (double)(hr_now_ns() - t0) * 1e-9;
         }
-        qsort(tf, (size_t)queries, sizeof *tf, cmp_d);
-        filt_ms[f] = tf[queries / 2] * 1e3;
+        for (int h = 0; h < 2; h++) {
+            qsort(tf[h], (size_t)queries, sizeof(double), cmp_d);
+            filt_ms[f][h] = tf[h][queries / 2] * 1e3;
+        }
     }
-    free(tf);
+    free(tf[0]);
+    free(tf[1]);
     free(cat);
     free(allow);
     qsort(tq, (size_t)queries, sizeof *tq, cmp_d);
     qsort(tr, (size_t)queries, sizeof *tr, cmp_d);
+    qsort(th, (size_t)queries, sizeof *th, cmp_d);
+    qsort(bq, (size_t)queries, sizeof *bq, cmp_d);
+    qsort(bh, (size_t)queries, sizeof *bh, cmp_d);
+    const int mid = queries / 2;
     printf("topk_filter10_ms=%.3f\ntopk_filter10_ratio=%.2f\ntopk_filter25_ms=%.3f\n"
-           "topk_filter25_ratio=%.2f\n",
-           filt_ms[0], filt_ms[0] / (tq[queries / 2] * 1e3), filt_ms[1],
-           filt_ms[1] / (tq[queries / 2] * 1e3));
-    printf("items=%u\nk=%u\nread_ms=%.3f\nread_gbps=%.1f\ntopk_ms=%.3f\ntopk_ref_ms=%.3f\n"
+           "topk_filter25_ratio=%.2f\nhalf_filter10_ms=%.3f\nhalf_filter25_ms=%.3f\n",
+           filt_ms[0][0], filt_ms[0][0] / (tq[mid] * 1e3), filt_ms[1][0],
+           filt_ms[1][0] / (tq[mid] * 1e3), filt_ms[0][1], filt_ms[1][1]);
+    printf("items=%u\nk=%u\ntop=%u\nread_ms=%.3f\nread_gbps=%.1f\ntopk_ms=%.3f\ntopk_ref_ms=%.3f\n"
            "ratio=%.2f\n",
-           items, k, best_read * 1e3, bytes / best_read * 1e-9, tq[queries / 2] * 1e3,
-           tr[queries / 2] * 1e3, tq[queries / 2] / best_read);
+           items, k, top, best_read * 1e3, bytes / best_read * 1e-9, tq[mid] * 1e3, tr[mid] * 1e3,
+           tq[mid] / best_read);
+    printf("half_kernel=%s\nhalf_first_sync_ms=%.1f\nhalf_rows_converted=%llu\n"
+           "half_topk_ms=%.3f\nhalf_ratio=%.2f\nhalf_read_ratio=%.2f\n"
+           "batch%d_ms=%.3f\nhalf_batch%d_ms=%.3f\nhalf_batch_ratio=%.2f\nhalf_equal=%d/%d\n",
+           hr_half_fast_available() ? "avx2-f16c" : "scalar", sync_s * 1e3,
+           (unsigned long long)converted, th[mid] * 1e3, th[mid] / tq[mid], th[mid] / best_read,
+           NB, bq[mid] * 1e3, NB, bh[mid] * 1e3, bh[mid] / bq[mid], equal, checked);
     free(tq);
     free(tr);
+    free(th);
+    free(bq);
+    free(bh);
     free(q);
+    free(out);
+    free(want);
     free(row);
     hr_model_destroy(m);
+    hr_model_destroy(mh);
     hr_config_free(&c);
     return 0;
 }

@@ -18,6 +18,7 @@
  */
 #include "hogrec/app.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,8 +26,10 @@
 #include "hogrec/catalog.h"
 #include "hogrec/cluster.h"
 #include "hogrec/dblock.h"
+#include "hogrec/guard.h"
 #include "hogrec/log.h"
 #include "hogrec/persist.h"
+#include "hogrec/trials.h"
 
 #define REPLAY_BATCH 256 /* logged events per hr_events_replay */
 
@@ -126,6 +129,43 @@ hr_status hr_app_finish_loading(hr_app *app, hr_error *err)
     return HR_OK;
 }
 
+/* The guard of schedule changes: restore points unless cluster mode or id
+ * expiry rule them out (guard.h). */
+static hr_status open_guard(hr_app *app, hr_error *err)
+{
+    const hr_config *c = &app->cfg;
+    hr_guard_config gc = {
+        .watch_on = c->guard != 0,
+        .restore_points = !c->redis[0] && c->expire_seconds <= 0,
+        .margin = c->guard_margin,
+        .windows = (unsigned)c->guard_windows,
+        .watch = (unsigned)c->guard_watch,
+        .nonfinite = c->guard_nonfinite,
+        .window = (uint64_t)c->progress_window,
+        .memory_bytes = (size_t)c->guard_memory_mb << 20,
+        .why_off = c->redis[0] ? "no restore points in cluster mode"
+                               : "no restore points with id expiry (expire_seconds > 0)",
+    };
+    return hr_guard_create(&gc, app->model, app->trainer, app->sched, app->progress, &app->guard,
+                           err);
+}
+
+/* Counterfactual trials (trials.h): refused without a database and in
+ * cluster mode. */
+static hr_status open_trials(hr_app *app, hr_error *err)
+{
+    const hr_config *c = &app->cfg;
+    hr_trials_config tc = {
+        .refuse = c->redis[0] ? "trials are not available in cluster mode in this version" : NULL,
+        .memory_bytes = (size_t)c->trial_memory_mb << 20,
+        .cpu_share = c->trial_cpu_share,
+        .curve_events = (uint64_t)c->trial_curve_events,
+        .trainer = hr_trainer_config_from(c),
+    };
+    snprintf(tc.db, sizeof tc.db, "%s", c->db);
+    return hr_trials_create(&tc, app->model, app->sched, app->guard, &app->trials, err);
+}
+
 hr_status hr_app_open_loading(const hr_config *cfg, hr_app **out, hr_error *err)
 {
     *out = NULL;
@@ -199,6 +239,8 @@ hr_status hr_app_open_loading(const hr_config *cfg, hr_app **out, hr_error *err)
             hr_log("warn", "catalog records that no longer validate were skipped",
                    json_pack("{s:I}", "records", (json_int_t)skipped));
     }
+    if ((st = open_guard(app, err)) != HR_OK || (st = open_trials(app, err)) != HR_OK)
+        goto fail;
     if (app->cfg.redis[0] &&
         (st = hr_cluster_open(&app->cfg,
                               &(hr_cluster_parts){app->model, app->events, app->trainer, app->sched},
@@ -217,6 +259,10 @@ void hr_app_stop(hr_app *app, bool drain)
         return;
     atomic_store(&app->ready, 0);
     hr_cluster_stop(app->cluster); /* a leader publishes what it trained, then releases */
+    hr_trials_destroy(app->trials); /* its thread stopped; it applies through the guard */
+    app->trials = NULL;
+    hr_guard_destroy(app->guard); /* its tap off the trainers before they stop */
+    app->guard = NULL;
     if (app->trainer)
         hr_trainer_stop(app->trainer, drain, NULL);
     hr_catalog_detach(app->catalog); /* no catalog write reaches a closed database */

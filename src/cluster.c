@@ -24,11 +24,26 @@
  * Delta stream entries: one per part, field "d" the part's bytes (plus
  * "e" epoch and "s" delta number, for people reading the stream).
  *
+ * Snapshots. An HTTP thread asks (snap_state ASKED, snap_asked) and waits
+ * on snap_cv, bounded; the node thread answers at its next delta boundary
+ * (serve_snapshot: the leader after a publish that left nothing pending
+ * and nothing fed, its trainers idle; a follower after a complete delta),
+ * writing a temporary file the asker streams and unlinks. An asker that
+ * gave up sets snap_abandoned and the node thread removes the file.
+ * Bootstrap (bootstrap_step) runs on the node thread instead of following
+ * while need_boot is set; the model is written only there, as a delta
+ * apply writes it. Gaps: hr_delta_apply refuses a gap within an epoch; a
+ * node's first part and a newer epoch's first part are accepted at part 0
+ * whatever came before, so before those part_follows compares the
+ * deltas_trimmed key with the delta applied.
+ *
  * Shared state (role, ids, reasons) is under `mu`; the node thread is its
  * only writer apart from `lost` (atomic, set by the renewal thread).
  */
 #include "hogrec/cluster.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
@@ -42,11 +57,13 @@
 #include "hogrec/api.h"
 #include "hogrec/delta.h"
 #include "hogrec/estream.h"
+#include "hogrec/httpc.h"
 #include "hogrec/lease.h"
 #include "hogrec/log.h"
 #include "hogrec/redis.h"
 #include "hogrec/sgd.h"
 #include "hogrec/watermark.h"
+#include "hogrec/snapshot.h"
 
 #define HEARTBEAT_MS 1000       /* membership heartbeat period */
 #define FOLLOW_BLOCK_MS 100     /* a follower's XREAD BLOCK */
@@ -55,6 +72,9 @@
 #define PART_BYTES (4u << 20)   /* largest delta part (one stream entry) */
 #define RETRY_MS 50             /* pause after a failed Redis call */
 #define SCHEDULE_POLL_MS 100    /* the node thread looks for schedule changes */
+#define BOOT_BACKOFF_MIN_MS 200 /* bootstrap retries: first pause, doubling... */
+#define BOOT_BACKOFF_MAX_MS 5000 /* ...up to this */
+#define TRIM_EVERY_MS 1000      /* the leader trims at most this often (or retention / 2) */
 
 typedef enum { ROLE_STARTING, ROLE_FOLLOWER, ROLE_LEADER, ROLE_STEPPED_DOWN } role_t;
 
@@ -106,6 +126,7 @@ struct hr_cluster {
     hr_estream_id delta_target;  /* the delta stream's last id at start */
     hr_estream_id applied;       /* last delta part applied (or published) */
     hr_estream_id covered;       /* entry the model covers (last complete delta) */
+    hr_estream_id ryw;           /* entry model and serving state cover (note_covered) */
     hr_estream_id read_after;    /* leader: last entry read */
     hr_estream_id events_target; /* leader: the event stream's last id when it took over */
     const char *broken;          /* why the delta stream cannot be followed; NULL */
@@ -133,6 +154,36 @@ struct hr_cluster {
     uint64_t redis_fail_ms; /* when a call of the node thread last failed (now_ms; 0 never) */
     uint64_t reclaims;      /* leader: times it took its lease back (same epoch) */
     uint64_t last_err_ns;   /* rate limit of error logs */
+
+    /* Snapshots, bootstrap and trimming (see "Snapshots" above). */
+    char admin_token[HR_CONFIG_STR]; /* to fetch a peer's snapshot ("" cannot) */
+    int64_t retention_ms;            /* delta_retention_ms; 0: the leader never trims */
+    char trimmed_key[160];           /* hogrec:{C}:events_trimmed */
+    char dtrimmed_key[160];          /* hogrec:{C}:deltas_trimmed */
+    pthread_mutex_t snap_mu;         /* guards the snap_ fields */
+    pthread_cond_t snap_cv;          /* snap_state left SNAP_ASKED (monotonic clock) */
+    int snap_state;                  /* SNAP_IDLE, SNAP_ASKED, SNAP_DONE */
+    bool snap_abandoned;             /* the asker gave up: the node thread unlinks the file */
+    atomic_bool snap_asked;          /* snap_state == SNAP_ASKED, read without the lock */
+    char snap_path[512];             /* the file written (SNAP_DONE, HR_OK) */
+    hr_status snap_st;
+    hr_error snap_err;
+    hr_snapshot_meta snap_meta;
+    /* under mu: */
+    bool need_boot;                  /* cannot follow: waits for a snapshot */
+    char boot_why[256];              /* why (for /readyz and the logs) */
+    uint64_t bootstraps;             /* snapshots loaded */
+    uint64_t snapshots_served;
+    /* node thread only: */
+    uint64_t next_boot_ms;           /* next bootstrap attempt (now_ms) */
+    int boot_backoff_ms;
+    uint64_t next_trim_ms;
+    hr_estream_id events_trimmed;    /* the last trim point this leader set */
+
+    /* The serving state (see "Serving state" above); node thread only. */
+    hr_estream_id served;            /* last event entry applied to it */
+    uint64_t served_ord;             /* its ordinal (served_ord_known) */
+    bool served_ord_known;           /* false after a snapshot: no gap check on the next */
 };
 
 /* ---- small helpers ---- */
@@ -211,29 +262,21 @@ static void default_node_id(char *out, size_t cap)
     snprintf(out, cap, "%s-%ld", host, (long)getpid());
 }
 
-/* Whether the delta stream ever lost entries (XINFO STREAM's
- * max-deleted-entry-id is not 0-0). A missing stream lost none. */
-static hr_status deltas_trimmed(hr_cluster *c, bool *trimmed, hr_error *err)
+/* The newest entry trimming deleted from the delta stream ({0, 0} when
+ * none): the deltas_trimmed key the leader's trimmer sets before each
+ * XTRIM (Redis' own XINFO max-deleted-entry-id counts XDEL only, not
+ * trimming). Read on connection r (the caller's to hold). */
+static hr_status deltas_max_deleted(hr_cluster *c, hr_redis *r, hr_estream_id *out, hr_error *err)
 {
-    *trimmed = false;
+    *out = (hr_estream_id){0, 0};
     redisReply *rep = NULL;
-    hr_status st = hr_redis_call(c->aux, &rep, err, "EXISTS", c->deltas_key, NULL);
+    hr_status st = hr_redis_call(r, &rep, err, "GET", c->dtrimmed_key, NULL);
     if (st != HR_OK)
         return st;
-    bool exists = rep->type == REDIS_REPLY_INTEGER && rep->integer > 0;
+    if (rep->type == REDIS_REPLY_STRING)
+        st = hr_estream_id_parse(rep->str, out, err);
     freeReplyObject(rep);
-    if (!exists)
-        return HR_OK;
-    if ((st = hr_redis_call(c->aux, &rep, err, "XINFO", "STREAM", c->deltas_key, NULL)) != HR_OK)
-        return st;
-    for (size_t i = 0; rep->type == REDIS_REPLY_ARRAY && i + 1 < rep->elements; i += 2) {
-        redisReply *k = rep->element[i], *v = rep->element[i + 1];
-        if (k->type == REDIS_REPLY_STRING && !strcmp(k->str, "max-deleted-entry-id") &&
-            (v->type == REDIS_REPLY_STRING || v->type == REDIS_REPLY_STATUS))
-            *trimmed = strcmp(v->str, "0-0") != 0;
-    }
-    freeReplyObject(rep);
-    return HR_OK;
+    return st;
 }
 
 /* Takes the delta bits of a model nothing trained yet: its rows are what
@@ -257,6 +300,8 @@ static void forget_initial_marks(hr_model *m)
     }
 }
 
+static void snap_init(hr_cluster *c, const hr_config *cfg);
+
 hr_status hr_cluster_open(const hr_config *cfg, const hr_cluster_parts *parts, hr_cluster **out,
                           hr_error *err)
 {
@@ -279,6 +324,7 @@ hr_status hr_cluster_open(const hr_config *cfg, const hr_cluster_parts *parts, h
     c->lease_ms = (int)cfg->lease_ms;
     c->max_backlog = cfg->max_backlog;
     c->role = ROLE_STARTING;
+    snap_init(c, cfg);
 
     if ((st = hr_watermark_create(&c->covered_wm)) != HR_OK) {
         hr_error_set(err, st, NULL, "out of memory");
@@ -311,16 +357,10 @@ hr_status hr_cluster_open(const hr_config *cfg, const hr_cluster_parts *parts, h
         goto fail;
     snprintf(c->deltas_key, sizeof c->deltas_key, "%sdeltas", hr_lease_key_prefix(c->lease));
     snprintf(c->sched_key, sizeof c->sched_key, "%sschedule", hr_lease_key_prefix(c->lease));
-    bool trimmed;
-    if ((st = deltas_trimmed(c, &trimmed, err)) != HR_OK)
-        goto fail;
-    if (trimmed) {
-        st = hr_error_set(err, HR_EINVAL, "redis",
-                          "the delta stream %s was trimmed: this node cannot rebuild the model "
-                          "from it, and bootstrapping from a snapshot is not in this version",
-                          c->deltas_key);
-        goto fail;
-    }
+    snprintf(c->trimmed_key, sizeof c->trimmed_key, "%sevents_trimmed",
+             hr_lease_key_prefix(c->lease));
+    snprintf(c->dtrimmed_key, sizeof c->dtrimmed_key, "%sdeltas_trimmed",
+             hr_lease_key_prefix(c->lease));
     hr_estream_options eo;
     hr_estream_options_defaults(&eo);
     eo.cluster = c->name;
@@ -332,6 +372,7 @@ hr_status hr_cluster_open(const hr_config *cfg, const hr_cluster_parts *parts, h
     if ((st = hr_estream_open(cfg->redis, NULL, &eo, &c->reader, err)) != HR_OK)
         goto fail;
     c->seq = hr_events_seq(c->p.events);
+    c->served_ord_known = true; /* the stream's first entry is ordinal 1 */
     forget_initial_marks(c->p.model);
     *out = c;
     return HR_OK;
@@ -356,9 +397,14 @@ uint64_t hr_cluster_entry_pack(uint64_t ms, uint64_t seq)
     return (ms > ms_max ? ms_max : ms) << HR_CLUSTER_PACK_SEQ_BITS | (seq > seq_max ? seq_max : seq);
 }
 
-/* Publishes the entry the model now covers to the min_seq waiters. */
+/* Publishes the entry the model and the serving state now cover to the
+ * min_seq waiters (and to hr_cluster_covers' verdict). */
 static void note_covered(hr_cluster *c, hr_estream_id covered)
 {
+    pthread_mutex_lock(&c->mu);
+    if (hr_estream_id_cmp(covered, c->ryw) > 0)
+        c->ryw = covered;
+    pthread_mutex_unlock(&c->mu);
     hr_watermark_publish(c->covered_wm, hr_cluster_entry_pack(covered.ms, covered.seq));
 }
 
@@ -370,14 +416,549 @@ hr_watermark *hr_cluster_applied(hr_cluster *c)
 bool hr_cluster_covers(hr_cluster *c, uint64_t ms, uint64_t seq, char *entry, size_t cap)
 {
     pthread_mutex_lock(&c->mu);
-    hr_estream_id cov = c->covered;
+    hr_estream_id cov = c->ryw;
     pthread_mutex_unlock(&c->mu);
     char b[HR_ESTREAM_ID_LEN];
     snprintf(entry, cap, "%s", hr_estream_id_format(cov, b));
     return cov.ms > ms || (cov.ms == ms && cov.seq >= seq);
 }
 
+/* ---- snapshots, bootstrap, trimming ---- */
+
+enum { SNAP_IDLE, SNAP_ASKED, SNAP_DONE };
+
+static void snap_init(hr_cluster *c, const hr_config *cfg)
+{
+    snprintf(c->admin_token, sizeof c->admin_token, "%s", cfg->admin_token);
+    c->retention_ms = cfg->delta_retention_ms;
+    pthread_mutex_init(&c->snap_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* hr_deadline_after's clock */
+    pthread_cond_init(&c->snap_cv, &ca);
+    pthread_condattr_destroy(&ca);
+}
+
+static void snap_fini(hr_cluster *c)
+{
+    pthread_mutex_destroy(&c->snap_mu);
+    pthread_cond_destroy(&c->snap_cv);
+}
+
+/* The directory of temporary snapshot files. */
+static const char *tmp_dir(void)
+{
+    const char *d = getenv("TMPDIR");
+    return d && d[0] ? d : "/tmp";
+}
+
+/* A new empty temporary file; its path in path. false (logged) when none. */
+static bool tmp_file(char *path, size_t cap)
+{
+    snprintf(path, cap, "%s/hogrec-snapshot-XXXXXX", tmp_dir());
+    int fd = mkstemp(path);
+    if (fd < 0) {
+        hr_log("error", "cannot create a temporary snapshot file",
+               json_pack("{s:s,s:s}", "path", path, "detail", strerror(errno)));
+        return false;
+    }
+    close(fd);
+    return true;
+}
+
+/* This node cannot follow the delta stream from what it applied: it stops
+ * following (and may not lead) until a snapshot is loaded. Node thread. */
+static void want_bootstrap(hr_cluster *c, const char *why)
+{
+    pthread_mutex_lock(&c->mu);
+    bool was = c->need_boot;
+    c->need_boot = true;
+    snprintf(c->boot_why, sizeof c->boot_why, "%s", why);
+    pthread_mutex_unlock(&c->mu);
+    if (was)
+        return;
+    c->next_boot_ms = 0;
+    c->boot_backoff_ms = 0;
+    hr_log("warn", "cannot follow the delta stream: bootstrapping from a peer's snapshot",
+           json_pack("{s:s}", "reason", why));
+}
+
+/* Before applying a delta part that hr_delta_apply cannot tell apart from
+ * one that follows (this node's first part, or the first of a newer epoch:
+ * both are taken at part 0): whether deltas after the last one applied
+ * were trimmed (deltas_max_deleted). false when the part must
+ * not be applied: the node then bootstraps, or Redis failed (logged; the
+ * caller reads again). */
+static bool part_follows(hr_cluster *c, const redisReply *fields)
+{
+    uint64_t e = UINT64_MAX;
+    for (size_t j = 0; fields->type == REDIS_REPLY_ARRAY && j + 1 < fields->elements; j += 2)
+        if (fields->element[j]->type == REDIS_REPLY_STRING && !strcmp(fields->element[j]->str, "e") &&
+            fields->element[j + 1]->type == REDIS_REPLY_STRING)
+            e = strtoull(fields->element[j + 1]->str, NULL, 10);
+    if (c->dst.started && e <= c->dst.epoch)
+        return true;
+    hr_estream_id del, applied;
+    hr_error err = {{0}, {0}};
+    hr_status st = deltas_max_deleted(c, c->conn, &del, &err);
+    if (st != HR_OK) {
+        log_redis_error(c, "cannot read the delta stream's trimming", st, &err);
+        sleep_ms(RETRY_MS);
+        return false;
+    }
+    pthread_mutex_lock(&c->mu);
+    applied = c->applied;
+    pthread_mutex_unlock(&c->mu);
+    if (hr_estream_id_cmp(del, applied) <= 0)
+        return true;
+    char b1[HR_ESTREAM_ID_LEN], b2[HR_ESTREAM_ID_LEN], why[160];
+    snprintf(why, sizeof why, "the delta stream was trimmed up to %s, past the delta applied (%s)",
+             hr_estream_id_format(del, b1), hr_estream_id_format(applied, b2));
+    want_bootstrap(c, why);
+    return false;
+}
+
+/* Answers a pending snapshot request with a refusal (HR_ESTOPPED: this
+ * node cannot give one now). */
+static void refuse_snapshot(hr_cluster *c, const char *why)
+{
+    if (!atomic_load(&c->snap_asked))
+        return;
+    pthread_mutex_lock(&c->snap_mu);
+    if (c->snap_state == SNAP_ASKED) {
+        atomic_store(&c->snap_asked, false);
+        if (c->snap_abandoned) {
+            c->snap_abandoned = false;
+            c->snap_state = SNAP_IDLE;
+        } else {
+            c->snap_state = SNAP_DONE;
+            c->snap_st = hr_error_set(&c->snap_err, HR_ESTOPPED, NULL, "%s", why);
+            pthread_cond_broadcast(&c->snap_cv);
+        }
+    }
+    pthread_mutex_unlock(&c->snap_mu);
+}
+
+/* At a delta boundary of the node thread (the leader right after a
+ * publish, its trainers idle and nothing fed; a follower between applied
+ * deltas): answers a pending snapshot request with a file of the model as
+ * the last delta applied or published left it. */
+static void serve_snapshot(hr_cluster *c)
+{
+    if (!atomic_load(&c->snap_asked))
+        return;
+    hr_snapshot_meta meta = {0};
+    pthread_mutex_lock(&c->mu);
+    role_t role = c->role;
+    hr_estream_id_format(c->applied, meta.delta);
+    hr_estream_id_format(c->covered, meta.covered);
+    if (role == ROLE_LEADER && c->dseq > 0) { /* its own last delta */
+        meta.started = true;
+        meta.epoch = (uint64_t)c->epoch;
+        meta.seq = c->dseq;
+    } else {
+        meta.started = c->dst.started;
+        meta.epoch = c->dst.epoch;
+        meta.seq = c->dst.seq;
+    }
+    bool boundary = role == ROLE_LEADER ? !c->pending && c->fed_n == 0 &&
+                                              (c->dseq > 0 || !c->dst.started || c->dst.complete)
+                                        : !c->dst.started || c->dst.complete;
+    /* the serving state at the same entry (a follower's may lag a read) */
+    boundary = boundary && hr_estream_id_cmp(c->served, c->covered) == 0;
+    pthread_mutex_unlock(&c->mu);
+    if (!boundary)
+        return; /* the next boundary */
+    meta.schedule_version = hr_schedbox_current(c->p.sched)->version;
+    meta.taken = hr_wall_time();
+    char path[512];
+    hr_error err = {{0}, {0}};
+    hr_snapshot_stats ss = {0};
+    hr_status st = HR_EIO;
+    if (!tmp_file(path, sizeof path))
+        hr_error_set(&err, HR_EIO, NULL, "cannot create a temporary file in %s", tmp_dir());
+    else if ((st = hr_snapshot_write(path, c->p.model, c->p.sched, c->p.events, &meta, &ss,
+                                     &err)) != HR_OK)
+        unlink(path);
+    hr_log(st == HR_OK ? "info" : "error", st == HR_OK ? "snapshot taken" : "snapshot failed",
+           json_pack("{s:s,s:s,s:I,s:I,s:f,s:s}", "delta", meta.delta, "covered_entry",
+                     meta.covered, "rows", (json_int_t)ss.rows, "bytes", (json_int_t)ss.bytes,
+                     "seconds", ss.seconds, "detail", st == HR_OK ? "" : err.message));
+    pthread_mutex_lock(&c->snap_mu);
+    atomic_store(&c->snap_asked, false);
+    if (c->snap_abandoned) {
+        if (st == HR_OK)
+            unlink(path);
+        c->snap_abandoned = false;
+        c->snap_state = SNAP_IDLE;
+    } else {
+        c->snap_state = SNAP_DONE;
+        c->snap_st = st;
+        c->snap_err = err;
+        c->snap_meta = meta;
+        snprintf(c->snap_path, sizeof c->snap_path, "%s", path);
+        pthread_cond_broadcast(&c->snap_cv);
+    }
+    pthread_mutex_unlock(&c->snap_mu);
+    if (st == HR_OK) {
+        pthread_mutex_lock(&c->mu);
+        c->snapshots_served++;
+        pthread_mutex_unlock(&c->mu);
+    }
+}
+
+hr_status hr_cluster_snapshot(hr_cluster *c, int wait_ms, char *path, size_t cap,
+                              hr_snapshot_meta *meta, hr_error *err)
+{
+    const char *why = hr_cluster_not_ready(c);
+    if (why)
+        return hr_error_set(err, HR_ESTOPPED, NULL, "this node is not ready: %s", why);
+    if (atomic_load(&c->stop))
+        return hr_error_set(err, HR_ESTOPPED, NULL, "this node is stopping");
+    pthread_mutex_lock(&c->snap_mu);
+    if (c->snap_state != SNAP_IDLE) {
+        pthread_mutex_unlock(&c->snap_mu);
+        return hr_error_set(err, HR_EBUSY, NULL, "a snapshot is being taken: retry later");
+    }
+    c->snap_state = SNAP_ASKED;
+    c->snap_abandoned = false;
+    atomic_store(&c->snap_asked, true);
+    struct timespec until = hr_deadline_after(wait_ms / 1000.0);
+    while (c->snap_state == SNAP_ASKED)
+        if (pthread_cond_timedwait(&c->snap_cv, &c->snap_mu, &until) == ETIMEDOUT)
+            break;
+    hr_status st;
+    if (c->snap_state != SNAP_DONE) {
+        c->snap_abandoned = true; /* the node thread removes what it writes */
+        st = hr_error_set(err, HR_EIO, NULL,
+                          "the node thread did not reach a delta boundary within %d ms", wait_ms);
+    } else {
+        st = c->snap_st;
+        if (st == HR_OK) {
+            snprintf(path, cap, "%s", c->snap_path);
+            *meta = c->snap_meta;
+        } else {
+            *err = c->snap_err;
+        }
+        c->snap_state = SNAP_IDLE;
+    }
+    pthread_mutex_unlock(&c->snap_mu);
+    return st;
+}
+
+/* Downloads the snapshot of the node at address into a new temporary file
+ * (path) and reads its meta; the X-Hogrec-Delta header must name the same
+ * delta. On failure nothing is left on disk. */
+static hr_status fetch_snapshot(hr_cluster *c, const char *address, char *path, size_t cap,
+                                hr_snapshot_meta *meta, uint64_t *bytes, hr_error *err)
+{
+    if (!tmp_file(path, cap))
+        return hr_error_set(err, HR_EIO, NULL, "cannot create a temporary file in %s", tmp_dir());
+    int fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
+    hr_httpc_response *resp = malloc(sizeof *resp);
+    char auth[sizeof c->admin_token + 8];
+    snprintf(auth, sizeof auth, "Bearer %s", c->admin_token);
+    hr_status st = fd < 0 || !resp ? hr_error_set(err, HR_EIO, NULL, "cannot open %s", path)
+                                   : hr_httpc_get(address, "/v1/admin/snapshot", auth, fd, NULL,
+                                                  resp, err);
+    if (fd >= 0 && close(fd) != 0 && st == HR_OK)
+        st = hr_error_set(err, HR_EIO, NULL, "writing %s: %s", path, strerror(errno));
+    char hdr[HR_SNAPSHOT_ID_MAX + 1] = "";
+    if (st == HR_OK && resp->status != 200)
+        st = hr_error_set(err, HR_EIO, NULL, "%s answered %d: %.300s", address, resp->status,
+                          resp->error_body);
+    if (st == HR_OK && !hr_httpc_header(resp, "X-Hogrec-Delta", hdr, sizeof hdr))
+        st = hr_error_set(err, HR_ECORRUPT, NULL, "%s sent no X-Hogrec-Delta header", address);
+    if (st == HR_OK && (st = hr_snapshot_read_meta(path, meta, err)) == HR_OK &&
+        strcmp(hdr, meta->delta) != 0)
+        st = hr_error_set(err, HR_ECORRUPT, NULL,
+                          "the snapshot's header names delta %s, its file %s", hdr, meta->delta);
+    if (st == HR_OK)
+        *bytes = resp->body_bytes;
+    free(resp);
+    if (st != HR_OK)
+        unlink(path);
+    return st;
+}
+
+/* One round: asks the leader, then the other live members, for a
+ * snapshot, until one loads. true when loaded (the node then follows the
+ * deltas after the snapshot's). */
+static bool bootstrap_once(hr_cluster *c)
+{
+    if (!c->admin_token[0]) {
+        log_redis_error(c, "cannot bootstrap: a snapshot is fetched with the admin token and "
+                           "none is configured (admin_token)",
+                        HR_EINVAL, &(hr_error){{0}, "no admin_token"});
+        return false;
+    }
+    hr_lease_member *m = NULL;
+    size_t n = 0;
+    hr_error err = {{0}, {0}};
+    hr_status st = hr_lease_members(c->lease, &m, &n, &err);
+    if (st != HR_OK) {
+        log_redis_error(c, "cannot read the members (bootstrap)", st, &err);
+        return false;
+    }
+    char peers[16][96], ids[16][HR_LEASE_NAME_MAX + 1];
+    size_t np = 0;
+    for (int pass = 0; pass < 2; pass++) /* the leader first */
+        for (size_t i = 0; i < n && np < 16; i++) {
+            const char *addr = json_string_value(json_object_get(m[i].entry, "address"));
+            const char *role = json_string_value(json_object_get(m[i].entry, "role"));
+            bool leader = role && !strcmp(role, "leader");
+            if (m[i].stale || !addr || !addr[0] || !strcmp(m[i].node_id, c->node_id) ||
+                leader != (pass == 0))
+                continue;
+            snprintf(peers[np], sizeof peers[np], "%s", addr);
+            snprintf(ids[np], sizeof ids[np], "%s", m[i].node_id);
+            np++;
+        }
+    hr_lease_members_free(m, n);
+    for (size_t i = 0; i < np && !atomic_load(&c->stop); i++) {
+        double t0 = hr_wall_time();
+        char path[512];
+        hr_snapshot_meta meta;
+        uint64_t bytes = 0;
+        if ((st = fetch_snapshot(c, peers[i], path, sizeof path, &meta, &bytes, &err)) != HR_OK) {
+            hr_log("warn", "no snapshot from a peer",
+                   json_pack("{s:s,s:s,s:s}", "peer", ids[i], "address", peers[i], "detail",
+                             err.message));
+            continue;
+        }
+        double fetched = hr_wall_time() - t0;
+        /* The deltas after the snapshot's must still be in the stream. */
+        hr_estream_id d = {0, 0}, cov = {0, 0}, del;
+        if (hr_estream_id_parse(meta.delta, &d, &err) != HR_OK ||
+            (meta.covered[0] && hr_estream_id_parse(meta.covered, &cov, &err) != HR_OK)) {
+            hr_log("warn", "a peer's snapshot names no stream entry",
+                   json_pack("{s:s,s:s}", "peer", ids[i], "detail", err.message));
+            unlink(path);
+            continue;
+        }
+        if ((st = deltas_max_deleted(c, c->conn, &del, &err)) != HR_OK ||
+            hr_estream_id_cmp(del, d) > 0) {
+            hr_log("warn", "a peer's snapshot is behind the trimmed delta stream",
+                   json_pack("{s:s,s:s}", "peer", ids[i], "delta", meta.delta));
+            unlink(path);
+            continue;
+        }
+        hr_snapshot_stats ls = {0};
+        st = hr_snapshot_load(path, c->p.model, c->p.sched, c->p.events, &meta, &ls, &err);
+        unlink(path);
+        if (st != HR_OK) {
+            hr_log("error", "cannot load a peer's snapshot",
+                   json_pack("{s:s,s:s,s:s}", "peer", ids[i], "status", hr_status_to_string(st),
+                             "detail", err.message));
+            continue;
+        }
+        forget_initial_marks(c->p.model); /* loaded rows are no change to publish */
+        memset(&c->dst, 0, sizeof c->dst);
+        c->dst.started = meta.started;
+        c->dst.complete = true;
+        c->dst.epoch = meta.epoch;
+        c->dst.seq = meta.seq;
+        c->dst.schedule_version = meta.schedule_version;
+        snprintf(c->dst.event_id, sizeof c->dst.event_id, "%s", meta.covered);
+        /* The serving state is the snapshot's (a snapshot of an older
+         * version has none: it then misses the events before cov). */
+        c->served = cov;
+        c->served_ord_known = false;
+        c->seq = hr_events_seq(c->p.events);
+        if (!ls.serving)
+            hr_log("warn", "the snapshot holds no serving state: recent items and popularity "
+                           "start from its entry",
+                   json_pack("{s:s}", "peer", ids[i]));
+        pthread_mutex_lock(&c->mu);
+        c->applied = d;
+        c->covered = cov;
+        c->epoch = (int64_t)meta.epoch;
+        c->need_boot = false;
+        c->bootstraps++;
+        pthread_mutex_unlock(&c->mu);
+        note_covered(c, cov); /* min_seq waiters see what the snapshot covers */
+        hr_log("info", "bootstrapped from a snapshot",
+               json_pack("{s:s,s:s,s:s,s:I,s:I,s:I,s:f,s:f}", "peer", ids[i], "delta", meta.delta,
+                         "covered_entry", meta.covered, "rows", (json_int_t)ls.rows, "bytes",
+                         (json_int_t)bytes, "ids_removed", (json_int_t)ls.removed,
+                         "fetch_seconds", fetched, "seconds", hr_wall_time() - t0));
+        return true;
+    }
+    return false;
+}
+
+/* The node thread's turn while it waits for a snapshot: an attempt when
+ * the backoff allows, else a short pause. */
+static void bootstrap_step(hr_cluster *c)
+{
+    uint64_t now = now_ms();
+    if (now < c->next_boot_ms) {
+        uint64_t left = c->next_boot_ms - now;
+        sleep_ms(left < FOLLOW_BLOCK_MS ? (int)left : FOLLOW_BLOCK_MS);
+        return;
+    }
+    if (bootstrap_once(c)) {
+        c->boot_backoff_ms = 0;
+        return;
+    }
+    c->boot_backoff_ms = c->boot_backoff_ms ? c->boot_backoff_ms * 2 : BOOT_BACKOFF_MIN_MS;
+    if (c->boot_backoff_ms > BOOT_BACKOFF_MAX_MS)
+        c->boot_backoff_ms = BOOT_BACKOFF_MAX_MS;
+    c->next_boot_ms = now_ms() + (uint64_t)c->boot_backoff_ms;
+    pthread_mutex_lock(&c->mu);
+    snprintf(c->boot_why, sizeof c->boot_why,
+             "no peer gave a loadable snapshot yet (retrying every %d ms at most)",
+             BOOT_BACKOFF_MAX_MS);
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* The leadership rule: a node leads only with a model that covers the
+ * trimmed part of the event stream (its covered entry at or after the
+ * events_trimmed key the trimmer sets); otherwise the events trimmed after
+ * its covered entry would be missing from its model, silently. */
+static bool may_lead(hr_cluster *c)
+{
+    redisReply *rep = NULL;
+    hr_error err = {{0}, {0}};
+    hr_status st = hr_redis_call(c->conn, &rep, &err, "GET", c->trimmed_key, NULL);
+    if (st != HR_OK) {
+        log_redis_error(c, "cannot read the event stream's trim point", st, &err);
+        return false;
+    }
+    hr_estream_id t = {0, 0};
+    bool ok = true;
+    if (rep->type == REDIS_REPLY_STRING && hr_estream_id_parse(rep->str, &t, &err) == HR_OK) {
+        pthread_mutex_lock(&c->mu);
+        hr_estream_id cov = c->covered;
+        pthread_mutex_unlock(&c->mu);
+        ok = hr_estream_id_cmp(cov, t) >= 0;
+        if (!ok) {
+            char b1[HR_ESTREAM_ID_LEN], b2[HR_ESTREAM_ID_LEN];
+            hr_error e2 = {{0}, {0}};
+            hr_error_set(&e2, HR_EINVAL, NULL,
+                         "this model covers %s; the event stream was trimmed up to %s",
+                         hr_estream_id_format(cov, b1), hr_estream_id_format(t, b2));
+            log_redis_error(c, "may not lead: the model misses trimmed events (load a snapshot "
+                               "from a peer, see README)",
+                            HR_EINVAL, &e2);
+        }
+    }
+    freeReplyObject(rep);
+    return ok;
+}
+
+/* The leader's trimming (delta_retention_ms > 0), at most every
+ * TRIM_EVERY_MS: the delta stream to the entries of the last retention_ms
+ * before its last delta (XTRIM MINID), then the event stream up to the
+ * entry the oldest retained delta covers, after recording that point in
+ * the events_trimmed key (so no node leads with less). */
+/* Sets key to the stream id `id` unless it holds a later one, in one
+ * script: both trim points only move forward, so a stale leader (paused
+ * past its lease, not yet fenced) can never lower them. */
+static const char raise_id_lua[] =
+    "local function parse(s) local a, b = string.match(s, '^(%d+)-(%d+)$') "
+    "return tonumber(a), tonumber(b) end "
+    "local cur = redis.call('GET', KEYS[1]) "
+    "if cur then "
+    "  local cm, cs = parse(cur) local nm, ns = parse(ARGV[1]) "
+    "  if cm and (cm > nm or (cm == nm and cs >= ns)) then return 0 end "
+    "end "
+    "redis.call('SET', KEYS[1], ARGV[1]) return 1";
+
+static hr_status raise_id(hr_cluster *c, const char *key, const char *id, hr_error *err)
+{
+    const char *argv[] = {key, id};
+    redisReply *rep = NULL;
+    hr_status st = hr_redis_eval(c->conn, raise_id_lua, 1, 2, argv, NULL, &rep, err);
+    freeReplyObject(rep);
+    return st;
+}
+
+static void trim_streams(hr_cluster *c)
+{
+    if (c->retention_ms <= 0)
+        return;
+    uint64_t now = now_ms();
+    if (now < c->next_trim_ms)
+        return;
+    int64_t every = c->retention_ms / 2;
+    every = every > TRIM_EVERY_MS ? TRIM_EVERY_MS : every < 10 ? 10 : every;
+    c->next_trim_ms = now + (uint64_t)every;
+    pthread_mutex_lock(&c->mu);
+    hr_estream_id last = c->applied;
+    pthread_mutex_unlock(&c->mu);
+    if (last.ms <= (uint64_t)c->retention_ms)
+        return;
+    char minid[HR_ESTREAM_ID_LEN + 1];
+    minid[0] = '(';
+    hr_estream_id_format((hr_estream_id){last.ms - (uint64_t)c->retention_ms, 0}, minid + 1);
+    /* The newest entry the trim deletes goes in deltas_trimmed first: a
+     * follower that applied an older one knows it cannot follow. Only the
+     * leader appends, after the MINID, so what lies before it is fixed. */
+    redisReply *rep = NULL;
+    hr_error err = {{0}, {0}};
+    hr_status st = hr_redis_call(c->conn, &rep, &err, "XREVRANGE", c->deltas_key, minid, "-",
+                                 "COUNT", "1", NULL);
+    if (st != HR_OK) {
+        log_redis_error(c, "cannot read the delta stream", st, &err);
+        return;
+    }
+    char gone[HR_ESTREAM_ID_LEN] = "";
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 1 &&
+        rep->element[0]->type == REDIS_REPLY_ARRAY && rep->element[0]->elements >= 1 &&
+        rep->element[0]->element[0]->type == REDIS_REPLY_STRING)
+        snprintf(gone, sizeof gone, "%s", rep->element[0]->element[0]->str);
+    freeReplyObject(rep);
+    if (gone[0]) {
+        st = raise_id(c, c->dtrimmed_key, gone, &err);
+        if (st == HR_OK)
+            st = hr_redis_call(c->conn, &rep, &err, "XTRIM", c->deltas_key, "MINID", minid + 1,
+                               NULL);
+        if (st != HR_OK) {
+            log_redis_error(c, "cannot trim the delta stream", st, &err);
+            return;
+        }
+        freeReplyObject(rep);
+    }
+    /* what the oldest retained delta covers */
+    if ((st = hr_redis_call(c->conn, &rep, &err, "XRANGE", c->deltas_key, "-", "+", "COUNT", "1",
+                            NULL)) != HR_OK) {
+        log_redis_error(c, "cannot read the delta stream", st, &err);
+        return;
+    }
+    hr_delta_header h;
+    bool have = false;
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 1 &&
+        rep->element[0]->type == REDIS_REPLY_ARRAY && rep->element[0]->elements == 2) {
+        redisReply *f = rep->element[0]->element[1];
+        for (size_t j = 0; f->type == REDIS_REPLY_ARRAY && j + 1 < f->elements; j += 2)
+            if (f->element[j]->type == REDIS_REPLY_STRING && !strcmp(f->element[j]->str, "d") &&
+                f->element[j + 1]->type == REDIS_REPLY_STRING)
+                have = hr_delta_peek(f->element[j + 1]->str, f->element[j + 1]->len, &h, NULL,
+                                     NULL, &err) == HR_OK;
+    }
+    freeReplyObject(rep);
+    hr_estream_id t;
+    if (!have || !h.event_id[0] || hr_estream_id_parse(h.event_id, &t, NULL) != HR_OK ||
+        hr_estream_id_cmp(t, c->events_trimmed) <= 0)
+        return;
+    char ts[HR_ESTREAM_ID_LEN];
+    if ((st = raise_id(c, c->trimmed_key, hr_estream_id_format(t, ts), &err)) != HR_OK) {
+        log_redis_error(c, "cannot record the event stream's trim point", st, &err);
+        return;
+    }
+    uint64_t removed = 0;
+    if ((st = hr_estream_trim(c->reader, t, &removed, &err)) != HR_OK) {
+        log_redis_error(c, "cannot trim the event stream", st, &err);
+        return;
+    }
+    c->events_trimmed = t;
+}
+
 /* ---- follower: the delta stream ---- */
+
+static bool serve_follow(hr_cluster *c);
+static hr_status parse_entry(hr_cluster *c, const hr_estream_entry *e, bool intern, size_t *m_out);
 
 /* Applies one part (the stream entry `id`). false when it cannot be
  * applied: the node is broken (logged). */
@@ -387,9 +968,16 @@ static bool apply_part(hr_cluster *c, hr_estream_id id, const void *data, size_t
     hr_status st = hr_delta_apply(c->p.model, data, len, &c->dst, &err);
     char b[HR_ESTREAM_ID_LEN];
     pthread_mutex_lock(&c->mu);
+    if (st == HR_ENOTFOUND) { /* a gap: deltas this node needs are gone */
+        pthread_mutex_unlock(&c->mu);
+        char why[320];
+        snprintf(why, sizeof why, "a delta is missing before entry %s: %s",
+                 hr_estream_id_format(id, b), err.message);
+        want_bootstrap(c, why);
+        return false;
+    }
     if (st != HR_OK) {
-        c->broken = st == HR_ENOTFOUND ? "a delta is missing (bootstrap needed, not in this version)"
-                                       : "a delta cannot be applied";
+        c->broken = "a delta cannot be applied";
         snprintf(c->broken_detail, sizeof c->broken_detail, "%s", err.message);
         pthread_mutex_unlock(&c->mu);
         hr_log("error", "delta refused: this node stops following",
@@ -406,10 +994,8 @@ static bool apply_part(hr_cluster *c, hr_estream_id id, const void *data, size_t
             hr_estream_id_parse(c->dst.event_id, &cov, NULL) == HR_OK)
             c->covered = cov;
     }
-    hr_estream_id covered = c->covered;
     pthread_mutex_unlock(&c->mu);
-    note_covered(c, covered);
-    return true;
+    return true; /* min_seq waiters: once the serving state covers it too (serve_follow) */
 }
 
 /* One XREAD of the delta stream after the last part applied, blocking up
@@ -420,7 +1006,7 @@ static int follow(hr_cluster *c, int block_ms)
     char after[HR_ESTREAM_ID_LEN], block[16];
     pthread_mutex_lock(&c->mu);
     hr_estream_id_format(c->applied, after);
-    bool broken = c->broken != NULL;
+    bool broken = c->broken != NULL || c->need_boot;
     pthread_mutex_unlock(&c->mu);
     if (broken) {
         sleep_ms(block_ms ? block_ms : 1);
@@ -456,6 +1042,8 @@ static int follow(hr_cluster *c, int block_ms)
             for (size_t j = 0; f->type == REDIS_REPLY_ARRAY && j + 1 < f->elements; j += 2)
                 if (f->element[j]->type == REDIS_REPLY_STRING && !strcmp(f->element[j]->str, "d"))
                     d = f->element[j + 1];
+            if (!part_follows(c, f))
+                break;
             if (!d || d->type != REDIS_REPLY_STRING) {
                 apply_part(c, id, "", 0); /* refused as damaged: broken, logged */
                 break;
@@ -466,7 +1054,71 @@ static int follow(hr_cluster *c, int block_ms)
         }
     }
     freeReplyObject(rep);
-    return n;
+    return serve_follow(c) ? n : -1;
+}
+
+/* ---- follower: the serving state ---- */
+
+/* hr_estream_entry_fn of a follower's serving read: the entry's events
+ * parsed (no id created) and applied to the serving state only. An entry
+ * whose ordinal does not follow the last one applied means entries were
+ * trimmed unread: HR_ENOTFOUND (the node bootstraps). */
+static hr_status serve_entry(void *arg, const hr_estream_entry *e)
+{
+    hr_cluster *c = arg;
+    if (c->served_ord_known && e->ordinal != c->served_ord + 1)
+        return HR_ENOTFOUND;
+    size_t m = 0;
+    hr_status st = parse_entry(c, e, false, &m);
+    if (st != HR_OK)
+        return st;
+    if (m > 0)
+        hr_events_apply(c->p.events, c->evs, c->ids, c->arrived, m);
+    c->served = e->id;
+    c->served_ord = e->ordinal;
+    c->served_ord_known = true;
+    return HR_OK;
+}
+
+/* A follower's serving state up to the entry its model covers: reads the
+ * event stream after the last entry applied to it, up to the covered one
+ * (hr_estream_range, on the reader's connection), then publishes that
+ * entry to the min_seq waiters (model and serving state both cover it).
+ * false on a Redis error (logged, after a pause; the next call goes on
+ * from where this one stopped) or a gap (the entries were trimmed: the
+ * node bootstraps). Node thread. */
+static bool serve_follow(hr_cluster *c)
+{
+    pthread_mutex_lock(&c->mu);
+    hr_estream_id cov = c->covered;
+    bool skip = c->broken != NULL || c->need_boot;
+    pthread_mutex_unlock(&c->mu);
+    if (skip)
+        return true;
+    hr_error err = {{0}, {0}};
+    for (int i = 0; i < 1000000 && hr_estream_id_cmp(c->served, cov) < 0; i++) {
+        if (atomic_load(&c->stop))
+            return false;
+        size_t got = 0;
+        hr_status st = hr_estream_range(c->reader, c->served, cov, READ_ENTRIES, serve_entry, c,
+                                        NULL, &got, &err);
+        if (st == HR_ENOTFOUND || (st == HR_OK && got == 0)) {
+            char b1[HR_ESTREAM_ID_LEN], b2[HR_ESTREAM_ID_LEN], why[200];
+            snprintf(why, sizeof why,
+                     "the event stream was trimmed past the serving state (entry %s; the model "
+                     "covers %s)",
+                     hr_estream_id_format(c->served, b1), hr_estream_id_format(cov, b2));
+            want_bootstrap(c, why);
+            return false;
+        }
+        if (st != HR_OK) {
+            log_redis_error(c, "cannot read the event stream (serving state)", st, &err);
+            sleep_ms(RETRY_MS);
+            return false;
+        }
+    }
+    note_covered(c, cov);
+    return true;
 }
 
 /* The delta stream's last id ({0, 0} when empty or missing). */
@@ -507,11 +1159,14 @@ static void step_down(hr_cluster *c, const char *why, const char *detail)
            json_pack("{s:s,s:s}", "reason", why, "detail", detail ? detail : ""));
 }
 
-/* hr_estream_entry_fn of the leader's read: the entry's events parsed,
- * numbered and fed to the serving state and the trainers. */
-static hr_status feed_entry(void *arg, const hr_estream_entry *e)
+/* Parses entry e's events into the feed buffers (c->evs, ids, arrived),
+ * numbered after c->seq; *m gets how many. intern (the leader): new user
+ * and item ids get rows; else (a follower, whose ids come with the
+ * deltas) an event naming an id the model does not hold is left out. An
+ * event that cannot be parsed is left out and counted. */
+static hr_status parse_entry(hr_cluster *c, const hr_estream_entry *e, bool intern, size_t *m_out)
 {
-    hr_cluster *c = arg;
+    *m_out = 0;
     if (e->n > c->feed_cap) {
         size_t cap = e->n;
         hr_event *evs = realloc(c->evs, cap * sizeof *evs);
@@ -527,6 +1182,41 @@ static hr_status feed_entry(void *arg, const hr_estream_entry *e)
             return HR_ENOMEM;
         c->feed_cap = cap;
     }
+    size_t m = 0;
+    for (size_t i = 0; i < e->n; i++) {
+        json_error_t jerr;
+        json_t *obj = json_loadb(e->text[i], e->len[i], 0, &jerr);
+        hr_error err = {{0}, {0}};
+        unsigned unknown = 0;
+        hr_status st = !obj   ? HR_EINVAL
+                       : intern ? hr_api_event_from_json(c->p.model, obj, &c->evs[m], NULL, &err)
+                                : hr_api_event_lookup(c->p.model, obj, &c->evs[m], &unknown, &err);
+        json_decref(obj);
+        if (st == HR_OK && unknown)
+            st = hr_error_set(&err, HR_ENOTFOUND, NULL, "an id the model does not hold");
+        if (st != HR_OK) {
+            if (c->skipped++ == 0) {
+                char b[HR_ESTREAM_ID_LEN];
+                hr_log("warn", "an event of the stream cannot be applied (later ones are not logged)",
+                       json_pack("{s:s,s:s}", "entry", hr_estream_id_format(e->id, b), "detail",
+                                 obj ? err.message : jerr.text));
+            }
+            continue;
+        }
+        c->ids[m] = e->id_hash[i];
+        c->arrived[m] = e->arrived;
+        c->evs[m].seq = ++c->seq;
+        m++;
+    }
+    *m_out = m;
+    return HR_OK;
+}
+
+/* hr_estream_entry_fn of the leader's read: the entry's events parsed,
+ * numbered and fed to the serving state and the trainers. */
+static hr_status feed_entry(void *arg, const hr_estream_entry *e)
+{
+    hr_cluster *c = arg;
     if (c->fed_n == c->fed_cap) {
         size_t cap = c->fed_cap ? 2 * c->fed_cap : 1024;
         fed_entry *f = malloc(cap * sizeof *f);
@@ -540,32 +1230,14 @@ static hr_status feed_entry(void *arg, const hr_estream_entry *e)
         c->fed_head = 0;
     }
     size_t m = 0;
-    for (size_t i = 0; i < e->n; i++) {
-        json_error_t jerr;
-        json_t *obj = json_loadb(e->text[i], e->len[i], 0, &jerr);
-        hr_error err = {{0}, {0}};
-        hr_status st = obj ? hr_api_event_from_json(c->p.model, obj, &c->evs[m], NULL, &err)
-                           : HR_EINVAL;
-        json_decref(obj);
-        if (st != HR_OK) {
-            if (c->skipped++ == 0) {
-                char b[HR_ESTREAM_ID_LEN];
-                hr_log("warn", "an event of the stream cannot be trained (later ones are not logged)",
-                       json_pack("{s:s,s:s}", "entry", hr_estream_id_format(e->id, b), "detail",
-                                 obj ? err.message : jerr.text));
-            }
-            continue;
-        }
-        c->ids[m] = e->id_hash[i];
-        c->arrived[m] = e->arrived;
-        c->evs[m].seq = ++c->seq;
-        m++;
-    }
-    if (m > 0) {
-        hr_status st = hr_events_replay(c->p.events, c->evs, c->ids, c->arrived, m);
-        if (st != HR_OK)
-            return st;
-    }
+    hr_status st = parse_entry(c, e, true, &m);
+    if (st != HR_OK)
+        return st;
+    if (m > 0 && (st = hr_events_replay(c->p.events, c->evs, c->ids, c->arrived, m)) != HR_OK)
+        return st;
+    c->served = e->id;
+    c->served_ord = e->ordinal;
+    c->served_ord_known = true;
     c->fed[(c->fed_head + c->fed_n++) % c->fed_cap] = (fed_entry){c->seq, e->id};
     pthread_mutex_lock(&c->mu);
     c->read_after = e->id;
@@ -674,7 +1346,7 @@ static bool follow_to_end(hr_cluster *c)
             break;
     }
     pthread_mutex_lock(&c->mu);
-    bool ok = c->broken == NULL;
+    bool ok = c->broken == NULL && !c->need_boot;
     pthread_mutex_unlock(&c->mu);
     return ok;
 }
@@ -683,6 +1355,8 @@ static bool follow_to_end(hr_cluster *c)
  * delta stream holds. */
 static void try_lead(hr_cluster *c)
 {
+    if (!may_lead(c))
+        return;
     hr_lease_state ls;
     hr_error err = {{0}, {0}};
     hr_status st = hr_lease_acquire(c->lease, &ls, &err);
@@ -701,7 +1375,12 @@ static void try_lead(hr_cluster *c)
     /* Epoch ls.epoch is ours: older leaders' writes are fenced from now on.
      * Apply whatever they published, so this model is the followers'. */
     hr_estream_id target;
-    bool ok = follow_to_end(c);
+    bool ok = follow_to_end(c) && may_lead(c);
+    pthread_mutex_lock(&c->mu);
+    /* the serving state must cover what the model does, no more, no less:
+     * the leader feeds both from the entry after it */
+    ok = ok && hr_estream_id_cmp(c->served, c->covered) == 0;
+    pthread_mutex_unlock(&c->mu);
     uint64_t ordinal;
     if (ok && (st = hr_estream_last(c->reader, &target, &ordinal, &err)) != HR_OK) {
         log_redis_error(c, "cannot read the event stream", st, &err);
@@ -799,6 +1478,8 @@ static void lead(hr_cluster *c, uint64_t *next_pub)
     if (now_ms() >= *next_pub) {
         publish(c);
         *next_pub = now_ms() + (uint64_t)c->publish_ms;
+        serve_snapshot(c);
+        trim_streams(c);
     }
 }
 
@@ -1003,7 +1684,14 @@ static void *node_main(void *arg)
         role_t role = c->role;
         bool caught_up = c->target_known && hr_estream_id_cmp(c->applied, c->delta_target) >= 0;
         bool broken = c->broken != NULL;
+        bool boot = c->need_boot;
         pthread_mutex_unlock(&c->mu);
+        if (boot || broken || role == ROLE_STARTING || role == ROLE_STEPPED_DOWN)
+            refuse_snapshot(c, "this node is not ready");
+        if (boot && role != ROLE_LEADER) {
+            bootstrap_step(c);
+            continue;
+        }
         if (role == ROLE_LEADER) {
             lead(c, &next_pub);
             continue;
@@ -1011,6 +1699,8 @@ static void *node_main(void *arg)
         int n = 0;
         if (role != ROLE_STARTING || !caught_up)
             n = follow(c, role == ROLE_STARTING ? 0 : FOLLOW_BLOCK_MS);
+        if (role == ROLE_FOLLOWER)
+            serve_snapshot(c);
         if (role == ROLE_STARTING && n > 0)
             continue; /* catching up: read on before trying the lease */
         /* A node that never led tries the lease at start and whenever it
@@ -1022,6 +1712,7 @@ static void *node_main(void *arg)
             next_pub = now_ms();
         }
     }
+    refuse_snapshot(c, "this node is stopping");
     return NULL;
 }
 
@@ -1080,6 +1771,7 @@ void hr_cluster_destroy(hr_cluster *c)
     free(c->arrived);
     pthread_mutex_destroy(&c->mu);
     pthread_mutex_destroy(&c->aux_mu);
+    snap_fini(c);
     free(c);
 }
 
@@ -1148,6 +1840,8 @@ const char *hr_cluster_not_ready(hr_cluster *c)
     pthread_mutex_lock(&c->mu);
     if (c->broken)
         why = c->broken;
+    else if (c->need_boot)
+        why = "bootstrapping: waiting for a snapshot from a peer (the deltas it needs were trimmed)";
     else if (c->role == ROLE_STEPPED_DOWN)
         why = "stepped down from leader: restart this node";
     else if (c->role == ROLE_LEADER)
@@ -1193,6 +1887,12 @@ json_t *hr_cluster_status_json(hr_cluster *c)
         json_object_set_new(o, "not_ready", json_string(not_ready));
     if (c->broken)
         json_object_set_new(o, "broken", json_string(c->broken_detail));
+    json_object_set_new(o, "snapshots",
+                        json_pack("{s:b,s:I,s:I}", "bootstrapping", c->need_boot, "loaded",
+                                  (json_int_t)c->bootstraps, "served",
+                                  (json_int_t)c->snapshots_served));
+    if (c->need_boot)
+        json_object_set_new(o, "bootstrap", json_string(c->boot_why));
     hr_estream_id cov = c->covered, read_after = c->read_after, applied = c->applied;
     role_t role = c->role;
     uint64_t fed = c->events_fed;

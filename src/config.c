@@ -52,12 +52,14 @@ typedef struct {
 /* An enum option's value is stored as an int (set_opt). */
 _Static_assert(sizeof(hr_loss) == sizeof(int) && sizeof(hr_config_state) == sizeof(int) &&
                    sizeof(hr_config_neg) == sizeof(int) &&
-                   sizeof(hr_config_durability) == sizeof(int) && sizeof(hr_log_level) == sizeof(int),
+                   sizeof(hr_config_durability) == sizeof(int) && sizeof(hr_log_level) == sizeof(int) &&
+                   sizeof(hr_config_topk) == sizeof(int),
                "enum options are stored as int");
 
 static const char *const state_names[HR_CONFIG_STATE_COUNT] = {
     [HR_CONFIG_STATE_AUTO] = "auto", [HR_CONFIG_STATE_SGD] = "sgd",
-    [HR_CONFIG_STATE_ADAGRAD] = "adagrad", [HR_CONFIG_STATE_FTRL] = "ftrl"};
+    [HR_CONFIG_STATE_ADAGRAD] = "adagrad", [HR_CONFIG_STATE_FTRL] = "ftrl",
+    [HR_CONFIG_STATE_ADAM] = "adam"};
 static const char *const neg_names[HR_CONFIG_NEG_COUNT] = {
     [HR_CONFIG_NEG_AUTO] = "auto", [HR_CONFIG_NEG_ON] = "on", [HR_CONFIG_NEG_OFF] = "off"};
 static const char *const durability_names[HR_CONFIG_DURABILITY_COUNT] = {
@@ -73,6 +75,14 @@ const char *hr_config_neg_to_string(hr_config_neg v)
     return (unsigned)v < HR_CONFIG_NEG_COUNT ? neg_names[v] : "unknown";
 }
 
+static const char *const topk_names[HR_CONFIG_TOPK_COUNT] = {[HR_CONFIG_TOPK_F32] = "f32",
+                                                               [HR_CONFIG_TOPK_F16] = "f16"};
+
+const char *hr_config_topk_to_string(hr_config_topk v)
+{
+    return (unsigned)v < HR_CONFIG_TOPK_COUNT ? topk_names[v] : "unknown";
+}
+
 const char *hr_config_durability_to_string(hr_config_durability v)
 {
     return (unsigned)v < HR_CONFIG_DURABILITY_COUNT ? durability_names[v] : "unknown";
@@ -86,6 +96,7 @@ static const char *durability_name(int v)
 {
     return hr_config_durability_to_string((hr_config_durability)v);
 }
+static const char *topk_name(int v) { return hr_config_topk_to_string((hr_config_topk)v); }
 static const char *log_level_name(int v) { return hr_log_level_to_string((hr_log_level)v); }
 
 /* the commands column */
@@ -110,6 +121,9 @@ static const opt options[] = {
     I(context_bits, 1, 26, "16", false, ALL, "context features hash into 2^bits rows"),
     I(chunk_rows, 64, 16777216, "65536", false, ALL, "rows per storage chunk (power of two)"),
     I(min_count, 0, 1000000, "0", false, ALL, "events before an id gets its own embedding"),
+    E(topk_precision, topk_name, HR_CONFIG_TOPK_COUNT, "f32", false, ALL,
+      "item copy top-K scans: f32, or f16 (a half copy scanned for candidates, re-scored in "
+      "f32: the same results; half the bytes read, more memory)"),
     D(expire_seconds, 0, 1e9, "0", false, ALL, "forget ids unseen this many seconds (0 = never)"),
     D(grad_clip, 0, 1e9, "100", false, ALL, "largest gradient norm per event (0 = no clip)"),
     D(adagrad_init, 1e-12, 1e6, "0.1", false, ALL, "initial AdaGrad accumulator"),
@@ -125,6 +139,29 @@ static const opt options[] = {
     I(negatives, 0, 100, "1", false, ALL, "sampled negatives per positive"),
     D(negative_alpha, 0, 2, "0", false, ALL, "negatives by popularity^alpha (0 = uniform)"),
     I(progress_window, 100, 10000000, "10000", false, ALL, "events in the progressive-validation window"),
+    /* divergence guard (README: "Undoing a schedule change") */
+    I(guard, 0, 1, "1", false, SERVE,
+      "1: mark a restore point at each schedule change and revert it when the loss diverges"),
+    D(guard_margin, 0, 100, "0.1", false, SERVE,
+      "guard: a window is over when its loss > the loss before the change x (1 + margin)"),
+    I(guard_windows, 1, 1000, "3", false, SERVE,
+      "guard: consecutive windows (progress_window events each) over the margin that revert"),
+    I(guard_watch, 1, 100000, "10", false, SERVE,
+      "guard: windows watched after a change; after them the change is kept, the restore point freed"),
+    D(guard_nonfinite, 0, 1, "0.01", false, SERVE,
+      "guard: a window whose skipped non-finite steps exceed this fraction is over"),
+    I(guard_memory_mb, 0, 1048576, "1024", false, SERVE,
+      "guard: most memory of a restore point (rows copied + events since), MB; 0 = no restore points"),
+    /* counterfactual trials (README: "Trying a schedule before applying it") */
+    I(trial_retain_events, 0, 9.2e18, "100000", false, SERVE,
+      "trials: the event log keeps the events of the last N seqs (from a checkpoint at or before them)"),
+    D(trial_retain_seconds, 0, 1e9, "0", false, SERVE,
+      "trials: the event log also keeps the events of the last S seconds (0 = off)"),
+    I(trial_memory_mb, 0, 1048576, "512", false, SERVE,
+      "trials: most memory of a trial's private copy (two models, the window's events), MB"),
+    D(trial_cpu_share, 0.01, 1, "0.25", false, SERVE,
+      "trials: share of one core the trial thread may use (it sleeps the rest)"),
+    I(trial_curve_events, 10, 100000000, "1000", false, SERVE, "trials: events per point of a curve"),
     /* server */
     S(bind, "127.0.0.1", false, SERVE, "address to listen on"),
     I(port, 0, 65535, "8080", false, SERVE, "TCP port (0 = any free port)"),
@@ -176,6 +213,9 @@ static const opt options[] = {
     I(lease_ms, 300, 600000, "3000", false, SERVE, "leader lease time, ms (renewed every third)"),
     I(max_backlog, 0, 1e12, "0", false, SERVE,
       "429 on POST /v1/events while the leader has more unread stream entries (0 = no bound)"),
+    I(delta_retention_ms, 0, 1e12, "0", false, SERVE,
+      "leader: keeps the row deltas of the last this many ms (and the events they do not cover), "
+      "trims older ones; 0 = never trims (README: whole-cluster restart)"),
 };
 
 /* Most values of a choice (an option's or a command flag's). */

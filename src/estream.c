@@ -546,6 +546,29 @@ static hr_status decode_entry(const redisReply *ent, scratch *sc, hr_estream_ent
     return HR_OK;
 }
 
+/* Decodes the entries of an XREAD or XRANGE reply (an array of entries)
+ * and hands each to cb, in order, until one fails (see hr_estream_read). */
+static hr_status hand_over(const redisReply *ents, hr_estream_entry_fn cb, void *arg,
+                           hr_estream_id *last, size_t *count, hr_error *err)
+{
+    scratch sc = {0};
+    hr_status st = HR_OK;
+    for (size_t i = 0; i < ents->elements && st == HR_OK; i++) {
+        hr_estream_entry e;
+        st = decode_entry(ents->element[i], &sc, &e, err);
+        if (st == HR_OK)
+            st = cb(arg, &e);
+        if (st == HR_OK) {
+            if (last)
+                *last = e.id;
+            if (count)
+                (*count)++;
+        }
+    }
+    scratch_free(&sc);
+    return st;
+}
+
 hr_status hr_estream_read(hr_estream *s, hr_estream_id after, size_t max_entries, int block_ms,
                           hr_estream_entry_fn cb, void *arg, hr_estream_id *last, size_t *count,
                           hr_error *err)
@@ -593,22 +616,40 @@ hr_status hr_estream_read(hr_estream *s, hr_estream_id after, size_t max_entries
         freeReplyObject(rep);
         return hr_error_set(err, HR_ECORRUPT, "stream", "XREAD gave an unexpected reply");
     }
-    const redisReply *ents = rep->element[0]->element[1];
-    scratch sc = {0};
-    st = HR_OK;
-    for (size_t i = 0; i < ents->elements && st == HR_OK; i++) {
-        hr_estream_entry e;
-        st = decode_entry(ents->element[i], &sc, &e, err);
-        if (st == HR_OK)
-            st = cb(arg, &e);
-        if (st == HR_OK) {
-            if (last)
-                *last = e.id;
-            if (count)
-                (*count)++;
-        }
+    st = hand_over(rep->element[0]->element[1], cb, arg, last, count, err);
+    freeReplyObject(rep);
+    return st;
+}
+
+hr_status hr_estream_range(hr_estream *s, hr_estream_id after, hr_estream_id upto,
+                           size_t max_entries, hr_estream_entry_fn cb, void *arg,
+                           hr_estream_id *last, size_t *count, hr_error *err)
+{
+    if (last)
+        *last = after;
+    if (count)
+        *count = 0;
+    if (max_entries < 1 || max_entries > MAX_EVENTS)
+        return hr_error_set(err, HR_EINVAL, "max_entries", "max_entries must be 1-%d", MAX_EVENTS);
+    if (hr_estream_id_cmp(upto, after) <= 0)
+        return HR_OK;
+    char cnt[24], from[HR_ESTREAM_ID_LEN + 1], to[HR_ESTREAM_ID_LEN];
+    snprintf(cnt, sizeof cnt, "%zu", max_entries);
+    from[0] = '('; /* exclusive (Redis 6.2 and later) */
+    hr_estream_id_format(after, from + 1);
+    hr_estream_id_format(upto, to);
+    const char *argv[] = {"XRANGE", s->key_stream, from, to, "COUNT", cnt};
+    redisReply *rep = NULL;
+    hr_redis *r = take(s);
+    hr_status st = hr_redis_command(r, 6, argv, NULL, &rep, err);
+    give(s, r);
+    if (st != HR_OK)
+        return st;
+    if (rep->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(rep);
+        return hr_error_set(err, HR_ECORRUPT, "stream", "XRANGE gave an unexpected reply");
     }
-    scratch_free(&sc);
+    st = hand_over(rep, cb, arg, last, count, err);
     freeReplyObject(rep);
     return st;
 }

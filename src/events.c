@@ -449,8 +449,8 @@ void hr_events_notify(hr_events *e, hr_events_pending *p, hr_evlog_notify_fn cb,
         pending_done(p, HR_ENOMEM, "out of memory");
 }
 
-hr_status hr_events_replay(hr_events *e, hr_event *evs, const uint64_t *ids,
-                           const double *arrived, size_t n)
+void hr_events_apply(hr_events *e, const hr_event *evs, const uint64_t *ids,
+                     const double *arrived, size_t n)
 {
     double now = hr_wall_time();
     pthread_mutex_lock(&e->mu);
@@ -464,6 +464,12 @@ hr_status hr_events_replay(hr_events *e, hr_event *evs, const uint64_t *ids,
         e->seq = evs[i].seq;
     }
     pthread_mutex_unlock(&e->mu);
+}
+
+hr_status hr_events_replay(hr_events *e, hr_event *evs, const uint64_t *ids,
+                           const double *arrived, size_t n)
+{
+    hr_events_apply(e, evs, ids, arrived, n);
     return hr_ingest_replay(e->ingest, evs, n);
 }
 

@@ -12,7 +12,11 @@
  * score at time now is value * 2^((epoch - now) / half_life). When an event
  * arrives more than MAX_SPAN half-lives after the epoch, the epoch moves to
  * its time and every value is rescaled, under the write side of pop_lock;
- * adds, reads and copies hold the read side. Floats keep 24 bits: ranks and
+ * adds, reads and copies hold the read side. The first weight added or set
+ * puts the epoch at its own time (until then it is the creation time), so
+ * two histories that take the same events hold the same bits whenever
+ * they were created (cluster nodes; a node's start time would otherwise
+ * round near-equal scores apart). Floats keep 24 bits: ranks and
  * scores are exact to about 1e-7 relative, and with half_life 0 (plain
  * counts) an item's count is exact up to 2^24 events.
  */
@@ -38,6 +42,7 @@ struct hr_history {
     _Atomic(atomic_uint *) *items; /* blocks of BLOCK_ROWS float values (bits) */
     pthread_rwlock_t pop_lock;     /* write side: moving the epoch */
     double epoch;                  /* wall seconds values are relative to; under pop_lock */
+    atomic_bool epoch_set;         /* the first weight set the epoch (pin_epoch) */
     pthread_mutex_t mu[STRIPES];   /* by user row */
 };
 
@@ -245,6 +250,20 @@ static void move_epoch(hr_history *h, double t)
     pthread_rwlock_unlock(&h->pop_lock);
 }
 
+/* The first weight's time t becomes the epoch (every value is 0 until
+ * then, so nothing is rescaled). */
+static void pin_epoch(hr_history *h, double t)
+{
+    if (atomic_load_explicit(&h->epoch_set, memory_order_acquire))
+        return;
+    pthread_rwlock_wrlock(&h->pop_lock);
+    if (!atomic_load_explicit(&h->epoch_set, memory_order_relaxed) && isfinite(t)) {
+        h->epoch = t;
+        atomic_store_explicit(&h->epoch_set, true, memory_order_release);
+    }
+    pthread_rwlock_unlock(&h->pop_lock);
+}
+
 hr_status hr_history_pop_add(hr_history *h, uint32_t item, double t)
 {
     if (item == 0 || item >= h->max_items)
@@ -252,6 +271,7 @@ hr_status hr_history_pop_add(hr_history *h, uint32_t item, double t)
     atomic_uint *v = item_value(h, item, true);
     if (!v)
         return HR_ENOMEM;
+    pin_epoch(h, t);
     pthread_rwlock_rdlock(&h->pop_lock);
     if (h->half_life > 0 && (t - h->epoch) / h->half_life > MAX_SPAN) {
         pthread_rwlock_unlock(&h->pop_lock);
@@ -270,6 +290,7 @@ hr_status hr_history_pop_set(hr_history *h, uint32_t item, double score, double 
     atomic_uint *v = item_value(h, item, true);
     if (!v)
         return HR_ENOMEM;
+    pin_epoch(h, t);
     pthread_rwlock_rdlock(&h->pop_lock);
     store_f(v, (float)(score * weight(h, t, h->epoch)));
     pthread_rwlock_unlock(&h->pop_lock);

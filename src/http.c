@@ -86,6 +86,7 @@ typedef enum {
     R_STATS,
     R_SCHEDULE,
     R_SCHEDULE_HISTORY,
+    R_SCHEDULE_UNDO,
     R_CHECKPOINT,
     R_CONFIG,
     R_HEALTHZ,
@@ -97,6 +98,10 @@ typedef enum {
     R_STATS_HISTORY,
     R_SIMILAR,
     R_USER,
+    R_SNAPSHOT,
+    R_TRIALS,
+    R_TRIAL,
+    R_TRIAL_APPLY,
     R_ITEMS,
     R_ITEM,
     R_USERS,
@@ -106,7 +111,7 @@ typedef enum {
 } route_id;
 
 typedef struct {
-    const char *path;   /* exact path */
+    const char *path;   /* exact path; "{name}" matches one segment; "/x/" all below */
     const char *label;  /* for /metrics */
     unsigned methods;   /* M_* allowed (HEAD is answered as GET, without the body) */
     unsigned body;      /* methods that require a JSON body */
@@ -127,6 +132,8 @@ static const route routes[R_COUNT] = {
                     true, hr_http_schedule},
     [R_SCHEDULE_HISTORY] = {"/v1/admin/schedule/history", "admin_schedule_history",
                             M_GET | M_HEAD, 0, false, true, hr_http_schedule_history},
+    [R_SCHEDULE_UNDO] = {"/v1/admin/schedule/undo", "admin_schedule_undo", M_POST, 0, false, true,
+                         hr_http_schedule_undo},
     [R_CHECKPOINT] = {"/v1/admin/checkpoint", "admin_checkpoint", M_POST, 0, false, true,
                       hr_http_checkpoint},
     [R_CONFIG] = {"/v1/admin/config", "admin_config", M_GET | M_HEAD, 0, false, true,
@@ -141,21 +148,49 @@ static const route routes[R_COUNT] = {
                          hr_http_stats_history},
     [R_SIMILAR] = {"/v1/similar", "similar", M_GET | M_HEAD, 0, false, false, hr_http_similar},
     [R_USER] = {"/v1/user", "user", M_GET | M_HEAD, 0, false, false, hr_http_user},
+    [R_SNAPSHOT] = {"/v1/admin/snapshot", "admin_snapshot", M_GET | M_HEAD, 0, false, true,
+                    hr_http_snapshot},
+    [R_TRIALS] = {"/v1/admin/trials", "admin_trials", M_POST, M_POST, false, true, hr_http_trials},
+    [R_TRIAL] = {"/v1/admin/trials/{id}", "admin_trial", M_GET | M_HEAD | M_DELETE, 0, false, true,
+                 hr_http_trial},
+    [R_TRIAL_APPLY] = {"/v1/admin/trials/{id}/apply", "admin_trial_apply", M_POST, 0, false, true,
+                       hr_http_trial_apply},
     [R_ITEMS] = {"/v1/items", "items", M_POST, M_POST, true, false, hr_http_catalog_bulk},
-    [R_ITEM] = {"/v1/items/", "item", M_GET | M_HEAD | M_PUT | M_DELETE, M_PUT, false, false,
-                hr_http_catalog_record}, /* /v1/items/{id} */
+    [R_ITEM] = {"/v1/items/{id}", "item", M_GET | M_HEAD | M_PUT | M_DELETE, M_PUT, false, false,
+                hr_http_catalog_record},
     [R_USERS] = {"/v1/users", "users", M_POST, M_POST, true, false, hr_http_catalog_bulk},
-    [R_USER_RECORD] = {"/v1/users/", "user_record", M_GET | M_HEAD | M_PUT | M_DELETE, M_PUT,
-                       false, false, hr_http_catalog_record, M_DELETE}, /* /v1/users/{id} */
+    [R_USER_RECORD] = {"/v1/users/{id}", "user_record", M_GET | M_HEAD | M_PUT | M_DELETE, M_PUT,
+                       false, false, hr_http_catalog_record, M_DELETE},
     [R_NOT_FOUND] = {NULL, "not_found", 0, 0, false, false, NULL},
 };
 
-/* A path ending in '/' (but "/") also matches every path below it. */
+/* Whether url matches a path with "{name}" segments, each of which
+ * matches one non-empty segment. */
+static bool template_match(const char *path, const char *url)
+{
+    while (*path && *url) {
+        if (*path == '{') {
+            const char *end = strchr(path, '}');
+            size_t seg = strcspn(url, "/");
+            if (!end || seg == 0)
+                return false;
+            path = end + 1;
+            url += seg;
+        } else if (*path++ != *url++) {
+            return false;
+        }
+    }
+    return *path == 0 && *url == 0;
+}
+
+/* A path ending in '/' (but "/") also matches every path below it; a path
+ * with "{name}" segments matches any one segment there. */
 static route_id route_of(const char *url)
 {
     for (int i = 0; i < R_NOT_FOUND; i++) {
         size_t n = strlen(routes[i].path);
         if (strcmp(url, routes[i].path) == 0 ||
+            (strchr(routes[i].path, '{') && template_match(routes[i].path, url)) ||
             (n > 1 && routes[i].path[n - 1] == '/' && strncmp(url, routes[i].path, n) == 0))
             return (route_id)i;
     }
@@ -260,6 +295,12 @@ enum MHD_Result hr_http_reply_static(struct MHD_Connection *c, request *r, int s
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     for (size_t i = 0; headers && headers[i] && headers[i + 1]; i += 2)
         MHD_add_response_header(resp, headers[i], headers[i + 1]);
+    return hr_http_reply_response(c, r, status, resp);
+}
+
+enum MHD_Result hr_http_reply_response(struct MHD_Connection *c, request *r, int status,
+                                       struct MHD_Response *resp)
+{
     r->status = status;
     record(r);
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, resp);

@@ -56,6 +56,7 @@ enum MHD_Result hr_http_catalog_record(hr_http *h, struct MHD_Connection *c, req
     if (!cat)
         return no_catalog(c, r);
     hr_catalog_kind kind = kind_of(r->url);
+    /* the {id} segment (route /v1/items/{id}; "/v1/users/" is as long) */
     const char *id = r->url + strlen("/v1/items/");
     size_t idlen = strlen(id);
     if (idlen == 0 || idlen > HR_ID_MAX_LEN)

@@ -8,7 +8,8 @@
  * the handlers are grouped by resource:
  *   http_events.c  POST /v1/events
  *   http_query.c   GET|POST /v1/predict, GET /v1/recommend
- *   http_admin.c   /v1/admin/schedule, /schedule/history, /checkpoint, /config
+ *   http_admin.c   /v1/admin/schedule, /schedule/history, /checkpoint, /config,
+ *                  /snapshot (cluster mode), /trials
  *   http_stats.c   /v1/stats, /metrics, /healthz, /readyz, /v1/cluster
  *   http_dash.c    the dashboard: /, /ui/, /v1/stats/history, /v1/similar, /v1/user
  *   http_catalog.c /v1/items, /v1/items/{id}, /v1/users, /v1/users/{id}
@@ -103,8 +104,13 @@ hr_http_handler hr_http_predict;          /* http_query.c */
 hr_http_handler hr_http_recommend;
 hr_http_handler hr_http_schedule;         /* http_admin.c */
 hr_http_handler hr_http_schedule_history;
+hr_http_handler hr_http_schedule_undo;
 hr_http_handler hr_http_checkpoint;
 hr_http_handler hr_http_config;
+hr_http_handler hr_http_snapshot;
+hr_http_handler hr_http_trials;           /* http_admin.c: counterfactual trials */
+hr_http_handler hr_http_trial;
+hr_http_handler hr_http_trial_apply;
 hr_http_handler hr_http_stats;            /* http_stats.c */
 hr_http_handler hr_http_metrics;
 hr_http_handler hr_http_healthz;
@@ -131,6 +137,11 @@ enum MHD_Result hr_http_reply_text(struct MHD_Connection *c, request *r, int sta
 enum MHD_Result hr_http_reply_static(struct MHD_Connection *c, request *r, int status,
                                      const char *data, size_t len, const char *ctype,
                                      const char *const *headers);
+
+/* Answers with a response the handler built (taken: destroyed here), for
+ * bodies that are no text (a file); counts it for /metrics. */
+enum MHD_Result hr_http_reply_response(struct MHD_Connection *c, request *r, int status,
+                                       struct MHD_Response *resp);
 
 /* Answers a JSON body (taken; NULL: 500 out of memory). */
 enum MHD_Result hr_http_reply_json(struct MHD_Connection *c, request *r, int status,

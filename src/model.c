@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "hogrec/half.h"
 #include "hogrec/ids.h"
 #include "hogrec/sgd.h"
 
@@ -49,6 +50,8 @@ typedef struct {
     uint32_t nchunks;               /* entries in chunks[] */
     _Atomic(float *) *chunks;       /* chunk -> rows, NULL until allocated */
     _Atomic(atomic_uchar *) *dirty; /* chunk -> one mark byte per row (hr_mark bits) */
+    _Atomic(uint16_t *) *half;      /* chunk -> half rows (item table with half_items;
+                                       published before the chunk), else NULL */
     atomic_uchar *summary;          /* group of HR_MARK_GROUP_ROWS rows -> or of its
                                        rows' marks since taken */
     uint32_t ngroups;               /* entries in summary[] */
@@ -65,6 +68,9 @@ struct hr_model {
     uint32_t chunk_shift;
     table t[HR_TABLE_COUNT];
     atomic_uint_fast64_t expired;   /* ids removed by expiry */
+    hr_half_layout H;               /* half item rows (cfg.half_items) */
+    pthread_mutex_t half_mu;        /* serializes hr_model_item_half_sync */
+    bool half_built;                /* every item row converted once; under half_mu */
 };
 
 typedef struct {
@@ -87,11 +93,13 @@ hr_status hr_model_config_from(const hr_config *c, const hr_schedule *s, hr_mode
     /* the state the schedule's optimizer needs */
     const hr_state_kind need = s->optimizer == HR_OPT_SGD       ? HR_STATE_SGD
                                : s->optimizer == HR_OPT_ADAGRAD ? HR_STATE_ADAGRAD
+                               : s->optimizer == HR_OPT_ADAM    ? HR_STATE_ADAM
                                                                 : HR_STATE_FTRL;
     switch (c->state) {
     case HR_CONFIG_STATE_SGD: out->state = HR_STATE_SGD; break;
     case HR_CONFIG_STATE_ADAGRAD: out->state = HR_STATE_ADAGRAD; break;
     case HR_CONFIG_STATE_FTRL: out->state = HR_STATE_FTRL; break;
+    case HR_CONFIG_STATE_ADAM: out->state = HR_STATE_ADAM; break;
     case HR_CONFIG_STATE_AUTO:
     default: /* the config parser admits no other value */
         assert(c->state == HR_CONFIG_STATE_AUTO);
@@ -111,13 +119,18 @@ hr_status hr_model_config_from(const hr_config *c, const hr_schedule *s, hr_mode
     out->max_rows[HR_TABLE_CTX] = 1u << c->context_bits;
     out->chunk_rows = (uint32_t)c->chunk_rows;
     out->min_count = (uint32_t)c->min_count;
+    out->half_items = c->topk_precision == HR_CONFIG_TOPK_F16;
     out->expire_seconds = c->expire_seconds;
     out->grad_clip = c->grad_clip;
     out->adagrad_init = (float)c->adagrad_init;
     out->rating_offset = (float)c->rating_offset;
     if (out->chunk_rows & (out->chunk_rows - 1))
         return hr_error_set(err, HR_EINVAL, "chunk_rows", "chunk_rows must be a power of two");
-    if (need > out->state)
+    /* SGD needs nothing; Adam needs Adam rows; AdaGrad and FTRL a state at
+     * least as far along their chain (row.h) */
+    bool served = need == HR_STATE_SGD || need == out->state ||
+                  (need != HR_STATE_ADAM && out->state != HR_STATE_ADAM && need < out->state);
+    if (!served)
         return hr_error_set(err, HR_EINVAL, "state",
                             "state '%s' keeps no optimizer state for optimizer '%s'",
                             hr_config_state_to_string(c->state),
@@ -146,6 +159,12 @@ static void init_row(const hr_model *m, hr_table_id t, uint32_t row, float *dst)
     memcpy(dst + L->last_seen, &now, sizeof now);
 }
 
+/* Bytes of one chunk's half rows. */
+static size_t half_chunk_bytes(const hr_model *m)
+{
+    return (size_t)m->cfg.chunk_rows * m->H.stride * sizeof(uint16_t);
+}
+
 static hr_status ensure_chunk(hr_model *m, table *tb, uint32_t row)
 {
     uint32_t c = row >> m->chunk_shift;
@@ -162,12 +181,23 @@ static hr_status ensure_chunk(hr_model *m, table *tb, uint32_t row)
         size_t bytes = chunk_floats(m) * sizeof(float);
         float *rows = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         atomic_uchar *marks = calloc(m->cfg.chunk_rows, sizeof *marks);
-        if (rows == MAP_FAILED || !marks) {
+        uint16_t *half = NULL;
+        if (tb->half) {
+            half = mmap(NULL, half_chunk_bytes(m), PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (half == MAP_FAILED)
+                half = NULL;
+        }
+        if (rows == MAP_FAILED || !marks || (tb->half && !half)) {
             if (rows != MAP_FAILED)
                 munmap(rows, bytes);
+            if (half)
+                munmap(half, half_chunk_bytes(m));
             free(marks);
             st = HR_ENOMEM;
         } else {
+            if (tb->half)
+                atomic_store_explicit(&tb->half[c], half, memory_order_release);
             atomic_store_explicit(&tb->dirty[c], marks, memory_order_release);
             atomic_store_explicit(&tb->chunks[c], rows, memory_order_release);
             atomic_fetch_add(&tb->nalloc, 1);
@@ -192,6 +222,14 @@ static hr_status on_new_row(void *ctx, uint32_t row)
     return HR_OK;
 }
 
+void hr_model_reset_row(hr_model *m, hr_table_id t, uint32_t row)
+{
+    float fresh[m->L.floats];
+    init_row(m, t, row, fresh);
+    hr_sgd_row_write(&m->L, hr_model_row(m, t, row), fresh);
+    hr_model_mark_dirty(m, t, row);
+}
+
 static void table_free(const hr_model *m, table *tb)
 {
     for (uint32_t c = 0; tb->chunks && tb->dirty && c < tb->nchunks; c++) {
@@ -199,10 +237,14 @@ static void table_free(const hr_model *m, table *tb)
         if (rows)
             munmap(rows, chunk_floats(m) * sizeof(float));
         free(atomic_load(&tb->dirty[c]));
+        uint16_t *half = tb->half ? atomic_load(&tb->half[c]) : NULL;
+        if (half)
+            munmap(half, half_chunk_bytes(m));
     }
     for (uint32_t c = 0; tb->attrs && c < tb->nchunks; c++)
         free(atomic_load(&tb->attrs[c]));
     free(tb->attrs);
+    free(tb->half);
     free(tb->chunks);
     free(tb->dirty);
     free(tb->summary);
@@ -216,6 +258,7 @@ void hr_model_destroy(hr_model *m)
         return;
     for (int t = 0; t < HR_TABLE_COUNT; t++)
         table_free(m, &m->t[t]);
+    pthread_mutex_destroy(&m->half_mu);
     free(m);
 }
 
@@ -226,7 +269,7 @@ hr_status hr_model_create(const hr_model_config *mc, hr_model **out, hr_error *e
         return hr_error_set(err, HR_EINVAL, "k", "k must be in [1, 1024]");
     if (mc->chunk_rows < 1 || (mc->chunk_rows & (mc->chunk_rows - 1)))
         return hr_error_set(err, HR_EINVAL, "chunk_rows", "chunk_rows must be a power of two");
-    if ((uint64_t)mc->chunk_rows * 2 * ((mc->k + 6) & ~3u) >= UINT32_MAX)
+    if ((uint64_t)mc->chunk_rows * 3 * ((mc->k + 6) & ~3u) >= UINT32_MAX)
         return hr_error_set(err, HR_EINVAL, "chunk_rows", "chunk_rows x row size is too large");
     hr_model *m = calloc(1, sizeof *m);
     if (!m)
@@ -236,6 +279,8 @@ hr_status hr_model_create(const hr_model_config *mc, hr_model **out, hr_error *e
     assert((uint64_t)mc->chunk_rows * m->L.floats < UINT32_MAX); /* checked above */
     while ((1u << m->chunk_shift) < mc->chunk_rows)
         m->chunk_shift++;
+    m->H = hr_half_layout_make(mc->k);
+    pthread_mutex_init(&m->half_mu, NULL);
     hr_status st = HR_OK;
     for (int t = 0; t < HR_TABLE_COUNT; t++) {
         table *tb = &m->t[t];
@@ -249,6 +294,11 @@ hr_status hr_model_create(const hr_model_config *mc, hr_model **out, hr_error *e
         tb->ngroups =
             (uint32_t)(((uint64_t)tb->max_rows + HR_MARK_GROUP_ROWS - 1) / HR_MARK_GROUP_ROWS);
         tb->summary = calloc(tb->ngroups, sizeof *tb->summary);
+        if (t == HR_TABLE_ITEM && mc->half_items &&
+            !(tb->half = calloc(tb->nchunks, sizeof *tb->half))) {
+            st = hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
+            goto fail;
+        }
         if (!tb->chunks || !tb->dirty || !tb->summary) {
             st = hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
             goto fail;
@@ -292,6 +342,7 @@ bool hr_model_supports(const hr_model *m, hr_optimizer opt)
     case HR_OPT_SGD: return true;
     case HR_OPT_ADAGRAD: return m->L.acc != 0;
     case HR_OPT_FTRL: return m->L.acc != 0 && m->L.ftrl != 0;
+    case HR_OPT_ADAM: return m->L.adam != 0;
     default: return false;
     }
 }
@@ -416,6 +467,8 @@ void hr_model_prefetch(const hr_model *m, hr_table_id t, uint32_t row)
     prefetch_span((const char *)r, bytes);
     if (m->L.state)
         prefetch_span((const char *)(r + m->L.state), bytes);
+    if (m->L.adam_v)
+        prefetch_span((const char *)(r + m->L.adam_v), bytes);
 }
 
 uint32_t hr_model_effective_row(const hr_model *m, hr_table_id t, uint32_t row)
@@ -448,6 +501,8 @@ static atomic_uchar *mark(const hr_model *m, hr_table_id t, uint32_t row)
  */
 void hr_model_mark(hr_model *m, hr_table_id t, uint32_t row, unsigned marks)
 {
+    if ((marks & HR_MARK_CKPT) && m->t[t].half)
+        marks |= HR_MARK_HALF; /* every content change marks the checkpoint's bit */
     atomic_uchar *d = mark(m, t, row);
     if ((atomic_load_explicit(d, memory_order_relaxed) & marks) == marks)
         return;
@@ -577,6 +632,8 @@ size_t hr_model_bytes(const hr_model *m)
         uint64_t nalloc = atomic_load(&((table *)tb)->nalloc);
         total += nalloc * m->cfg.chunk_rows * (m->L.floats * sizeof(float) + 1);
         total += tb->nchunks * 2 * sizeof(void *) + tb->ngroups;
+        if (tb->half)
+            total += nalloc * half_chunk_bytes(m) + tb->nchunks * sizeof(void *);
         if (tb->ids)
             total += hr_ids_bytes(tb->ids);
     }
@@ -714,4 +771,72 @@ double hr_model_predict(const hr_model *m, const hr_event *ev)
     hr_active a[HR_MAX_ACTIVE];
     int n = hr_model_active(m, ev, a);
     return hr_model_link(m, hr_sgd_score(&m->L, a, n));
+}
+
+/* ---- half-precision item rows ---- */
+
+const hr_half_layout *hr_model_half_layout(const hr_model *m)
+{
+    return m->t[HR_TABLE_ITEM].half ? &m->H : NULL;
+}
+
+static uint16_t *half_row(const hr_model *m, uint32_t row)
+{
+    uint16_t *chunk = atomic_load_explicit(&m->t[HR_TABLE_ITEM].half[row >> m->chunk_shift],
+                                           memory_order_acquire);
+    return chunk ? chunk + (size_t)(row & (m->cfg.chunk_rows - 1)) * m->H.stride : NULL;
+}
+
+static void half_convert(hr_model *m, uint32_t row)
+{
+    uint16_t *h = half_row(m, row);
+    if (h)
+        hr_half_row_write(&m->L, &m->H, hr_model_row(m, HR_TABLE_ITEM, row), h);
+}
+
+/*
+ * The half rows are a cache of the fp32 ones, kept by the readers: every
+ * content change of an item row sets its HR_MARK_HALF bit (hr_model_mark
+ * adds it to the checkpoint's), and a sync converts the rows whose bit it
+ * takes, group summary first as every consumer does. The first sync
+ * converts every row, which covers rows written without marks (a
+ * checkpoint restore). Syncs are serialized, so a query that syncs after
+ * another started one scans rows at least as new as the model was when
+ * its sync began; scans themselves take no lock.
+ */
+uint64_t hr_model_item_half_sync(const hr_model *cm)
+{
+    hr_model *m = (hr_model *)cm; /* only the half cache and its marks change */
+    table *tb = &m->t[HR_TABLE_ITEM];
+    if (!tb->half)
+        return 0;
+    uint64_t converted = 0;
+    pthread_mutex_lock(&m->half_mu);
+    uint32_t rows = hr_model_rows(m, HR_TABLE_ITEM);
+    uint32_t groups = (uint32_t)(((uint64_t)rows + HR_MARK_GROUP_ROWS - 1) / HR_MARK_GROUP_ROWS);
+    for (uint32_t g = 0; g < groups && g < tb->ngroups; g++) {
+        bool all = !m->half_built;
+        if (!hr_model_take_group_mark(m, HR_TABLE_ITEM, g, HR_MARK_HALF) && !all)
+            continue;
+        uint32_t end = (g + 1) * HR_MARK_GROUP_ROWS < rows ? (g + 1) * HR_MARK_GROUP_ROWS : rows;
+        for (uint32_t r = g * HR_MARK_GROUP_ROWS; r < end; r++) {
+            if (!atomic_load_explicit(&tb->chunks[r >> m->chunk_shift], memory_order_acquire))
+                continue; /* a free row never handed out: no storage, no key */
+            if (hr_model_take_mark(m, HR_TABLE_ITEM, r, HR_MARK_HALF) || all) {
+                half_convert(m, r);
+                converted++;
+            }
+        }
+    }
+    m->half_built = true;
+    pthread_mutex_unlock(&m->half_mu);
+    return converted;
+}
+
+const uint16_t *hr_model_item_half_block(const hr_model *m, uint32_t b, uint32_t *nrows)
+{
+    uint32_t lda;
+    if (!m->t[HR_TABLE_ITEM].half || !hr_model_item_block(m, b, nrows, &lda))
+        return NULL;
+    return atomic_load_explicit(&m->t[HR_TABLE_ITEM].half[b], memory_order_acquire);
 }

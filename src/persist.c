@@ -529,6 +529,30 @@ static hr_status sink_blob(void *ctx, const char *kind, uint32_t part, const voi
     return hr_store_ckpt_blob(s->p->main, s->id, kind, part, data, bytes, err);
 }
 
+/* How far the log may be trimmed after a checkpoint at seq w: to w, or, so
+ * that trials (trials.h) can replay the last trial_retain_events events /
+ * trial_retain_seconds seconds, to the newest checkpoint at or before that
+ * much (the oldest one kept if none is that old). Under ckpt_mu. */
+static uint64_t trim_target(hr_persist *p, uint64_t w)
+{
+    const hr_config *c = &p->parts.cfg;
+    if (c->trial_retain_events <= 0 && c->trial_retain_seconds <= 0)
+        return w;
+    uint64_t last = hr_evlog_last_seq(p->log), max_seq = UINT64_MAX;
+    if (c->trial_retain_events > 0)
+        max_seq = last > (uint64_t)c->trial_retain_events ? last - (uint64_t)c->trial_retain_events
+                                                          : 0;
+    double max_started = c->trial_retain_seconds > 0 ? hr_wall_time() - c->trial_retain_seconds
+                                                     : INFINITY;
+    hr_store_ckpt k;
+    hr_error e2;
+    if (hr_store_ckpt_at(p->main, max_seq, max_started, &k, &e2) != HR_OK)
+        return w;
+    if (k.id == 0 && hr_store_ckpt_from(p->main, 0, &k, &e2) != HR_OK)
+        return w;
+    return k.id && k.seq < w ? k.seq : w;
+}
+
 /* Under ckpt_mu. */
 static hr_status checkpoint_locked(hr_persist *p, json_t **info, hr_error *err)
 {
@@ -589,7 +613,7 @@ static hr_status checkpoint_locked(hr_persist *p, json_t **info, hr_error *err)
     p->ckpt_ok++;
     p->last_error[0] = 0;
     set_ckpt_health(p, NULL);
-    hr_evlog_trim(p->log, seq);
+    hr_evlog_trim(p->log, trim_target(p, seq));
     if (info)
         *info = json_pack("{s:I, s:s, s:I, s:I, s:I, s:f}", "id", (json_int_t)id, "kind",
                           full ? "full" : "incremental", "base", (json_int_t)p->last.base, "seq",

@@ -41,6 +41,11 @@ struct hr_redis {
     int backoff_ms;       /* the wait after the next failed attempt; 0: none yet */
     uint64_t connects;    /* successful connections, the first included */
     char last_error[160]; /* why the connection went down (for fail-fast messages) */
+    struct {              /* SHA-1s of the scripts run (owned copies: a hit is
+                           * checked by content, not only by address) */
+        char *script;
+        char sha[41];
+    } shas[8];
 };
 
 void hr_redis_options_defaults(hr_redis_options *opt)
@@ -343,6 +348,8 @@ void hr_redis_destroy(hr_redis *r)
         explicit_bzero(r->password, strlen(r->password));
         free(r->password);
     }
+    for (size_t i = 0; i < HR_ARRAY_LEN(r->shas); i++)
+        free(r->shas[i].script);
     free(r);
 }
 
@@ -418,6 +425,28 @@ hr_status hr_redis_call(hr_redis *r, redisReply **reply, hr_error *err, ...)
     return hr_redis_command(r, argc, argv, NULL, reply, err);
 }
 
+/* The SHA-1 of script, computed once per script and connection (the
+ * scripts are a handful of constants; hashing one costs about as much as
+ * validating a request's events). Falls back to hashing into the last slot
+ * when the cache is full or out of memory. */
+static const char *script_sha(hr_redis *r, const char *script)
+{
+    size_t n = HR_ARRAY_LEN(r->shas);
+    for (size_t i = 0; i < n; i++)
+        if (r->shas[i].script && strcmp(r->shas[i].script, script) == 0)
+            return r->shas[i].sha;
+    size_t slot = n - 1;
+    for (size_t i = 0; i < n; i++)
+        if (!r->shas[i].script) {
+            slot = i;
+            break;
+        }
+    free(r->shas[slot].script);
+    r->shas[slot].script = strdup(script); /* NULL: hashed again next time */
+    hr_redis_sha1_hex(script, strlen(script), r->shas[slot].sha);
+    return r->shas[slot].sha;
+}
+
 hr_status hr_redis_eval(hr_redis *r, const char *script, int nkeys, int argc, const char **argv,
                         const size_t *lens, redisReply **reply, hr_error *err)
 {
@@ -433,8 +462,8 @@ hr_status hr_redis_eval(hr_redis *r, const char *script, int nkeys, int argc, co
         free(lv);
         return hr_error_set(err, HR_ENOMEM, "redis", "out of memory");
     }
-    char sha[41], nk[16];
-    hr_redis_sha1_hex(script, strlen(script), sha);
+    char nk[16];
+    const char *sha = script_sha(r, script);
     snprintf(nk, sizeof nk, "%d", nkeys);
     av[0] = "EVALSHA";
     av[1] = sha;

@@ -51,6 +51,7 @@ static const char *const optimizer_names[HR_OPT_COUNT] = {
     [HR_OPT_SGD] = "sgd",
     [HR_OPT_ADAGRAD] = "adagrad",
     [HR_OPT_FTRL] = "ftrl",
+    [HR_OPT_ADAM] = "adam",
 };
 
 static const char *const group_names[HR_GROUP_COUNT] = {
@@ -124,6 +125,9 @@ static const num_field fields[] = {
     NUM("staleness.tau", staleness_tau, 0, false, MAX_UPDATES, true),
     NUM("ftrl.beta", ftrl_beta, 0, true, 1e6, true),
     NUM("ftrl.l1", ftrl_l1, 0, true, 1e6, true),
+    NUM("adam.beta1", adam_beta1, 0, true, 1, false),
+    NUM("adam.beta2", adam_beta2, 0, true, 1, false),
+    NUM("adam.epsilon", adam_epsilon, 0, false, 1, true),
 };
 #undef NUM
 
@@ -184,6 +188,9 @@ void hr_schedule_defaults(hr_schedule *s)
     s->staleness_tau = 16;
     s->ftrl_beta = 1;
     s->ftrl_l1 = 0;
+    s->adam_beta1 = 0.9;
+    s->adam_beta2 = 0.999;
+    s->adam_epsilon = 1e-8;
     s->version = 0;
 }
 
@@ -241,23 +248,29 @@ hr_status hr_schedule_check_state(const hr_schedule *s, hr_optimizer state, hr_e
         [HR_OPT_SGD] = "no optimizer state",
         [HR_OPT_ADAGRAD] = "AdaGrad state only",
         [HR_OPT_FTRL] = "AdaGrad and FTRL state",
+        [HR_OPT_ADAM] = "Adam state",
     };
     static const char *const needs[HR_OPT_COUNT] = {
         [HR_OPT_SGD] = "no state",
         [HR_OPT_ADAGRAD] = "AdaGrad state",
         [HR_OPT_FTRL] = "FTRL state",
+        [HR_OPT_ADAM] = "Adam state (moments and a step count)",
     };
     static const char *const flags[HR_OPT_COUNT] = {
         [HR_OPT_SGD] = "any --state",
         [HR_OPT_ADAGRAD] = "--state adagrad or --state ftrl",
         [HR_OPT_FTRL] = "--state ftrl",
+        [HR_OPT_ADAM] = "--state adam",
     };
     if ((unsigned)s->optimizer >= HR_OPT_COUNT)
         return hr_error_set(err, HR_EINVAL, KEY_OPTIMIZER, "unknown optimizer %d",
                             (int)s->optimizer);
     if ((unsigned)state >= HR_OPT_COUNT)
         return hr_error_set(err, HR_EINVAL, KEY_OPTIMIZER, "unknown row state %d", (int)state);
-    if (s->optimizer <= state) /* a state serves its optimizer and those before it */
+    /* sgd < adagrad < ftrl is a chain: a state serves its optimizer and those
+     * before it; adam rows serve adam and sgd only */
+    if (s->optimizer == HR_OPT_SGD || s->optimizer == state ||
+        (s->optimizer != HR_OPT_ADAM && state != HR_OPT_ADAM && s->optimizer <= state))
         return HR_OK;
     const char *o = optimizer_names[s->optimizer];
     return hr_error_set(err, HR_EINVAL, KEY_OPTIMIZER,
@@ -388,7 +401,7 @@ static hr_status parse_member(const char *path, const json_t *v, hr_schedule *ou
             int k = lookup_name(optimizer_names, HR_OPT_COUNT, name);
             if (k < 0)
                 return hr_error_set(err, HR_EINVAL, path,
-                                    "unknown optimizer \"%.64s\" (sgd, adagrad, ftrl)",
+                                    "unknown optimizer \"%.64s\" (sgd, adagrad, ftrl, adam)",
                                     name);
             out->optimizer = (hr_optimizer)k;
         }
@@ -520,7 +533,8 @@ struct hr_schedbox {
 /* Appends a heap copy of s as the next version and publishes it. Caller holds
  * box->lock (or is create, before the box is shared). */
 static hr_status do_install(hr_schedbox *box, const hr_schedule *s, uint64_t at_update,
-                            double loss_before, uint64_t *version, hr_error *err)
+                            double loss_before, const char *note, uint64_t *version,
+                            hr_error *err)
 {
     if (box->len == box->cap) {
         size_t cap = box->cap ? box->cap * 2 : 8;
@@ -543,6 +557,8 @@ static hr_status do_install(hr_schedbox *box, const hr_schedule *s, uint64_t at_
         .loss_after = NAN,
         .schedule = copy,
     };
+    snprintf(box->history[box->len].note, sizeof box->history[box->len].note, "%s",
+             note ? note : "");
     box->len++;
     atomic_store_explicit(&box->current, copy, memory_order_release);
     if (version)
@@ -565,7 +581,7 @@ hr_status hr_schedbox_create(const hr_schedule *initial, hr_schedbox **out,
         return hr_error_set(err, HR_ENOMEM, NULL, "cannot create schedule box mutex");
     }
     atomic_init(&box->current, NULL);
-    st = do_install(box, initial, 0, NAN, NULL, err);
+    st = do_install(box, initial, 0, NAN, NULL, NULL, err);
     if (st != HR_OK) {
         hr_schedbox_destroy(box);
         return st;
@@ -598,7 +614,20 @@ hr_status hr_schedbox_swap(hr_schedbox *box, const hr_schedule *s,
     if (st != HR_OK)
         return st;
     pthread_mutex_lock(&box->lock);
-    st = do_install(box, s, at_update, loss_before, version, err);
+    st = do_install(box, s, at_update, loss_before, NULL, version, err);
+    pthread_mutex_unlock(&box->lock);
+    return st;
+}
+
+hr_status hr_schedbox_swap_note(hr_schedbox *box, const hr_schedule *s, uint64_t at_update,
+                                double loss_before, const char *note, uint64_t *version,
+                                hr_error *err)
+{
+    hr_status st = hr_schedule_validate(s, err);
+    if (st != HR_OK)
+        return st;
+    pthread_mutex_lock(&box->lock);
+    st = do_install(box, s, at_update, loss_before, note, version, err);
     pthread_mutex_unlock(&box->lock);
     return st;
 }
@@ -644,6 +673,10 @@ json_t *hr_schedbox_history_json(hr_schedbox *box)
                               "loss_before", hr_json_real_or_null(c->loss_before),
                               "loss_after", hr_json_real_or_null(c->loss_after),
                               "schedule", hr_schedule_to_json(c->schedule));
+        if (e && c->note[0] && json_object_set_new(e, "note", json_string(c->note)) != 0) {
+            json_decref(e);
+            e = NULL;
+        }
         if (!e || json_array_append_new(arr, e) != 0) {
             pthread_mutex_unlock(&box->lock);
             json_decref(arr);

@@ -74,8 +74,11 @@ static bool layout_ok(const hr_row_layout *L)
 {
     return L->k >= 1 && L->bias == L->k && L->count == L->k + 1 && L->last_seen == L->k + 2 &&
            L->stride >= L->k + 3 && L->stride % 4 == 0 &&
-           (L->state ? L->floats == 2 * L->stride && L->acc == L->state
-                     : L->floats == L->stride && L->acc == 0 && L->ftrl == 0) &&
+           (L->state == 0 ? L->floats == L->stride && L->acc == 0 && L->ftrl == 0 &&
+                                L->adam == 0 && L->adam_v == 0
+            : L->adam   ? L->floats == 3 * L->stride && L->adam == L->state &&
+                            L->adam_v == 2 * L->state && L->acc == 0 && L->ftrl == 0
+                        : L->floats == 2 * L->stride && L->acc == L->state && L->adam_v == 0) &&
            (L->ftrl == 0 || L->ftrl == L->state + L->k + 1);
 }
 #endif
@@ -193,6 +196,64 @@ static int update_bias(const hr_row_layout *L, float *r, float gb, float rate, f
     return 0;
 }
 
+/* Lazy Adam (Kingma and Ba 2015) on one row: the bias with gradient gb and,
+ * when t is not NULL, the factors with gradient gf * t[d]. The row keeps its
+ * own step count, so the bias correction is per row: a row seen for the
+ * tenth time is corrected as the tenth step, however many updates other
+ * rows had. Values are written only if finite; the step count advances when
+ * anything was written. Returns how many parts (bias, factors) were
+ * refused as non-finite. */
+static int adam_row(const hr_row_layout *L, float *r, float gb, const float *t, float gf,
+                    hr_group bg, hr_group vg, const hr_step_params *p)
+{
+    const uint32_t k = L->k;
+    float *m = r + L->adam, *v = r + L->adam_v;
+    uint32_t step = load_u32(r, L->adam + k + 1);
+    if (step != UINT32_MAX)
+        step++;
+    const float b1 = p->adam_beta1, b2 = p->adam_beta2, eps = p->adam_eps;
+    const float c1 = (float)(1.0 - pow(b1, (double)step));
+    const float c2 = (float)(1.0 - pow(b2, (double)step));
+    int bad = 0, wrote = 0;
+
+    float wb = r[L->bias], rate = p->rate[bg];
+    float gr = gb + p->l2[bg] * wb;
+    float mb = b1 * m[k] + (1 - b1) * gr;
+    float vb = b2 * v[k] + (1 - b2) * gr * gr;
+    float nb = wb - rate * (mb / c1) / (sqrtf(vb / c2) + eps);
+    if (isfinite(mb) && isfinite(vb) && isfinite(nb)) {
+        m[k] = mb;
+        v[k] = vb;
+        r[L->bias] = nb;
+        wrote = 1;
+    } else {
+        bad++;
+    }
+
+    if (t) {
+        float nm[k], nv[k], nw[k];
+        const float rate_v = p->rate[vg], l2_v = p->l2[vg];
+        for (uint32_t d = 0; d < k; d++) {
+            float w = r[d];
+            float g = gf * t[d] + l2_v * w;
+            nm[d] = b1 * m[d] + (1 - b1) * g;
+            nv[d] = b2 * v[d] + (1 - b2) * g * g;
+            nw[d] = w - rate_v * (nm[d] / c1) / (sqrtf(nv[d] / c2) + eps);
+        }
+        if (any_nonfinite(nm, k) || any_nonfinite(nv, k) || any_nonfinite(nw, k)) {
+            bad++;
+        } else {
+            memcpy(m, nm, k * sizeof(float));
+            memcpy(v, nv, k * sizeof(float));
+            memcpy(r, nw, k * sizeof(float));
+            wrote = 1;
+        }
+    }
+    if (wrote)
+        store_u32(r, L->adam + k + 1, step);
+    return bad;
+}
+
 hr_step_result hr_sgd_step(const hr_row_layout *L, const hr_active *a, int n, float label,
                            float weight, const hr_step_params *p, double *y_before,
                            double *pred_before)
@@ -257,6 +318,11 @@ hr_step_result hr_sgd_step(const hr_row_layout *L, const hr_active *a, int n, fl
         if (x == 0)
             continue;
         const hr_group bg = a[f].has_v ? HR_GROUP_BIAS : HR_GROUP_GLOBAL;
+        if (p->opt == HR_OPT_ADAM && L->adam) {
+            nonfinite += adam_row(L, r, gf * x, a[f].has_v ? dv + (size_t)f * k : NULL, gf, bg,
+                                  (hr_group)a[f].group, p);
+            continue;
+        }
         nonfinite += update_bias(L, r, gf * x, p->rate[bg], p->l2[bg], p);
         if (!a[f].has_v)
             continue;
@@ -318,6 +384,8 @@ void hr_sgd_row_read(const hr_row_layout *L, const float *row, float *dst)
     memcpy(dst, row, (size_t)L->stride * sizeof(float));
     if (L->state)
         memcpy(dst + L->stride, row + L->state, (size_t)L->stride * sizeof(float));
+    if (L->adam_v)
+        memcpy(dst + 2 * L->stride, row + L->adam_v, (size_t)L->stride * sizeof(float));
 }
 
 void hr_sgd_row_write(const hr_row_layout *L, float *row, const float *src)
@@ -326,6 +394,8 @@ void hr_sgd_row_write(const hr_row_layout *L, float *row, const float *src)
     memcpy(row, src, (size_t)L->stride * sizeof(float));
     if (L->state)
         memcpy(row + L->state, src + L->stride, (size_t)L->stride * sizeof(float));
+    if (L->adam_v)
+        memcpy(row + L->adam_v, src + 2 * L->stride, (size_t)L->stride * sizeof(float));
 }
 
 void hr_sgd_block_scores_ref(const hr_row_layout *L, const float *block, uint32_t nrows,

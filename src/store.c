@@ -57,6 +57,8 @@ enum {
     ST_CATALOG_SCAN,
     ST_FORGET_ROWS,
     ST_FORGET_HISTORY,
+    ST_CKPT_AT,
+    ST_CKPT_FROM,
     /* log */
     ST_LOG_INSERT,
     ST_LOG_INSERT_ARRIVED,
@@ -69,6 +71,7 @@ enum {
     ST_LOG_SCAN_ARRIVED,
     ST_LOG_PROBE,
     ST_LOG_FORGET,
+    ST_LOG_SINCE,
     ST_COUNT
 };
 
@@ -137,6 +140,14 @@ static const struct {
     [ST_FORGET_HISTORY] = {HR_STORE_MAIN, 3, "DELETE FROM serving_history WHERE user = ?"},
     [ST_LOG_FORGET] = {HR_STORE_LOG, 1,
                        "DELETE FROM event_log WHERE CAST(json_extract(event, '$.user') AS TEXT) = ?"},
+    [ST_CKPT_AT] = {HR_STORE_MAIN, 1,
+                    "SELECT id, base, kind = 'full', seq, nrows, updates, started, "
+                    "coalesce(seconds, 0), shape FROM checkpoint WHERE complete = 1 "
+                    "AND seq <= ? AND started <= ? ORDER BY id DESC LIMIT 1"},
+    [ST_CKPT_FROM] = {HR_STORE_MAIN, 1,
+                      "SELECT id, base, kind = 'full', seq, nrows, updates, started, "
+                      "coalesce(seconds, 0), shape FROM checkpoint WHERE complete = 1 "
+                      "AND seq >= ? ORDER BY seq, id LIMIT 1"},
     [ST_LOG_INSERT] = {HR_STORE_LOG, 1, "INSERT INTO event_log (seq, event) VALUES (?, ?)"},
     [ST_LOG_INSERT_ARRIVED] = {HR_STORE_LOG, 2,
                                "INSERT INTO event_log (seq, event, arrived) VALUES (?, ?, ?)"},
@@ -153,6 +164,7 @@ static const struct {
                              "SELECT seq, event, arrived FROM event_log WHERE seq > ? ORDER BY seq"},
     [ST_LOG_PROBE] = {HR_STORE_LOG, 1,
                       "UPDATE log_state SET trimmed_to = -1 - trimmed_to WHERE id = 1"},
+    [ST_LOG_SINCE] = {HR_STORE_LOG, 2, "SELECT min(seq) FROM event_log WHERE arrived >= ?"},
 };
 
 struct hr_store {
@@ -406,10 +418,11 @@ void hr_store_close(hr_store *s)
 
 /* ---- checkpoints ---- */
 
-hr_status hr_store_ckpt_latest(hr_store *s, hr_store_ckpt *out, hr_error *err)
+/* One checkpoint row of a statement selecting the columns of ST_CKPT_LATEST
+ * (bound by the caller); out->id 0 when there is none. Resets st. */
+static int read_ckpt(sqlite3_stmt *st, hr_store_ckpt *out)
 {
     memset(out, 0, sizeof *out);
-    sqlite3_stmt *st = s->st[ST_CKPT_LATEST];
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
         out->id = sqlite3_column_int64(st, 0);
@@ -427,7 +440,31 @@ hr_status hr_store_ckpt_latest(hr_store *s, hr_store_ckpt *out, hr_error *err)
         rc = SQLITE_OK;
     }
     sqlite3_reset(st);
+    return rc;
+}
+
+hr_status hr_store_ckpt_latest(hr_store *s, hr_store_ckpt *out, hr_error *err)
+{
+    int rc = read_ckpt(s->st[ST_CKPT_LATEST], out);
     return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "reading the latest checkpoint");
+}
+
+hr_status hr_store_ckpt_at(hr_store *s, uint64_t max_seq, double max_started, hr_store_ckpt *out,
+                           hr_error *err)
+{
+    sqlite3_stmt *st = s->st[ST_CKPT_AT];
+    sqlite3_bind_int64(st, 1, max_seq > INT64_MAX ? INT64_MAX : (int64_t)max_seq);
+    sqlite3_bind_double(st, 2, max_started < 1e300 ? max_started : 1e300); /* not Inf */
+    int rc = read_ckpt(st, out);
+    return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "finding a checkpoint");
+}
+
+hr_status hr_store_ckpt_from(hr_store *s, uint64_t min_seq, hr_store_ckpt *out, hr_error *err)
+{
+    sqlite3_stmt *st = s->st[ST_CKPT_FROM];
+    sqlite3_bind_int64(st, 1, min_seq > INT64_MAX ? INT64_MAX : (int64_t)min_seq);
+    int rc = read_ckpt(st, out);
+    return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "finding a checkpoint");
 }
 
 hr_status hr_store_ckpt_count(hr_store *s, int64_t *out, hr_error *err)
@@ -686,6 +723,46 @@ hr_status hr_store_ckpt_blob(hr_store *s, int64_t id, const char *kind, uint32_t
     return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "writing the serving state");
 }
 
+hr_status hr_store_snapshot_meta_put(hr_store *s, const char *text, hr_error *err)
+{
+    int rc = sqlite3_exec(s->db,
+                          "CREATE TABLE IF NOT EXISTS snapshot_meta (id INTEGER PRIMARY KEY "
+                          "CHECK (id = 1), json TEXT NOT NULL)",
+                          NULL, NULL, NULL);
+    sqlite3_stmt *st = NULL;
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO snapshot_meta (id, json) "
+                                       "VALUES (1, ?1)", -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, text, -1, SQLITE_STATIC);
+        rc = run(st);
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "writing the snapshot meta");
+}
+
+hr_status hr_store_snapshot_meta_get(hr_store *s, char **text, hr_error *err)
+{
+    *text = NULL;
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(s->db, "SELECT json FROM snapshot_meta WHERE id = 1", -1, &st,
+                                NULL);
+    if (rc != SQLITE_OK) { /* no such table: not a snapshot */
+        sqlite3_finalize(st);
+        return HR_OK;
+    }
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        const char *t = (const char *)sqlite3_column_text(st, 0);
+        *text = strdup(t ? t : "");
+        rc = *text ? SQLITE_OK : SQLITE_NOMEM;
+    } else if (rc == SQLITE_DONE) {
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "reading the snapshot meta");
+}
+
 hr_status hr_store_serving(hr_store *s, int64_t id, bool *found, uint64_t *seq, double *taken,
                            hr_error *err)
 {
@@ -811,6 +888,19 @@ hr_status hr_store_log_trimmed_to(hr_store *s, uint64_t *out, hr_error *err)
     int rc = one_int(s->st[ST_LOG_TRIMMED], 0, &v);
     *out = (uint64_t)v;
     return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "event log: reading trimmed_to");
+}
+
+hr_status hr_store_log_since(hr_store *s, double t, uint64_t *out, hr_error *err)
+{
+    *out = 0;
+    sqlite3_stmt *st = s->st[ST_LOG_SINCE];
+    if (!st)
+        return hr_error_set(err, HR_EINVAL, NULL, "the event log has no arrival times");
+    sqlite3_bind_double(st, 1, t);
+    int64_t v = 0;
+    int rc = one_int(st, 0, &v);
+    *out = (uint64_t)v;
+    return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "event log: finding a time");
 }
 
 hr_status hr_store_log_count(hr_store *s, uint64_t *out, hr_error *err)

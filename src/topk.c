@@ -24,6 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "hogrec/half.h"
 #include "hogrec/sgd.h"
 
 static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
@@ -205,6 +206,30 @@ static void scan_sparse(const hr_model *m, hr_topk_request *r, const float *qx, 
     }
 }
 
+/* A sparse query scored alone (scan_sparse), in fp32. */
+static hr_status query_sparse(const hr_model *m, hr_topk_request *r)
+{
+    pthread_once(&blas_once, blas_init);
+    const hr_row_layout *L = hr_model_layout(m);
+    float *qx = malloc((L->k + 1) * sizeof *qx);
+    if (!qx)
+        return HR_ENOMEM;
+    memcpy(qx, r->q, L->k * sizeof *qx);
+    qx[L->k] = 1.0f; /* picks up the bias column */
+    scan_state st = {.threshold = -INFINITY, .def_score = 0};
+    hr_topk_heap_init(&st.hp, r->out, r->k);
+    if (hr_model_get_config(m)->min_count > 0)
+        hr_sgd_block_scores_ref(L, hr_model_row(m, HR_TABLE_ITEM, 0), 1, L->stride, r->q,
+                                &st.def_score);
+    scan_sparse(m, r, qx, &st);
+    r->n = hr_topk_heap_finish(&st.hp);
+    free(qx);
+    return HR_OK;
+}
+
+static hr_status query_many_half(const hr_model *m, hr_topk_request *reqs, size_t nq,
+                                 bool *done);
+
 /* Scores the queries: with BLAS, or (reference) with the plain loop the
  * BLAS path is checked against. */
 static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq, bool reference)
@@ -213,6 +238,12 @@ static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
         reqs[j].n = 0;
     if (nq == 0)
         return HR_OK;
+    if (!reference && hr_model_half_layout(m)) {
+        bool done = false;
+        hr_status hst = query_many_half(m, reqs, nq, &done);
+        if (done)
+            return hst;
+    }
     pthread_once(&blas_once, blas_init);
     const hr_row_layout *L = hr_model_layout(m);
     const hr_model_config *mc = hr_model_get_config(m);
@@ -300,6 +331,263 @@ static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
     free(scores);
     free(ss);
     return HR_OK;
+}
+
+/* ---- the half-precision path (topk_precision f16) ----
+ *
+ * The model keeps a half copy of the item rows (half.h), brought up to date
+ * by hr_model_item_half_sync before each scan. The scan computes a half
+ * score s' per row and, from the row's norm, a bound B with |s - s'| <= B
+ * for the fp32 score s (hr_half_error_bound), so s lies in [s' - B, s' + B].
+ * Per query, a heap keeps the K best lower bounds of eligible rows; its
+ * worst, T, only rises. A row whose upper bound is below T is beaten
+ * strictly by K rows and cannot be in the top K; every other row is a
+ * candidate. The candidates are re-scored with the fp32 reference loop and
+ * ranked by the usual heap, so the result is the fp32 top K with its ties
+ * (hr_topk_query_ref's, bit for bit, on a model not being trained). Few rows
+ * are candidates: the bound is ~2^-11 of |q| |v|. Exclusions and catalog
+ * filters apply to the candidates as in the fp32 scan; a query whose filter
+ * keeps few rows skips the half scan and is scored row by row in fp32.
+ */
+
+typedef struct {
+    uint32_t row;
+    float hi;  /* upper bound of its fp32 score */
+    bool def;  /* scores as the default row (min_count) */
+} half_cand;
+
+typedef struct {
+    hr_topk_heap lo;    /* the best K lower bounds of eligible rows */
+    float threshold;    /* lo's worst once full, else -inf */
+    float c[2];         /* the bound: c[0] * norm + c[1] */
+    float def_score;    /* score of the default row (items below min_count) */
+    half_cand *cands;   /* rows whose upper bound reached the threshold */
+    size_t nc, cap;
+    bool alone;         /* a sparse filter: scored by query_sparse, not in the scan */
+} half_state;
+
+/* Drops the candidates the threshold now rules out; grows the array if
+ * that frees too little. */
+static bool cands_make_room(half_state *hs)
+{
+    size_t w = 0;
+    for (size_t i = 0; i < hs->nc; i++)
+        if (hs->cands[i].hi >= hs->threshold)
+            hs->cands[w++] = hs->cands[i];
+    hs->nc = w;
+    if (hs->nc < hs->cap / 2)
+        return true;
+    half_cand *c = realloc(hs->cands, 2 * hs->cap * sizeof *c);
+    if (!c)
+        return false;
+    hs->cands = c;
+    hs->cap *= 2;
+    return true;
+}
+
+/* Offers a slice's half scores of one query. False on allocation failure. */
+static bool half_offer(const hr_model *m, const hr_half_layout *H, const hr_topk_request *rq,
+                       half_state *hs, const uint16_t *sub, uint32_t base, uint32_t len,
+                       const float *scores, size_t step)
+{
+    const bool min_count = hr_model_get_config(m)->min_count > 0;
+    const float c0 = hs->c[0], c1 = hs->c[1], def_score = hs->def_score;
+    float threshold = hs->threshold; /* a local: stores below cannot alias it */
+    for (uint32_t i = 0; i < len; i++) {
+        const float s = scores[i * step];
+        const float norm = hr_half_row_norm(H, sub + (size_t)i * H->stride);
+        float hi = INFINITY, lo = -INFINITY;
+        if (norm < INFINITY) { /* else: out of fp16 range, always re-scored */
+            const float b = c0 * norm + c1;
+            hi = s + b;
+            lo = s - b;
+        }
+        if (min_count && hi < def_score)
+            hi = def_score; /* it may score as the default row */
+        if (hi < threshold)
+            continue;
+        const uint32_t row = base + i;
+        /* eligibility as in the fp32 scan: a key, not excluded, the
+         * catalog filter's allow bitmap (hidden, expired, categories) */
+        if (row == 0 || !hr_model_key(m, HR_TABLE_ITEM, row, NULL) ||
+            hr_topk_excluded(rq->ex, row))
+            continue;
+        bool def = min_count && hr_model_effective_row(m, HR_TABLE_ITEM, row) == 0;
+        if (def)
+            hi = lo = hs->def_score;
+        hr_topk_heap_offer(&hs->lo, row, lo);
+        if (hs->lo.n == hs->lo.k)
+            hs->threshold = threshold = hs->lo.h[0].score;
+        if (hi < threshold)
+            continue;
+        if (hs->nc == hs->cap && !cands_make_room(hs))
+            return false;
+        hs->cands[hs->nc++] = (half_cand){row, hi, def};
+    }
+    return true;
+}
+
+/* Eight floats, as portable GCC vector extensions (SSE2 pairs on a plain
+ * x86-64 build): the batch's cheap test runs for eight queries at once. */
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+/* Offers a slice's scores of a batch (nq8 per row): per row, the upper
+ * bounds of eight queries are tested against their thresholds at once, and
+ * only the queries that pass go through half_offer. */
+static bool half_offer_batch(const hr_model *m, const hr_half_layout *H, hr_topk_request *reqs,
+                             size_t nq, half_state *hs, const uint16_t *sub, uint32_t base,
+                             uint32_t len, const float *scores, size_t nq8)
+{
+    const bool min_count = hr_model_get_config(m)->min_count > 0;
+    for (size_t g = 0; g < nq8; g += 8) {
+        v8f c0 = {0}, c1 = {0}, thr;
+        for (int l = 0; l < 8; l++) {
+            size_t j = g + (size_t)l;
+            bool live = j < nq && reqs[j].k > 0 && !hs[j].alone;
+            c0[l] = live ? hs[j].c[0] : 0;
+            c1[l] = live ? hs[j].c[1] : 0;
+            /* min_count: a row may score as the default row; test all */
+            thr[l] = !live ? INFINITY : min_count ? -INFINITY : hs[j].threshold;
+        }
+        for (uint32_t i = 0; i < len; i++) {
+            v8f s, norm;
+            memcpy(&s, scores + (size_t)i * nq8 + g, sizeof s);
+            norm = (v8f){0} + hr_half_row_norm(H, sub + (size_t)i * H->stride);
+            /* an upper bound (NaN for an infinite norm: tested below) */
+            v8i pass = (s + (c0 * norm + c1)) >= thr;
+            bool wide = !(norm[0] < INFINITY);
+            int any = 0;
+            for (int l = 0; l < 8; l++)
+                any |= pass[l];
+            if (!any && !wide)
+                continue;
+            for (int l = 0; l < 8; l++) {
+                size_t j = g + (size_t)l;
+                if (j >= nq || reqs[j].k == 0 || hs[j].alone || !(pass[l] || wide))
+                    continue;
+                if (!half_offer(m, H, &reqs[j], &hs[j], sub + (size_t)i * H->stride, base + i,
+                                1, scores + (size_t)i * nq8 + j, nq8))
+                    return false;
+                if (!min_count)
+                    thr[l] = hs[j].threshold;
+            }
+        }
+    }
+    return true;
+}
+
+/* Scans the half copy for candidates and re-scores them in fp32. *done is
+ * false (and nothing written) when a query has no bound (not finite): the
+ * caller scores the batch in fp32 instead. */
+static hr_status query_many_half(const hr_model *m, hr_topk_request *reqs, size_t nq,
+                                 bool *done)
+{
+    const hr_half_layout *H = hr_model_half_layout(m);
+    const hr_row_layout *L = hr_model_layout(m);
+    const hr_model_config *mc = hr_model_get_config(m);
+    const uint32_t chunk = mc->chunk_rows, dims = H->dims;
+    *done = false;
+    /* Slices of SUB rows. A batch is scored eight queries per vector: qt
+     * holds the queries transposed (dims x nq8, zero-padded). */
+    enum { SUB = 512 };
+    const size_t nq8 = nq > 1 ? (nq + 7) & ~(size_t)7 : 1;
+    float *qx = calloc(nq * dims, sizeof *qx);
+    float *scores = malloc((size_t)SUB * nq8 * sizeof *scores);
+    float *qt = nq > 1 ? calloc(dims * nq8, sizeof *qt) : NULL;
+    half_state *hs = calloc(nq, sizeof *hs);
+    size_t lo_total = 0;
+    for (size_t j = 0; j < nq; j++)
+        lo_total += reqs[j].k;
+    hr_topk_item *lo_st = malloc((lo_total ? lo_total : 1) * sizeof *lo_st);
+    hr_status st = HR_OK;
+    if (!qx || !scores || (nq > 1 && !qt) || !hs || !lo_st) {
+        st = HR_ENOMEM;
+        *done = true;
+        goto out;
+    }
+    const float *r0 = hr_model_row(m, HR_TABLE_ITEM, 0);
+    size_t lo_at = 0;
+    for (size_t j = 0; j < nq; j++) {
+        memcpy(qx + j * dims, reqs[j].q, L->k * sizeof *qx);
+        qx[j * dims + L->k] = 1.0f; /* the bias */
+        if (!hr_half_error_bound(H, qx + j * dims, hs[j].c))
+            goto out; /* not done: fp32 */
+        for (uint32_t d = 0; qt && d < dims; d++)
+            qt[d * nq8 + j] = qx[j * dims + d];
+        hr_topk_heap_init(&hs[j].lo, lo_st + lo_at, reqs[j].k);
+        lo_at += reqs[j].k;
+        hs[j].threshold = -INFINITY;
+        if (mc->min_count > 0)
+            hr_sgd_block_scores_ref(L, r0, 1, L->stride, reqs[j].q, &hs[j].def_score);
+        hs[j].cap = 4 * (size_t)reqs[j].k + 64;
+        if (!(hs[j].cands = malloc(hs[j].cap * sizeof *hs[j].cands))) {
+            st = HR_ENOMEM;
+            *done = true;
+            goto out;
+        }
+    }
+    *done = true;
+    /* A filter that keeps few rows is scored row by row in fp32 (as
+     * query_many does), the others by the half scan; both apply the filter. */
+    size_t nscan = 0;
+    for (size_t j = 0; j < nq; j++) {
+        if (reqs[j].k > 0 && sparse(&reqs[j])) {
+            hs[j].alone = true;
+            if ((st = query_sparse(m, &reqs[j])) != HR_OK)
+                goto out;
+        } else {
+            nscan++;
+        }
+    }
+    if (nscan)
+        hr_model_item_half_sync(m);
+    uint32_t nrows;
+    const uint16_t *blk;
+    for (uint32_t b = 0; nscan && (blk = hr_model_item_half_block(m, b, &nrows)) != NULL; b++) {
+        for (uint32_t off = 0; off < nrows; off += SUB) {
+            const uint32_t len = nrows - off < SUB ? nrows - off : SUB;
+            const uint16_t *sub = blk + (size_t)off * H->stride;
+            if (nq == 1)
+                hr_half_block_scores(H, sub, len, qx, scores);
+            else
+                hr_half_block_scores_many(H, sub, len, qt, (uint32_t)nq8, scores);
+            bool ok = nq == 1 ? reqs[0].k == 0 || hs[0].alone || half_offer(m, H, &reqs[0], &hs[0], sub,
+                                                             b * chunk + off, len, scores, 1)
+                              : half_offer_batch(m, H, reqs, nq, hs, sub, b * chunk + off, len,
+                                                 scores, nq8);
+            if (!ok) {
+                st = HR_ENOMEM;
+                goto out;
+            }
+        }
+    }
+    for (size_t j = 0; j < nq; j++) {
+        if (hs[j].alone)
+            continue; /* reqs[j].n set by query_sparse */
+        hr_topk_heap hp;
+        hr_topk_heap_init(&hp, reqs[j].out, reqs[j].k);
+        for (size_t i = 0; i < hs[j].nc; i++) {
+            const half_cand *c = &hs[j].cands[i];
+            if (c->hi < hs[j].threshold)
+                continue;
+            float s = hs[j].def_score;
+            if (!c->def)
+                hr_sgd_block_scores_ref(L, hr_model_row(m, HR_TABLE_ITEM, c->row), 1, L->stride,
+                                        reqs[j].q, &s);
+            hr_topk_heap_offer(&hp, c->row, s);
+        }
+        reqs[j].n = hr_topk_heap_finish(&hp);
+    }
+out:
+    for (size_t j = 0; hs && j < nq; j++)
+        free(hs[j].cands);
+    free(qx);
+    free(scores);
+    free(qt);
+    free(hs);
+    free(lo_st);
+    return st;
 }
 
 hr_status hr_topk_query_many(const hr_model *m, hr_topk_request *reqs, size_t nq)

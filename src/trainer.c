@@ -134,6 +134,9 @@ struct hr_trainer {
                                     * or known), 0 = none */
     uint64_t pending_version;      /* the change waiting for its window, 0 = none */
     uint64_t pending_due;          /* update count at which to note it */
+
+    hr_trainer_tap *tap;           /* hr_trainer_set_tap; set while paused */
+    void *tap_ctx;
 };
 
 static inline void bump(atomic_uint_fast64_t *c, uint64_t n)
@@ -314,6 +317,9 @@ static void resolve_params(hr_trainer *tr, batch_ctx *bc)
     bc->p.clip = (float)mc->grad_clip;
     bc->p.ftrl_beta = (float)bc->s->ftrl_beta;
     bc->p.ftrl_l1 = (float)bc->s->ftrl_l1;
+    bc->p.adam_beta1 = (float)bc->s->adam_beta1;
+    bc->p.adam_beta2 = (float)bc->s->adam_beta2;
+    bc->p.adam_eps = (float)bc->s->adam_epsilon;
 }
 
 static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n)
@@ -517,6 +523,8 @@ static void *worker_main(void *arg)
         tr->registered += n;
         pthread_mutex_unlock(&tr->mu);
         train_batch(tr, w, w->buf, n);
+        if (tr->tap)
+            tr->tap(tr->tap_ctx, w->buf, n);
         pthread_mutex_lock(&tr->mu);
         if (last > tr->max_seq)
             tr->max_seq = last;
@@ -683,6 +691,35 @@ void hr_trainer_resume(hr_trainer *tr)
         tr->pause_req--;
     pthread_cond_broadcast(&tr->cv);
     pthread_mutex_unlock(&tr->mu);
+}
+
+void hr_trainer_set_tap(hr_trainer *tr, hr_trainer_tap *fn, void *ctx)
+{
+    pthread_mutex_lock(&tr->mu);
+    tr->tap = fn;
+    tr->tap_ctx = ctx;
+    pthread_mutex_unlock(&tr->mu);
+}
+
+void hr_trainer_replay_paused(hr_trainer *tr, const hr_event *evs, size_t n)
+{
+    worker *w = &tr->w[0]; /* parked: its state is ours until the resume */
+    uint64_t trained = atomic_load(&w->c.trained), batches = atomic_load(&w->c.batches);
+    for (size_t i = 0; i < n; i += tr->cfg.batch) {
+        size_t m = n - i < tr->cfg.batch ? n - i : tr->cfg.batch;
+        train_batch(tr, w, evs + i, m);
+    }
+    atomic_store(&w->c.trained, trained);
+    atomic_store(&w->c.batches, batches);
+}
+
+void hr_trainer_set_updates(hr_trainer *tr, uint64_t total)
+{
+    uint64_t s = 0;
+    for (unsigned i = 0; i < tr->nw; i++)
+        s += atomic_load_explicit(&tr->w[i].updates, memory_order_relaxed);
+    /* modular: base + s == total even when total < s */
+    atomic_store_explicit(&tr->base_updates, total - s, memory_order_relaxed);
 }
 
 uint64_t hr_trainer_applied_count(hr_trainer *tr, uint64_t *max_seq)

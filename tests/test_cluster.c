@@ -196,6 +196,77 @@ static double score_at(int port, int u, int i, int v)
     return sc;
 }
 
+/* GET /v1/recommend on node `port` for `user` (k items, exclude_seen),
+ * once the node's model and serving state cover entry `last` (min_seq;
+ * asked again while it answers "applied": false, bounded): the answer's
+ * items as one text "item,item,..." (new) and whether it is the popular
+ * fallback. */
+static char *recommend_at(int port, const char *user, int k, hr_estream_id last, bool *fallback)
+{
+    char path[200], e[HR_ESTREAM_ID_LEN];
+    snprintf(path, sizeof path, "/v1/recommend?user=%s&k=%d&exclude_seen=true&min_seq=%s", user,
+             k, hr_estream_id_format(last, e));
+    for (int round = 0; round < WAIT_SECONDS * 2; round++) {
+        json_t *o = NULL;
+        long s = tu_http(port, "GET", path, NULL, NULL, &o);
+        if (s != 200)
+            fail_msg("GET %s on port %d answered %ld", path, port, s);
+        if (!json_is_true(json_object_get(o, "applied"))) {
+            json_decref(o);
+            continue; /* the wait (max_wait_ms) ended first: ask again */
+        }
+        json_t *items = json_object_get(o, "items");
+        size_t cap = json_array_size(items) * 16 + 1, len = 0;
+        char *text = calloc(cap, 1);
+        assert_non_null(text);
+        for (size_t i = 0; i < json_array_size(items); i++)
+            len += (size_t)snprintf(text + len, cap - len, "%s%s", i ? "," : "",
+                                    json_string_value(json_object_get(json_array_get(items, i),
+                                                                      "item")));
+        *fallback = json_object_get(o, "fallback") != NULL;
+        json_decref(o);
+        return text;
+    }
+    fail_msg("GET %s on port %d: min_seq never applied", path, port);
+    return NULL;
+}
+
+/* The serving state alike on every node: for sampled users (and users
+ * the model does not know, who get the popular fallback), GET
+ * /v1/recommend with exclude_seen answers the same items on each node as
+ * on node `ref`, once each covers entry `last`. Returns the lists
+ * compared. */
+static int compare_recommend(tu_child *n, int nodes, int ref, hr_estream_id last,
+                             const char *what)
+{
+    int compared = 0;
+    for (int u = -2; u < USERS; u += 3) {
+        char user[32];
+        if (u < 0)
+            snprintf(user, sizeof user, "cold%d", -u); /* never posted */
+        else
+            snprintf(user, sizeof user, "u%d", u);
+        bool fb_want = false;
+        char *want = recommend_at(n[ref].port, user, 10, last, &fb_want);
+        assert_true(strlen(want) > 0);
+        assert_int_equal(fb_want, u < 0);
+        for (int k = 0; k < nodes; k++) {
+            if (k == ref)
+                continue;
+            bool fb = false;
+            char *got = recommend_at(n[k].port, user, 10, last, &fb);
+            if (strcmp(got, want) != 0 || fb != fb_want)
+                fail_msg("%s: recommend for %s: node %d answers [%s]%s, node %d [%s]%s", what,
+                         user, k, got, fb ? " (fallback)" : "", ref, want,
+                         fb_want ? " (fallback)" : "");
+            free(got);
+            compared++;
+        }
+        free(want);
+    }
+    return compared;
+}
+
 static void test_leader_and_followers(void **state)
 {
     (void)state;
@@ -273,6 +344,10 @@ static void test_leader_and_followers(void **state)
             compared++;
         }
     assert_true(compared > 50);
+
+    /* the serving state (recent items for exclude_seen, popularity for
+     * the cold-start fallback) is the leader's on every node */
+    assert_true(compare_recommend(n, NODES, leader, last, "round-robin") >= 2 * (USERS / 3));
 
     /* one event id posted to two nodes is applied once */
     const char *dup = "[{\"user\":\"u1\",\"item\":\"i1\",\"id\":\"dup-1\"}]";
@@ -638,6 +713,9 @@ static void test_failover_kill_leader(void **state)
         fail_msg("events in the model: new leader %lld, follower %lld; posted %lld", cnt_nl, cnt_o,
                  want);
     assert_true(compare_scores(n[nl].port, n[other].port, "survivors") > 50);
+    /* the new leader took over the serving state it kept as a follower */
+    tu_child surv[2] = {n[nl], n[other]};
+    assert_true(compare_recommend(surv, 2, 0, last, "survivors") >= USERS / 3);
 
     kill(n[nl].pid, SIGTERM);
     kill(n[other].pid, SIGTERM);

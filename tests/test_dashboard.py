@@ -50,6 +50,17 @@ def http(port, method, path, body=None, token=None):
         return e.code, json.loads(e.read() or b"null")
 
 
+def click_fresh(driver, by, what):
+    """Finds and clicks an element; False (try again) when there is none
+    yet or the page replaced it between the find and the click."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    try:
+        driver.find_element(by, what).click()
+        return True
+    except (NoSuchElementException, StaleElementReferenceException):
+        return False
+
+
 def post_events(port, rng, n):
     evs = [{"user": f"u{rng.randrange(20)}", "item": f"i{rng.randrange(30)}",
             "label": rng.randrange(2)} for _ in range(n)]
@@ -159,8 +170,9 @@ def main():
 
         # ---- rollback ----
         driver.get(base + "/ui/#schedule")
-        btn = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, f"button.rollback[data-version='{v0}']"))
-        btn.click()
+        # the history table is redrawn while the page refreshes: find and
+        # click in one step, again if the row was replaced in between
+        wait.until(lambda d: click_fresh(d, By.CSS_SELECTOR, f"button.rollback[data-version='{v0}']"))
         wait.until(lambda d: http(port, "GET", "/v1/admin/schedule", token=TOKEN)[1]["version"] == v0 + 2)
         st, rolled = http(port, "GET", "/v1/admin/schedule", token=TOKEN)
         b = dict(before)

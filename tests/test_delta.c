@@ -82,7 +82,10 @@ static void train(hr_model *m, hr_rng *rng, unsigned users, unsigned items)
     hr_step_params p;
     memset(&p, 0, sizeof p);
     p.loss = HR_LOSS_LOGISTIC;
-    p.opt = L->acc ? HR_OPT_ADAGRAD : HR_OPT_SGD;
+    p.opt = L->adam ? HR_OPT_ADAM : L->acc ? HR_OPT_ADAGRAD : HR_OPT_SGD;
+    p.adam_beta1 = 0.9f;
+    p.adam_beta2 = 0.999f;
+    p.adam_eps = 1e-8f;
     for (int g = 0; g < HR_GROUP_COUNT; g++)
         p.rate[g] = 0.05f;
     uint32_t now = hr_model_clock(m);
@@ -156,6 +159,13 @@ static void assert_same(hr_model *leader, hr_model *follower)
             }
             hr_sgd_row_read(L, hr_model_row(leader, (hr_table_id)t, r), a);
             hr_sgd_row_read(L, hr_model_row(follower, (hr_table_id)t, r), b);
+            /* Adam's second moments, read in place (not through row_read,
+             * which the delta's encoder uses too) */
+            if (L->adam_v &&
+                memcmp(hr_model_row(leader, (hr_table_id)t, r) + L->adam_v,
+                       hr_model_row(follower, (hr_table_id)t, r) + L->adam_v,
+                       (L->k + 1) * sizeof(float)) != 0)
+                fail_msg("table %d row %u: Adam second moments differ", t, r);
             if (memcmp(a, b, sizeof a) != 0)
                 fail_msg("table %d row %u differs (count %u/%u, last seen %u/%u)", t, r,
                          hr_sgd_row_count(L, a), hr_sgd_row_count(L, b),
@@ -233,7 +243,7 @@ static hr_delta_header header(uint64_t epoch)
 static void test_follower_equals_leader(void **state)
 {
     (void)state;
-    const hr_state_kind kinds[] = {HR_STATE_SGD, HR_STATE_ADAGRAD, HR_STATE_FTRL};
+    const hr_state_kind kinds[] = {HR_STATE_SGD, HR_STATE_ADAGRAD, HR_STATE_FTRL, HR_STATE_ADAM};
     for (size_t ki = 0; ki < HR_ARRAY_LEN(kinds); ki++) {
         hr_model *leader = make(8, kinds[ki], 0, 256), *follower = make(8, kinds[ki], 0, 256);
         hr_delta_state st = {0};

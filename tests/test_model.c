@@ -162,7 +162,7 @@ static void test_ctx_rows_and_bytes_per_row(void **state)
 static void test_layout_and_link_are_the_row_rules(void **state)
 {
     (void)state;
-    const hr_state_kind kinds[] = {HR_STATE_SGD, HR_STATE_ADAGRAD, HR_STATE_FTRL};
+    const hr_state_kind kinds[] = {HR_STATE_SGD, HR_STATE_ADAGRAD, HR_STATE_FTRL, HR_STATE_ADAM};
     for (size_t i = 0; i < HR_ARRAY_LEN(kinds); i++) {
         hr_model *m = make(12, kinds[i], 0, 0);
         hr_row_layout want = hr_row_layout_make(12, kinds[i], 64);
@@ -171,6 +171,8 @@ static void test_layout_and_link_are_the_row_rules(void **state)
         assert_true(want.stride >= 12 + 3);
         if (kinds[i] != HR_STATE_SGD)
             assert_int_equal(want.state, 64 * want.stride);
+        if (kinds[i] == HR_STATE_ADAM) /* the second moments: a third block */
+            assert_true(want.adam_v == 128 * want.stride && want.floats == 3 * want.stride);
         /* rows are distinct within a chunk: weights of row 1 follow row 0's */
         assert_ptr_equal(hr_model_row(m, HR_TABLE_CTX, 1), hr_model_row(m, HR_TABLE_CTX, 0) + want.stride);
         for (double y = -30; y <= 30; y += 7.5)

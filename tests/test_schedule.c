@@ -446,6 +446,7 @@ static void test_upper_bounds(void **state)
         {"staleness.tau", offsetof(hr_schedule, staleness_tau), 1e15},
         {"ftrl.beta", offsetof(hr_schedule, ftrl_beta), 1e6},
         {"ftrl.l1", offsetof(hr_schedule, ftrl_l1), 1e6},
+        {"adam.epsilon", offsetof(hr_schedule, adam_epsilon), 1},
     };
     for (size_t i = 0; i < HR_ARRAY_LEN(bounds); i++) {
         hr_schedule s;
@@ -499,8 +500,10 @@ static void test_check_state(void **state)
             s.optimizer = (hr_optimizer)opt;
             hr_error err = {{0}, {0}};
             hr_status st = hr_schedule_check_state(&s, (hr_optimizer)rows, &err);
-            bool ok = opt == HR_OPT_SGD || (opt == HR_OPT_ADAGRAD && rows != HR_OPT_SGD) ||
-                      (opt == HR_OPT_FTRL && rows == HR_OPT_FTRL);
+            bool ok = opt == HR_OPT_SGD ||
+                      (opt == HR_OPT_ADAGRAD && (rows == HR_OPT_ADAGRAD || rows == HR_OPT_FTRL)) ||
+                      (opt == HR_OPT_FTRL && rows == HR_OPT_FTRL) ||
+                      (opt == HR_OPT_ADAM && rows == HR_OPT_ADAM);
             assert_int_equal(st, ok ? HR_OK : HR_EINVAL);
             if (!ok)
                 assert_string_equal(err.field, "optimizer");
@@ -520,6 +523,14 @@ static void test_check_state(void **state)
                         "optimizer adagrad needs rows with AdaGrad state, and this server's rows "
                         "keep no optimizer state (state sgd): start it with --state adagrad or "
                         "--state ftrl, on a new database (a database keeps its state)");
+    s.optimizer = HR_OPT_ADAM;
+    assert_int_equal(hr_schedule_check_state(&s, HR_OPT_FTRL, &err), HR_EINVAL);
+    assert_string_equal(err.message,
+                        "optimizer adam needs rows with Adam state (moments and a step count), "
+                        "and this server's rows keep AdaGrad and FTRL state (state ftrl): start "
+                        "it with --state adam, on a new database (a database keeps its state)");
+    s.optimizer = HR_OPT_ADAGRAD;
+    assert_int_equal(hr_schedule_check_state(&s, HR_OPT_ADAM, &err), HR_EINVAL);
 }
 
 /* ---- JSON ---- */
@@ -588,7 +599,7 @@ static void test_from_json_errors(void **state)
         {"{\"type\":\"cosine\",\"eta0\":0.1}", "period"},
         /* unknown names */
         {"{\"type\":\"linear\",\"eta0\":0.1}", "type"},
-        {"{\"type\":\"constant\",\"eta0\":0.1,\"optimizer\":\"adam\"}", "optimizer"},
+        {"{\"type\":\"constant\",\"eta0\":0.1,\"optimizer\":\"nadam\"}", "optimizer"},
         /* unknown keys */
         {"{\"type\":\"constant\",\"eta0\":0.1,\"etaa\":1}", "etaa"},
         {"{\"type\":\"constant\",\"eta0\":0.1,\"multipliers\":{\"users\":1}}", "multipliers.users"},
@@ -614,6 +625,13 @@ static void test_from_json_errors(void **state)
         {"{\"type\":\"constant\",\"eta0\":0.1,\"multipliers\":{\"item\":-1}}", "multipliers.item"},
         {"{\"type\":\"constant\",\"eta0\":0.1,\"staleness\":{\"tau\":0}}", "staleness.tau"},
         {"{\"type\":\"constant\",\"eta0\":0.1,\"ftrl\":{\"l1\":-1}}", "ftrl.l1"},
+        {"{\"type\":\"constant\",\"eta0\":0.1,\"adam\":{\"beta1\":1}}", "adam.beta1"},
+        {"{\"type\":\"constant\",\"eta0\":0.1,\"adam\":{\"beta1\":-0.1}}", "adam.beta1"},
+        {"{\"type\":\"constant\",\"eta0\":0.1,\"adam\":{\"beta2\":1.5}}", "adam.beta2"},
+        {"{\"type\":\"constant\",\"eta0\":0.1,\"adam\":{\"epsilon\":0}}", "adam.epsilon"},
+        {"{\"type\":\"constant\",\"eta0\":0.1,\"adam\":{\"epsilon\":2}}", "adam.epsilon"},
+        {"{\"type\":\"constant\",\"eta0\":0.1,\"adam\":{\"gamma\":0.5}}", "adam.gamma"},
+        {"{\"type\":\"constant\",\"eta0\":0.1,\"adam\":{\"beta2\":\"x\"}}", "adam.beta2"},
     };
     for (size_t i = 0; i < HR_ARRAY_LEN(cases); i++) {
         hr_schedule s;
@@ -661,6 +679,9 @@ static void assert_same_schedule(const hr_schedule *a, const hr_schedule *b)
     assert_true(a->staleness_tau == b->staleness_tau);
     assert_true(a->ftrl_beta == b->ftrl_beta);
     assert_true(a->ftrl_l1 == b->ftrl_l1);
+    assert_true(a->adam_beta1 == b->adam_beta1);
+    assert_true(a->adam_beta2 == b->adam_beta2);
+    assert_true(a->adam_epsilon == b->adam_epsilon);
     assert_int_equal(a->version, b->version);
 }
 
@@ -687,6 +708,9 @@ static void test_json_round_trip(void **state)
         a.staleness_tau = 3.25;
         a.ftrl_beta = 0.5;
         a.ftrl_l1 = 1.0 / 3;
+        a.adam_beta1 = 0.8;
+        a.adam_beta2 = 0.99 + 1.0 / 3e3;
+        a.adam_epsilon = 1e-7;
         a.version = 17;
 
         json_t *j = hr_schedule_to_json(&a);

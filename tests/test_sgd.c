@@ -1,8 +1,10 @@
 /*
  * test_sgd.c - the update kernel against plain references: the score against
  * the O(n^2 k) pairwise formula, the SGD step against finite differences of
- * the loss, AdaGrad and FTRL coordinates against their formulas, the NaN/Inf
- * guard and the gradient clip.
+ * the loss, AdaGrad and FTRL coordinates against their formulas, lazy Adam
+ * against a plain double-precision Adam on finite-difference gradients (with
+ * its per-row step count and bias correction), the NaN/Inf guard and the
+ * gradient clip.
  */
 #include "testutil.h"
 
@@ -34,6 +36,7 @@ static void make_world(world *w, hr_state_kind st, uint64_t seed)
     w->L = layout_for(st);
     assert_true(w->L.floats <= 64);
     assert_true(w->L.state == 0 || w->L.state == w->L.stride);
+    assert_true(w->L.adam_v == 0 || w->L.adam_v == 2 * w->L.stride);
     hr_rng rng;
     hr_rng_seed(&rng, seed);
     for (int f = 0; f < NF; f++) {
@@ -230,6 +233,144 @@ static void test_ftrl_l1_keeps_weights_at_zero(void **state)
         assert_true(w.rows[f][w.L.bias] > 0.0f); /* positive label pushes up */
 }
 
+/* The finite-difference gradient of the loss at every weight of the world
+ * (central, h = 1e-3, in double), [feature][d], d = K the bias. */
+static void fd_gradient(const world *w, double label, double num[NF][K + 1])
+{
+    for (int f = 0; f < NF; f++)
+        for (uint32_t d = 0; d <= K; d++) {
+            if (d < K && !w->a[f].has_v) {
+                num[f][d] = 0;
+                continue;
+            }
+            uint32_t at = d < K ? d : w->L.bias;
+            world t = *w;
+            for (int g = 0; g < NF; g++)
+                t.a[g].row = t.rows[g];
+            float h = 1e-3f, orig = t.rows[f][at];
+            t.rows[f][at] = orig + h;
+            double lp = ref_loss(&t, label);
+            t.rows[f][at] = orig - h;
+            double lm = ref_loss(&t, label);
+            num[f][d] = (lp - lm) / (2 * h);
+        }
+}
+
+static hr_step_params adam_params(float rate)
+{
+    hr_step_params p = sgd_params(rate);
+    p.opt = HR_OPT_ADAM;
+    p.adam_beta1 = 0.9f;
+    p.adam_beta2 = 0.999f;
+    p.adam_eps = 1e-8f;
+    return p;
+}
+
+/* Five steps of the kernel against plain Adam in double on the
+ * finite-difference gradients (no L2), alternating labels: every weight and
+ * both moments agree, and each row counts its steps. With sides (catalog
+ * attributes: Adam's third row block beside them), the gradients leave out
+ * the pairs within a side. */
+static void adam_vs_reference(bool sides)
+{
+    const double rate = 0.01, b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    world w;
+    make_world(&w, HR_STATE_ADAM, 21);
+    if (sides) {
+        w.a[1].side = w.a[3].side = 1;
+        w.a[2].side = w.a[4].side = 2;
+    }
+    assert_true(w.L.adam != 0 && w.L.acc == 0 && w.L.floats == 3 * w.L.stride);
+    double W[NF][K + 1], M[NF][K + 1] = {{0}}, V[NF][K + 1] = {{0}};
+    for (int f = 0; f < NF; f++)
+        for (uint32_t d = 0; d <= K; d++)
+            W[f][d] = w.rows[f][d < K ? d : w.L.bias];
+    hr_step_params p = adam_params((float)rate);
+    for (int step = 1; step <= 5; step++) {
+        double label = step % 2;
+        double num[NF][K + 1];
+        fd_gradient(&w, label, num);
+        double y;
+        assert_int_equal(hr_sgd_step(&w.L, w.a, NF, (float)label, 1.0f, &p, &y, NULL), HR_STEP_APPLIED);
+        for (int f = 0; f < NF; f++) {
+            uint32_t count;
+            memcpy(&count, &w.rows[f][w.L.adam + K + 1], sizeof count);
+            assert_int_equal(count, step);
+            for (uint32_t d = 0; d <= K; d++) {
+                if (d < K && !w.a[f].has_v)
+                    continue;
+                M[f][d] = b1 * M[f][d] + (1 - b1) * num[f][d];
+                V[f][d] = b2 * V[f][d] + (1 - b2) * num[f][d] * num[f][d];
+                double mh = M[f][d] / (1 - pow(b1, step)), vh = V[f][d] / (1 - pow(b2, step));
+                W[f][d] -= rate * mh / (sqrt(vh) + eps);
+                uint32_t at = d < K ? d : w.L.bias;
+                assert_float_equal(w.rows[f][at], W[f][d], 1e-4);
+                assert_float_equal(w.rows[f][w.L.adam + d], M[f][d], 1e-4);
+                assert_float_equal(w.rows[f][w.L.adam_v + d], V[f][d], 1e-5);
+            }
+        }
+    }
+}
+
+static void test_adam_matches_reference(void **state)
+{
+    (void)state;
+    adam_vs_reference(false);
+    adam_vs_reference(true);
+}
+
+/* Lazy: a row with x = 0 is not stepped (moments and count unchanged), and
+ * when it is stepped later its bias correction is its own first step's: the
+ * move is rate * g / (|g| + eps), about rate, not the damped move that the
+ * global update count would give. */
+static void test_adam_bias_correction_is_per_row(void **state)
+{
+    (void)state;
+    world w;
+    make_world(&w, HR_STATE_ADAM, 23);
+    hr_step_params p = adam_params(0.01f);
+    const float x4 = w.a[4].x;
+    w.a[4].x = 0;
+    double y;
+    for (int i = 0; i < 10; i++)
+        hr_sgd_step(&w.L, w.a, NF, (float)(i % 2), 1.0f, &p, &y, NULL);
+    uint32_t c4, c1;
+    memcpy(&c4, &w.rows[4][w.L.adam + K + 1], sizeof c4);
+    memcpy(&c1, &w.rows[1][w.L.adam + K + 1], sizeof c1);
+    assert_int_equal(c4, 0);
+    assert_int_equal(c1, 10);
+    for (uint32_t d = 0; d <= K; d++)
+        assert_true(w.rows[4][w.L.adam + d] == 0.0f && w.rows[4][w.L.adam_v + d] == 0.0f);
+    w.a[4].x = x4;
+    world before = w;
+    hr_sgd_step(&w.L, w.a, NF, 1.0f, 1.0f, &p, &y, NULL);
+    memcpy(&c4, &w.rows[4][w.L.adam + K + 1], sizeof c4);
+    assert_int_equal(c4, 1);
+    /* first step of row 4: |move| = rate * |g| / (|g| + eps) for every coordinate */
+    for (uint32_t d = 0; d <= K; d++) {
+        uint32_t at = d < K ? d : w.L.bias;
+        assert_float_equal(fabs(w.rows[4][at] - before.rows[4][at]), 0.01, 1e-4);
+    }
+}
+
+static void test_adam_nonfinite_is_never_written(void **state)
+{
+    (void)state;
+    world w, before;
+    make_world(&w, HR_STATE_ADAM, 25);
+    before = w;
+    hr_step_params p = adam_params(0.1f);
+    double y;
+    assert_int_equal(hr_sgd_step(&w.L, w.a, NF, NAN, 1.0f, &p, &y, NULL), HR_STEP_SKIPPED_NONFINITE);
+    assert_memory_equal(w.rows, before.rows, sizeof w.rows);
+    w.a[3].x = 1e30f; /* g^2 overflows the second moment */
+    hr_sgd_step(&w.L, w.a, NF, 1.0f, 1.0f, &p, &y, NULL);
+    for (int f = 0; f < NF; f++)
+        for (uint32_t d = 0; d < w.L.floats; d++)
+            if (d != w.L.count && d != w.L.last_seen && d != w.L.adam + K + 1)
+                assert_true(isfinite(w.rows[f][d]));
+}
+
 static void test_nonfinite_is_never_written(void **state)
 {
     (void)state;
@@ -295,6 +436,9 @@ int main(void)
         cmocka_unit_test(test_sgd_step_is_the_gradient),
         cmocka_unit_test(test_adagrad_coordinate),
         cmocka_unit_test(test_ftrl_l1_keeps_weights_at_zero),
+        cmocka_unit_test(test_adam_matches_reference),
+        cmocka_unit_test(test_adam_bias_correction_is_per_row),
+        cmocka_unit_test(test_adam_nonfinite_is_never_written),
         cmocka_unit_test(test_nonfinite_is_never_written),
         cmocka_unit_test(test_clip_bounds_the_step),
         cmocka_unit_test(test_block_scores_reference),

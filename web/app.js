@@ -168,7 +168,7 @@ async function poll() {
 /* ---- schedule ---- */
 
 const FIELDS = [
-  ['optimizer', 'select', ['sgd', 'adagrad', 'ftrl']],
+  ['optimizer', 'select', ['sgd', 'adagrad', 'ftrl', 'adam']],
   ['type', 'select', ['constant', 'invpow', 'exponential', 'step', 'cosine']],
   ['eta0'], ['t0', 'number', null, 'invpow'], ['power', 'number', null, 'invpow'],
   ['gamma', 'number', null, 'exponential step'], ['step', 'number', null, 'exponential step'],
@@ -176,6 +176,7 @@ const FIELDS = [
   ['warmup'], ['floor'],
   ['multipliers.global'], ['multipliers.bias'], ['multipliers.user'], ['multipliers.item'], ['multipliers.context'],
   ['staleness.enabled', 'checkbox'], ['staleness.tau'], ['ftrl.beta'], ['ftrl.l1'],
+  ['adam.beta1'], ['adam.beta2'], ['adam.epsilon'],
 ];
 
 function getPath(o, path) {

@@ -25,9 +25,11 @@
  *             training nobody published: restart it).
  *   follower  did not: reads the delta stream (XREAD BLOCK, 100 ms) and
  *             applies each part in order (older epochs ignored); it never
- *             trains. While the lease is free (the leader stopped or died)
- *             it applies the deltas to the end and tries to take it (at
- *             most every lease_ms / 3).
+ *             trains. After each read it brings its serving state up to
+ *             the entry its model covers (see "Serving state"). While the
+ *             lease is free (the leader stopped or died) it applies the
+ *             deltas to the end and tries to take it (at most every
+ *             lease_ms / 3).
  * Every second the thread writes its membership heartbeat (role, epoch,
  * lag) and measures its lag for /metrics; every 100 ms it installs the
  * cluster's schedule versions it does not have (hr_cluster_schedule_put).
@@ -39,17 +41,54 @@
  * alone for lease_ms + 2 backoffs after their own last failed call, so
  * the leader gets there first.
  *
- * Read-your-writes: the entry the model covers is a watermark
- * (hr_cluster_applied) that min_seq waits on.
+ * Serving state (recent items for exclude_seen, popularity for the
+ * cold-start fallback, the event ids of hr_events; everything
+ * hr_events_replay keeps besides training). The leader applies each entry
+ * it reads to it as it feeds the trainers. A follower reads the event
+ * stream itself, on the reader connection the leader role uses: after
+ * each delta read, the entries after the last one it applied up to the
+ * entry its model covers (hr_estream_range) go through hr_events_apply
+ * (serving state only, ids looked up, none created: the deltas brought
+ * them), numbered by the same counter the leader role uses. Why this and
+ * not the serving changes in the deltas: the events cross the same
+ * function on every node (one data path, nothing new in the delta format
+ * or on the leader, whose cost stays as it was), and a follower's cost is
+ * one XRANGE per delta and the parse of each event, of the same order as
+ * what it already does per delta row. Stopping at the covered entry keeps
+ * both halves of the node at one cut: a follower that takes the lease
+ * has the state of exactly that entry and feeds both from the next one;
+ * a snapshot is taken only where both are at the covered entry. Entries
+ * trimmed before the follower applied them (an ordinal gap) make it
+ * bootstrap. Redis away: the read fails, is retried on the next loop from
+ * where it stopped (the connection reconnects).
  *
- * Not in this version: snapshot bootstrap (a node started after deltas
- * were trimmed cannot catch up: it refuses to start; nothing trims the
- * streams yet), local checkpoints (cluster mode needs db ""; a node
- * rebuilds from the delta stream at start), followers' serving state
- * (recent items, popularity: only the leader has it).
+ * Read-your-writes: the entry the model and the serving state cover is a
+ * watermark (hr_cluster_applied) that min_seq waits on.
  *
- * Threads: open/start/stop/destroy from the main thread; post, not_ready
- * and status_json from HTTP threads; the node thread; the lease's renewal
+ * Snapshots, trimming, bootstrap. GET /v1/admin/snapshot
+ * (hr_cluster_snapshot) has the node thread write its whole model
+ * (snapshot.h: the rows and the serving state) at a delta boundary. With
+ * delta_retention_ms set, the
+ * leader trims the delta stream to the deltas of that many ms before its
+ * last one (recording the newest trimmed in hogrec:{C}:deltas_trimmed),
+ * and the event stream up to the entry the oldest kept delta covers
+ * (recorded first in hogrec:{C}:events_trimmed). A node that finds a delta
+ * it needs trimmed (at start, or lagging: a gap hr_delta_apply refuses, or
+ * a new epoch's first part after deltas_trimmed moved past what it
+ * applied) stops following and bootstraps: it fetches a snapshot from the
+ * leader (its membership address; then any other live member) with the
+ * admin token (httpc.h), loads it, and follows the deltas after it; not
+ * ready until then, retrying with a backoff (200 ms doubling to 5 s).
+ * Leadership rule: a node takes the lease only while bootstrapped and
+ * with its covered entry at or after events_trimmed, so no node leads a
+ * model that misses trimmed events (after a whole-cluster restart with
+ * trimmed streams nobody leads: see the README).
+ *
+ * Not in this version: local checkpoints (cluster mode needs db ""; a node
+ * rebuilds from the delta stream or a peer's snapshot at start).
+ *
+ * Threads: open/start/stop/destroy from the main thread; post, not_ready,
+ * snapshot and status_json from HTTP threads; the node thread; the lease's renewal
  * thread (its lost callback only sets a flag).
  */
 #ifndef HOGREC_CLUSTER_H
@@ -65,6 +104,7 @@
 #include "hogrec/events.h"
 #include "hogrec/model.h"
 #include "hogrec/schedule.h"
+#include "hogrec/snapshot.h"
 #include "hogrec/trainer.h"
 
 typedef struct hr_cluster hr_cluster;
@@ -85,9 +125,8 @@ hr_status hr_cluster_check_config(const hr_config *cfg, hr_error *err);
 
 /* Connects to cfg->redis, runs hr_redis_check_settings and logs its
  * verdict (a REFUSE is HR_EINVAL unless cfg->redis_unsafe, then a
- * warning), checks that the delta stream was never trimmed (else
- * HR_EINVAL: a snapshot bootstrap would be needed), and opens the event
- * stream's connections. *out is new (hr_cluster_destroy). HR_EIO when
+ * warning), and opens the event stream's connections (a trimmed delta
+ * stream is the node thread's: it bootstraps). *out is new (hr_cluster_destroy). HR_EIO when
  * Redis cannot be reached. cfg is read during the call only. */
 hr_status hr_cluster_open(const hr_config *cfg, const hr_cluster_parts *parts, hr_cluster **out,
                           hr_error *err);
@@ -141,8 +180,9 @@ hr_status hr_cluster_schedule_put(hr_cluster *c, const hr_schedule *s, uint64_t 
 uint64_t hr_cluster_entry_pack(uint64_t ms, uint64_t seq);
 struct hr_watermark *hr_cluster_applied(hr_cluster *c);
 
-/* Whether the model covers entry MS-SEQ; entry (cap bytes, >= 44) gets
- * the entry it covers. Any thread. */
+/* Whether the model and the serving state cover entry MS-SEQ (the
+ * watermark's entry, unpacked); entry (cap bytes, >= 44) gets the entry
+ * they cover. Any thread. */
 bool hr_cluster_covers(hr_cluster *c, uint64_t ms, uint64_t seq, char *entry, size_t cap);
 
 /* This node's cluster figures for /metrics and /v1/stats (metrics.h). */
@@ -169,6 +209,19 @@ void hr_cluster_get_counts(hr_cluster *c, hr_cluster_counts *out);
  * event stream up to its end at the time it took it. Else why not. The
  * text is static. */
 const char *hr_cluster_not_ready(hr_cluster *c);
+
+/* GET /v1/admin/snapshot: asks the node thread for a snapshot of this
+ * node's whole model (snapshot.h) at a delta boundary (the leader right
+ * after a publish, its trainers idle; a follower between two applied
+ * deltas) and waits for it, at most wait_ms. One at a time. On HR_OK,
+ * path (cap bytes) names a new temporary file that is the caller's to
+ * read and unlink, and *meta says which delta it matches. HR_ESTOPPED:
+ * this node cannot give one (not ready, bootstrapping, stopping; answer
+ * 409); HR_EBUSY: another snapshot is being taken (429); HR_EIO: no
+ * boundary within wait_ms, or the file could not be written (503). err
+ * says which. Blocks the calling (HTTP) thread. */
+hr_status hr_cluster_snapshot(hr_cluster *c, int wait_ms, char *path, size_t cap,
+                              hr_snapshot_meta *meta, hr_error *err);
 
 /* GET /v1/cluster: a new object {"mode":"cluster", "cluster", "node_id",
  * "role", "epoch", "ready", "applied": {"delta", "covered_entry"},

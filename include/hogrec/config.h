@@ -33,6 +33,7 @@ typedef enum {
     HR_CONFIG_STATE_SGD,
     HR_CONFIG_STATE_ADAGRAD,
     HR_CONFIG_STATE_FTRL,
+    HR_CONFIG_STATE_ADAM,
     HR_CONFIG_STATE_COUNT
 } hr_config_state;
 
@@ -46,18 +47,26 @@ typedef enum {
     HR_CONFIG_DURABILITY_COUNT
 } hr_config_durability;
 
+/* `topk_precision`: the item copy top-K scans for candidates (exact either way). */
+typedef enum {
+    HR_CONFIG_TOPK_F32,
+    HR_CONFIG_TOPK_F16,
+    HR_CONFIG_TOPK_COUNT
+} hr_config_topk;
+
 /* The option's name of a value ("auto", "on", "sync", ...); static strings,
  * "unknown" out of range. hr_loss_to_string (row.h) and
  * hr_log_level_to_string (log.h) name the other two. */
 const char *hr_config_state_to_string(hr_config_state s);
 const char *hr_config_neg_to_string(hr_config_neg n);
 const char *hr_config_durability_to_string(hr_config_durability d);
+const char *hr_config_topk_to_string(hr_config_topk t);
 
 typedef struct {
     /* model */
     int64_t k;                 /* factor dimension */
     hr_loss loss;              /* logistic | squared */
-    hr_config_state state;     /* optimizer state kept per row: auto | sgd | adagrad | ftrl */
+    hr_config_state state;     /* optimizer state kept per row: auto | sgd | adagrad | ftrl | adam */
     double init_scale;         /* stddev of initial factors */
     int64_t seed;              /* seed of init, sampling and shuffles */
     double l2_global, l2_bias, l2_user, l2_item, l2_context; /* L2 per group */
@@ -65,6 +74,7 @@ typedef struct {
     int64_t context_bits;      /* context features hash into 2^bits rows */
     int64_t chunk_rows;        /* rows per storage chunk (power of two) */
     int64_t min_count;         /* events before an id gets its own embedding */
+    hr_config_topk topk_precision; /* f32 | f16: item copy top-K scans */
     double expire_seconds;     /* drop ids unseen this long (0 = never) */
     double grad_clip;          /* max gradient L2 norm per event (0 = off) */
     double adagrad_init;       /* initial AdaGrad accumulator */
@@ -79,6 +89,19 @@ typedef struct {
     int64_t negatives;         /* sampled negatives per positive */
     double negative_alpha;     /* 0 = uniform, else popularity^alpha */
     int64_t progress_window;   /* events in the progressive-validation window */
+    /* divergence guard (guard.h) */
+    int64_t guard;             /* 1: a restore point and a watch after each schedule change */
+    double guard_margin;       /* revert when the window loss > before * (1 + margin) */
+    int64_t guard_windows;     /* consecutive windows over the margin that revert */
+    int64_t guard_watch;       /* windows watched after a change; then it is kept */
+    double guard_nonfinite;    /* a window with more skipped non-finite steps (fraction) is over */
+    int64_t guard_memory_mb;   /* most memory a restore point may hold (rows + events), MB */
+    /* counterfactual trials (trials.h) */
+    int64_t trial_retain_events; /* the event log keeps this many events before the newest one */
+    double trial_retain_seconds; /* ... and the events of this many seconds (0: off) */
+    int64_t trial_memory_mb;   /* most memory of a trial's private copy, MB */
+    double trial_cpu_share;    /* share of one core a trial's thread may use, (0, 1] */
+    int64_t trial_curve_events; /* events per point of a trial's curve */
     /* server */
     char bind[64];
     int64_t port;
@@ -114,6 +137,7 @@ typedef struct {
     int64_t publish_ms;         /* leader: a row delta every this many ms */
     int64_t lease_ms;           /* leader lease time, ms */
     int64_t max_backlog;        /* 429 while the leader's unread entries exceed it (0 = off) */
+    int64_t delta_retention_ms; /* leader: delta stream kept this many ms (0 = never trimmed) */
 } hr_config;
 
 /* The commands that read a config; an option applies to some of them. */

@@ -170,6 +170,15 @@ hr_status hr_estream_read(hr_estream *s, hr_estream_id after, size_t max_entries
                           hr_estream_entry_fn cb, void *arg, hr_estream_id *last, size_t *count,
                           hr_error *err);
 
+/* Like hr_estream_read, without waiting, for the entries after `after`
+ * up to and including `upto` (XRANGE, at most max_entries of them): what
+ * a reader that must not pass a given entry reads (a cluster follower's
+ * serving state stops at the entry its model covers). HR_OK with none
+ * when upto is not after `after`. */
+hr_status hr_estream_range(hr_estream *s, hr_estream_id after, hr_estream_id upto,
+                           size_t max_entries, hr_estream_entry_fn cb, void *arg,
+                           hr_estream_id *last, size_t *count, hr_error *err);
+
 /* Entries after `covered` (the id the leader's model covers; {0, 0}: all),
  * counted from the ordinals: the entries ever appended less the ordinal of
  * the last entry at or before covered (or, when that one was trimmed, the

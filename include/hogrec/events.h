@@ -31,8 +31,9 @@
  * seed; the hashes are saved in checkpoints, so the function must not change.
  *
  * Threads: post, notify and the reads from any thread; replay and load
- * from the loading thread before events are submitted; save from the
- * checkpoint thread.
+ * from the loading thread before events are submitted (in cluster mode:
+ * the node thread, which alone feeds events); save from the checkpoint
+ * thread (or the node thread, for a snapshot).
  */
 #ifndef HOGREC_EVENTS_H
 #define HOGREC_EVENTS_H
@@ -156,6 +157,15 @@ void hr_events_notify(hr_events *e, hr_events_pending *p, hr_evlog_notify_fn cb,
  * window, then queues all of them for training (hr_ingest_replay). */
 hr_status hr_events_replay(hr_events *e, hr_event *evs, const uint64_t *ids,
                            const double *arrived, size_t n);
+
+/* The serving-state half of hr_events_replay, nothing queued for
+ * training: a cluster follower's path (its model comes from the leader's
+ * row deltas, its recent items and popularity from the events it reads
+ * itself). Same arguments and skips (seq at or below the cut); the
+ * caller numbers the events above hr_events_seq. Any thread; events are
+ * applied under the module's mutex. */
+void hr_events_apply(hr_events *e, const hr_event *evs, const uint64_t *ids,
+                     const double *arrived, size_t n);
 
 /* ---- serving reads ---- */
 

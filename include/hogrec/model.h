@@ -38,6 +38,7 @@
 #include "hogrec/common.h"
 #include "hogrec/config.h"
 #include "hogrec/event.h"
+#include "hogrec/half.h"
 #include "hogrec/ids.h"
 #include "hogrec/row.h"
 #include "hogrec/schedule.h"
@@ -64,6 +65,7 @@ typedef struct {
     double grad_clip;        /* 0 = off */
     float adagrad_init;      /* initial accumulator */
     float rating_offset;     /* initial w0 for squared loss */
+    bool half_items;         /* keep a half-precision copy of item rows (top-K) */
 } hr_model_config;
 
 typedef struct hr_model hr_model;
@@ -123,6 +125,11 @@ uint32_t hr_model_ctx_row(const hr_model *m, const char *field, size_t flen,
 
 /* ---- rows ---- */
 
+/* Overwrites a row with its initial values (the seeded factors a new row
+ * gets, zero bias and counts, initial optimizer state) and marks it. For a
+ * restore, while nothing trains. */
+void hr_model_reset_row(hr_model *m, hr_table_id t, uint32_t row);
+
 /* Pointer to a row (never moves). row < hr_model_rows(). */
 float *hr_model_row(const hr_model *m, hr_table_id t, uint32_t row);
 
@@ -145,7 +152,9 @@ typedef enum {
     HR_MARK_CKPT = 1,  /* row contents or id changed since the last checkpoint took it */
     HR_MARK_DELTA = 2, /* row contents changed since the last delta took it */
     HR_MARK_ID = 4,    /* the row's id was assigned or freed since the last delta took it */
-    HR_MARK_ALL = 7
+    HR_MARK_ALL = 7,
+    HR_MARK_HALF = 8   /* item row contents changed since the half copy took it: set
+                          with HR_MARK_CKPT when the model keeps half item rows */
 } hr_mark;
 
 /* Marks a row's contents changed for every consumer (HR_MARK_CKPT |
@@ -182,6 +191,21 @@ uint64_t hr_model_count_marked(const hr_model *m, hr_table_id t, hr_mark which);
  * NULL past the last block. The first k+1 columns are factors and bias. */
 const float *hr_model_item_block(const hr_model *m, uint32_t b, uint32_t *nrows,
                                  uint32_t *lda);
+
+/* ---- half-precision item rows (half_items; see half.h) ---- */
+
+/* The half rows' layout; NULL when the model keeps no half copy. Borrowed. */
+const hr_half_layout *hr_model_half_layout(const hr_model *m);
+/* Brings the half copy up to date: converts every item row marked
+ * HR_MARK_HALF since the last sync (every row on the first). Serialized by
+ * a mutex of the model; safe while trainers run (a row written meanwhile
+ * is marked again). Returns the rows converted; 0 without a half copy.
+ * Takes a const model: only the half copy and its mark bits change. */
+uint64_t hr_model_item_half_sync(const hr_model *m);
+/* Half item rows of block b (the rows of hr_model_item_block(b)), stride
+ * hr_model_half_layout(m)->stride; NULL past the last block or without a
+ * half copy. Borrowed for the life of the model. */
+const uint16_t *hr_model_item_half_block(const hr_model *m, uint32_t b, uint32_t *nrows);
 
 /* Seconds since the model epoch (the unit of last_seen). */
 uint32_t hr_model_clock(const hr_model *m);

@@ -8,11 +8,14 @@
  *
  * A row is k factors, the bias and two counters (events, last seen) padded
  * to a multiple of 4 floats (`stride`); its optimizer state (AdaGrad
- * accumulators of v and bias, FTRL z and n) is `state` floats further on.
+ * accumulators of v and bias, FTRL z and n, or Adam's first moments and
+ * step count) is `state` floats further on; Adam's second moments need a
+ * second state block, `adam_v` floats from the row.
  * The model stores rows in chunks of chunk_rows rows, weights block then
- * state block, so `state` = chunk_rows * stride; with chunk_rows 1 a row's
- * state directly follows its weights and a row is one packed block of
- * `floats` floats (what hr_sgd_row_read/write copy).
+ * state block(s), so `state` = chunk_rows * stride (and `adam_v` = 2 *
+ * chunk_rows * stride); with chunk_rows 1 a row's state directly follows
+ * its weights and a row is one packed block of `floats` floats (what
+ * hr_sgd_row_read/write copy).
  */
 #ifndef HOGREC_ROW_H
 #define HOGREC_ROW_H
@@ -23,8 +26,10 @@
 /* The loss; its values are persisted in checkpoint shapes: do not renumber. */
 typedef enum { HR_LOSS_LOGISTIC, HR_LOSS_SQUARED, HR_LOSS_COUNT } hr_loss;
 
-/* What per-row optimizer state the rows carry; persisted like hr_loss. */
-typedef enum { HR_STATE_SGD, HR_STATE_ADAGRAD, HR_STATE_FTRL } hr_state_kind;
+/* What per-row optimizer state the rows carry; persisted like hr_loss.
+ * SGD < ADAGRAD < FTRL is a chain (each keeps what the one before keeps);
+ * ADAM keeps its own (moments and a step count), not AdaGrad's. */
+typedef enum { HR_STATE_SGD, HR_STATE_ADAGRAD, HR_STATE_FTRL, HR_STATE_ADAM } hr_state_kind;
 
 /* Row layout, in floats from the row pointer. */
 typedef struct {
@@ -36,6 +41,10 @@ typedef struct {
     uint32_t state;     /* offset of the row's optimizer state; 0 if none */
     uint32_t acc;       /* AdaGrad accumulators of v at [acc, acc+k), bias at acc+k; 0 if none */
     uint32_t ftrl;      /* FTRL z at ftrl, n at ftrl+1; 0 if none */
+    uint32_t adam;      /* Adam first moments of v at [adam, adam+k), bias at adam+k,
+                           the row's step count (uint32) at adam+k+1; 0 if none */
+    uint32_t adam_v;    /* Adam second moments of v at [adam_v, adam_v+k), bias at
+                           adam_v+k; 0 if none */
     uint32_t floats;    /* a row packed (weights, then state): what row read/write copy */
 } hr_row_layout;
 
@@ -44,7 +53,7 @@ const char *hr_loss_to_string(hr_loss loss);
 
 /* The layout of rows of k factors (k >= 1) with state st, stored in chunks
  * of chunk_rows rows (>= 1; 1 for a packed row that stands alone). The
- * caller checks that chunk_rows * 2 * stride fits in uint32. */
+ * caller checks that chunk_rows * 3 * stride fits in uint32. */
 hr_row_layout hr_row_layout_make(uint32_t k, hr_state_kind st, uint32_t chunk_rows);
 
 /* The logistic function 1 / (1 + e^-y): the one copy in the code. */

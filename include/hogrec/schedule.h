@@ -46,6 +46,7 @@ typedef enum {
     HR_OPT_SGD,     /* plain SGD on everything */
     HR_OPT_ADAGRAD, /* AdaGrad on everything */
     HR_OPT_FTRL,    /* FTRL-Proximal on linear weights, AdaGrad on factors */
+    HR_OPT_ADAM,    /* lazy Adam on everything: moments and step count per row */
     HR_OPT_COUNT
 } hr_optimizer;
 
@@ -76,6 +77,9 @@ typedef struct {
     double staleness_tau;              /* updates, > 0 */
     double ftrl_beta;                  /* FTRL beta, >= 0 */
     double ftrl_l1;                    /* FTRL L1 on linear weights, >= 0 */
+    double adam_beta1;                 /* Adam first-moment decay, in [0, 1) */
+    double adam_beta2;                 /* Adam second-moment decay, in [0, 1) */
+    double adam_epsilon;               /* Adam denominator term, in (0, 1] */
     uint64_t version;                  /* set by the box; 0 if never boxed */
 } hr_schedule;
 
@@ -94,8 +98,9 @@ hr_status hr_schedule_validate(const hr_schedule *s, hr_error *err);
 /* Whether rows that keep the optimizer state of `state` can run
  * s->optimizer. `state` is the most capable optimizer the rows support:
  * HR_OPT_SGD (no state), HR_OPT_ADAGRAD (AdaGrad accumulators) or
- * HR_OPT_FTRL (AdaGrad and FTRL z, n). sgd runs on any rows, adagrad on
- * adagrad or ftrl rows, ftrl on ftrl rows. HR_EINVAL with err (field
+ * HR_OPT_FTRL (AdaGrad and FTRL z, n) or HR_OPT_ADAM (Adam's moments and
+ * step count). sgd runs on any rows, adagrad on adagrad or ftrl rows, ftrl
+ * on ftrl rows, adam on adam rows. HR_EINVAL with err (field
  * "optimizer") naming what the rows keep and the --state that would do. */
 hr_status hr_schedule_check_state(const hr_schedule *s, hr_optimizer state, hr_error *err);
 
@@ -109,7 +114,8 @@ double hr_schedule_group_rate(const hr_schedule *s, hr_group g, uint64_t t,
 /* Parses a JSON object into *out and validates it. Recognized keys:
  * "optimizer", "type", "eta0", "t0", "power", "gamma", "step", "period",
  * "t_mult", "warmup", "floor", "multipliers" {"global","bias","user","item",
- * "context"}, "staleness" {"enabled", "tau"}, "ftrl" {"beta","l1"}.
+ * "context"}, "staleness" {"enabled", "tau"}, "ftrl" {"beta","l1"},
+ * "adam" {"beta1","beta2","epsilon"}.
  * "type" and "eta0" are required, and so are the parameters of the type
  * (invpow: t0, power; exponential/step: gamma, step; cosine: period); the
  * rest default as in hr_schedule_defaults. Unknown keys and wrong JSON types
@@ -134,6 +140,8 @@ typedef struct {
     double loss_before;    /* progressive logloss over the window before, NAN if unknown */
     double loss_after;     /* same for the window after, NAN until noted */
     const hr_schedule *schedule; /* borrowed; valid until box destroyed */
+    char note[256];        /* why it was installed, "" for a plain change (e.g. "reverted
+                              by guard: ..."); kept in memory, not in checkpoints */
 } hr_sched_change;
 
 /* initial is copied (version 1). Validates it: HR_EINVAL with err. */
@@ -150,6 +158,11 @@ const hr_schedule *hr_schedbox_current(const hr_schedbox *box);
 hr_status hr_schedbox_swap(hr_schedbox *box, const hr_schedule *s,
                            uint64_t at_update, double loss_before,
                            uint64_t *version, hr_error *err);
+
+/* hr_schedbox_swap with a note for the history entry (NULL: none). */
+hr_status hr_schedbox_swap_note(hr_schedbox *box, const hr_schedule *s, uint64_t at_update,
+                                double loss_before, const char *note, uint64_t *version,
+                                hr_error *err);
 
 /* Records the loss measured after the change of `version` (first call wins). */
 void hr_schedbox_note_loss_after(hr_schedbox *box, uint64_t version, double loss);

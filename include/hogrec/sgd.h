@@ -1,6 +1,7 @@
 /*
  * sgd.h - the update kernel: scores an event's active features and applies
- * one step of SGD, AdaGrad or FTRL-Proximal to their rows, in place.
+ * one step of SGD, AdaGrad, FTRL-Proximal or lazy Adam to their rows, in
+ * place.
  *
  * This is the one module that reads and writes embedding rows concurrently
  * without locks (Hogwild). See the comment at the top of sgd.c for why the
@@ -40,6 +41,8 @@ typedef struct {
     float l2[HR_GROUP_COUNT];      /* L2 per group */
     float clip;                    /* max gradient norm (0 = none) */
     float ftrl_beta, ftrl_l1;      /* FTRL on linear weights */
+    float adam_beta1, adam_beta2;  /* Adam moment decays, in [0, 1) */
+    float adam_eps;                /* Adam denominator term, > 0 */
 } hr_step_params;
 
 typedef enum {

@@ -68,6 +68,12 @@ typedef struct {
 
 /* The latest complete checkpoint (id 0 if none). */
 hr_status hr_store_ckpt_latest(hr_store *s, hr_store_ckpt *out, hr_error *err);
+/* The newest complete checkpoint with seq <= max_seq and started <=
+ * max_started (id 0 if none). */
+hr_status hr_store_ckpt_at(hr_store *s, uint64_t max_seq, double max_started, hr_store_ckpt *out,
+                           hr_error *err);
+/* The complete checkpoint with the lowest seq >= min_seq (id 0 if none). */
+hr_status hr_store_ckpt_from(hr_store *s, uint64_t min_seq, hr_store_ckpt *out, hr_error *err);
 /* Number of complete checkpoints. */
 hr_status hr_store_ckpt_count(hr_store *s, int64_t *out, hr_error *err);
 
@@ -169,6 +175,14 @@ hr_status hr_store_catalog_scan(hr_store *s, hr_store_catalog_fn fn, void *ctx, 
  * the number of rows deleted. */
 hr_status hr_store_forget_user(hr_store *s, const char *id, size_t idlen, uint64_t *deleted,
                                hr_error *err);
+/* ---- snapshot meta (snapshot files, snapshot.h) ---- */
+
+/* Writes the meta text of a snapshot file into a one-row table of its own
+ * (created here, so a --db database never has it: no migration). Call
+ * inside the snapshot's checkpoint transaction. */
+hr_status hr_store_snapshot_meta_put(hr_store *s, const char *text, hr_error *err);
+/* Reads it: *text is new (free), or NULL when the file has none. */
+hr_status hr_store_snapshot_meta_get(hr_store *s, char **text, hr_error *err);
 
 /* ---- event log (log database) ---- */
 
@@ -182,6 +196,9 @@ hr_status hr_store_log_write(hr_store *s, const uint64_t *seqs, const double *ar
 hr_status hr_store_log_last_seq(hr_store *s, uint64_t *out, hr_error *err);
 /* The highest seq deleted by trimming. */
 hr_status hr_store_log_trimmed_to(hr_store *s, uint64_t *out, hr_error *err);
+/* The lowest seq logged at or after wall time t (seconds); 0 if none.
+ * HR_EINVAL below schema version 2 (no arrival times). */
+hr_status hr_store_log_since(hr_store *s, double t, uint64_t *out, hr_error *err);
 /* Number of events in the log. */
 hr_status hr_store_log_count(hr_store *s, uint64_t *out, hr_error *err);
 

@@ -94,6 +94,24 @@ void hr_trainer_destroy(hr_trainer *tr);
 uint64_t hr_trainer_pause(hr_trainer *tr);
 void hr_trainer_resume(hr_trainer *tr);
 
+/* A tap sees every batch of queue events right after a trainer applied it
+ * (on that trainer thread; evs borrowed for the call), before the trainer
+ * can park: so while the pool is paused, every applied event was tapped.
+ * Set or clear it (fn NULL) only while the pool is paused. */
+typedef void hr_trainer_tap(void *ctx, const hr_event *evs, size_t n);
+void hr_trainer_set_tap(hr_trainer *tr, hr_trainer_tap *fn, void *ctx);
+
+/* Trains evs[0..n) on the calling thread, in order, as a trainer would
+ * (current schedule, progressive points, negatives), without counting them
+ * as queue events (`trained`, `batches` and the applied seq do not move;
+ * the update count, which schedules read, does). Only while the caller
+ * holds a pause: it borrows the first worker's state. evs borrowed. */
+void hr_trainer_replay_paused(hr_trainer *tr, const hr_event *evs, size_t n);
+
+/* Sets the update count hr_trainer_updates() returns (the schedule's clock)
+ * to `total`. While paused. */
+void hr_trainer_set_updates(hr_trainer *tr, uint64_t total);
+
 /* Blocks until every event pushed so far has been applied (queue empty and
  * no batch in flight), or the pool is stopped. Sleeps on a condvar the
  * workers signal when they finish a batch (no polling). */

@@ -57,8 +57,25 @@ UNEXERCISED = {
         "while the log replays or with persistence failing (test_persist)",
     ("/v1/admin/checkpoint", "post", "429"):
         "another checkpoint must be running at that moment (timing)",
+    ("/v1/admin/schedule/undo", "post", "503"):
+        "only when installing the previous schedule fails (out of memory)",
     ("/ui/", "get", "304"):
         "needs the ETag of an earlier answer (test_statsring, tests/test_dashboard.py)",
+    ("/v1/admin/trials", "post", "503"):
+        "only when the database cannot be read at that moment",
+    ("/v1/admin/trials", "post", "507"):
+        "needs trial_memory_mb below the model's size (test_trials)",
+    ("/v1/admin/trials/{id}/apply", "post", "200"):
+        "needs a finished trial whose candidate beat the baseline: depends on the trial's "
+        "thread having finished (test_trials applies one)",
+    ("/v1/admin/snapshot", "get", "200"):
+        "cluster mode only (needs Redis): test_snapshot fetches one",
+    ("/v1/admin/snapshot", "get", "409"):
+        "cluster mode only, a node that is not ready (test_snapshot)",
+    ("/v1/admin/snapshot", "get", "429"):
+        "cluster mode only, another snapshot being taken at that moment (timing)",
+    ("/v1/admin/snapshot", "get", "503"):
+        "cluster mode only, a node thread that reaches no delta boundary in 60 s",
 }
 # The catalog: 501 only in cluster mode (test_cluster runs nodes on Redis);
 # 503 with the database failing or while stopping; 507 with an id table full.
@@ -176,7 +193,21 @@ def specific(auth):
         ("schedule invalid", "PUT", "/v1/admin/schedule", post("/v1/admin/schedule", b'{"type":"invpow","eta0":-1}')),
         ("schedule other state", "PUT", "/v1/admin/schedule",
          post("/v1/admin/schedule", b'{"optimizer":"ftrl","type":"constant","eta0":0.1}')),
+        ("schedule undo", "POST", "/v1/admin/schedule/undo", post("/v1/admin/schedule/undo", b'')),
+        ("schedule undo again", "POST", "/v1/admin/schedule/undo", post("/v1/admin/schedule/undo", b'')),
         ("schedule history", "GET", "/v1/admin/schedule/history", {"headers": a}),
+        ("trial", "POST", "/v1/admin/trials",
+         post("/v1/admin/trials", b'{"window":{"events":2},"candidates":[{"type":"constant","eta0":0.1}]}')),
+        ("trial running", "POST", "/v1/admin/trials",
+         post("/v1/admin/trials", b'{"window":{"events":2},"candidates":[{"type":"constant","eta0":0.1}]}')),
+        ("trial bad candidate", "POST", "/v1/admin/trials",
+         post("/v1/admin/trials", b'{"window":{"events":2},"candidates":[{"type":"constant","eta0":-1}]}')),
+        ("trial window too long", "POST", "/v1/admin/trials",
+         post("/v1/admin/trials", b'{"window":{"since":1e12},"candidates":[{"type":"constant","eta0":0.1}]}')),
+        ("trial get", "GET", "/v1/admin/trials/t1", {"headers": a}),
+        ("trial apply", "POST", "/v1/admin/trials/t1/apply", post("/v1/admin/trials/t1/apply", b'')),
+        ("trial cancel", "DELETE", "/v1/admin/trials/t1", {"headers": a}),
+        ("trial unknown", "GET", "/v1/admin/trials/t999", {"headers": a}),
         ("stats history", "GET", "/v1/stats/history?since=0", {}),
         ("stats history since=x", "GET", "/v1/stats/history?since=x", {}),
         ("similar", "GET", "/v1/similar?item=i1&k=3", {}),

@@ -119,19 +119,19 @@ def spec_methods(ops, path):
 
 # ---- the server's route table (src/http.c) ----
 
-_FLAG = {"M_GET": "GET", "M_POST": "POST", "M_PUT": "PUT", "M_HEAD": "HEAD",
-         "M_DELETE": "DELETE"}
+_FLAG = {"M_GET": "GET", "M_POST": "POST", "M_PUT": "PUT", "M_HEAD": "HEAD", "M_DELETE": "DELETE"}
 
 
 def spec_path(path, spec_paths):
-    """The spec path a concrete path or a route's path is answered under: the
-    path itself, or the templated path whose text before the first '{' it
-    starts with (a route "/v1/items/" and a request "/v1/items/x" are both
-    "/v1/items/{id}")."""
+    """The spec path a concrete path is answered under: the path itself, or
+    the spec path with {name} segments it matches, each {name} one non-empty
+    segment as in the server's route table ("/v1/items/x" ->
+    "/v1/items/{id}", "/v1/admin/trials/t1/apply" ->
+    "/v1/admin/trials/{id}/apply")."""
     if path in spec_paths:
         return path
     for sp in sorted(spec_paths):
-        if "{" in sp and path.startswith(sp[:sp.index("{")]):
+        if "{" in sp and re.fullmatch(re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(sp)), path):
             return sp
     return path
 
