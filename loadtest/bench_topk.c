@@ -12,6 +12,11 @@
  *          the same for batches of 8 queries (hr_topk_query_many);
  *          half_equal counts the queries whose half result equals the
  *          fp32 reference loop's exactly (checked on up to 20).
+ *   filter: the same queries with a catalog filter keeping a random 10% of
+ *          the items (and 25%), each query building its allow bitmap from a
+ *          category bitmap (copy, mask, popcount) as the catalog does;
+ *          ratio to the unfiltered top-K of the same run; the same on the
+ *          half model, alternating (half_filter*_ms).
  * Prints the machine and key=value lines for loadtest/run.
  *
  * usage: bench_topk [items] [k] [queries] [top]
@@ -158,12 +163,53 @@ int main(int argc, char **argv)
             (half ? bh : bq)[rep] = (double)(hr_now_ns() - t0) * 1e-9;
         }
     }
+    /* filtered: a category bitmap keeping `pct` percent of the rows */
+    uint32_t rows = hr_model_rows(m, HR_TABLE_ITEM), words = (rows + 63) / 64;
+    double filt_ms[2][2]; /* [10%, 25%][fp32, half] */
+    const int pcts[2] = {10, 25};
+    uint64_t *cat = calloc(words, sizeof *cat), *allow = malloc(words * sizeof *allow);
+    double *tf[2] = {malloc((size_t)queries * sizeof(double)),
+                     malloc((size_t)queries * sizeof(double))};
+    for (int f = 0; f < 2; f++) {
+        memset(cat, 0, words * sizeof *cat);
+        for (uint32_t r = 1; r < rows; r++)
+            if (hr_rng_below(&rng, 100) < (uint64_t)pcts[f])
+                cat[r / 64] |= 1ull << (r % 64);
+        for (int rep = 0; rep < queries; rep++) {
+            for (uint32_t d = 0; d < k; d++)
+                q[d] = (float)hr_rng_normal(&rng);
+            for (int turn = 0; turn < 2; turn++) {
+                bool half = (turn + rep) % 2 == 1;
+                uint64_t t0 = hr_now_ns();
+                uint32_t count = 0;
+                for (uint32_t w = 0; w < words; w++) {
+                    allow[w] = cat[w];
+                    count += (uint32_t)__builtin_popcountll(allow[w]);
+                }
+                hr_topk_exclude ex = {NULL, 0, allow, rows, count};
+                hr_topk_query(half ? mh : m, q, top, &ex, out, &n);
+                tf[half][rep] = (double)(hr_now_ns() - t0) * 1e-9;
+            }
+        }
+        for (int h = 0; h < 2; h++) {
+            qsort(tf[h], (size_t)queries, sizeof(double), cmp_d);
+            filt_ms[f][h] = tf[h][queries / 2] * 1e3;
+        }
+    }
+    free(tf[0]);
+    free(tf[1]);
+    free(cat);
+    free(allow);
     qsort(tq, (size_t)queries, sizeof *tq, cmp_d);
     qsort(tr, (size_t)queries, sizeof *tr, cmp_d);
     qsort(th, (size_t)queries, sizeof *th, cmp_d);
     qsort(bq, (size_t)queries, sizeof *bq, cmp_d);
     qsort(bh, (size_t)queries, sizeof *bh, cmp_d);
     const int mid = queries / 2;
+    printf("topk_filter10_ms=%.3f\ntopk_filter10_ratio=%.2f\ntopk_filter25_ms=%.3f\n"
+           "topk_filter25_ratio=%.2f\nhalf_filter10_ms=%.3f\nhalf_filter25_ms=%.3f\n",
+           filt_ms[0][0], filt_ms[0][0] / (tq[mid] * 1e3), filt_ms[1][0],
+           filt_ms[1][0] / (tq[mid] * 1e3), filt_ms[0][1], filt_ms[1][1]);
     printf("items=%u\nk=%u\ntop=%u\nread_ms=%.3f\nread_gbps=%.1f\ntopk_ms=%.3f\ntopk_ref_ms=%.3f\n"
            "ratio=%.2f\n",
            items, k, top, best_read * 1e3, bytes / best_read * 1e-9, tq[mid] * 1e3, tr[mid] * 1e3,

@@ -502,9 +502,11 @@ hr_status hr_api_recommend_query(const hr_model *m, const hr_api_param *params, 
     out->k = 10;
     out->exclude_seen = true;
     out->nexclude = 0;
-    static const char *const names[] = {"user",    "k",       "exclude_seen", "exclude",
-                                        "min_seq", "wait_ms", NULL};
-    const hr_api_param *f[6];
+    out->categories[0] = out->exclude_categories[0] = 0;
+    static const char *const names[] = {"user",    "k",       "exclude_seen",       "exclude",
+                                        "min_seq", "wait_ms", "categories", "exclude_categories",
+                                        NULL};
+    const hr_api_param *f[8];
     hr_status st;
     if ((st = find_params(params, n, names, f, err)) != HR_OK ||
         (st = id_param(f[0], "user", err)) != HR_OK ||
@@ -555,6 +557,19 @@ hr_status hr_api_recommend_query(const hr_model *m, const hr_api_param *params, 
                 break;
             p = comma + 1;
         }
+    }
+    for (int i = 0; i < 2; i++) { /* categories, exclude_categories: checked by the catalog */
+        const hr_api_param *p = f[6 + i];
+        char *dst = i == 0 ? out->categories : out->exclude_categories;
+        if (!p)
+            continue;
+        if (!p->value || p->value_len == 0 || p->value_len >= HR_API_MAX_CATEGORIES_PARAM ||
+            memchr(p->value, 0, p->value_len) || !utf8_valid(p->value, p->value_len))
+            return hr_error_set(err, HR_EINVAL, names[6 + i],
+                                "%s: comma-separated categories, 1 to %d bytes of UTF-8",
+                                names[6 + i], HR_API_MAX_CATEGORIES_PARAM - 1);
+        memcpy(dst, p->value, p->value_len);
+        dst[p->value_len] = 0;
     }
     memcpy(out->user, f[0]->value, f[0]->value_len);
     out->user[f[0]->value_len] = 0;

@@ -3,6 +3,7 @@
  *   open:  schedule box -> model -> queue -> progress -> database lock
  *          -> persistence (restore)
  *          -> trainers (and their maintenance thread) -> ingest -> events
+ *          -> catalog (standalone: records loaded, ids interned, attributes set)
  *          -> cluster (with --redis: connections, settings check)
  *                                                      (hr_app_open_loading)
  *          -> start-up replay: the checkpoint's serving state, then the
@@ -22,6 +23,7 @@
 #include <string.h>
 
 #include "hogrec/api.h"
+#include "hogrec/catalog.h"
 #include "hogrec/cluster.h"
 #include "hogrec/dblock.h"
 #include "hogrec/guard.h"
@@ -223,6 +225,20 @@ hr_status hr_app_open_loading(const hr_config *cfg, hr_app **out, hr_error *err)
         hr_error_set(err, st, NULL, "creating the serving state: %s", hr_status_to_string(st));
         goto fail;
     }
+    /* The catalog: standalone only (its records are not replicated yet). */
+    if (!app->cfg.redis[0]) {
+        size_t skipped = 0;
+        if ((st = hr_catalog_create(app->model, app->events, app->persist, &app->catalog)) !=
+            HR_OK) {
+            hr_error_set(err, st, NULL, "creating the catalog: %s", hr_status_to_string(st));
+            goto fail;
+        }
+        if ((st = hr_catalog_load(app->catalog, &skipped, err)) != HR_OK)
+            goto fail;
+        if (skipped)
+            hr_log("warn", "catalog records that no longer validate were skipped",
+                   json_pack("{s:I}", "records", (json_int_t)skipped));
+    }
     if ((st = open_guard(app, err)) != HR_OK || (st = open_trials(app, err)) != HR_OK)
         goto fail;
     if (app->cfg.redis[0] &&
@@ -249,6 +265,7 @@ void hr_app_stop(hr_app *app, bool drain)
     app->guard = NULL;
     if (app->trainer)
         hr_trainer_stop(app->trainer, drain, NULL);
+    hr_catalog_detach(app->catalog); /* no catalog write reaches a closed database */
     hr_persist_close(app->persist,
                      app->model != NULL && app->trainer != NULL && app->events != NULL);
     app->persist = NULL;
@@ -262,6 +279,7 @@ void hr_app_close(hr_app *app, bool drain)
         return;
     hr_app_stop(app, drain);
     hr_cluster_destroy(app->cluster);
+    hr_catalog_destroy(app->catalog);
     hr_events_destroy(app->events);
     hr_ingest_destroy(app->ingest);
     hr_trainer_destroy(app->trainer);

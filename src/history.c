@@ -329,6 +329,8 @@ void hr_history_pop_copy(hr_history *h, uint32_t rows, double now, float *out)
 
 static bool is_excluded(const hr_topk_exclude *ex, uint32_t row)
 {
+    if (ex && ex->allow && (row >= ex->allow_rows || !((ex->allow[row / 64] >> (row % 64)) & 1)))
+        return true; /* a catalog filter: popular within it */
     for (size_t i = 0; ex && i < ex->n; i++) /* short lists: linear */
         if (ex->rows[i] == row)
             return true;

@@ -107,18 +107,23 @@ typedef enum {
     R_TRIALS,
     R_TRIAL,
     R_TRIAL_APPLY,
+    R_ITEMS,
+    R_ITEM,
+    R_USERS,
+    R_USER_RECORD,
     R_NOT_FOUND,
     R_COUNT
 } route_id;
 
 typedef struct {
-    const char *path;   /* exact path */
+    const char *path;   /* exact path; "{name}" matches one segment; "/x/" all below */
     const char *label;  /* for /metrics */
     unsigned methods;   /* M_* allowed (HEAD is answered as GET, without the body) */
     unsigned body;      /* methods that require a JSON body */
     bool ndjson;        /* accepts application/x-ndjson */
     bool admin;         /* behind the bearer token */
     hr_http_handler *handler; /* answers the request (any allowed method) */
+    unsigned admin_methods; /* methods behind the bearer token on a route that is not admin */
 } route;
 
 static const route routes[R_COUNT] = {
@@ -155,6 +160,12 @@ static const route routes[R_COUNT] = {
                  hr_http_trial},
     [R_TRIAL_APPLY] = {"/v1/admin/trials/{id}/apply", "admin_trial_apply", M_POST, 0, false, true,
                        hr_http_trial_apply},
+    [R_ITEMS] = {"/v1/items", "items", M_POST, M_POST, true, false, hr_http_catalog_bulk},
+    [R_ITEM] = {"/v1/items/{id}", "item", M_GET | M_HEAD | M_PUT | M_DELETE, M_PUT, false, false,
+                hr_http_catalog_record},
+    [R_USERS] = {"/v1/users", "users", M_POST, M_POST, true, false, hr_http_catalog_bulk},
+    [R_USER_RECORD] = {"/v1/users/{id}", "user_record", M_GET | M_HEAD | M_PUT | M_DELETE, M_PUT,
+                       false, false, hr_http_catalog_record, M_DELETE},
     [R_NOT_FOUND] = {NULL, "not_found", 0, 0, false, false, NULL},
 };
 
@@ -206,7 +217,7 @@ static unsigned method_of(const char *m)
     return 0;
 }
 
-/* The Allow header of a route: its methods, "GET, HEAD, POST, PUT" order. */
+/* The Allow header of a route: its methods, "GET, HEAD, POST, PUT, DELETE" order. */
 static void allow_of(unsigned methods, char *out, size_t size)
 {
     static const struct {
@@ -441,7 +452,11 @@ static void first_call(hr_http *h, struct MHD_Connection *c, request *r, const c
                      method, r->allow);
         return;
     }
-    if (rt->admin &&
+    if ((rt->admin_methods & r->method) && !app->cfg.admin_token[0]) {
+        request_fail(r, 404, "not_found", "admin API disabled: no admin_token is configured");
+        return;
+    }
+    if ((rt->admin || (rt->admin_methods & r->method)) &&
         !auth_ok(MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION),
                  app->cfg.admin_token)) {
         request_fail(r, 401, "unauthorized", "admin routes need Authorization: Bearer <token>");

@@ -12,6 +12,7 @@
  *                  /snapshot (cluster mode), /trials
  *   http_stats.c   /v1/stats, /metrics, /healthz, /readyz, /v1/cluster
  *   http_dash.c    the dashboard: /, /ui/, /v1/stats/history, /v1/similar, /v1/user
+ *   http_catalog.c /v1/items, /v1/items/{id}, /v1/users, /v1/users/{id}
  * A route is one line of route_id and of routes[] in http.c plus its
  * handler here.
  *
@@ -121,6 +122,8 @@ hr_http_handler hr_http_ui;
 hr_http_handler hr_http_stats_history;
 hr_http_handler hr_http_similar;
 hr_http_handler hr_http_user;
+hr_http_handler hr_http_catalog_bulk;     /* http_catalog.c */
+hr_http_handler hr_http_catalog_record;
 
 /* ---- replies (http.c) ---- */
 

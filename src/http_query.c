@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "hogrec/api.h"
+#include "hogrec/catalog.h"
 #include "hogrec/events.h"
 #include "hogrec/recommend.h"
 #include "hogrec/sgd.h"
@@ -286,12 +287,28 @@ enum MHD_Result hr_http_recommend(hr_http *h, struct MHD_Connection *c, request 
         free(q);
         return hr_http_reply_invalid(c, r, "", &e);
     }
+    /* The catalog's filter: hidden and expired items, the categories asked. */
+    hr_catalog_filter_t filt = {NULL, 0, 0};
+    if (h->app->catalog &&
+        (st = hr_catalog_filter(h->app->catalog, q->categories, q->exclude_categories,
+                                hr_wall_time(), &filt, &e)) != HR_OK) {
+        free(q);
+        return st == HR_EINVAL ? hr_http_reply_invalid(c, r, "", &e)
+                               : hr_http_reply_error(c, r, 503, "unavailable", "out of memory");
+    }
+    if (!h->app->catalog && (q->categories[0] || q->exclude_categories[0])) {
+        free(q);
+        return hr_http_reply_error(c, r, 400, "invalid",
+                                   "categories: no catalog in cluster mode in this version");
+    }
     /* Ranking and final scores: the recommend module (see recommend.h). */
-    hr_recommend_query rq = {q->user_row, q->k, q->exclude_seen, q->exclude, q->nexclude};
+    hr_recommend_query rq = {q->user_row, q->k, q->exclude_seen, q->exclude, q->nexclude,
+                             filt.allow, filt.rows, filt.count};
     hr_recommend_item *items = malloc((size_t)q->k * sizeof *items);
     size_t n = 0;
     bool fallback = false;
     st = items ? hr_recommend(m, h->app->events, h->topk, &rq, items, &n, &fallback) : HR_ENOMEM;
+    free(filt.allow);
     if (st != HR_OK) {
         free(q);
         free(items);

@@ -34,6 +34,16 @@
 /* last_seen counts seconds from 2020-01-01T00:00:00Z (fits uint32 to 2156). */
 #define HR_MODEL_EPOCH 1577836800.0
 
+/* A row's catalog attributes (hr_model_set_attrs): meta is the count
+ * (low 8 bits) and ATTR_PINNED; f[i] packs a context row (low 32 bits) and
+ * the float bits of its value (high 32). Atomics: a reader racing a rewrite
+ * may see a mix of old and new entries, each of them a valid feature. */
+#define ATTR_PINNED 0x100u
+typedef struct {
+    atomic_uint meta;
+    _Atomic uint64_t f[HR_MAX_ATTRS];
+} attr_slot;
+
 typedef struct {
     hr_ids *ids;                    /* NULL for the global and context tables */
     uint32_t max_rows;              /* hard limit */
@@ -45,8 +55,11 @@ typedef struct {
     atomic_uchar *summary;          /* group of HR_MARK_GROUP_ROWS rows -> or of its
                                        rows' marks since taken */
     uint32_t ngroups;               /* entries in summary[] */
-    pthread_mutex_t grow;           /* serializes chunk allocation */
+    pthread_mutex_t grow;           /* serializes chunk allocation (rows and attributes) */
     atomic_uint_fast64_t nalloc;    /* chunks allocated */
+    _Atomic(attr_slot *) *attrs;    /* user/item: chunk -> attribute slots, NULL until a
+                                       row in it gets attributes (hr_model_set_attrs) */
+    atomic_uint attr_rows;          /* rows with at least one attribute */
 } table;
 
 struct hr_model {
@@ -228,6 +241,9 @@ static void table_free(const hr_model *m, table *tb)
         if (half)
             munmap(half, half_chunk_bytes(m));
     }
+    for (uint32_t c = 0; tb->attrs && c < tb->nchunks; c++)
+        free(atomic_load(&tb->attrs[c]));
+    free(tb->attrs);
     free(tb->half);
     free(tb->chunks);
     free(tb->dirty);
@@ -288,6 +304,10 @@ hr_status hr_model_create(const hr_model_config *mc, hr_model **out, hr_error *e
             goto fail;
         }
         if (t == HR_TABLE_USER || t == HR_TABLE_ITEM) {
+            if (!(tb->attrs = calloc(tb->nchunks, sizeof *tb->attrs))) {
+                st = hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
+                goto fail;
+            }
             st = hr_ids_create(1, tb->max_rows, &tb->ids);
             if (st != HR_OK) {
                 hr_error_set(err, st, NULL, "id table: %s", hr_status_to_string(st));
@@ -383,6 +403,21 @@ hr_status hr_model_remove_id(hr_model *m, hr_table_id t, uint32_t row)
     if (!has_ids(t))
         return HR_EINVAL;
     return hr_ids_remove(m->t[t].ids, row);
+}
+
+hr_status hr_model_forget(hr_model *m, hr_table_id t, uint32_t row)
+{
+    if (!has_ids(t) || row == 0 || row >= hr_model_rows(m, t))
+        return HR_EINVAL;
+    hr_status st = hr_ids_remove(m->t[t].ids, row);
+    if (st != HR_OK)
+        return st;
+    hr_model_set_attrs(m, t, row, NULL, 0, false);
+    float fresh[m->L.floats];
+    init_row(m, t, row, fresh);
+    hr_sgd_row_write(&m->L, hr_model_row(m, t, row), fresh);
+    hr_model_mark(m, t, row, HR_MARK_ALL); /* checkpoints record the removal, deltas send it */
+    return HR_OK;
 }
 
 uint32_t hr_model_id_count(const hr_model *m, hr_table_id t)
@@ -569,7 +604,7 @@ uint64_t hr_model_expire(hr_model *m, uint32_t now)
         uint32_t rows = hr_model_rows(m, (hr_table_id)t);
         for (uint32_t r = 1; r < rows; r++) {
             size_t len;
-            if (!hr_ids_key(m->t[t].ids, r, &len))
+            if (!hr_ids_key(m->t[t].ids, r, &len) || hr_model_attrs_pinned(m, (hr_table_id)t, r))
                 continue;
             uint32_t seen = hr_sgd_row_last_seen(&m->L, hr_model_row(m, (hr_table_id)t, r));
             if ((double)now - (double)seen >= m->cfg.expire_seconds &&
@@ -616,13 +651,114 @@ int hr_model_active_rows(const hr_model *m, const hr_event *ev, uint32_t user, u
 {
     assert(ev->nctx <= HR_MAX_CTX); /* ctx[] holds no more; the decoders cap it */
     int n = 0;
-    out[n++] = (hr_active){hr_model_row(m, HR_TABLE_GLOBAL, 0), 1.0f, HR_GROUP_GLOBAL, 0};
-    out[n++] = (hr_active){hr_model_row(m, HR_TABLE_USER, user), 1.0f, HR_GROUP_USER, 1};
-    out[n++] = (hr_active){hr_model_row(m, HR_TABLE_ITEM, item), 1.0f, HR_GROUP_ITEM, 1};
+    out[n++] = (hr_active){hr_model_row(m, HR_TABLE_GLOBAL, 0), 1.0f, HR_GROUP_GLOBAL, 0, 0};
+    out[n++] = (hr_active){hr_model_row(m, HR_TABLE_USER, user), 1.0f, HR_GROUP_USER, 1, 0};
+    out[n++] = (hr_active){hr_model_row(m, HR_TABLE_ITEM, item), 1.0f, HR_GROUP_ITEM, 1, 0};
     for (int i = 0; i < ev->nctx && i < HR_MAX_CTX; i++)
         out[n++] = (hr_active){hr_model_row(m, HR_TABLE_CTX, ev->ctx[i].row), ev->ctx[i].x,
-                               HR_GROUP_CONTEXT, 1};
+                               HR_GROUP_CONTEXT, 1, 0};
+    /* The catalog attributes of the user and the item (their own rows, not
+     * the effective ones: a user below min_count keeps its attributes). An
+     * id with attributes forms a side with them: the pairs within it are
+     * left out (the id and its attributes add up to one representation,
+     * which meets the other side's and the event's features). */
+    hr_feat f[HR_MAX_ATTRS];
+    for (int t = HR_TABLE_USER; t <= HR_TABLE_ITEM; t++) {
+        uint32_t na = hr_model_attrs(m, (hr_table_id)t, t == HR_TABLE_USER ? ev->user : ev->item, f);
+        uint8_t side = na ? (uint8_t)t : 0; /* HR_TABLE_USER = 1, HR_TABLE_ITEM = 2 */
+        out[t].side = side;
+        for (uint32_t i = 0; i < na; i++)
+            out[n++] = (hr_active){hr_model_row(m, HR_TABLE_CTX, f[i].row), f[i].x,
+                                   HR_GROUP_CONTEXT, 1, side};
+    }
     return n;
+}
+
+/* ---- catalog attributes ---- */
+
+static attr_slot *attr_slot_of(const hr_model *m, hr_table_id t, uint32_t row)
+{
+    if ((t != HR_TABLE_USER && t != HR_TABLE_ITEM) || row >= m->t[t].max_rows)
+        return NULL;
+    attr_slot *c = atomic_load_explicit(&m->t[t].attrs[row >> m->chunk_shift], memory_order_acquire);
+    return c ? &c[row & (m->cfg.chunk_rows - 1)] : NULL;
+}
+
+hr_status hr_model_set_attrs(hr_model *m, hr_table_id t, uint32_t row, const hr_feat *f,
+                             uint32_t n, bool pinned)
+{
+    if ((t != HR_TABLE_USER && t != HR_TABLE_ITEM) || row == 0 || row >= m->t[t].max_rows ||
+        n > HR_MAX_ATTRS)
+        return HR_EINVAL;
+    table *tb = &m->t[t];
+    attr_slot *s = attr_slot_of(m, t, row);
+    if (!s) {
+        if (n == 0 && !pinned)
+            return HR_OK; /* nothing to clear */
+        pthread_mutex_lock(&tb->grow);
+        attr_slot *c = atomic_load(&tb->attrs[row >> m->chunk_shift]);
+        if (!c && (c = calloc(m->cfg.chunk_rows, sizeof *c)) != NULL)
+            atomic_store_explicit(&tb->attrs[row >> m->chunk_shift], c, memory_order_release);
+        pthread_mutex_unlock(&tb->grow);
+        if (!c)
+            return HR_ENOMEM;
+        s = &c[row & (m->cfg.chunk_rows - 1)];
+    }
+    uint32_t was = atomic_exchange_explicit(&s->meta, 0, memory_order_acq_rel) & 0xffu;
+    if (was && !n)
+        atomic_fetch_sub(&tb->attr_rows, 1);
+    else if (!was && n)
+        atomic_fetch_add(&tb->attr_rows, 1);
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t xb;
+        memcpy(&xb, &f[i].x, sizeof xb);
+        atomic_store_explicit(&s->f[i], (uint64_t)f[i].row | (uint64_t)xb << 32,
+                              memory_order_relaxed);
+    }
+    atomic_store_explicit(&s->meta, n | (pinned ? ATTR_PINNED : 0), memory_order_release);
+    return HR_OK;
+}
+
+uint32_t hr_model_attrs(const hr_model *m, hr_table_id t, uint32_t row, hr_feat *out)
+{
+    attr_slot *s = row ? attr_slot_of(m, t, row) : NULL;
+    if (!s)
+        return 0;
+    uint32_t n = atomic_load_explicit(&s->meta, memory_order_acquire) & 0xffu;
+    uint32_t ctx = m->t[HR_TABLE_CTX].max_rows;
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < n && i < HR_MAX_ATTRS; i++) {
+        uint64_t v = atomic_load_explicit(&s->f[i], memory_order_relaxed);
+        uint32_t xb = (uint32_t)(v >> 32);
+        out[k].row = (uint32_t)v;
+        memcpy(&out[k].x, &xb, sizeof xb);
+        if (out[k].row < ctx) /* always, for what set_attrs wrote */
+            k++;
+    }
+    return k;
+}
+
+uint32_t hr_model_attrs_count(const hr_model *m, hr_table_id t)
+{
+    if (t != HR_TABLE_USER && t != HR_TABLE_ITEM)
+        return 0;
+    return atomic_load(&((hr_model *)m)->t[t].attr_rows);
+}
+
+bool hr_model_attrs_pinned(const hr_model *m, hr_table_id t, uint32_t row)
+{
+    attr_slot *s = row ? attr_slot_of(m, t, row) : NULL;
+    return s && (atomic_load_explicit(&s->meta, memory_order_relaxed) & ATTR_PINNED);
+}
+
+void hr_model_mark_attrs_dirty(hr_model *m, const hr_event *ev)
+{
+    hr_feat f[HR_MAX_ATTRS];
+    for (int t = HR_TABLE_USER; t <= HR_TABLE_ITEM; t++) {
+        uint32_t na = hr_model_attrs(m, (hr_table_id)t, t == HR_TABLE_USER ? ev->user : ev->item, f);
+        for (uint32_t i = 0; i < na; i++)
+            hr_model_mark_dirty(m, HR_TABLE_CTX, f[i].row);
+    }
 }
 
 double hr_model_link(const hr_model *m, double y)

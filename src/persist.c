@@ -57,6 +57,7 @@
 #define RETRY_MS 500        /* recovery probes */
 #define TICK_MS 100         /* periodic thread's check period */
 #define BUSY_MS 1000        /* wait for another writer's lock */
+#define FORGET_BUSY_MS 10000 /* forgetting a user waits this long for the log's writer */
 #define MAX_HISTORY 4096    /* schedule history entries saved */
 
 struct hr_persist {
@@ -630,6 +631,61 @@ hr_status hr_persist_checkpoint(hr_persist *p, json_t **info, hr_error *err)
     pthread_mutex_lock(&p->ckpt_mu);
     hr_status st = checkpoint_locked(p, info, err);
     pthread_mutex_unlock(&p->ckpt_mu);
+    return st;
+}
+
+/* ---- catalog and forgetting (under ckpt_mu: never inside a checkpoint) ---- */
+
+hr_status hr_persist_catalog_put(hr_persist *p, const char *kind, size_t n,
+                                 const char *const *ids, const size_t *idlen,
+                                 const char *const *records, const size_t *rlen, hr_error *err)
+{
+    pthread_mutex_lock(&p->ckpt_mu);
+    hr_status st = n == 1 ? hr_store_catalog_put(p->main, kind, ids[0], idlen[0], records[0],
+                                                 rlen[0], hr_wall_time(), err)
+                          : hr_store_catalog_put_many(p->main, kind, n, ids, idlen, records, rlen,
+                                                      hr_wall_time(), err);
+    pthread_mutex_unlock(&p->ckpt_mu);
+    return st;
+}
+
+hr_status hr_persist_catalog_delete(hr_persist *p, const char *kind, const char *id, size_t idlen,
+                                    bool *found, hr_error *err)
+{
+    pthread_mutex_lock(&p->ckpt_mu);
+    hr_status st = hr_store_catalog_delete(p->main, kind, id, idlen, found, err);
+    pthread_mutex_unlock(&p->ckpt_mu);
+    return st;
+}
+
+hr_status hr_persist_catalog_load(hr_persist *p, hr_store_catalog_fn fn, void *ctx, hr_error *err)
+{
+    pthread_mutex_lock(&p->ckpt_mu);
+    hr_status st = hr_store_catalog_scan(p->main, fn, ctx, err);
+    pthread_mutex_unlock(&p->ckpt_mu);
+    return st;
+}
+
+hr_status hr_persist_forget_user(hr_persist *p, const char *id, size_t idlen, uint64_t *deleted,
+                                 hr_error *err)
+{
+    *deleted = 0;
+    pthread_mutex_lock(&p->ckpt_mu); /* a checkpoint that copied the row has committed */
+    hr_status st = hr_store_forget_user(p->main, id, idlen, deleted, err);
+    pthread_mutex_unlock(&p->ckpt_mu);
+    if (st != HR_OK)
+        return st;
+    /* The log's own connection belongs to its thread: a second one, whose
+     * transaction waits for (and holds up) the group commits. */
+    char logpath[HR_CONFIG_STR + 16];
+    snprintf(logpath, sizeof logpath, "%s-events", p->parts.cfg.db);
+    hr_store_options lo = {.kind = HR_STORE_LOG, .sync_full = true, .busy_ms = FORGET_BUSY_MS};
+    hr_store *log = NULL;
+    uint64_t n = 0;
+    if ((st = hr_store_open(logpath, &lo, &log, err)) == HR_OK)
+        st = hr_store_forget_user(log, id, idlen, &n, err);
+    hr_store_close(log);
+    *deleted += n;
     return st;
 }
 

@@ -15,18 +15,36 @@
 
 #include "hogrec/sgd.h"
 
-/* The user's row scored against every item; scores made final. */
-static hr_status score_user(const hr_model *m, hr_topk_batcher *batcher, uint32_t eff,
-                            uint32_t k, const hr_topk_exclude *ex, hr_topk_item *items,
-                            hr_recommend_item *out, size_t *n)
+static int by_score(const void *a, const void *b)
+{
+    const hr_recommend_item *x = a, *y = b;
+    if (x->score != y->score)
+        return x->score > y->score ? -1 : 1;
+    return (x->row > y->row) - (x->row < y->row);
+}
+
+/* The user's row scored against every item; scores made final. A user
+ * with catalog attributes (model.h) queries with its row's factors plus
+ * theirs, and its results' final scores are the model's full prediction
+ * (the items' attributes included), re-sorted. */
+static hr_status score_user(const hr_model *m, hr_topk_batcher *batcher, uint32_t user,
+                            uint32_t eff, uint32_t k, const hr_topk_exclude *ex,
+                            hr_topk_item *items, hr_recommend_item *out, size_t *n)
 {
     const hr_row_layout *L = hr_model_layout(m);
     float *u = malloc(L->floats * sizeof *u), *g = malloc(L->floats * sizeof *g);
     hr_status st = u && g ? HR_OK : HR_ENOMEM;
     size_t got = 0;
+    hr_feat attrs[HR_MAX_ATTRS];
+    uint32_t nattrs = hr_model_attrs(m, HR_TABLE_USER, user, attrs);
     if (st == HR_OK) {
         hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_USER, eff), u);
         hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_GLOBAL, 0), g);
+        for (uint32_t a = 0; a < nattrs; a++) { /* q = v_u + sum x_f v_f */
+            const float *v = hr_model_row(m, HR_TABLE_CTX, attrs[a].row);
+            for (uint32_t d = 0; d < L->k; d++)
+                u[d] += attrs[a].x * v[d];
+        }
         if (batcher) {
             hr_topk_request req = {u, k, ex, items, 0};
             st = hr_topk_query_batched(batcher, &req);
@@ -35,11 +53,18 @@ static hr_status score_user(const hr_model *m, hr_topk_batcher *batcher, uint32_
             st = hr_topk_query(m, u, k, ex, items, &got);
         }
     }
-    if (st == HR_OK) {
+    if (st == HR_OK && nattrs == 0 && hr_model_attrs_count(m, HR_TABLE_ITEM) == 0) {
         double base = (double)g[L->bias] + u[L->bias];
         for (size_t i = 0; i < got; i++)
             out[i] = (hr_recommend_item){items[i].row,
                                          hr_model_link(m, base + (double)items[i].score)};
+        *n = got;
+    } else if (st == HR_OK) { /* attributes: the full prediction of each pair */
+        for (size_t i = 0; i < got; i++) {
+            hr_event ev = {.user = user, .item = items[i].row};
+            out[i] = (hr_recommend_item){items[i].row, hr_model_predict(m, &ev)};
+        }
+        qsort(out, got, sizeof *out, by_score);
         *n = got;
     }
     free(u);
@@ -69,17 +94,20 @@ hr_status hr_recommend(const hr_model *m, hr_events *events, hr_topk_batcher *ba
     if (known && q->exclude_seen)
         nex += hr_events_recent(events, q->user_row, rows + nex, cap - nex);
     hr_topk_sort_rows(rows, nex);
-    hr_topk_exclude ex = {rows, nex};
+    hr_topk_exclude ex = {rows, nex, q->allow, q->allow_rows, q->allow_count};
     uint32_t eff = known ? hr_model_effective_row(m, HR_TABLE_USER, q->user_row) : 0;
     hr_status st = HR_OK;
-    if (eff == 0) {
+    /* A user still on the default row with catalog attributes is scored
+     * through them, not given the popular fallback. */
+    hr_feat attrs[HR_MAX_ATTRS];
+    if (eff == 0 && (!known || hr_model_attrs(m, HR_TABLE_USER, q->user_row, attrs) == 0)) {
         size_t got = hr_events_popular(events, q->k, &ex, items);
         for (size_t i = 0; i < got; i++)
             out[i] = (hr_recommend_item){items[i].row, (double)items[i].score};
         *n = got;
         *fallback = true;
     } else {
-        st = score_user(m, batcher, eff, q->k, &ex, items, out, n);
+        st = score_user(m, batcher, q->user_row, eff, q->k, &ex, items, out, n);
     }
     free(rows);
     free(items);

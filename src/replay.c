@@ -12,8 +12,10 @@
 #include <string.h>
 
 #include "hogrec/api.h"
+#include "hogrec/catalog.h"
 #include "hogrec/dblock.h"
 #include "hogrec/json.h"
+#include "hogrec/sgd.h"
 
 void hr_event_list_free(hr_event_list *l)
 {
@@ -184,6 +186,9 @@ void hr_replay_evaluate(const hr_model *m, const hr_event_list *test, hr_eval *o
     out->n = test->n;
     float *score = malloc((test->n ? test->n : 1) * sizeof *score);
     float *label = malloc((test->n ? test->n : 1) * sizeof *label);
+    float *cscore = malloc((test->n ? test->n : 1) * sizeof *cscore);
+    float *clabel = malloc((test->n ? test->n : 1) * sizeof *clabel);
+    const hr_row_layout *L = hr_model_layout(m);
     double ll = 0, se = 0;
     for (size_t i = 0; i < test->n; i++) {
         double p = hr_model_predict(m, &test->ev[i]);
@@ -191,13 +196,155 @@ void hr_replay_evaluate(const hr_model *m, const hr_event_list *test, hr_eval *o
         label[i] = test->ev[i].label;
         ll += hr_logloss(p, label[i]);
         se += (p - label[i]) * (p - label[i]);
+        /* cold: a user no training event reached (unknown, or only in the catalog) */
+        uint32_t u = test->ev[i].user;
+        if (cscore && clabel &&
+            (u == 0 || hr_sgd_row_count(L, hr_model_row(m, HR_TABLE_USER, u)) == 0)) {
+            cscore[out->n_cold] = score[i];
+            clabel[out->n_cold++] = label[i];
+        }
     }
     bool squared = hr_model_get_config(m)->loss == HR_LOSS_SQUARED;
+    out->auc_cold = squared || !cscore || !clabel || !out->n_cold
+                        ? NAN
+                        : hr_auc(cscore, clabel, out->n_cold);
+    free(cscore);
+    free(clabel);
     out->auc = squared || !score || !label ? NAN : hr_auc(score, label, test->n);
     out->logloss = squared || !test->n ? NAN : ll / (double)test->n;
     out->rmse = test->n ? sqrt(se / (double)test->n) : NAN;
     free(score);
     free(label);
+}
+
+/* ---- the catalog of a replay (--users, --items, --catalog) ---- */
+
+/* Writes a batch of record objects of one kind (each validated; a bad one
+ * is counted in *bad). Takes objs' references. */
+static hr_status put_records(hr_catalog *c, hr_catalog_kind kind, json_t **objs, size_t n,
+                             size_t *bad, hr_error *err)
+{
+    hr_catalog_record *recs = calloc(n ? n : 1, sizeof *recs);
+    if (!recs)
+        return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
+    size_t ok = 0;
+    for (size_t i = 0; i < n; i++) {
+        hr_error e;
+        if (hr_catalog_parse(objs[i], NULL, 0, &recs[ok], &e) == HR_OK)
+            ok++;
+        else
+            (*bad)++;
+        json_decref(objs[i]);
+    }
+    hr_status st = hr_catalog_put(c, kind, recs, ok, NULL, err);
+    free(recs);
+    return st;
+}
+
+/* Splits a MovieLens '|' line into at most max fields (in place). */
+static size_t split_bar(char *line, char **f, size_t max)
+{
+    size_t n = 0;
+    for (char *p = line; n < max;) {
+        f[n++] = p;
+        char *bar = strchr(p, '|');
+        if (!bar)
+            break;
+        *bar = 0;
+        p = bar + 1;
+    }
+    return n;
+}
+
+/* u.user: id|age|gender|occupation|zip -> features age band, gender,
+ * occupation (strings, one-hot). u.item: id|title|date|video|url|19 genre
+ * flags -> categories (the genres) and feature decade. */
+static json_t *movielens_record(char *line, hr_catalog_kind kind)
+{
+    static const char *const genres[19] = {
+        "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+        "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+        "Romance", "Sci-Fi", "Thriller", "War", "Western"};
+    char *f[24];
+    size_t n = split_bar(line, f, 24);
+    if (kind == HR_CATALOG_USER) {
+        if (n < 4)
+            return NULL;
+        int age = atoi(f[1]);
+        const char *band = age < 18 ? "<18" : age < 25 ? "18-24" : age < 35 ? "25-34"
+                           : age < 45 ? "35-44" : age < 50 ? "45-49" : age < 56 ? "50-55" : "56+";
+        return json_pack("{s:s,s:{s:s,s:s,s:s}}", "id", f[0], "features", "age", band, "gender",
+                         f[2], "occupation", f[3]);
+    }
+    if (n < 24)
+        return NULL;
+    json_t *cats = json_array();
+    for (int g = 0; g < 19; g++)
+        if (f[5 + g][0] == '1' && json_array_size(cats) < HR_CATALOG_MAX_CATEGORIES)
+            json_array_append_new(cats, json_string(genres[g]));
+    size_t dl = strlen(f[2]);
+    char decade[8] = "unknown";
+    if (dl >= 4) /* dd-Mon-yyyy */
+        snprintf(decade, sizeof decade, "%.3s0s", f[2] + dl - 4);
+    return json_pack("{s:s,s:o,s:{s:s}}", "id", f[0], "categories", cats, "features", "decade",
+                     decade);
+}
+
+/* Reads records into the catalog: a MovieLens u.user / u.item file (kind
+ * given), or NDJSON records each with "kind": "user" | "item" (ndjson).
+ * Bad lines are counted in *bad. */
+static hr_status read_catalog(hr_catalog *c, const char *path, int kind, bool ndjson, size_t *bad,
+                              size_t *records, hr_error *err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return hr_error_set(err, HR_EIO, "file", "%s: %s", path, strerror(errno));
+    enum { BATCH = 512 };
+    json_t *batch[2][BATCH];
+    size_t nb[2] = {0, 0};
+    char *line = NULL;
+    size_t lcap = 0;
+    ssize_t len;
+    hr_status st = HR_OK;
+    while (st == HR_OK && (len = getline(&line, &lcap, f)) >= 0) {
+        while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+            line[--len] = 0;
+        if (len == 0)
+            continue;
+        json_t *obj;
+        int k = kind;
+        if (ndjson) {
+            obj = json_loadb(line, (size_t)len, JSON_REJECT_DUPLICATES, NULL);
+            const char *ks = json_string_value(json_object_get(obj, "kind"));
+            k = ks && !strcmp(ks, "user") ? HR_CATALOG_USER
+                : ks && !strcmp(ks, "item") ? HR_CATALOG_ITEM : -1;
+            if (obj)
+                json_object_del(obj, "kind");
+        } else {
+            obj = movielens_record(line, (hr_catalog_kind)kind);
+        }
+        if (!obj || k < 0) {
+            json_decref(obj);
+            (*bad)++;
+            continue;
+        }
+        (*records)++;
+        batch[k][nb[k]++] = obj;
+        if (nb[k] == BATCH) {
+            st = put_records(c, (hr_catalog_kind)k, batch[k], nb[k], bad, err);
+            nb[k] = 0;
+        }
+    }
+    for (int k = 0; k < 2; k++) {
+        if (st == HR_OK)
+            st = put_records(c, (hr_catalog_kind)k, batch[k], nb[k], bad, err);
+        else
+            for (size_t i = 0; i < nb[k]; i++)
+                json_decref(batch[k][i]);
+    }
+    free(line);
+    fclose(f);
+    return st;
 }
 
 /* One progress line on stderr. Its figures are the ones of r, the same
@@ -247,8 +394,17 @@ int hr_replay_main(int argc, char **argv)
         {.name = "strict",
          .help = "replay: stop at the first bad line (default: skip bad lines, count them)",
          .is_switch = true},
+        {.name = "users",
+         .help = "replay: MovieLens u.user (id|age|gender|occupation|zip): catalog records "
+                 "with features age band, gender, occupation"},
+        {.name = "items",
+         .help = "replay: MovieLens u.item: catalog records, genres as categories, feature decade"},
+        {.name = "catalog",
+         .help = "replay: NDJSON catalog records, each with \"kind\": \"user\" or \"item\" "
+                 "(the fields of PUT /v1/items/{id}, and \"id\")"},
     };
-    enum { X_FORMAT, X_BINARIZE, X_PASSES, X_ORDER, X_TEST, X_STRICT };
+    enum { X_FORMAT, X_BINARIZE, X_PASSES, X_ORDER, X_TEST, X_STRICT, X_USERS, X_ITEMS,
+           X_CATALOG };
     hr_config cfg;
     hr_error err = {{0}, {0}};
     const char *pos[2];
@@ -308,6 +464,25 @@ int hr_replay_main(int argc, char **argv)
         fprintf(stderr, "hogrec replay: %s\n", err.message);
         goto out;
     }
+    /* The catalog first: its ids and attributes exist before the events. */
+    size_t cat_bad = 0, cat_records = 0;
+    const struct {
+        int x, kind;
+        bool ndjson;
+    } cats[] = {{X_USERS, HR_CATALOG_USER, false},
+                {X_ITEMS, HR_CATALOG_ITEM, false},
+                {X_CATALOG, -1, true}};
+    for (size_t i = 0; i < HR_ARRAY_LEN(cats); i++) {
+        const char *path = extra[cats[i].x].value;
+        if (path && (st = read_catalog(app->catalog, path, cats[i].kind, cats[i].ndjson, &cat_bad,
+                                       &cat_records, &err)) != HR_OK) {
+            fprintf(stderr, "hogrec replay: %s: %s\n", path, err.message);
+            goto out;
+        }
+    }
+    if (cat_bad)
+        fprintf(stderr, "hogrec replay: %zu catalog line%s skipped (not a valid record)\n",
+                cat_bad, cat_bad == 1 ? "" : "s");
     hr_replay_skips skips;
     if ((st = hr_replay_read(app->model, file, fmt, binarize, 1, strict, &skips, &train, &err)) != HR_OK) {
         fprintf(stderr, "hogrec replay: %s: %s%s\n", file, err.message,
@@ -355,6 +530,10 @@ int hr_replay_main(int argc, char **argv)
     json_object_set_new(out, "seconds", json_real(secs));
     json_object_set_new(out, "events_per_s", json_real(secs > 0 ? tc.trained / secs : 0));
     json_object_set_new(out, "skipped_lines", json_integer((json_int_t)skips.lines));
+    if (cat_records || cat_bad)
+        json_object_set_new(out, "catalog",
+                            json_pack("{s:I,s:I}", "records", (json_int_t)cat_records,
+                                      "skipped_lines", (json_int_t)cat_bad));
     json_t *prog = json_object();
     json_object_set_new(prog, "window", json_integer((json_int_t)pr.n));
     if (squared) {
@@ -385,6 +564,8 @@ int hr_replay_main(int argc, char **argv)
         } else {
             json_object_set_new(t, "auc", hr_json_real_or_null(ev.auc));
             json_object_set_new(t, "logloss", hr_json_real_or_null(ev.logloss));
+            json_object_set_new(t, "cold_user_events", json_integer((json_int_t)ev.n_cold));
+            json_object_set_new(t, "cold_user_auc", hr_json_real_or_null(ev.auc_cold));
         }
         json_object_set_new(out, "test", t);
     }

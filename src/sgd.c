@@ -83,14 +83,19 @@ static bool layout_ok(const hr_row_layout *L)
 }
 #endif
 
-/* s[d] = sum_f v_fd x_f; returns sum_f w_f x_f + 0.5 sum_d (s_d^2 - sum_f v_fd^2 x_f^2).
+/* s[d] = sum_f v_fd x_f; returns sum_f w_f x_f + 0.5 sum_d (s_d^2 - sum_f v_fd^2 x_f^2),
+ * less the pairs within a side (hr_active.side): for side c, with S_c its
+ * features' sum (side_sum[c - 1], k floats each, filled when any feature
+ * has a side; *sided says whether one did), 0.5 (|S_c|^2 - sum_{f in c} |v_f x_f|^2).
  * tmp is k floats of scratch. */
-static double score_into(const hr_row_layout *L, const hr_active *a, int n, float *s, float *tmp)
+static double score_into(const hr_row_layout *L, const hr_active *a, int n, float *s, float *tmp,
+                         float *side_sum, bool *sided)
 {
     const uint32_t k = L->k;
     assert(layout_ok(L));
     assert(n >= 1 && n <= HR_MAX_ACTIVE); /* the model resolves at most this many */
     double lin = 0;
+    bool any_side = false;
     for (uint32_t d = 0; d < k; d++)
         s[d] = tmp[d] = 0;
     for (int f = 0; f < n; f++) {
@@ -99,6 +104,7 @@ static double score_into(const hr_row_layout *L, const hr_active *a, int n, floa
         lin += (double)r[L->bias] * x;
         if (!a[f].has_v)
             continue;
+        any_side |= a[f].side != 0;
         for (uint32_t d = 0; d < k; d++) {
             float vx = r[d] * x;
             s[d] += vx;
@@ -109,13 +115,42 @@ static double score_into(const hr_row_layout *L, const hr_active *a, int n, floa
     for (uint32_t d = 0; d < k; d++)
         tmp[d] = s[d] * s[d];
     float ss = hsum(tmp, k);
-    return lin + 0.5 * ((double)ss - sq);
+    double y = lin + 0.5 * ((double)ss - sq);
+    *sided = any_side;
+    if (!any_side)
+        return y;
+    /* the pairs within each side: 0.5 (|S_c|^2 - sum_{f in c} |v_f x_f|^2) */
+    for (uint32_t d = 0; d < 2 * k; d++)
+        side_sum[d] = 0;
+    double own = 0;
+    for (int f = 0; f < n; f++) {
+        if (!a[f].has_v || !a[f].side)
+            continue;
+        float *sc = side_sum + (size_t)(a[f].side - 1) * k;
+        const float *r = a[f].row;
+        const float x = a[f].x;
+        for (uint32_t d = 0; d < k; d++) {
+            float vx = r[d] * x;
+            sc[d] += vx;
+            tmp[d] = vx * vx;
+        }
+        own += hsum(tmp, k);
+    }
+    double sides = 0;
+    for (uint32_t c = 0; c < 2; c++) {
+        const float *sc = side_sum + (size_t)c * k;
+        for (uint32_t d = 0; d < k; d++)
+            tmp[d] = sc[d] * sc[d];
+        sides += hsum(tmp, k);
+    }
+    return y - 0.5 * (sides - own);
 }
 
 double hr_sgd_score(const hr_row_layout *L, const hr_active *a, int n)
 {
-    float s[L->k], tmp[L->k];
-    return score_into(L, a, n, s, tmp);
+    float s[L->k], tmp[L->k], side_sum[2 * L->k];
+    bool sided;
+    return score_into(L, a, n, s, tmp, side_sum, &sided);
 }
 
 /* One coordinate of FTRL-Proximal (McMahan et al. 2013) on a linear weight.
@@ -224,8 +259,9 @@ hr_step_result hr_sgd_step(const hr_row_layout *L, const hr_active *a, int n, fl
                            double *pred_before)
 {
     const uint32_t k = L->k;
-    float s[k], tmp[k], nv[k], nG[k];
-    double y = score_into(L, a, n, s, tmp);
+    float s[k], tmp[k], nv[k], nG[k], side_sum[2 * k];
+    bool sided;
+    double y = score_into(L, a, n, s, tmp, side_sum, &sided);
     *y_before = y;
     double pred = hr_row_link(p->loss, y);
     if (pred_before)
@@ -236,7 +272,8 @@ hr_step_result hr_sgd_step(const hr_row_layout *L, const hr_active *a, int n, fl
     if (g == 0)
         return HR_STEP_APPLIED;
 
-    /* dy/dv_fd = x_f (s_d - v_fd x_f), kept per feature for the update;
+    /* dy/dv_fd = x_f (s_d - v_fd x_f), or x_f (s_d - S_cd) for a feature of
+     * side c (its pairs within the side left out), kept per feature for the update;
      * |grad|^2 = g^2 * (sum_f x_f^2 + sum_f sum_d dy/dv_fd^2) for the clip. */
     float dv[n * k];
     double norm2 = 0;
@@ -247,9 +284,17 @@ hr_step_result hr_sgd_step(const hr_row_layout *L, const hr_active *a, int n, fl
             continue;
         const float *r = a[f].row;
         float *t = dv + (size_t)f * k;
-        for (uint32_t d = 0; d < k; d++) {
-            t[d] = x * (s[d] - r[d] * x);
-            tmp[d] = t[d] * t[d];
+        if (sided && a[f].side) {
+            const float *sc = side_sum + (size_t)(a[f].side - 1) * k;
+            for (uint32_t d = 0; d < k; d++) {
+                t[d] = x * (s[d] - sc[d]);
+                tmp[d] = t[d] * t[d];
+            }
+        } else {
+            for (uint32_t d = 0; d < k; d++) {
+                t[d] = x * (s[d] - r[d] * x);
+                tmp[d] = t[d] * t[d];
+            }
         }
         if (p->clip > 0)
             norm2 += hsum(tmp, k);

@@ -52,6 +52,11 @@ enum {
     ST_SERVING_GET,
     ST_HISTORY_ROWS,
     ST_BLOB_ROWS,
+    ST_CATALOG_PUT,
+    ST_CATALOG_DELETE,
+    ST_CATALOG_SCAN,
+    ST_FORGET_ROWS,
+    ST_FORGET_HISTORY,
     ST_CKPT_AT,
     ST_CKPT_FROM,
     /* log */
@@ -65,6 +70,7 @@ enum {
     ST_LOG_SCAN,
     ST_LOG_SCAN_ARRIVED,
     ST_LOG_PROBE,
+    ST_LOG_FORGET,
     ST_LOG_SINCE,
     ST_COUNT
 };
@@ -124,6 +130,16 @@ static const struct {
     [ST_BLOB_ROWS] = {HR_STORE_MAIN, 3,
                       "SELECT data FROM serving_blob WHERE checkpoint = ? AND kind = ? "
                       "ORDER BY part"},
+    [ST_CATALOG_PUT] = {HR_STORE_MAIN, 4,
+                        "INSERT OR REPLACE INTO catalog (kind, id, record, updated) "
+                        "VALUES (?, ?, ?, ?)"},
+    [ST_CATALOG_DELETE] = {HR_STORE_MAIN, 4, "DELETE FROM catalog WHERE kind = ? AND id = ?"},
+    [ST_CATALOG_SCAN] = {HR_STORE_MAIN, 4, "SELECT kind, id, record FROM catalog ORDER BY kind, id"},
+    /* user rows of every checkpoint (table 1: HR_TABLE_USER; no index on key: a scan) */
+    [ST_FORGET_ROWS] = {HR_STORE_MAIN, 1, "DELETE FROM row WHERE ((id >> 32) & 255) = 1 AND key = ?"},
+    [ST_FORGET_HISTORY] = {HR_STORE_MAIN, 3, "DELETE FROM serving_history WHERE user = ?"},
+    [ST_LOG_FORGET] = {HR_STORE_LOG, 1,
+                       "DELETE FROM event_log WHERE CAST(json_extract(event, '$.user') AS TEXT) = ?"},
     [ST_CKPT_AT] = {HR_STORE_MAIN, 1,
                     "SELECT id, base, kind = 'full', seq, nrows, updates, started, "
                     "coalesce(seconds, 0), shape FROM checkpoint WHERE complete = 1 "
@@ -936,5 +952,149 @@ hr_status hr_store_log_probe(hr_store *s, hr_error *err)
         return HR_OK;
     hr_status st = fail(s, rc, err, "event log");
     rollback(s);
+    return st;
+}
+
+/* ---- catalog (main database, schema version 4) ---- */
+
+hr_status hr_store_catalog_put(hr_store *s, const char *kind, const char *id, size_t idlen,
+                               const char *record, size_t rlen, double updated, hr_error *err)
+{
+    sqlite3_stmt *st = s->st[ST_CATALOG_PUT];
+    if (!st)
+        return hr_error_set(err, HR_EUNSUPPORTED, "db", "catalog: schema version %d < 4",
+                            s->version);
+    sqlite3_bind_text(st, 1, kind, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, id, (int)idlen, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, record, (int)rlen, SQLITE_STATIC);
+    sqlite3_bind_double(st, 4, updated);
+    int rc = run(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "catalog: writing a record");
+}
+
+hr_status hr_store_catalog_put_many(hr_store *s, const char *kind, size_t n,
+                                    const char *const *ids, const size_t *idlen,
+                                    const char *const *records, const size_t *rlen,
+                                    double updated, hr_error *err)
+{
+    int rc = run(s->st[ST_BEGIN]);
+    if (rc != SQLITE_OK)
+        return fail(s, rc, err, "catalog: beginning a write");
+    hr_status st = HR_OK;
+    for (size_t i = 0; i < n && st == HR_OK; i++)
+        st = hr_store_catalog_put(s, kind, ids[i], idlen[i], records[i], rlen[i], updated, err);
+    if (st == HR_OK && (rc = run(s->st[ST_COMMIT])) != SQLITE_OK)
+        st = fail(s, rc, err, "catalog: committing");
+    if (st != HR_OK)
+        rollback(s);
+    return st;
+}
+
+hr_status hr_store_catalog_delete(hr_store *s, const char *kind, const char *id, size_t idlen,
+                                  bool *found, hr_error *err)
+{
+    sqlite3_stmt *st = s->st[ST_CATALOG_DELETE];
+    *found = false;
+    if (!st)
+        return hr_error_set(err, HR_EUNSUPPORTED, "db", "catalog: schema version %d < 4",
+                            s->version);
+    sqlite3_bind_text(st, 1, kind, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, id, (int)idlen, SQLITE_STATIC);
+    int rc = run(st);
+    sqlite3_clear_bindings(st);
+    if (rc != SQLITE_OK)
+        return fail(s, rc, err, "catalog: deleting a record");
+    *found = sqlite3_changes(s->db) > 0;
+    return HR_OK;
+}
+
+hr_status hr_store_catalog_scan(hr_store *s, hr_store_catalog_fn fn, void *ctx, hr_error *err)
+{
+    sqlite3_stmt *st = s->st[ST_CATALOG_SCAN];
+    if (!st)
+        return HR_OK; /* an older schema has no catalog */
+    int rc;
+    hr_status hst = HR_OK;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *kind = (const char *)sqlite3_column_text(st, 0);
+        const char *id = sqlite3_column_blob(st, 1);
+        size_t idlen = (size_t)sqlite3_column_bytes(st, 1);
+        const char *rec = (const char *)sqlite3_column_text(st, 2);
+        size_t rlen = (size_t)sqlite3_column_bytes(st, 2);
+        hst = fn(ctx, kind ? kind : "", id ? id : "", idlen, rec ? rec : "", rlen);
+        if (hst != HR_OK)
+            break;
+    }
+    sqlite3_reset(st);
+    if (hst == HR_OK && rc != SQLITE_DONE)
+        hst = fail(s, rc, err, "catalog: reading");
+    return hst;
+}
+
+/* Rewrites the file without free pages (VACUUM) and empties its WAL, so
+ * that no byte of deleted content stays in either. */
+static int scrub(hr_store *s)
+{
+    int rc = sqlite3_exec(s->db, "VACUUM", NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(s->db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
+    return rc;
+}
+
+/* Runs the delete statements `which` (bound to id as `kind` 'blob' or
+ * 'text') in one transaction with secure_delete on, then scrubs. */
+static hr_status forget(hr_store *s, const int *which, const bool *as_text, size_t n,
+                        const char *id, size_t idlen, uint64_t *deleted, hr_error *err)
+{
+    *deleted = 0;
+    int rc = sqlite3_exec(s->db, "PRAGMA secure_delete = ON", NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = run(s->st[ST_BEGIN]);
+    for (size_t i = 0; rc == SQLITE_OK && i < n; i++) {
+        sqlite3_stmt *st = s->st[which[i]];
+        if (!st)
+            continue; /* the schema predates that table */
+        if (as_text[i])
+            sqlite3_bind_text(st, 1, id, (int)idlen, SQLITE_STATIC);
+        else
+            sqlite3_bind_blob(st, 1, id, (int)idlen, SQLITE_STATIC);
+        rc = run(st);
+        sqlite3_clear_bindings(st);
+        if (rc == SQLITE_OK)
+            *deleted += (uint64_t)sqlite3_changes(s->db);
+    }
+    if (rc == SQLITE_OK)
+        rc = run(s->st[ST_COMMIT]);
+    if (rc != SQLITE_OK)
+        rollback(s);
+    sqlite3_exec(s->db, "PRAGMA secure_delete = OFF", NULL, NULL, NULL);
+    if (rc == SQLITE_OK)
+        rc = scrub(s);
+    return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "forgetting a user");
+}
+
+hr_status hr_store_forget_user(hr_store *s, const char *id, size_t idlen, uint64_t *deleted,
+                               hr_error *err)
+{
+    if (s->kind == HR_STORE_LOG) {
+        static const int which[] = {ST_LOG_FORGET};
+        static const bool text[] = {true};
+        return forget(s, which, text, 1, id, idlen, deleted, err);
+    }
+    static const int which[] = {ST_FORGET_ROWS, ST_FORGET_HISTORY};
+    static const bool text[] = {false, false};
+    hr_status st = forget(s, which, text, 2, id, idlen, deleted, err);
+    bool found;
+    if (st == HR_OK && s->st[ST_CATALOG_DELETE]) {
+        st = hr_store_catalog_delete(s, "user", id, idlen, &found, err);
+        *deleted += found;
+        /* the catalog row was deleted without secure_delete: scrub again */
+        if (st == HR_OK && found) {
+            int rc = scrub(s);
+            if (rc != SQLITE_OK)
+                st = fail(s, rc, err, "forgetting a user");
+        }
+    }
     return st;
 }

@@ -6,7 +6,11 @@
  * bias. Per block (in slices of 2048 rows): one sgemv y = B[:, 0..k] * [q; 1] into a scratch vector,
  * then every score is offered to a min-heap of size K (a score that does not
  * beat the heap's minimum costs one compare). Exclusions are checked only
- * for scores that would enter the heap (binary search in a sorted array).
+ * for scores that would enter the heap (binary search in a sorted array,
+ * one bit of a catalog filter's bitmap). A filter that keeps few rows
+ * (fewer than 1 / HR_TOPK_SPARSE of them) is scored row by row instead: one
+ * dot product per allowed row, found by walking the bitmap's set bits, so
+ * its cost follows the rows it keeps, not the matrix.
  *
  * The scan is memory-bound: it reads (k+1) floats per item once; at k=64
  * and 100k items that is ~26 MB.
@@ -144,9 +148,13 @@ void hr_topk_sort_rows(uint32_t *rows, size_t n)
         qsort(rows, n, sizeof *rows, cmp_u32);
 }
 
-static bool excluded(const hr_topk_exclude *ex, uint32_t row)
+bool hr_topk_excluded(const hr_topk_exclude *ex, uint32_t row)
 {
-    if (!ex || ex->n == 0)
+    if (!ex)
+        return false;
+    if (ex->allow && (row >= ex->allow_rows || !((ex->allow[row / 64] >> (row % 64)) & 1)))
+        return true;
+    if (ex->n == 0)
         return false;
     size_t lo = 0, hi = ex->n;
     while (lo < hi) {
@@ -165,6 +173,59 @@ typedef struct {
     float threshold; /* the heap's worst score once it is full */
     float def_score; /* score of the default row (items below min_count) */
 } scan_state;
+
+static bool sparse(const hr_topk_request *r)
+{
+    const hr_topk_exclude *ex = r->ex;
+    return ex && ex->allow && (uint64_t)ex->allow_count * HR_TOPK_SPARSE < ex->allow_rows;
+}
+
+/* A query whose filter keeps few rows: each allowed row scored alone. */
+static void scan_sparse(const hr_model *m, hr_topk_request *r, const float *qx, scan_state *st)
+{
+    const hr_row_layout *L = hr_model_layout(m);
+    const bool min_count = hr_model_get_config(m)->min_count > 0;
+    const uint32_t rows = hr_model_rows(m, HR_TABLE_ITEM);
+    const hr_topk_exclude *ex = r->ex;
+    const uint32_t end = ex->allow_rows < rows ? ex->allow_rows : rows;
+    for (uint32_t w = 0; w * 64 < end; w++) {
+        for (uint64_t bits = ex->allow[w]; bits; bits &= bits - 1) {
+            uint32_t row = w * 64 + (uint32_t)__builtin_ctzll(bits);
+            if (row >= end)
+                break;
+            if (row == 0 || !hr_model_key(m, HR_TABLE_ITEM, row, NULL) ||
+                hr_topk_excluded(ex, row))
+                continue;
+            float s;
+            if (min_count && hr_model_effective_row(m, HR_TABLE_ITEM, row) == 0)
+                s = st->def_score;
+            else /* [v_i, b_i] . [q, 1] */
+                s = cblas_sdot((int)L->k + 1, hr_model_row(m, HR_TABLE_ITEM, row), 1, qx, 1);
+            hr_topk_heap_offer(&st->hp, row, s);
+        }
+    }
+}
+
+/* A sparse query scored alone (scan_sparse), in fp32. */
+static hr_status query_sparse(const hr_model *m, hr_topk_request *r)
+{
+    pthread_once(&blas_once, blas_init);
+    const hr_row_layout *L = hr_model_layout(m);
+    float *qx = malloc((L->k + 1) * sizeof *qx);
+    if (!qx)
+        return HR_ENOMEM;
+    memcpy(qx, r->q, L->k * sizeof *qx);
+    qx[L->k] = 1.0f; /* picks up the bias column */
+    scan_state st = {.threshold = -INFINITY, .def_score = 0};
+    hr_topk_heap_init(&st.hp, r->out, r->k);
+    if (hr_model_get_config(m)->min_count > 0)
+        hr_sgd_block_scores_ref(L, hr_model_row(m, HR_TABLE_ITEM, 0), 1, L->stride, r->q,
+                                &st.def_score);
+    scan_sparse(m, r, qx, &st);
+    r->n = hr_topk_heap_finish(&st.hp);
+    free(qx);
+    return HR_OK;
+}
 
 static hr_status query_many_half(const hr_model *m, hr_topk_request *reqs, size_t nq,
                                  bool *done);
@@ -210,9 +271,19 @@ static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
         if (min_count)
             hr_sgd_block_scores_ref(L, r0, 1, L->stride, reqs[j].q, &ss[j].def_score);
     }
+    size_t ndense = 0;
+    for (size_t j = 0; j < nq; j++) {
+        if (!reference && sparse(&reqs[j]) && ss[j].hp.k > 0) {
+            scan_sparse(m, &reqs[j], qx + j * kq, &ss[j]);
+            ss[j].hp.k = 0; /* done: the dense loop skips it */
+            ss[j].threshold = INFINITY;
+        } else {
+            ndense++;
+        }
+    }
     uint32_t nrows, lda;
     const float *blk;
-    for (uint32_t b = 0; (blk = hr_model_item_block(m, b, &nrows, &lda)) != NULL; b++) {
+    for (uint32_t b = 0; ndense && (blk = hr_model_item_block(m, b, &nrows, &lda)) != NULL; b++) {
         for (uint32_t off = 0; off < nrows; off += SUB) {
             const uint32_t len = nrows - off < SUB ? nrows - off : SUB;
             const float *sub = blk + (size_t)off * lda;
@@ -241,7 +312,7 @@ static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
                         continue;
                     uint32_t row = base + i;
                     if (row == 0 || !hr_model_key(m, HR_TABLE_ITEM, row, NULL) ||
-                        excluded(reqs[j].ex, row))
+                        hr_topk_excluded(reqs[j].ex, row))
                         continue;
                     if (min_count && hr_model_effective_row(m, HR_TABLE_ITEM, row) == 0)
                         s = st->def_score;
@@ -252,8 +323,10 @@ static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
             }
         }
     }
-    for (size_t j = 0; j < nq; j++)
+    for (size_t j = 0; j < nq; j++) {
+        ss[j].hp.k = reqs[j].k; /* a sparse query's heap (k was zeroed to skip it) */
         reqs[j].n = hr_topk_heap_finish(&ss[j].hp);
+    }
     free(qx);
     free(scores);
     free(ss);
@@ -272,7 +345,9 @@ static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
  * candidate. The candidates are re-scored with the fp32 reference loop and
  * ranked by the usual heap, so the result is the fp32 top K with its ties
  * (hr_topk_query_ref's, bit for bit, on a model not being trained). Few rows
- * are candidates: the bound is ~2^-11 of |q| |v|.
+ * are candidates: the bound is ~2^-11 of |q| |v|. Exclusions and catalog
+ * filters apply to the candidates as in the fp32 scan; a query whose filter
+ * keeps few rows skips the half scan and is scored row by row in fp32.
  */
 
 typedef struct {
@@ -288,6 +363,7 @@ typedef struct {
     float def_score;    /* score of the default row (items below min_count) */
     half_cand *cands;   /* rows whose upper bound reached the threshold */
     size_t nc, cap;
+    bool alone;         /* a sparse filter: scored by query_sparse, not in the scan */
 } half_state;
 
 /* Drops the candidates the threshold now rules out; grows the array if
@@ -331,7 +407,10 @@ static bool half_offer(const hr_model *m, const hr_half_layout *H, const hr_topk
         if (hi < threshold)
             continue;
         const uint32_t row = base + i;
-        if (row == 0 || !hr_model_key(m, HR_TABLE_ITEM, row, NULL) || excluded(rq->ex, row))
+        /* eligibility as in the fp32 scan: a key, not excluded, the
+         * catalog filter's allow bitmap (hidden, expired, categories) */
+        if (row == 0 || !hr_model_key(m, HR_TABLE_ITEM, row, NULL) ||
+            hr_topk_excluded(rq->ex, row))
             continue;
         bool def = min_count && hr_model_effective_row(m, HR_TABLE_ITEM, row) == 0;
         if (def)
@@ -365,7 +444,7 @@ static bool half_offer_batch(const hr_model *m, const hr_half_layout *H, hr_topk
         v8f c0 = {0}, c1 = {0}, thr;
         for (int l = 0; l < 8; l++) {
             size_t j = g + (size_t)l;
-            bool live = j < nq && reqs[j].k > 0;
+            bool live = j < nq && reqs[j].k > 0 && !hs[j].alone;
             c0[l] = live ? hs[j].c[0] : 0;
             c1[l] = live ? hs[j].c[1] : 0;
             /* min_count: a row may score as the default row; test all */
@@ -385,7 +464,7 @@ static bool half_offer_batch(const hr_model *m, const hr_half_layout *H, hr_topk
                 continue;
             for (int l = 0; l < 8; l++) {
                 size_t j = g + (size_t)l;
-                if (j >= nq || reqs[j].k == 0 || !(pass[l] || wide))
+                if (j >= nq || reqs[j].k == 0 || hs[j].alone || !(pass[l] || wide))
                     continue;
                 if (!half_offer(m, H, &reqs[j], &hs[j], sub + (size_t)i * H->stride, base + i,
                                 1, scores + (size_t)i * nq8 + j, nq8))
@@ -449,10 +528,23 @@ static hr_status query_many_half(const hr_model *m, hr_topk_request *reqs, size_
         }
     }
     *done = true;
-    hr_model_item_half_sync(m);
+    /* A filter that keeps few rows is scored row by row in fp32 (as
+     * query_many does), the others by the half scan; both apply the filter. */
+    size_t nscan = 0;
+    for (size_t j = 0; j < nq; j++) {
+        if (reqs[j].k > 0 && sparse(&reqs[j])) {
+            hs[j].alone = true;
+            if ((st = query_sparse(m, &reqs[j])) != HR_OK)
+                goto out;
+        } else {
+            nscan++;
+        }
+    }
+    if (nscan)
+        hr_model_item_half_sync(m);
     uint32_t nrows;
     const uint16_t *blk;
-    for (uint32_t b = 0; (blk = hr_model_item_half_block(m, b, &nrows)) != NULL; b++) {
+    for (uint32_t b = 0; nscan && (blk = hr_model_item_half_block(m, b, &nrows)) != NULL; b++) {
         for (uint32_t off = 0; off < nrows; off += SUB) {
             const uint32_t len = nrows - off < SUB ? nrows - off : SUB;
             const uint16_t *sub = blk + (size_t)off * H->stride;
@@ -460,7 +552,7 @@ static hr_status query_many_half(const hr_model *m, hr_topk_request *reqs, size_
                 hr_half_block_scores(H, sub, len, qx, scores);
             else
                 hr_half_block_scores_many(H, sub, len, qt, (uint32_t)nq8, scores);
-            bool ok = nq == 1 ? reqs[0].k == 0 || half_offer(m, H, &reqs[0], &hs[0], sub,
+            bool ok = nq == 1 ? reqs[0].k == 0 || hs[0].alone || half_offer(m, H, &reqs[0], &hs[0], sub,
                                                              b * chunk + off, len, scores, 1)
                               : half_offer_batch(m, H, reqs, nq, hs, sub, b * chunk + off, len,
                                                  scores, nq8);
@@ -471,6 +563,8 @@ static hr_status query_many_half(const hr_model *m, hr_topk_request *reqs, size_
         }
     }
     for (size_t j = 0; j < nq; j++) {
+        if (hs[j].alone)
+            continue; /* reqs[j].n set by query_sparse */
         hr_topk_heap hp;
         hr_topk_heap_init(&hp, reqs[j].out, reqs[j].k);
         for (size_t i = 0; i < hs[j].nc; i++) {

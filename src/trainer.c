@@ -296,6 +296,8 @@ static double apply(hr_trainer *tr, worker *w, const batch_ctx *bc, const hr_eve
     hr_model_mark_dirty(m, HR_TABLE_ITEM, ei);
     for (int i = 0; i < ev->nctx; i++)
         hr_model_mark_dirty(m, HR_TABLE_CTX, ev->ctx[i].row);
+    if (n > 3 + ev->nctx) /* catalog attributes took part */
+        hr_model_mark_attrs_dirty(m, ev);
     bump(&w->updates, 1);
     return pred;
 }

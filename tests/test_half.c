@@ -344,7 +344,7 @@ static int compare_many(const hr_model *mh, const hr_model *mf, uint32_t k, int 
     int bad = 0;
     const uint32_t ks[] = {1, 10, 64};
     uint32_t ex_rows[] = {1, 2, 3, 50, 600, 601};
-    hr_topk_exclude ex = {ex_rows, 6};
+    hr_topk_exclude ex = {.rows = ex_rows, .n = 6};
     enum { B = 8 };
     hr_topk_request reqs[B];
     hr_topk_item *got[B], want[64], blas[64], single[64];
@@ -422,6 +422,95 @@ static void test_topk_min_count(void **state)
     assert_int_equal(compare_many(mh, mf, 16, 200, 4000, DATA_RANDOM), 0);
     hr_model_destroy(mh);
     hr_model_destroy(mf);
+}
+
+/* Catalog filters (an allow bitmap: hidden, expired and category-filtered
+ * items are left out of it) apply in the half path as in fp32: every
+ * result is an allowed row not excluded, and the list equals the fp32
+ * reference loop's over the same filter - a dense filter through the half
+ * scan (exactly), a sparse one row by row in fp32 (as the fp32 model does,
+ * bit for bit); single queries and batches mixing filters. */
+static bool filtered_ok(const hr_topk_item *a, size_t n, const hr_topk_exclude *ex)
+{
+    for (size_t i = 0; i < n; i++)
+        if (hr_topk_excluded(ex, a[i].row))
+            return false;
+    return true;
+}
+
+static void check_catalog_filters(uint32_t min_count)
+{
+    const uint32_t k = 16;
+    hr_model *mh = make_model(k, 4000, 61, true, DATA_RANDOM, min_count);
+    hr_model *mf = make_model(k, 4000, 61, false, DATA_RANDOM, min_count);
+    const uint32_t rows = hr_model_rows(mh, HR_TABLE_ITEM), words = (rows + 63) / 64;
+    uint64_t *dense = calloc(words, sizeof *dense), *sparse = calloc(words, sizeof *sparse);
+    uint32_t ndense = 0, nsparse = 0;
+    for (uint32_t r = 1; r < rows; r++) {
+        if (r % 2 == 1 || r % 7 == 0) {
+            dense[r / 64] |= 1ull << (r % 64);
+            ndense++;
+        }
+        if (r % 40 == 3) {
+            sparse[r / 64] |= 1ull << (r % 64);
+            nsparse++;
+        }
+    }
+    uint32_t ex_rows[] = {7, 43, 101, 203}; /* allowed by a filter, excluded by name */
+    const hr_topk_exclude exd = {ex_rows, 4, dense, rows, ndense};
+    const hr_topk_exclude exs = {ex_rows, 4, sparse, rows, nsparse};
+    assert_true((uint64_t)ndense * HR_TOPK_SPARSE >= rows);  /* the half scan */
+    assert_true((uint64_t)nsparse * HR_TOPK_SPARSE < rows);  /* row by row */
+    enum { B = 8, K = 10 };
+    float q[B][16];
+    hr_topk_item got[B][K], want[K], f32[K];
+    size_t n, nw, nf;
+    int filtered_out = 0; /* unfiltered top-K rows the dense filter leaves out */
+    for (int i = 0; i < 48; i++) {
+        for (int b = 0; b < B; b++)
+            random_query(q[b], k, 9000 + (uint64_t)(i * B + b), DATA_RANDOM, mh);
+        /* single queries */
+        assert_int_equal(hr_topk_query(mh, q[0], K, &exd, got[0], &n), HR_OK);
+        assert_int_equal(hr_topk_query_ref(mh, q[0], K, &exd, want, &nw), HR_OK);
+        assert_true(filtered_ok(got[0], n, &exd));
+        assert_true(same_list(got[0], n, want, nw));
+        assert_int_equal(hr_topk_query(mh, q[0], K, NULL, got[1], &n), HR_OK);
+        for (size_t j = 0; j < n; j++)
+            filtered_out += hr_topk_excluded(&exd, got[1][j].row);
+        assert_int_equal(hr_topk_query(mh, q[1], K, &exs, got[0], &n), HR_OK);
+        assert_int_equal(hr_topk_query_ref(mh, q[1], K, &exs, want, &nw), HR_OK);
+        assert_int_equal(hr_topk_query(mf, q[1], K, &exs, f32, &nf), HR_OK);
+        assert_true(filtered_ok(got[0], n, &exs));
+        assert_true(same_rows(want, nw, got[0], n));
+        assert_true(same_list(got[0], n, f32, nf));
+        /* a batch: dense, sparse and no filter mixed */
+        hr_topk_request reqs[B];
+        const hr_topk_exclude *exs_of[3] = {&exd, &exs, NULL};
+        for (int b = 0; b < B; b++)
+            reqs[b] = (hr_topk_request){q[b], K, exs_of[(i + b) % 3], got[b], 0};
+        assert_int_equal(hr_topk_query_many(mh, reqs, B), HR_OK);
+        for (int b = 0; b < B; b++) {
+            const hr_topk_exclude *ex = reqs[b].ex;
+            assert_int_equal(hr_topk_query_ref(mh, q[b], K, ex, want, &nw), HR_OK);
+            assert_true(filtered_ok(got[b], reqs[b].n, ex));
+            if (ex == &exs)
+                assert_true(same_rows(want, nw, got[b], reqs[b].n));
+            else
+                assert_true(same_list(got[b], reqs[b].n, want, nw));
+        }
+    }
+    assert_true(filtered_out > 0); /* the filter mattered */
+    free(dense);
+    free(sparse);
+    hr_model_destroy(mh);
+    hr_model_destroy(mf);
+}
+
+static void test_topk_catalog_filters(void **state)
+{
+    (void)state;
+    check_catalog_filters(0);
+    check_catalog_filters(3); /* rows below min_count score as row 0 */
 }
 
 /* Position of row in a result list (n if absent). */
@@ -590,6 +679,7 @@ int main(void)
         cmocka_unit_test(test_topk_equals_fp32_random),
         cmocka_unit_test(test_topk_equals_fp32_near_ties),
         cmocka_unit_test(test_topk_min_count),
+        cmocka_unit_test(test_topk_catalog_filters),
         cmocka_unit_test(test_changes_reach_the_half_copy),
         cmocka_unit_test(test_queries_while_training),
         cmocka_unit_test(test_nonfinite_query_falls_back),

@@ -283,7 +283,7 @@ static void test_popular_ranks_and_excludes(void **state)
     /* excluded rows are left out (a sorted list) */
     uint32_t ex_rows[] = {r[5], r[0]};
     hr_topk_sort_rows(ex_rows, 2);
-    hr_topk_exclude ex = {ex_rows, 2};
+    hr_topk_exclude ex = {ex_rows, 2, NULL, 0, 0};
     n = hr_history_popular(h, m, 8, now, &ex, top);
     assert_int_equal(n, 3);
     assert_int_equal(top[0].row, r[1]);

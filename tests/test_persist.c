@@ -1040,7 +1040,7 @@ static void test_migration_from_v1(void **state)
      * checkpoint in it: the restore after migrating equals it. */
     assert_int_equal(sqlite3_exec(h,
                                   "DROP TABLE schedule_history; DROP TABLE serving_state; "
-                                  "DROP TABLE serving_history; DROP TABLE serving_blob; "
+                                  "DROP TABLE serving_history; DROP TABLE serving_blob; DROP TABLE catalog; "
                                   "PRAGMA user_version = 1",
                                   NULL, NULL, NULL),
                      SQLITE_OK);

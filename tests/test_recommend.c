@@ -104,7 +104,7 @@ static void check_user(hr_app *app, uint32_t u, uint32_t k, bool exclude_seen,
                        const uint32_t *exclude, size_t nexclude)
 {
     const hr_model *m = app->model;
-    hr_recommend_query q = {u, k, exclude_seen, exclude, nexclude};
+    hr_recommend_query q = {u, k, exclude_seen, exclude, nexclude, NULL, 0, 0};
     hr_recommend_item *out = calloc(k, sizeof *out);
     size_t n;
     bool fallback = true;
@@ -197,7 +197,7 @@ static void test_exclusions(void **state)
     hr_recommend_item *out = calloc(ITEMS, sizeof *out);
     size_t n;
     bool fallback;
-    hr_recommend_query q = {u, ITEMS, true, NULL, 0};
+    hr_recommend_query q = {u, ITEMS, true, NULL, 0, NULL, 0, 0};
     assert_int_equal(hr_recommend(app->model, app->events, NULL, &q, out, &n, &fallback), HR_OK);
     for (size_t j = 0; j < n; j++)
         assert_false(in(recent, nrecent, out[j].row));
@@ -222,14 +222,14 @@ static void test_unknown_user_gets_popular(void **state)
     (void)state;
     hr_app *app = trained_app("logistic");
     uint32_t named[1] = {row_of(app, HR_TABLE_ITEM, "i7")};
-    hr_recommend_query q = {0, 5, true, named, 1};
+    hr_recommend_query q = {0, 5, true, named, 1, NULL, 0, 0};
     hr_recommend_item out[5];
     size_t n;
     bool fallback = false;
     assert_int_equal(hr_recommend(app->model, app->events, NULL, &q, out, &n, &fallback), HR_OK);
     assert_true(fallback);
     hr_topk_item want[5];
-    hr_topk_exclude ex = {named, 1};
+    hr_topk_exclude ex = {named, 1, NULL, 0, 0};
     size_t nw = hr_events_popular(app->events, 5, &ex, want);
     assert_int_equal(n, nw);
     assert_int_equal(n, 5);

@@ -53,7 +53,8 @@ static void make_world(world *w, hr_state_kind st, uint64_t seed)
     }
 }
 
-/* The plain reference: w0 + sum w_f x_f + sum_{f<g} <v_f, v_g> x_f x_g. */
+/* The plain reference: w0 + sum w_f x_f + sum_{f<g} <v_f, v_g> x_f x_g,
+ * leaving out the pairs within a side (hr_active.side, when not 0). */
 static double ref_score(const world *w)
 {
     double y = 0;
@@ -61,7 +62,7 @@ static double ref_score(const world *w)
         y += (double)w->rows[f][w->L.bias] * w->a[f].x;
     for (int f = 0; f < NF; f++)
         for (int g = f + 1; g < NF; g++) {
-            if (!w->a[f].has_v || !w->a[g].has_v)
+            if (!w->a[f].has_v || !w->a[g].has_v || (w->a[f].side && w->a[f].side == w->a[g].side))
                 continue;
             double dot = 0;
             for (int d = 0; d < K; d++)
@@ -138,6 +139,48 @@ static void test_sgd_step_is_the_gradient(void **state)
                     assert_float_equal(step, num[f][d], 2e-3);
                 }
         }
+    }
+}
+
+/* Sides (catalog attributes): the user with feature 3, the item with
+ * feature 4; their pairs within a side are left out of the score and of the
+ * gradient (checked against the pairwise reference and finite differences). */
+static void test_sides_leave_out_their_pairs(void **state)
+{
+    (void)state;
+    const float rate = 1e-2f;
+    for (uint64_t seed = 1; seed <= 5; seed++) {
+        world w, before;
+        make_world(&w, HR_STATE_SGD, seed);
+        double all_pairs = hr_sgd_score(&w.L, w.a, NF);
+        w.a[1].side = w.a[3].side = 1;
+        w.a[2].side = w.a[4].side = 2;
+        assert_float_equal(hr_sgd_score(&w.L, w.a, NF), ref_score(&w), 1e-4);
+        assert_true(fabs(hr_sgd_score(&w.L, w.a, NF) - all_pairs) > 1e-6); /* not a no-op */
+        before = w;
+        double num[NF][K + 1];
+        for (int f = 0; f < NF; f++)
+            for (uint32_t d = 0; d <= K; d++) {
+                uint32_t at = d < K ? d : w.L.bias;
+                world t = before;
+                for (int g = 0; g < NF; g++)
+                    t.a[g].row = t.rows[g];
+                float h = 1e-3f, orig = t.rows[f][at];
+                t.rows[f][at] = orig + h;
+                double lp = ref_loss(&t, 1);
+                t.rows[f][at] = orig - h;
+                double lm = ref_loss(&t, 1);
+                num[f][d] = d < K && !w.a[f].has_v ? 0 : (lp - lm) / (2 * h);
+            }
+        hr_step_params p = sgd_params(rate);
+        double y;
+        assert_int_equal(hr_sgd_step(&w.L, w.a, NF, 1.0f, 1.0f, &p, &y, NULL), HR_STEP_APPLIED);
+        assert_float_equal(y, ref_score(&before), 1e-4);
+        for (int f = 0; f < NF; f++)
+            for (uint32_t d = 0; d <= K; d++) {
+                uint32_t at = d < K ? d : w.L.bias;
+                assert_float_equal((before.rows[f][at] - w.rows[f][at]) / rate, num[f][d], 2e-3);
+            }
     }
 }
 
@@ -225,13 +268,18 @@ static hr_step_params adam_params(float rate)
 
 /* Five steps of the kernel against plain Adam in double on the
  * finite-difference gradients (no L2), alternating labels: every weight and
- * both moments agree, and each row counts its steps. */
-static void test_adam_matches_reference(void **state)
+ * both moments agree, and each row counts its steps. With sides (catalog
+ * attributes: Adam's third row block beside them), the gradients leave out
+ * the pairs within a side. */
+static void adam_vs_reference(bool sides)
 {
-    (void)state;
     const double rate = 0.01, b1 = 0.9, b2 = 0.999, eps = 1e-8;
     world w;
     make_world(&w, HR_STATE_ADAM, 21);
+    if (sides) {
+        w.a[1].side = w.a[3].side = 1;
+        w.a[2].side = w.a[4].side = 2;
+    }
     assert_true(w.L.adam != 0 && w.L.acc == 0 && w.L.floats == 3 * w.L.stride);
     double W[NF][K + 1], M[NF][K + 1] = {{0}}, V[NF][K + 1] = {{0}};
     for (int f = 0; f < NF; f++)
@@ -262,6 +310,13 @@ static void test_adam_matches_reference(void **state)
             }
         }
     }
+}
+
+static void test_adam_matches_reference(void **state)
+{
+    (void)state;
+    adam_vs_reference(false);
+    adam_vs_reference(true);
 }
 
 /* Lazy: a row with x = 0 is not stepped (moments and count unchanged), and
@@ -387,6 +442,7 @@ int main(void)
         cmocka_unit_test(test_nonfinite_is_never_written),
         cmocka_unit_test(test_clip_bounds_the_step),
         cmocka_unit_test(test_block_scores_reference),
+        cmocka_unit_test(test_sides_leave_out_their_pairs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

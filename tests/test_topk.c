@@ -110,7 +110,7 @@ static void check_against_reference(const hr_model *m, const float *q, uint32_t 
     hr_topk_item *out = calloc(k, sizeof *out), *out_ref = calloc(k, sizeof *out_ref);
     size_t n, n2;
     hr_topk_sort_rows(ex, nex);
-    hr_topk_exclude e = {ex, nex};
+    hr_topk_exclude e = {ex, nex, NULL, 0, 0};
     assert_int_equal(hr_topk_query(m, q, k, &e, out, &n), HR_OK);
     assert_int_equal(hr_topk_query_ref(m, q, k, &e, out_ref, &n2), HR_OK);
     size_t want = nref < k ? nref : k;
@@ -378,7 +378,7 @@ static void test_history_recent_and_popular(void **state)
     assert_int_equal((int)top[0].score, 4);
     assert_int_equal(top[1].row, 5);
     uint32_t ex[] = {2};
-    hr_topk_exclude e = {ex, 1};
+    hr_topk_exclude e = {ex, 1, NULL, 0, 0};
     n = hr_history_popular(h, m, 1, 0, &e, top);
     assert_int_equal(top[0].row, 5);
     assert_int_equal(hr_history_score(h, 2, 0), 4);
@@ -432,7 +432,7 @@ static void test_many_matches_single(void **state)
     float q[NQ][16];
     hr_topk_item got[NQ][12], want[12];
     uint32_t ex_rows[] = {3, 9, 200};
-    hr_topk_exclude ex = {ex_rows, 3};
+    hr_topk_exclude ex = {ex_rows, 3, NULL, 0, 0};
     hr_topk_request reqs[NQ];
     for (int j = 0; j < NQ; j++) {
         random_query(q[j], k, 500 + (uint64_t)j);

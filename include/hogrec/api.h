@@ -159,7 +159,9 @@ typedef struct {
 hr_status hr_api_predict_query(const hr_model *m, const hr_api_param *params, size_t n,
                                hr_api_predict_req *out, hr_error *err);
 
-/* GET /v1/recommend?user=ID&k=N&exclude_seen=BOOL&exclude=ID,ID,... */
+/* GET /v1/recommend?user=ID&k=N&exclude_seen=BOOL&exclude=ID,ID,...
+ *   &categories=A,B&exclude_categories=C */
+#define HR_API_MAX_CATEGORIES_PARAM 2200 /* bytes of a categories list, with its NUL */
 typedef struct {
     char user[HR_ID_MAX_LEN + 1]; /* the user id as given, NUL-terminated */
     size_t user_len;              /* bytes in user */
@@ -170,10 +172,14 @@ typedef struct {
     uint32_t exclude[HR_API_MAX_EXCLUDE]; /* rows of the excluded items the model
                                              knows, in the order named */
     hr_api_wait wait;             /* min_seq, wait_ms */
+    char categories[HR_API_MAX_CATEGORIES_PARAM];         /* as given ("" none); catalog.h */
+    char exclude_categories[HR_API_MAX_CATEGORIES_PARAM]; /* likewise */
 } hr_api_recommend_req;
 
 /* Parses and resolves the parameters of GET /v1/recommend: user (required,
- * as for predict), k (decimal digits, 1..HR_API_MAX_K), exclude_seen
+ * as for predict), categories and exclude_categories (1 to
+ * HR_API_MAX_CATEGORIES_PARAM - 1 bytes of UTF-8, copied as given; the
+ * catalog splits and checks them), k (decimal digits, 1..HR_API_MAX_K), exclude_seen
  * (true, false, 1 or 0), exclude (comma-separated ids of 1..HR_ID_MAX_LEN
  * bytes, at most HR_API_MAX_EXCLUDE; empty entries are skipped, ids the
  * model does not know are dropped), min_seq and wait_ms (as for predict).

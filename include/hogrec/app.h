@@ -29,6 +29,7 @@
 struct hr_persist; /* persist.h: SQLite store, event log, checkpoints */
 struct hr_dblock;  /* dblock.h: the database's owner lock */
 struct hr_cluster; /* cluster.h: this node of a cluster on Redis */
+struct hr_catalog; /* catalog.h: users' and items' records */
 struct hr_guard;   /* guard.h: restore points and undo of schedule changes */
 struct hr_trials;  /* trials.h: counterfactual trials of schedules */
 
@@ -44,6 +45,7 @@ typedef struct hr_app {
     struct hr_persist *persist; /* NULL when cfg.db is "" */
     struct hr_dblock *dblock;   /* held while persist is open; NULL without a db */
     struct hr_cluster *cluster; /* cluster mode (cfg.redis set); NULL standalone */
+    struct hr_catalog *catalog; /* records of users and items (standalone); NULL in cluster mode */
     struct hr_guard *guard;     /* schedule changes go through it (PUT /v1/admin/schedule) */
     struct hr_trials *trials;   /* /v1/admin/trials */
     double started;             /* wall time at open */

@@ -11,6 +11,10 @@
 /* Most context features one event may carry. */
 #define HR_MAX_CTX 16
 
+/* Most catalog attributes (context features) one user or item row carries
+ * (model.h: hr_model_set_attrs); they join an event's own features. */
+#define HR_MAX_ATTRS 16
+
 /* One active context feature: a row of the context table and its value
  * (1 for a categorical "field": "value", the number for a numeric field). */
 typedef struct {

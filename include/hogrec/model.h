@@ -107,6 +107,13 @@ hr_status hr_model_insert_id_at(hr_model *m, hr_table_id t, const char *id, size
  * goes on the free list; its contents stay. Sets no change mark.
  * HR_ENOTFOUND if the row holds no id, HR_EINVAL for a table without ids. */
 hr_status hr_model_remove_id(hr_model *m, hr_table_id t, uint32_t row);
+/* Forgets the id at row (a user deleted through the API): removes the id,
+ * overwrites the row with a fresh one (its learned contents are gone from
+ * memory), clears its attributes and marks it HR_MARK_ALL so the next
+ * checkpoint records the removal. A trainer still holding the row may
+ * write to it once more. HR_ENOTFOUND if the row holds no id, HR_EINVAL
+ * for a table without ids or row 0. */
+hr_status hr_model_forget(hr_model *m, hr_table_id t, uint32_t row);
 /* Number of ids present; rows ever handed out (high water, >= 1). */
 uint32_t hr_model_id_count(const hr_model *m, hr_table_id t);
 uint32_t hr_model_rows(const hr_model *m, hr_table_id t);
@@ -224,6 +231,31 @@ int hr_model_active(const hr_model *m, const hr_event *ev, struct hr_active *out
  * trainer resolves them once and marks the same rows dirty). */
 int hr_model_active_rows(const hr_model *m, const hr_event *ev, uint32_t user, uint32_t item,
                          struct hr_active *out);
+
+/* ---- catalog attributes ----
+ *
+ * A user or item row may carry up to HR_MAX_ATTRS attributes: context
+ * features (a context row and its value) that enter every event and query
+ * of that row as FM features, after the event's own context features
+ * (hr_model_active_rows). The catalog module sets them. A pinned row's id
+ * never expires (its attributes and catalog filters stay bound to it). */
+
+/* Replaces the attributes of a user or item row (row >= 1) with f[0..n)
+ * (copied) and sets or clears its pin. A reader racing the change may see
+ * a mix of old and new entries. HR_EINVAL (table, row or n out of range),
+ * HR_ENOMEM. Thread-safe. */
+hr_status hr_model_set_attrs(hr_model *m, hr_table_id t, uint32_t row, const hr_feat *f,
+                             uint32_t n, bool pinned);
+/* Copies a row's attributes into out (room for HR_MAX_ATTRS); returns how
+ * many (0 for row 0, the global and context tables). Lock-free. */
+uint32_t hr_model_attrs(const hr_model *m, hr_table_id t, uint32_t row, hr_feat *out);
+/* How many rows of a table have attributes now. */
+uint32_t hr_model_attrs_count(const hr_model *m, hr_table_id t);
+/* Whether the row is pinned (hr_model_set_attrs). */
+bool hr_model_attrs_pinned(const hr_model *m, hr_table_id t, uint32_t row);
+/* Marks the context rows of ev's user and item attributes changed (the
+ * trainer, after an update). */
+void hr_model_mark_attrs_dirty(hr_model *m, const hr_event *ev);
 
 /* Prediction for an event: probability (logistic) or value (squared). */
 double hr_model_predict(const hr_model *m, const hr_event *ev);

@@ -28,6 +28,7 @@
 #include "hogrec/ingest.h"
 #include "hogrec/model.h"
 #include "hogrec/schedule.h"
+#include "hogrec/store.h"
 #include "hogrec/trainer.h"
 
 typedef struct hr_persist hr_persist;
@@ -95,6 +96,25 @@ hr_status hr_persist_start(hr_persist *p, const hr_persist_running *run,
 /* Takes a checkpoint now (full or incremental as the chain says). *info
  * (may be NULL) receives a new JSON object describing it. */
 hr_status hr_persist_checkpoint(hr_persist *p, json_t **info, hr_error *err);
+
+/* The catalog's records (store.h, schema version 4): written, deleted and
+ * read on the main database between checkpoints (a write waits for a
+ * running checkpoint to commit). Any thread; put and delete are one
+ * transaction each. n records of one kind per put (all or none). */
+hr_status hr_persist_catalog_put(hr_persist *p, const char *kind, size_t n,
+                                 const char *const *ids, const size_t *idlen,
+                                 const char *const *records, const size_t *rlen, hr_error *err);
+hr_status hr_persist_catalog_delete(hr_persist *p, const char *kind, const char *id, size_t idlen,
+                                    bool *found, hr_error *err);
+hr_status hr_persist_catalog_load(hr_persist *p, hr_store_catalog_fn fn, void *ctx, hr_error *err);
+
+/* Forgets a user in both files (hr_store_forget_user): between checkpoints
+ * on the main database, then on the event log through a connection of its
+ * own. The caller removed the user from the model first (hr_model_forget),
+ * so later checkpoints record the row as free. *deleted receives the rows
+ * deleted. Any thread; takes seconds on a large database (VACUUM). */
+hr_status hr_persist_forget_user(hr_persist *p, const char *id, size_t idlen, uint64_t *deleted,
+                                 hr_error *err);
 
 /* NULL when healthy, else why persistence is failing. */
 const char *hr_persist_health(hr_persist *p);

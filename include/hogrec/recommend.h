@@ -30,6 +30,11 @@ typedef struct {
     bool exclude_seen;       /* leave out the user's recent items */
     const uint32_t *exclude; /* item rows to leave out, any order; borrowed */
     size_t nexclude;         /* rows in exclude */
+    const uint64_t *allow;   /* catalog filter (catalog.h): bit r set = item row r may be
+                                recommended; NULL: no filter. Borrowed. The popular
+                                fallback keeps to it too. */
+    uint32_t allow_rows;     /* rows the bitmap covers */
+    uint32_t allow_count;    /* bits set */
 } hr_recommend_query;
 
 /* One recommended item. */

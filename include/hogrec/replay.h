@@ -48,6 +48,9 @@ typedef struct {
     double auc;     /* logistic */
     double logloss; /* logistic */
     double rmse;    /* squared */
+    size_t n_cold;  /* events of users no training event reached (unknown, or only
+                       in the catalog: their row's event count is 0) */
+    double auc_cold; /* logistic, over those events (NAN when none) */
 } hr_eval;
 void hr_replay_evaluate(const hr_model *m, const hr_event_list *test, hr_eval *out);
 

@@ -19,8 +19,9 @@
 #include "hogrec/row.h"      /* hr_row_layout, hr_loss, the link */
 #include "hogrec/schedule.h" /* hr_optimizer, hr_group */
 
-/* Most active features of one event: global, user, item, context. */
-#define HR_MAX_ACTIVE (3 + HR_MAX_CTX)
+/* Most active features of one event: global, user, item, context, the
+ * user's and the item's catalog attributes. */
+#define HR_MAX_ACTIVE (3 + HR_MAX_CTX + 2 * HR_MAX_ATTRS)
 
 /* One active feature: its row and value. */
 typedef struct hr_active {
@@ -28,6 +29,8 @@ typedef struct hr_active {
     float x;         /* feature value */
     uint8_t group;   /* hr_group of its factors (GLOBAL: bias only) */
     uint8_t has_v;   /* 0 for the global row (w0 has no factors) */
+    uint8_t side;    /* 0: none; 1: the user's side, 2: the item's side (the id and
+                        its catalog attributes): pairs within a side are left out */
 } hr_active;
 
 /* Per-step parameters, resolved by the trainer from the live schedule. */

@@ -142,6 +142,39 @@ typedef hr_status (*hr_store_blob_fn)(void *ctx, const void *data, size_t bytes)
 hr_status hr_store_serving_blobs(hr_store *s, int64_t id, const char *kind, hr_store_blob_fn fn,
                                  void *ctx, hr_error *err);
 
+/* ---- catalog (main database; schema version 4) ---- */
+
+/* Writes (replaces) the record of (kind "user" or "item", id): its
+ * canonical JSON text, and the wall time. One statement, autocommit.
+ * HR_EUNSUPPORTED below schema version 4. */
+hr_status hr_store_catalog_put(hr_store *s, const char *kind, const char *id, size_t idlen,
+                               const char *record, size_t rlen, double updated, hr_error *err);
+/* The same for n records of one kind in one transaction (all or none). */
+hr_status hr_store_catalog_put_many(hr_store *s, const char *kind, size_t n,
+                                    const char *const *ids, const size_t *idlen,
+                                    const char *const *records, const size_t *rlen,
+                                    double updated, hr_error *err);
+/* Deletes a record; *found says whether there was one. */
+hr_status hr_store_catalog_delete(hr_store *s, const char *kind, const char *id, size_t idlen,
+                                  bool *found, hr_error *err);
+/* Called for each record, by kind then id; arguments borrowed for the call.
+ * Returning anything but HR_OK stops the scan with that status. */
+typedef hr_status (*hr_store_catalog_fn)(void *ctx, const char *kind, const char *id,
+                                         size_t idlen, const char *record, size_t rlen);
+/* Every record (nothing below schema version 4). */
+hr_status hr_store_catalog_scan(hr_store *s, hr_store_catalog_fn fn, void *ctx, hr_error *err);
+
+/* Forgets a user: on the main database, its embedding rows in every
+ * checkpoint (a scan of the row table), its recent items in every
+ * checkpoint's serving state and its catalog record; on the log database,
+ * every logged event whose "user" is id. The deletes run with
+ * secure_delete on (freed content zeroed), then the file is rewritten
+ * (VACUUM: free pages that held older copies go) and its WAL truncated, so
+ * no byte of the id stays in the file. Waits for other writers (busy_ms);
+ * a VACUUM needs the whole file for as long as it runs. *deleted receives
+ * the number of rows deleted. */
+hr_status hr_store_forget_user(hr_store *s, const char *id, size_t idlen, uint64_t *deleted,
+                               hr_error *err);
 /* ---- snapshot meta (snapshot files, snapshot.h) ---- */
 
 /* Writes the meta text of a snapshot file into a one-row table of its own

@@ -26,11 +26,24 @@ typedef struct {
     float score;
 } hr_topk_item;
 
-/* Rows to leave out: a sorted array (ascending, duplicates allowed). */
+/* Rows to leave out: a sorted array (ascending, duplicates allowed), and
+ * optionally a bitmap of the only rows allowed (a catalog filter). */
 typedef struct {
-    const uint32_t *rows; /* borrowed */
+    const uint32_t *rows;  /* borrowed */
     size_t n;
+    const uint64_t *allow; /* borrowed; NULL: every row; else bit r set = row r may be
+                              returned (rows >= allow_rows may not) */
+    uint32_t allow_rows;   /* rows the bitmap covers */
+    uint32_t allow_count;  /* bits set: below rows / HR_TOPK_SPARSE the scan scores
+                              only those rows (one dot product each) */
 } hr_topk_exclude;
+
+/* A filter that keeps fewer than 1 / HR_TOPK_SPARSE of the rows is scored
+ * row by row instead of streaming the whole matrix through sgemv. */
+#define HR_TOPK_SPARSE 3
+
+/* Whether ex leaves row out (the sorted rows, or the allow bitmap). */
+bool hr_topk_excluded(const hr_topk_exclude *ex, uint32_t row);
 
 /* Sorts an array of rows ascending (for hr_topk_exclude). */
 void hr_topk_sort_rows(uint32_t *rows, size_t n);

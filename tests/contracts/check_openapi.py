@@ -95,10 +95,10 @@ def check_semantics(spec):
 
 
 def check_routes(spec, http_c):
-    routes = contract.route_table(http_c)
     ops = contract.operations(spec)
     problems = []
     paths = set(spec.get("paths") or {})
+    routes = {contract.spec_path(p, paths): m for p, m in contract.route_table(http_c).items()}
     for p in sorted(set(routes) - paths):
         problems.append(f"route {p} (src/http.c) is not a path of openapi.yaml")
     for p in sorted(paths - set(routes)):

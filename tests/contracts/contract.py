@@ -122,6 +122,25 @@ def spec_methods(ops, path):
 _FLAG = {"M_GET": "GET", "M_POST": "POST", "M_PUT": "PUT", "M_HEAD": "HEAD", "M_DELETE": "DELETE"}
 
 
+def spec_path(path, spec_paths):
+    """The spec path a concrete path is answered under: the path itself, or
+    the spec path with {name} segments it matches, each {name} one non-empty
+    segment as in the server's route table ("/v1/items/x" ->
+    "/v1/items/{id}", "/v1/admin/trials/t1/apply" ->
+    "/v1/admin/trials/{id}/apply")."""
+    if path in spec_paths:
+        return path
+    for sp in sorted(spec_paths):
+        if "{" in sp and re.fullmatch(re.sub(r"\\\{[^}]*\\\}", "[^/]+", re.escape(sp)), path):
+            return sp
+    return path
+
+
+def concrete(path):
+    """A request target for a spec path: each {param} replaced by a value."""
+    return re.sub(r"\{[^}]*\}", "cx1", path)
+
+
 def route_table(http_c):
     """{path: set of methods} from `static const route routes[R_COUNT]` in
     src/http.c. Fails loudly, rather than returning fewer routes, when the

@@ -1,0 +1,148 @@
+/*
+ * catalog.h - users and items beyond their ids: a record per id with
+ * `features` (field: string | number, as on events), `categories`
+ * (strings), `hidden` and an optional `expires_at` (epoch seconds).
+ *
+ * What a record does:
+ * - its features and categories are set as the id's row attributes in the
+ *   model (hr_model_set_attrs): context features ("user:FIELD" /
+ *   "item:FIELD" hashed with the value, categories as "user:category" /
+ *   "item:category") that join every event and query of that id, so an id
+ *   with known attributes scores through what was learned about them;
+ * - an item's categories, hidden flag and expiry filter recommendations
+ *   (hr_catalog_filter: a bitmap of allowed item rows for the top-K scan).
+ *
+ * A record's id is interned into the model when it is written (so it has a
+ * row to carry attributes and filter bits) and pinned: it never expires
+ * (expire_seconds); DELETE unpins it. Records are stored in the main
+ * database (persist.h, table `catalog`) when there is one, and loaded at
+ * start (hr_catalog_load); with `--db ""` they live in memory only.
+ *
+ * Forgetting a user (hr_catalog_forget_user) removes its model row, recent
+ * items, catalog record and, with a database, every trace of the id in
+ * both files (hr_persist_forget_user).
+ *
+ * Threads: any. Writers are serialized by a mutex (the database write, then
+ * the memory update under the write side of a rwlock); filters and reads
+ * take the read side. Attributes are read lock-free by the model.
+ */
+#ifndef HOGREC_CATALOG_H
+#define HOGREC_CATALOG_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hogrec/common.h"
+#include "hogrec/events.h"
+#include "hogrec/model.h"
+
+struct hr_persist;
+
+typedef enum { HR_CATALOG_USER, HR_CATALOG_ITEM, HR_CATALOG_KINDS } hr_catalog_kind;
+
+#define HR_CATALOG_MAX_FEATURES 8        /* `features` entries per record */
+#define HR_CATALOG_MAX_CATEGORIES 8      /* `categories` per record */
+#define HR_CATALOG_MAX_CATEGORY_LEN 64   /* bytes of a category */
+#define HR_CATALOG_MAX_DISTINCT 4096     /* distinct item categories in a catalog */
+#define HR_CATALOG_MAX_FILTER 32         /* categories named in one filter */
+
+typedef struct hr_catalog hr_catalog;
+
+/* "user" or "item". */
+const char *hr_catalog_kind_to_string(hr_catalog_kind k);
+
+/* model and events are borrowed for the life of the catalog; persist
+ * (borrowed; NULL: memory only) stores the records. *out is new. */
+hr_status hr_catalog_create(hr_model *model, hr_events *events, struct hr_persist *persist,
+                            hr_catalog **out);
+void hr_catalog_destroy(hr_catalog *c); /* NULL is a no-op */
+
+/* Stops using the database (before it closes): writes after this fail
+ * with HR_ESTOPPED. Waits for a write in progress. NULL is a no-op. */
+void hr_catalog_detach(hr_catalog *c);
+
+/* Loads the stored records (start, before serving). A stored record that
+ * no longer validates is skipped and counted in *skipped (may be NULL). */
+hr_status hr_catalog_load(hr_catalog *c, size_t *skipped, hr_error *err);
+
+/* A validated record, ready to be written. */
+typedef struct {
+    char id[HR_ID_MAX_LEN + 1]; /* NUL-terminated */
+    size_t idlen;
+    json_t *doc;                /* owned: the canonical record (id, features,
+                                   categories, hidden, expires_at) */
+} hr_catalog_record;
+
+/* Validates a record object. id (idlen bytes; NULL: the object's "id"
+ * member, required) names the record; an "id" member that differs from a
+ * given id is an error. Fields: features (object of at most
+ * HR_CATALOG_MAX_FEATURES names of 1..HR_ID_MAX_LEN bytes, values strings
+ * or finite numbers of at most 1e6 in size), categories (array of at most
+ * HR_CATALOG_MAX_CATEGORIES strings of 1..HR_CATALOG_MAX_CATEGORY_LEN
+ * bytes; repeats collapse), hidden (bool), expires_at (finite number >= 0,
+ * epoch seconds, or null); an unknown field is an error. obj is borrowed;
+ * out->doc is new on HR_OK (free with hr_catalog_record_free). HR_EINVAL
+ * with err naming the field. Pure. */
+hr_status hr_catalog_parse(const json_t *obj, const char *id, size_t idlen,
+                           hr_catalog_record *out, hr_error *err);
+void hr_catalog_record_free(hr_catalog_record *r); /* frees doc; NULL doc is a no-op */
+
+/* Writes n validated records of kind (all or none): the database first (one
+ * transaction), then memory: ids interned into the model, attributes set,
+ * filter bits updated. Takes the records' docs (freed in every case).
+ * created[i] (may be NULL) says whether record i is new. HR_EFULL (an id
+ * table is full; err names the id), HR_EINVAL (a category beyond
+ * HR_CATALOG_MAX_DISTINCT), HR_EIO/HR_EBUSY (database), HR_ENOMEM. */
+hr_status hr_catalog_put(hr_catalog *c, hr_catalog_kind kind, hr_catalog_record *recs, size_t n,
+                         bool *created, hr_error *err);
+
+/* The record of an id: a new reference, or NULL. */
+json_t *hr_catalog_get(hr_catalog *c, hr_catalog_kind kind, const char *id, size_t idlen);
+
+/* Deletes a record: its attributes, pin and filter bits go; the id stays
+ * in the model. HR_ENOTFOUND when there is none. */
+hr_status hr_catalog_delete(hr_catalog *c, hr_catalog_kind kind, const char *id, size_t idlen,
+                            hr_error *err);
+
+/* What hr_catalog_forget_user removed. */
+typedef struct {
+    bool record;          /* a catalog record */
+    bool model;           /* a model row (and its recent items) */
+    uint64_t db_rows;     /* database rows deleted (checkpoint rows, recent
+                             items, record, logged events) */
+} hr_catalog_forgotten;
+
+/* Forgets a user: its model row (hr_model_forget), recent items, catalog
+ * record and, with a database, every row holding the id in both files
+ * (hr_persist_forget_user). Events of the user still queued may train the
+ * freed row once more; they do not bring the id back. */
+hr_status hr_catalog_forget_user(hr_catalog *c, const char *id, size_t idlen,
+                                 hr_catalog_forgotten *out, hr_error *err);
+
+/* Records held, by kind. */
+size_t hr_catalog_count(hr_catalog *c, hr_catalog_kind kind);
+
+/* A recommendation filter over item rows. */
+typedef struct {
+    uint64_t *allow;      /* owned (free()): bit r set = item row r may be recommended;
+                             NULL: no restriction */
+    uint32_t rows;        /* rows the bitmap covers (rows past it are not allowed) */
+    uint32_t count;       /* bits set */
+} hr_catalog_filter_t;
+
+/* Builds the filter of a recommendation at wall time now: hidden items and
+ * items whose expires_at <= now are left out; `categories` (a
+ * comma-separated list, NULL or "" for none) keeps only items in any of
+ * them; `exclude_categories` leaves out items in any of them. A category
+ * no item has matches nothing. out->allow is NULL when nothing is
+ * restricted (no filter asked and no item hidden or expired). Costs one
+ * pass over the bitmaps (rows / 64 words each), never over the items.
+ * HR_EINVAL (more than HR_CATALOG_MAX_FILTER categories, an empty or too
+ * long one; err names the parameter), HR_ENOMEM. */
+hr_status hr_catalog_filter(hr_catalog *c, const char *categories,
+                            const char *exclude_categories, double now,
+                            hr_catalog_filter_t *out, hr_error *err);
+
+#endif
