@@ -254,9 +254,9 @@ static int adam_row(const hr_row_layout *L, float *r, float gb, const float *t, 
     return bad;
 }
 
-hr_step_result hr_sgd_step(const hr_row_layout *L, const hr_active *a, int n, float label,
-                           float weight, const hr_step_params *p, double *y_before,
-                           double *pred_before)
+hr_step_result hr_sgd_step_general(const hr_row_layout *L, const hr_active *a, int n, float label,
+                                   float weight, const hr_step_params *p, double *y_before,
+                                   double *pred_before)
 {
     const uint32_t k = L->k;
     float s[k], tmp[k], nv[k], nG[k], side_sum[2 * k];
@@ -357,6 +357,205 @@ hr_step_result hr_sgd_step(const hr_row_layout *L, const hr_active *a, int n, fl
         memcpy(r, nv, k * sizeof(float));
     }
     return nonfinite ? HR_STEP_SKIPPED_NONFINITE : result;
+}
+
+/* ---- the common shape: global bias, user and item, SGD or AdaGrad ----
+ *
+ * The same arithmetic as hr_sgd_step_general, operation for operation and
+ * in the same order (the sums in the same 8 lanes), so its results are
+ * bit-identical (sgd.c is compiled with -ffp-contract=off, so neither path
+ * fuses a multiply-add the other does not; test_sgd checks it). What it
+ * saves: the zeroed and re-read scratch arrays of s, s^2, the squares and
+ * the gradients (n*k floats), and the separate finiteness passes. Pass 1
+ * reads both factor rows once for the score (and the gradient norm when
+ * clipping); pass 2 reads them and the AdaGrad state once more and
+ * computes gradient, state and weight per coordinate, OR-ing the exponent
+ * test into a flag as it goes; a row is copied in from the scratch only if
+ * all of its new values are finite, as in the general path. */
+
+/* Pass 1. Returns the raw score; *norm2 gets sum_d (t_u,d^2) and
+ * sum_d (t_i,d^2) in the general path's order when clip is set. */
+static inline __attribute__((always_inline)) double pair_score(
+    const float *restrict u, const float *restrict v, float xu, float xv, uint32_t k, double lin,
+    bool clip, float *restrict hu, float *restrict hv)
+{
+    /* Lane j of each accumulator sums coordinates j, j+8, ...: hsum's lanes.
+     * GCC/clang vector extensions, portable C: element-wise IEEE ops,
+     * lowered to whatever vector width the target has. */
+    typedef float v8 __attribute__((vector_size(32)));
+    v8 vsq = {0}, vss = {0}, vtu = {0}, vtv = {0};
+    uint32_t i = 0;
+    for (; i + 8 <= k; i += 8) {
+        v8 ur, vr;
+        memcpy(&ur, u + i, sizeof ur);
+        memcpy(&vr, v + i, sizeof vr);
+        v8 a = ur * xu, b = vr * xv;
+        v8 s = (0.0f + a) + b;
+        vsq += (0.0f + a * a) + b * b;
+        vss += s * s;
+        if (clip) {
+            v8 tu = xu * (s - ur * xu), tv = xv * (s - vr * xv);
+            vtu += tu * tu;
+            vtv += tv * tv;
+        }
+    }
+    float sq[8], ss[8], tu2[8], tv2[8];
+    memcpy(sq, &vsq, sizeof sq);
+    memcpy(ss, &vss, sizeof ss);
+    memcpy(tu2, &vtu, sizeof tu2);
+    memcpy(tv2, &vtv, sizeof tv2);
+    for (; i < k; i++) {
+        float a = u[i] * xu, b = v[i] * xv;
+        float s = (0.0f + a) + b;
+        sq[0] += (0.0f + a * a) + b * b;
+        ss[0] += s * s;
+        if (clip) {
+            float tu = xu * (s - u[i] * xu), tv = xv * (s - v[i] * xv);
+            tu2[0] += tu * tu;
+            tv2[0] += tv * tv;
+        }
+    }
+#define LANES(x) (((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7])))
+    if (clip) {
+        *hu = LANES(tu2);
+        *hv = LANES(tv2);
+    }
+    float fsq = LANES(sq), fss = LANES(ss);
+#undef LANES
+    return lin + 0.5 * ((double)fss - fsq);
+}
+
+static inline bool nonfinite_bits(float f)
+{
+    uint32_t b;
+    memcpy(&b, &f, sizeof b);
+    return (b & 0x7f800000u) == 0x7f800000u;
+}
+
+/* Pass 2: new factors (and accumulators, when ada) of both rows into the
+ * scratch; returns a bit per row (1 user, 2 item) whose values are not all
+ * finite. */
+static inline __attribute__((always_inline)) unsigned pair_update(
+    const float *restrict u, const float *restrict v, const float *restrict au,
+    const float *restrict av, float xu, float xv, uint32_t k, float gf, float ru, float lu,
+    float rv, float lv, bool ada, float *restrict nu, float *restrict nGu, float *restrict nv,
+    float *restrict nGv)
+{
+    unsigned bad_u = 0, bad_v = 0;
+    for (uint32_t d = 0; d < k; d++) {
+        float uw = u[d], vw = v[d];
+        float s = (0.0f + uw * xu) + vw * xv;
+        float tu = xu * (s - uw * xu), tv = xv * (s - vw * xv);
+        if (ada) {
+            float gu = gf * tu + lu * uw, gv = gf * tv + lv * vw;
+            float Gu = au[d] + gu * gu, Gv = av[d] + gv * gv;
+            nGu[d] = Gu;
+            nGv[d] = Gv;
+            nu[d] = uw - ru * gu / sqrtf(Gu);
+            nv[d] = vw - rv * gv / sqrtf(Gv);
+            bad_u |= nonfinite_bits(Gu);
+            bad_v |= nonfinite_bits(Gv);
+        } else {
+            nu[d] = uw - ru * (gf * tu + lu * uw);
+            nv[d] = vw - rv * (gf * tv + lv * vw);
+        }
+        bad_u |= nonfinite_bits(nu[d]);
+        bad_v |= nonfinite_bits(nv[d]);
+    }
+    return (bad_u ? 1u : 0u) | (bad_v ? 2u : 0u);
+}
+
+static hr_step_result step_pair(const hr_row_layout *L, const hr_active *a, float label,
+                                float weight, const hr_step_params *p, double *y_before,
+                                double *pred_before)
+{
+    const uint32_t k = L->k;
+    float *w0 = a[0].row, *u = a[1].row, *v = a[2].row;
+    const float x0 = a[0].x, xu = a[1].x, xv = a[2].x;
+    double lin = 0;
+    lin += (double)w0[L->bias] * x0;
+    lin += (double)u[L->bias] * xu;
+    lin += (double)v[L->bias] * xv;
+    const bool clip = p->clip > 0;
+    float hu = 0, hv = 0;
+    double y = clip ? pair_score(u, v, xu, xv, k, lin, true, &hu, &hv)
+                    : pair_score(u, v, xu, xv, k, lin, false, &hu, &hv);
+    *y_before = y;
+    double pred = hr_row_link(p->loss, y);
+    if (pred_before)
+        *pred_before = pred;
+    double g = weight * (pred - label);
+    if (!isfinite(y) || !isfinite(g))
+        return HR_STEP_SKIPPED_NONFINITE;
+    if (g == 0)
+        return HR_STEP_APPLIED;
+    hr_step_result result = HR_STEP_APPLIED;
+    if (clip) {
+        double norm2 = 0;
+        norm2 += (double)x0 * x0;
+        norm2 += (double)xu * xu;
+        norm2 += hu;
+        norm2 += (double)xv * xv;
+        norm2 += hv;
+        double norm = fabs(g) * sqrt(norm2);
+        if (!isfinite(norm))
+            return HR_STEP_SKIPPED_NONFINITE;
+        if (norm > p->clip) {
+            g *= p->clip / norm;
+            result = HR_STEP_CLIPPED;
+        }
+    }
+
+    const float gf = (float)g;
+    int nonfinite = 0;
+    for (int f = 0; f < 3; f++)
+        if (a[f].x != 0)
+            nonfinite += update_bias(L, a[f].row, gf * a[f].x,
+                                     p->rate[f ? HR_GROUP_BIAS : HR_GROUP_GLOBAL],
+                                     p->l2[f ? HR_GROUP_BIAS : HR_GROUP_GLOBAL], p);
+    const bool ada = p->opt != HR_OPT_SGD && L->acc;
+    const float ru = p->rate[a[1].group], lu = p->l2[a[1].group];
+    const float rv = p->rate[a[2].group], lv = p->l2[a[2].group];
+    float nu[k], nv[k], nGu[ada ? k : 1], nGv[ada ? k : 1];
+    unsigned bad = ada ? pair_update(u, v, u + L->acc, v + L->acc, xu, xv, k, gf, ru, lu, rv, lv,
+                                     true, nu, nGu, nv, nGv)
+                       : pair_update(u, v, NULL, NULL, xu, xv, k, gf, ru, lu, rv, lv, false, nu,
+                                     nGu, nv, nGv);
+    if (xu != 0) {
+        if (bad & 1u) {
+            nonfinite++;
+        } else {
+            if (ada)
+                memcpy(u + L->acc, nGu, k * sizeof(float));
+            memcpy(u, nu, k * sizeof(float));
+        }
+    }
+    if (xv != 0) {
+        if (bad & 2u) {
+            nonfinite++;
+        } else {
+            if (ada)
+                memcpy(v + L->acc, nGv, k * sizeof(float));
+            memcpy(v, nv, k * sizeof(float));
+        }
+    }
+    return nonfinite ? HR_STEP_SKIPPED_NONFINITE : result;
+}
+
+bool hr_sgd_fast_shape(const hr_row_layout *L, const hr_active *a, int n, const hr_step_params *p)
+{
+    (void)L;
+    return n == 3 && !a[0].has_v && a[1].has_v && a[2].has_v &&
+           (p->opt == HR_OPT_SGD || p->opt == HR_OPT_ADAGRAD);
+}
+
+hr_step_result hr_sgd_step(const hr_row_layout *L, const hr_active *a, int n, float label,
+                           float weight, const hr_step_params *p, double *y_before,
+                           double *pred_before)
+{
+    if (hr_sgd_fast_shape(L, a, n, p))
+        return step_pair(L, a, label, weight, p, y_before, pred_before);
+    return hr_sgd_step_general(L, a, n, label, weight, p, y_before, pred_before);
 }
 
 void hr_sgd_touch(const hr_row_layout *L, float *row, uint32_t now)

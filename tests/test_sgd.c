@@ -429,6 +429,91 @@ static void test_block_scores_reference(void **state)
     }
 }
 
+/* The specialised path of hr_sgd_step (global, user, item; SGD or AdaGrad)
+ * against the general kernel: bit-identical rows, score, prediction and
+ * result, over k that is and is not a multiple of the 8 summation lanes,
+ * feature values other than 1 (and 0: that row untouched), with and
+ * without the clip, and a row whose accumulators overflow (that row left
+ * as it was, the other updated, as the general kernel does). Exact, not
+ * within a tolerance: both paths do the same IEEE operations in the same
+ * order, and sgd.c is built without contraction into fused multiply-adds. */
+static void check_pair_against_general(uint32_t k, hr_state_kind st, hr_optimizer opt, float clip,
+                                       uint64_t seed)
+{
+    hr_row_layout L = hr_row_layout_make(k, st, 1);
+    const size_t nf = L.floats;
+    float *fast = calloc(3 * nf, sizeof(float)), *gen = calloc(3 * nf, sizeof(float));
+    assert_non_null(fast);
+    assert_non_null(gen);
+    hr_rng rng;
+    hr_rng_seed(&rng, seed);
+    for (int f = 0; f < 3; f++) {
+        float *r = fast + f * nf;
+        for (uint32_t d = 0; d < k; d++)
+            r[d] = f == 0 ? 0 : (float)(hr_rng_normal(&rng) * 0.3);
+        r[L.bias] = (float)(hr_rng_normal(&rng) * 0.2);
+        if (L.acc)
+            for (uint32_t d = 0; d <= k; d++)
+                r[L.acc + d] = (float)(0.1 + hr_rng_uniform(&rng));
+    }
+    hr_step_params p;
+    memset(&p, 0, sizeof p);
+    p.loss = seed % 2 ? HR_LOSS_LOGISTIC : HR_LOSS_SQUARED;
+    p.opt = opt;
+    p.clip = clip;
+    for (int g = 0; g < HR_GROUP_COUNT; g++) {
+        p.rate[g] = 0.05f + 0.01f * (float)g;
+        p.l2[g] = 0.001f * (float)g;
+    }
+    const float xs[][3] = {{1, 1, 1}, {1, 0.7f, 1.3f}, {0, 1, 1}, {1, 0, 2}, {1, 1.5f, 0}};
+    for (int step = 0; step < 200; step++) {
+        const float *x = xs[step % 5];
+        if (step == 150 && L.acc) /* the user's new accumulators are not finite from here on */
+            for (uint32_t d = 0; d < k; d++)
+                fast[nf + L.acc + d] = INFINITY;
+        memcpy(gen, fast, 3 * nf * sizeof(float));
+        hr_active af[3], ag[3];
+        for (int f = 0; f < 3; f++) {
+            af[f] = (hr_active){fast + f * nf, x[f], f == 0 ? HR_GROUP_GLOBAL
+                                                   : f == 1 ? HR_GROUP_USER
+                                                            : HR_GROUP_ITEM, f != 0,
+                                  (uint8_t)f /* sides: none, the user's, the item's */};
+            ag[f] = af[f];
+            ag[f].row = gen + f * nf;
+        }
+        assert_true(hr_sgd_fast_shape(&L, af, 3, &p));
+        float label = p.loss == HR_LOSS_LOGISTIC ? (float)(step % 2) : (float)(1 + step % 5);
+        double yf, yg, pf, pg;
+        hr_step_result rf = hr_sgd_step(&L, af, 3, label, 1.5f, &p, &yf, &pf);
+        hr_step_result rg = hr_sgd_step_general(&L, ag, 3, label, 1.5f, &p, &yg, &pg);
+        assert_int_equal(rf, rg);
+        assert_memory_equal(&yf, &yg, sizeof yf);
+        assert_memory_equal(&pf, &pg, sizeof pf);
+        assert_memory_equal(fast, gen, 3 * nf * sizeof(float));
+        if (step >= 150 && L.acc && opt != HR_OPT_SGD && x[1] != 0)
+            assert_int_equal(rf, HR_STEP_SKIPPED_NONFINITE);
+    }
+    free(fast);
+    free(gen);
+}
+
+static void test_pair_path_equals_general(void **state)
+{
+    (void)state;
+    const uint32_t ks[] = {1, 8, 13, 16, 64, 128};
+    uint64_t seed = 1;
+    for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) {
+        for (int c = 0; c < 3; c++) {
+            float clip = c == 0 ? 0 : c == 1 ? 100 : 0.05f; /* off, rarely, often */
+            check_pair_against_general(ks[i], HR_STATE_SGD, HR_OPT_SGD, clip, seed++);
+            check_pair_against_general(ks[i], HR_STATE_ADAGRAD, HR_OPT_ADAGRAD, clip, seed++);
+            check_pair_against_general(ks[i], HR_STATE_ADAGRAD, HR_OPT_SGD, clip, seed++);
+            check_pair_against_general(ks[i], HR_STATE_SGD, HR_OPT_ADAGRAD, clip, seed++);
+        }
+    }
+}
+
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -443,6 +528,7 @@ int main(void)
         cmocka_unit_test(test_clip_bounds_the_step),
         cmocka_unit_test(test_block_scores_reference),
         cmocka_unit_test(test_sides_leave_out_their_pairs),
+        cmocka_unit_test(test_pair_path_equals_general),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

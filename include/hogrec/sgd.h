@@ -13,6 +13,7 @@
 #ifndef HOGREC_SGD_H
 #define HOGREC_SGD_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "hogrec/event.h"    /* HR_MAX_CTX */
@@ -61,6 +62,19 @@ double hr_sgd_score(const hr_row_layout *L, const hr_active *a, int n);
 hr_step_result hr_sgd_step(const hr_row_layout *L, const hr_active *a, int n,
                            float label, float weight, const hr_step_params *p,
                            double *y_before, double *pred_before);
+
+/* The general kernel, any shape and optimizer: what hr_sgd_step runs when
+ * hr_sgd_fast_shape is false, and the reference its specialised path is
+ * tested against (the results of the two are bit-identical). */
+hr_step_result hr_sgd_step_general(const hr_row_layout *L, const hr_active *a, int n,
+                                   float label, float weight, const hr_step_params *p,
+                                   double *y_before, double *pred_before);
+
+/* Whether hr_sgd_step takes its specialised path: the global row (bias
+ * only), then two rows with factors (user, item), no context features,
+ * SGD or AdaGrad. */
+bool hr_sgd_fast_shape(const hr_row_layout *L, const hr_active *a, int n,
+                       const hr_step_params *p);
 
 /* Row bookkeeping: count += 1, last_seen = now. */
 void hr_sgd_touch(const hr_row_layout *L, float *row, uint32_t now);
