@@ -1487,8 +1487,13 @@ static void heartbeat(hr_cluster *c)
 {
     char b1[HR_ESTREAM_ID_LEN], b2[HR_ESTREAM_ID_LEN], addr[sizeof c->address];
     pthread_mutex_lock(&c->mu);
-    json_t *lag = json_pack("{s:s,s:s}", "applied_delta", hr_estream_id_format(c->applied, b1),
-                            "covered_entry", hr_estream_id_format(c->covered, b2));
+    /* the lag as last measured (measure_lag, every second): the entries
+     * (requests) of the event stream this node's model does not cover yet,
+     * and their age (the newest entry's time less the covered one's) */
+    json_t *lag = json_pack("{s:s,s:s,s:I,s:I}", "applied_delta",
+                            hr_estream_id_format(c->applied, b1), "covered_entry",
+                            hr_estream_id_format(c->covered, b2), "entries_not_covered",
+                            (json_int_t)c->lag_entries, "lag_ms", (json_int_t)c->lag_ms);
     const char *role = role_name(c->role);
     int64_t epoch = c->epoch;
     snprintf(addr, sizeof addr, "%s", c->address);

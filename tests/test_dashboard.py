@@ -25,7 +25,12 @@ Usage: test_dashboard.py OUT_DIR
 import json
 import os
 import random
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
+import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "contracts"))
@@ -59,6 +64,56 @@ def click_fresh(driver, by, what):
         return True
     except (NoSuchElementException, StaleElementReferenceException):
         return False
+
+
+def free_port():
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        return so.getsockname()[1]
+
+
+def check_cluster_page(driver, wait, out_dir, By):
+    """Two cluster nodes on a redis-server of the test's own: the cluster
+    page of one lists both members with their roles, and refreshes."""
+    if not shutil.which("redis-server"):
+        raise Failure("redis-server is missing: run tools/deps --test")
+    rdir = tempfile.mkdtemp(prefix="hogrec-dash-redis-")
+    port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "yes", "--dir", rdir,
+                              "--daemonize", "no"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    nodes = []
+    try:
+        for _ in range(WAIT * 10):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as so:
+                    so.sendall(b"PING\r\n")
+                    if so.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise Failure("redis-server did not answer PING")
+        url = f"redis://127.0.0.1:{port}"
+        for node in ("a", "b"):
+            nodes.append(contract.Server(["--db", "", "--admin-token", TOKEN, "--redis", url,
+                                          "--cluster", "dash", "--node-id", node],
+                                         f"node {node}"))
+        post_events(nodes[1].port, random.Random(11), 200)
+        driver.get(f"http://127.0.0.1:{nodes[0].port}/ui/#cluster")
+
+        def roles(d):
+            rows = d.find_elements(By.CSS_SELECTOR, "#members tr[data-node]")
+            return sorted(r.find_elements(By.TAG_NAME, "td")[1].text for r in rows)
+        wait.until(lambda d: roles(d) == ["follower", "leader"])
+        driver.save_screenshot(os.path.join(out_dir, "dashboard-cluster.png"))
+    finally:
+        for n in nodes:
+            n.stop()
+        redis.terminate()
+        redis.wait(timeout=WAIT)
+        shutil.rmtree(rdir, ignore_errors=True)
 
 
 def post_events(port, rng, n):
@@ -206,7 +261,7 @@ def main():
         # ---- cluster ----
         driver.get(base + "/ui/#cluster")
         wait.until(lambda d: d.find_elements(By.ID, "standalone"))
-        driver.save_screenshot(os.path.join(out_dir, "dashboard-cluster.png"))
+        check_cluster_page(driver, wait, out_dir, By)
 
         errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
         # chromium logs every 4xx as a failed resource load: the 401 of the

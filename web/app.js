@@ -162,6 +162,7 @@ async function poll() {
   } catch (e) {
     $('status').textContent = 'server unreachable';
   }
+  if ((location.hash || '').slice(1) === 'cluster') loadCluster(); /* lag moves: refresh it too */
   setTimeout(poll, 1000);
 }
 
@@ -394,12 +395,19 @@ async function loadCluster() {
   const c = r.json;
   box.appendChild(el('p', {}, 'cluster ' + c.cluster + ', this node ' + c.node_id + ' (' + c.role + '), leader ' +
                                c.leader + ', epoch ' + c.epoch));
-  const t = el('table');
-  t.appendChild(el('tr')).append(el('th', {}, 'node'), el('th', {}, 'details'));
+  const t = el('table', { id: 'members' });
+  const cols = ['node', 'role', 'epoch', 'address', 'entries not covered', 'lag ms',
+                'delta applied', 'heartbeat age ms'];
+  const head = el('tr');
+  for (const h of cols) head.appendChild(el('th', {}, h));
+  t.appendChild(head);
   for (const m of c.members || []) {
-    const tr = el('tr');
-    tr.appendChild(el('td', {}, m.node_id || m.id || '?'));
-    tr.appendChild(el('td', { class: 'sched' }, JSON.stringify(m)));
+    const lag = m.lag || {};
+    const tr = el('tr', { 'data-node': m.node_id || '' });
+    if (m.stale) tr.className = 'stale';
+    const cells = [m.node_id, m.role + (m.stale ? ' (stale)' : ''), m.epoch, m.address,
+                   lag.entries_not_covered, lag.lag_ms, lag.applied_delta, m.age_ms];
+    for (const v of cells) tr.appendChild(el('td', {}, v === undefined || v === null ? '-' : String(v)));
     t.appendChild(tr);
   }
   box.appendChild(t);
