@@ -397,6 +397,44 @@ enum MHD_Result hr_http_reply_malformed(struct MHD_Connection *c, request *r,
                                jerr->column);
 }
 
+json_t *hr_http_body_list(struct MHD_Connection *c, request *r, const char *what,
+                          json_t **errors, enum MHD_Result *ret)
+{
+    json_t *list;
+    *errors = json_array();
+    if (r->ndjson) {
+        list = json_array();
+        size_t parsed = hr_api_ndjson_split(r->body, r->len, list, *errors);
+        if (json_array_size(list) > 0 && parsed == 0) {
+            json_decref(list);
+            list = NULL;
+            *ret = hr_http_reply_error(c, r, 400, "malformed_json",
+                                       "no line of the NDJSON body is JSON");
+        }
+    } else {
+        json_error_t jerr;
+        json_t *v = hr_http_parse_body(r, &jerr);
+        list = v && json_is_array(v) ? v : json_array();
+        if (!v) {
+            json_decref(list);
+            list = NULL;
+            *ret = hr_http_reply_malformed(c, r, &jerr);
+        } else if (json_is_object(v)) {
+            json_array_append_new(list, v);
+        } else if (!json_is_array(v)) {
+            json_decref(v);
+            json_decref(list);
+            list = NULL;
+            *ret = hr_http_reply_error(c, r, 400, "invalid", "body must be %s", what);
+        }
+    }
+    if (!list) {
+        json_decref(*errors);
+        *errors = NULL;
+    }
+    return list;
+}
+
 /* ---- the access handler ---- */
 
 static void first_call(hr_http *h, struct MHD_Connection *c, request *r, const char *url,

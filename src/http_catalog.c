@@ -114,35 +114,11 @@ enum MHD_Result hr_http_catalog_bulk(hr_http *h, struct MHD_Connection *c, reque
     if (!cat)
         return no_catalog(c, r);
     hr_catalog_kind kind = kind_of(r->url);
-    json_t *recs, *errors = json_array();
-    if (r->ndjson) {
-        recs = json_array();
-        size_t parsed = hr_api_ndjson_split(r->body, r->len, recs, errors);
-        if (json_array_size(recs) > 0 && parsed == 0) {
-            json_decref(recs);
-            json_decref(errors);
-            return hr_http_reply_error(c, r, 400, "malformed_json",
-                                       "no line of the NDJSON body is JSON");
-        }
-    } else {
-        json_error_t jerr;
-        json_t *v = hr_http_parse_body(r, &jerr);
-        if (!v) {
-            json_decref(errors);
-            return hr_http_reply_malformed(c, r, &jerr);
-        }
-        if (json_is_object(v)) {
-            recs = json_array();
-            json_array_append_new(recs, v);
-        } else if (json_is_array(v)) {
-            recs = v;
-        } else {
-            json_decref(v);
-            json_decref(errors);
-            return hr_http_reply_error(c, r, 400, "invalid",
-                                       "the body must be a record, an array of records or NDJSON");
-        }
-    }
+    json_t *errors;
+    enum MHD_Result ret;
+    json_t *recs = hr_http_body_list(c, r, "a record, an array of records or NDJSON", &errors, &ret);
+    if (!recs)
+        return ret;
     size_t n = json_array_size(recs);
     if (n > (size_t)h->app->cfg.max_batch_events) {
         json_decref(recs);

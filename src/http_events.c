@@ -124,36 +124,12 @@ enum MHD_Result hr_http_events(hr_http *h, struct MHD_Connection *c, request *r)
         return hr_http_reply_error(
             c, r, 503, "loading",
             "the server is loading its model; retry when /readyz answers 200");
-    json_t *events, *errors = json_array();
+    json_t *errors;
+    enum MHD_Result ret;
+    json_t *events = hr_http_body_list(c, r, "an event object or an array of events", &errors, &ret);
+    if (!events)
+        return ret;
     size_t n;
-    if (r->ndjson) {
-        events = json_array();
-        size_t parsed = hr_api_ndjson_split(r->body, r->len, events, errors);
-        if (json_array_size(events) > 0 && parsed == 0) {
-            json_decref(events);
-            json_decref(errors);
-            return hr_http_reply_error(c, r, 400, "malformed_json",
-                                       "no line of the NDJSON body is JSON");
-        }
-    } else {
-        json_error_t jerr;
-        json_t *v = hr_http_parse_body(r, &jerr);
-        if (!v) {
-            json_decref(errors);
-            return hr_http_reply_malformed(c, r, &jerr);
-        }
-        if (json_is_object(v)) {
-            events = json_array();
-            json_array_append_new(events, v);
-        } else if (json_is_array(v)) {
-            events = v;
-        } else {
-            json_decref(v);
-            json_decref(errors);
-            return hr_http_reply_error(c, r, 400, "invalid",
-                                       "body must be an event object or an array of events");
-        }
-    }
     n = json_array_size(events);
     if (n > (size_t)app->cfg.max_batch_events || n > (size_t)app->cfg.queue_capacity) {
         json_decref(events);

@@ -165,6 +165,14 @@ json_t *hr_http_parse_body(request *r, json_error_t *jerr);
 enum MHD_Result hr_http_reply_malformed(struct MHD_Connection *c, request *r,
                                         const json_error_t *jerr);
 
+/* The body of a bulk route as a list of objects: NDJSON (one per line; a
+ * line that is not JSON becomes an entry of *errors by its index), one JSON
+ * object, or an array. A new array, and *errors a new array; or NULL when
+ * the body is none of these: the 400 (malformed_json, or invalid saying the
+ * body must be `what`) was answered and *ret holds what to return. */
+json_t *hr_http_body_list(struct MHD_Connection *c, request *r, const char *what,
+                          json_t **errors, enum MHD_Result *ret);
+
 /* ---- suspend/resume (http.c) ---- */
 
 /* Suspends c so that this pool thread is free while the request waits (the
