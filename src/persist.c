@@ -67,6 +67,8 @@ struct hr_persist {
     hr_store *main;              /* owned; under ckpt_mu after open */
     hr_store *logstore;          /* owned by log; used here only before hr_evlog_start */
     hr_evlog *log;               /* owned */
+    uint64_t log_trimmed_to;     /* the log holds no seq at or below this (0: it starts at
+                                  * the initial model); under ckpt_mu after open */
     char shape[256];             /* model shape JSON, checked against checkpoints */
 
     pthread_mutex_t ckpt_mu;     /* one checkpoint at a time; guards the fields below */
@@ -326,6 +328,7 @@ hr_status hr_persist_open(const hr_persist_parts *app, hr_persist **out, hr_evlo
         p->logstore = NULL;
         goto fail;
     }
+    p->log_trimmed_to = trimmed;
     if (trimmed > p->last.seq)
         hr_log("warn", "the event log was trimmed past the newest checkpoint (an older "
                        "database file?): events in between are lost",
@@ -532,7 +535,9 @@ static hr_status sink_blob(void *ctx, const char *kind, uint32_t part, const voi
 /* How far the log may be trimmed after a checkpoint at seq w: to w, or, so
  * that trials (trials.h) can replay the last trial_retain_events events /
  * trial_retain_seconds seconds, to the newest checkpoint at or before that
- * much (the oldest one kept if none is that old). Under ckpt_mu. */
+ * much. When none is that old: not at all while the log still starts at the
+ * initial model (a trial replays from there), else to the oldest checkpoint
+ * kept. Under ckpt_mu. */
 static uint64_t trim_target(hr_persist *p, uint64_t w)
 {
     const hr_config *c = &p->parts.cfg;
@@ -548,6 +553,8 @@ static uint64_t trim_target(hr_persist *p, uint64_t w)
     hr_error e2;
     if (hr_store_ckpt_at(p->main, max_seq, max_started, &k, &e2) != HR_OK)
         return w;
+    if (k.id == 0 && p->log_trimmed_to == 0)
+        return 0; /* every event since the initial model is still there: keep them */
     if (k.id == 0 && hr_store_ckpt_from(p->main, 0, &k, &e2) != HR_OK)
         return w;
     return k.id && k.seq < w ? k.seq : w;
@@ -613,7 +620,10 @@ static hr_status checkpoint_locked(hr_persist *p, json_t **info, hr_error *err)
     p->ckpt_ok++;
     p->last_error[0] = 0;
     set_ckpt_health(p, NULL);
-    hr_evlog_trim(p->log, trim_target(p, seq));
+    uint64_t upto = trim_target(p, seq);
+    hr_evlog_trim(p->log, upto);
+    if (upto > p->log_trimmed_to)
+        p->log_trimmed_to = upto;
     if (info)
         *info = json_pack("{s:I, s:s, s:I, s:I, s:I, s:f}", "id", (json_int_t)id, "kind",
                           full ? "full" : "incremental", "base", (json_int_t)p->last.base, "seq",
