@@ -473,7 +473,7 @@ static void want_bootstrap(hr_cluster *c, const char *why)
     pthread_mutex_lock(&c->mu);
     bool was = c->need_boot;
     c->need_boot = true;
-    snprintf(c->boot_why, sizeof c->boot_why, "%s", why);
+    snprintf(c->boot_why, sizeof c->boot_why, "%.*s", (int)sizeof c->boot_why - 1, why);
     pthread_mutex_unlock(&c->mu);
     if (was)
         return;

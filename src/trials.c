@@ -55,7 +55,7 @@ typedef struct trial {
     struct hr_trials *owner;
     char id[16];
     trial_status status;   /* under mu */
-    char error[256];       /* T_FAILED: why */
+    char error[320];       /* T_FAILED: why (a prefix and an hr_error message) */
     atomic_bool cancel;
     int nruns;             /* 1 + candidates */
     run runs[1 + HR_TRIALS_MAX_CANDIDATES];
