@@ -37,6 +37,13 @@
  * whatever came before, so before those part_follows compares the
  * deltas_trimmed key with the delta applied.
  *
+ * Whole deltas: a follower holds a delta's parts (`held`, hr_delta_take)
+ * until its last part, so its model is always at a complete delta; the
+ * parts of a delta whose leader died are dropped (a newer epoch's first
+ * part, try_lead, a bootstrap). `applied` is the last part read (where
+ * XREAD goes on); a snapshot is taken only with nothing held, so its
+ * delta is then a last part.
+ *
  * Shared state (role, ids, reasons) is under `mu`; the node thread is its
  * only writer apart from `lost` (atomic, set by the renewal thread).
  */
@@ -137,6 +144,7 @@ struct hr_cluster {
 
     /* node thread only */
     hr_delta_state dst;
+    hr_delta_parts held;    /* follower: parts of a delta whose last part has not come */
     hr_delta_buf buf;
     size_t part_next;       /* pending delta: next part to send (< buf.nparts) */
     bool pending;
@@ -563,7 +571,8 @@ static void serve_snapshot(hr_cluster *c)
     }
     bool boundary = role == ROLE_LEADER ? !c->pending && c->fed_n == 0 &&
                                               (c->dseq > 0 || !c->dst.started || c->dst.complete)
-                                        : !c->dst.started || c->dst.complete;
+                                        : (!c->dst.started || c->dst.complete) &&
+                                              c->held.nparts == 0; /* applied: a last part */
     /* the serving state at the same entry (a follower's may lag a read) */
     boundary = boundary && hr_estream_id_cmp(c->served, c->covered) == 0;
     pthread_mutex_unlock(&c->mu);
@@ -753,6 +762,7 @@ static bool bootstrap_once(hr_cluster *c)
             continue;
         }
         forget_initial_marks(c->p.model); /* loaded rows are no change to publish */
+        hr_delta_parts_drop(&c->held);    /* parts of a delta older than the snapshot's */
         memset(&c->dst, 0, sizeof c->dst);
         c->dst.started = meta.started;
         c->dst.complete = true;
@@ -960,12 +970,19 @@ static void trim_streams(hr_cluster *c)
 static bool serve_follow(hr_cluster *c);
 static hr_status parse_entry(hr_cluster *c, const hr_estream_entry *e, bool intern, size_t *m_out);
 
-/* Applies one part (the stream entry `id`). false when it cannot be
- * applied: the node is broken (logged). */
+/* Takes one part (the stream entry `id`): held until its delta's last
+ * part comes, then the whole delta is applied (hr_delta_take; see "Whole
+ * deltas" in DESIGN). false when it cannot be taken: the node is broken
+ * or bootstraps (logged). */
 static bool apply_part(hr_cluster *c, hr_estream_id id, const void *data, size_t len)
 {
     hr_error err = {{0}, {0}};
-    hr_status st = hr_delta_apply(c->p.model, data, len, &c->dst, &err);
+    bool whole = false;
+    uint64_t dropped = c->held.dropped;
+    hr_status st = hr_delta_take(c->p.model, data, len, &c->held, &c->dst, &whole, &err);
+    if (c->held.dropped != dropped)
+        hr_log("warn", "an incomplete delta was dropped (its leader stopped before its last part)",
+               json_pack("{s:I}", "dropped", (json_int_t)c->held.dropped));
     char b[HR_ESTREAM_ID_LEN];
     pthread_mutex_lock(&c->mu);
     if (st == HR_ENOTFOUND) { /* a gap: deltas this node needs are gone */
@@ -986,11 +1003,11 @@ static bool apply_part(hr_cluster *c, hr_estream_id id, const void *data, size_t
         return false;
     }
     c->applied = id;
-    if (!c->dst.stale) {
-        c->deltas_applied += c->dst.complete;
+    if (whole) {
+        c->deltas_applied++;
         c->epoch = (int64_t)c->dst.epoch;
         hr_estream_id cov;
-        if (c->dst.complete && c->dst.event_id[0] &&
+        if (c->dst.event_id[0] &&
             hr_estream_id_parse(c->dst.event_id, &cov, NULL) == HR_OK)
             c->covered = cov;
     }
@@ -1392,6 +1409,12 @@ static void try_lead(hr_cluster *c)
         hr_lease_release(c->lease, NULL, &err);
         return;
     }
+    /* A delta still incomplete now never ends (its leader's epoch is
+     * over): this model is the last complete delta's, and the events after
+     * its entry are trained again from there. */
+    if (hr_delta_parts_drop(&c->held) > 0)
+        hr_log("warn", "an incomplete delta was dropped at taking the lease",
+               json_pack("{s:I}", "epoch", (json_int_t)ls.epoch));
     atomic_store(&c->lost, false);
     c->seq0 = c->seq;
     c->done0 = hr_trainer_applied_count(c->p.trainer, NULL);
@@ -1765,6 +1788,7 @@ void hr_cluster_destroy(hr_cluster *c)
     hr_redis_destroy(c->aux);
     hr_watermark_destroy(c->covered_wm);
     hr_delta_buf_free(&c->buf);
+    hr_delta_parts_free(&c->held);
     free(c->fed);
     free(c->evs);
     free(c->ids);

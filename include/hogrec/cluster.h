@@ -24,7 +24,10 @@
  *             training and is "stepped_down" (not ready; its model holds
  *             training nobody published: restart it).
  *   follower  did not: reads the delta stream (XREAD BLOCK, 100 ms) and
- *             applies each part in order (older epochs ignored); it never
+ *             applies each delta whole, its parts in order, once its last
+             part came (hr_delta_take: a delta its leader did not finish
+             is dropped at a newer epoch's first part or when the node
+             takes the lease; older epochs ignored); it never
  *             trains. After each read it brings its serving state up to
  *             the entry its model covers (see "Serving state"). While the
  *             lease is free (the leader stopped or died) it applies the
