@@ -204,10 +204,11 @@ hr_status hr_app_open_loading(const hr_config *cfg, hr_app **out, hr_error *err)
         goto fail;
     }
     hr_evlog *log = NULL;
-    if (app->cfg.db[0]) {
+    if (app->cfg.db[0]) { /* in cluster mode the file is the node's checkpoint (cluster.h) */
         if ((st = hr_dblock_acquire(app->cfg.db, &app->dblock, err)) != HR_OK ||
-            (st = hr_persist_open(&(hr_persist_parts){app->cfg, app->model, app->sched},
-                                  &app->persist, &log, err)) != HR_OK)
+            (!app->cfg.redis[0] &&
+             (st = hr_persist_open(&(hr_persist_parts){app->cfg, app->model, app->sched},
+                                   &app->persist, &log, err)) != HR_OK))
             goto fail;
     }
     hr_trainer_config tc = hr_trainer_config_from(&app->cfg);

@@ -37,6 +37,13 @@
  * whatever came before, so before those part_follows compares the
  * deltas_trimmed key with the delta applied.
  *
+ * Whole deltas: a follower holds a delta's parts (`held`, hr_delta_take)
+ * until its last part, so its model is always at a complete delta; the
+ * parts of a delta whose leader died are dropped (a newer epoch's first
+ * part, try_lead, a bootstrap). `applied` is the last part read (where
+ * XREAD goes on); a snapshot is taken only with nothing held, so its
+ * delta is then a last part.
+ *
  * Shared state (role, ids, reasons) is under `mu`; the node thread is its
  * only writer apart from `lost` (atomic, set by the renewal thread).
  */
@@ -51,6 +58,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -137,6 +145,7 @@ struct hr_cluster {
 
     /* node thread only */
     hr_delta_state dst;
+    hr_delta_parts held;    /* follower: parts of a delta whose last part has not come */
     hr_delta_buf buf;
     size_t part_next;       /* pending delta: next part to send (< buf.nparts) */
     bool pending;
@@ -184,6 +193,13 @@ struct hr_cluster {
     hr_estream_id served;            /* last event entry applied to it */
     uint64_t served_ord;             /* its ordinal (served_ord_known) */
     bool served_ord_known;           /* false after a snapshot: no gap check on the next */
+
+    /* Local checkpoints (--db PATH; see "Local checkpoints" above). */
+    char ckpt_path[HR_CONFIG_STR];   /* "" none */
+    double ckpt_every;               /* checkpoint_interval, seconds; 0: only at a stop */
+    uint64_t next_ckpt_ms;           /* node thread: next checkpoint (now_ms) */
+    hr_estream_id ckpt_delta;        /* the delta the last one written matches (node thread) */
+    bool ckpt_have;                  /* one was written or loaded */
 };
 
 /* ---- small helpers ---- */
@@ -233,10 +249,6 @@ static json_t *id_json(hr_estream_id id)
 
 hr_status hr_cluster_check_config(const hr_config *cfg, hr_error *err)
 {
-    if (cfg->db[0])
-        return hr_error_set(err, HR_EINVAL, "db",
-                            "cluster mode keeps no local database in this version (a node "
-                            "rebuilds from the delta stream at start): pass --db \"\"");
     if (cfg->expire_seconds > 0)
         return hr_error_set(err, HR_EINVAL, "expire_seconds",
                             "id expiry is not supported in cluster mode yet: set it to 0");
@@ -301,6 +313,9 @@ static void forget_initial_marks(hr_model *m)
 }
 
 static void snap_init(hr_cluster *c, const hr_config *cfg);
+static hr_status load_local(hr_cluster *c, hr_error *err);
+static void adopt_snapshot(hr_cluster *c, const hr_snapshot_meta *meta, hr_estream_id d,
+                           hr_estream_id cov);
 
 hr_status hr_cluster_open(const hr_config *cfg, const hr_cluster_parts *parts, hr_cluster **out,
                           hr_error *err)
@@ -374,6 +389,11 @@ hr_status hr_cluster_open(const hr_config *cfg, const hr_cluster_parts *parts, h
     c->seq = hr_events_seq(c->p.events);
     c->served_ord_known = true; /* the stream's first entry is ordinal 1 */
     forget_initial_marks(c->p.model);
+    snprintf(c->ckpt_path, sizeof c->ckpt_path, "%s", cfg->db);
+    c->ckpt_every = cfg->checkpoint_interval;
+    c->next_ckpt_ms = now_ms() + (uint64_t)(c->ckpt_every * 1000.0);
+    if (c->ckpt_path[0] && (st = load_local(c, err)) != HR_OK)
+        goto fail;
     *out = c;
     return HR_OK;
 fail:
@@ -543,34 +563,47 @@ static void refuse_snapshot(hr_cluster *c, const char *why)
  * publish, its trainers idle and nothing fed; a follower between applied
  * deltas): answers a pending snapshot request with a file of the model as
  * the last delta applied or published left it. */
+/* Whether the node thread is at a delta boundary where its model and
+ * serving state may be written (see serve_snapshot); *meta (zeroed by the
+ * caller) then says which delta they match. */
+static bool at_boundary(hr_cluster *c, hr_snapshot_meta *meta)
+{
+    pthread_mutex_lock(&c->mu);
+    role_t role = c->role;
+    hr_estream_id_format(c->applied, meta->delta);
+    hr_estream_id_format(c->covered, meta->covered);
+    if (role == ROLE_LEADER && c->dseq > 0) { /* its own last delta */
+        meta->started = true;
+        meta->epoch = (uint64_t)c->epoch;
+        meta->seq = c->dseq;
+    } else {
+        meta->started = c->dst.started;
+        meta->epoch = c->dst.epoch;
+        meta->seq = c->dst.seq;
+    }
+    bool boundary = role == ROLE_LEADER ? !c->pending && c->fed_n == 0 &&
+                                              (c->dseq > 0 || !c->dst.started || c->dst.complete)
+                                        : (!c->dst.started || c->dst.complete) &&
+                                              c->held.nparts == 0; /* applied: a last part */
+    /* the serving state at the same entry (a follower's may lag a read) */
+    boundary = boundary && hr_estream_id_cmp(c->served, c->covered) == 0;
+    boundary = boundary && (role == ROLE_LEADER || role == ROLE_FOLLOWER) && !c->need_boot &&
+               !c->broken;
+    pthread_mutex_unlock(&c->mu);
+    if (!boundary)
+        return false;
+    meta->schedule_version = hr_schedbox_current(c->p.sched)->version;
+    meta->taken = hr_wall_time();
+    return true;
+}
+
 static void serve_snapshot(hr_cluster *c)
 {
     if (!atomic_load(&c->snap_asked))
         return;
     hr_snapshot_meta meta = {0};
-    pthread_mutex_lock(&c->mu);
-    role_t role = c->role;
-    hr_estream_id_format(c->applied, meta.delta);
-    hr_estream_id_format(c->covered, meta.covered);
-    if (role == ROLE_LEADER && c->dseq > 0) { /* its own last delta */
-        meta.started = true;
-        meta.epoch = (uint64_t)c->epoch;
-        meta.seq = c->dseq;
-    } else {
-        meta.started = c->dst.started;
-        meta.epoch = c->dst.epoch;
-        meta.seq = c->dst.seq;
-    }
-    bool boundary = role == ROLE_LEADER ? !c->pending && c->fed_n == 0 &&
-                                              (c->dseq > 0 || !c->dst.started || c->dst.complete)
-                                        : !c->dst.started || c->dst.complete;
-    /* the serving state at the same entry (a follower's may lag a read) */
-    boundary = boundary && hr_estream_id_cmp(c->served, c->covered) == 0;
-    pthread_mutex_unlock(&c->mu);
-    if (!boundary)
+    if (!at_boundary(c, &meta))
         return; /* the next boundary */
-    meta.schedule_version = hr_schedbox_current(c->p.sched)->version;
-    meta.taken = hr_wall_time();
     char path[512];
     hr_error err = {{0}, {0}};
     hr_snapshot_stats ss = {0};
@@ -605,6 +638,104 @@ static void serve_snapshot(hr_cluster *c)
         c->snapshots_served++;
         pthread_mutex_unlock(&c->mu);
     }
+}
+
+/* ---- local checkpoints ---- */
+
+/* fsync of path (a file or a directory); false with errno on failure. */
+static bool sync_path(const char *path, bool dir)
+{
+    int fd = open(path, (dir ? O_RDONLY | O_DIRECTORY : O_RDWR) | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    bool ok = fsync(fd) == 0;
+    int e = errno;
+    close(fd);
+    errno = e;
+    return ok;
+}
+
+/* Writes the model to ckpt_path at a delta boundary, at most every
+ * ckpt_every seconds (force: now, at a stop): a snapshot file written as
+ * PATH.tmp, fsynced, renamed over PATH, and the directory fsynced, so PATH
+ * is always a whole checkpoint. Node thread (or the stopping thread once
+ * the node thread ended). Logged; a failure is retried at the next time. */
+static void local_checkpoint(hr_cluster *c, bool force)
+{
+    if (!c->ckpt_path[0] || (!force && (c->ckpt_every <= 0 || now_ms() < c->next_ckpt_ms)))
+        return;
+    hr_snapshot_meta meta = {0};
+    if (!at_boundary(c, &meta))
+        return; /* the next boundary */
+    c->next_ckpt_ms = now_ms() + (uint64_t)(c->ckpt_every * 1000.0);
+    hr_estream_id d = {0, 0};
+    if (hr_estream_id_parse(meta.delta, &d, NULL) == HR_OK && c->ckpt_have &&
+        hr_estream_id_cmp(d, c->ckpt_delta) == 0)
+        return; /* the file already holds this delta */
+    char tmp[HR_CONFIG_STR + 8], dir[HR_CONFIG_STR];
+    snprintf(tmp, sizeof tmp, "%s.tmp", c->ckpt_path);
+    snprintf(dir, sizeof dir, "%s", c->ckpt_path);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        slash[slash == dir ? 1 : 0] = 0;
+    else
+        snprintf(dir, sizeof dir, ".");
+    unlink(tmp);
+    hr_error err = {{0}, {0}};
+    hr_snapshot_stats ss = {0};
+    hr_status st = hr_snapshot_write(tmp, c->p.model, c->p.sched, c->p.events, &meta, &ss, &err);
+    if (st == HR_OK && (!sync_path(tmp, false) || rename(tmp, c->ckpt_path) != 0 ||
+                        !sync_path(dir, true)))
+        st = hr_error_set(&err, HR_EIO, "db", "%s: %s", c->ckpt_path, strerror(errno));
+    if (st != HR_OK) {
+        unlink(tmp);
+        hr_log("error", "local checkpoint failed",
+               json_pack("{s:s,s:s,s:s}", "path", c->ckpt_path, "status", hr_status_to_string(st),
+                         "detail", err.message));
+        return;
+    }
+    c->ckpt_delta = d;
+    c->ckpt_have = true;
+    hr_log("info", "local checkpoint",
+           json_pack("{s:s,s:s,s:s,s:I,s:I,s:f}", "path", c->ckpt_path, "delta", meta.delta,
+                     "covered_entry", meta.covered, "rows", (json_int_t)ss.rows, "bytes",
+                     (json_int_t)ss.bytes, "seconds", ss.seconds));
+}
+
+/* At open: loads the local checkpoint at ckpt_path when there is one (an
+ * absent or empty file: none, the node starts empty). A file that is not a
+ * cluster node's checkpoint (a standalone database) is refused. */
+static hr_status load_local(hr_cluster *c, hr_error *err)
+{
+    struct stat sb;
+    if (stat(c->ckpt_path, &sb) != 0 || sb.st_size == 0)
+        return HR_OK;
+    hr_snapshot_meta meta;
+    hr_error e2 = {{0}, {0}};
+    hr_status st = hr_snapshot_read_meta(c->ckpt_path, &meta, &e2);
+    if (st != HR_OK)
+        return hr_error_set(err, HR_EINVAL, "db",
+                            "%s is not a cluster node's checkpoint (%s); a standalone database "
+                            "cannot be used in cluster mode: pass another --db path",
+                            c->ckpt_path, e2.message);
+    hr_estream_id d = {0, 0}, cov = {0, 0};
+    if (hr_estream_id_parse(meta.delta, &d, &e2) != HR_OK ||
+        (meta.covered[0] && hr_estream_id_parse(meta.covered, &cov, &e2) != HR_OK))
+        return hr_error_set(err, HR_ECORRUPT, "db", "%s names no stream entry: %s", c->ckpt_path,
+                            e2.message);
+    hr_snapshot_stats ls = {0};
+    if ((st = hr_snapshot_load(c->ckpt_path, c->p.model, c->p.sched, c->p.events, &meta, &ls,
+                               &e2)) != HR_OK)
+        return hr_error_set(err, st, "db", "loading the checkpoint %s: %s", c->ckpt_path,
+                            e2.message);
+    adopt_snapshot(c, &meta, d, cov);
+    c->ckpt_delta = d;
+    c->ckpt_have = true;
+    hr_log("info", "local checkpoint loaded",
+           json_pack("{s:s,s:s,s:s,s:I,s:I}", "path", c->ckpt_path, "delta", meta.delta,
+                     "covered_entry", meta.covered, "epoch", (json_int_t)meta.epoch, "rows",
+                     (json_int_t)ls.rows));
+    return HR_OK;
 }
 
 hr_status hr_cluster_snapshot(hr_cluster *c, int wait_ms, char *path, size_t cap,
@@ -681,6 +812,33 @@ static hr_status fetch_snapshot(hr_cluster *c, const char *address, char *path, 
     return st;
 }
 
+/* After a snapshot (a peer's, or the local checkpoint) was loaded into the
+ * model: this node is at its delta `d`, covering entry `cov`. */
+static void adopt_snapshot(hr_cluster *c, const hr_snapshot_meta *meta, hr_estream_id d,
+                           hr_estream_id cov)
+{
+    forget_initial_marks(c->p.model); /* loaded rows are no change to publish */
+    hr_delta_parts_drop(&c->held);    /* parts of a delta older than the snapshot's */
+    memset(&c->dst, 0, sizeof c->dst);
+    c->dst.started = meta->started;
+    c->dst.complete = true;
+    c->dst.epoch = meta->epoch;
+    c->dst.seq = meta->seq;
+    c->dst.schedule_version = meta->schedule_version;
+    snprintf(c->dst.event_id, sizeof c->dst.event_id, "%s", meta->covered);
+    /* The serving state is the snapshot's (a snapshot of an older
+     * version has none: it then misses the events before cov). */
+    c->served = cov;
+    c->served_ord_known = false;
+    c->seq = hr_events_seq(c->p.events);
+    pthread_mutex_lock(&c->mu);
+    c->applied = d;
+    c->covered = cov;
+    c->epoch = (int64_t)meta->epoch;
+    pthread_mutex_unlock(&c->mu);
+    note_covered(c, cov); /* min_seq waiters see what the snapshot covers */
+}
+
 /* One round: asks the leader, then the other live members, for a
  * snapshot, until one loads. true when loaded (the node then follows the
  * deltas after the snapshot's). */
@@ -752,31 +910,15 @@ static bool bootstrap_once(hr_cluster *c)
                              "detail", err.message));
             continue;
         }
-        forget_initial_marks(c->p.model); /* loaded rows are no change to publish */
-        memset(&c->dst, 0, sizeof c->dst);
-        c->dst.started = meta.started;
-        c->dst.complete = true;
-        c->dst.epoch = meta.epoch;
-        c->dst.seq = meta.seq;
-        c->dst.schedule_version = meta.schedule_version;
-        snprintf(c->dst.event_id, sizeof c->dst.event_id, "%s", meta.covered);
-        /* The serving state is the snapshot's (a snapshot of an older
-         * version has none: it then misses the events before cov). */
-        c->served = cov;
-        c->served_ord_known = false;
-        c->seq = hr_events_seq(c->p.events);
+        adopt_snapshot(c, &meta, d, cov);
         if (!ls.serving)
             hr_log("warn", "the snapshot holds no serving state: recent items and popularity "
                            "start from its entry",
                    json_pack("{s:s}", "peer", ids[i]));
         pthread_mutex_lock(&c->mu);
-        c->applied = d;
-        c->covered = cov;
-        c->epoch = (int64_t)meta.epoch;
         c->need_boot = false;
         c->bootstraps++;
         pthread_mutex_unlock(&c->mu);
-        note_covered(c, cov); /* min_seq waiters see what the snapshot covers */
         hr_log("info", "bootstrapped from a snapshot",
                json_pack("{s:s,s:s,s:s,s:I,s:I,s:I,s:f,s:f}", "peer", ids[i], "delta", meta.delta,
                          "covered_entry", meta.covered, "rows", (json_int_t)ls.rows, "bytes",
@@ -889,9 +1031,18 @@ static void trim_streams(hr_cluster *c)
     pthread_mutex_unlock(&c->mu);
     if (last.ms <= (uint64_t)c->retention_ms)
         return;
+    hr_estream_id keep = {last.ms - (uint64_t)c->retention_ms, 0};
+    /* with a local checkpoint, the deltas after it stay (a node restarted
+     * from it follows them), and so do the events they cover */
+    if (c->ckpt_path[0]) {
+        if (!c->ckpt_have)
+            return;
+        if (hr_estream_id_cmp(c->ckpt_delta, keep) < 0)
+            keep = c->ckpt_delta;
+    }
     char minid[HR_ESTREAM_ID_LEN + 1];
     minid[0] = '(';
-    hr_estream_id_format((hr_estream_id){last.ms - (uint64_t)c->retention_ms, 0}, minid + 1);
+    hr_estream_id_format(keep, minid + 1);
     /* The newest entry the trim deletes goes in deltas_trimmed first: a
      * follower that applied an older one knows it cannot follow. Only the
      * leader appends, after the MINID, so what lies before it is fixed. */
@@ -960,12 +1111,19 @@ static void trim_streams(hr_cluster *c)
 static bool serve_follow(hr_cluster *c);
 static hr_status parse_entry(hr_cluster *c, const hr_estream_entry *e, bool intern, size_t *m_out);
 
-/* Applies one part (the stream entry `id`). false when it cannot be
- * applied: the node is broken (logged). */
+/* Takes one part (the stream entry `id`): held until its delta's last
+ * part comes, then the whole delta is applied (hr_delta_take; see "Whole
+ * deltas" in DESIGN). false when it cannot be taken: the node is broken
+ * or bootstraps (logged). */
 static bool apply_part(hr_cluster *c, hr_estream_id id, const void *data, size_t len)
 {
     hr_error err = {{0}, {0}};
-    hr_status st = hr_delta_apply(c->p.model, data, len, &c->dst, &err);
+    bool whole = false;
+    uint64_t dropped = c->held.dropped;
+    hr_status st = hr_delta_take(c->p.model, data, len, &c->held, &c->dst, &whole, &err);
+    if (c->held.dropped != dropped)
+        hr_log("warn", "an incomplete delta was dropped (its leader stopped before its last part)",
+               json_pack("{s:I}", "dropped", (json_int_t)c->held.dropped));
     char b[HR_ESTREAM_ID_LEN];
     pthread_mutex_lock(&c->mu);
     if (st == HR_ENOTFOUND) { /* a gap: deltas this node needs are gone */
@@ -986,11 +1144,11 @@ static bool apply_part(hr_cluster *c, hr_estream_id id, const void *data, size_t
         return false;
     }
     c->applied = id;
-    if (!c->dst.stale) {
-        c->deltas_applied += c->dst.complete;
+    if (whole) {
+        c->deltas_applied++;
         c->epoch = (int64_t)c->dst.epoch;
         hr_estream_id cov;
-        if (c->dst.complete && c->dst.event_id[0] &&
+        if (c->dst.event_id[0] &&
             hr_estream_id_parse(c->dst.event_id, &cov, NULL) == HR_OK)
             c->covered = cov;
     }
@@ -1392,6 +1550,12 @@ static void try_lead(hr_cluster *c)
         hr_lease_release(c->lease, NULL, &err);
         return;
     }
+    /* A delta still incomplete now never ends (its leader's epoch is
+     * over): this model is the last complete delta's, and the events after
+     * its entry are trained again from there. */
+    if (hr_delta_parts_drop(&c->held) > 0)
+        hr_log("warn", "an incomplete delta was dropped at taking the lease",
+               json_pack("{s:I}", "epoch", (json_int_t)ls.epoch));
     atomic_store(&c->lost, false);
     c->seq0 = c->seq;
     c->done0 = hr_trainer_applied_count(c->p.trainer, NULL);
@@ -1479,6 +1643,7 @@ static void lead(hr_cluster *c, uint64_t *next_pub)
         publish(c);
         *next_pub = now_ms() + (uint64_t)c->publish_ms;
         serve_snapshot(c);
+        local_checkpoint(c, false);
         trim_streams(c);
     }
 }
@@ -1704,8 +1869,10 @@ static void *node_main(void *arg)
         int n = 0;
         if (role != ROLE_STARTING || !caught_up)
             n = follow(c, role == ROLE_STARTING ? 0 : FOLLOW_BLOCK_MS);
-        if (role == ROLE_FOLLOWER)
+        if (role == ROLE_FOLLOWER) {
             serve_snapshot(c);
+            local_checkpoint(c, false);
+        }
         if (role == ROLE_STARTING && n > 0)
             continue; /* catching up: read on before trying the lease */
         /* A node that never led tries the lease at start and whenever it
@@ -1750,6 +1917,9 @@ void hr_cluster_stop(hr_cluster *c)
         publish(c);
         if (c->pending)
             send_parts(c);
+    }
+    local_checkpoint(c, true); /* a clean stop leaves the model at its last delta */
+    if (leader) {
         bool released = false;
         hr_lease_release(c->lease, &released, &err);
         hr_log("info", "lease released", json_pack("{s:b}", "released", released));
@@ -1770,6 +1940,7 @@ void hr_cluster_destroy(hr_cluster *c)
     hr_redis_destroy(c->aux);
     hr_watermark_destroy(c->covered_wm);
     hr_delta_buf_free(&c->buf);
+    hr_delta_parts_free(&c->held);
     free(c->fed);
     free(c->evs);
     free(c->ids);

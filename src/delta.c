@@ -670,3 +670,158 @@ hr_status hr_delta_apply(hr_model *m, const void *buf, size_t len, hr_delta_stat
     }
     return HR_OK;
 }
+
+/* ---- whole deltas: parts held until the last ---- */
+
+size_t hr_delta_parts_drop(hr_delta_parts *p)
+{
+    size_t n = p->nparts;
+    if (n)
+        p->dropped++;
+    p->nparts = 0;
+    p->len = 0;
+    return n;
+}
+
+void hr_delta_parts_free(hr_delta_parts *p)
+{
+    if (!p)
+        return;
+    free(p->data);
+    free(p->ends);
+    memset(p, 0, sizeof *p);
+}
+
+/* a + b, saturated */
+static size_t add_sat(size_t a, size_t b)
+{
+    return a > SIZE_MAX - b ? SIZE_MAX : a + b;
+}
+
+static size_t mul_sat(size_t a, size_t b)
+{
+    return b && a > SIZE_MAX / b ? SIZE_MAX : a * b;
+}
+
+size_t hr_delta_max_bytes(const hr_model *m)
+{
+    const hr_model_config *mc = hr_model_get_config(m);
+    const hr_row_layout *L = hr_model_layout(m);
+    const size_t per_part = HDR_BYTES + HR_DELTA_EVENT_ID_MAX + TRAILER_BYTES;
+    size_t total = per_part; /* the empty delta */
+    for (unsigned t = 0; t < HR_TABLE_COUNT; t++) {
+        size_t rows = mc->max_rows[t] ? mc->max_rows[t] : 1;
+        total = add_sat(total, mul_sat(rows, ROW_REC_BYTES + (size_t)L->floats * 4 + per_part));
+        if (has_ids(t))
+            total = add_sat(total, mul_sat(rows, ID_REC_BYTES + HR_ID_MAX_LEN + per_part));
+    }
+    return total;
+}
+
+/* Copies a checked part (not its delta's last) after the parts held. */
+static hr_status hold_part(const hr_model *m, hr_delta_parts *p, const header *h,
+                           const uint8_t *buf, size_t len, hr_error *err)
+{
+    size_t max = p->max_bytes ? p->max_bytes : hr_delta_max_bytes(m);
+    if (len > max || p->len > max - len) {
+        hr_delta_parts_drop(p);
+        return hr_error_set(err, HR_EFULL, "delta",
+                            "delta epoch %llu seq %llu passes %zu bytes at part %u: dropped",
+                            (unsigned long long)h->epoch, (unsigned long long)h->seq, max,
+                            h->part);
+    }
+    hr_delta_buf tmp = {.data = p->data, .len = p->len, .cap = p->cap};
+    if (!reserve(&tmp, len))
+        return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
+    p->data = tmp.data;
+    p->cap = tmp.cap;
+    if (p->nparts == p->ends_cap) {
+        size_t n = p->ends_cap ? 2 * p->ends_cap : 8;
+        size_t *e = realloc(p->ends, n * sizeof *e);
+        if (!e)
+            return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
+        p->ends = e;
+        p->ends_cap = n;
+    }
+    memcpy(p->data + p->len, buf, len);
+    p->len += len;
+    p->ends[p->nparts++] = p->len;
+    p->epoch = h->epoch;
+    p->seq = h->seq;
+    return HR_OK;
+}
+
+/* hr_delta_apply, adding the records applied to *sum. */
+static hr_status apply_counted(hr_model *m, const void *buf, size_t len, hr_delta_state *st,
+                               uint32_t sum[3], hr_error *err)
+{
+    hr_status s = hr_delta_apply(m, buf, len, st, err);
+    if (s == HR_OK) {
+        sum[0] += st->ids;
+        sum[1] += st->removals;
+        sum[2] += st->rows;
+    }
+    return s;
+}
+
+hr_status hr_delta_take(hr_model *m, const void *buf, size_t len, hr_delta_parts *p,
+                        hr_delta_state *st, bool *applied, hr_error *err)
+{
+    *applied = false;
+    header h = {0};
+    hr_status s = check(m, buf, len, &h, err);
+    if (s != HR_OK)
+        return s;
+    /* the order against the parts held, when there are some */
+    hr_delta_state at = *st;
+    if (p->nparts) {
+        at.started = true;
+        at.complete = false;
+        at.epoch = p->epoch;
+        at.seq = p->seq;
+        at.part = (uint32_t)(p->nparts - 1);
+    }
+    order o = place(&at, &h);
+    if (o == ORDER_NEXT && h.part == 0 && p->nparts) {
+        hr_delta_parts_drop(p); /* a newer delta: the one held never ends */
+        o = place(st, &h);
+    }
+    if (o == ORDER_STALE) {
+        st->stale = true;
+        st->ids = st->removals = st->rows = 0;
+        return HR_OK;
+    }
+    if (o == ORDER_GAP) {
+        hr_delta_parts_drop(p);
+        return hr_error_set(err, HR_ENOTFOUND, "delta",
+                            "delta epoch %llu seq %llu part %u does not follow epoch %llu seq "
+                            "%llu part %u%s: a delta is missing",
+                            (unsigned long long)h.epoch, (unsigned long long)h.seq, h.part,
+                            (unsigned long long)at.epoch, (unsigned long long)at.seq, at.part,
+                            at.complete ? "" : " (held)");
+    }
+    if (!(h.flags & FLAG_LAST)) {
+        if ((s = hold_part(m, p, &h, buf, len, err)) != HR_OK)
+            return s;
+        st->stale = false;
+        st->ids = st->removals = st->rows = 0;
+        return HR_OK;
+    }
+    uint32_t sum[3] = {0, 0, 0};
+    for (size_t i = 0; i < p->nparts; i++) {
+        size_t from = i ? p->ends[i - 1] : 0;
+        if ((s = apply_counted(m, p->data + from, p->ends[i] - from, st, sum, err)) != HR_OK) {
+            hr_delta_parts_drop(p);
+            return s;
+        }
+    }
+    p->nparts = 0;
+    p->len = 0;
+    if ((s = apply_counted(m, buf, len, st, sum, err)) != HR_OK)
+        return s;
+    st->ids = sum[0];
+    st->removals = sum[1];
+    st->rows = sum[2];
+    *applied = !st->stale;
+    return HR_OK;
+}

@@ -298,6 +298,20 @@ hr_status hr_persist_open(const hr_persist_parts *app, hr_persist **out, hr_evlo
             refuse_corrupt(app->cfg.db, &e2, err);
         goto fail;
     }
+    char *snap = NULL; /* a cluster node's checkpoint (snapshot.h) is not a database */
+    if ((st = hr_store_snapshot_meta_get(p->main, &snap, &e2)) == HR_OK && snap) {
+        free(snap);
+        st = hr_error_set(err, HR_EINVAL, "db",
+                          "%s is a cluster node's checkpoint, not a standalone database: pass "
+                          "another --db path (or run it with --redis)",
+                          app->cfg.db);
+        goto fail;
+    }
+    if (st != HR_OK) {
+        if (err)
+            *err = e2;
+        goto fail;
+    }
     if ((st = restore(p, &e2)) != HR_OK) {
         if (st == HR_ECORRUPT)
             refuse_corrupt(app->cfg.db, &e2, err);

@@ -8,7 +8,7 @@
  * for bit and the leader trained exactly the events acknowledged. Then:
  * an event id posted to two nodes is applied once, and with Redis killed
  * a POST answers 503 with a JSON error, never a 202. And the max_backlog
- * bound (429), and a db refused in cluster mode.
+ * bound (429), and a standalone database refused in cluster mode.
  * And failover: the leader killed (kill -9) mid-ingest, a follower takes
  * over and every event posted is in the survivors' model exactly once; a
  * paused leader (SIGSTOP past its lease) steps down without publishing.
@@ -1369,8 +1369,8 @@ static void test_redis_killed_and_restarted(void **state)
     tu_redis_stop(&rs);
 }
 
-/* A node refuses to start in cluster mode with a local database (this
- * version keeps none) and says so. */
+/* A node refuses to start in cluster mode on a standalone database (its
+ * --db is the node's own checkpoint file, cluster.h) and says so. */
 static void test_refuses_db(void **state)
 {
     (void)state;
@@ -1379,15 +1379,33 @@ static void test_refuses_db(void **state)
     tu_redis_start(&rs);
     char url[64];
     snprintf(url, sizeof url, "%s", tu_redis_url(&rs));
-    const char *argv[] = {bin, "serve", "--port", "0", "--db", "x.db", "--redis", url, NULL};
+    char dir[] = "/tmp/hogrec-refuses-db-XXXXXX", db[96];
+    assert_non_null(mkdtemp(dir));
+    snprintf(db, sizeof db, "%s/standalone.db", dir);
+    /* a standalone database, made by a standalone server */
+    const char *sa[] = {bin, "serve", "--port", "0", "--db", db, NULL};
     tu_child ch;
+    tu_child_spawn(&ch, (char *const *)sa, CHILD_BOUND, NULL, NULL);
+    json_t *ready = tu_child_log_until(&ch, "ready", NULL, 0);
+    assert_non_null(ready);
+    json_decref(ready);
+    kill(ch.pid, SIGTERM);
+    int status = tu_child_wait(&ch);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    const char *argv[] = {bin, "serve", "--port", "0", "--db", db, "--redis", url, NULL};
     tu_child_spawn(&ch, (char *const *)argv, CHILD_BOUND, NULL, NULL);
     json_t *line = tu_child_log_until(&ch, "cannot open", NULL, 0);
     assert_non_null(line);
     assert_string_equal(json_string_value(json_object_get(line, "field")), "db");
+    const char *msg = json_string_value(json_object_get(line, "detail"));
+    if (!msg || !strstr(msg, "not a cluster node's checkpoint"))
+        fail_msg("refusal without the reason: %s", msg ? msg : "(none)");
     json_decref(line);
-    int status = tu_child_wait(&ch);
+    status = tu_child_wait(&ch);
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
     tu_redis_stop(&rs);
 }
 

@@ -757,6 +757,166 @@ static void write_seeds(const char *dir)
     hr_model_destroy(m);
 }
 
+/* The events a model counted: the item rows' event counts. */
+static uint64_t counted(hr_model *m)
+{
+    const hr_row_layout *L = hr_model_layout(m);
+    float a[L->floats];
+    uint64_t sum = 0;
+    for (uint32_t r = 1; r < hr_model_rows(m, HR_TABLE_ITEM); r++) {
+        hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_ITEM, r), a);
+        sum += hr_sgd_row_count(L, a);
+    }
+    return sum;
+}
+
+/* Feeds part i of b to the follower through hr_delta_take. */
+static void take(hr_model *f, const hr_delta_buf *b, size_t i, hr_delta_parts *p,
+                 hr_delta_state *st, bool want_applied)
+{
+    size_t len;
+    const uint8_t *d = part(b, i, &len);
+    hr_error err;
+    bool applied = !want_applied;
+    hr_status s = hr_delta_take(f, d, len, p, st, &applied, &err);
+    if (s != HR_OK)
+        fail_msg("take part %zu: %s", i, err.message);
+    assert_false(st->stale);
+    assert_int_equal(applied, want_applied);
+}
+
+/* A leader dies between two parts of a delta: a follower that takes
+ * parts with hr_delta_take holds them and applies nothing of that delta;
+ * the next leader (which had the same last complete delta) retrains from
+ * it and publishes a newer epoch, whose first part drops the held parts.
+ * The follower then equals the new leader and counts no event twice. */
+static void test_delta_cut_short(void **state)
+{
+    (void)state;
+    const hr_state_kind kinds[] = {HR_STATE_SGD, HR_STATE_ADAGRAD, HR_STATE_ADAM};
+    for (size_t ki = 0; ki < HR_ARRAY_LEN(kinds); ki++) {
+        hr_model *old = make(8, kinds[ki], 0, 256), *next = make(8, kinds[ki], 0, 256),
+                 *follower = make(8, kinds[ki], 0, 256);
+        hr_delta_state fst = {0}, nst = {0};
+        hr_delta_parts held = {0};
+        hr_delta_header h = header(1);
+        hr_delta_buf b = {0};
+        hr_rng rng;
+        hr_rng_seed(&rng, 7 + ki);
+        const unsigned users = 300, items = 400;
+        /* delta 1 of epoch 1, whole: both the follower and the next leader */
+        for (int e = 0; e < 200; e++)
+            train(old, &rng, users, items);
+        snprintf(h.event_id, sizeof h.event_id, "1700000000000-1");
+        h.seq = 1;
+        hr_error err;
+        assert_int_equal(hr_delta_encode(old, &h, 2048, &b, &err), HR_OK);
+        for (size_t i = 0; i < b.nparts; i++) {
+            take(follower, &b, i, &held, &fst, i + 1 == b.nparts);
+            size_t len;
+            const uint8_t *d = part(&b, i, &len);
+            assert_int_equal(hr_delta_apply(next, d, len, &nst, &err), HR_OK);
+        }
+        assert_same(next, follower);
+        assert_int_equal(counted(follower), 200);
+        const uint64_t after1 = model_sum(follower);
+        /* delta 2 of epoch 1 in many parts; the last never comes */
+        for (int e = 0; e < 300; e++)
+            train(old, &rng, users, items);
+        snprintf(h.event_id, sizeof h.event_id, "1700000000000-2");
+        h.seq = 2;
+        assert_int_equal(hr_delta_encode(old, &h, 2048, &b, &err), HR_OK);
+        assert_true(b.nparts >= 3);
+        for (size_t i = 0; i + 1 < b.nparts; i++)
+            take(follower, &b, i, &held, &fst, false);
+        assert_int_equal(model_sum(follower), after1); /* nothing of it applied */
+        assert_int_equal(counted(follower), 200);
+        assert_int_equal(held.nparts, b.nparts - 1);
+        assert_string_equal(fst.event_id, "1700000000000-1");
+        /* the next leader (epoch 2) retrains from entry 1700000000000-1 */
+        for (int e = 0; e < 100; e++)
+            train(next, &rng, users, items);
+        hr_delta_header h2 = header(2);
+        h2.seq = 1;
+        snprintf(h2.event_id, sizeof h2.event_id, "1700000000000-3");
+        hr_delta_buf b2 = {0};
+        assert_int_equal(hr_delta_encode(next, &h2, 2048, &b2, &err), HR_OK);
+        for (size_t i = 0; i < b2.nparts; i++)
+            take(follower, &b2, i, &held, &fst, i + 1 == b2.nparts);
+        assert_int_equal(held.dropped, 1);
+        assert_int_equal(held.nparts, 0);
+        assert_same(next, follower);
+        assert_int_equal(counted(follower), 300); /* 200 + 100: none twice */
+        assert_int_equal(counted(follower), counted(next));
+        assert_string_equal(fst.event_id, "1700000000000-3");
+        /* the dead leader's last part, late: older, ignored */
+        size_t len;
+        const uint8_t *d = part(&b, b.nparts - 1, &len);
+        bool applied = true;
+        assert_int_equal(hr_delta_take(follower, d, len, &held, &fst, &applied, &err), HR_OK);
+        assert_true(fst.stale);
+        assert_false(applied);
+        assert_same(next, follower);
+        /* a part after a missing one is a gap, and drops what is held */
+        for (int e = 0; e < 300; e++)
+            train(next, &rng, users, items);
+        h2.seq = 2;
+        assert_int_equal(hr_delta_encode(next, &h2, 2048, &b2, &err), HR_OK);
+        assert_true(b2.nparts >= 3);
+        take(follower, &b2, 0, &held, &fst, false);
+        d = part(&b2, 2, &len);
+        assert_int_equal(hr_delta_take(follower, d, len, &held, &fst, &applied, &err),
+                         HR_ENOTFOUND);
+        assert_int_equal(held.nparts, 0);
+        hr_delta_buf_free(&b);
+        hr_delta_buf_free(&b2);
+        hr_delta_parts_free(&held);
+        hr_delta_parts_free(&held); /* a no-op */
+        hr_model_destroy(old);
+        hr_model_destroy(next);
+        hr_model_destroy(follower);
+    }
+}
+
+/* The parts held are bounded: a delta past max_bytes is dropped with
+ * HR_EFULL; the default bound holds the largest delta a model can make. */
+static void test_delta_parts_bound(void **state)
+{
+    (void)state;
+    hr_model *leader = make(8, HR_STATE_ADAGRAD, 0, 256), *follower = make(8, HR_STATE_ADAGRAD, 0, 256);
+    hr_rng rng;
+    hr_rng_seed(&rng, 5);
+    for (int e = 0; e < 500; e++)
+        train(leader, &rng, 300, 400);
+    hr_delta_header h = header(1);
+    h.seq = 1;
+    hr_delta_buf b = {0};
+    hr_error err;
+    assert_int_equal(hr_delta_encode(leader, &h, 1024, &b, &err), HR_OK);
+    assert_true(b.nparts >= 3);
+    assert_true(b.len <= hr_delta_max_bytes(follower));
+    hr_delta_parts held = {.max_bytes = b.ends[0] + 1};
+    hr_delta_state st = {0};
+    bool applied = true;
+    size_t len;
+    const uint8_t *d = part(&b, 0, &len);
+    assert_int_equal(hr_delta_take(follower, d, len, &held, &st, &applied, &err), HR_OK);
+    d = part(&b, 1, &len);
+    assert_int_equal(hr_delta_take(follower, d, len, &held, &st, &applied, &err), HR_EFULL);
+    assert_int_equal(held.nparts, 0);
+    assert_false(applied);
+    assert_false(st.started);
+    /* the default bound takes the whole delta */
+    held.max_bytes = 0;
+    for (size_t i = 0; i < b.nparts; i++)
+        take(follower, &b, i, &held, &st, i + 1 == b.nparts);
+    assert_same(leader, follower);
+    hr_delta_parts_free(&held);
+    hr_delta_buf_free(&b);
+    hr_model_destroy(leader);
+    hr_model_destroy(follower);
+}
+
 static void test_fuzz_seeds_decode(void **state)
 {
     (void)state;
@@ -809,6 +969,8 @@ int main(void)
         cmocka_unit_test(test_damage_changes_nothing),
         cmocka_unit_test(test_marks_independent_of_checkpoints),
         cmocka_unit_test(test_encode_while_training),
+        cmocka_unit_test(test_delta_cut_short),
+        cmocka_unit_test(test_delta_parts_bound),
         cmocka_unit_test(test_fuzz_seeds_decode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -385,10 +385,22 @@ static const char *bin_or_skip(void)
 /* Starts node `id` of cluster `name` (admin token TOKEN, delta retention
  * `retention` ms); true once it logged "ready" (listening; /readyz says
  * when it caught up). */
+static bool spawn_node_db(tu_child *ch, const char *bin, const char *url, const char *name,
+                          const char *id, const char *retention, const char *db);
+
 static bool spawn_node(tu_child *ch, const char *bin, const char *url, const char *name,
                        const char *id, const char *retention)
 {
-    const char *argv[] = {bin, "serve", "--port", "0", "--db", "", "--threads", "1",
+    return spawn_node_db(ch, bin, url, name, id, retention, "");
+}
+
+/* spawn_node with a local checkpoint file db ("" none), written every
+ * 0.2 s. */
+static bool spawn_node_db(tu_child *ch, const char *bin, const char *url, const char *name,
+                          const char *id, const char *retention, const char *db)
+{
+    const char *argv[] = {bin, "serve", "--port", "0", "--db", db, "--checkpoint-interval", "0.2",
+                          "--threads", "1",
                           "--max-users", "4096", "--max-items", "4096", "--k", "8",
                           "--negative-sampling", "off", "--redis", url, "--cluster", name,
                           "--node-id", id, "--publish-ms", "10", "--lease-ms", "3000",
@@ -880,6 +892,112 @@ static void test_whole_cluster_restart_refuses_to_lead(void **state)
     tu_redis_stop(&rs);
 }
 
+/* The covered entry of the local checkpoint at path ({0, 0} none yet). */
+static hr_estream_id checkpoint_covered(const char *path)
+{
+    hr_snapshot_meta meta;
+    hr_error err = {{0}, {0}};
+    struct stat sb;
+    if (stat(path, &sb) != 0 || hr_snapshot_read_meta(path, &meta, &err) != HR_OK ||
+        !meta.covered[0])
+        return (hr_estream_id){0, 0};
+    return parse_id(meta.covered);
+}
+
+/* Whole-cluster restart after trimming, with local checkpoints (--db in
+ * cluster mode): every node killed with kill -9; the leader restarted
+ * from its checkpoint loads it, leads (its checkpoint covers the trimmed
+ * events), counts what the checkpoint covered plus the events posted
+ * after, and a new node bootstraps from it. A standalone server refuses a
+ * node's checkpoint file. */
+static void test_whole_cluster_restart_from_checkpoint(void **state)
+{
+    (void)state;
+    const char *bin = bin_or_skip();
+    unsetenv("HOGREC_REDIS_PASSWORD");
+    tu_redis rs = {0};
+    tu_redis_start(&rs);
+    char url[64];
+    snprintf(url, sizeof url, "%s", tu_redis_url(&rs));
+    char dir[] = "/tmp/hogrec-ckpt-XXXXXX", da[96], db[96];
+    assert_non_null(mkdtemp(dir));
+    snprintf(da, sizeof da, "%s/a.ckpt", dir);
+    snprintf(db, sizeof db, "%s/b.ckpt", dir);
+    tu_child a, b;
+    assert_true(spawn_node_db(&a, bin, url, "s4", "a", RETENTION, da));
+    assert_true(wait_role(a.port, "leader"));
+    assert_true(spawn_node_db(&b, bin, url, "s4", "b", RETENTION, db));
+    assert_true(wait_role(b.port, "follower"));
+    int next = 0;
+    post_until_trimmed(url, "s4", "w", a.port, 0, &next);
+    hr_estream_id last = stream_last(url, "s4");
+    assert_true(wait_covered(a.port, last));
+    assert_true(wait_covered(b.port, last));
+    const long long before = (long long)next * EVENTS_PER;
+    assert_int_equal(events_counted_of(a.port), before);
+    bool saved = false;
+    for (int round = 0; round < WAIT_SECONDS * 20 && !saved; round++) {
+        saved = hr_estream_id_cmp(checkpoint_covered(da), last) >= 0;
+        if (!saved)
+            sleep_ms(50);
+    }
+    if (!saved)
+        fail_msg("the leader's checkpoint does not cover the last entry within %d s",
+                 WAIT_SECONDS);
+    kill(a.pid, SIGKILL);
+    kill(b.pid, SIGKILL);
+    tu_child_wait(&a);
+    tu_child_wait(&b);
+
+    /* the leader's node restarted with its checkpoint: it leads */
+    assert_true(spawn_node_db(&a, bin, url, "s4", "a", RETENTION, da));
+    if (!wait_role(a.port, "leader"))
+        fail_msg("the node restarted from its checkpoint does not lead within %d s",
+                 WAIT_SECONDS);
+    assert_int_equal(events_counted_of(a.port), before);
+    post_range("w", next, next + 5, a.port);
+    next += 5;
+    last = stream_last(url, "s4");
+    assert_true(wait_covered(a.port, last));
+    assert_int_equal(events_counted_of(a.port), before + 5 * EVENTS_PER);
+
+    /* a new node bootstraps from it */
+    tu_child c;
+    assert_true(spawn_node(&c, bin, url, "s4", "c", RETENTION));
+    if (!wait_role(c.port, "follower"))
+        fail_msg("the new node is not ready within %d s", WAIT_SECONDS);
+    json_t *o = cluster_of(c.port);
+    assert_true(int_at(o, "snapshots", "loaded") >= 1);
+    json_decref(o);
+    assert_true(wait_covered(c.port, last));
+    assert_int_equal(events_counted_of(c.port), before + 5 * EVENTS_PER);
+    assert_true(compare_scores(a.port, c.port, "node bootstrapped after the restart") > 50);
+    kill(a.pid, SIGTERM);
+    kill(c.pid, SIGTERM);
+    assert_true(WIFEXITED(tu_child_wait(&a)));
+    assert_true(WIFEXITED(tu_child_wait(&c)));
+
+    /* a node's checkpoint is no standalone database */
+    struct stat sb;
+    assert_int_equal(stat(db, &sb), 0);
+    const char *sa[] = {bin, "serve", "--port", "0", "--db", db, NULL};
+    tu_child sc;
+    tu_child_spawn(&sc, (char *const *)sa, CHILD_BOUND, NULL, NULL);
+    json_t *line = tu_child_log_until(&sc, "cannot open", NULL, 0);
+    assert_non_null(line);
+    const char *msg = json_string_value(json_object_get(line, "detail"));
+    if (!msg || !strstr(msg, "cluster node's checkpoint"))
+        fail_msg("refusal without the reason: %s", msg ? msg : "(none)");
+    json_decref(line);
+    int status = tu_child_wait(&sc);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+    tu_redis_stop(&rs);
+}
+
+
 int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -889,6 +1007,7 @@ int main(void)
         cmocka_unit_test_teardown(test_snapshot_route, kill_leftovers),
         cmocka_unit_test_teardown(test_follower_restart_bootstraps, kill_leftovers),
         cmocka_unit_test_teardown(test_whole_cluster_restart_refuses_to_lead, kill_leftovers),
+        cmocka_unit_test_teardown(test_whole_cluster_restart_from_checkpoint, kill_leftovers),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();

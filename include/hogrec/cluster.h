@@ -24,7 +24,10 @@
  *             training and is "stepped_down" (not ready; its model holds
  *             training nobody published: restart it).
  *   follower  did not: reads the delta stream (XREAD BLOCK, 100 ms) and
- *             applies each part in order (older epochs ignored); it never
+ *             applies each delta whole, its parts in order, once its last
+             part came (hr_delta_take: a delta its leader did not finish
+             is dropped at a newer epoch's first part or when the node
+             takes the lease; older epochs ignored); it never
  *             trains. After each read it brings its serving state up to
  *             the entry its model covers (see "Serving state"). While the
  *             lease is free (the leader stopped or died) it applies the
@@ -82,10 +85,15 @@
  * Leadership rule: a node takes the lease only while bootstrapped and
  * with its covered entry at or after events_trimmed, so no node leads a
  * model that misses trimmed events (after a whole-cluster restart with
- * trimmed streams nobody leads: see the README).
+ * trimmed streams, only a node whose local checkpoint covers that entry).
  *
- * Not in this version: local checkpoints (cluster mode needs db ""; a node
- * rebuilds from the delta stream or a peer's snapshot at start).
+ * Local checkpoints (db set: the node's own file, a snapshot file, never a
+ * standalone database): every checkpoint_interval seconds and at a stop
+ * the node thread writes its model at a delta boundary (as for a
+ * snapshot) to db.tmp, fsyncs and renames it over db. hr_cluster_open
+ * loads it when present and the node follows the deltas after it (or
+ * bootstraps when they were trimmed). The leader trims no delta after its
+ * own last checkpoint, so a restart from it finds what it needs.
  *
  * Threads: open/start/stop/destroy from the main thread; post, not_ready,
  * snapshot and status_json from HTTP threads; the node thread; the lease's renewal
@@ -117,16 +125,17 @@ typedef struct {
     hr_schedbox *sched;
 } hr_cluster_parts;
 
-/* Checks the options cluster mode needs (cfg->redis set): db "" (no local
- * database in this version), expire_seconds 0 (expiry would run on each
- * node apart), the cluster name and node id. HR_EINVAL naming the option.
- * Pure. */
+/* Checks the options cluster mode needs (cfg->redis set): expire_seconds
+ * 0 (expiry would run on each node apart), the cluster name and node id.
+ * HR_EINVAL naming the option. Pure. */
 hr_status hr_cluster_check_config(const hr_config *cfg, hr_error *err);
 
 /* Connects to cfg->redis, runs hr_redis_check_settings and logs its
  * verdict (a REFUSE is HR_EINVAL unless cfg->redis_unsafe, then a
- * warning), and opens the event stream's connections (a trimmed delta
- * stream is the node thread's: it bootstraps). *out is new (hr_cluster_destroy). HR_EIO when
+ * warning), opens the event stream's connections (a trimmed delta
+ * stream is the node thread's: it bootstraps) and loads the local
+ * checkpoint cfg->db when it exists (HR_EINVAL "db" for a file that is
+ * not one, e.g. a standalone database; load errors). *out is new (hr_cluster_destroy). HR_EIO when
  * Redis cannot be reached. cfg is read during the call only. */
 hr_status hr_cluster_open(const hr_config *cfg, const hr_cluster_parts *parts, hr_cluster **out,
                           hr_error *err);

@@ -134,4 +134,47 @@ typedef struct {
 hr_status hr_delta_apply(hr_model *m, const void *buf, size_t len, hr_delta_state *st,
                          hr_error *err);
 
+/* A delta's parts held back until its last part came (hr_delta_take).
+ * Zero-initialize; free with hr_delta_parts_free. */
+typedef struct {
+    uint8_t *data;        /* the held parts back to back, owned */
+    size_t len, cap;      /* bytes held, allocated */
+    size_t *ends;         /* part i is data[i ? ends[i-1] : 0, ends[i]), owned */
+    size_t nparts;        /* parts held (0: none) */
+    size_t ends_cap;
+    uint64_t epoch, seq;  /* of the delta held (nparts > 0) */
+    size_t max_bytes;     /* bound on len; 0: hr_delta_max_bytes of the model */
+    uint64_t dropped;     /* incomplete deltas dropped so far */
+} hr_delta_parts;
+
+/* Drops the parts held (an incomplete delta: its leader died before its
+ * last part); returns how many there were. Keeps the memory. */
+size_t hr_delta_parts_drop(hr_delta_parts *p);
+void hr_delta_parts_free(hr_delta_parts *p); /* NULL is a no-op; leaves *p zeroed */
+
+/* The most bytes one delta of model m can hold, over all its parts: every
+ * row of every table (max_rows) once as a row record, every user and item
+ * row once as an id record of the longest id, and a header and trailer per
+ * record (a part holds at least one). What a leader of the same shape can
+ * produce, so the bound on hr_delta_take's buffer. Pure. */
+size_t hr_delta_max_bytes(const hr_model *m);
+
+/* A follower's apply of one part (buf, len borrowed) that applies a delta
+ * only whole: a part that is not its delta's last is checked as
+ * hr_delta_apply checks it (nothing written) and copied into *p; when the
+ * last part comes, the held parts and it are applied in order
+ * (hr_delta_apply on *st) and *applied is set. So a delta cut short (its
+ * leader died between two parts) changes nothing: its parts are dropped
+ * when a newer delta's first part comes, or by hr_delta_parts_drop (a node
+ * that takes the lease). Order as hr_delta_apply's, against the parts held
+ * when there are some: an older part is HR_OK with st->stale set; a part
+ * that does not follow is HR_ENOTFOUND (the parts held are dropped);
+ * HR_EFULL (the parts held are dropped) when the delta would pass
+ * p->max_bytes. Errors of the check leave *p and the model unchanged.
+ * HR_ENOMEM (copying, or the id table while applying: the model may then
+ * hold part of the delta, as with hr_delta_apply). st counts the records
+ * of every part applied by this call. */
+hr_status hr_delta_take(hr_model *m, const void *buf, size_t len, hr_delta_parts *p,
+                        hr_delta_state *st, bool *applied, hr_error *err);
+
 #endif
