@@ -103,9 +103,10 @@ def check_cluster_page(driver, wait, out_dir, By):
         post_events(nodes[1].port, random.Random(11), 200)
         driver.get(f"http://127.0.0.1:{nodes[0].port}/ui/#cluster")
 
-        def roles(d):
-            rows = d.find_elements(By.CSS_SELECTOR, "#members tr[data-node]")
-            return sorted(r.find_elements(By.TAG_NAME, "td")[1].text for r in rows)
+        def roles(d):  # read in one script: the page redraws the table every second
+            return sorted(d.execute_script(
+                "return Array.from(document.querySelectorAll('#members tr[data-node]'))"
+                ".map(r => r.cells[1].textContent);") or [])
         wait.until(lambda d: roles(d) == ["follower", "leader"])
         driver.save_screenshot(os.path.join(out_dir, "dashboard-cluster.png"))
     finally:
