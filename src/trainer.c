@@ -260,29 +260,35 @@ static void add_point(worker *w, double pred, float label, float weight)
 
 typedef struct {
     hr_step_params p;
+    const hr_row_layout *L;
     const hr_schedule *s;
     uint64_t t;          /* update count at batch start */
 } batch_ctx;
 
-/* One kernel step on ev; returns the pre-update prediction. */
+/* One kernel step on ev, then its change marks (hr_model_mark_event; own_rows:
+ * ev is a queued event whose id rows were touched, not a sampled negative);
+ * returns the pre-update prediction. The global row is marked by the
+ * caller, once per batch. */
 static double apply(hr_trainer *tr, worker *w, const batch_ctx *bc, const hr_event *ev,
-                    uint64_t staleness)
+                    uint64_t staleness, bool own_rows)
 {
     hr_model *m = tr->model;
-    hr_step_params p = bc->p;
+    const hr_step_params *pp = &bc->p;
+    hr_step_params scaled;
     if (bc->s->staleness_scaling && staleness > 0) {
+        scaled = bc->p;
         float f = (float)(1.0 / (1.0 + (double)staleness / bc->s->staleness_tau));
         for (int g = 0; g < HR_GROUP_COUNT; g++)
-            p.rate[g] *= f;
+            scaled.rate[g] *= f;
+        pp = &scaled;
     }
     /* Resolved once: the rows trained are the rows marked dirty, even if
      * another thread moves an id past min_count meanwhile. */
-    const uint32_t eu = hr_model_effective_row(m, HR_TABLE_USER, ev->user);
-    const uint32_t ei = hr_model_effective_row(m, HR_TABLE_ITEM, ev->item);
+    uint32_t eu, ei;
     hr_active a[HR_MAX_ACTIVE];
-    int n = hr_model_active_rows(m, ev, eu, ei, a);
+    int n = hr_model_event_rows(m, ev, &eu, &ei, a);
     double y, pred;
-    hr_step_result r = hr_sgd_step(hr_model_layout(m), a, n, ev->label, ev->weight, &p, &y, &pred);
+    hr_step_result r = hr_sgd_step(bc->L, a, n, ev->label, ev->weight, pp, &y, &pred);
     if (r == HR_STEP_CLIPPED)
         bump(&w->c.clipped, 1);
     else if (r == HR_STEP_SKIPPED_NONFINITE)
@@ -291,20 +297,14 @@ static double apply(hr_trainer *tr, worker *w, const batch_ctx *bc, const hr_eve
         bump(&w->c.default_user, 1);
     if (ei == 0)
         bump(&w->c.default_item, 1);
-    hr_model_mark_dirty(m, HR_TABLE_GLOBAL, 0);
-    hr_model_mark_dirty(m, HR_TABLE_USER, eu);
-    hr_model_mark_dirty(m, HR_TABLE_ITEM, ei);
-    for (int i = 0; i < ev->nctx; i++)
-        hr_model_mark_dirty(m, HR_TABLE_CTX, ev->ctx[i].row);
-    if (n > 3 + ev->nctx) /* catalog attributes took part */
-        hr_model_mark_attrs_dirty(m, ev);
-    bump(&w->updates, 1);
+    hr_model_mark_event(m, ev, eu, ei, n, own_rows);
     return pred;
 }
 
 static void resolve_params(hr_trainer *tr, batch_ctx *bc)
 {
     const hr_model_config *mc = hr_model_get_config(tr->model);
+    bc->L = hr_model_layout(tr->model);
     bc->s = hr_schedbox_current(tr->sched);
     bc->t = hr_trainer_updates(tr);
     memset(&bc->p, 0, sizeof bc->p);
@@ -325,7 +325,6 @@ static void resolve_params(hr_trainer *tr, batch_ctx *bc)
 static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n)
 {
     hr_model *m = tr->model;
-    const hr_row_layout *L = hr_model_layout(m);
     const uint32_t now = hr_model_clock(m);
     batch_ctx bc;
     resolve_params(tr, &bc);
@@ -348,13 +347,10 @@ static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n
         uint64_t staleness = t_now > ev->enq_updates ? t_now - ev->enq_updates : 0;
         hr_hist_add_owned(&w->staleness, staleness);
         /* The id's own row counts the event even while it trains through
-         * row 0 (min_count): mark it, so checkpoints and deltas carry the
-         * count (a no-op load when it is the row trained, marked anyway). */
-        hr_sgd_touch(L, hr_model_row(m, HR_TABLE_USER, ev->user), now);
-        hr_sgd_touch(L, hr_model_row(m, HR_TABLE_ITEM, ev->item), now);
-        hr_model_mark_dirty(m, HR_TABLE_USER, ev->user);
-        hr_model_mark_dirty(m, HR_TABLE_ITEM, ev->item);
-        double pred = apply(tr, w, &bc, ev, staleness);
+         * row 0 (min_count): apply marks it too (own_rows), so checkpoints
+         * and deltas carry the count. */
+        hr_model_touch_event(m, ev, now);
+        double pred = apply(tr, w, &bc, ev, staleness, true);
         trained_updates++;
         add_point(w, pred, ev->label, ev->weight);
         if (ev->label > 0 && tr->cfg.negatives &&
@@ -367,7 +363,7 @@ static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n
                 neg.item = item;
                 neg.label = 0;
                 neg.flags = HR_EV_SAMPLED_NEGATIVE;
-                double np = apply(tr, w, &bc, &neg, staleness);
+                double np = apply(tr, w, &bc, &neg, staleness, false);
                 trained_updates++;
                 add_point(w, np, 0, neg.weight);
                 bump(&w->c.negatives, 1);
@@ -376,6 +372,11 @@ static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n
     }
     if (use_sampler)
         pthread_rwlock_unlock(&tr->sampler_lock);
+    /* Every step wrote the global row: one mark after the batch's last
+     * write (a consumer that took the mark meanwhile finds it set again). */
+    if (trained_updates)
+        hr_model_mark_dirty(m, HR_TABLE_GLOBAL, 0);
+    bump(&w->updates, trained_updates);
     /* Freshness: enqueue to the end of the batch that applied the event. */
     uint64_t end_ns = hr_now_ns();
     for (size_t i = 0; i < n; i++)
