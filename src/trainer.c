@@ -594,7 +594,7 @@ hr_status hr_trainer_start(hr_model *model, hr_queue *queue, hr_schedbox *sched,
         w->tr = tr;
         w->id = i;
         hr_rng_seed(&w->rng, cfg->seed * 0x9e3779b97f4a7c15ull + i + 1);
-        w->buf = malloc(cfg->batch * sizeof *w->buf);
+        w->buf = calloc(cfg->batch, sizeof *w->buf); /* the pop fills used bytes only */
         w->cap_points = (size_t)cfg->batch * (1 + cfg->negatives);
         w->points = malloc(w->cap_points * sizeof *w->points);
         if (!w->buf || !w->points) {
