@@ -333,6 +333,7 @@ static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n
         pthread_rwlock_rdlock(&tr->sampler_lock);
     w->npoints = 0;
     uint64_t trained_updates = 0;
+    uint64_t stale_b[HR_HIST_BUCKETS] = {0}, stale_sum = 0; /* added once, at the end */
     for (size_t i = 0; i < n && i < PREFETCH_AHEAD; i++)
         prefetch_event(m, &evs[i]);
     for (size_t i = 0; i < n; i++) {
@@ -345,7 +346,8 @@ static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n
             atomic_store(&tr->neg_active, false);
         uint64_t t_now = bc.t + trained_updates;
         uint64_t staleness = t_now > ev->enq_updates ? t_now - ev->enq_updates : 0;
-        hr_hist_add_owned(&w->staleness, staleness);
+        stale_b[hr_hist_bucket(staleness)]++;
+        stale_sum += staleness;
         /* The id's own row counts the event even while it trains through
          * row 0 (min_count): apply marks it too (own_rows), so checkpoints
          * and deltas carry the count. */
@@ -377,6 +379,7 @@ static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n
     if (trained_updates)
         hr_model_mark_dirty(m, HR_TABLE_GLOBAL, 0);
     bump(&w->updates, trained_updates);
+    hr_hist_add_counts_owned(&w->staleness, stale_b, n, stale_sum);
     /* Freshness: enqueue to the end of the batch that applied the event. */
     uint64_t end_ns = hr_now_ns();
     for (size_t i = 0; i < n; i++)
