@@ -29,8 +29,12 @@
  * broadcast only when it advanced.
  *
  * Counters are per worker (one cache line each, written by their owner
- * only) and summed by readers. The progressive-validation points of a batch
- * go to hr_progress in one call.
+ * only) and summed by readers; the update count, the staleness and
+ * freshness histograms and the progressive-validation points of a batch
+ * are added once per batch, after it. Per event, a step's rows go through
+ * one model call (hr_model_event_rows) and each row it changed is marked
+ * once (hr_model_mark_event); the global row, written by every step, is
+ * marked once per batch after its last step.
  *
  * Upkeep is one maintenance thread, started and stopped with the workers
  * (hr_trainer_start / hr_trainer_stop), ticking every UPKEEP_TICK_MS on the
@@ -382,9 +386,16 @@ static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n
     hr_hist_add_counts_owned(&w->staleness, stale_b, n, stale_sum);
     /* Freshness: enqueue to the end of the batch that applied the event. */
     uint64_t end_ns = hr_now_ns();
+    uint64_t fresh_b[HR_HIST_BUCKETS] = {0}, fresh_n = 0, fresh_sum = 0;
     for (size_t i = 0; i < n; i++)
-        if (evs[i].enq_ns && end_ns > evs[i].enq_ns)
-            hr_hist_add_owned(&w->freshness, (end_ns - evs[i].enq_ns) / 1000);
+        if (evs[i].enq_ns && end_ns > evs[i].enq_ns) {
+            uint64_t us = (end_ns - evs[i].enq_ns) / 1000;
+            fresh_b[hr_hist_bucket(us)]++;
+            fresh_n++;
+            fresh_sum += us;
+        }
+    if (fresh_n)
+        hr_hist_add_counts_owned(&w->freshness, fresh_b, fresh_n, fresh_sum);
     hr_progress_add(tr->progress, w->points, w->npoints);
     bump(&w->c.trained, n);
     bump(&w->c.batches, 1);
