@@ -279,8 +279,12 @@ int main(int argc, char **argv)
         n = full ? 4000000 : 1000000;
     const int reps = full ? 5 : 3;
     char dram_name[64];
-    snprintf(dram_name, sizeof dram_name, "%uk x %uk (DRAM)", sizes[1].users / 1000,
-             sizes[1].items / 1000);
+    if (sizes[1].users % 1000000 == 0)
+        snprintf(dram_name, sizeof dram_name, "%uM x %uk (DRAM)", sizes[1].users / 1000000,
+                 sizes[1].items / 1000);
+    else
+        snprintf(dram_name, sizeof dram_name, "%uk x %uk (DRAM)", sizes[1].users / 1000,
+                 sizes[1].items / 1000);
     sizes[1].name = dram_name;
     bench_print_machine();
     probe pr = {{0}, {0}, {0}};
