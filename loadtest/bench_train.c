@@ -1,18 +1,30 @@
 /*
  * bench_train.c - training throughput: updates/s through the real ingest
- * path, queue and trainer threads, against a bare loop of the same update
- * (touch + kernel step + dirty mark, Hogwild over the same threads) with no
- * queue, measured in the same run on the same events. Also bytes per row
- * against the raw size (k floats plus optimizer state).
+ * path, queue and trainer threads, against (1) a bare loop of the same
+ * update in this process (touch + kernel step + dirty mark, Hogwild over
+ * the same threads, no queue) on the same events and (2) the bare-loop
+ * probe of ../shared/probes (sgd.c: the plain Hogwild logistic-MF AdaGrad
+ * update, no model around it), built out of tree into a temporary
+ * directory and run in the same run with the same k, tables, optimizer and
+ * threads. Without the probe it says so and prints hogrec's figures only.
+ * Also bytes per row against the raw size (k floats plus optimizer state).
  *
- * usage: bench_train [events [k [tables]]]   (default 2000000 events, every k
- * in {16, 64, 128}, both table sizes; tables: 0 = in cache, 1 = DRAM)
+ * usage: bench_train [--full] [--events N] [--k K] [--tables 0|1]
+ *                    [--threads T] [--dram-users U] [--dram-items I]
+ *                    [--probe DIR | --no-probe]
+ * Default (quick): 1M events per configuration, probe 3 repetitions;
+ * --full: 4M events, 5 repetitions. Every k in {16, 64, 128}, both table
+ * sizes (0 = 1k x 1k, in cache; 1 = 2M x 500k, DRAM), 1 to ncpu threads.
+ * The probe is looked for in DIR, else <source tree>/../shared/probes.
  * Not a test: prints figures, asserts nothing.
  */
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "hogrec/app.h"
@@ -152,22 +164,157 @@ static double bare(hr_app *app, const hr_event *ev, size_t n, unsigned threads)
     return (hr_now_ns() - t0) / 1e9;
 }
 
+/* ---- the probe (../shared/probes/sgd.c), built out of tree ---- */
+
+typedef struct {
+    char dir[4096];   /* the probe's sources */
+    char tmp[64];     /* the build directory, "" when none */
+    char exe[128];    /* the built binary, "" when unavailable */
+} probe;
+
+static bool probe_build(probe *pr, const char *dir)
+{
+    pr->tmp[0] = pr->exe[0] = 0;
+    snprintf(pr->dir, sizeof pr->dir, "%s", dir);
+    char src[4200];
+    snprintf(src, sizeof src, "%s/sgd.c", dir);
+    struct stat st;
+    if (stat(src, &st) != 0) {
+        printf("probe: %s not found: hogrec's figures only\n", src);
+        return false;
+    }
+    snprintf(pr->tmp, sizeof pr->tmp, "/tmp/hogrec-probe-XXXXXX");
+    if (!mkdtemp(pr->tmp)) {
+        printf("probe: no temporary directory: hogrec's figures only\n");
+        pr->tmp[0] = 0;
+        return false;
+    }
+    /* Its own Makefile, run in the temporary directory; VPATH finds the
+     * sources where they are (nothing is written next to them). */
+    char cmd[9000];
+    snprintf(cmd, sizeof cmd, "make -s -C '%s' -f '%s/Makefile' VPATH='%s' sgd >&2", pr->tmp, dir,
+             dir);
+    int rc = system(cmd);
+    snprintf(pr->exe, sizeof pr->exe, "%s/sgd", pr->tmp);
+    if (rc != 0 || stat(pr->exe, &st) != 0) {
+        printf("probe: building %s failed: hogrec's figures only\n", src);
+        pr->exe[0] = 0;
+        return false;
+    }
+    printf("probe: %s, built in %s\n", src, pr->tmp);
+    return true;
+}
+
+static void probe_cleanup(probe *pr)
+{
+    if (pr->exe[0])
+        unlink(pr->exe);
+    if (pr->tmp[0])
+        rmdir(pr->tmp);
+}
+
+/* Runs the probe; returns its median M upd/s, or 0 on failure. */
+static double probe_run(const probe *pr, unsigned k, const table_size *ts, unsigned threads,
+                        bool dram, size_t n, int reps)
+{
+    if (!pr->exe[0])
+        return 0;
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "'%s' -u %u -i %u -k %u -t %u -l -b%s -n %zu -r %d", pr->exe,
+             ts->users, ts->items, k, threads, dram ? " -p 8" : "", n / threads, reps);
+    FILE *f = popen(cmd, "r");
+    if (!f)
+        return 0;
+    char line[512];
+    double med = 0;
+    while (fgets(line, sizeof line, f)) {
+        const char *m = strstr(line, "median ");
+        if (m)
+            med = strtod(m + 7, NULL);
+    }
+    return pclose(f) == 0 ? med : 0;
+}
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: bench_train [--full] [--events N] [--k K] [--tables 0|1] "
+                    "[--threads T] [--dram-users U] [--dram-items I] [--probe DIR | --no-probe]\n");
+    exit(2);
+}
+
 int main(int argc, char **argv)
 {
-    size_t n = argc > 1 ? strtoull(argv[1], NULL, 10) : 2000000;
+    size_t n = 0;
+    bool full = false, use_probe = true;
+    unsigned only_k = 0, only_threads = 0;
+    int only_size = -1;
+    const char *probe_dir = NULL;
+    table_size sizes[] = {{"1k x 1k (in cache)", 1000, 1000}, {"", 2000000, 500000}};
+    for (int i = 1; i < argc; i++) {
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(o, "--full"))
+            full = true;
+        else if (!strcmp(o, "--no-probe"))
+            use_probe = false;
+        else if (!v)
+            usage();
+        else if (!strcmp(o, "--events"))
+            n = strtoull(v, NULL, 10), i++;
+        else if (!strcmp(o, "--k"))
+            only_k = (unsigned)atoi(v), i++;
+        else if (!strcmp(o, "--tables"))
+            only_size = atoi(v), i++;
+        else if (!strcmp(o, "--threads"))
+            only_threads = (unsigned)atoi(v), i++;
+        else if (!strcmp(o, "--dram-users"))
+            sizes[1].users = (unsigned)strtoul(v, NULL, 10), i++;
+        else if (!strcmp(o, "--dram-items"))
+            sizes[1].items = (unsigned)strtoul(v, NULL, 10), i++;
+        else if (!strcmp(o, "--probe"))
+            probe_dir = v, i++;
+        else
+            usage();
+    }
+    if (n == 0)
+        n = full ? 4000000 : 1000000;
+    const int reps = full ? 5 : 3;
+    char dram_name[64];
+    if (sizes[1].users % 1000000 == 0)
+        snprintf(dram_name, sizeof dram_name, "%uM x %uk (DRAM)", sizes[1].users / 1000000,
+                 sizes[1].items / 1000);
+    else
+        snprintf(dram_name, sizeof dram_name, "%uk x %uk (DRAM)", sizes[1].users / 1000,
+                 sizes[1].items / 1000);
+    sizes[1].name = dram_name;
     bench_print_machine();
+    probe pr = {{0}, {0}, {0}};
+    if (use_probe) {
+        char def[4096];
+        if (!probe_dir) {
+            snprintf(def, sizeof def, "%s/../shared/probes", HOGREC_SOURCE_DIR);
+            probe_dir = def;
+        }
+        probe_build(&pr, probe_dir);
+    } else {
+        printf("probe: not used (--no-probe): hogrec's figures only\n");
+    }
     unsigned ncpu = (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
     if (ncpu > 64)
         ncpu = 64;
-    const table_size sizes[] = {{"1k x 1k (in cache)", 1000, 1000},
-                                {"2M x 500k (DRAM)", 2000000, 500000}};
     const unsigned ks[] = {16, 64, 128};
     hr_event *ev = malloc(n * sizeof *ev), *copy = malloc(n * sizeof *ev);
-    printf("events per run: %zu, AdaGrad, logistic, user+item features\n\n", n);
-    printf("| k | tables | threads | trainers M upd/s | bare loop M upd/s | ratio |\n");
-    printf("|---|---|---|---|---|---|\n");
-    unsigned only_k = argc > 2 ? (unsigned)atoi(argv[2]) : 0;
-    int only_size = argc > 3 ? atoi(argv[3]) : -1;
+    printf("events per run: %zu (%s), AdaGrad, logistic, user+item features; probe: sgd -l -b "
+           "(-p 8 in DRAM), median of %d\n\n",
+           n, full ? "full" : "quick; --full for 4M", reps);
+    if (pr.exe[0]) {
+        printf("| k | tables | threads | trainers M upd/s | bare loop M upd/s | probe M upd/s | "
+               "trainers / probe | trainers / bare loop |\n");
+        printf("|---|---|---|---|---|---|---|---|\n");
+    } else {
+        printf("| k | tables | threads | trainers M upd/s | bare loop M upd/s | trainers / bare "
+               "loop |\n");
+        printf("|---|---|---|---|---|---|\n");
+    }
     for (size_t si = 0; si < 2; si++) {
         if (only_size >= 0 && (size_t)only_size != si)
             continue;
@@ -175,6 +322,8 @@ int main(int argc, char **argv)
             if (only_k && ks[ki] != only_k)
                 continue;
             for (unsigned th = 1; th <= ncpu; th++) {
+                if (only_threads && th != only_threads)
+                    continue;
                 hr_app *app = open_app(ks[ki], th, &sizes[si], n);
                 fill_ids(app, &sizes[si]);
                 make_events(ev, n, &sizes[si], 7);
@@ -183,13 +332,21 @@ int main(int argc, char **argv)
                 memcpy(copy, ev, n * sizeof *ev);
                 double tt = through_trainers(app, copy, n);
                 double tb = bare(app, ev, n, th);
-                printf("| %u | %s | %u | %.2f | %.2f | %.2f |\n", ks[ki], sizes[si].name, th,
-                       n / tt / 1e6, n / tb / 1e6, tb / tt);
+                hr_app_close(app, false); /* the probe runs alone */
+                double mt = n / tt / 1e6, mb = n / tb / 1e6;
+                if (pr.exe[0]) {
+                    double mp = probe_run(&pr, ks[ki], &sizes[si], th, si == 1, n, reps);
+                    printf("| %u | %s | %u | %.2f | %.2f | %.2f | %.2f | %.2f |\n", ks[ki],
+                           sizes[si].name, th, mt, mb, mp, mp > 0 ? mt / mp : 0, mt / mb);
+                } else {
+                    printf("| %u | %s | %u | %.2f | %.2f | %.2f |\n", ks[ki], sizes[si].name, th,
+                           mt, mb, mt / mb);
+                }
                 fflush(stdout);
-                hr_app_close(app, false);
             }
         }
     }
+    probe_cleanup(&pr);
     printf("\n| k | state | bytes/row | raw bytes (k floats + state) | ratio |\n|---|---|---|---|---|\n");
     for (size_t ki = 0; ki < 3; ki++) {
         for (int st = 0; st < 2; st++) {

@@ -442,7 +442,8 @@ uint32_t hr_model_ctx_row(const hr_model *m, const char *field, size_t flen, con
     return (uint32_t)(h & (m->t[HR_TABLE_CTX].max_rows - 1));
 }
 
-float *hr_model_row(const hr_model *m, hr_table_id t, uint32_t row)
+/* hr_model_row, inlined where the trainers call it per event. */
+static inline float *row_ptr(const hr_model *m, hr_table_id t, uint32_t row)
 {
     assert((unsigned)t < HR_TABLE_COUNT);
     const table *tb = &m->t[t];
@@ -450,6 +451,11 @@ float *hr_model_row(const hr_model *m, hr_table_id t, uint32_t row)
     float *chunk = atomic_load_explicit(&tb->chunks[row >> m->chunk_shift], memory_order_acquire);
     assert(chunk); /* a row number exists only once its chunk does */
     return chunk + (size_t)(row & (m->cfg.chunk_rows - 1)) * m->L.stride;
+}
+
+float *hr_model_row(const hr_model *m, hr_table_id t, uint32_t row)
+{
+    return row_ptr(m, t, row);
 }
 
 static inline void prefetch_span(const char *p, size_t bytes)
@@ -471,11 +477,16 @@ void hr_model_prefetch(const hr_model *m, hr_table_id t, uint32_t row)
         prefetch_span((const char *)(r + m->L.adam_v), bytes);
 }
 
-uint32_t hr_model_effective_row(const hr_model *m, hr_table_id t, uint32_t row)
+static inline uint32_t effective_row(const hr_model *m, hr_table_id t, uint32_t row)
 {
     if (row == 0 || m->cfg.min_count == 0 || !has_ids(t))
         return row;
-    return hr_sgd_row_count(&m->L, hr_model_row(m, t, row)) >= m->cfg.min_count ? row : 0;
+    return hr_sgd_row_count(&m->L, row_ptr(m, t, row)) >= m->cfg.min_count ? row : 0;
+}
+
+uint32_t hr_model_effective_row(const hr_model *m, hr_table_id t, uint32_t row)
+{
+    return effective_row(m, t, row);
 }
 
 static atomic_uchar *mark(const hr_model *m, hr_table_id t, uint32_t row)
@@ -499,7 +510,7 @@ static atomic_uchar *mark(const hr_model *m, hr_table_id t, uint32_t row)
  * summary bit already set relies on that earlier setter's take to come
  * after its own row bit: it loads the summary after its or on the row.
  */
-void hr_model_mark(hr_model *m, hr_table_id t, uint32_t row, unsigned marks)
+static inline void mark_bits(hr_model *m, hr_table_id t, uint32_t row, unsigned marks)
 {
     if ((marks & HR_MARK_CKPT) && m->t[t].half)
         marks |= HR_MARK_HALF; /* every content change marks the checkpoint's bit */
@@ -510,6 +521,11 @@ void hr_model_mark(hr_model *m, hr_table_id t, uint32_t row, unsigned marks)
     atomic_uchar *s = &m->t[t].summary[row / HR_MARK_GROUP_ROWS];
     if ((atomic_load_explicit(s, memory_order_seq_cst) & marks) != marks)
         atomic_fetch_or_explicit(s, (unsigned char)marks, memory_order_seq_cst);
+}
+
+void hr_model_mark(hr_model *m, hr_table_id t, uint32_t row, unsigned marks)
+{
+    mark_bits(m, t, row, marks);
 }
 
 uint32_t hr_model_mark_groups(const hr_model *m, hr_table_id t)
@@ -535,7 +551,31 @@ void hr_model_mark_group(hr_model *m, hr_table_id t, uint32_t g, unsigned marks)
 
 void hr_model_mark_dirty(hr_model *m, hr_table_id t, uint32_t row)
 {
-    hr_model_mark(m, t, row, HR_MARK_CKPT | HR_MARK_DELTA);
+    mark_bits(m, t, row, HR_MARK_CKPT | HR_MARK_DELTA);
+}
+
+void hr_model_touch_event(hr_model *m, const hr_event *ev, uint32_t now)
+{
+    hr_sgd_touch(&m->L, row_ptr(m, HR_TABLE_USER, ev->user), now);
+    hr_sgd_touch(&m->L, row_ptr(m, HR_TABLE_ITEM, ev->item), now);
+}
+
+void hr_model_mark_event(hr_model *m, const hr_event *ev, uint32_t user, uint32_t item,
+                         int nactive, bool own_rows)
+{
+    const unsigned bits = HR_MARK_CKPT | HR_MARK_DELTA;
+    if (own_rows) {
+        mark_bits(m, HR_TABLE_USER, ev->user, bits);
+        mark_bits(m, HR_TABLE_ITEM, ev->item, bits);
+    }
+    if (!own_rows || user != ev->user)
+        mark_bits(m, HR_TABLE_USER, user, bits);
+    if (!own_rows || item != ev->item)
+        mark_bits(m, HR_TABLE_ITEM, item, bits);
+    for (int i = 0; i < ev->nctx; i++)
+        mark_bits(m, HR_TABLE_CTX, ev->ctx[i].row, bits);
+    if (nactive > 3 + ev->nctx) /* catalog attributes took part */
+        hr_model_mark_attrs_dirty(m, ev);
 }
 
 unsigned hr_model_take_mark(hr_model *m, hr_table_id t, uint32_t row, unsigned which)
@@ -646,16 +686,24 @@ int hr_model_active(const hr_model *m, const hr_event *ev, hr_active *out)
                                 hr_model_effective_row(m, HR_TABLE_ITEM, ev->item), out);
 }
 
+int hr_model_event_rows(const hr_model *m, const hr_event *ev, uint32_t *user, uint32_t *item,
+                        hr_active *out)
+{
+    *user = effective_row(m, HR_TABLE_USER, ev->user);
+    *item = effective_row(m, HR_TABLE_ITEM, ev->item);
+    return hr_model_active_rows(m, ev, *user, *item, out);
+}
+
 int hr_model_active_rows(const hr_model *m, const hr_event *ev, uint32_t user, uint32_t item,
                          hr_active *out)
 {
     assert(ev->nctx <= HR_MAX_CTX); /* ctx[] holds no more; the decoders cap it */
     int n = 0;
-    out[n++] = (hr_active){hr_model_row(m, HR_TABLE_GLOBAL, 0), 1.0f, HR_GROUP_GLOBAL, 0, 0};
-    out[n++] = (hr_active){hr_model_row(m, HR_TABLE_USER, user), 1.0f, HR_GROUP_USER, 1, 0};
-    out[n++] = (hr_active){hr_model_row(m, HR_TABLE_ITEM, item), 1.0f, HR_GROUP_ITEM, 1, 0};
+    out[n++] = (hr_active){row_ptr(m, HR_TABLE_GLOBAL, 0), 1.0f, HR_GROUP_GLOBAL, 0, 0};
+    out[n++] = (hr_active){row_ptr(m, HR_TABLE_USER, user), 1.0f, HR_GROUP_USER, 1, 0};
+    out[n++] = (hr_active){row_ptr(m, HR_TABLE_ITEM, item), 1.0f, HR_GROUP_ITEM, 1, 0};
     for (int i = 0; i < ev->nctx && i < HR_MAX_CTX; i++)
-        out[n++] = (hr_active){hr_model_row(m, HR_TABLE_CTX, ev->ctx[i].row), ev->ctx[i].x,
+        out[n++] = (hr_active){row_ptr(m, HR_TABLE_CTX, ev->ctx[i].row), ev->ctx[i].x,
                                HR_GROUP_CONTEXT, 1, 0};
     /* The catalog attributes of the user and the item (their own rows, not
      * the effective ones: a user below min_count keeps its attributes). An
@@ -668,7 +716,7 @@ int hr_model_active_rows(const hr_model *m, const hr_event *ev, uint32_t user, u
         uint8_t side = na ? (uint8_t)t : 0; /* HR_TABLE_USER = 1, HR_TABLE_ITEM = 2 */
         out[t].side = side;
         for (uint32_t i = 0; i < na; i++)
-            out[n++] = (hr_active){hr_model_row(m, HR_TABLE_CTX, f[i].row), f[i].x,
+            out[n++] = (hr_active){row_ptr(m, HR_TABLE_CTX, f[i].row), f[i].x,
                                    HR_GROUP_CONTEXT, 1, side};
     }
     return n;

@@ -230,6 +230,16 @@ void hr_hist_add_owned(hr_hist *h, uint64_t value)
     owned_add(&h->sum, value);
 }
 
+void hr_hist_add_counts_owned(hr_hist *h, const uint64_t b[HR_HIST_BUCKETS], uint64_t count,
+                              uint64_t sum)
+{
+    for (int i = 0; i < HR_HIST_BUCKETS; i++)
+        if (b[i])
+            owned_add(&h->b[i], b[i]);
+    owned_add(&h->count, count);
+    owned_add(&h->sum, sum);
+}
+
 void hr_hist_merge(hr_hist *dst, const hr_hist *const *srcs, size_t n)
 {
     uint64_t b[HR_HIST_BUCKETS] = {0}, count = 0, sum = 0;

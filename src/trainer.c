@@ -29,8 +29,12 @@
  * broadcast only when it advanced.
  *
  * Counters are per worker (one cache line each, written by their owner
- * only) and summed by readers. The progressive-validation points of a batch
- * go to hr_progress in one call.
+ * only) and summed by readers; the update count, the staleness and
+ * freshness histograms and the progressive-validation points of a batch
+ * are added once per batch, after it. Per event, a step's rows go through
+ * one model call (hr_model_event_rows) and each row it changed is marked
+ * once (hr_model_mark_event); the global row, written by every step, is
+ * marked once per batch after its last step.
  *
  * Upkeep is one maintenance thread, started and stopped with the workers
  * (hr_trainer_start / hr_trainer_stop), ticking every UPKEEP_TICK_MS on the
@@ -260,29 +264,35 @@ static void add_point(worker *w, double pred, float label, float weight)
 
 typedef struct {
     hr_step_params p;
+    const hr_row_layout *L;
     const hr_schedule *s;
     uint64_t t;          /* update count at batch start */
 } batch_ctx;
 
-/* One kernel step on ev; returns the pre-update prediction. */
+/* One kernel step on ev, then its change marks (hr_model_mark_event; own_rows:
+ * ev is a queued event whose id rows were touched, not a sampled negative);
+ * returns the pre-update prediction. The global row is marked by the
+ * caller, once per batch. */
 static double apply(hr_trainer *tr, worker *w, const batch_ctx *bc, const hr_event *ev,
-                    uint64_t staleness)
+                    uint64_t staleness, bool own_rows)
 {
     hr_model *m = tr->model;
-    hr_step_params p = bc->p;
+    const hr_step_params *pp = &bc->p;
+    hr_step_params scaled;
     if (bc->s->staleness_scaling && staleness > 0) {
+        scaled = bc->p;
         float f = (float)(1.0 / (1.0 + (double)staleness / bc->s->staleness_tau));
         for (int g = 0; g < HR_GROUP_COUNT; g++)
-            p.rate[g] *= f;
+            scaled.rate[g] *= f;
+        pp = &scaled;
     }
     /* Resolved once: the rows trained are the rows marked dirty, even if
      * another thread moves an id past min_count meanwhile. */
-    const uint32_t eu = hr_model_effective_row(m, HR_TABLE_USER, ev->user);
-    const uint32_t ei = hr_model_effective_row(m, HR_TABLE_ITEM, ev->item);
+    uint32_t eu, ei;
     hr_active a[HR_MAX_ACTIVE];
-    int n = hr_model_active_rows(m, ev, eu, ei, a);
+    int n = hr_model_event_rows(m, ev, &eu, &ei, a);
     double y, pred;
-    hr_step_result r = hr_sgd_step(hr_model_layout(m), a, n, ev->label, ev->weight, &p, &y, &pred);
+    hr_step_result r = hr_sgd_step(bc->L, a, n, ev->label, ev->weight, pp, &y, &pred);
     if (r == HR_STEP_CLIPPED)
         bump(&w->c.clipped, 1);
     else if (r == HR_STEP_SKIPPED_NONFINITE)
@@ -291,20 +301,14 @@ static double apply(hr_trainer *tr, worker *w, const batch_ctx *bc, const hr_eve
         bump(&w->c.default_user, 1);
     if (ei == 0)
         bump(&w->c.default_item, 1);
-    hr_model_mark_dirty(m, HR_TABLE_GLOBAL, 0);
-    hr_model_mark_dirty(m, HR_TABLE_USER, eu);
-    hr_model_mark_dirty(m, HR_TABLE_ITEM, ei);
-    for (int i = 0; i < ev->nctx; i++)
-        hr_model_mark_dirty(m, HR_TABLE_CTX, ev->ctx[i].row);
-    if (n > 3 + ev->nctx) /* catalog attributes took part */
-        hr_model_mark_attrs_dirty(m, ev);
-    bump(&w->updates, 1);
+    hr_model_mark_event(m, ev, eu, ei, n, own_rows);
     return pred;
 }
 
 static void resolve_params(hr_trainer *tr, batch_ctx *bc)
 {
     const hr_model_config *mc = hr_model_get_config(tr->model);
+    bc->L = hr_model_layout(tr->model);
     bc->s = hr_schedbox_current(tr->sched);
     bc->t = hr_trainer_updates(tr);
     memset(&bc->p, 0, sizeof bc->p);
@@ -325,7 +329,6 @@ static void resolve_params(hr_trainer *tr, batch_ctx *bc)
 static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n)
 {
     hr_model *m = tr->model;
-    const hr_row_layout *L = hr_model_layout(m);
     const uint32_t now = hr_model_clock(m);
     batch_ctx bc;
     resolve_params(tr, &bc);
@@ -334,6 +337,7 @@ static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n
         pthread_rwlock_rdlock(&tr->sampler_lock);
     w->npoints = 0;
     uint64_t trained_updates = 0;
+    uint64_t stale_b[HR_HIST_BUCKETS] = {0}, stale_sum = 0; /* added once, at the end */
     for (size_t i = 0; i < n && i < PREFETCH_AHEAD; i++)
         prefetch_event(m, &evs[i]);
     for (size_t i = 0; i < n; i++) {
@@ -346,15 +350,13 @@ static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n
             atomic_store(&tr->neg_active, false);
         uint64_t t_now = bc.t + trained_updates;
         uint64_t staleness = t_now > ev->enq_updates ? t_now - ev->enq_updates : 0;
-        hr_hist_add_owned(&w->staleness, staleness);
+        stale_b[hr_hist_bucket(staleness)]++;
+        stale_sum += staleness;
         /* The id's own row counts the event even while it trains through
-         * row 0 (min_count): mark it, so checkpoints and deltas carry the
-         * count (a no-op load when it is the row trained, marked anyway). */
-        hr_sgd_touch(L, hr_model_row(m, HR_TABLE_USER, ev->user), now);
-        hr_sgd_touch(L, hr_model_row(m, HR_TABLE_ITEM, ev->item), now);
-        hr_model_mark_dirty(m, HR_TABLE_USER, ev->user);
-        hr_model_mark_dirty(m, HR_TABLE_ITEM, ev->item);
-        double pred = apply(tr, w, &bc, ev, staleness);
+         * row 0 (min_count): apply marks it too (own_rows), so checkpoints
+         * and deltas carry the count. */
+        hr_model_touch_event(m, ev, now);
+        double pred = apply(tr, w, &bc, ev, staleness, true);
         trained_updates++;
         add_point(w, pred, ev->label, ev->weight);
         if (ev->label > 0 && tr->cfg.negatives &&
@@ -367,7 +369,7 @@ static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n
                 neg.item = item;
                 neg.label = 0;
                 neg.flags = HR_EV_SAMPLED_NEGATIVE;
-                double np = apply(tr, w, &bc, &neg, staleness);
+                double np = apply(tr, w, &bc, &neg, staleness, false);
                 trained_updates++;
                 add_point(w, np, 0, neg.weight);
                 bump(&w->c.negatives, 1);
@@ -376,11 +378,24 @@ static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n
     }
     if (use_sampler)
         pthread_rwlock_unlock(&tr->sampler_lock);
+    /* Every step wrote the global row: one mark after the batch's last
+     * write (a consumer that took the mark meanwhile finds it set again). */
+    if (trained_updates)
+        hr_model_mark_dirty(m, HR_TABLE_GLOBAL, 0);
+    bump(&w->updates, trained_updates);
+    hr_hist_add_counts_owned(&w->staleness, stale_b, n, stale_sum);
     /* Freshness: enqueue to the end of the batch that applied the event. */
     uint64_t end_ns = hr_now_ns();
+    uint64_t fresh_b[HR_HIST_BUCKETS] = {0}, fresh_n = 0, fresh_sum = 0;
     for (size_t i = 0; i < n; i++)
-        if (evs[i].enq_ns && end_ns > evs[i].enq_ns)
-            hr_hist_add_owned(&w->freshness, (end_ns - evs[i].enq_ns) / 1000);
+        if (evs[i].enq_ns && end_ns > evs[i].enq_ns) {
+            uint64_t us = (end_ns - evs[i].enq_ns) / 1000;
+            fresh_b[hr_hist_bucket(us)]++;
+            fresh_n++;
+            fresh_sum += us;
+        }
+    if (fresh_n)
+        hr_hist_add_counts_owned(&w->freshness, fresh_b, fresh_n, fresh_sum);
     hr_progress_add(tr->progress, w->points, w->npoints);
     bump(&w->c.trained, n);
     bump(&w->c.batches, 1);
@@ -593,7 +608,7 @@ hr_status hr_trainer_start(hr_model *model, hr_queue *queue, hr_schedbox *sched,
         w->tr = tr;
         w->id = i;
         hr_rng_seed(&w->rng, cfg->seed * 0x9e3779b97f4a7c15ull + i + 1);
-        w->buf = malloc(cfg->batch * sizeof *w->buf);
+        w->buf = calloc(cfg->batch, sizeof *w->buf); /* the pop fills used bytes only */
         w->cap_points = (size_t)cfg->batch * (1 + cfg->negatives);
         w->points = malloc(w->cap_points * sizeof *w->points);
         if (!w->buf || !w->points) {

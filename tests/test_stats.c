@@ -163,6 +163,30 @@ static void test_hist_quantiles(void **state)
     assert_true(hr_hist_quantile(&h, 0.0) <= 1);
 }
 
+/* Counts gathered with hr_hist_bucket and added at once equal the same
+ * values added one by one (the trainers add a batch's staleness that way). */
+static void test_hist_counts_equal_single_adds(void **state)
+{
+    (void)state;
+    static hr_hist one, many; /* zero-initialized */
+    uint64_t b[HR_HIST_BUCKETS] = {0}, count = 0, sum = 0;
+    hr_rng rng;
+    hr_rng_seed(&rng, 11);
+    for (int i = 0; i < 5000; i++) {
+        int shift = (int)hr_rng_below(&rng, 64);
+        uint64_t v = i < 3 ? (uint64_t)i * UINT64_MAX / 2 : hr_rng_next(&rng) >> shift;
+        hr_hist_add_owned(&one, v);
+        b[hr_hist_bucket(v)]++;
+        count++;
+        sum += v;
+    }
+    hr_hist_add_counts_owned(&many, b, count, sum);
+    for (int i = 0; i < HR_HIST_BUCKETS; i++)
+        assert_int_equal(atomic_load(&one.b[i]), atomic_load(&many.b[i]));
+    assert_int_equal(atomic_load(&one.count), atomic_load(&many.count));
+    assert_int_equal(atomic_load(&one.sum), atomic_load(&many.sum));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -171,6 +195,7 @@ int main(void)
         cmocka_unit_test(test_auc_nonfinite_scores),
         cmocka_unit_test(test_progress_refuses_nonfinite),
         cmocka_unit_test(test_hist_quantiles),
+        cmocka_unit_test(test_hist_counts_equal_single_adds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

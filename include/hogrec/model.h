@@ -231,6 +231,22 @@ int hr_model_active(const hr_model *m, const hr_event *ev, struct hr_active *out
  * trainer resolves them once and marks the same rows dirty). */
 int hr_model_active_rows(const hr_model *m, const hr_event *ev, uint32_t user, uint32_t item,
                          struct hr_active *out);
+/* Both in one call (the trainers, per event): the effective user and item
+ * rows into *user and *item, then the features as hr_model_active_rows. */
+int hr_model_event_rows(const hr_model *m, const hr_event *ev, uint32_t *user, uint32_t *item,
+                        struct hr_active *out);
+/* Counts an event on the id rows it names (hr_sgd_touch on the user's and
+ * the item's own rows, whichever rows train). */
+void hr_model_touch_event(hr_model *m, const hr_event *ev, uint32_t now);
+/* Marks dirty (hr_model_mark_dirty) the rows one trained event changed, each
+ * once: with own_rows, the id rows it names (touched) and the effective
+ * rows user and item where they differ from those; without, the effective
+ * rows only (a sampled negative). Then its context rows, and the catalog
+ * attributes' rows when they took part (nactive, the feature count of
+ * hr_model_event_rows, exceeds 3 + nctx). The global row is the caller's
+ * (the trainers mark it once per batch, after the batch's last step). */
+void hr_model_mark_event(hr_model *m, const hr_event *ev, uint32_t user, uint32_t item,
+                         int nactive, bool own_rows);
 
 /* ---- catalog attributes ----
  *

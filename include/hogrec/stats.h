@@ -78,6 +78,17 @@ void hr_hist_add(hr_hist *h, uint64_t value);
 /* Adds a value when this thread is the only writer of h (readers may run):
  * plain relaxed loads and stores, no locked read-modify-write. */
 void hr_hist_add_owned(hr_hist *h, uint64_t value);
+/* The bucket a value falls in (what hr_hist_add counts it in). */
+static inline unsigned hr_hist_bucket(uint64_t value)
+{
+    unsigned b = value ? 64 - (unsigned)__builtin_clzll(value) : 0;
+    return b < HR_HIST_BUCKETS ? b : HR_HIST_BUCKETS - 1;
+}
+/* Adds counts gathered by the caller (b[i] values in bucket i, count values
+ * in all summing to sum) when this thread is the only writer of h: the
+ * trainers gather a batch's values and add them once. */
+void hr_hist_add_counts_owned(hr_hist *h, const uint64_t b[HR_HIST_BUCKETS], uint64_t count,
+                              uint64_t sum);
 /* dst = sum of srcs (each read with relaxed loads). */
 void hr_hist_merge(hr_hist *dst, const hr_hist *const *srcs, size_t n);
 /* Upper bound of the bucket holding quantile q in [0, 1]; 0 if empty. */
