@@ -100,34 +100,6 @@ static bool spawn_node(tu_child *ch, const char *bin, const char *url, const cha
     return spawn_node_with(ch, bin, url, name, id, "3000", "0");
 }
 
-/* GET /v1/cluster of a node: new, or NULL. */
-static json_t *cluster_of(int port)
-{
-    json_t *o = NULL;
-    if (tu_http(port, "GET", "/v1/cluster", NULL, NULL, &o) != 200) {
-        json_decref(o);
-        return NULL;
-    }
-    return o;
-}
-
-static const char *str_at(json_t *o, const char *a, const char *b)
-{
-    json_t *v = json_object_get(o, a);
-    if (b)
-        v = json_object_get(v, b);
-    return json_string_value(v) ? json_string_value(v) : "";
-}
-
-static hr_estream_id parse_id(const char *text)
-{
-    hr_estream_id id = {0, 0};
-    hr_error err = {{0}, {0}};
-    if (hr_estream_id_parse(text, &id, &err) != HR_OK)
-        fail_msg("not a stream id: '%s'", text);
-    return id;
-}
-
 /* Polls until every node answers /readyz 200 and exactly one says it is
  * the leader; returns its index. */
 static int wait_leader_of(tu_child *n, int nodes)
@@ -137,8 +109,8 @@ static int wait_leader_of(tu_child *n, int nodes)
         for (int i = 0; i < nodes; i++) {
             if (tu_http(n[i].port, "GET", "/readyz", NULL, NULL, NULL) == 200)
                 ready++;
-            json_t *o = cluster_of(n[i].port);
-            if (o && !strcmp(str_at(o, "role", NULL), "leader")) {
+            json_t *o = tu_cluster_of(n[i].port);
+            if (o && !strcmp(tu_json_str(o, "role", NULL), "leader")) {
                 leader = i;
                 leaders++;
             }
@@ -149,9 +121,9 @@ static int wait_leader_of(tu_child *n, int nodes)
         sleep_ms(50);
     }
     for (int i = 0; i < nodes; i++) {
-        json_t *o = cluster_of(n[i].port);
+        json_t *o = tu_cluster_of(n[i].port);
         fprintf(stderr, "node on port %d: role %s, not_ready '%s'\n", n[i].port,
-                str_at(o, "role", NULL), str_at(o, "not_ready", NULL));
+                tu_json_str(o, "role", NULL), tu_json_str(o, "not_ready", NULL));
         json_decref(o);
     }
     fail_msg("no single leader with every node ready within %d s", WAIT_SECONDS);
@@ -293,7 +265,7 @@ static void test_leader_and_followers(void **state)
         free(body);
         assert_int_equal(s, 202);
         accepted += (size_t)json_integer_value(json_object_get(o, "accepted"));
-        hr_estream_id id = parse_id(str_at(o, "entry", NULL));
+        hr_estream_id id = tu_stream_id(tu_json_str(o, "entry", NULL));
         assert_true(hr_estream_id_cmp(id, last) > 0);
         last = id;
         json_decref(o);
@@ -301,26 +273,16 @@ static void test_leader_and_followers(void **state)
     assert_int_equal(accepted, REQUESTS * EVENTS_PER);
 
     /* every node's model covers the last entry (the leader: published) */
-    for (int i = 0; i < NODES; i++) {
-        bool covered = false;
-        for (int round = 0; round < WAIT_SECONDS * 20 && !covered; round++) {
-            json_t *o = cluster_of(n[i].port);
-            covered = o && hr_estream_id_cmp(parse_id(str_at(o, "applied", "covered_entry")),
-                                             last) >= 0;
-            json_decref(o);
-            if (!covered)
-                sleep_ms(50);
-        }
-        if (!covered)
+    for (int i = 0; i < NODES; i++)
+        if (!tu_wait_covered(n[i].port, last, WAIT_SECONDS))
             fail_msg("node %s does not cover the last entry within %d s", ids[i], WAIT_SECONDS);
-    }
     /* the leader trained exactly the events acknowledged */
     json_t *stats = NULL;
     assert_int_equal(tu_http(n[leader].port, "GET", "/v1/stats", NULL, NULL, &stats), 200);
     assert_int_equal(json_integer_value(json_object_get(json_object_get(stats, "events"), "trained")),
                      REQUESTS * EVENTS_PER);
     json_decref(stats);
-    json_t *lc = cluster_of(n[leader].port);
+    json_t *lc = tu_cluster_of(n[leader].port);
     assert_non_null(lc);
     assert_int_equal(json_integer_value(json_object_get(json_object_get(lc, "lag"), "events_fed")),
                      REQUESTS * EVENTS_PER);
@@ -360,13 +322,13 @@ static void test_leader_and_followers(void **state)
     assert_int_equal(json_integer_value(json_object_get(o2, "accepted")), 0);
     assert_int_equal(json_integer_value(json_object_get(o2, "duplicates")), 1);
     assert_null(json_object_get(o2, "entry"));
-    hr_estream_id dup_entry = parse_id(str_at(o1, "entry", NULL));
+    hr_estream_id dup_entry = tu_stream_id(tu_json_str(o1, "entry", NULL));
     json_decref(o1);
     json_decref(o2);
     bool trained = false;
     for (int round = 0; round < WAIT_SECONDS * 20 && !trained; round++) {
-        json_t *o = cluster_of(n[leader].port);
-        trained = o && hr_estream_id_cmp(parse_id(str_at(o, "applied", "covered_entry")),
+        json_t *o = tu_cluster_of(n[leader].port);
+        trained = o && hr_estream_id_cmp(tu_stream_id(tu_json_str(o, "applied", "covered_entry")),
                                          dup_entry) >= 0;
         json_decref(o);
         if (!trained)
@@ -383,8 +345,8 @@ static void test_leader_and_followers(void **state)
     json_t *e = NULL;
     long s = tu_http(n[fa].port, "POST", "/v1/events", "{\"user\":\"u2\",\"item\":\"i2\"}", NULL, &e);
     assert_int_equal(s, 503);
-    assert_string_equal(str_at(json_object_get(e, "error"), "code", NULL), "unavailable");
-    assert_true(strlen(str_at(json_object_get(e, "error"), "message", NULL)) > 0);
+    assert_string_equal(tu_json_str(json_object_get(e, "error"), "code", NULL), "unavailable");
+    assert_true(strlen(tu_json_str(json_object_get(e, "error"), "message", NULL)) > 0);
     json_decref(e);
 
     /* every node stops cleanly on SIGTERM, Redis down or not */
@@ -420,7 +382,7 @@ static void test_backlog_bound(void **state)
         assert_int_equal(tu_http(n[f].port, "POST", "/v1/events", ev, NULL, NULL), 202);
     json_t *o = NULL;
     assert_int_equal(tu_http(n[f].port, "POST", "/v1/events", ev, NULL, &o), 429);
-    assert_string_equal(str_at(json_object_get(o, "error"), "code", NULL), "backlog_full");
+    assert_string_equal(tu_json_str(json_object_get(o, "error"), "code", NULL), "backlog_full");
     json_decref(o);
     kill(n[leader].pid, SIGCONT);
     long s = 0;
@@ -527,50 +489,6 @@ static void *fo_client_main(void *arg)
     return NULL;
 }
 
-/* The event stream's last entry of cluster `name`, read from Redis. */
-static hr_estream_id stream_last(const char *url, const char *name)
-{
-    hr_estream_options eo;
-    hr_estream_options_defaults(&eo);
-    eo.cluster = name;
-    eo.connections = 1;
-    hr_estream *es = NULL;
-    hr_error err = {{0}, {0}};
-    if (hr_estream_open(url, NULL, &eo, &es, &err) != HR_OK)
-        fail_msg("cannot open the event stream: %s", err.message);
-    hr_estream_id last = {0, 0};
-    uint64_t ordinal = 0;
-    if (hr_estream_last(es, &last, &ordinal, &err) != HR_OK)
-        fail_msg("cannot read the event stream's last entry: %s", err.message);
-    hr_estream_destroy(es);
-    return last;
-}
-
-/* Polls node `port` until its model covers entry `last`; false at the bound. */
-static bool wait_covered(int port, hr_estream_id last)
-{
-    for (int round = 0; round < WAIT_SECONDS * 20; round++) {
-        json_t *o = cluster_of(port);
-        bool covered = o && hr_estream_id_cmp(parse_id(str_at(o, "applied", "covered_entry")),
-                                              last) >= 0;
-        json_decref(o);
-        if (covered)
-            return true;
-        sleep_ms(50);
-    }
-    return false;
-}
-
-/* /v1/cluster's model.events_counted of a node (-1 when absent). */
-static long long events_counted_of(int port)
-{
-    json_t *o = cluster_of(port);
-    json_t *v = json_object_get(json_object_get(o, "model"), "events_counted");
-    long long n = json_is_integer(v) ? (long long)json_integer_value(v) : -1;
-    json_decref(o);
-    return n;
-}
-
 /* Scores of sampled pairs (with context) on node a equal node b's; returns
  * the pairs compared. */
 static int compare_scores(int port_a, int port_b, const char *what)
@@ -599,8 +517,8 @@ static int wait_new_leader(tu_child *n, int nodes, int skip, int64_t min_epoch,
         for (int i = 0; i < nodes; i++) {
             if (i == skip)
                 continue;
-            json_t *o = cluster_of(n[i].port);
-            bool lead = o && !strcmp(str_at(o, "role", NULL), "leader") &&
+            json_t *o = tu_cluster_of(n[i].port);
+            bool lead = o && !strcmp(tu_json_str(o, "role", NULL), "leader") &&
                         json_integer_value(json_object_get(o, "epoch")) >= min_epoch;
             json_decref(o);
             if (!lead)
@@ -619,7 +537,7 @@ static int wait_new_leader(tu_child *n, int nodes, int skip, int64_t min_epoch,
 
 static int64_t epoch_of(int port)
 {
-    json_t *o = cluster_of(port);
+    json_t *o = tu_cluster_of(port);
     int64_t e = o ? (int64_t)json_integer_value(json_object_get(o, "epoch")) : -1;
     json_decref(o);
     return e;
@@ -704,11 +622,12 @@ static void test_failover_kill_leader(void **state)
     if (retries == 0)
         assert_int_equal(duplicates, 0);
 
-    hr_estream_id last = stream_last(url, "t3");
-    if (!wait_covered(n[nl].port, last) || !wait_covered(n[other].port, last))
+    hr_estream_id last = tu_stream_last(url, "t3");
+    if (!tu_wait_covered(n[nl].port, last, WAIT_SECONDS) ||
+        !tu_wait_covered(n[other].port, last, WAIT_SECONDS))
         fail_msg("the survivors do not cover the stream's last entry within %d s", WAIT_SECONDS);
     long long want = FO_REQUESTS * EVENTS_PER;
-    long long cnt_nl = events_counted_of(n[nl].port), cnt_o = events_counted_of(n[other].port);
+    long long cnt_nl = tu_events_counted(n[nl].port), cnt_o = tu_events_counted(n[other].port);
     if (cnt_nl != want || cnt_o != want)
         fail_msg("events in the model: new leader %lld, follower %lld; posted %lld", cnt_nl, cnt_o,
                  want);
@@ -760,15 +679,15 @@ static void test_paused_leader_steps_down(void **state)
     int64_t epoch0 = epoch_of(n[old].port);
     int fol[2] = {(old + 1) % NODES, (old + 2) % NODES};
     int ports[2] = {n[fol[0]].port, n[fol[1]].port};
-    json_t *oc = cluster_of(n[old].port);
+    json_t *oc = tu_cluster_of(n[old].port);
     assert_non_null(oc);
     char deltas_key[160];
-    snprintf(deltas_key, sizeof deltas_key, "%s", str_at(oc, "delta_stream", NULL));
+    snprintf(deltas_key, sizeof deltas_key, "%s", tu_json_str(oc, "delta_stream", NULL));
     json_decref(oc);
 
     /* the old leader trains and publishes some, then stops past its lease */
     post_range("p", 0, 10, ports, 2);
-    assert_true(wait_covered(n[old].port, stream_last(url, "t5")));
+    assert_true(tu_wait_covered(n[old].port, tu_stream_last(url, "t5"), WAIT_SECONDS));
     kill(n[old].pid, SIGSTOP);
     post_range("p", 10, 20, ports, 2); /* appended while it is stopped */
     uint64_t leader_ms = 0, ready_ms = 0;
@@ -779,14 +698,14 @@ static void test_paused_leader_steps_down(void **state)
     int64_t epoch1 = epoch_of(n[nl].port);
     assert_true(epoch1 > epoch0);
     /* the new epoch's first delta exists before the old leader runs again */
-    assert_true(wait_covered(n[nl].port, stream_last(url, "t5")));
+    assert_true(tu_wait_covered(n[nl].port, tu_stream_last(url, "t5"), WAIT_SECONDS));
 
     kill(n[old].pid, SIGCONT);
     post_range("p", 20, 40, ports, 2); /* what the old leader would read */
     bool stepped = false;
     for (int round = 0; round < WAIT_SECONDS * 20 && !stepped; round++) {
-        json_t *o = cluster_of(n[old].port);
-        stepped = o && !strcmp(str_at(o, "role", NULL), "stepped_down");
+        json_t *o = tu_cluster_of(n[old].port);
+        stepped = o && !strcmp(tu_json_str(o, "role", NULL), "stepped_down");
         json_decref(o);
         if (!stepped)
             sleep_ms(50);
@@ -794,8 +713,9 @@ static void test_paused_leader_steps_down(void **state)
     if (!stepped)
         fail_msg("the paused leader %s did not step down within %d s", ids[old], WAIT_SECONDS);
     assert_int_not_equal(tu_http(n[old].port, "GET", "/readyz", NULL, NULL, NULL), 200);
-    hr_estream_id last = stream_last(url, "t5");
-    if (!wait_covered(n[nl].port, last) || !wait_covered(n[other].port, last))
+    hr_estream_id last = tu_stream_last(url, "t5");
+    if (!tu_wait_covered(n[nl].port, last, WAIT_SECONDS) ||
+        !tu_wait_covered(n[other].port, last, WAIT_SECONDS))
         fail_msg("the new leader and the follower do not cover the last entry within %d s",
                  WAIT_SECONDS);
 
@@ -919,8 +839,8 @@ static void test_schedule_across_nodes(void **state)
         assert_int_equal(schedule_version_of(n[i].port, NULL), 1);
 
     post_range("s", 0, 6, ports, 2);
-    hr_estream_id last = stream_last(url, "t6");
-    assert_true(wait_covered(n[leader].port, last));
+    hr_estream_id last = tu_stream_last(url, "t6");
+    assert_true(tu_wait_covered(n[leader].port, last, WAIT_SECONDS));
     static double before[SAMPLE_USERS * SAMPLE_ITEMS], after[SAMPLE_USERS * SAMPLE_ITEMS];
     sample_scores(n[leader].port, before);
 
@@ -942,11 +862,11 @@ static void test_schedule_across_nodes(void **state)
     assert_int_equal(schedule_version_of(n[leader].port, &ls), 2);
     assert_true(json_real_value(json_object_get(json_object_get(ls, "multipliers"), "item")) == 0.0);
     json_decref(ls);
-    long long counted = events_counted_of(n[leader].port);
+    long long counted = tu_events_counted(n[leader].port);
     post_range("s", 6, 12, ports, 2);
-    last = stream_last(url, "t6");
-    assert_true(wait_covered(n[leader].port, last));
-    assert_true(events_counted_of(n[leader].port) > counted); /* it did train them */
+    last = tu_stream_last(url, "t6");
+    assert_true(tu_wait_covered(n[leader].port, last, WAIT_SECONDS));
+    assert_true(tu_events_counted(n[leader].port) > counted); /* it did train them */
     sample_scores(n[leader].port, after);
     for (int k = 0; k < SAMPLE_USERS * SAMPLE_ITEMS; k++)
         if (after[k] != before[k])
@@ -962,9 +882,9 @@ static void test_schedule_across_nodes(void **state)
     if (!wait_schedule_everywhere(n, 3))
         fail_msg("schedule version 3 is not on every node within %d s", WAIT_SECONDS);
     post_range("s", 12, 18, ports, 2);
-    last = stream_last(url, "t6");
+    last = tu_stream_last(url, "t6");
     for (int i = 0; i < NODES; i++)
-        assert_true(wait_covered(n[i].port, last));
+        assert_true(tu_wait_covered(n[i].port, last, WAIT_SECONDS));
     sample_scores(n[leader].port, after);
     int moved = 0;
     for (int k = 0; k < SAMPLE_USERS * SAMPLE_ITEMS; k++)
@@ -1114,9 +1034,9 @@ static void test_read_your_writes(void **state)
     snprintf(body + len, sizeof body - len, "]");
     assert_int_equal(tu_http(n[na].port, "POST", "/v1/events", body, NULL, &o), 202);
     char entry[64];
-    snprintf(entry, sizeof entry, "%s", str_at(o, "entry", NULL));
+    snprintf(entry, sizeof entry, "%s", tu_json_str(o, "entry", NULL));
     json_decref(o);
-    hr_estream_id want = parse_id(entry);
+    hr_estream_id want = tu_stream_id(entry);
 
     char path[256];
     snprintf(path, sizeof path, "/v1/predict?user=ryw-u&item=ryw-i&min_seq=%s&wait_ms=20000",
@@ -1124,7 +1044,7 @@ static void test_read_your_writes(void **state)
     assert_int_equal(get_json(n[nc].port, path, &o), 200);
     if (!json_is_true(json_object_get(o, "applied")))
         fail_msg("node %s did not apply entry %s within 20 s", ids[nc], entry);
-    assert_true(hr_estream_id_cmp(parse_id(str_at(o, "applied_entry", NULL)), want) >= 0);
+    assert_true(hr_estream_id_cmp(tu_stream_id(tu_json_str(o, "applied_entry", NULL)), want) >= 0);
     double after = json_real_value(json_object_get(o, "score"));
     json_decref(o);
     if (after == before)
@@ -1149,11 +1069,11 @@ static void test_read_your_writes(void **state)
                  &o),
         200);
     assert_true(json_is_false(json_object_get(o, "applied")));
-    assert_true(hr_estream_id_cmp(parse_id(str_at(o, "applied_entry", NULL)), want) >= 0);
+    assert_true(hr_estream_id_cmp(tu_stream_id(tu_json_str(o, "applied_entry", NULL)), want) >= 0);
     json_decref(o);
     /* a standalone seq means nothing here */
     assert_int_equal(get_json(n[nc].port, "/v1/predict?user=ryw-u&item=ryw-i&min_seq=5", &o), 400);
-    assert_string_equal(str_at(json_object_get(o, "error"), "code", NULL), "invalid");
+    assert_string_equal(tu_json_str(json_object_get(o, "error"), "code", NULL), "invalid");
     json_decref(o);
     check_cluster_figures(n, leader);
 
@@ -1200,7 +1120,7 @@ static void *rk_client_main(void *arg)
             long st = tu_http(cl->ports[(k + attempt) % NODES], "POST", "/v1/events", body, NULL,
                               &o);
             bool in_down = before == 1 && atomic_load(cl->phase) == 1;
-            const char *code = str_at(json_object_get(o, "error"), "code", NULL);
+            const char *code = tu_json_str(json_object_get(o, "error"), "code", NULL);
             if (in_down) {
                 if (st == 503 && !strcmp(code, "unavailable"))
                     cl->down_503++;
@@ -1276,7 +1196,7 @@ static void test_redis_killed_and_restarted(void **state)
         for (int i = 0; i < NODES; i++) {
             double sc = score_at(n[i].port, 1, 1, 1);
             assert_true(sc >= 0.0 && sc <= 1.0);
-            json_t *o = cluster_of(n[i].port);
+            json_t *o = tu_cluster_of(n[i].port);
             assert_non_null(o);
             assert_non_null(json_object_get(o, "redis_error"));
             json_decref(o);
@@ -1319,14 +1239,14 @@ static void test_redis_killed_and_restarted(void **state)
         snprintf(ev, sizeof ev, "[{\"user\":\"u1\",\"item\":\"i2\",\"id\":\"after-%d\"}]", i);
         assert_int_equal(tu_http(n[i].port, "POST", "/v1/events", ev, NULL, NULL), 202);
     }
-    hr_estream_id last = stream_last(url, "t4");
+    hr_estream_id last = tu_stream_last(url, "t4");
     for (int i = 0; i < NODES; i++)
-        if (!wait_covered(n[i].port, last))
+        if (!tu_wait_covered(n[i].port, last, WAIT_SECONDS))
             fail_msg("node %s does not cover the stream's last entry within %d s", ids[i],
                      WAIT_SECONDS);
     long long want = RK_REQUESTS * EVENTS_PER + NODES;
     for (int i = 0; i < NODES; i++) {
-        long long got = events_counted_of(n[i].port);
+        long long got = tu_events_counted(n[i].port);
         if (got != want)
             fail_msg("node %s counts %lld events in its model; %lld acknowledged", ids[i], got,
                      want);
@@ -1337,7 +1257,7 @@ static void test_redis_killed_and_restarted(void **state)
     /* heartbeats of all three are fresh, /v1/cluster reads Redis again */
     bool fresh = false;
     for (int round = 0; round < WAIT_SECONDS * 20 && !fresh; round++) {
-        json_t *o = cluster_of(n[(leader + 1) % NODES].port);
+        json_t *o = tu_cluster_of(n[(leader + 1) % NODES].port);
         json_t *m = json_object_get(o, "members");
         size_t live = 0;
         for (size_t k = 0; k < json_array_size(m); k++)

@@ -417,37 +417,10 @@ static bool spawn_node_db(tu_child *ch, const char *bin, const char *url, const 
     return false;
 }
 
-static json_t *cluster_of(int port)
-{
-    json_t *o = NULL;
-    if (tu_http(port, "GET", "/v1/cluster", NULL, NULL, &o) != 200) {
-        json_decref(o);
-        return NULL;
-    }
-    return o;
-}
-
-static const char *str_at(json_t *o, const char *a, const char *b)
-{
-    json_t *v = json_object_get(o, a);
-    if (b)
-        v = json_object_get(v, b);
-    return json_string_value(v) ? json_string_value(v) : "";
-}
-
 static long long int_at(json_t *o, const char *a, const char *b)
 {
     json_t *v = json_object_get(json_object_get(o, a), b);
     return json_is_integer(v) ? (long long)json_integer_value(v) : -1;
-}
-
-static hr_estream_id parse_id(const char *text)
-{
-    hr_estream_id id = {0, 0};
-    hr_error err = {{0}, {0}};
-    if (hr_estream_id_parse(text, &id, &err) != HR_OK)
-        fail_msg("not a stream id: '%s'", text);
-    return id;
 }
 
 static bool is_ready(int port) { return tu_http(port, "GET", "/readyz", NULL, NULL, NULL) == 200; }
@@ -457,8 +430,8 @@ static bool is_ready(int port) { return tu_http(port, "GET", "/readyz", NULL, NU
 static bool wait_role(int port, const char *role)
 {
     for (int round = 0; round < WAIT_SECONDS * 20; round++) {
-        json_t *o = cluster_of(port);
-        bool ok = o && !strcmp(str_at(o, "role", NULL), role) && is_ready(port);
+        json_t *o = tu_cluster_of(port);
+        bool ok = o && !strcmp(tu_json_str(o, "role", NULL), role) && is_ready(port);
         json_decref(o);
         if (ok)
             return true;
@@ -575,46 +548,6 @@ static long long added_of(hr_redis *r, const char *key)
     return added;
 }
 
-/* The event stream's last entry of cluster name. */
-static hr_estream_id stream_last(const char *url, const char *name)
-{
-    hr_estream_options eo;
-    hr_estream_options_defaults(&eo);
-    eo.cluster = name;
-    eo.connections = 1;
-    hr_estream *es = NULL;
-    hr_error err = {{0}, {0}};
-    if (hr_estream_open(url, NULL, &eo, &es, &err) != HR_OK)
-        fail_msg("cannot open the event stream: %s", err.message);
-    hr_estream_id last = {0, 0};
-    uint64_t ordinal = 0;
-    if (hr_estream_last(es, &last, &ordinal, &err) != HR_OK)
-        fail_msg("cannot read the event stream's last entry: %s", err.message);
-    hr_estream_destroy(es);
-    return last;
-}
-
-static bool wait_covered(int port, hr_estream_id last)
-{
-    for (int round = 0; round < WAIT_SECONDS * 20; round++) {
-        json_t *o = cluster_of(port);
-        bool ok = o && hr_estream_id_cmp(parse_id(str_at(o, "applied", "covered_entry")), last) >= 0;
-        json_decref(o);
-        if (ok)
-            return true;
-        sleep_ms(50);
-    }
-    return false;
-}
-
-static long long events_counted_of(int port)
-{
-    json_t *o = cluster_of(port);
-    long long n = int_at(o, "model", "events_counted");
-    json_decref(o);
-    return n;
-}
-
 /* Posts requests of tag to port, two at a time, until more entries of
  * the delta stream of cluster name were trimmed than the `kept` first
  * ones (so some added after them are gone too) and the event stream lost
@@ -705,7 +638,7 @@ static void test_snapshot_route(void **state)
     assert_true(spawn_node(&a, bin, url, "s1", "a", "0"));
     assert_true(wait_role(a.port, "leader"));
     post_range("r", 0, 10, a.port);
-    assert_true(wait_covered(a.port, stream_last(url, "s1")));
+    assert_true(tu_wait_covered(a.port, tu_stream_last(url, "s1"), WAIT_SECONDS));
 
     char path[128], delta[80];
     tmp_path(path, sizeof path, "route");
@@ -723,9 +656,9 @@ static void test_snapshot_route(void **state)
     assert_string_equal(delta, meta.delta);
     /* a quiet leader: the snapshot is at its last delta, covering the
      * stream's last entry */
-    json_t *o = cluster_of(a.port);
-    assert_string_equal(meta.delta, str_at(o, "applied", "delta"));
-    assert_string_equal(meta.covered, str_at(o, "applied", "covered_entry"));
+    json_t *o = tu_cluster_of(a.port);
+    assert_string_equal(meta.delta, tu_json_str(o, "applied", "delta"));
+    assert_string_equal(meta.covered, tu_json_str(o, "applied", "covered_entry"));
     json_decref(o);
     struct stat sb;
     assert_int_equal(stat(path, &sb), 0);
@@ -762,8 +695,8 @@ static void test_follower_restart_bootstraps(void **state)
     int next = 0;
     post_range("k", 0, 10, a.port);
     next = 10;
-    hr_estream_id last = stream_last(url, "s2");
-    assert_true(wait_covered(b.port, last));
+    hr_estream_id last = tu_stream_last(url, "s2");
+    assert_true(tu_wait_covered(b.port, last, WAIT_SECONDS));
     /* b applied every delta that exists now (a quiet leader publishes
      * none) */
     hr_redis *r = redis_of(url);
@@ -780,19 +713,19 @@ static void test_follower_restart_bootstraps(void **state)
     if (!wait_role(b.port, "follower"))
         fail_msg("the restarted follower is not ready within %d s", WAIT_SECONDS);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    o = cluster_of(b.port);
+    o = tu_cluster_of(b.port);
     assert_true(int_at(o, "snapshots", "loaded") >= 1);
     json_decref(o);
     fprintf(stderr, "bootstrap: restarted follower ready %.0f ms after its start was logged\n",
             (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
     post_range("k", next, next + 5, b.port); /* and it keeps following */
     next += 5;
-    last = stream_last(url, "s2");
-    assert_true(wait_covered(a.port, last));
-    assert_true(wait_covered(b.port, last));
+    last = tu_stream_last(url, "s2");
+    assert_true(tu_wait_covered(a.port, last, WAIT_SECONDS));
+    assert_true(tu_wait_covered(b.port, last, WAIT_SECONDS));
     long long want = (long long)next * EVENTS_PER;
-    assert_int_equal(events_counted_of(a.port), want);
-    assert_int_equal(events_counted_of(b.port), want);
+    assert_int_equal(tu_events_counted(a.port), want);
+    assert_int_equal(tu_events_counted(b.port), want);
     assert_true(compare_scores(a.port, b.port, "restarted follower") > 50);
 
     /* (b) a node that never ran, started after trimming */
@@ -800,11 +733,11 @@ static void test_follower_restart_bootstraps(void **state)
     assert_true(spawn_node(&c, bin, url, "s2", "c", RETENTION));
     if (!wait_role(c.port, "follower"))
         fail_msg("the new node is not ready within %d s", WAIT_SECONDS);
-    o = cluster_of(c.port);
+    o = tu_cluster_of(c.port);
     assert_true(int_at(o, "snapshots", "loaded") >= 1);
     json_decref(o);
-    assert_true(wait_covered(c.port, last));
-    assert_int_equal(events_counted_of(c.port), want);
+    assert_true(tu_wait_covered(c.port, last, WAIT_SECONDS));
+    assert_int_equal(tu_events_counted(c.port), want);
     assert_true(compare_scores(a.port, c.port, "new node") > 50);
 
     /* The trim points only move forward: set far ahead (as a newer leader
@@ -865,14 +798,14 @@ static void test_whole_cluster_restart_refuses_to_lead(void **state)
     /* polls for 3 lease times: never ready, never the leader, the lease
      * (free once a's expired) never taken */
     for (int round = 0; round < 90; round++) {
-        json_t *o = cluster_of(b.port);
+        json_t *o = tu_cluster_of(b.port);
         assert_non_null(o);
-        assert_string_not_equal(str_at(o, "role", NULL), "leader");
+        assert_string_not_equal(tu_json_str(o, "role", NULL), "leader");
         json_decref(o);
         assert_false(is_ready(b.port));
         sleep_ms(100);
     }
-    json_t *o = cluster_of(b.port);
+    json_t *o = tu_cluster_of(b.port);
     assert_true(json_is_true(json_object_get(json_object_get(o, "snapshots"), "bootstrapping")));
     json_decref(o);
     /* and it has no snapshot to give */
@@ -901,7 +834,7 @@ static hr_estream_id checkpoint_covered(const char *path)
     if (stat(path, &sb) != 0 || hr_snapshot_read_meta(path, &meta, &err) != HR_OK ||
         !meta.covered[0])
         return (hr_estream_id){0, 0};
-    return parse_id(meta.covered);
+    return tu_stream_id(meta.covered);
 }
 
 /* Whole-cluster restart after trimming, with local checkpoints (--db in
@@ -930,11 +863,11 @@ static void test_whole_cluster_restart_from_checkpoint(void **state)
     assert_true(wait_role(b.port, "follower"));
     int next = 0;
     post_until_trimmed(url, "s4", "w", a.port, 0, &next);
-    hr_estream_id last = stream_last(url, "s4");
-    assert_true(wait_covered(a.port, last));
-    assert_true(wait_covered(b.port, last));
+    hr_estream_id last = tu_stream_last(url, "s4");
+    assert_true(tu_wait_covered(a.port, last, WAIT_SECONDS));
+    assert_true(tu_wait_covered(b.port, last, WAIT_SECONDS));
     const long long before = (long long)next * EVENTS_PER;
-    assert_int_equal(events_counted_of(a.port), before);
+    assert_int_equal(tu_events_counted(a.port), before);
     bool saved = false;
     for (int round = 0; round < WAIT_SECONDS * 20 && !saved; round++) {
         saved = hr_estream_id_cmp(checkpoint_covered(da), last) >= 0;
@@ -954,23 +887,23 @@ static void test_whole_cluster_restart_from_checkpoint(void **state)
     if (!wait_role(a.port, "leader"))
         fail_msg("the node restarted from its checkpoint does not lead within %d s",
                  WAIT_SECONDS);
-    assert_int_equal(events_counted_of(a.port), before);
+    assert_int_equal(tu_events_counted(a.port), before);
     post_range("w", next, next + 5, a.port);
     next += 5;
-    last = stream_last(url, "s4");
-    assert_true(wait_covered(a.port, last));
-    assert_int_equal(events_counted_of(a.port), before + 5 * EVENTS_PER);
+    last = tu_stream_last(url, "s4");
+    assert_true(tu_wait_covered(a.port, last, WAIT_SECONDS));
+    assert_int_equal(tu_events_counted(a.port), before + 5 * EVENTS_PER);
 
     /* a new node bootstraps from it */
     tu_child c;
     assert_true(spawn_node(&c, bin, url, "s4", "c", RETENTION));
     if (!wait_role(c.port, "follower"))
         fail_msg("the new node is not ready within %d s", WAIT_SECONDS);
-    json_t *o = cluster_of(c.port);
+    json_t *o = tu_cluster_of(c.port);
     assert_true(int_at(o, "snapshots", "loaded") >= 1);
     json_decref(o);
-    assert_true(wait_covered(c.port, last));
-    assert_int_equal(events_counted_of(c.port), before + 5 * EVENTS_PER);
+    assert_true(tu_wait_covered(c.port, last, WAIT_SECONDS));
+    assert_int_equal(tu_events_counted(c.port), before + 5 * EVENTS_PER);
     assert_true(compare_scores(a.port, c.port, "node bootstrapped after the restart") > 50);
     kill(a.pid, SIGTERM);
     kill(c.pid, SIGTERM);

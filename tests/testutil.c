@@ -420,3 +420,75 @@ const char *tu_redis_url(const tu_redis *r)
     snprintf(url, sizeof url, "redis://127.0.0.1:%d", r->port);
     return url;
 }
+
+/* ---- cluster nodes ---- */
+
+json_t *tu_cluster_of(int port)
+{
+    json_t *o = NULL;
+    if (tu_http(port, "GET", "/v1/cluster", NULL, NULL, &o) != 200) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+const char *tu_json_str(json_t *o, const char *a, const char *b)
+{
+    json_t *v = json_object_get(o, a);
+    if (b)
+        v = json_object_get(v, b);
+    return json_string_value(v) ? json_string_value(v) : "";
+}
+
+hr_estream_id tu_stream_id(const char *text)
+{
+    hr_estream_id id = {0, 0};
+    hr_error err = {{0}, {0}};
+    if (hr_estream_id_parse(text, &id, &err) != HR_OK)
+        fail_msg("not a stream id: '%s'", text);
+    return id;
+}
+
+hr_estream_id tu_stream_last(const char *url, const char *name)
+{
+    hr_estream_options eo;
+    hr_estream_options_defaults(&eo);
+    eo.cluster = name;
+    eo.connections = 1;
+    hr_estream *es = NULL;
+    hr_error err = {{0}, {0}};
+    if (hr_estream_open(url, NULL, &eo, &es, &err) != HR_OK)
+        fail_msg("cannot open the event stream: %s", err.message);
+    hr_estream_id last = {0, 0};
+    uint64_t ordinal = 0;
+    if (hr_estream_last(es, &last, &ordinal, &err) != HR_OK)
+        fail_msg("cannot read the event stream's last entry: %s", err.message);
+    hr_estream_destroy(es);
+    return last;
+}
+
+bool tu_wait_covered(int port, hr_estream_id last, int seconds)
+{
+    for (int round = 0; round < seconds * 20; round++) {
+        json_t *o = tu_cluster_of(port);
+        bool covered =
+            o && hr_estream_id_cmp(tu_stream_id(tu_json_str(o, "applied", "covered_entry")),
+                                   last) >= 0;
+        json_decref(o);
+        if (covered)
+            return true;
+        struct timespec ts = {0, 50 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return false;
+}
+
+long long tu_events_counted(int port)
+{
+    json_t *o = tu_cluster_of(port);
+    json_t *v = json_object_get(json_object_get(o, "model"), "events_counted");
+    long long n = json_is_integer(v) ? (long long)json_integer_value(v) : -1;
+    json_decref(o);
+    return n;
+}

@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "hogrec/config.h"
+#include "hogrec/estream.h"
 #include "hogrec/model.h"
 
 /* Path of a file under the shared data folder, or NULL if absent: under
@@ -149,5 +150,27 @@ void tu_skip_marker(const char *file, const char *func);
  *   HOGREC_TEST_SKIP_FILTER=name  leave out the tests matching name
  * (cmocka patterns: '*' and '?'). tests/CMakeLists.txt uses them to run a
  * test that may skip as a ctest entry of its own. */
+
+/* ---- cluster nodes (hogrec serve --redis), for test_cluster and
+ * test_snapshot ---- */
+
+/* GET /v1/cluster of the node at port: a new object, or NULL unless 200. */
+json_t *tu_cluster_of(int port);
+
+/* The string at o.a (b NULL) or o.a.b; "" when there is none. Borrowed. */
+const char *tu_json_str(json_t *o, const char *a, const char *b);
+
+/* A stream id "MS-SEQ"; fails the test on anything else. */
+hr_estream_id tu_stream_id(const char *text);
+
+/* The last entry of the event stream of cluster `name` at url. */
+hr_estream_id tu_stream_last(const char *url, const char *name);
+
+/* Polls the node at port until its model covers `last`, at most
+ * `seconds`; false when it did not. */
+bool tu_wait_covered(int port, hr_estream_id last, int seconds);
+
+/* The node's model.events_counted (GET /v1/cluster); -1 when unknown. */
+long long tu_events_counted(int port);
 
 #endif
