@@ -21,8 +21,13 @@
  * encoded while the trainers ran on, and failover then trained some
  * events twice).
  *
- * Delta stream entries: one per part, field "d" the part's bytes (plus
- * "e" epoch and "s" delta number, for people reading the stream).
+ * Delta stream entries: one per part, field "d" the part's bytes, "c" the
+ * event entry the delta covers (also in the part's header: a field of its
+ * own so the trimmer reads it without the part), plus "e" epoch and "s"
+ * delta number, for people reading the stream. Reads that need only an
+ * entry's id or "c" (GET /v1/cluster, the trimmer) run a script that leaves
+ * the part on the server (delta_edge). An entry without "c" (an older
+ * version's) holds back the event stream's trim until it is trimmed.
  *
  * Snapshots. An HTTP thread asks (snap_state ASKED, snap_asked) and waits
  * on snap_cv, bounded; the node thread answers at its next delta boundary
@@ -994,6 +999,50 @@ static bool may_lead(hr_cluster *c)
  * before its last delta (XTRIM MINID), then the event stream up to the
  * entry the oldest retained delta covers, after recording that point in
  * the events_trimmed key (so no node leads with less). */
+/* The id of the first entry of a stream range (XRANGE or XREVRANGE from
+ * ARGV[2] to ARGV[3], COUNT 1) and, when ARGV[4] is not empty, the value of
+ * that entry's field ARGV[4] ('' when it has none): the entry's other
+ * fields, a delta part of up to max_part_bytes, stay on the server. An empty
+ * array for an empty range. */
+static const char edge_lua[] =
+    "local r = redis.call(ARGV[1], KEYS[1], ARGV[2], ARGV[3], 'COUNT', 1) "
+    "if #r == 0 then return {} end "
+    "local v = '' "
+    "if ARGV[4] ~= '' then "
+    "  local f = r[1][2] "
+    "  for i = 1, #f - 1, 2 do if f[i] == ARGV[4] then v = f[i + 1] break end end "
+    "end "
+    "return {r[1][1], v}";
+
+/* The first entry of the delta stream's range from..to (cmd "XRANGE" or
+ * "XREVRANGE"): its id into id (HR_ESTREAM_ID_LEN; "" for an empty range)
+ * and, when field is not NULL, that field's value into val (val_len bytes,
+ * NUL-terminated, "" when absent or longer). */
+static hr_status delta_edge(hr_cluster *c, hr_redis *r, const char *cmd, const char *from,
+                            const char *to, const char *field, char *id, char *val,
+                            size_t val_len, hr_error *err)
+{
+    const char *argv[] = {c->deltas_key, cmd, from, to, field ? field : ""};
+    redisReply *rep = NULL;
+    id[0] = 0;
+    if (val)
+        val[0] = 0;
+    hr_status st = hr_redis_eval(r, edge_lua, 1, 5, argv, NULL, &rep, err);
+    if (st != HR_OK)
+        return st;
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 2 &&
+        rep->element[0]->type == REDIS_REPLY_STRING &&
+        rep->element[0]->len < HR_ESTREAM_ID_LEN) {
+        memcpy(id, rep->element[0]->str, rep->element[0]->len + 1);
+        if (val && rep->element[1]->type == REDIS_REPLY_STRING && rep->element[1]->len < val_len)
+            memcpy(val, rep->element[1]->str, rep->element[1]->len + 1);
+    } else if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 0) {
+        st = hr_error_set(err, HR_ECORRUPT, "redis", "unexpected reply to a delta stream read");
+    }
+    freeReplyObject(rep);
+    return st;
+}
+
 /* Sets key to the stream id `id` unless it holds a later one, in one
  * script: both trim points only move forward, so a stale leader (paused
  * past its lease, not yet fenced) can never lower them. */
@@ -1046,21 +1095,15 @@ static void trim_streams(hr_cluster *c)
     /* The newest entry the trim deletes goes in deltas_trimmed first: a
      * follower that applied an older one knows it cannot follow. Only the
      * leader appends, after the MINID, so what lies before it is fixed. */
-    redisReply *rep = NULL;
     hr_error err = {{0}, {0}};
-    hr_status st = hr_redis_call(c->conn, &rep, &err, "XREVRANGE", c->deltas_key, minid, "-",
-                                 "COUNT", "1", NULL);
+    char gone[HR_ESTREAM_ID_LEN];
+    hr_status st = delta_edge(c, c->conn, "XREVRANGE", minid, "-", NULL, gone, NULL, 0, &err);
     if (st != HR_OK) {
         log_redis_error(c, "cannot read the delta stream", st, &err);
         return;
     }
-    char gone[HR_ESTREAM_ID_LEN] = "";
-    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 1 &&
-        rep->element[0]->type == REDIS_REPLY_ARRAY && rep->element[0]->elements >= 1 &&
-        rep->element[0]->element[0]->type == REDIS_REPLY_STRING)
-        snprintf(gone, sizeof gone, "%s", rep->element[0]->element[0]->str);
-    freeReplyObject(rep);
     if (gone[0]) {
+        redisReply *rep = NULL;
         st = raise_id(c, c->dtrimmed_key, gone, &err);
         if (st == HR_OK)
             st = hr_redis_call(c->conn, &rep, &err, "XTRIM", c->deltas_key, "MINID", minid + 1,
@@ -1071,26 +1114,15 @@ static void trim_streams(hr_cluster *c)
         }
         freeReplyObject(rep);
     }
-    /* what the oldest retained delta covers */
-    if ((st = hr_redis_call(c->conn, &rep, &err, "XRANGE", c->deltas_key, "-", "+", "COUNT", "1",
-                            NULL)) != HR_OK) {
+    /* what the oldest retained delta covers: its "c" field */
+    char oldest[HR_ESTREAM_ID_LEN], covers[HR_ESTREAM_ID_LEN];
+    if ((st = delta_edge(c, c->conn, "XRANGE", "-", "+", "c", oldest, covers, sizeof covers,
+                         &err)) != HR_OK) {
         log_redis_error(c, "cannot read the delta stream", st, &err);
         return;
     }
-    hr_delta_header h;
-    bool have = false;
-    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 1 &&
-        rep->element[0]->type == REDIS_REPLY_ARRAY && rep->element[0]->elements == 2) {
-        redisReply *f = rep->element[0]->element[1];
-        for (size_t j = 0; f->type == REDIS_REPLY_ARRAY && j + 1 < f->elements; j += 2)
-            if (f->element[j]->type == REDIS_REPLY_STRING && !strcmp(f->element[j]->str, "d") &&
-                f->element[j + 1]->type == REDIS_REPLY_STRING)
-                have = hr_delta_peek(f->element[j + 1]->str, f->element[j + 1]->len, &h, NULL,
-                                     NULL, &err) == HR_OK;
-    }
-    freeReplyObject(rep);
     hr_estream_id t;
-    if (!have || !h.event_id[0] || hr_estream_id_parse(h.event_id, &t, NULL) != HR_OK ||
+    if (!covers[0] || hr_estream_id_parse(covers, &t, NULL) != HR_OK ||
         hr_estream_id_cmp(t, c->events_trimmed) <= 0)
         return;
     char ts[HR_ESTREAM_ID_LEN];
@@ -1279,20 +1311,15 @@ static bool serve_follow(hr_cluster *c)
     return true;
 }
 
-/* The delta stream's last id ({0, 0} when empty or missing). */
+/* The delta stream's last id ({0, 0} when empty or missing), read without
+ * its part (delta_edge). */
 static hr_status deltas_last(hr_cluster *c, hr_redis *r, hr_estream_id *last, hr_error *err)
 {
     *last = (hr_estream_id){0, 0};
-    redisReply *rep = NULL;
-    hr_status st = hr_redis_call(r, &rep, err, "XREVRANGE", c->deltas_key, "+", "-", "COUNT", "1",
-                                 NULL);
-    if (st != HR_OK)
-        return st;
-    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 1 &&
-        rep->element[0]->type == REDIS_REPLY_ARRAY && rep->element[0]->elements >= 1 &&
-        rep->element[0]->element[0]->type == REDIS_REPLY_STRING)
-        st = hr_estream_id_parse(rep->element[0]->element[0]->str, last, err);
-    freeReplyObject(rep);
+    char id[HR_ESTREAM_ID_LEN];
+    hr_status st = delta_edge(c, r, "XREVRANGE", "+", "-", NULL, id, NULL, 0, err);
+    if (st == HR_OK && id[0])
+        st = hr_estream_id_parse(id, last, err);
     return st;
 }
 
@@ -1408,16 +1435,19 @@ static hr_status feed_entry(void *arg, const hr_estream_entry *e)
  * A fenced refusal steps down. */
 static hr_status send_parts(hr_cluster *c)
 {
-    char es[24], ss[24];
+    char es[24], ss[24], cs[HR_ESTREAM_ID_LEN];
     snprintf(es, sizeof es, "%" PRId64, c->epoch);
     snprintf(ss, sizeof ss, "%" PRIu64, c->dseq);
+    /* "c", the entry the delta covers (as in its header), in a field of its
+     * own: the trimmer reads it without the part (delta_edge) */
+    hr_estream_id_format(c->pend_covered, cs);
     while (c->part_next < c->buf.nparts) {
         size_t i = c->part_next, from = i ? c->buf.ends[i - 1] : 0, len = c->buf.ends[i] - from;
-        const char *argv[] = {"*", "e", es, "s", ss, "d", (const char *)c->buf.data + from};
-        const size_t lens[] = {1, 1, strlen(es), 1, strlen(ss), 1, len};
+        const char *argv[] = {"*", "e", es, "s", ss, "c", cs, "d", (const char *)c->buf.data + from};
+        const size_t lens[] = {1, 1, strlen(es), 1, strlen(ss), 1, strlen(cs), 1, len};
         char id[HR_ESTREAM_ID_LEN];
         hr_error err = {{0}, {0}};
-        hr_status st = hr_lease_fenced_xadd(c->lease, c->conn, c->epoch, c->deltas_key, 7, argv,
+        hr_status st = hr_lease_fenced_xadd(c->lease, c->conn, c->epoch, c->deltas_key, 9, argv,
                                             lens, id, sizeof id, &err);
         if (st == HR_EBUSY && !strncmp(err.message, "fenced", 6)) {
             step_down(c, "a newer epoch fenced the delta", err.message);

@@ -576,39 +576,6 @@ static hr_status apply_id(hr_model *m, const record *r, hr_delta_state *st)
     return s;
 }
 
-hr_status hr_delta_peek(const void *buf, size_t len, hr_delta_header *out, uint32_t *part,
-                        bool *last, hr_error *err)
-{
-    const uint8_t *p = buf;
-    if (len < HDR_BYTES + TRAILER_BYTES)
-        return hr_error_set(err, HR_ECORRUPT, "delta", "delta of %zu bytes: shorter than a header",
-                            len);
-    if (memcmp(p + O_MAGIC, MAGIC, 4) != 0)
-        return hr_error_set(err, HR_ECORRUPT, "delta", "not a delta (bad magic)");
-    header h;
-    read_header(p, &h);
-    if (h.length != len || get64(p + len - TRAILER_BYTES) != hr_hash64(p, len - TRAILER_BYTES,
-                                                                         CHECK_SEED))
-        return hr_error_set(err, HR_ECORRUPT, "delta", "delta length or checksum mismatch");
-    if (h.version != HR_DELTA_VERSION)
-        return hr_error_set(err, HR_EINVAL, "delta", "delta format version %u, this build reads %d",
-                            h.version, HR_DELTA_VERSION);
-    if ((h.flags & ~FLAG_LAST) || h.zero || h.evlen > HR_DELTA_EVENT_ID_MAX ||
-        len - TRAILER_BYTES < HDR_BYTES + (size_t)h.evlen)
-        return hr_error_set(err, HR_ECORRUPT, "delta", "bad delta header");
-    memset(out, 0, sizeof *out);
-    out->epoch = h.epoch;
-    out->seq = h.seq;
-    out->schedule_version = h.sched;
-    memcpy(out->event_id, h.event, h.evlen);
-    out->event_id[h.evlen] = 0;
-    if (part)
-        *part = h.part;
-    if (last)
-        *last = (h.flags & FLAG_LAST) != 0;
-    return HR_OK;
-}
-
 hr_status hr_delta_apply(hr_model *m, const void *buf, size_t len, hr_delta_state *st,
                          hr_error *err)
 {

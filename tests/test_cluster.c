@@ -1329,12 +1329,109 @@ static void test_refuses_db(void **state)
     tu_redis_stop(&rs);
 }
 
+/* Redis's total_net_output_bytes (INFO stats) through r. */
+static long long redis_output_bytes(hr_redis *r)
+{
+    redisReply *rep = NULL;
+    hr_error err = {{0}, {0}};
+    if (hr_redis_call(r, &rep, &err, "INFO", "stats", NULL) != HR_OK)
+        fail_msg("INFO stats: %s", err.message);
+    const char *at = rep->type == REDIS_REPLY_STRING
+                         ? strstr(rep->str, "total_net_output_bytes:")
+                         : NULL;
+    long long v = at ? strtoll(at + strlen("total_net_output_bytes:"), NULL, 10) : -1;
+    freeReplyObject(rep);
+    if (v < 0)
+        fail_msg("INFO stats has no total_net_output_bytes");
+    return v;
+}
+
+/* GET /v1/cluster (which the dashboard polls every second) reports the
+ * delta stream's last id without fetching the last delta part: Redis sends
+ * a small reply, not the part. Measured in Redis's own count of bytes sent
+ * to its clients, over 20 requests, against the size of the last part (a
+ * node with a 2 s publish interval puts 3000 new users and items in one
+ * delta). Before, each request read the whole part (XREVRANGE). */
+static void test_status_leaves_delta_on_server(void **state)
+{
+    (void)state;
+    const char *bin = bin_or_skip();
+    tu_redis rs = {0};
+    tu_redis_start(&rs);
+    const char *url = tu_redis_url(&rs);
+    const char *argv[] = {bin, "serve", "--port", "0", "--db", "", "--threads", "1",
+                          "--max-users", "4096", "--max-items", "4096", "--k", "8",
+                          "--negative-sampling", "off", "--redis", url, "--cluster", "dl",
+                          "--node-id", "a", "--publish-ms", "2000", NULL};
+    tu_child n[1];
+    tu_child_spawn(&n[0], (char *const *)argv, CHILD_BOUND, NULL, NULL);
+    g_spawned[g_nspawned++] = n[0].pid;
+    json_t *ready = tu_child_log_until(&n[0], "ready", NULL, 0);
+    assert_non_null(ready);
+    json_decref(ready);
+    assert_int_equal(wait_leader_of(n, 1), 0);
+    json_t *oc = tu_cluster_of(n[0].port);
+    char deltas_key[160];
+    snprintf(deltas_key, sizeof deltas_key, "%s", tu_json_str(oc, "delta_stream", NULL));
+    json_decref(oc);
+    enum { USERS_ITEMS = 3000 };
+    size_t cap = (size_t)USERS_ITEMS * 64 + 16, len = 0;
+    char *body = malloc(cap);
+    assert_non_null(body);
+    len += (size_t)snprintf(body + len, cap - len, "[");
+    for (int i = 0; i < USERS_ITEMS; i++)
+        len += (size_t)snprintf(body + len, cap - len,
+                                "%s{\"user\":\"big%d\",\"item\":\"big%d\",\"label\":%d}",
+                                i ? "," : "", i, i, i & 1);
+    snprintf(body + len, cap - len, "]");
+    assert_int_equal(tu_http(n[0].port, "POST", "/v1/events", body, NULL, NULL), 202);
+    free(body);
+    if (!tu_wait_covered(n[0].port, tu_stream_last(url, "dl"), WAIT_SECONDS))
+        fail_msg("the leader did not publish the events within %d s", WAIT_SECONDS);
+
+    hr_redis *r = NULL;
+    hr_error err = {{0}, {0}};
+    if (hr_redis_open(url, NULL, &r, &err) != HR_OK)
+        fail_msg("cannot connect to redis: %s", err.message);
+    redisReply *rep = NULL;
+    if (hr_redis_call(r, &rep, &err, "XREVRANGE", deltas_key, "+", "-", "COUNT", "1", NULL) !=
+        HR_OK)
+        fail_msg("XREVRANGE %s: %s", deltas_key, err.message);
+    size_t part = 0;
+    for (size_t j = 0; rep->elements == 1 && j + 1 < rep->element[0]->element[1]->elements;
+         j += 2)
+        if (!strcmp(rep->element[0]->element[1]->element[j]->str, "d"))
+            part = rep->element[0]->element[1]->element[j + 1]->len;
+    freeReplyObject(rep);
+    if (part < 32768)
+        fail_msg("the last delta part has %zu bytes; the test needs one of at least 32 KiB", part);
+
+    long long before = redis_output_bytes(r);
+    for (int i = 0; i < 20; i++) {
+        json_t *o = tu_cluster_of(n[0].port);
+        assert_non_null(o);
+        assert_string_not_equal(tu_json_str(o, "lag", "last_delta"), "");
+        json_decref(o);
+    }
+    long long sent = redis_output_bytes(r) - before;
+    print_message("Redis sent %lld bytes for 20 status requests; the last delta part has %zu\n",
+                  sent, part);
+    if ((size_t)sent > 20 * part / 8)
+        fail_msg("Redis sent %lld bytes for 20 status requests, the last part has %zu", sent,
+                 part);
+    hr_redis_destroy(r);
+    kill(n[0].pid, SIGTERM);
+    assert_true(WIFEXITED(tu_child_wait(&n[0])));
+    tu_redis_stop(&rs);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_leader_and_followers, kill_leftovers),
         cmocka_unit_test_teardown(test_backlog_bound, kill_leftovers),
         cmocka_unit_test_teardown(test_refuses_db, kill_leftovers),
+        cmocka_unit_test_teardown(test_status_leaves_delta_on_server, kill_leftovers),
         cmocka_unit_test_teardown(test_failover_kill_leader, kill_leftovers),
         cmocka_unit_test_teardown(test_paused_leader_steps_down, kill_leftovers),
         cmocka_unit_test_teardown(test_redis_killed_and_restarted, kill_leftovers),

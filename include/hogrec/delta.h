@@ -87,16 +87,6 @@ hr_status hr_delta_encode(hr_model *m, const hr_delta_header *h, size_t max_part
  * len is shorter than a header. */
 void hr_delta_seal(void *buf, size_t len);
 
-/* Reads the publisher's header of a part (buf, len borrowed) after
- * checking its magic, length, checksum and header fields (not its records
- * or the model shape): *h, the part's index (*part, may be NULL) and
- * whether it is its delta's last (*last, may be NULL). For a reader of the
- * delta stream that needs what a part covers without applying it (the
- * leader's trimmer). HR_ECORRUPT, or HR_EINVAL for another format version.
- * Pure. */
-hr_status hr_delta_peek(const void *buf, size_t len, hr_delta_header *h, uint32_t *part,
-                        bool *last, hr_error *err);
-
 /* What a follower has applied. Zero-initialize (nothing applied yet: the
  * first part 0 of any epoch and seq is taken). */
 typedef struct {
