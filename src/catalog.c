@@ -32,8 +32,6 @@
 #include "hogrec/api.h"
 #include "hogrec/persist.h"
 
-#define ATTR_WEIGHT 0.1f /* the value of a string attribute in the model (a number: times it) */
-
 struct hr_catalog {
     hr_model *model;              /* borrowed */
     hr_events *events;            /* borrowed: recent items of a forgotten user */
@@ -251,11 +249,25 @@ hr_status hr_catalog_parse(const json_t *obj, const char *id, size_t idlen,
 
 /* ---- attributes ---- */
 
+/* The value of each of a record's n model attributes: its side's
+ * attr_value, divided by sqrt(n) or n as attr_norm says (a number
+ * attribute: times its number). */
+static float attr_scale(const hr_model *m, hr_catalog_kind kind, uint32_t n)
+{
+    const hr_model_config *mc = hr_model_get_config(m);
+    float v = mc->attr_value[kind == HR_CATALOG_USER ? 0 : 1];
+    if (n > 1 && mc->attr_norm == HR_CONFIG_ATTR_NORM_SQRT)
+        v /= sqrtf((float)n);
+    else if (n > 1 && mc->attr_norm == HR_CONFIG_ATTR_NORM_COUNT)
+        v /= (float)n;
+    return v;
+}
+
 /* The model attributes of a record: its features then its categories,
- * hashed under "<kind>:<field>", each with the value ATTR_WEIGHT (a number
+ * hashed under "<kind>:<field>", each with the value attr_scale (a number
  * times it). At 1 (the weight of an event's own features) MovieLens' time
  * split and u1 lost 1 to 2 points of test AUC with u.user and u.item; at
- * 1/their number 0.4 and 0.1; at 0.1 both gained a little (README). */
+ * 0.1 both gained a little, hence the default attr_value (README). */
 static uint32_t attrs_of(const hr_model *m, hr_catalog_kind kind, const json_t *doc, hr_feat *out)
 {
     uint32_t n = 0;
@@ -286,8 +298,9 @@ static uint32_t attrs_of(const hr_model *m, hr_catalog_kind kind, const json_t *
         out[n].x = 1.0f;
         n++;
     }
+    const float scale = attr_scale(m, kind, n);
     for (uint32_t i = 0; i < n; i++)
-        out[i].x *= ATTR_WEIGHT;
+        out[i].x *= scale;
     return n;
 }
 

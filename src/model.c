@@ -120,6 +120,9 @@ hr_status hr_model_config_from(const hr_config *c, const hr_schedule *s, hr_mode
     out->chunk_rows = (uint32_t)c->chunk_rows;
     out->min_count = (uint32_t)c->min_count;
     out->half_items = c->topk_precision == HR_CONFIG_TOPK_F16;
+    out->attr_value[0] = (float)c->attr_value_user;
+    out->attr_value[1] = (float)c->attr_value_item;
+    out->attr_norm = c->attr_norm;
     out->expire_seconds = c->expire_seconds;
     out->grad_clip = c->grad_clip;
     out->adagrad_init = (float)c->adagrad_init;

@@ -169,6 +169,67 @@ static void test_put_get_delete_and_attributes(void **state)
     hr_app_close(app, true);
 }
 
+/* attr_value_user, attr_value_item and attr_norm set the values of a
+ * record's attributes in the model as documented: the side's value, over
+ * sqrt(n) or n for n attributes, a number attribute times its number. */
+static void test_attribute_values(void **state)
+{
+    (void)state;
+    static const char *const norms[] = {"none", "sqrt", "count"};
+    for (int k = 0; k < 4; k++) {
+        hr_config c;
+        tu_small_config(&c, "");
+        hr_error e;
+        double vu = 0.1, vi = 0.1; /* the defaults (k == 3) */
+        if (k < 3) {
+            vu = 0.5;
+            vi = 0.2;
+            assert_int_equal(hr_config_set(&c, "attr_value_user", "0.5", &e), HR_OK);
+            assert_int_equal(hr_config_set(&c, "attr_value_item", "0.2", &e), HR_OK);
+            assert_int_equal(hr_config_set(&c, "attr_norm", norms[k], &e), HR_OK);
+        }
+        hr_app *app;
+        assert_int_equal(hr_app_open(&c, &app, &e), HR_OK);
+        hr_config_free(&c);
+        /* the item: 4 attributes, one of them the number 3; the user: 2 */
+        put(app->catalog, HR_CATALOG_ITEM, "i1",
+            "{\"features\":{\"lang\":\"en\",\"year\":3},\"categories\":[\"drama\",\"comedy\"]}");
+        put(app->catalog, HR_CATALOG_USER, "u1", "{\"features\":{\"gender\":\"F\",\"age\":\"25-34\"}}");
+        double div[2] = {1, 1}; /* user (2 attributes), item (4) */
+        if (k == 1) {
+            div[0] = sqrt(2);
+            div[1] = 2;
+        } else if (k == 2) {
+            div[0] = 2;
+            div[1] = 4;
+        }
+        hr_feat f[HR_MAX_ATTRS];
+        uint32_t row = hr_model_lookup(app->model, HR_TABLE_USER, "u1", 2);
+        assert_int_equal(hr_model_attrs(app->model, HR_TABLE_USER, row, f), 2);
+        for (int i = 0; i < 2; i++)
+            assert_float_equal(f[i].x, vu / div[0], 1e-6);
+        row = hr_model_lookup(app->model, HR_TABLE_ITEM, "i1", 2);
+        assert_int_equal(hr_model_attrs(app->model, HR_TABLE_ITEM, row, f), 4);
+        uint32_t year = hr_model_ctx_row(app->model, "item:year", 9, NULL, 0);
+        int numbers = 0;
+        for (int i = 0; i < 4; i++) {
+            double mult = f[i].row == year ? 3 : 1;
+            numbers += f[i].row == year;
+            assert_float_equal(f[i].x, mult * vi / div[1], 1e-6);
+        }
+        assert_int_equal(numbers, 1);
+        hr_app_close(app, true);
+    }
+    /* the bounds and the choices */
+    hr_config c;
+    hr_error e;
+    hr_config_defaults(&c);
+    assert_int_equal(hr_config_set(&c, "attr_norm", "log", &e), HR_EINVAL);
+    assert_int_equal(hr_config_set(&c, "attr_value_user", "11", &e), HR_EINVAL);
+    assert_int_equal(hr_config_set(&c, "attr_value_item", "-1", &e), HR_EINVAL);
+    hr_config_free(&c);
+}
+
 static void test_records_survive_a_restart(void **state)
 {
     (void)state;
@@ -742,6 +803,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_validates),
         cmocka_unit_test(test_put_get_delete_and_attributes),
+        cmocka_unit_test(test_attribute_values),
         cmocka_unit_test(test_records_survive_a_restart),
         cmocka_unit_test(test_http_routes),
         cmocka_unit_test(test_topk_filter_dense_and_sparse),

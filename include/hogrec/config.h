@@ -54,6 +54,15 @@ typedef enum {
     HR_CONFIG_TOPK_COUNT
 } hr_config_topk;
 
+/* `attr_norm`: how a catalog record's attribute values scale with their
+ * number n on that record (catalog.h). */
+typedef enum {
+    HR_CONFIG_ATTR_NORM_NONE,  /* each at its side's attr_value */
+    HR_CONFIG_ATTR_NORM_SQRT,  /* each at attr_value / sqrt(n) */
+    HR_CONFIG_ATTR_NORM_COUNT, /* each at attr_value / n */
+    HR_CONFIG_ATTR_NORM_COUNT_ /* how many */
+} hr_config_attr_norm;
+
 /* The option's name of a value ("auto", "on", "sync", ...); static strings,
  * "unknown" out of range. hr_loss_to_string (row.h) and
  * hr_log_level_to_string (log.h) name the other two. */
@@ -61,6 +70,7 @@ const char *hr_config_state_to_string(hr_config_state s);
 const char *hr_config_neg_to_string(hr_config_neg n);
 const char *hr_config_durability_to_string(hr_config_durability d);
 const char *hr_config_topk_to_string(hr_config_topk t);
+const char *hr_config_attr_norm_to_string(hr_config_attr_norm a);
 
 typedef struct {
     /* model */
@@ -75,6 +85,9 @@ typedef struct {
     int64_t chunk_rows;        /* rows per storage chunk (power of two) */
     int64_t min_count;         /* events before an id gets its own embedding */
     hr_config_topk topk_precision; /* f32 | f16: item copy top-K scans */
+    double attr_value_user;    /* value of a user's catalog attribute (a number: times it) */
+    double attr_value_item;    /* the same for an item's */
+    hr_config_attr_norm attr_norm; /* none | sqrt | count: scaled by the record's attributes */
     double expire_seconds;     /* drop ids unseen this long (0 = never) */
     double grad_clip;          /* max gradient L2 norm per event (0 = off) */
     double adagrad_init;       /* initial AdaGrad accumulator */

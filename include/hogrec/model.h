@@ -66,6 +66,9 @@ typedef struct {
     float adagrad_init;      /* initial accumulator */
     float rating_offset;     /* initial w0 for squared loss */
     bool half_items;         /* keep a half-precision copy of item rows (top-K) */
+    float attr_value[2];     /* [0] user, [1] item: value of a catalog attribute (the
+                                catalog sets the attributes; a number: times it) */
+    hr_config_attr_norm attr_norm; /* the catalog's scaling by a record's attribute count */
 } hr_model_config;
 
 typedef struct hr_model hr_model;
