@@ -286,7 +286,60 @@ static hr_status read_log(trial *tr, hr_store *log, read_ctx *rc, size_t page, h
     }
 }
 
-/* A copy of src (ids at the same rows, every row's floats). */
+/* Row r's catalog attributes and pin, from src into dst's row r. */
+static hr_status copy_row_attrs(const hr_model *src, hr_model *dst, hr_table_id t, uint32_t r,
+                                hr_error *err)
+{
+    hr_feat f[HR_MAX_ATTRS];
+    uint32_t na = hr_model_attrs(src, t, r, f);
+    bool pin = hr_model_attrs_pinned(src, t, r);
+    hr_status st = na || pin ? hr_model_set_attrs(dst, t, r, f, na, pin) : HR_OK;
+    if (st != HR_OK)
+        hr_error_set(err, st, NULL, "copying catalog attributes: %s", hr_status_to_string(st));
+    return st;
+}
+
+/* The catalog attributes (and pins) of the live model's users and items, as
+ * they are now, into the private one: each attributed id at its row there
+ * (restored from the checkpoint), else at its live row when that is free,
+ * else at a new row. Read before the log, so the events of the warm-up and
+ * the window train with them, as the live trainers did. Lock-free reads
+ * of the live model (the trial thread). */
+static hr_status copy_attrs(const hr_model *live, hr_model *m, hr_error *err)
+{
+    hr_feat f[HR_MAX_ATTRS];
+    for (int t = HR_TABLE_USER; t <= HR_TABLE_ITEM; t++) {
+        if (hr_model_attrs_count(live, (hr_table_id)t) == 0)
+            continue;
+        uint32_t n = hr_model_rows(live, (hr_table_id)t);
+        for (uint32_t r = 1; r < n; r++) {
+            uint32_t na = hr_model_attrs(live, (hr_table_id)t, r, f);
+            bool pin = hr_model_attrs_pinned(live, (hr_table_id)t, r);
+            size_t klen;
+            const char *key = na || pin ? hr_model_key(live, (hr_table_id)t, r, &klen) : NULL;
+            if (!key)
+                continue;
+            uint32_t row = hr_model_lookup(m, (hr_table_id)t, key, klen);
+            hr_status st = HR_OK;
+            if (row == HR_ID_NONE) {
+                if (hr_model_insert_id_at(m, (hr_table_id)t, key, klen, r) == HR_OK) {
+                    row = r;
+                    hr_model_reset_row(m, (hr_table_id)t, r); /* a fresh row, as intern's */
+                } else
+                    st = hr_model_intern(m, (hr_table_id)t, key, klen, &row, NULL);
+            }
+            if (st == HR_OK)
+                st = hr_model_set_attrs(m, (hr_table_id)t, row, f, na, pin);
+            if (st != HR_OK)
+                return hr_error_set(err, st, NULL, "copying catalog attributes: %s",
+                                    hr_status_to_string(st));
+        }
+    }
+    return HR_OK;
+}
+
+/* A copy of src (ids at the same rows, every row's floats and catalog
+ * attributes). */
 static hr_status copy_model(const hr_model *src, hr_model **out, hr_error *err)
 {
     hr_status st = hr_model_create(hr_model_get_config(src), out, err);
@@ -313,6 +366,8 @@ static hr_status copy_model(const hr_model *src, hr_model **out, hr_error *err)
             }
             hr_sgd_row_read(L, hr_model_row(src, (hr_table_id)t, r), buf);
             hr_sgd_row_write(L, hr_model_row(dst, (hr_table_id)t, r), buf);
+            if (ids && r > 0)
+                st = copy_row_attrs(src, dst, (hr_table_id)t, r, err);
         }
     }
     free(buf);
@@ -471,6 +526,10 @@ static void *trial_main(void *arg)
     }
     if (restore_ckpt(jb->main, &tr->ckpt, base, &err) != HR_OK) {
         fail_trial(tr, "restoring the checkpoint: %s", err.message);
+        goto out;
+    }
+    if (copy_attrs(t->live, base, &err) != HR_OK) {
+        fail_trial(tr, "%s", err.message);
         goto out;
     }
     rd.m = base;

@@ -22,6 +22,7 @@
 
 #include "hogrec/api.h"
 #include "hogrec/app.h"
+#include "hogrec/catalog.h"
 #include "hogrec/persist.h"
 #include "hogrec/trials.h"
 
@@ -337,6 +338,79 @@ static void test_window_retention(void **state)
     free(s);
 }
 
+/* A catalog of every user and item: a user's group of 3, an item's number
+ * (a rank 0-6) and category of 2; written before any event, so the ids are
+ * interned in the same order in every app. Their attributes enter every
+ * event as FM features, so they change what the model learns. */
+static void put_catalog(hr_app *app)
+{
+    hr_catalog_record recs[PI > PU ? PI : PU];
+    hr_error err;
+    for (int kind = HR_CATALOG_USER; kind <= HR_CATALOG_ITEM; kind++) {
+        int count = kind == HR_CATALOG_USER ? PU : PI;
+        for (int i = 0; i < count; i++) {
+            char id[16], text[160];
+            snprintf(id, sizeof id, "%c%d", kind == HR_CATALOG_USER ? 'u' : 'i', i);
+            if (kind == HR_CATALOG_USER)
+                snprintf(text, sizeof text, "{\"features\":{\"group\":\"g%d\"}}", i % 3);
+            else
+                snprintf(text, sizeof text,
+                         "{\"features\":{\"rank\":%d},\"categories\":[\"c%d\"]}", i % 7,
+                         i % 2);
+            json_error_t jerr;
+            json_t *obj = json_loads(text, 0, &jerr);
+            assert_non_null(obj);
+            assert_int_equal(hr_catalog_parse(obj, id, strlen(id), &recs[i], &err), HR_OK);
+            json_decref(obj);
+        }
+        if (hr_catalog_put(app->catalog, (hr_catalog_kind)kind, recs, (size_t)count, NULL, &err) !=
+            HR_OK)
+            fail_msg("catalog: %s", err.message);
+    }
+}
+
+/* The loss over the last `window` events of a fresh replay of s[0..n) by
+ * a new app without a database, with or without the catalog. */
+static double fresh_loss(const pev *s, size_t n, size_t window, bool catalog)
+{
+    hr_app *fresh = open_app("", NULL);
+    if (catalog)
+        put_catalog(fresh);
+    submit(fresh, s, n);
+    hr_progress_report rep;
+    hr_progress_get(fresh->progress, window, &rep);
+    hr_app_close(fresh, true);
+    return rep.loss;
+}
+
+/* With a catalog, the trial's private model has the live model's catalog
+ * attributes: its baseline equals a fresh replay by a new app with the same
+ * catalog (and not one without it: the attributes matter). */
+static void test_baseline_with_catalog_matches_fresh_replay(void **state)
+{
+    (void)state;
+    const size_t n = 20000, window = 10000;
+    pev *s = malloc(n * sizeof *s);
+    assert_non_null(s);
+    planted_stream(s, n, 19);
+    hr_app *app = open_app(db_path("catalog.db"), NULL);
+    put_catalog(app);
+    submit(app, s, n);
+    const char *cands[] = {GOOD};
+    json_t *t = wait_trial(app, start(app, "{\"events\":10000}", cands, 1));
+    assert_string_equal(json_string_value(json_object_get(t, "status")), "done");
+    double baseline = json_real_value(json_object_get(json_object_get(t, "baseline"), "loss"));
+    json_decref(t);
+    hr_app_close(app, true);
+    double with = fresh_loss(s, n, window, true), without = fresh_loss(s, n, window, false);
+    print_message("baseline loss %.9f, fresh replay with the catalog %.9f (diff %.3g), "
+                  "without %.9f\n",
+                  baseline, with, fabs(baseline - with), without);
+    assert_true(fabs(with - without) > 10 * TOLERANCE);
+    assert_true(fabs(baseline - with) <= TOLERANCE);
+    free(s);
+}
+
 /* What the slice hook saw of the log read (the trial thread writes, the
  * test reads after the trial ended). */
 typedef struct {
@@ -493,6 +567,7 @@ int main(void)
         cmocka_unit_test(test_window_retention),
         cmocka_unit_test(test_refusals_and_cancel),
         cmocka_unit_test(test_log_read_is_duty_cycled),
+        cmocka_unit_test(test_baseline_with_catalog_matches_fresh_replay),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     tu_rmtree(dir);
