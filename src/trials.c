@@ -469,8 +469,8 @@ static void on_run_slice(trial *tr, void *arg, size_t done)
     run_ctx *rc = arg;
     if (done < rc->next_point && done < rc->total)
         return;
-    hr_progress_report all;
-    hr_progress_get(rc->e->progress, 0, &all);
+    hr_progress_report all; /* only its total: one point, not a copy and an AUC of them all */
+    hr_progress_get(rc->e->progress, 1, &all);
     hr_progress_report seg;
     hr_progress_get(rc->e->progress, (size_t)(all.total - rc->points_at), &seg);
     rc->points_at = all.total;
