@@ -108,7 +108,7 @@ typedef struct {
 #define MAX_UPDATES 1e15 /* bound of the fields counted in updates */
 
 static const num_field fields[] = {
-    NUM("eta0", eta0, 0, false, 10, true),
+    NUM("eta0", eta0, 0, false, 100, true),
     NUM("t0", t0, 0, false, MAX_UPDATES, true),
     NUM("power", power, 0, true, 10, true),
     NUM("gamma", gamma, 0, false, 1, true),
@@ -116,7 +116,7 @@ static const num_field fields[] = {
     NUM("period", period, 0, false, MAX_UPDATES, true),
     NUM("t_mult", t_mult, 1, true, 100, true),
     NUM("warmup", warmup, 0, true, MAX_UPDATES, true),
-    NUM("floor", floor, 0, true, 10, true), /* and <= eta0 */
+    NUM("floor", floor, 0, true, 100, true), /* and <= eta0 */
     NUM("multipliers.global", multiplier[HR_GROUP_GLOBAL], 0, true, 100, true),
     NUM("multipliers.bias", multiplier[HR_GROUP_BIAS], 0, true, 100, true),
     NUM("multipliers.user", multiplier[HR_GROUP_USER], 0, true, 100, true),

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "hogrec/api.h"
 #include "hogrec/json.h"
@@ -69,6 +70,8 @@ typedef struct trial {
     uint64_t applied_version;  /* 0 until applied */
     pthread_t thread;
     bool joined;
+    hr_trials_slice_fn *hook; /* the slice hook when it started (may be NULL) */
+    void *hook_ctx;
 } trial;
 
 struct hr_trials {
@@ -81,6 +84,8 @@ struct hr_trials {
     trial *list[HR_TRIALS_KEPT];
     size_t n;
     uint64_t next_id;
+    hr_trials_slice_fn *hook;  /* under mu: hr_trials_set_slice_hook */
+    void *hook_ctx;
 };
 
 /* ---- helpers ---- */
@@ -124,6 +129,33 @@ static void pause_for(trial *tr, double seconds)
     while (!atomic_load(&tr->cancel) && pthread_cond_timedwait(&t->cv, &t->mu, &ts) != ETIMEDOUT)
         ;
     pthread_mutex_unlock(&t->mu);
+}
+
+/* The calling thread's CPU time, seconds. */
+static double thread_cpu_s(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+        return 0;
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The duty cycle after one slice of `events` that started at thread CPU
+ * time cpu0: sleeps so that the thread keeps to cpu_share of one core
+ * (the read and the replays alike). Returns false when cancelled. */
+static bool duty_cycle(trial *tr, hr_trials_phase phase, size_t events, double cpu0)
+{
+    double share = tr->owner->cfg.cpu_share > 0 && tr->owner->cfg.cpu_share <= 1
+                       ? tr->owner->cfg.cpu_share
+                       : 1;
+    double busy = thread_cpu_s() - cpu0;
+    if (busy < 0)
+        busy = 0;
+    double pause = share < 1 ? busy * (1 - share) / share : 0;
+    if (tr->hook)
+        tr->hook(tr->hook_ctx, phase, events, busy, pause);
+    pause_for(tr, pause);
+    return !atomic_load(&tr->cancel);
 }
 
 /* ---- rebuilding the state at the window's start (the trial thread) ---- */
@@ -196,14 +228,21 @@ typedef struct {
     size_t n, cap;
     uint64_t to;
     uint64_t skipped;
+    uint64_t last;      /* the last seq read */
+    size_t page_left;   /* rows left in this page */
+    bool end;           /* a seq past `to` was met */
 } read_ctx;
 
 static hr_status read_event(void *arg, uint64_t seq, double arrived, const char *json, size_t len)
 {
     (void)arrived;
     read_ctx *rc = arg;
-    if (seq > rc->to)
+    if (seq > rc->to) {
+        rc->end = true;
         return HR_ESTOPPED; /* past the window: stop the scan */
+    }
+    rc->last = seq;
+    hr_status page = --rc->page_left ? HR_OK : HR_ESTOPPED; /* the page is full: stop */
     json_error_t jerr;
     json_t *obj = json_loadb(json, len, 0, &jerr);
     hr_event ev;
@@ -212,7 +251,7 @@ static hr_status read_event(void *arg, uint64_t seq, double arrived, const char 
     json_decref(obj);
     if (st != HR_OK) {
         rc->skipped++;
-        return HR_OK;
+        return page;
     }
     if (rc->n == rc->cap) {
         size_t cap = rc->cap ? rc->cap * 2 : 4096;
@@ -224,10 +263,83 @@ static hr_status read_event(void *arg, uint64_t seq, double arrived, const char 
     }
     ev.seq = seq;
     rc->ev[rc->n++] = ev;
+    return page;
+}
+
+/* Reads the logged events (rc->last, rc->to] into rc in pages of `page`
+ * rows by seq: each page is one scan, its read transaction ended before
+ * the duty-cycle pause that follows it. HR_ESTOPPED when cancelled. */
+static hr_status read_log(trial *tr, hr_store *log, read_ctx *rc, size_t page, hr_error *err)
+{
+    for (;;) {
+        double cpu0 = thread_cpu_s();
+        size_t had = rc->n + (size_t)rc->skipped;
+        rc->page_left = page;
+        hr_status st = hr_store_log_scan(log, rc->last, read_event, rc, err);
+        if (st != HR_OK && st != HR_ESTOPPED)
+            return st;
+        bool more = st == HR_ESTOPPED && !rc->end;
+        if (!duty_cycle(tr, HR_TRIALS_READ, rc->n + (size_t)rc->skipped - had, cpu0))
+            return HR_ESTOPPED;
+        if (!more || rc->last >= rc->to)
+            return HR_OK;
+    }
+}
+
+/* Row r's catalog attributes and pin, from src into dst's row r. */
+static hr_status copy_row_attrs(const hr_model *src, hr_model *dst, hr_table_id t, uint32_t r,
+                                hr_error *err)
+{
+    hr_feat f[HR_MAX_ATTRS];
+    uint32_t na = hr_model_attrs(src, t, r, f);
+    bool pin = hr_model_attrs_pinned(src, t, r);
+    hr_status st = na || pin ? hr_model_set_attrs(dst, t, r, f, na, pin) : HR_OK;
+    if (st != HR_OK)
+        hr_error_set(err, st, NULL, "copying catalog attributes: %s", hr_status_to_string(st));
+    return st;
+}
+
+/* The catalog attributes (and pins) of the live model's users and items, as
+ * they are now, into the private one: each attributed id at its row there
+ * (restored from the checkpoint), else at its live row when that is free,
+ * else at a new row. Read before the log, so the events of the warm-up and
+ * the window train with them, as the live trainers did. Lock-free reads
+ * of the live model (the trial thread). */
+static hr_status copy_attrs(const hr_model *live, hr_model *m, hr_error *err)
+{
+    hr_feat f[HR_MAX_ATTRS];
+    for (int t = HR_TABLE_USER; t <= HR_TABLE_ITEM; t++) {
+        if (hr_model_attrs_count(live, (hr_table_id)t) == 0)
+            continue;
+        uint32_t n = hr_model_rows(live, (hr_table_id)t);
+        for (uint32_t r = 1; r < n; r++) {
+            uint32_t na = hr_model_attrs(live, (hr_table_id)t, r, f);
+            bool pin = hr_model_attrs_pinned(live, (hr_table_id)t, r);
+            size_t klen;
+            const char *key = na || pin ? hr_model_key(live, (hr_table_id)t, r, &klen) : NULL;
+            if (!key)
+                continue;
+            uint32_t row = hr_model_lookup(m, (hr_table_id)t, key, klen);
+            hr_status st = HR_OK;
+            if (row == HR_ID_NONE) {
+                if (hr_model_insert_id_at(m, (hr_table_id)t, key, klen, r) == HR_OK) {
+                    row = r;
+                    hr_model_reset_row(m, (hr_table_id)t, r); /* a fresh row, as intern's */
+                } else
+                    st = hr_model_intern(m, (hr_table_id)t, key, klen, &row, NULL);
+            }
+            if (st == HR_OK)
+                st = hr_model_set_attrs(m, (hr_table_id)t, row, f, na, pin);
+            if (st != HR_OK)
+                return hr_error_set(err, st, NULL, "copying catalog attributes: %s",
+                                    hr_status_to_string(st));
+        }
+    }
     return HR_OK;
 }
 
-/* A copy of src (ids at the same rows, every row's floats). */
+/* A copy of src (ids at the same rows, every row's floats and catalog
+ * attributes). */
 static hr_status copy_model(const hr_model *src, hr_model **out, hr_error *err)
 {
     hr_status st = hr_model_create(hr_model_get_config(src), out, err);
@@ -254,6 +366,8 @@ static hr_status copy_model(const hr_model *src, hr_model **out, hr_error *err)
             }
             hr_sgd_row_read(L, hr_model_row(src, (hr_table_id)t, r), buf);
             hr_sgd_row_write(L, hr_model_row(dst, (hr_table_id)t, r), buf);
+            if (ids && r > 0)
+                st = copy_row_attrs(src, dst, (hr_table_id)t, r, err);
         }
     }
     free(buf);
@@ -319,25 +433,24 @@ static bool train_events(trial *tr, engine *e, hr_event *evs, size_t n, slice_fn
 {
     hr_trials *t = tr->owner;
     size_t batch = t->cfg.trainer.batch ? t->cfg.trainer.batch : 256;
-    double share = t->cfg.cpu_share > 0 && t->cfg.cpu_share <= 1 ? t->cfg.cpu_share : 1;
     for (size_t i = 0; i < n; i += batch) {
         if (atomic_load(&tr->cancel))
             return false;
         size_t m = n - i < batch ? n - i : batch;
-        uint64_t t0 = hr_now_ns(), now = hr_trainer_updates(e->trainer);
+        double cpu0 = thread_cpu_s();
+        uint64_t now = hr_trainer_updates(e->trainer);
         for (size_t j = 0; j < m; j++) {
             evs[i + j].enq_updates = now;
             evs[i + j].enq_ns = 0;
         }
         hr_trainer_replay_paused(e->trainer, evs + i, m);
-        double busy = (double)(hr_now_ns() - t0) * 1e-9;
         pthread_mutex_lock(&t->mu);
         tr->done += m;
         pthread_mutex_unlock(&t->mu);
         if (on_slice)
             on_slice(tr, ctx, i + m);
-        if (share < 1)
-            pause_for(tr, busy * (1 - share) / share);
+        if (!duty_cycle(tr, HR_TRIALS_TRAIN, m, cpu0))
+            return false;
     }
     return !atomic_load(&tr->cancel);
 }
@@ -356,8 +469,8 @@ static void on_run_slice(trial *tr, void *arg, size_t done)
     run_ctx *rc = arg;
     if (done < rc->next_point && done < rc->total)
         return;
-    hr_progress_report all;
-    hr_progress_get(rc->e->progress, 0, &all);
+    hr_progress_report all; /* only its total: one point, not a copy and an AUC of them all */
+    hr_progress_get(rc->e->progress, 1, &all);
     hr_progress_report seg;
     hr_progress_get(rc->e->progress, (size_t)(all.total - rc->points_at), &seg);
     rc->points_at = all.total;
@@ -415,10 +528,18 @@ static void *trial_main(void *arg)
         fail_trial(tr, "restoring the checkpoint: %s", err.message);
         goto out;
     }
+    if (copy_attrs(t->live, base, &err) != HR_OK) {
+        fail_trial(tr, "%s", err.message);
+        goto out;
+    }
     rd.m = base;
     rd.to = tr->to_seq;
-    hr_status st = hr_store_log_scan(jb->log, tr->ckpt.seq, read_event, &rd, &err);
-    if (st != HR_OK && st != HR_ESTOPPED) {
+    rd.last = tr->ckpt.seq;
+    size_t page = t->cfg.trainer.batch ? t->cfg.trainer.batch : 256;
+    hr_status st = read_log(tr, jb->log, &rd, page, &err);
+    if (st == HR_ESTOPPED)
+        goto out; /* cancelled */
+    if (st != HR_OK) {
         fail_trial(tr, "reading the event log: %s",
                    err.message[0] ? err.message : hr_status_to_string(st));
         goto out;
@@ -525,6 +646,14 @@ hr_status hr_trials_create(const hr_trials_config *cfg, hr_model *model, hr_sche
     t->next_id = 1;
     *out = t;
     return HR_OK;
+}
+
+void hr_trials_set_slice_hook(hr_trials *t, hr_trials_slice_fn *fn, void *ctx)
+{
+    pthread_mutex_lock(&t->mu);
+    t->hook = fn;
+    t->hook_ctx = ctx;
+    pthread_mutex_unlock(&t->mu);
 }
 
 static void join_trial(trial *tr)
@@ -713,6 +842,8 @@ hr_status hr_trials_start(hr_trials *t, const json_t *body, json_t **out, const 
     tr->created = hr_wall_time();
     atomic_init(&tr->cancel, false);
     pthread_mutex_lock(&t->mu);
+    tr->hook = t->hook;
+    tr->hook_ctx = t->hook_ctx;
     for (size_t i = 0; i < t->n; i++)
         if (is_running(t->list[i])) {
             *code = "trial_running";

@@ -173,8 +173,7 @@ static double model_auc(hr_app *app, const hr_event *test, const float *labels, 
     return auc;
 }
 
-/* Converge, apply an effective rate of 50 (eta0 10, the bound, times
- * multipliers 5), feed a window at a time: the guard reverts after
+/* Converge, apply eta0 = 50 (every multiplier 1), as the issue asks, feed a window at a time: the guard reverts after
  * GUARD_WINDOWS windows over the margin, the AUC comes back to 0.99 of what
  * it was, and every event is counted once (one trainer thread, see above;
  * the guard's watch and undo run beside it on threads of their own). */
@@ -199,13 +198,13 @@ static void test_guard_reverts_runaway_rate(void **state)
     const hr_schedule before = *hr_schedbox_current(app->sched);
 
     hr_schedule bad = parse_schedule(
-        "{\"optimizer\":\"adagrad\",\"type\":\"constant\",\"eta0\":10,"
-        "\"multipliers\":{\"global\":5,\"bias\":5,\"user\":5,\"item\":5,\"context\":5}}");
+        "{\"optimizer\":\"adagrad\",\"type\":\"constant\",\"eta0\":50,"
+        "\"multipliers\":{\"global\":1,\"bias\":1,\"user\":1,\"item\":1,\"context\":1}}");
     bool restore = false;
     hr_error err;
     assert_int_equal(hr_guard_apply(app->guard, &bad, NULL, &restore, &err), HR_OK);
     assert_true(restore);
-    assert_true(hr_schedbox_current(app->sched)->eta0 == 10);
+    assert_true(hr_schedbox_current(app->sched)->eta0 == 50);
 
     int reverted_at = 0;
     double auc_diverged = NAN;
@@ -252,6 +251,10 @@ static void test_guard_reverts_runaway_rate(void **state)
     json_t *st = hr_guard_status(app->guard);
     json_t *lr = json_object_get(st, "last_revert");
     assert_string_equal(json_string_value(json_object_get(lr, "by")), "guard");
+    print_message("guard: revert at loss %.4f against %.4f before, %lld events replayed\n",
+                  json_real_value(json_object_get(lr, "loss")),
+                  json_real_value(json_object_get(lr, "loss_before")),
+                  (long long)json_integer_value(json_object_get(lr, "replayed")));
     assert_int_equal(json_integer_value(json_object_get(lr, "windows_over")), GUARD_WINDOWS);
     assert_true(json_real_value(json_object_get(lr, "loss")) >
                 json_real_value(json_object_get(lr, "loss_before")) * 1.1);

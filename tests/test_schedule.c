@@ -310,7 +310,7 @@ static void test_group_rate_never_overflows(void **state)
     assert_int_equal(hr_schedule_validate(&s, &err), HR_EINVAL);
     assert_string_equal(err.field, "eta0"); /* over its bound, before any product */
     /* the largest values the bounds allow give finite rates, never NaN */
-    s.eta0 = 10;
+    s.eta0 = 100;
     s.multiplier[HR_GROUP_USER] = 100;
     assert_int_equal(hr_schedule_validate(&s, NULL), HR_OK);
     for (int g = 0; g < HR_GROUP_COUNT; g++) {
@@ -430,7 +430,7 @@ static void test_upper_bounds(void **state)
         size_t offset;
         double max;
     } bounds[] = {
-        {"eta0", offsetof(hr_schedule, eta0), 10},
+        {"eta0", offsetof(hr_schedule, eta0), 100},
         {"t0", offsetof(hr_schedule, t0), 1e15},
         {"power", offsetof(hr_schedule, power), 10},
         {"gamma", offsetof(hr_schedule, gamma), 1},
@@ -473,10 +473,10 @@ static void test_upper_bounds(void **state)
     /* floor: its own bound and eta0's */
     hr_schedule s;
     hr_schedule_defaults(&s);
-    s.eta0 = 10;
-    s.floor = 10;
+    s.eta0 = 100;
+    s.floor = 100;
     assert_int_equal(hr_schedule_validate(&s, NULL), HR_OK);
-    s.floor = 10.5;
+    s.floor = 100.5;
     hr_error err;
     assert_int_equal(hr_schedule_validate(&s, &err), HR_EINVAL);
     assert_string_equal(err.field, "floor");
@@ -485,7 +485,7 @@ static void test_upper_bounds(void **state)
     assert_int_equal(hr_schedule_from_json(j, &s, &err), HR_EINVAL);
     json_decref(j);
     assert_string_equal(err.field, "eta0");
-    assert_string_equal(err.message, "eta0 must be <= 10, got 1e+30");
+    assert_string_equal(err.message, "eta0 must be <= 100, got 1e+30");
 }
 
 /* Which optimizer runs on which rows, and a message that reads right: it

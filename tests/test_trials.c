@@ -14,6 +14,7 @@
 #include "testutil.h"
 
 #include <math.h>
+#include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -21,6 +22,7 @@
 
 #include "hogrec/api.h"
 #include "hogrec/app.h"
+#include "hogrec/catalog.h"
 #include "hogrec/persist.h"
 #include "hogrec/trials.h"
 
@@ -336,6 +338,172 @@ static void test_window_retention(void **state)
     free(s);
 }
 
+/* A catalog of every user and item: a user's group of 3, an item's number
+ * (a rank 0-6) and category of 2; written before any event, so the ids are
+ * interned in the same order in every app. Their attributes enter every
+ * event as FM features, so they change what the model learns. */
+static void put_catalog(hr_app *app)
+{
+    hr_catalog_record recs[PI > PU ? PI : PU];
+    hr_error err;
+    for (int kind = HR_CATALOG_USER; kind <= HR_CATALOG_ITEM; kind++) {
+        int count = kind == HR_CATALOG_USER ? PU : PI;
+        for (int i = 0; i < count; i++) {
+            char id[16], text[160];
+            snprintf(id, sizeof id, "%c%d", kind == HR_CATALOG_USER ? 'u' : 'i', i);
+            if (kind == HR_CATALOG_USER)
+                snprintf(text, sizeof text, "{\"features\":{\"group\":\"g%d\"}}", i % 3);
+            else
+                snprintf(text, sizeof text,
+                         "{\"features\":{\"rank\":%d},\"categories\":[\"c%d\"]}", i % 7,
+                         i % 2);
+            json_error_t jerr;
+            json_t *obj = json_loads(text, 0, &jerr);
+            assert_non_null(obj);
+            assert_int_equal(hr_catalog_parse(obj, id, strlen(id), &recs[i], &err), HR_OK);
+            json_decref(obj);
+        }
+        if (hr_catalog_put(app->catalog, (hr_catalog_kind)kind, recs, (size_t)count, NULL, &err) !=
+            HR_OK)
+            fail_msg("catalog: %s", err.message);
+    }
+}
+
+/* The loss over the last `window` events of a fresh replay of s[0..n) by
+ * a new app without a database, with or without the catalog. */
+static double fresh_loss(const pev *s, size_t n, size_t window, bool catalog)
+{
+    hr_app *fresh = open_app("", NULL);
+    if (catalog)
+        put_catalog(fresh);
+    submit(fresh, s, n);
+    hr_progress_report rep;
+    hr_progress_get(fresh->progress, window, &rep);
+    hr_app_close(fresh, true);
+    return rep.loss;
+}
+
+/* With a catalog, the trial's private model has the live model's catalog
+ * attributes: its baseline equals a fresh replay by a new app with the same
+ * catalog (and not one without it: the attributes matter). */
+static void test_baseline_with_catalog_matches_fresh_replay(void **state)
+{
+    (void)state;
+    const size_t n = 20000, window = 10000;
+    pev *s = malloc(n * sizeof *s);
+    assert_non_null(s);
+    planted_stream(s, n, 19);
+    hr_app *app = open_app(db_path("catalog.db"), NULL);
+    put_catalog(app);
+    submit(app, s, n);
+    const char *cands[] = {GOOD};
+    json_t *t = wait_trial(app, start(app, "{\"events\":10000}", cands, 1));
+    assert_string_equal(json_string_value(json_object_get(t, "status")), "done");
+    double baseline = json_real_value(json_object_get(json_object_get(t, "baseline"), "loss"));
+    json_decref(t);
+    hr_app_close(app, true);
+    double with = fresh_loss(s, n, window, true), without = fresh_loss(s, n, window, false);
+    print_message("baseline loss %.9f, fresh replay with the catalog %.9f (diff %.3g), "
+                  "without %.9f\n",
+                  baseline, with, fabs(baseline - with), without);
+    assert_true(fabs(with - without) > 10 * TOLERANCE);
+    assert_true(fabs(baseline - with) <= TOLERANCE);
+    free(s);
+}
+
+/* What the slice hook saw of the log read (the trial thread writes, the
+ * test reads after the trial ended). */
+typedef struct {
+    double share;
+    const char *logpath;    /* the event log's file */
+    size_t read_slices, read_rows, train_slices, bad_pause;
+    int probes, probes_ok;  /* checkpoints tried and completed during the read */
+    char probe_error[200];
+} read_watch;
+
+/* A writer's commit on the event log's file, then a TRUNCATE checkpoint of
+ * its WAL, on a connection of the test's own (no busy timeout: a lock held
+ * is an immediate SQLITE_BUSY, or busy = 1 from the checkpoint). */
+static bool probe_log(read_watch *w)
+{
+    sqlite3 *db = NULL;
+    bool ok = false;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_open_v2(w->logpath, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK ||
+        sqlite3_exec(db, "CREATE TABLE IF NOT EXISTS probe (x INTEGER); "
+                         "INSERT INTO probe VALUES (1)", NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db, "PRAGMA wal_checkpoint(TRUNCATE)", -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW) {
+        snprintf(w->probe_error, sizeof w->probe_error, "%s", sqlite3_errmsg(db));
+    } else if (sqlite3_column_int(st, 0) != 0) {
+        snprintf(w->probe_error, sizeof w->probe_error, "checkpoint busy (%d of %d frames)",
+                 sqlite3_column_int(st, 2), sqlite3_column_int(st, 1));
+    } else {
+        ok = true;
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return ok;
+}
+
+static void watch_slice(void *ctx, hr_trials_phase phase, size_t events, double cpu_seconds,
+                        double pause_seconds)
+{
+    read_watch *w = ctx;
+    double want = cpu_seconds * (1 - w->share) / w->share;
+    if (cpu_seconds < 0 || fabs(pause_seconds - want) > 1e-9 * (1 + want))
+        w->bad_pause++;
+    if (phase == HR_TRIALS_TRAIN) {
+        w->train_slices++;
+        return;
+    }
+    w->read_slices++;
+    w->read_rows += events;
+    if (w->probes < 4) { /* the first pauses of the read: the log is free */
+        w->probes++;
+        w->probes_ok += probe_log(w);
+    }
+}
+
+/* The log read keeps to trial_cpu_share like the replays: it is read in
+ * pages, each followed by the same duty-cycle pause (in proportion to the
+ * thread's CPU time), and no read transaction is open across a pause: a
+ * writer commits and a TRUNCATE checkpoint of the log's WAL completes
+ * while the trial is between pages. */
+static void test_log_read_is_duty_cycled(void **state)
+{
+    (void)state;
+    const size_t n = 3000, batch = 64;
+    pev *s = malloc(n * sizeof *s);
+    assert_non_null(s);
+    planted_stream(s, n, 17);
+    const char *half[] = {"trial_cpu_share", "0.5", NULL};
+    char logpath[700];
+    snprintf(logpath, sizeof logpath, "%s-events", db_path("duty.db"));
+    hr_app *app = open_app(db_path("duty.db"), half);
+    submit(app, s, n);
+    read_watch w = {.share = 0.5, .logpath = logpath};
+    hr_trials_set_slice_hook(app->trials, watch_slice, &w);
+    const char *cands[] = {GOOD};
+    json_t *t = wait_trial(app, start(app, "{\"events\":1000}", cands, 1));
+    assert_string_equal(json_string_value(json_object_get(t, "status")), "done");
+    json_decref(t);
+    print_message("read: %zu slices, %zu rows; train: %zu slices; checkpoints during the read: "
+                  "%d of %d completed %s\n",
+                  w.read_slices, w.read_rows, w.train_slices, w.probes_ok, w.probes,
+                  w.probe_error);
+    /* every row of the log went through the duty cycle, a page of a batch at a time */
+    assert_int_equal(w.read_rows, n);
+    assert_true(w.read_slices >= n / batch);
+    assert_true(w.train_slices >= (n - 1000) / batch + 1000 / batch * 2);
+    assert_int_equal(w.bad_pause, 0);
+    assert_int_equal(w.probes, 4);
+    assert_int_equal(w.probes_ok, 4);
+    hr_trials_set_slice_hook(app->trials, NULL, NULL);
+    hr_app_close(app, true);
+    free(s);
+}
+
 /* No database, over the memory limit, bad candidates and windows, one at a
  * time; cancel. */
 static void test_refusals_and_cancel(void **state)
@@ -398,6 +566,8 @@ int main(void)
         cmocka_unit_test(test_ranks_rates_and_baseline_matches_fresh_replay),
         cmocka_unit_test(test_window_retention),
         cmocka_unit_test(test_refusals_and_cancel),
+        cmocka_unit_test(test_log_read_is_duty_cycled),
+        cmocka_unit_test(test_baseline_with_catalog_matches_fresh_replay),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     tu_rmtree(dir);

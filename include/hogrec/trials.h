@@ -29,8 +29,12 @@
  * start and the run's copy: 2 x the live model's bytes), the events of
  * warm-up and window (sizeof(hr_event) each) and the window's progressive
  * points; a trial over memory_bytes is refused. The thread works in slices
- * of one trainer batch and sleeps after each so that it uses at most
- * cpu_share of one core. One trial runs at a time.
+ * of one trainer batch, in its log read as in its replays, and sleeps
+ * after each in proportion to the thread CPU time the slice took, so that
+ * it uses at most cpu_share of one core. The log is read in pages of a
+ * batch by seq, each its own short read transaction: no read transaction
+ * stays open across a pause, so the log's writers and its WAL checkpoints
+ * never wait on a trial. One trial runs at a time.
  *
  * Threads: create/destroy from the main thread; start, get, cancel, apply
  * from HTTP threads (one mutex); each trial's work on its own thread.
@@ -71,6 +75,24 @@ hr_status hr_trials_create(const hr_trials_config *cfg, hr_model *model, hr_sche
                            hr_guard *guard, hr_trials **out, hr_error *err);
 /* Cancels a running trial, waits for its thread, frees. NULL: no-op. */
 void hr_trials_destroy(hr_trials *t);
+
+/* The duty cycle: after each slice of work (a page of log rows read and
+ * parsed, or a trainer batch replayed) the trial thread sleeps
+ * cpu_seconds * (1 - cpu_share) / cpu_share, cpu_seconds being the
+ * thread's CPU time (CLOCK_THREAD_CPUTIME_ID) for the slice. */
+typedef enum {
+    HR_TRIALS_READ,  /* a page of the event log read (no read transaction open) */
+    HR_TRIALS_TRAIN, /* a batch of the warm-up or of a run trained */
+} hr_trials_phase;
+
+/* Called on the trial thread after each slice, before its pause: the
+ * phase, the slice's events (rows for a read), its CPU time and the pause
+ * about to be taken (seconds). For tests and diagnostics. */
+typedef void hr_trials_slice_fn(void *ctx, hr_trials_phase phase, size_t events,
+                                double cpu_seconds, double pause_seconds);
+/* Installs fn (NULL: none) with ctx (borrowed until replaced or destroy)
+ * for the trials started after the call. Thread-safe. */
+void hr_trials_set_slice_hook(hr_trials *t, hr_trials_slice_fn *fn, void *ctx);
 
 /* Starts a trial from a request body (borrowed): {"candidates": [schedule,
  * ...], "window": {"events": N} or {"since": unix seconds},
