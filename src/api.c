@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 hr_status hr_api_id(const json_t *v, const char *field, char *buf, size_t *len, hr_error *err)
@@ -225,6 +226,167 @@ char *hr_api_event_text(const json_t *obj, size_t *len)
     return s;
 }
 
+/* ---- NDJSON lines ----
+ *
+ * Most event lines are flat objects of plain values. plain_object() reads
+ * exactly those, in one pass without jansson's lexer: every key and string
+ * printable ASCII without escapes, every value a string, an integer of at
+ * most 18 digits, a number with a fraction or exponent (strtod, as jansson
+ * reads it; finite only), true, false or null; no key twice; blanks around
+ * tokens; nothing after the closing brace but blanks. It builds the value
+ * jansson would (same types, values, key order). Anything else - nesting,
+ * escapes, other bytes, a syntax error - returns NULL and the line goes
+ * through json_loadb, which parses it or gives its error message, so what a
+ * line means and every error text are jansson's. test_api compares the two
+ * on generated and edge-case lines and on JSONTestSuite's files. */
+
+static const char *skip_blanks(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
+        p++;
+    return p;
+}
+
+/* A plain string at p (the opening quote): sets *s, *n to its contents and
+ * returns the byte after the closing quote, or NULL if not plain. */
+static const char *plain_string(const char *p, const char *end, const char **s, size_t *n)
+{
+    const char *q = ++p;
+    while (q < end && *q != '"') {
+        unsigned char c = (unsigned char)*q;
+        if (c < 0x20 || c > 0x7e || c == '\\')
+            return NULL;
+        q++;
+    }
+    if (q >= end)
+        return NULL;
+    *s = p;
+    *n = (size_t)(q - p);
+    return q + 1;
+}
+
+static bool is_digit(char c) { return c >= '0' && c <= '9'; }
+
+/* A number at p in JSON's grammar: a new integer or real, and *next after
+ * it; NULL if not plain (too long, not finite, not a number). */
+static json_t *plain_number(const char *p, const char *end, const char **next)
+{
+    const char *q = p;
+    bool real = false;
+    if (q < end && *q == '-')
+        q++;
+    if (q < end && *q == '0')
+        q++;
+    else if (q < end && is_digit(*q))
+        while (q < end && is_digit(*q))
+            q++;
+    else
+        return NULL;
+    const char *int_end = q;
+    if (q < end && *q == '.') {
+        real = true;
+        if (++q >= end || !is_digit(*q))
+            return NULL;
+        while (q < end && is_digit(*q))
+            q++;
+    }
+    if (q < end && (*q == 'e' || *q == 'E')) {
+        real = true;
+        q++;
+        if (q < end && (*q == '+' || *q == '-'))
+            q++;
+        if (q >= end || !is_digit(*q))
+            return NULL;
+        while (q < end && is_digit(*q))
+            q++;
+    }
+    char buf[48];
+    size_t n = (size_t)(q - p);
+    if (n >= sizeof buf || (!real && int_end - p - (*p == '-') > 18))
+        return NULL;
+    memcpy(buf, p, n);
+    buf[n] = '\0';
+    *next = q;
+    if (!real)
+        return json_integer((json_int_t)strtoll(buf, NULL, 10));
+    double d = strtod(buf, NULL);
+    return isfinite(d) ? json_real(d) : NULL;
+}
+
+static bool word_at(const char *p, const char *end, const char *w, size_t n)
+{
+    return (size_t)(end - p) >= n && memcmp(p, w, n) == 0;
+}
+
+/* The flat object on [p, end) as jansson would parse it, or NULL: see above. */
+static json_t *plain_object(const char *p, const char *end)
+{
+    enum { MAX_KEYS = 16 };
+    const char *keys[MAX_KEYS];
+    size_t klens[MAX_KEYS], nkeys = 0;
+    p = skip_blanks(p, end);
+    if (p >= end || *p != '{')
+        return NULL;
+    json_t *obj = json_object();
+    if (!obj)
+        return NULL;
+    p = skip_blanks(p + 1, end);
+    if (p < end && *p == '}')
+        goto close;
+    for (;;) {
+        const char *k, *sv;
+        size_t kn, svn;
+        if (p >= end || *p != '"' || !(p = plain_string(p, end, &k, &kn)) || nkeys == MAX_KEYS)
+            goto fail;
+        for (size_t i = 0; i < nkeys; i++)
+            if (klens[i] == kn && memcmp(keys[i], k, kn) == 0)
+                goto fail; /* a duplicate: jansson's error */
+        keys[nkeys] = k;
+        klens[nkeys++] = kn;
+        p = skip_blanks(p, end);
+        if (p >= end || *p != ':')
+            goto fail;
+        p = skip_blanks(p + 1, end);
+        if (p >= end)
+            goto fail;
+        json_t *v = NULL;
+        if (*p == '"') {
+            if ((p = plain_string(p, end, &sv, &svn)) != NULL)
+                v = json_stringn_nocheck(sv, svn);
+        } else if (*p == '-' || is_digit(*p)) {
+            v = plain_number(p, end, &p);
+        } else if (word_at(p, end, "true", 4)) {
+            v = json_true();
+            p += 4;
+        } else if (word_at(p, end, "false", 5)) {
+            v = json_false();
+            p += 5;
+        } else if (word_at(p, end, "null", 4)) {
+            v = json_null();
+            p += 4;
+        }
+        if (!v)
+            goto fail;
+        if (json_object_setn_new_nocheck(obj, k, kn, v) != 0)
+            goto fail; /* it took v, also on failure */
+        p = skip_blanks(p, end);
+        if (p < end && *p == ',') {
+            p = skip_blanks(p + 1, end);
+            continue;
+        }
+        if (p < end && *p == '}')
+            break;
+        goto fail;
+    }
+close:
+    if (skip_blanks(p + 1, end) != end)
+        goto fail;
+    return obj;
+fail:
+    json_decref(obj);
+    return NULL;
+}
+
 size_t hr_api_ndjson_split(const char *body, size_t len, json_t *arr, json_t *errors)
 {
     size_t parsed = 0, idx = 0;
@@ -237,7 +399,9 @@ size_t hr_api_ndjson_split(const char *body, size_t len, json_t *arr, json_t *er
             q++;
         if (q < le) {
             json_error_t jerr;
-            json_t *v = json_loadb(p, (size_t)(le - p), JSON_REJECT_DUPLICATES, &jerr);
+            json_t *v = plain_object(p, le);
+            if (!v)
+                v = json_loadb(p, (size_t)(le - p), JSON_REJECT_DUPLICATES, &jerr);
             if (v) {
                 parsed++;
             } else {
