@@ -218,8 +218,112 @@ hr_status hr_api_event_lookup(const hr_model *m, const json_t *obj, hr_event *ev
     return HR_OK;
 }
 
+/* A key or string json_dumps writes as it is (nothing escaped): printable
+ * ASCII but '"' and '\\', and no NUL inside. */
+static bool plain_text(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e || s[i] == '"' ||
+            s[i] == '\\')
+            return false;
+    return true;
+}
+
+/* json_dumps(obj, JSON_COMPACT | JSON_SORT_KEYS) of a flat object of
+ * plain strings, integers, true, false and null, written directly (keys
+ * sorted as json_dumps sorts them: bytewise, a prefix first); NULL for
+ * any other value (the caller uses json_dumps) or out of memory. */
+static char *plain_dump(const json_t *obj, size_t *len)
+{
+    enum { MAX_KEYS = 16 };
+    struct {
+        const char *k;
+        size_t kn;
+        const json_t *v;
+    } f[MAX_KEYS];
+    size_t n = 0, bytes = 2;
+    const char *k;
+    const json_t *v;
+    if (!json_is_object(obj) || json_object_size(obj) > MAX_KEYS)
+        return NULL;
+    void *it = json_object_iter((json_t *)obj);
+    for (; it; it = json_object_iter_next((json_t *)obj, it)) {
+        k = json_object_iter_key(it);
+        v = json_object_iter_value(it);
+        size_t kn = json_object_iter_key_len(it);
+        if (strlen(k) != kn || !plain_text(k, kn))
+            return NULL;
+        if (json_is_string(v)) {
+            if (!plain_text(json_string_value(v), json_string_length(v)))
+                return NULL;
+            bytes += json_string_length(v) + 2;
+        } else if (json_is_integer(v) || json_is_true(v) || json_is_false(v) || json_is_null(v)) {
+            bytes += 21;
+        } else {
+            return NULL;
+        }
+        bytes += kn + 4;
+        size_t at = n++; /* insertion sort: a handful of keys */
+        while (at > 0 && strcmp(f[at - 1].k, k) > 0) {
+            f[at] = f[at - 1];
+            at--;
+        }
+        f[at].k = k;
+        f[at].kn = kn;
+        f[at].v = v;
+    }
+    char *out = malloc(bytes + 1), *w = out;
+    if (!out)
+        return NULL;
+    *w++ = '{';
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            *w++ = ',';
+        *w++ = '"';
+        memcpy(w, f[i].k, f[i].kn);
+        w += f[i].kn;
+        *w++ = '"';
+        *w++ = ':';
+        v = f[i].v;
+        if (json_is_string(v)) {
+            *w++ = '"';
+            memcpy(w, json_string_value(v), json_string_length(v));
+            w += json_string_length(v);
+            *w++ = '"';
+        } else if (json_is_integer(v)) {
+            json_int_t x = json_integer_value(v);
+            unsigned long long u = x < 0 ? 0ull - (unsigned long long)x : (unsigned long long)x;
+            char digits[24];
+            int nd = 0;
+            do
+                digits[nd++] = (char)('0' + u % 10);
+            while ((u /= 10) != 0);
+            if (x < 0)
+                *w++ = '-';
+            while (nd > 0)
+                *w++ = digits[--nd];
+        } else {
+            const char *lit = json_is_true(v) ? "true" : json_is_false(v) ? "false" : "null";
+            size_t ln = strlen(lit);
+            memcpy(w, lit, ln);
+            w += ln;
+        }
+    }
+    *w++ = '}';
+    *w = '\0';
+    *len = (size_t)(w - out);
+    return out;
+}
+
 char *hr_api_event_text(const json_t *obj, size_t *len)
 {
+    size_t n;
+    char *p = plain_dump(obj, &n);
+    if (p) {
+        if (len)
+            *len = n;
+        return p;
+    }
     char *s = json_dumps(obj, JSON_COMPACT | JSON_SORT_KEYS);
     if (s && len)
         *len = strlen(s);

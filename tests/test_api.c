@@ -409,6 +409,62 @@ static void test_ndjson_plain_lines_equal_jansson(void **state)
     }
 }
 
+static void assert_text_equal(const json_t *obj)
+{
+    size_t n = 0;
+    char *got = hr_api_event_text(obj, &n);
+    char *want = json_dumps(obj, JSON_COMPACT | JSON_SORT_KEYS);
+    assert_non_null(got);
+    assert_non_null(want);
+    if (strcmp(got, want) != 0 || n != strlen(want))
+        fail_msg("event text %s (%zu bytes), json_dumps %s", got, n, want);
+    free(got);
+    free(want);
+}
+
+/* The log's text of an event equals json_dumps(COMPACT | SORT_KEYS) byte
+ * for byte, whether written directly (flat, plain) or by jansson: keys that
+ * sort by a prefix, integers at their limits, literals, escapes, non-ASCII,
+ * reals, nesting, a key with a NUL byte, and generated objects. */
+static void test_event_text_equals_json_dumps(void **state)
+{
+    (void)state;
+    static const char *const objs[] = {
+        "{}", "{\"user\":\"u1\",\"item\":\"i2\",\"label\":1}", "{\"b\":1,\"a\":2,\"ab\":3,\"\":4}",
+        "{\"x\":9223372036854775807,\"y\":-9223372036854775808,\"z\":0,\"w\":-1}",
+        "{\"t\":true,\"f\":false,\"n\":null}", "{\"s\":\"a\\\"b\\\\c/d\"}", "{\"s\":\"\\u00e9\\u0001\"}",
+        "{\"s\":\"\x7f\"}", "{\"k\\u00e9\":1}", "{\"r\":1.5,\"i\":1}", "{\"r\":1e300}",
+        "{\"features\":{\"a\":1},\"user\":\"u\"}", "{\"a\":[1,2]}", "{\"Z\":1,\"a\":1,\"_\":1,\"0\":1}"};
+    for (size_t i = 0; i < sizeof objs / sizeof *objs; i++) {
+        json_t *o = json_loads(objs[i], 0, NULL);
+        assert_non_null(o);
+        assert_text_equal(o);
+        json_decref(o);
+    }
+    json_t *o = json_object();
+    json_object_setn_new(o, "a\0b", 3, json_integer(1));
+    json_object_set_new(o, "a", json_integer(2));
+    assert_text_equal(o);
+    json_decref(o);
+    hr_rng g;
+    hr_rng_seed(&g, 12);
+    static const char *const keys[] = {"user", "item", "label", "ts", "weight", "id", "rating",
+                                       "u", "users", "x"};
+    for (int it = 0; it < 5000; it++) {
+        o = json_object();
+        int nk = (int)hr_rng_below(&g, 8);
+        for (int i = 0; i < nk; i++) {
+            char v[128];
+            random_value(&g, v, sizeof v);
+            json_t *jv = json_loads(v, JSON_DECODE_ANY, NULL);
+            if (jv)
+                json_object_set_new(o, keys[hr_rng_below(&g, 10)], jv);
+        }
+        assert_text_equal(o);
+        json_decref(o);
+    }
+}
+
 /* JSONTestSuite's parsing files (valid, invalid and either), each as a
  * body: the plain reader and jansson agree on every one. */
 static void test_ndjson_plain_jsontestsuite(void **state)
@@ -689,6 +745,7 @@ int main(void)
         cmocka_unit_test(test_ndjson_split),
         cmocka_unit_test(test_ndjson_plain_lines_equal_jansson),
         cmocka_unit_test(test_ndjson_plain_jsontestsuite),
+        cmocka_unit_test(test_event_text_equals_json_dumps),
         cmocka_unit_test(test_predict_query),
         cmocka_unit_test(test_recommend_query),
         cmocka_unit_test(test_error_text_stays_utf8),
