@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 hr_status hr_api_id(const json_t *v, const char *field, char *buf, size_t *len, hr_error *err)
@@ -217,12 +218,277 @@ hr_status hr_api_event_lookup(const hr_model *m, const json_t *obj, hr_event *ev
     return HR_OK;
 }
 
+/* A key or string json_dumps writes as it is (nothing escaped): printable
+ * ASCII but '"' and '\\', and no NUL inside. */
+static bool plain_text(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e || s[i] == '"' ||
+            s[i] == '\\')
+            return false;
+    return true;
+}
+
+/* json_dumps(obj, JSON_COMPACT | JSON_SORT_KEYS) of a flat object of
+ * plain strings, integers, true, false and null, written directly (keys
+ * sorted as json_dumps sorts them: bytewise, a prefix first); NULL for
+ * any other value (the caller uses json_dumps) or out of memory. */
+static char *plain_dump(const json_t *obj, size_t *len)
+{
+    enum { MAX_KEYS = 16 };
+    struct {
+        const char *k;
+        size_t kn;
+        const json_t *v;
+    } f[MAX_KEYS];
+    size_t n = 0, bytes = 2;
+    const char *k;
+    const json_t *v;
+    if (!json_is_object(obj) || json_object_size(obj) > MAX_KEYS)
+        return NULL;
+    void *it = json_object_iter((json_t *)obj);
+    for (; it; it = json_object_iter_next((json_t *)obj, it)) {
+        k = json_object_iter_key(it);
+        v = json_object_iter_value(it);
+        size_t kn = json_object_iter_key_len(it);
+        if (strlen(k) != kn || !plain_text(k, kn))
+            return NULL;
+        if (json_is_string(v)) {
+            if (!plain_text(json_string_value(v), json_string_length(v)))
+                return NULL;
+            bytes += json_string_length(v) + 2;
+        } else if (json_is_integer(v) || json_is_true(v) || json_is_false(v) || json_is_null(v)) {
+            bytes += 21;
+        } else {
+            return NULL;
+        }
+        bytes += kn + 4;
+        size_t at = n++; /* insertion sort: a handful of keys */
+        while (at > 0 && strcmp(f[at - 1].k, k) > 0) {
+            f[at] = f[at - 1];
+            at--;
+        }
+        f[at].k = k;
+        f[at].kn = kn;
+        f[at].v = v;
+    }
+    char *out = malloc(bytes + 1), *w = out;
+    if (!out)
+        return NULL;
+    *w++ = '{';
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            *w++ = ',';
+        *w++ = '"';
+        memcpy(w, f[i].k, f[i].kn);
+        w += f[i].kn;
+        *w++ = '"';
+        *w++ = ':';
+        v = f[i].v;
+        if (json_is_string(v)) {
+            *w++ = '"';
+            memcpy(w, json_string_value(v), json_string_length(v));
+            w += json_string_length(v);
+            *w++ = '"';
+        } else if (json_is_integer(v)) {
+            json_int_t x = json_integer_value(v);
+            unsigned long long u = x < 0 ? 0ull - (unsigned long long)x : (unsigned long long)x;
+            char digits[24];
+            int nd = 0;
+            do
+                digits[nd++] = (char)('0' + u % 10);
+            while ((u /= 10) != 0);
+            if (x < 0)
+                *w++ = '-';
+            while (nd > 0)
+                *w++ = digits[--nd];
+        } else {
+            const char *lit = json_is_true(v) ? "true" : json_is_false(v) ? "false" : "null";
+            size_t ln = strlen(lit);
+            memcpy(w, lit, ln);
+            w += ln;
+        }
+    }
+    *w++ = '}';
+    *w = '\0';
+    *len = (size_t)(w - out);
+    return out;
+}
+
 char *hr_api_event_text(const json_t *obj, size_t *len)
 {
+    size_t n;
+    char *p = plain_dump(obj, &n);
+    if (p) {
+        if (len)
+            *len = n;
+        return p;
+    }
     char *s = json_dumps(obj, JSON_COMPACT | JSON_SORT_KEYS);
     if (s && len)
         *len = strlen(s);
     return s;
+}
+
+/* ---- NDJSON lines ----
+ *
+ * Most event lines are flat objects of plain values. plain_object() reads
+ * exactly those, in one pass without jansson's lexer: every key and string
+ * printable ASCII without escapes, every value a string, an integer of at
+ * most 18 digits, a number with a fraction or exponent (strtod, as jansson
+ * reads it; finite only), true, false or null; no key twice; blanks around
+ * tokens; nothing after the closing brace but blanks. It builds the value
+ * jansson would (same types, values, key order). Anything else - nesting,
+ * escapes, other bytes, a syntax error - returns NULL and the line goes
+ * through json_loadb, which parses it or gives its error message, so what a
+ * line means and every error text are jansson's. test_api compares the two
+ * on generated and edge-case lines and on JSONTestSuite's files. */
+
+static const char *skip_blanks(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
+        p++;
+    return p;
+}
+
+/* A plain string at p (the opening quote): sets *s, *n to its contents and
+ * returns the byte after the closing quote, or NULL if not plain. */
+static const char *plain_string(const char *p, const char *end, const char **s, size_t *n)
+{
+    const char *q = ++p;
+    while (q < end && *q != '"') {
+        unsigned char c = (unsigned char)*q;
+        if (c < 0x20 || c > 0x7e || c == '\\')
+            return NULL;
+        q++;
+    }
+    if (q >= end)
+        return NULL;
+    *s = p;
+    *n = (size_t)(q - p);
+    return q + 1;
+}
+
+static bool is_digit(char c) { return c >= '0' && c <= '9'; }
+
+/* A number at p in JSON's grammar: a new integer or real, and *next after
+ * it; NULL if not plain (too long, not finite, not a number). */
+static json_t *plain_number(const char *p, const char *end, const char **next)
+{
+    const char *q = p;
+    bool real = false;
+    if (q < end && *q == '-')
+        q++;
+    if (q < end && *q == '0')
+        q++;
+    else if (q < end && is_digit(*q))
+        while (q < end && is_digit(*q))
+            q++;
+    else
+        return NULL;
+    const char *int_end = q;
+    if (q < end && *q == '.') {
+        real = true;
+        if (++q >= end || !is_digit(*q))
+            return NULL;
+        while (q < end && is_digit(*q))
+            q++;
+    }
+    if (q < end && (*q == 'e' || *q == 'E')) {
+        real = true;
+        q++;
+        if (q < end && (*q == '+' || *q == '-'))
+            q++;
+        if (q >= end || !is_digit(*q))
+            return NULL;
+        while (q < end && is_digit(*q))
+            q++;
+    }
+    char buf[48];
+    size_t n = (size_t)(q - p);
+    if (n >= sizeof buf || (!real && int_end - p - (*p == '-') > 18))
+        return NULL;
+    memcpy(buf, p, n);
+    buf[n] = '\0';
+    *next = q;
+    if (!real)
+        return json_integer((json_int_t)strtoll(buf, NULL, 10));
+    double d = strtod(buf, NULL);
+    return isfinite(d) ? json_real(d) : NULL;
+}
+
+static bool word_at(const char *p, const char *end, const char *w, size_t n)
+{
+    return (size_t)(end - p) >= n && memcmp(p, w, n) == 0;
+}
+
+/* The flat object on [p, end) as jansson would parse it, or NULL: see above. */
+static json_t *plain_object(const char *p, const char *end)
+{
+    enum { MAX_KEYS = 16 };
+    const char *keys[MAX_KEYS];
+    size_t klens[MAX_KEYS], nkeys = 0;
+    p = skip_blanks(p, end);
+    if (p >= end || *p != '{')
+        return NULL;
+    json_t *obj = json_object();
+    if (!obj)
+        return NULL;
+    p = skip_blanks(p + 1, end);
+    if (p < end && *p == '}')
+        goto close;
+    for (;;) {
+        const char *k, *sv;
+        size_t kn, svn;
+        if (p >= end || *p != '"' || !(p = plain_string(p, end, &k, &kn)) || nkeys == MAX_KEYS)
+            goto fail;
+        for (size_t i = 0; i < nkeys; i++)
+            if (klens[i] == kn && memcmp(keys[i], k, kn) == 0)
+                goto fail; /* a duplicate: jansson's error */
+        keys[nkeys] = k;
+        klens[nkeys++] = kn;
+        p = skip_blanks(p, end);
+        if (p >= end || *p != ':')
+            goto fail;
+        p = skip_blanks(p + 1, end);
+        if (p >= end)
+            goto fail;
+        json_t *v = NULL;
+        if (*p == '"') {
+            if ((p = plain_string(p, end, &sv, &svn)) != NULL)
+                v = json_stringn_nocheck(sv, svn);
+        } else if (*p == '-' || is_digit(*p)) {
+            v = plain_number(p, end, &p);
+        } else if (word_at(p, end, "true", 4)) {
+            v = json_true();
+            p += 4;
+        } else if (word_at(p, end, "false", 5)) {
+            v = json_false();
+            p += 5;
+        } else if (word_at(p, end, "null", 4)) {
+            v = json_null();
+            p += 4;
+        }
+        if (!v)
+            goto fail;
+        if (json_object_setn_new_nocheck(obj, k, kn, v) != 0)
+            goto fail; /* it took v, also on failure */
+        p = skip_blanks(p, end);
+        if (p < end && *p == ',') {
+            p = skip_blanks(p + 1, end);
+            continue;
+        }
+        if (p < end && *p == '}')
+            break;
+        goto fail;
+    }
+close:
+    if (skip_blanks(p + 1, end) != end)
+        goto fail;
+    return obj;
+fail:
+    json_decref(obj);
+    return NULL;
 }
 
 size_t hr_api_ndjson_split(const char *body, size_t len, json_t *arr, json_t *errors)
@@ -237,7 +503,9 @@ size_t hr_api_ndjson_split(const char *body, size_t len, json_t *arr, json_t *er
             q++;
         if (q < le) {
             json_error_t jerr;
-            json_t *v = json_loadb(p, (size_t)(le - p), JSON_REJECT_DUPLICATES, &jerr);
+            json_t *v = plain_object(p, le);
+            if (!v)
+                v = json_loadb(p, (size_t)(le - p), JSON_REJECT_DUPLICATES, &jerr);
             if (v) {
                 parsed++;
             } else {

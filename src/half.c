@@ -246,41 +246,59 @@ void hr_half_block_scores_many_ref(const hr_half_layout *H, const uint16_t *bloc
 }
 
 #if HALF_X86
-/* Eight queries per vector: for each row, the score of every query is a
- * sum over d of value_d (broadcast) times the queries' column d, so no
- * horizontal sums. Two rows, two chains each, keep the FMA units busy. */
+/* Rows per block of the batch kernel: MANY_MR accumulators (one per row,
+ * eight queries each) plus a query vector and a broadcast fit the 16 YMM
+ * registers, and are enough independent FMA chains to cover the latency. */
+#define MANY_MR 12
+
+/* A batch, register-blocked: MANY_MR rows are read from memory once and
+ * converted once (F16C) into an fp32 block in L1; then, per group of eight
+ * queries, each row's accumulator gains value_d (broadcast) times the
+ * queries' column d for every d. The rows stream from memory at 2 bytes per
+ * value whatever the number of queries; the FMAs run from L1. A last partial
+ * block is zero-padded (its padding rows are computed and not written). */
 __attribute__((target("avx2,fma,f16c"))) static void scores_many_fast(const hr_half_layout *H,
                                                                       const uint16_t *block,
                                                                       uint32_t nrows,
                                                                       const float *qt,
                                                                       uint32_t nq8, float *out)
 {
-    const uint32_t dims = H->dims, st = H->stride;
-    float v0[dims] __attribute__((aligned(32))), v1[dims] __attribute__((aligned(32)));
-    uint32_t i = 0;
-    for (; i + 2 <= nrows; i += 2) {
+    /* values from k+1 on are zero in the rows (and the query): skipped */
+    const uint32_t dims = H->dims, st = H->stride, used = H->k + 1;
+    float v[MANY_MR * dims] __attribute__((aligned(32))); /* v[r * dims + d] */
+    for (uint32_t i = 0; i < nrows; i += MANY_MR) {
+        const uint32_t nr = nrows - i < MANY_MR ? nrows - i : MANY_MR;
         const uint16_t *r = block + (size_t)i * st;
-        for (uint32_t g = 0; g < dims; g += 8) {
-            _mm256_store_ps(v0 + g, load_half8(r + g));
-            _mm256_store_ps(v1 + g, load_half8(r + st + g));
+        for (uint32_t x = 0; x < nr; x++)
+            for (uint32_t g = 0; g < dims; g += 8)
+                _mm256_store_ps(v + x * dims + g, load_half8(r + (size_t)x * st + g));
+        /* the next block's bytes, a block ahead of their use */
+        if (i + MANY_MR < nrows) {
+            const char *nb = (const char *)(r + (size_t)MANY_MR * st);
+            const size_t nbytes = (size_t)(nrows - i - MANY_MR < MANY_MR ? nrows - i - MANY_MR
+                                                                        : MANY_MR) * st * 2;
+            for (size_t o = 0; o < nbytes; o += 64)
+                _mm_prefetch(nb + o, _MM_HINT_T0);
         }
+        if (nr < MANY_MR)
+            memset(v + nr * dims, 0, (size_t)(MANY_MR - nr) * dims * sizeof *v);
         for (uint32_t j = 0; j < nq8; j += 8) {
-            __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0;
-            for (uint32_t d = 0; d < dims; d += 2) {
-                __m256 q0 = _mm256_loadu_ps(qt + (size_t)d * nq8 + j);
-                __m256 q1 = _mm256_loadu_ps(qt + (size_t)(d + 1) * nq8 + j);
-                a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(v0 + d), q0, a0);
-                b0 = _mm256_fmadd_ps(_mm256_broadcast_ss(v0 + d + 1), q1, b0);
-                a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(v1 + d), q0, a1);
-                b1 = _mm256_fmadd_ps(_mm256_broadcast_ss(v1 + d + 1), q1, b1);
+            __m256 acc[MANY_MR];
+#pragma GCC unroll 12
+            for (int x = 0; x < MANY_MR; x++)
+                acc[x] = _mm256_setzero_ps();
+            const float *q = qt + j;
+            for (uint32_t d = 0; d < used; d++, q += nq8) {
+                const __m256 qd = _mm256_loadu_ps(q);
+#pragma GCC unroll 12
+                for (int x = 0; x < MANY_MR; x++)
+                    acc[x] = _mm256_fmadd_ps(_mm256_broadcast_ss(v + x * dims + d), qd, acc[x]);
             }
-            _mm256_storeu_ps(out + (size_t)i * nq8 + j, _mm256_add_ps(a0, b0));
-            _mm256_storeu_ps(out + (size_t)(i + 1) * nq8 + j, _mm256_add_ps(a1, b1));
+#pragma GCC unroll 12
+            for (uint32_t x = 0; x < nr; x++)
+                _mm256_storeu_ps(out + (size_t)(i + x) * nq8 + j, acc[x]);
         }
     }
-    if (i < nrows)
-        hr_half_block_scores_many_ref(H, block + (size_t)i * st, nrows - i, qt, nq8,
-                                      out + (size_t)i * nq8);
 }
 #endif
 

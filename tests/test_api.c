@@ -3,7 +3,11 @@
  * creates no id) and resolution, predict pairs, the query strings of
  * predict and recommend, the error body.
  */
+#include <dirent.h>
 #include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "hogrec/api.h"
@@ -249,6 +253,248 @@ static void test_ndjson_split(void **state)
         assert_true((unsigned char)*p >= 0x20 && (unsigned char)*p < 0x80);
     json_decref(v);
     free(s);
+}
+
+/* The reference split: every non-blank line through json_loadb, as
+ * hr_api_ndjson_split did before its plain-object reader. Returns the
+ * compact text (key order kept) of [lines, errors] and sets *parsed. */
+static char *split_ref(const char *body, size_t len, size_t *parsed)
+{
+    json_t *arr = json_array(), *errors = json_array();
+    size_t idx = 0;
+    *parsed = 0;
+    const char *p = body, *end = body + len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p)), *le = nl ? nl : end, *q = p;
+        while (q < le && (*q == ' ' || *q == '\t' || *q == '\r'))
+            q++;
+        if (q < le) {
+            json_error_t jerr;
+            json_t *v = json_loadb(p, (size_t)(le - p), JSON_REJECT_DUPLICATES, &jerr);
+            if (v) {
+                (*parsed)++;
+            } else {
+                hr_api_printable(jerr.text);
+                json_array_append_new(errors, json_pack("{s:I,s:s+}", "index", (json_int_t)idx,
+                                                        "message", "not JSON: ", jerr.text));
+                v = json_null();
+            }
+            json_array_append_new(arr, v);
+            idx++;
+        }
+        if (!nl)
+            break;
+        p = nl + 1;
+    }
+    json_t *both = json_pack("[oo]", arr, errors);
+    char *s = json_dumps(both, JSON_COMPACT);
+    json_decref(both);
+    return s;
+}
+
+/* hr_api_ndjson_split's result (same text form as split_ref). */
+static char *split_fast(const char *body, size_t len, size_t *parsed)
+{
+    json_t *arr = json_array(), *errors = json_array();
+    *parsed = hr_api_ndjson_split(body, len, arr, errors);
+    json_t *both = json_pack("[oo]", arr, errors);
+    char *s = json_dumps(both, JSON_COMPACT);
+    json_decref(both);
+    return s;
+}
+
+static void assert_split_equal(const char *body, size_t len)
+{
+    size_t pf, pr;
+    char *f = split_fast(body, len, &pf), *r = split_ref(body, len, &pr);
+    if (pf != pr || strcmp(f, r) != 0)
+        fail_msg("body %.*s:\n got  %s (%zu parsed)\n want %s (%zu parsed)", (int)len, body, f,
+                 pf, r, pr);
+    free(f);
+    free(r);
+}
+
+/* A random token of a flat-object line: mostly plain, sometimes what the
+ * plain reader must leave to jansson. */
+static void random_value(hr_rng *g, char *out, size_t cap)
+{
+    static const char *const odd[] = {
+        "\"a\\\"b\"", "\"\\u00e9\"", "\"\xc3\xa9\"", "\"\xff\"", "\"tab\there\"", "\"\"", "0", "-0",
+        "007", "-", "1.", ".5", "1e", "1e+", "1E-3", "-0.0", "1e400", "-1e400", "1e-400",
+        "123456789012345678", "1234567890123456789", "9223372036854775807",
+        "9223372036854775808", "-9223372036854775808", "-9223372036854775809", "true", "false",
+        "null", "tru", "nul", "True", "[1]", "{\"x\":1}", "{}", "[]", "0x10", "+1", "NaN",
+        "Infinity", "1.5e3", "2.2250738585072014e-308", "4.9e-324", "1.7976931348623157e308"};
+    switch (hr_rng_below(g, 4)) {
+    case 0: { /* a plain id */
+        snprintf(out, cap, "\"u%llu\"", (unsigned long long)hr_rng_below(g, 100000));
+        break;
+    }
+    case 1: { /* an integer of 1 to 20 digits */
+        int nd = 1 + (int)hr_rng_below(g, 20);
+        size_t n = 0;
+        if (hr_rng_below(g, 3) == 0)
+            out[n++] = '-';
+        for (int i = 0; i < nd && n + 2 < cap; i++)
+            out[n++] = (char)('0' + (i == 0 && nd > 1 ? 1 + hr_rng_below(g, 9) : hr_rng_below(g, 10)));
+        out[n] = '\0';
+        break;
+    }
+    case 2: /* a real */
+        snprintf(out, cap, "%.*g", 1 + (int)hr_rng_below(g, 17),
+                 (hr_rng_uniform(g) - 0.5) * pow(10, (double)hr_rng_below(g, 40) - 20));
+        if (!strpbrk(out, ".e"))
+            strcat(out, ".5");
+        break;
+    default:
+        snprintf(out, cap, "%s", odd[hr_rng_below(g, sizeof odd / sizeof *odd)]);
+    }
+}
+
+static void test_ndjson_plain_lines_equal_jansson(void **state)
+{
+    (void)state;
+    /* edge cases of the plain reader, one body each and all in one */
+    static const char *const lines[] = {
+        "{\"user\":\"u1\",\"item\":\"i2\",\"label\":1}", "{}", " { } ", "{ \"a\" : 1 , \"b\" : \"x\" }",
+        "{\"a\":1,}", "{\"a\":1 \"b\":2}", "{\"a\"1}", "{\"a\":}", "{\"a\":1}x", "{\"a\":1}{}",
+        "{\"a\":1", "{\"a\"", "{", "}", "{\"a\":1,\"a\":2}", "{\"a\":1,\"b\":2,\"a\":3}",
+        "{\"\":1}", "{\"a\":\"\"}", "{\"a\\u0062\":1}", "{\"a\":\"x\\ny\"}", "{\"a\":\"\x01\"}",
+        "{\"a\":\"\x7f\"}", "{\"a\":truex}", "{\"a\":true,\"b\":false,\"c\":null}",
+        "{\"a\":-}", "{\"a\":01}", "{\"a\":1.0}", "{\"a\":1e2}", "{\"a\":-1E+2}",
+        "{\"a\":1e400}", "{\"a\":[1,2]}", "{\"a\":{\"b\":1}}", "[{\"a\":1}]", "\"s\"", "1",
+        "{\"a\":1}\r", "\t{\"a\":1}\t\r", "{\"a\":1}\xc2\xa0", "{\"k1\":1,\"k2\":2,\"k3\":3,"
+        "\"k4\":4,\"k5\":5,\"k6\":6,\"k7\":7,\"k8\":8,\"k9\":9,\"k10\":10,\"k11\":11,\"k12\":12,"
+        "\"k13\":13,\"k14\":14,\"k15\":15,\"k16\":16,\"k17\":17}",
+        "{\"a\":1}\0", "{\"a\":\"b\0\"}"};
+    char all[4096];
+    size_t at = 0;
+    for (size_t i = 0; i < sizeof lines / sizeof *lines; i++) {
+        size_t n = strlen(lines[i]);
+        assert_split_equal(lines[i], n);
+        memcpy(all + at, lines[i], n);
+        at += n;
+        all[at++] = '\n';
+    }
+    assert_split_equal(all, at);
+    /* embedded NUL bytes (strlen stops at them above) */
+    assert_split_equal("{\"a\":1}\0", 8);
+    assert_split_equal("{\"a\":\"b\0\"}", 10);
+    /* generated lines: keys from a small set (duplicates happen), values
+     * plain and odd, random blanks, sometimes a byte dropped or changed */
+    hr_rng g;
+    hr_rng_seed(&g, 11);
+    static const char *const keys[] = {"user", "item", "label", "ts", "weight", "id", "rating",
+                                       "x"};
+    for (int it = 0; it < 20000; it++) {
+        char line[1024], v[128];
+        size_t n = 0;
+        int nk = (int)hr_rng_below(&g, 6);
+        n += (size_t)snprintf(line + n, sizeof line - n, "%s{", hr_rng_below(&g, 8) ? "" : " ");
+        for (int i = 0; i < nk; i++) {
+            random_value(&g, v, sizeof v);
+            n += (size_t)snprintf(line + n, sizeof line - n, "%s\"%s\"%s:%s%s", i ? "," : "",
+                                  keys[hr_rng_below(&g, 8)], hr_rng_below(&g, 8) ? "" : " ",
+                                  hr_rng_below(&g, 8) ? "" : "\t", v);
+        }
+        n += (size_t)snprintf(line + n, sizeof line - n, "}%s", hr_rng_below(&g, 8) ? "" : " \r");
+        if (n > 2 && hr_rng_below(&g, 5) == 0) {
+            size_t at2 = hr_rng_below(&g, n);
+            if (hr_rng_below(&g, 2))
+                memmove(line + at2, line + at2 + 1, n-- - at2);
+            else
+                line[at2] = "{}[]\":,. -1e\\x"[hr_rng_below(&g, 15)];
+        }
+        assert_split_equal(line, n);
+    }
+}
+
+static void assert_text_equal(const json_t *obj)
+{
+    size_t n = 0;
+    char *got = hr_api_event_text(obj, &n);
+    char *want = json_dumps(obj, JSON_COMPACT | JSON_SORT_KEYS);
+    assert_non_null(got);
+    assert_non_null(want);
+    if (strcmp(got, want) != 0 || n != strlen(want))
+        fail_msg("event text %s (%zu bytes), json_dumps %s", got, n, want);
+    free(got);
+    free(want);
+}
+
+/* The log's text of an event equals json_dumps(COMPACT | SORT_KEYS) byte
+ * for byte, whether written directly (flat, plain) or by jansson: keys that
+ * sort by a prefix, integers at their limits, literals, escapes, non-ASCII,
+ * reals, nesting, a key with a NUL byte, and generated objects. */
+static void test_event_text_equals_json_dumps(void **state)
+{
+    (void)state;
+    static const char *const objs[] = {
+        "{}", "{\"user\":\"u1\",\"item\":\"i2\",\"label\":1}", "{\"b\":1,\"a\":2,\"ab\":3,\"\":4}",
+        "{\"x\":9223372036854775807,\"y\":-9223372036854775808,\"z\":0,\"w\":-1}",
+        "{\"t\":true,\"f\":false,\"n\":null}", "{\"s\":\"a\\\"b\\\\c/d\"}", "{\"s\":\"\\u00e9\\u0001\"}",
+        "{\"s\":\"\x7f\"}", "{\"k\\u00e9\":1}", "{\"r\":1.5,\"i\":1}", "{\"r\":1e300}",
+        "{\"features\":{\"a\":1},\"user\":\"u\"}", "{\"a\":[1,2]}", "{\"Z\":1,\"a\":1,\"_\":1,\"0\":1}"};
+    for (size_t i = 0; i < sizeof objs / sizeof *objs; i++) {
+        json_t *o = json_loads(objs[i], 0, NULL);
+        assert_non_null(o);
+        assert_text_equal(o);
+        json_decref(o);
+    }
+    json_t *o = json_object();
+    json_object_setn_new(o, "a\0b", 3, json_integer(1));
+    json_object_set_new(o, "a", json_integer(2));
+    assert_text_equal(o);
+    json_decref(o);
+    hr_rng g;
+    hr_rng_seed(&g, 12);
+    static const char *const keys[] = {"user", "item", "label", "ts", "weight", "id", "rating",
+                                       "u", "users", "x"};
+    for (int it = 0; it < 5000; it++) {
+        o = json_object();
+        int nk = (int)hr_rng_below(&g, 8);
+        for (int i = 0; i < nk; i++) {
+            char v[128];
+            random_value(&g, v, sizeof v);
+            json_t *jv = json_loads(v, JSON_DECODE_ANY, NULL);
+            if (jv)
+                json_object_set_new(o, keys[hr_rng_below(&g, 10)], jv);
+        }
+        assert_text_equal(o);
+        json_decref(o);
+    }
+}
+
+/* JSONTestSuite's parsing files (valid, invalid and either), each as a
+ * body: the plain reader and jansson agree on every one. */
+static void test_ndjson_plain_jsontestsuite(void **state)
+{
+    (void)state;
+    const char *dir = tu_shared_data("jsontestsuite/test_parsing");
+    if (!dir) {
+        TU_SKIP("jsontestsuite not found under ../shared/data (or $HOGREC_SHARED_DATA)");
+        return;
+    }
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    struct dirent *de;
+    int files = 0;
+    while ((de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.')
+            continue;
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        FILE *f = fopen(path, "rb");
+        if (!f)
+            continue;
+        static char buf[1 << 16];
+        size_t n = fread(buf, 1, sizeof buf, f);
+        fclose(f);
+        assert_split_equal(buf, n);
+        files++;
+    }
+    closedir(d);
+    assert_true(files > 100);
 }
 
 /* ---- query strings ---- */
@@ -497,6 +743,9 @@ int main(void)
         cmocka_unit_test(test_pair_unknown_creates_nothing),
         cmocka_unit_test(test_error_json),
         cmocka_unit_test(test_ndjson_split),
+        cmocka_unit_test(test_ndjson_plain_lines_equal_jansson),
+        cmocka_unit_test(test_ndjson_plain_jsontestsuite),
+        cmocka_unit_test(test_event_text_equals_json_dumps),
         cmocka_unit_test(test_predict_query),
         cmocka_unit_test(test_recommend_query),
         cmocka_unit_test(test_error_text_stays_utf8),

@@ -163,6 +163,54 @@ static void test_kernel_matches_reference(void **state)
     }
 }
 
+/* The batch kernel against its reference for batches of 8, 16 and 24
+ * independent queries and row counts around its blocks of rows (a block, a
+ * block and a tail, several blocks): every score within two summation
+ * orders' rounding of the reference. */
+static void test_batch_kernel_matches_reference(void **state)
+{
+    (void)state;
+    hr_rng rng;
+    hr_rng_seed(&rng, 6);
+    const uint32_t ks[] = {1, 7, 13, 64, 100};
+    const uint32_t nq8s[] = {8, 16, 24};
+    const uint32_t counts[] = {0, 1, 5, 11, 12, 13, 23, 24, 25, 40, 97};
+    for (size_t ki = 0; ki < sizeof ks / sizeof *ks; ki++) {
+        hr_half_layout H = hr_half_layout_make(ks[ki]);
+        for (size_t qi = 0; qi < sizeof nq8s / sizeof *nq8s; qi++) {
+            const uint32_t nq8 = nq8s[qi];
+            float *qt = calloc((size_t)H.dims * nq8, sizeof *qt);
+            for (uint32_t d = 0; d <= H.k; d++)
+                for (uint32_t j = 0; j < nq8; j++)
+                    qt[d * nq8 + j] = (float)hr_rng_normal(&rng);
+            for (size_t ci = 0; ci < sizeof counts / sizeof *counts; ci++) {
+                const uint32_t nrows = counts[ci];
+                uint16_t *b = random_half_rows(&H, nrows, &rng);
+                float *got = malloc(((size_t)nrows * nq8 + 1) * sizeof *got);
+                float *want = malloc(((size_t)nrows * nq8 + 1) * sizeof *want);
+                hr_half_block_scores_many(&H, b, nrows, qt, nq8, got);
+                hr_half_block_scores_many_ref(&H, b, nrows, qt, nq8, want);
+                for (uint32_t i = 0; i < nrows; i++)
+                    for (uint32_t j = 0; j < nq8; j++) {
+                        double mag = 0;
+                        for (uint32_t d = 0; d < H.dims; d++)
+                            mag += fabs((double)qt[d * nq8 + j] *
+                                        hr_half_to_float(b[(size_t)i * H.stride + d]));
+                        double tol = 2 * H.dims * 0x1p-24 * mag + 1e-30;
+                        if (!(fabs((double)got[i * nq8 + j] - want[i * nq8 + j]) <= tol))
+                            fail_msg("k %u, %u queries, %u rows: row %u query %u: %.9g, "
+                                     "reference %.9g", H.k, nq8, nrows, i, j,
+                                     (double)got[i * nq8 + j], (double)want[i * nq8 + j]);
+                    }
+                free(b);
+                free(got);
+                free(want);
+            }
+            free(qt);
+        }
+    }
+}
+
 /* The bound holds for rows whose every value rounds the same way by almost
  * half an fp16 step, against the fp32 reference score, with both kernels. */
 static void test_error_bound_adversarial(void **state)
@@ -675,6 +723,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_conversion),
         cmocka_unit_test(test_kernel_matches_reference),
+        cmocka_unit_test(test_batch_kernel_matches_reference),
         cmocka_unit_test(test_error_bound_adversarial),
         cmocka_unit_test(test_topk_equals_fp32_random),
         cmocka_unit_test(test_topk_equals_fp32_near_ties),
