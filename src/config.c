@@ -53,7 +53,7 @@ typedef struct {
 _Static_assert(sizeof(hr_loss) == sizeof(int) && sizeof(hr_config_state) == sizeof(int) &&
                    sizeof(hr_config_neg) == sizeof(int) &&
                    sizeof(hr_config_durability) == sizeof(int) && sizeof(hr_log_level) == sizeof(int) &&
-                   sizeof(hr_config_topk) == sizeof(int),
+                   sizeof(hr_config_topk) == sizeof(int) && sizeof(hr_storage) == sizeof(int),
                "enum options are stored as int");
 
 static const char *const state_names[HR_CONFIG_STATE_COUNT] = {
@@ -97,6 +97,7 @@ static const char *durability_name(int v)
     return hr_config_durability_to_string((hr_config_durability)v);
 }
 static const char *topk_name(int v) { return hr_config_topk_to_string((hr_config_topk)v); }
+static const char *storage_name(int v) { return hr_storage_to_string((hr_storage)v); }
 static const char *log_level_name(int v) { return hr_log_level_to_string((hr_log_level)v); }
 
 /* the commands column */
@@ -124,6 +125,9 @@ static const opt options[] = {
     E(topk_precision, topk_name, HR_CONFIG_TOPK_COUNT, "f32", false, ALL,
       "item copy top-K scans: f32, or f16 (a half copy scanned for candidates, re-scored in "
       "f32: the same results; half the bytes read, more memory)"),
+    E(storage, storage_name, HR_STORAGE_COUNT, "f32", false, ALL,
+      "how rows store their factors: f32, or bf16 (half the bytes of the weights; updates "
+      "stochastically rounded; optimizer state stays f32)"),
     D(expire_seconds, 0, 1e9, "0", false, ALL, "forget ids unseen this many seconds (0 = never)"),
     D(grad_clip, 0, 1e9, "100", false, ALL, "largest gradient norm per event (0 = no clip)"),
     D(adagrad_init, 1e-12, 1e6, "0.1", false, ALL, "initial AdaGrad accumulator"),

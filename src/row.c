@@ -36,6 +36,55 @@ hr_row_layout hr_row_layout_make(uint32_t k, hr_state_kind st, uint32_t chunk_ro
     return L;
 }
 
+hr_row_layout hr_row_layout_make_storage(uint32_t k, hr_state_kind st, uint32_t chunk_rows,
+                                         hr_storage storage)
+{
+    if (storage != HR_STORAGE_BF16)
+        return hr_row_layout_make(k, st, chunk_rows);
+    assert(k >= 1);
+    hr_row_layout L = {0};
+    L.storage = HR_STORAGE_BF16;
+    L.k = k;
+    L.bias = (k + 1) / 2;
+    L.count = L.bias + 1;
+    L.last_seen = L.bias + 2;
+    const uint32_t w = (L.bias + 3 + 3) & ~3u; /* the weights */
+    const uint32_t s = (k + 3 + 3) & ~3u;      /* one state block, as F32's */
+    L.stride = w;
+    if (st == HR_STATE_ADAM) {
+        L.state = w;
+        L.adam = w;
+        L.adam_v = w + s;
+        L.stride = w + 2 * s;
+    } else if (st != HR_STATE_SGD) {
+        L.state = w;
+        L.acc = w;
+        L.stride = w + s;
+    }
+    if (st == HR_STATE_FTRL)
+        L.ftrl = L.state + k + 1;
+    L.floats = L.stride;
+    return L;
+}
+
+hr_state_kind hr_row_layout_state(const hr_row_layout *L)
+{
+    return L->adam ? HR_STATE_ADAM : L->ftrl ? HR_STATE_FTRL : L->acc ? HR_STATE_ADAGRAD
+                                                                      : HR_STATE_SGD;
+}
+
+hr_row_layout hr_row_layout_f32(const hr_row_layout *L)
+{
+    return hr_row_layout_make(L->k, hr_row_layout_state(L), 1);
+}
+
+const char *hr_storage_to_string(hr_storage s)
+{
+    static const char *const names[HR_STORAGE_COUNT] = {[HR_STORAGE_F32] = "f32",
+                                                        [HR_STORAGE_BF16] = "bf16"};
+    return (unsigned)s < HR_STORAGE_COUNT ? names[s] : "unknown";
+}
+
 const char *hr_loss_to_string(hr_loss loss)
 {
     static const char *const names[HR_LOSS_COUNT] = {[HR_LOSS_LOGISTIC] = "logistic",

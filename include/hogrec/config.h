@@ -75,6 +75,7 @@ typedef struct {
     int64_t chunk_rows;        /* rows per storage chunk (power of two) */
     int64_t min_count;         /* events before an id gets its own embedding */
     hr_config_topk topk_precision; /* f32 | f16: item copy top-K scans */
+    hr_storage storage;        /* f32 | bf16: how rows store their factors (row.h) */
     double expire_seconds;     /* drop ids unseen this long (0 = never) */
     double grad_clip;          /* max gradient L2 norm per event (0 = off) */
     double adagrad_init;       /* initial AdaGrad accumulator */
