@@ -6,6 +6,7 @@
 #include "hogrec/row.h"
 
 #include <assert.h>
+#include <string.h>
 
 /* Weights [v, bias, count, last_seen] padded to 16 bytes; the state block
  * has the same stride (k+1 accumulators and FTRL's z, n fit in k+3; so do
@@ -83,6 +84,11 @@ const char *hr_storage_to_string(hr_storage s)
     static const char *const names[HR_STORAGE_COUNT] = {[HR_STORAGE_F32] = "f32",
                                                         [HR_STORAGE_BF16] = "bf16"};
     return (unsigned)s < HR_STORAGE_COUNT ? names[s] : "unknown";
+}
+
+hr_storage hr_storage_of_shape(const char *shape)
+{
+    return shape && strstr(shape, "\"storage\":\"bf16\"") ? HR_STORAGE_BF16 : HR_STORAGE_F32;
 }
 
 const char *hr_loss_to_string(hr_loss loss)

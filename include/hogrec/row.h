@@ -85,6 +85,11 @@ hr_state_kind hr_row_layout_state(const hr_row_layout *L);
 /* "f32", "bf16" (the config's names); "unknown" out of range. */
 const char *hr_storage_to_string(hr_storage s);
 
+/* The storage a checkpoint's shape string names: BF16 when it has the
+ * member "storage":"bf16", else F32 (shapes of f32 models carry no member,
+ * as before the option existed). */
+hr_storage hr_storage_of_shape(const char *shape);
+
 /* The logistic function 1 / (1 + e^-y): the one copy in the code. */
 static inline double hr_sigmoid(double y)
 {
