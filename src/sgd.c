@@ -741,12 +741,22 @@ const float *hr_sgd_row_weights(const hr_row_layout *L, const float *row, float 
 void hr_sgd_block_to_f32(const hr_row_layout *L, const float *block, uint32_t nrows,
                          uint32_t lda, float *out)
 {
-    const uint32_t kq = L->k + 1;
+    const uint32_t k = L->k, kq = k + 1;
+    if (L->storage != HR_STORAGE_BF16) {
+        for (uint32_t i = 0; i < nrows; i++)
+            memcpy(out + (size_t)i * kq, block + (size_t)i * lda, (size_t)kq * sizeof *out);
+        return;
+    }
+    uint16_t h[k];
     for (uint32_t i = 0; i < nrows; i++) {
+        const float *r = block + (size_t)i * lda;
         float *o = out + (size_t)i * kq;
-        const float *w = hr_sgd_row_weights(L, block + (size_t)i * lda, o);
-        if (w != o)
-            memcpy(o, w, (size_t)kq * sizeof *o);
+        memcpy(h, r, (size_t)k * sizeof *h); /* one read of the live factors */
+        for (uint32_t d = 0; d < k; d++) { /* a shift: vectorizes */
+            uint32_t u = (uint32_t)h[d] << 16;
+            memcpy(&o[d], &u, sizeof u);
+        }
+        o[k] = r[L->bias];
     }
 }
 

@@ -257,8 +257,9 @@ static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
     float *scores = malloc((size_t)SUB * nq * sizeof *scores);
     scan_state *ss = malloc(nq * sizeof *ss);
     /* bf16 rows: each slice widened to a dense f32 matrix for the sgemv */
+    enum { WIDE = 128 }; /* rows widened at a time: 33 KB at k = 64 */
     const bool widen = L->storage == HR_STORAGE_BF16 && !reference;
-    float *wide = widen ? malloc((size_t)SUB * kq * sizeof *wide) : NULL;
+    float *wide = widen ? malloc((size_t)WIDE * kq * sizeof *wide) : NULL;
     if (!qx || !scores || !ss || (widen && !wide)) {
         free(wide);
         free(qx);
@@ -292,13 +293,20 @@ static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
         for (uint32_t off = 0; off < nrows; off += SUB) {
             const uint32_t len = nrows - off < SUB ? nrows - off : SUB;
             const float *sub = blk + (size_t)off * lda;
-            uint32_t ld = lda;
-            if (widen) {
-                hr_model_item_rows_f32(m, blk, off, len, wide);
-                sub = wide;
-                ld = kq;
-            }
-            if (reference) {
+            const uint32_t ld = lda;
+            if (widen) { /* pieces of WIDE rows, widened while they are in cache */
+                for (uint32_t p = 0; p < len; p += WIDE) {
+                    const uint32_t pl = len - p < WIDE ? len - p : WIDE;
+                    hr_model_item_rows_f32(m, blk, off + p, pl, wide);
+                    if (nq == 1)
+                        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)pl, (int)kq, 1.0f, wide,
+                                    (int)kq, qx, 1, 0.0f, scores + p, 1);
+                    else
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)pl, (int)nq,
+                                    (int)kq, 1.0f, wide, (int)kq, qx, (int)kq, 0.0f,
+                                    scores + (size_t)p * nq, (int)nq);
+                }
+            } else if (reference) {
                 for (size_t j = 0; j < nq; j++)
                     for (uint32_t i = 0; i < len; i++)
                         hr_sgd_block_scores_ref(L, sub + (size_t)i * ld, 1, ld, reqs[j].q,
