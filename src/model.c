@@ -492,8 +492,10 @@ static inline void prefetch_span(const char *p, size_t bytes)
 void hr_model_prefetch(const hr_model *m, hr_table_id t, uint32_t row)
 {
     const float *r = hr_model_row(m, t, row);
-    if (m->L.storage == HR_STORAGE_BF16) { /* weights and state: one packed block */
-        prefetch_span((const char *)r, (size_t)m->L.floats * sizeof(float));
+    if (m->L.storage == HR_STORAGE_BF16) { /* the weights and each state part */
+        for (uint32_t j = 0; j <= m->L.parts; j++)
+            prefetch_span((const char *)(r + (size_t)j * m->L.state),
+                          (size_t)m->L.stride * sizeof(float));
         return;
     }
     const size_t bytes = (size_t)m->L.stride * sizeof(float);

@@ -42,29 +42,25 @@ hr_row_layout hr_row_layout_make_storage(uint32_t k, hr_state_kind st, uint32_t 
 {
     if (storage != HR_STORAGE_BF16)
         return hr_row_layout_make(k, st, chunk_rows);
-    assert(k >= 1);
+    assert(k >= 1 && chunk_rows >= 1);
+    hr_row_layout F = hr_row_layout_make(k, st, 1); /* the state to store */
     hr_row_layout L = {0};
     L.storage = HR_STORAGE_BF16;
     L.k = k;
     L.bias = (k + 1) / 2;
     L.count = L.bias + 1;
     L.last_seen = L.bias + 2;
-    const uint32_t w = (L.bias + 3 + 3) & ~3u; /* the weights */
-    const uint32_t s = (k + 3 + 3) & ~3u;      /* one state block, as F32's */
-    L.stride = w;
-    if (st == HR_STATE_ADAM) {
-        L.state = w;
-        L.adam = w;
-        L.adam_v = w + s;
-        L.stride = w + 2 * s;
-    } else if (st != HR_STATE_SGD) {
-        L.state = w;
-        L.acc = w;
-        L.stride = w + s;
+    L.stride = (L.bias + 3 + 3) & ~3u;
+    const uint32_t state_floats = F.floats - F.stride;
+    L.parts = (state_floats + L.stride - 1) / L.stride;
+    L.floats = (1 + L.parts) * L.stride;
+    if (L.parts) { /* which state: F32's offsets from a block start of chunk_rows rows */
+        L.state = chunk_rows * L.stride;
+        L.acc = F.acc ? L.state : 0;
+        L.ftrl = F.ftrl ? L.state + k + 1 : 0;
+        L.adam = F.adam ? L.state : 0;
+        L.adam_v = F.adam_v ? 2 * L.state : 0;
     }
-    if (st == HR_STATE_FTRL)
-        L.ftrl = L.state + k + 1;
-    L.floats = L.stride;
     return L;
 }
 

@@ -75,8 +75,10 @@ static inline bool any_nonfinite(const float *a, uint32_t n)
 static bool layout_ok(const hr_row_layout *L)
 {
     if (L->storage == HR_STORAGE_BF16) {
-        hr_row_layout want = hr_row_layout_make_storage(L->k, hr_row_layout_state(L), 1,
-                                                        HR_STORAGE_BF16);
+        if (L->stride == 0 || (L->parts && (L->state == 0 || L->state % L->stride)))
+            return false;
+        hr_row_layout want = hr_row_layout_make_storage(
+            L->k, hr_row_layout_state(L), L->parts ? L->state / L->stride : 1, HR_STORAGE_BF16);
         return memcmp(&want, L, sizeof want) == 0;
     }
     return L->storage == HR_STORAGE_F32 && L->k >= 1 && L->bias == L->k && L->count == L->k + 1 && L->last_seen == L->k + 2 &&
@@ -599,8 +601,10 @@ uint32_t hr_sgd_row_last_seen(const hr_row_layout *L, const float *row)
 void hr_sgd_row_read(const hr_row_layout *L, const float *row, float *dst)
 {
     assert(layout_ok(L));
-    if (L->storage == HR_STORAGE_BF16) { /* one packed block already */
-        memcpy(dst, row, (size_t)L->floats * sizeof(float));
+    if (L->storage == HR_STORAGE_BF16) { /* the weights, then each state part */
+        for (uint32_t j = 0; j <= L->parts; j++)
+            memcpy(dst + (size_t)j * L->stride, row + (size_t)j * L->state,
+                   (size_t)L->stride * sizeof(float));
         return;
     }
     memcpy(dst, row, (size_t)L->stride * sizeof(float));
@@ -614,7 +618,9 @@ void hr_sgd_row_write(const hr_row_layout *L, float *row, const float *src)
 {
     assert(layout_ok(L));
     if (L->storage == HR_STORAGE_BF16) {
-        memcpy(row, src, (size_t)L->floats * sizeof(float));
+        for (uint32_t j = 0; j <= L->parts; j++)
+            memcpy(row + (size_t)j * L->state, src + (size_t)j * L->stride,
+                   (size_t)L->stride * sizeof(float));
         return;
     }
     memcpy(row, src, (size_t)L->stride * sizeof(float));
@@ -760,6 +766,13 @@ void hr_sgd_block_to_f32(const hr_row_layout *L, const float *block, uint32_t nr
     }
 }
 
+/* State float i of a BF16 row (i counts from the start of the F32 state):
+ * piece i / stride, at (piece + 1) * state floats from the row. */
+static inline float *state_at(const hr_row_layout *L, float *row, uint32_t i)
+{
+    return row + (size_t)(i / L->stride + 1) * L->state + i % L->stride;
+}
+
 void hr_sgd_row_to_f32(const hr_row_layout *L, const float *row, float *dst)
 {
     assert(layout_ok(L));
@@ -768,11 +781,16 @@ void hr_sgd_row_to_f32(const hr_row_layout *L, const float *row, float *dst)
         return;
     }
     const hr_row_layout F = hr_row_layout_f32(L);
+    float packed[L->floats]; /* one read of the live row: weights, then the state parts */
+    hr_sgd_row_read(L, row, packed);
     memset(dst, 0, (size_t)F.stride * sizeof *dst);
-    hr_sgd_row_weights(L, row, dst); /* factors and bias at F.bias = k */
-    memcpy(dst + F.count, row + L->count, 2 * sizeof *dst); /* count, last_seen */
-    if (L->state) /* the state blocks have the same layout in both */
-        memcpy(dst + F.stride, row + L->state, (size_t)(L->floats - L->state) * sizeof *dst);
+    for (uint32_t d = 0; d < L->k; d++) {
+        uint16_t h;
+        memcpy(&h, (const char *)packed + 2 * (size_t)d, sizeof h);
+        dst[d] = hr_bf16_to_float(h);
+    }
+    memcpy(dst + F.bias, packed + L->bias, 3 * sizeof *dst); /* bias, count, last_seen */
+    memcpy(dst + F.stride, packed + L->stride, (size_t)(F.floats - F.stride) * sizeof *dst);
 }
 
 void hr_sgd_row_from_f32(const hr_row_layout *L, float *row, const float *src)
@@ -783,13 +801,15 @@ void hr_sgd_row_from_f32(const hr_row_layout *L, float *row, const float *src)
         return;
     }
     const hr_row_layout F = hr_row_layout_f32(L);
-    memset(row, 0, (size_t)(L->state ? L->state : L->floats) * sizeof *row);
-    for (uint32_t d = 0; d < L->k; d++)
-        store_h(row, d, hr_bf16_round(src[d]));
-    row[L->bias] = src[F.bias];
-    memcpy(row + L->count, src + F.count, 2 * sizeof *row);
-    if (L->state)
-        memcpy(row + L->state, src + F.stride, (size_t)(L->floats - L->state) * sizeof *row);
+    float packed[L->floats];
+    memset(packed, 0, sizeof packed);
+    for (uint32_t d = 0; d < L->k; d++) {
+        uint16_t h = hr_bf16_round(src[d]);
+        memcpy((char *)packed + 2 * (size_t)d, &h, sizeof h);
+    }
+    memcpy(packed + L->bias, src + F.bias, 3 * sizeof *packed);
+    memcpy(packed + L->stride, src + F.stride, (size_t)(F.floats - F.stride) * sizeof *packed);
+    hr_sgd_row_write(L, row, packed);
 }
 
 static double score_bf16(const hr_row_layout *L, const hr_active *a, int n)
@@ -854,9 +874,9 @@ static hr_step_result step_bf16(const hr_row_layout *L, const hr_active *a, int 
                 store_h(r, d, hr_bf16_round_sr(nw[d], sr_next16()));
         if (memcmp(&nw[F.bias], &old[F.bias], sizeof *nw) != 0)
             r[L->bias] = nw[F.bias];
-        for (uint32_t i = 0; L->state && i < L->floats - L->state; i++)
+        for (uint32_t i = 0; i < F.floats - F.stride; i++)
             if (memcmp(&nw[F.stride + i], &old[F.stride + i], sizeof *nw) != 0)
-                r[L->state + i] = nw[F.stride + i];
+                *state_at(L, r, i) = nw[F.stride + i];
     }
     if (buf != stack)
         free(buf);

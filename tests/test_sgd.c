@@ -560,7 +560,7 @@ static void check_bf16_step(uint32_t k, hr_state_kind st, hr_optimizer opt, int 
     hr_row_layout L = hr_row_layout_make_storage(k, st, 1, HR_STORAGE_BF16);
     hr_row_layout F = hr_row_layout_f32(&L);
     assert_int_equal(L.storage, HR_STORAGE_BF16);
-    assert_true(k < 8 ? L.floats <= F.floats : L.floats < F.floats);
+    assert_true(k < 8 ? L.stride <= F.stride : L.stride < F.stride); /* the weights */
     float *h = calloc((size_t)n * L.floats, sizeof(float));
     float *w = calloc((size_t)n * F.floats, sizeof(float));
     float *before = calloc((size_t)n * F.floats, sizeof(float));

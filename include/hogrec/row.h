@@ -36,9 +36,14 @@ typedef enum { HR_STATE_SGD, HR_STATE_ADAGRAD, HR_STATE_FTRL, HR_STATE_ADAM } hr
  *   F32:  every value a float; chunks of a weights block then state blocks.
  *   BF16: the k factors as bfloat16 (the high half of a float's bits) packed
  *         two to a float slot at the start of the row, then the bias (f32),
- *         count and last_seen; the optimizer state (f32, the same layout as
- *         an F32 row's state block) follows each row's weights, so a row
- *         with its state is one packed block of `stride` floats. */
+ *         count and last_seen: a weights block of chunk_rows x `stride`
+ *         floats, dense for top-K as with F32. The optimizer state stays
+ *         f32 (an F32 row's state, in the same order) and is cut into
+ *         `parts` pieces of `stride` floats, piece j in its own block at
+ *         (j + 1) * `state` floats from the row, so every piece is at a
+ *         fixed offset from the row. The kernels reach it through
+ *         hr_sgd_row_to_f32; acc, ftrl, adam and adam_v only say which
+ *         state a BF16 row has (their F32 values), not where it is. */
 typedef enum { HR_STORAGE_F32, HR_STORAGE_BF16, HR_STORAGE_COUNT } hr_storage;
 
 /* Row layout, in floats from the row pointer. */
@@ -57,6 +62,7 @@ typedef struct {
                            adam_v+k; 0 if none */
     uint32_t floats;    /* a row packed (weights, then state): what row read/write copy */
     uint32_t storage;   /* hr_storage; with BF16 the factors take [0, bias) as bf16 */
+    uint32_t parts;     /* BF16: blocks of `stride` floats the state is cut into; else 0 */
 } hr_row_layout;
 
 /* "logistic", "squared" (the config's names); "unknown" out of range. */
@@ -69,9 +75,9 @@ hr_row_layout hr_row_layout_make(uint32_t k, hr_state_kind st, uint32_t chunk_ro
 
 /* The layout of rows stored as `storage`: hr_row_layout_make for F32; for
  * BF16 the factors take ceil(k/2) floats, bias, count and last_seen follow,
- * the weights are padded to 4 floats and each row's f32 state (the F32
- * state block's layout, round4(k+3) floats a block) follows its weights:
- * stride = floats = the whole row, whatever chunk_rows. */
+ * padded to 4 floats (`stride`), and the F32 state (round4(k+3) floats, two
+ * such blocks for Adam) is cut into `parts` blocks of `stride` floats:
+ * floats = (1 + parts) * stride. */
 hr_row_layout hr_row_layout_make_storage(uint32_t k, hr_state_kind st, uint32_t chunk_rows,
                                          hr_storage storage);
 
