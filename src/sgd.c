@@ -720,13 +720,6 @@ static inline uint32_t sr_next16(void)
     return r;
 }
 
-static inline uint16_t load_h(const float *row, uint32_t d)
-{
-    uint16_t h;
-    memcpy(&h, (const char *)row + 2 * (size_t)d, sizeof h);
-    return h;
-}
-
 static inline void store_h(float *row, uint32_t d, uint16_t h)
 {
     memcpy((char *)row + 2 * (size_t)d, &h, sizeof h);
