@@ -720,11 +720,6 @@ static inline uint32_t sr_next16(void)
     return r;
 }
 
-static inline void store_h(float *row, uint32_t d, uint16_t h)
-{
-    memcpy((char *)row + 2 * (size_t)d, &h, sizeof h);
-}
-
 const float *hr_sgd_row_weights(const hr_row_layout *L, const float *row, float *buf)
 {
     if (L->storage != HR_STORAGE_BF16)
@@ -757,13 +752,6 @@ void hr_sgd_block_to_f32(const hr_row_layout *L, const float *block, uint32_t nr
         }
         o[k] = r[L->bias];
     }
-}
-
-/* State float i of a BF16 row (i counts from the start of the F32 state):
- * piece i / stride, at (piece + 1) * state floats from the row. */
-static inline float *state_at(const hr_row_layout *L, float *row, uint32_t i)
-{
-    return row + (size_t)(i / L->stride + 1) * L->state + i % L->stride;
 }
 
 void hr_sgd_row_to_f32(const hr_row_layout *L, const float *row, float *dst)
@@ -832,6 +820,7 @@ static hr_step_result step_bf16(const hr_row_layout *L, const hr_active *a, int 
         return HR_STEP_SKIPPED_NONFINITE;
     const hr_row_layout F = hr_row_layout_f32(L);
     const size_t fl = F.floats;
+    const uint32_t k = L->k;
     float stack[4 * 3 * 68 * 2]; /* up to 4 rows of k=64 Adam, before and after */
     float *buf = (size_t)n * fl * 2 <= sizeof stack / sizeof *stack ? stack
                                                            : malloc((size_t)n * fl * 2 * sizeof *buf);
@@ -862,14 +851,25 @@ static hr_step_result step_bf16(const hr_row_layout *L, const hr_active *a, int 
         stored[owner[f]] = true;
         const float *nw = b[f].row, *old = before + (size_t)owner[f] * fl;
         float *r = a[f].row;
-        for (uint32_t d = 0; d < L->k; d++)
-            if (memcmp(&nw[d], &old[d], sizeof *nw) != 0)
-                store_h(r, d, hr_bf16_round_sr(nw[d], sr_next16()));
+        /* What the step wrote, it wrote whole (the F32 kernel copies a
+         * row's new factors, or state, in one go): so do we. */
+        if (memcmp(nw, old, (size_t)k * sizeof *nw) != 0) {
+            uint32_t rnd[k];
+            uint16_t h[k];
+            for (uint32_t d = 0; d < k; d++)
+                rnd[d] = sr_next16();
+            for (uint32_t d = 0; d < k; d++) /* a value already bf16 stays as it is */
+                h[d] = hr_bf16_round_sr(nw[d], rnd[d]);
+            memcpy(r, h, (size_t)k * sizeof *h);
+        }
         if (memcmp(&nw[F.bias], &old[F.bias], sizeof *nw) != 0)
             r[L->bias] = nw[F.bias];
-        for (uint32_t i = 0; i < F.floats - F.stride; i++)
-            if (memcmp(&nw[F.stride + i], &old[F.stride + i], sizeof *nw) != 0)
-                *state_at(L, r, i) = nw[F.stride + i];
+        const uint32_t nstate = F.floats - F.stride;
+        if (nstate && memcmp(nw + F.stride, old + F.stride, nstate * sizeof *nw) != 0)
+            for (uint32_t j = 0; j < L->parts; j++) { /* piece by piece */
+                uint32_t at = j * L->stride, len = nstate - at < L->stride ? nstate - at : L->stride;
+                memcpy(r + (size_t)(j + 1) * L->state, nw + F.stride + at, len * sizeof *nw);
+            }
     }
     if (buf != stack)
         free(buf);
