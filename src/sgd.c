@@ -11,7 +11,7 @@
  * removes all synchronization from the hot path. What it cannot do:
  *   - tear a float: aligned 4-byte loads and stores are atomic on the
  *     machines we build for, so every coordinate read is a value that was
- *     written;
+ *     written (a bf16 factor is an aligned 2-byte value: the same holds);
  *   - write a NaN or Inf: every written value is checked first;
  *   - move a row: rows live in chunks that are never reallocated.
  * ThreadSanitizer reports these accesses as races; tests/tsan.supp
@@ -821,7 +821,7 @@ static hr_step_result step_bf16(const hr_row_layout *L, const hr_active *a, int 
     const hr_row_layout F = hr_row_layout_f32(L);
     const size_t fl = F.floats;
     const uint32_t k = L->k;
-    float stack[4 * 3 * 68 * 2]; /* up to 4 rows of k=64 Adam, before and after */
+    float stack[4096]; /* 16 KB: 15 rows of k=64 AdaGrad, before and after */
     float *buf = (size_t)n * fl * 2 <= sizeof stack / sizeof *stack ? stack
                                                            : malloc((size_t)n * fl * 2 * sizeof *buf);
     if (!buf)
