@@ -17,9 +17,15 @@
  *          category bitmap (copy, mask, popcount) as the catalog does;
  *          ratio to the unfiltered top-K of the same run; the same on the
  *          half model, alternating (half_filter*_ms).
+ *   bf16:  the same queries on a model with storage bf16 holding the same
+ *          rows (factors rounded to bf16), whose scan widens each slice to
+ *          f32 for the sgemv, alternating query by query with the fp32
+ *          model, single and batches of 8: medians and the quartiles of
+ *          the per-query ratio (bf16_*).
  * Prints the machine and key=value lines for loadtest/run.
  *
- * usage: bench_topk [items] [k] [queries] [top]
+ * usage: bench_topk [items] [k] [queries] [top] [state]
+ * (state: the rows' optimizer state, as the config's `state`; default auto)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +40,93 @@ static int cmp_d(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
+}
+
+/* The bf16 pass (see the header): a model of storage bf16 with m's rows. */
+static int bench_bf16(hr_config *c, hr_model *m, uint32_t items, uint32_t k, int queries,
+                      uint32_t top)
+{
+    hr_schedule s;
+    hr_schedule_defaults(&s);
+    if (c->state == HR_CONFIG_STATE_SGD) /* rows without state */
+        s.optimizer = HR_OPT_SGD;
+    hr_model_config mc;
+    hr_model *mb;
+    hr_error err;
+    c->topk_precision = HR_CONFIG_TOPK_F32;
+    c->storage = HR_STORAGE_BF16;
+    if (hr_model_config_from(c, &s, &mc, &err) != HR_OK || hr_model_create(&mc, &mb, &err) != HR_OK) {
+        fprintf(stderr, "model: %s\n", err.message);
+        return 1;
+    }
+    const hr_row_layout *L = hr_model_layout(m), *Lb = hr_model_layout(mb);
+    hr_row_layout F = hr_row_layout_f32(L);
+    float *row = calloc(F.floats, sizeof *row);
+    for (uint32_t i = 0; i < items; i++) {
+        char id[32];
+        int n = snprintf(id, sizeof id, "i%u", i);
+        uint32_t r = hr_model_lookup(m, HR_TABLE_ITEM, id, (size_t)n), rb;
+        if (r == HR_ID_NONE || hr_model_intern(mb, HR_TABLE_ITEM, id, (size_t)n, &rb, NULL) != HR_OK ||
+            r != rb)
+            return 1;
+        hr_sgd_row_to_f32(L, hr_model_row(m, HR_TABLE_ITEM, r), row);
+        hr_sgd_row_from_f32(Lb, hr_model_row(mb, HR_TABLE_ITEM, r), row);
+    }
+    enum { NB = 8 };
+    double *t[2][2], *ratio[2]; /* [single, batch][fp32, bf16] */
+    for (int b = 0; b < 2; b++) {
+        ratio[b] = malloc((size_t)queries * sizeof(double));
+        for (int h = 0; h < 2; h++)
+            t[b][h] = malloc((size_t)queries * sizeof(double));
+    }
+    float *q = malloc((size_t)NB * k * sizeof *q);
+    hr_topk_item *out = malloc((size_t)NB * top * sizeof *out);
+    hr_rng rng;
+    hr_rng_seed(&rng, 777);
+    for (int rep = 0; rep < queries; rep++) {
+        for (uint32_t d = 0; d < NB * k; d++)
+            q[d] = (float)hr_rng_normal(&rng);
+        for (int turn = 0; turn < 2; turn++) { /* each first every other query */
+            int h = (turn + rep) % 2;
+            size_t n;
+            uint64_t t0 = hr_now_ns();
+            hr_topk_query(h ? mb : m, q, top, NULL, out, &n);
+            t[0][h][rep] = (double)(hr_now_ns() - t0) * 1e-9;
+            hr_topk_request reqs[NB];
+            for (int j = 0; j < NB; j++)
+                reqs[j] = (hr_topk_request){q + (size_t)j * k, top, NULL, out + (size_t)j * top, 0};
+            t0 = hr_now_ns();
+            hr_topk_query_many(h ? mb : m, reqs, NB);
+            t[1][h][rep] = (double)(hr_now_ns() - t0) * 1e-9;
+        }
+        for (int b = 0; b < 2; b++)
+            ratio[b][rep] = t[b][1][rep] / t[b][0][rep];
+    }
+    const int mid = queries / 2, q1 = queries / 4, q3 = (3 * queries) / 4;
+    for (int b = 0; b < 2; b++) {
+        for (int h = 0; h < 2; h++)
+            qsort(t[b][h], (size_t)queries, sizeof(double), cmp_d);
+        qsort(ratio[b], (size_t)queries, sizeof(double), cmp_d);
+    }
+    printf("bf16_row_bytes=%zu\nf32_row_bytes=%zu\n", (size_t)Lb->floats * sizeof(float),
+           (size_t)L->floats * sizeof(float));
+    printf("bf16_topk_ms=%.3f\nbf16_f32_topk_ms=%.3f\nbf16_ratio=%.2f\nbf16_ratio_q1=%.2f\n"
+           "bf16_ratio_q3=%.2f\n",
+           t[0][1][mid] * 1e3, t[0][0][mid] * 1e3, ratio[0][mid], ratio[0][q1], ratio[0][q3]);
+    printf("bf16_batch%d_ms=%.3f\nbf16_f32_batch%d_ms=%.3f\nbf16_batch_ratio=%.2f\n"
+           "bf16_batch_ratio_q1=%.2f\nbf16_batch_ratio_q3=%.2f\n",
+           NB, t[1][1][mid] * 1e3, NB, t[1][0][mid] * 1e3, ratio[1][mid], ratio[1][q1],
+           ratio[1][q3]);
+    for (int b = 0; b < 2; b++) {
+        free(ratio[b]);
+        for (int h = 0; h < 2; h++)
+            free(t[b][h]);
+    }
+    free(q);
+    free(out);
+    free(row);
+    hr_model_destroy(mb);
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -54,11 +147,15 @@ int main(int argc, char **argv)
     hr_config c;
     hr_config_defaults(&c);
     c.k = k;
+    if (argc > 5 && hr_config_set(&c, "state", argv[5], NULL) != HR_OK)
+        return 2;
     c.max_items = items + 16;
     c.max_users = 1024;
     c.context_bits = 4;
     hr_schedule s;
     hr_schedule_defaults(&s);
+    if (c.state == HR_CONFIG_STATE_SGD) /* rows without state */
+        s.optimizer = HR_OPT_SGD;
     hr_model_config mc;
     hr_model *m, *mh;
     hr_error err;
@@ -220,6 +317,8 @@ int main(int argc, char **argv)
            hr_half_fast_available() ? "avx2-f16c" : "scalar", sync_s * 1e3,
            (unsigned long long)converted, th[mid] * 1e3, th[mid] / tq[mid], th[mid] / best_read,
            NB, bq[mid] * 1e3, NB, bh[mid] * 1e3, bh[mid] / bq[mid], equal, checked);
+    if (bench_bf16(&c, m, items, k, queries, top) != 0)
+        return 1;
     free(tq);
     free(tr);
     free(th);

@@ -54,7 +54,7 @@ _Static_assert(sizeof(hr_loss) == sizeof(int) && sizeof(hr_config_state) == size
                    sizeof(hr_config_neg) == sizeof(int) &&
                    sizeof(hr_config_durability) == sizeof(int) && sizeof(hr_log_level) == sizeof(int) &&
                    sizeof(hr_config_topk) == sizeof(int) &&
-                   sizeof(hr_config_attr_norm) == sizeof(int),
+                   sizeof(hr_config_attr_norm) == sizeof(int) && sizeof(hr_storage) == sizeof(int),
                "enum options are stored as int");
 
 static const char *const state_names[HR_CONFIG_STATE_COUNT] = {
@@ -111,6 +111,7 @@ static const char *attr_norm_name(int v)
 {
     return hr_config_attr_norm_to_string((hr_config_attr_norm)v);
 }
+static const char *storage_name(int v) { return hr_storage_to_string((hr_storage)v); }
 static const char *log_level_name(int v) { return hr_log_level_to_string((hr_log_level)v); }
 
 /* the commands column */
@@ -147,6 +148,9 @@ static const opt options[] = {
     E(attr_norm, attr_norm_name, HR_CONFIG_ATTR_NORM_COUNT_, "none", false, ALL,
       "scales a record's attribute values by its number n of attributes: none, sqrt (1/sqrt(n)) "
       "or count (1/n)"),
+    E(storage, storage_name, HR_STORAGE_COUNT, "f32", false, ALL,
+      "how rows store their factors: f32, or bf16 (half the bytes of the weights; updates "
+      "stochastically rounded; optimizer state stays f32)"),
     D(expire_seconds, 0, 1e9, "0", false, ALL, "forget ids unseen this many seconds (0 = never)"),
     D(grad_clip, 0, 1e9, "100", false, ALL, "largest gradient norm per event (0 = no clip)"),
     D(adagrad_init, 1e-12, 1e6, "0.1", false, ALL, "initial AdaGrad accumulator"),

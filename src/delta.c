@@ -37,6 +37,7 @@
 
 #define MAGIC "HRDL"
 #define FLAG_LAST 1u
+#define FLAG_BF16 2u /* the rows are of storage bf16 (row.h) */
 #define HDR_BYTES 72u    /* the fixed header, before the event id */
 #define TRAILER_BYTES 8u /* the checksum */
 #define ID_REC_BYTES 7u  /* table, row, key length; the key follows */
@@ -279,7 +280,8 @@ static bool close_part(writer *w, bool last)
     size_t len = b->len + TRAILER_BYTES - w->part_start;
     memcpy(p + O_MAGIC, MAGIC, 4);
     put16(p + O_VERSION, HR_DELTA_VERSION);
-    put16(p + O_FLAGS, last ? FLAG_LAST : 0);
+    put16(p + O_FLAGS, (uint16_t)((last ? FLAG_LAST : 0) |
+                                  (w->L->storage == HR_STORAGE_BF16 ? FLAG_BF16 : 0)));
     put32(p + O_LENGTH, (uint32_t)len);
     put32(p + O_K, w->L->k);
     put32(p + O_FLOATS, w->L->floats);
@@ -479,11 +481,17 @@ static hr_status check(const hr_model *m, const uint8_t *p, size_t len, header *
     if (h->version != HR_DELTA_VERSION)
         return hr_error_set(err, HR_EINVAL, "delta", "delta format version %u, this build reads %d",
                             h->version, HR_DELTA_VERSION);
-    if ((h->flags & ~FLAG_LAST) || h->zero || h->evlen > HR_DELTA_EVENT_ID_MAX ||
+    if ((h->flags & ~(FLAG_LAST | FLAG_BF16)) || h->zero || h->evlen > HR_DELTA_EVENT_ID_MAX ||
         len - TRAILER_BYTES < HDR_BYTES + (size_t)h->evlen)
         return hr_error_set(err, HR_ECORRUPT, "delta", "bad delta header");
     const hr_model_config *mc = hr_model_get_config(m);
     const hr_row_layout *L = hr_model_layout(m);
+    const hr_storage hs = h->flags & FLAG_BF16 ? HR_STORAGE_BF16 : HR_STORAGE_F32;
+    if (hs != (hr_storage)L->storage) /* not converted: refused, naming both */
+        return hr_error_set(err, HR_EINVAL, "storage",
+                            "delta of rows stored as %s; this model stores them as %s (every node "
+                            "needs the same storage)",
+                            hr_storage_to_string(hs), hr_storage_to_string((hr_storage)L->storage));
     if (h->k != L->k || h->floats != L->floats || h->state != (uint8_t)mc->state ||
         h->loss != (uint8_t)mc->loss || h->ctx != mc->max_rows[HR_TABLE_CTX] ||
         h->seed != mc->seed)

@@ -65,6 +65,7 @@ typedef struct {
 struct hr_model {
     hr_model_config cfg;
     hr_row_layout L;
+    hr_row_layout F;                /* L's packed F32 layout (what rows are built in) */
     uint32_t chunk_shift;
     table t[HR_TABLE_COUNT];
     atomic_uint_fast64_t expired;   /* ids removed by expiry */
@@ -123,6 +124,7 @@ hr_status hr_model_config_from(const hr_config *c, const hr_schedule *s, hr_mode
     out->attr_value[0] = (float)c->attr_value_user;
     out->attr_value[1] = (float)c->attr_value_item;
     out->attr_norm = c->attr_norm;
+    out->storage = c->storage;
     out->expire_seconds = c->expire_seconds;
     out->grad_clip = c->grad_clip;
     out->adagrad_init = (float)c->adagrad_init;
@@ -141,12 +143,12 @@ hr_status hr_model_config_from(const hr_config *c, const hr_schedule *s, hr_mode
     return HR_OK;
 }
 
-/* Fills a fresh row, packed as hr_sgd_row_write takes it: seeded factors
- * (the same for a given seed, table and row whatever the thread order), zero
- * bias, initial accumulators. */
+/* Fills a fresh row, packed F32 as hr_sgd_row_from_f32 takes it: seeded
+ * factors (the same for a given seed, table and row whatever the thread
+ * order), zero bias, initial accumulators. */
 static void init_row(const hr_model *m, hr_table_id t, uint32_t row, float *dst)
 {
-    const hr_row_layout *L = &m->L;
+    const hr_row_layout *L = &m->F;
     memset(dst, 0, (size_t)L->floats * sizeof(float));
     hr_rng rng;
     hr_rng_seed(&rng, m->cfg.seed ^ ((uint64_t)t << 56) ^ ((uint64_t)row * 0x9e3779b97f4a7c15ull));
@@ -218,18 +220,18 @@ static hr_status on_new_row(void *ctx, uint32_t row)
     hr_status st = ensure_chunk(ic->m, tb, row);
     if (st != HR_OK)
         return st;
-    float fresh[ic->m->L.floats];
+    float fresh[ic->m->F.floats];
     init_row(ic->m, ic->t, row, fresh);
-    hr_sgd_row_write(&ic->m->L, hr_model_row(ic->m, ic->t, row), fresh);
+    hr_sgd_row_from_f32(&ic->m->L, hr_model_row(ic->m, ic->t, row), fresh);
     hr_model_mark_dirty(ic->m, ic->t, row);
     return HR_OK;
 }
 
 void hr_model_reset_row(hr_model *m, hr_table_id t, uint32_t row)
 {
-    float fresh[m->L.floats];
+    float fresh[m->F.floats];
     init_row(m, t, row, fresh);
-    hr_sgd_row_write(&m->L, hr_model_row(m, t, row), fresh);
+    hr_sgd_row_from_f32(&m->L, hr_model_row(m, t, row), fresh);
     hr_model_mark_dirty(m, t, row);
 }
 
@@ -278,7 +280,12 @@ hr_status hr_model_create(const hr_model_config *mc, hr_model **out, hr_error *e
     if (!m)
         return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
     m->cfg = *mc;
-    m->L = hr_row_layout_make(mc->k, mc->state, mc->chunk_rows);
+    if ((unsigned)mc->storage >= HR_STORAGE_COUNT) {
+        free(m);
+        return hr_error_set(err, HR_EINVAL, "storage", "storage must be f32 or bf16");
+    }
+    m->L = hr_row_layout_make_storage(mc->k, mc->state, mc->chunk_rows, mc->storage);
+    m->F = hr_row_layout_f32(&m->L);
     assert((uint64_t)mc->chunk_rows * m->L.floats < UINT32_MAX); /* checked above */
     while ((1u << m->chunk_shift) < mc->chunk_rows)
         m->chunk_shift++;
@@ -416,9 +423,9 @@ hr_status hr_model_forget(hr_model *m, hr_table_id t, uint32_t row)
     if (st != HR_OK)
         return st;
     hr_model_set_attrs(m, t, row, NULL, 0, false);
-    float fresh[m->L.floats];
+    float fresh[m->F.floats];
     init_row(m, t, row, fresh);
-    hr_sgd_row_write(&m->L, hr_model_row(m, t, row), fresh);
+    hr_sgd_row_from_f32(&m->L, hr_model_row(m, t, row), fresh);
     hr_model_mark(m, t, row, HR_MARK_ALL); /* checkpoints record the removal, deltas send it */
     return HR_OK;
 }
@@ -461,6 +468,22 @@ float *hr_model_row(const hr_model *m, hr_table_id t, uint32_t row)
     return row_ptr(m, t, row);
 }
 
+const float *hr_model_row_f32(const hr_model *m, hr_table_id t, uint32_t row, float *buf)
+{
+    return hr_sgd_row_weights(&m->L, row_ptr(m, t, row), buf);
+}
+
+hr_storage hr_model_storage(const hr_model *m)
+{
+    return m->cfg.storage;
+}
+
+void hr_model_item_rows_f32(const hr_model *m, const float *block, uint32_t first, uint32_t n,
+                            float *out)
+{
+    hr_sgd_block_to_f32(&m->L, block + (size_t)first * m->L.stride, n, m->L.stride, out);
+}
+
 static inline void prefetch_span(const char *p, size_t bytes)
 {
     const char *end = p + bytes;
@@ -472,6 +495,12 @@ static inline void prefetch_span(const char *p, size_t bytes)
 void hr_model_prefetch(const hr_model *m, hr_table_id t, uint32_t row)
 {
     const float *r = hr_model_row(m, t, row);
+    if (m->L.storage == HR_STORAGE_BF16) { /* the weights and each state part */
+        for (uint32_t j = 0; j <= m->L.parts; j++)
+            prefetch_span((const char *)(r + (size_t)j * m->L.state),
+                          (size_t)m->L.stride * sizeof(float));
+        return;
+    }
     const size_t bytes = (size_t)m->L.stride * sizeof(float);
     prefetch_span((const char *)r, bytes);
     if (m->L.state)
@@ -841,8 +870,12 @@ static uint16_t *half_row(const hr_model *m, uint32_t row)
 static void half_convert(hr_model *m, uint32_t row)
 {
     uint16_t *h = half_row(m, row);
-    if (h)
+    if (h && m->L.storage == HR_STORAGE_BF16) {
+        float v[m->L.k + 1];
+        hr_half_row_write(&m->F, &m->H, hr_model_row_f32(m, HR_TABLE_ITEM, row, v), h);
+    } else if (h) {
         hr_half_row_write(&m->L, &m->H, hr_model_row(m, HR_TABLE_ITEM, row), h);
+    }
 }
 
 /*

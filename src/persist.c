@@ -102,9 +102,11 @@ static void model_shape(const hr_model *m, char *out, size_t n)
     const hr_row_layout *L = hr_model_layout(m);
     snprintf(out, n,
              "{\"k\":%u,\"floats\":%u,\"state\":%d,\"loss\":%d,\"ctx_rows\":%u,\"seed\":%" PRIu64
-             ",\"float\":\"%s\"}",
+             ",\"float\":\"%s\"%s}",
              c->k, L->floats, (int)c->state, (int)c->loss, c->max_rows[HR_TABLE_CTX], c->seed,
-             __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? "le" : "be");
+             __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? "le" : "be",
+             /* f32 shapes as before the storage option */
+             L->storage == HR_STORAGE_BF16 ? ",\"storage\":\"bf16\"" : "");
 }
 
 /* Under ckpt_mu. */
@@ -220,6 +222,13 @@ static hr_status restore(hr_persist *p, hr_error *err)
     hr_status st = hr_store_ckpt_latest(p->main, &p->last, err);
     if (st != HR_OK || p->last.id == 0)
         return st;
+    hr_storage was = hr_storage_of_shape(p->last.shape), now = hr_model_layout(m)->storage;
+    if (was != now) /* the weights are not converted: refused, naming both */
+        return hr_error_set(err, HR_EINVAL, "storage",
+                            "%s stores embedding weights as %s; this config stores them as %s "
+                            "(set storage to %s, or use another db)",
+                            p->parts.cfg.db, hr_storage_to_string(was), hr_storage_to_string(now),
+                            hr_storage_to_string(was));
     if (strcmp(p->last.shape, p->shape) != 0)
         return hr_error_set(err, HR_EINVAL, "db",
                             "%s was written by a model of another shape: %s; this config makes "

@@ -23,6 +23,15 @@ static int by_score(const void *a, const void *b)
     return (x->row > y->row) - (x->row < y->row);
 }
 
+/* A row's factors and bias (k+1 floats) copied into out, whatever the
+ * storage (model.h, hr_model_row_f32). */
+static void row_weights(const hr_model *m, hr_table_id t, uint32_t row, float *out)
+{
+    const float *w = hr_model_row_f32(m, t, row, out);
+    if (w != out)
+        memcpy(out, w, (hr_model_layout(m)->k + 1) * sizeof *out);
+}
+
 /* The user's row scored against every item; scores made final. A user
  * with catalog attributes (model.h) queries with its row's factors plus
  * theirs, and its results' final scores are the model's full prediction
@@ -32,16 +41,17 @@ static hr_status score_user(const hr_model *m, hr_topk_batcher *batcher, uint32_
                             hr_topk_item *items, hr_recommend_item *out, size_t *n)
 {
     const hr_row_layout *L = hr_model_layout(m);
-    float *u = malloc(L->floats * sizeof *u), *g = malloc(L->floats * sizeof *g);
+    float *u = malloc((L->k + 1) * sizeof *u), *g = malloc((L->k + 1) * sizeof *g);
     hr_status st = u && g ? HR_OK : HR_ENOMEM;
     size_t got = 0;
     hr_feat attrs[HR_MAX_ATTRS];
     uint32_t nattrs = hr_model_attrs(m, HR_TABLE_USER, user, attrs);
     if (st == HR_OK) {
-        hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_USER, eff), u);
-        hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_GLOBAL, 0), g);
+        row_weights(m, HR_TABLE_USER, eff, u); /* factors, then the bias at [k] */
+        row_weights(m, HR_TABLE_GLOBAL, 0, g);
         for (uint32_t a = 0; a < nattrs; a++) { /* q = v_u + sum x_f v_f */
-            const float *v = hr_model_row(m, HR_TABLE_CTX, attrs[a].row);
+            float vb[L->k + 1];
+            const float *v = hr_model_row_f32(m, HR_TABLE_CTX, attrs[a].row, vb);
             for (uint32_t d = 0; d < L->k; d++)
                 u[d] += attrs[a].x * v[d];
         }
@@ -54,7 +64,7 @@ static hr_status score_user(const hr_model *m, hr_topk_batcher *batcher, uint32_
         }
     }
     if (st == HR_OK && nattrs == 0 && hr_model_attrs_count(m, HR_TABLE_ITEM) == 0) {
-        double base = (double)g[L->bias] + u[L->bias];
+        double base = (double)g[L->k] + u[L->k];
         for (size_t i = 0; i < got; i++)
             out[i] = (hr_recommend_item){items[i].row,
                                          hr_model_link(m, base + (double)items[i].score)};
@@ -130,7 +140,8 @@ hr_status hr_recommend_similar(const hr_model *m, uint32_t item_row, uint32_t k,
     hr_topk_item *storage = malloc((k ? k : 1) * sizeof *storage);
     if (!storage)
         return HR_ENOMEM;
-    const float *q = hr_model_row(m, HR_TABLE_ITEM, item_row);
+    float qb[nf + 1], vb[nf + 1];
+    const float *q = hr_model_row_f32(m, HR_TABLE_ITEM, item_row, qb);
     double qn = sqrt(dot(q, q, nf));
     hr_topk_heap hp;
     hr_topk_heap_init(&hp, storage, k);
@@ -138,7 +149,7 @@ hr_status hr_recommend_similar(const hr_model *m, uint32_t item_row, uint32_t k,
         size_t len;
         if (row == item_row || !hr_model_key(m, HR_TABLE_ITEM, row, &len))
             continue;
-        const float *v = hr_model_row(m, HR_TABLE_ITEM, row);
+        const float *v = hr_model_row_f32(m, HR_TABLE_ITEM, row, vb);
         double vn = sqrt(dot(v, v, nf));
         if (vn > 0)
             hr_topk_heap_offer(&hp, row, (float)(dot(q, v, nf) / (qn * vn)));

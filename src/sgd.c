@@ -11,7 +11,7 @@
  * removes all synchronization from the hot path. What it cannot do:
  *   - tear a float: aligned 4-byte loads and stores are atomic on the
  *     machines we build for, so every coordinate read is a value that was
- *     written;
+ *     written (a bf16 factor is an aligned 2-byte value: the same holds);
  *   - write a NaN or Inf: every written value is checked first;
  *   - move a row: rows live in chunks that are never reallocated.
  * ThreadSanitizer reports these accesses as races; tests/tsan.supp
@@ -26,7 +26,9 @@
 
 #include <assert.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 
 static inline uint32_t load_u32(const float *row, uint32_t at)
@@ -72,7 +74,14 @@ static inline bool any_nonfinite(const float *a, uint32_t n)
 /* The layout rule of row.c, which every layout here comes from. */
 static bool layout_ok(const hr_row_layout *L)
 {
-    return L->k >= 1 && L->bias == L->k && L->count == L->k + 1 && L->last_seen == L->k + 2 &&
+    if (L->storage == HR_STORAGE_BF16) {
+        if (L->stride == 0 || (L->parts && (L->state == 0 || L->state % L->stride)))
+            return false;
+        hr_row_layout want = hr_row_layout_make_storage(
+            L->k, hr_row_layout_state(L), L->parts ? L->state / L->stride : 1, HR_STORAGE_BF16);
+        return memcmp(&want, L, sizeof want) == 0;
+    }
+    return L->storage == HR_STORAGE_F32 && L->k >= 1 && L->bias == L->k && L->count == L->k + 1 && L->last_seen == L->k + 2 &&
            L->stride >= L->k + 3 && L->stride % 4 == 0 &&
            (L->state == 0 ? L->floats == L->stride && L->acc == 0 && L->ftrl == 0 &&
                                 L->adam == 0 && L->adam_v == 0
@@ -146,8 +155,16 @@ static double score_into(const hr_row_layout *L, const hr_active *a, int n, floa
     return y - 0.5 * (sides - own);
 }
 
+static double score_bf16(const hr_row_layout *L, const hr_active *a, int n);
+static hr_step_result step_bf16(const hr_row_layout *L, const hr_active *a, int n, float label,
+                                float weight, const hr_step_params *p, double *y_before,
+                                double *pred_before);
+
+
 double hr_sgd_score(const hr_row_layout *L, const hr_active *a, int n)
 {
+    if (L->storage == HR_STORAGE_BF16)
+        return score_bf16(L, a, n);
     float s[L->k], tmp[L->k], side_sum[2 * L->k];
     bool sided;
     return score_into(L, a, n, s, tmp, side_sum, &sided);
@@ -258,6 +275,8 @@ hr_step_result hr_sgd_step_general(const hr_row_layout *L, const hr_active *a, i
                                    float weight, const hr_step_params *p, double *y_before,
                                    double *pred_before)
 {
+    if (L->storage == HR_STORAGE_BF16)
+        return step_bf16(L, a, n, label, weight, p, y_before, pred_before);
     const uint32_t k = L->k;
     float s[k], tmp[k], nv[k], nG[k], side_sum[2 * k];
     bool sided;
@@ -553,6 +572,8 @@ hr_step_result hr_sgd_step(const hr_row_layout *L, const hr_active *a, int n, fl
                            float weight, const hr_step_params *p, double *y_before,
                            double *pred_before)
 {
+    if (L->storage == HR_STORAGE_BF16)
+        return step_bf16(L, a, n, label, weight, p, y_before, pred_before);
     if (hr_sgd_fast_shape(L, a, n, p))
         return step_pair(L, a, label, weight, p, y_before, pred_before);
     return hr_sgd_step_general(L, a, n, label, weight, p, y_before, pred_before);
@@ -580,6 +601,12 @@ uint32_t hr_sgd_row_last_seen(const hr_row_layout *L, const float *row)
 void hr_sgd_row_read(const hr_row_layout *L, const float *row, float *dst)
 {
     assert(layout_ok(L));
+    if (L->storage == HR_STORAGE_BF16) { /* the weights, then each state part */
+        for (uint32_t j = 0; j <= L->parts; j++)
+            memcpy(dst + (size_t)j * L->stride, row + (size_t)j * L->state,
+                   (size_t)L->stride * sizeof(float));
+        return;
+    }
     memcpy(dst, row, (size_t)L->stride * sizeof(float));
     if (L->state)
         memcpy(dst + L->stride, row + L->state, (size_t)L->stride * sizeof(float));
@@ -590,6 +617,12 @@ void hr_sgd_row_read(const hr_row_layout *L, const float *row, float *dst)
 void hr_sgd_row_write(const hr_row_layout *L, float *row, const float *src)
 {
     assert(layout_ok(L));
+    if (L->storage == HR_STORAGE_BF16) {
+        for (uint32_t j = 0; j <= L->parts; j++)
+            memcpy(row + (size_t)j * L->state, src + (size_t)j * L->stride,
+                   (size_t)L->stride * sizeof(float));
+        return;
+    }
     memcpy(row, src, (size_t)L->stride * sizeof(float));
     if (L->state)
         memcpy(row + L->state, src + L->stride, (size_t)L->stride * sizeof(float));
@@ -600,11 +633,245 @@ void hr_sgd_row_write(const hr_row_layout *L, float *row, const float *src)
 void hr_sgd_block_scores_ref(const hr_row_layout *L, const float *block, uint32_t nrows,
                              uint32_t lda, const float *q, float *out)
 {
+    float buf[L->k + 1];
     for (uint32_t i = 0; i < nrows; i++) {
-        const float *r = block + (size_t)i * lda;
-        double acc = r[L->bias];
+        const float *r = hr_sgd_row_weights(L, block + (size_t)i * lda, buf);
+        double acc = r[L->storage == HR_STORAGE_BF16 ? L->k : L->bias];
         for (uint32_t d = 0; d < L->k; d++)
             acc += (double)q[d] * r[d];
         out[i] = (float)acc;
     }
+}
+
+/* ---- bf16 rows ----
+ *
+ * Factor d of a BF16 row is the uint16 at byte 2d of the row; it is read
+ * and written as a whole (2-byte aligned loads and stores do not tear on
+ * the machines we build for), the same Hogwild rule as the floats above. */
+
+float hr_bf16_to_float(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline uint16_t bf16_finish(uint32_t u, uint32_t rounded)
+{
+    if ((u & 0x7f800000u) == 0x7f800000u) /* NaN or Inf: keep it, NaN quiet */
+        return (uint16_t)((u >> 16) | ((u & 0x7fffffu) ? 0x40u : 0u));
+    if ((rounded & 0x7f800000u) == 0x7f800000u) /* rounding up would overflow */
+        return (uint16_t)(u >> 16);
+    return (uint16_t)(rounded >> 16);
+}
+
+uint16_t hr_bf16_round(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return bf16_finish(u, u + 0x7fffu + ((u >> 16) & 1u));
+}
+
+uint16_t hr_bf16_round_sr(float f, uint32_t r16)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return bf16_finish(u, u + (r16 & 0xffffu));
+}
+
+/* The rounding PRNG: xorshift64* per thread, seeded on first use from a
+ * fixed constant and the order in which threads first round. */
+static _Thread_local uint64_t sr_state;
+static _Thread_local uint64_t sr_bits; /* unused random bits, 16 at a time */
+static _Thread_local unsigned sr_left;
+static atomic_uint_fast64_t sr_threads;
+
+static uint64_t splitmix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+void hr_sgd_sr_seed(uint64_t seed)
+{
+    sr_state = splitmix64(seed) | 1u;
+    sr_left = 0;
+}
+
+static inline uint32_t sr_next16(void)
+{
+    if (!sr_left) {
+        if (!sr_state)
+            hr_sgd_sr_seed(0x5eedb16full + atomic_fetch_add(&sr_threads, 1));
+        uint64_t x = sr_state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        sr_state = x;
+        sr_bits = x * 0x2545f4914f6cdd1dull;
+        sr_left = 4;
+    }
+    uint32_t r = (uint32_t)(sr_bits >> 48);
+    sr_bits <<= 16;
+    sr_left--;
+    return r;
+}
+
+const float *hr_sgd_row_weights(const hr_row_layout *L, const float *row, float *buf)
+{
+    if (L->storage != HR_STORAGE_BF16)
+        return row;
+    uint16_t h[L->k]; /* one read of the live factors */
+    memcpy(h, row, (size_t)L->k * sizeof *h);
+    for (uint32_t d = 0; d < L->k; d++)
+        buf[d] = hr_bf16_to_float(h[d]);
+    buf[L->k] = row[L->bias];
+    return buf;
+}
+
+void hr_sgd_block_to_f32(const hr_row_layout *L, const float *block, uint32_t nrows,
+                         uint32_t lda, float *out)
+{
+    const uint32_t k = L->k, kq = k + 1;
+    if (L->storage != HR_STORAGE_BF16) {
+        for (uint32_t i = 0; i < nrows; i++)
+            memcpy(out + (size_t)i * kq, block + (size_t)i * lda, (size_t)kq * sizeof *out);
+        return;
+    }
+    uint16_t h[k];
+    for (uint32_t i = 0; i < nrows; i++) {
+        const float *r = block + (size_t)i * lda;
+        float *o = out + (size_t)i * kq;
+        memcpy(h, r, (size_t)k * sizeof *h); /* one read of the live factors */
+        for (uint32_t d = 0; d < k; d++) { /* a shift: vectorizes */
+            uint32_t u = (uint32_t)h[d] << 16;
+            memcpy(&o[d], &u, sizeof u);
+        }
+        o[k] = r[L->bias];
+    }
+}
+
+void hr_sgd_row_to_f32(const hr_row_layout *L, const float *row, float *dst)
+{
+    assert(layout_ok(L));
+    if (L->storage != HR_STORAGE_BF16) {
+        hr_sgd_row_read(L, row, dst);
+        return;
+    }
+    const hr_row_layout F = hr_row_layout_f32(L);
+    float packed[L->floats]; /* one read of the live row: weights, then the state parts */
+    hr_sgd_row_read(L, row, packed);
+    memset(dst, 0, (size_t)F.stride * sizeof *dst);
+    for (uint32_t d = 0; d < L->k; d++) {
+        uint16_t h;
+        memcpy(&h, (const char *)packed + 2 * (size_t)d, sizeof h);
+        dst[d] = hr_bf16_to_float(h);
+    }
+    memcpy(dst + F.bias, packed + L->bias, 3 * sizeof *dst); /* bias, count, last_seen */
+    memcpy(dst + F.stride, packed + L->stride, (size_t)(F.floats - F.stride) * sizeof *dst);
+}
+
+void hr_sgd_row_from_f32(const hr_row_layout *L, float *row, const float *src)
+{
+    assert(layout_ok(L));
+    if (L->storage != HR_STORAGE_BF16) {
+        hr_sgd_row_write(L, row, src);
+        return;
+    }
+    const hr_row_layout F = hr_row_layout_f32(L);
+    float packed[L->floats];
+    memset(packed, 0, sizeof packed);
+    for (uint32_t d = 0; d < L->k; d++) {
+        uint16_t h = hr_bf16_round(src[d]);
+        memcpy((char *)packed + 2 * (size_t)d, &h, sizeof h);
+    }
+    memcpy(packed + L->bias, src + F.bias, 3 * sizeof *packed);
+    memcpy(packed + L->stride, src + F.stride, (size_t)(F.floats - F.stride) * sizeof *packed);
+    hr_sgd_row_write(L, row, packed);
+}
+
+static double score_bf16(const hr_row_layout *L, const hr_active *a, int n)
+{
+    const hr_row_layout F = hr_row_layout_f32(L);
+    const uint32_t kq = L->k + 1;
+    float w[(size_t)n * kq];
+    hr_active b[n];
+    for (int f = 0; f < n; f++) {
+        b[f] = a[f];
+        b[f].row = w + (size_t)f * kq;
+        hr_sgd_row_weights(L, a[f].row, b[f].row);
+    }
+    float s[L->k], tmp[L->k], side_sum[2 * L->k];
+    bool sided;
+    return score_into(&F, b, n, s, tmp, side_sum, &sided);
+}
+
+/* Widened copies of the distinct rows (a row named twice shares one copy,
+ * as it shares the live row in the F32 kernel), the F32 step on them, then
+ * every value the step changed stored back. */
+static hr_step_result step_bf16(const hr_row_layout *L, const hr_active *a, int n, float label,
+                                float weight, const hr_step_params *p, double *y_before,
+                                double *pred_before)
+{
+    if (n < 1 || n > HR_MAX_ACTIVE) /* the model resolves 1..HR_MAX_ACTIVE */
+        return HR_STEP_SKIPPED_NONFINITE;
+    const hr_row_layout F = hr_row_layout_f32(L);
+    const size_t fl = F.floats;
+    const uint32_t k = L->k;
+    float stack[4096]; /* 16 KB: 15 rows of k=64 AdaGrad, before and after */
+    float *buf = (size_t)n * fl * 2 <= sizeof stack / sizeof *stack ? stack
+                                                           : malloc((size_t)n * fl * 2 * sizeof *buf);
+    if (!buf)
+        return HR_STEP_SKIPPED_NONFINITE; /* nothing written */
+    float *before = buf + (size_t)n * fl; /* the copies as read */
+    hr_active b[HR_MAX_ACTIVE];
+    int owner[HR_MAX_ACTIVE], nu = 0; /* owner[f]: the copy of a[f].row */
+    for (int f = 0; f < n; f++) {
+        owner[f] = -1;
+        for (int g = 0; g < f && owner[f] < 0; g++)
+            if (a[g].row == a[f].row)
+                owner[f] = owner[g];
+        if (owner[f] < 0) {
+            owner[f] = nu++;
+            float *copy = buf + (size_t)owner[f] * fl;
+            hr_sgd_row_to_f32(L, a[f].row, copy);
+            memcpy(before + (size_t)owner[f] * fl, copy, fl * sizeof *copy);
+        }
+        b[f] = a[f];
+        b[f].row = buf + (size_t)owner[f] * fl;
+    }
+    hr_step_result res = hr_sgd_step(&F, b, n, label, weight, p, y_before, pred_before);
+    bool stored[HR_MAX_ACTIVE] = {false};
+    for (int f = 0; f < n; f++) {
+        if (stored[owner[f]])
+            continue;
+        stored[owner[f]] = true;
+        const float *nw = b[f].row, *old = before + (size_t)owner[f] * fl;
+        float *r = a[f].row;
+        /* What the step wrote, it wrote whole (the F32 kernel copies a
+         * row's new factors, or state, in one go): so do we. */
+        if (memcmp(nw, old, (size_t)k * sizeof *nw) != 0) {
+            uint32_t rnd[k];
+            uint16_t h[k];
+            for (uint32_t d = 0; d < k; d++)
+                rnd[d] = sr_next16();
+            for (uint32_t d = 0; d < k; d++) /* a value already bf16 stays as it is */
+                h[d] = hr_bf16_round_sr(nw[d], rnd[d]);
+            memcpy(r, h, (size_t)k * sizeof *h);
+        }
+        if (memcmp(&nw[F.bias], &old[F.bias], sizeof *nw) != 0)
+            r[L->bias] = nw[F.bias];
+        const uint32_t nstate = F.floats - F.stride;
+        if (nstate && memcmp(nw + F.stride, old + F.stride, nstate * sizeof *nw) != 0)
+            for (uint32_t j = 0; j < L->parts; j++) { /* piece by piece */
+                uint32_t at = j * L->stride, len = nstate - at < L->stride ? nstate - at : L->stride;
+                memcpy(r + (size_t)(j + 1) * L->state, nw + F.stride + at, len * sizeof *nw);
+            }
+    }
+    if (buf != stack)
+        free(buf);
+    return res;
 }

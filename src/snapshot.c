@@ -34,9 +34,11 @@ static void model_shape(const hr_model *m, char *out, size_t n)
     const hr_row_layout *L = hr_model_layout(m);
     snprintf(out, n,
              "{\"k\":%u,\"floats\":%u,\"state\":%d,\"loss\":%d,\"ctx_rows\":%u,\"seed\":%" PRIu64
-             ",\"float\":\"%s\"}",
+             ",\"float\":\"%s\"%s}",
              c->k, L->floats, (int)c->state, (int)c->loss, c->max_rows[HR_TABLE_CTX], c->seed,
-             __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? "le" : "be");
+             __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? "le" : "be",
+             /* f32 shapes as before the storage option */
+             L->storage == HR_STORAGE_BF16 ? ",\"storage\":\"bf16\"" : "");
 }
 
 static hr_store_options store_opts(void)
@@ -435,7 +437,13 @@ hr_status hr_snapshot_load(const char *path, hr_model *m, hr_schedbox *sched, hr
     hr_status rc = open_snapshot(path, &s, &ck, meta, err);
     char shape[256];
     model_shape(m, shape, sizeof shape);
-    if (rc == HR_OK && strcmp(ck.shape, shape) != 0)
+    hr_storage was = hr_storage_of_shape(ck.shape), now = hr_model_layout(m)->storage;
+    if (rc == HR_OK && was != now) /* not converted: refused, naming both */
+        rc = hr_error_set(err, HR_EINVAL, "storage",
+                          "the snapshot stores embedding weights as %s; this node stores them as "
+                          "%s (every node needs the same storage)",
+                          hr_storage_to_string(was), hr_storage_to_string(now));
+    else if (rc == HR_OK && strcmp(ck.shape, shape) != 0)
         rc = hr_error_set(err, HR_EINVAL, "snapshot",
                           "the snapshot is of a model of another shape: %s; this node's is %s "
                           "(every node needs the same model options)",

@@ -196,11 +196,12 @@ static void scan_sparse(const hr_model *m, hr_topk_request *r, const float *qx, 
             if (row == 0 || !hr_model_key(m, HR_TABLE_ITEM, row, NULL) ||
                 hr_topk_excluded(ex, row))
                 continue;
-            float s;
+            float s, w[L->k + 1];
             if (min_count && hr_model_effective_row(m, HR_TABLE_ITEM, row) == 0)
                 s = st->def_score;
             else /* [v_i, b_i] . [q, 1] */
-                s = cblas_sdot((int)L->k + 1, hr_model_row(m, HR_TABLE_ITEM, row), 1, qx, 1);
+                s = cblas_sdot((int)L->k + 1, hr_model_row_f32(m, HR_TABLE_ITEM, row, w), 1, qx,
+                               1);
             hr_topk_heap_offer(&st->hp, row, s);
         }
     }
@@ -255,7 +256,12 @@ static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
     float *qx = malloc(nq * kq * sizeof *qx);
     float *scores = malloc((size_t)SUB * nq * sizeof *scores);
     scan_state *ss = malloc(nq * sizeof *ss);
-    if (!qx || !scores || !ss) {
+    /* bf16 rows: each slice widened to a dense f32 matrix for the sgemv */
+    enum { WIDE = 128 }; /* rows widened at a time: 33 KB at k = 64 */
+    const bool widen = L->storage == HR_STORAGE_BF16 && !reference;
+    float *wide = widen ? malloc((size_t)WIDE * kq * sizeof *wide) : NULL;
+    if (!qx || !scores || !ss || (widen && !wide)) {
+        free(wide);
         free(qx);
         free(scores);
         free(ss);
@@ -287,17 +293,30 @@ static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
         for (uint32_t off = 0; off < nrows; off += SUB) {
             const uint32_t len = nrows - off < SUB ? nrows - off : SUB;
             const float *sub = blk + (size_t)off * lda;
-            if (reference) {
+            const uint32_t ld = lda;
+            if (widen) { /* pieces of WIDE rows, widened while they are in cache */
+                for (uint32_t p = 0; p < len; p += WIDE) {
+                    const uint32_t pl = len - p < WIDE ? len - p : WIDE;
+                    hr_model_item_rows_f32(m, blk, off + p, pl, wide);
+                    if (nq == 1)
+                        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)pl, (int)kq, 1.0f, wide,
+                                    (int)kq, qx, 1, 0.0f, scores + p, 1);
+                    else
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)pl, (int)nq,
+                                    (int)kq, 1.0f, wide, (int)kq, qx, (int)kq, 0.0f,
+                                    scores + (size_t)p * nq, (int)nq);
+                }
+            } else if (reference) {
                 for (size_t j = 0; j < nq; j++)
                     for (uint32_t i = 0; i < len; i++)
-                        hr_sgd_block_scores_ref(L, sub + (size_t)i * lda, 1, lda, reqs[j].q,
+                        hr_sgd_block_scores_ref(L, sub + (size_t)i * ld, 1, ld, reqs[j].q,
                                                 &scores[i * nq + j]);
             } else if (nq == 1) {
-                cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)len, (int)kq, 1.0f, sub, (int)lda,
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)len, (int)kq, 1.0f, sub, (int)ld,
                             qx, 1, 0.0f, scores, 1);
             } else { /* scores = sub[len x kq] * qx^T[kq x nq]: the matrix read once */
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)len, (int)nq, (int)kq,
-                            1.0f, sub, (int)lda, qx, (int)kq, 0.0f, scores, (int)nq);
+                            1.0f, sub, (int)ld, qx, (int)kq, 0.0f, scores, (int)nq);
             }
             const uint32_t base = b * chunk + off;
             for (size_t j = 0; j < nq; j++) {
@@ -327,6 +346,7 @@ static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
         ss[j].hp.k = reqs[j].k; /* a sparse query's heap (k was zeroed to skip it) */
         reqs[j].n = hr_topk_heap_finish(&ss[j].hp);
     }
+    free(wide);
     free(qx);
     free(scores);
     free(ss);

@@ -27,9 +27,11 @@
 
 #define MAX_IDS 2000
 
-static hr_model *make(uint32_t k, hr_state_kind st, double expire, uint32_t ctx_rows)
+static hr_model *make_as(uint32_t k, hr_state_kind st, double expire, uint32_t ctx_rows,
+                        hr_storage storage)
 {
     hr_model_config mc = {0};
+    mc.storage = storage;
     mc.k = k;
     mc.state = st;
     mc.loss = HR_LOSS_LOGISTIC;
@@ -46,6 +48,11 @@ static hr_model *make(uint32_t k, hr_state_kind st, double expire, uint32_t ctx_
     hr_error err;
     assert_int_equal(hr_model_create(&mc, &m, &err), HR_OK);
     return m;
+}
+
+static hr_model *make(uint32_t k, hr_state_kind st, double expire, uint32_t ctx_rows)
+{
+    return make_as(k, st, expire, ctx_rows, HR_STORAGE_F32);
 }
 
 static bool has_ids(int t)
@@ -271,6 +278,65 @@ static void test_follower_equals_leader(void **state)
         hr_delta_buf_free(&b); /* freed twice: the second is a no-op */
         hr_model_destroy(leader);
         hr_model_destroy(follower);
+    }
+}
+
+/* bf16 rows ship as they are stored (a bf16 follower equals its leader
+ * byte for byte, every optimizer), and a delta names its storage: a
+ * follower of the other storage refuses it, naming both, either way round. */
+static void test_bf16_deltas(void **state)
+{
+    (void)state;
+    const hr_state_kind kinds[] = {HR_STATE_SGD, HR_STATE_ADAGRAD, HR_STATE_FTRL, HR_STATE_ADAM};
+    for (size_t ki = 0; ki < HR_ARRAY_LEN(kinds); ki++) {
+        hr_model *leader = make_as(12, kinds[ki], 0, 256, HR_STORAGE_BF16);
+        hr_model *follower = make_as(12, kinds[ki], 0, 256, HR_STORAGE_BF16);
+        assert_int_equal(hr_model_layout(leader)->storage, HR_STORAGE_BF16);
+        hr_delta_state st = {0};
+        hr_delta_header h = header(5);
+        hr_delta_buf b = {0};
+        hr_rng rng;
+        hr_rng_seed(&rng, 7 + ki);
+        for (int round = 0; round < 5; round++) {
+            for (int e = 0; e < 100; e++)
+                train(leader, &rng, 100, 100);
+            snprintf(h.event_id, sizeof h.event_id, "1700000000-%d", round);
+            ship(leader, follower, &st, &h, round % 2 ? 2048 : 0, &b);
+            assert_same(leader, follower);
+            assert_same_predictions(leader, follower, &rng, 100, 100);
+        }
+        hr_delta_buf_free(&b);
+        hr_model_destroy(leader);
+        hr_model_destroy(follower);
+    }
+    for (int way = 0; way < 2; way++) {
+        hr_storage from = way ? HR_STORAGE_F32 : HR_STORAGE_BF16;
+        hr_storage to = way ? HR_STORAGE_BF16 : HR_STORAGE_F32;
+        hr_model *leader = make_as(12, HR_STATE_ADAGRAD, 0, 256, from);
+        hr_model *other = make_as(12, HR_STATE_ADAGRAD, 0, 256, to);
+        hr_rng rng;
+        hr_rng_seed(&rng, 99);
+        for (int e = 0; e < 50; e++)
+            train(leader, &rng, 30, 30);
+        hr_delta_header h = header(5);
+        h.seq = 1;
+        hr_delta_buf b = {0};
+        hr_error err = {0};
+        assert_int_equal(hr_delta_encode(leader, &h, 0, &b, &err), HR_OK);
+        size_t len;
+        const uint8_t *p = part(&b, 0, &len);
+        hr_delta_state st = {0};
+        uint64_t before = model_sum(other);
+        assert_int_equal(hr_delta_apply(other, p, len, &st, &err), HR_EINVAL);
+        char want[96];
+        snprintf(want, sizeof want, "stored as %s; this model stores them as %s",
+                 hr_storage_to_string(from), hr_storage_to_string(to));
+        if (!strstr(err.message, want))
+            fail_msg("message: %s", err.message);
+        assert_int_equal(model_sum(other), before);
+        hr_delta_buf_free(&b);
+        hr_model_destroy(leader);
+        hr_model_destroy(other);
     }
 }
 
@@ -964,6 +1030,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_follower_equals_leader),
+        cmocka_unit_test(test_bf16_deltas),
         cmocka_unit_test(test_expiry_and_moved_ids),
         cmocka_unit_test(test_epochs_and_order),
         cmocka_unit_test(test_damage_changes_nothing),

@@ -14,9 +14,11 @@
 #include "hogrec/model.h"
 #include "hogrec/sgd.h"
 
-static hr_model *make(uint32_t k, hr_state_kind st, uint32_t min_count, double expire)
+static hr_model *make_as(uint32_t k, hr_state_kind st, uint32_t min_count, double expire,
+                        hr_storage storage)
 {
     hr_model_config mc = {0};
+    mc.storage = storage;
     mc.k = k;
     mc.state = st;
     mc.init_scale = 0.1f;
@@ -33,6 +35,11 @@ static hr_model *make(uint32_t k, hr_state_kind st, uint32_t min_count, double e
     hr_error err;
     assert_int_equal(hr_model_create(&mc, &m, &err), HR_OK);
     return m;
+}
+
+static hr_model *make(uint32_t k, hr_state_kind st, uint32_t min_count, double expire)
+{
+    return make_as(k, st, min_count, expire, HR_STORAGE_F32);
 }
 
 static uint32_t intern(hr_model *m, hr_table_id t, const char *id)
@@ -232,9 +239,92 @@ static void test_concurrent_intern_and_score(void **state)
     hr_model_destroy(m);
 }
 
+/* storage bf16: the layout is the row rule's (a dense weights block of a
+ * smaller stride, the state cut into parts at fixed offsets); fresh rows
+ * are the f32 model's seeded rows rounded to nearest; the row view
+ * (hr_model_row_f32) widens them; a prediction equals the f32 model's on
+ * the same values; every state part of every row is its own memory. */
+static void test_bf16_rows(void **state)
+{
+    (void)state;
+    const hr_state_kind kinds[] = {HR_STATE_SGD, HR_STATE_ADAGRAD, HR_STATE_FTRL, HR_STATE_ADAM};
+    for (size_t i = 0; i < HR_ARRAY_LEN(kinds); i++) {
+        hr_model *mb = make_as(20, kinds[i], 0, 0, HR_STORAGE_BF16);
+        hr_model *mf = make_as(20, kinds[i], 0, 0, HR_STORAGE_F32);
+        const hr_row_layout *L = hr_model_layout(mb), *Lf = hr_model_layout(mf);
+        hr_row_layout want = hr_row_layout_make_storage(20, kinds[i], 64, HR_STORAGE_BF16);
+        assert_memory_equal(L, &want, sizeof want);
+        assert_int_equal(hr_model_storage(mb), HR_STORAGE_BF16);
+        assert_true(L->stride < Lf->stride);
+        assert_ptr_equal(hr_model_row(mb, HR_TABLE_CTX, 1), hr_model_row(mb, HR_TABLE_CTX, 0) + L->stride);
+        if (kinds[i] != HR_STATE_SGD) {
+            assert_int_equal(L->state, 64 * L->stride);
+            assert_true(L->parts >= 1);
+        }
+        assert_int_equal(hr_model_supports(mb, HR_OPT_ADAM), hr_model_supports(mf, HR_OPT_ADAM));
+        assert_int_equal(hr_model_supports(mb, HR_OPT_FTRL), hr_model_supports(mf, HR_OPT_FTRL));
+        hr_row_layout F = hr_row_layout_f32(L);
+        float wb[F.floats], wf[F.floats], view[21];
+        char id[16];
+        for (int u = 0; u < 70; u++) {
+            snprintf(id, sizeof id, "u%d", u);
+            uint32_t rb = intern(mb, HR_TABLE_USER, id), rf = intern(mf, HR_TABLE_USER, id);
+            assert_int_equal(rb, rf);
+            hr_sgd_row_to_f32(L, hr_model_row(mb, HR_TABLE_USER, rb), wb);
+            hr_sgd_row_read(Lf, hr_model_row(mf, HR_TABLE_USER, rf), wf);
+            for (uint32_t d = 0; d < 20; d++)
+                assert_true(wb[d] == hr_bf16_to_float(hr_bf16_round(wf[d])));
+            assert_memory_equal(wb + F.bias, wf + F.bias, 2 * sizeof(float)); /* bias, count */
+            assert_memory_equal(wb + F.stride, wf + F.stride, (F.floats - F.stride) * sizeof(float));
+            const float *v = hr_model_row_f32(mb, HR_TABLE_USER, rb, view);
+            assert_ptr_equal(v, view);
+            assert_memory_equal(v, wb, 21 * sizeof(float));
+            /* the f32 model takes the rounded values: the same numbers */
+            hr_sgd_row_write(Lf, hr_model_row(mf, HR_TABLE_USER, rf), wb);
+            /* a write to this row's state parts changes no other row */
+            if (L->parts) {
+                float *r = hr_model_row(mb, HR_TABLE_USER, rb);
+                for (uint32_t j = 1; j <= L->parts; j++)
+                    r[j * L->state + L->stride - 1] += 1.0f;
+            }
+        }
+        for (int u = 0; u < 70 && L->parts; u++) {
+            snprintf(id, sizeof id, "u%d", u);
+            uint32_t rb = hr_model_lookup(mb, HR_TABLE_USER, id, strlen(id));
+            const float *r = hr_model_row(mb, HR_TABLE_USER, rb);
+            hr_sgd_row_read(L, r, wb);
+            for (uint32_t j = 1; j <= L->parts; j++)
+                assert_true(wb[(j + 1) * L->stride - 1] >= 1.0f);
+            hr_model_prefetch(mb, HR_TABLE_USER, rb);
+        }
+        if (L->parts) { /* undo, for the predictions below */
+            for (int u = 0; u < 70; u++) {
+                snprintf(id, sizeof id, "u%d", u);
+                uint32_t rb = hr_model_lookup(mb, HR_TABLE_USER, id, strlen(id));
+                float *r = hr_model_row(mb, HR_TABLE_USER, rb);
+                for (uint32_t j = 1; j <= L->parts; j++)
+                    r[j * L->state + L->stride - 1] -= 1.0f;
+            }
+        }
+        snprintf(id, sizeof id, "i1");
+        uint32_t ib = intern(mb, HR_TABLE_ITEM, id), ifr = intern(mf, HR_TABLE_ITEM, id);
+        hr_sgd_row_to_f32(L, hr_model_row(mb, HR_TABLE_ITEM, ib), wb);
+        hr_sgd_row_write(Lf, hr_model_row(mf, HR_TABLE_ITEM, ifr), wb);
+        for (int u = 0; u < 70; u++) {
+            snprintf(id, sizeof id, "u%d", u);
+            hr_event ev = {.user = hr_model_lookup(mb, HR_TABLE_USER, id, strlen(id)), .item = ib};
+            double pb = hr_model_predict(mb, &ev), pf = hr_model_predict(mf, &ev);
+            assert_memory_equal(&pb, &pf, sizeof pb);
+        }
+        hr_model_destroy(mb);
+        hr_model_destroy(mf);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bf16_rows),
         cmocka_unit_test(test_rows_stay_put_and_init_is_seeded),
         cmocka_unit_test(test_min_count_uses_default_row),
         cmocka_unit_test(test_dirty_marks),

@@ -1082,6 +1082,49 @@ static void test_shape_mismatch_refused(void **state)
     assert_non_null(strstr(err.message, "shape"));
 }
 
+/* bf16 rows (storage bf16) restore bit for bit: their packed rows, factors
+ * as bf16 and state as f32, are what the checkpoint holds. */
+static void test_restore_bit_for_bit_bf16(void **state)
+{
+    fixture *f = *state;
+    cfg_set(&f->cfg, "storage", "bf16");
+    app_open(f);
+    const hr_row_layout *L = hr_model_layout(f->app->model);
+    assert_int_equal(L->storage, HR_STORAGE_BF16);
+    assert_true(L->stride < hr_row_layout_f32(L).stride); /* the weights block */
+    restore_bit_for_bit(f);
+}
+
+/* A checkpoint records its storage; a restore into the other one is
+ * refused (not converted) with a message naming both, either way round. */
+static void test_storage_mismatch_refused(void **state)
+{
+    fixture *f = *state;
+    const char *const from[] = {"bf16", "f32"}, *const to[] = {"f32", "bf16"};
+    for (int i = 0; i < 2; i++) {
+        char dbname[64];
+        snprintf(dbname, sizeof dbname, "s%d.db", i);
+        cfg_set(&f->cfg, "db", path_in(f->dir, dbname));
+        cfg_set(&f->cfg, "storage", from[i]);
+        app_open(f);
+        submit_ok(f->app, 1, 10);
+        app_close(f, true);
+        cfg_set(&f->cfg, "storage", to[i]);
+        hr_app *b = NULL;
+        hr_error err = {0};
+        assert_int_equal(hr_app_open(&f->cfg, &b, &err), HR_EINVAL);
+        assert_null(b);
+        char want[128];
+        snprintf(want, sizeof want, "stores embedding weights as %s; this config stores them as %s",
+                 from[i], to[i]);
+        if (!strstr(err.message, want))
+            fail_msg("message: %s", err.message);
+        cfg_set(&f->cfg, "storage", from[i]); /* and the same storage restores */
+        app_open(f);
+        app_close(f, false);
+    }
+}
+
 static void test_interval_durability(void **state)
 {
     fixture *f = *state;
@@ -1128,6 +1171,8 @@ int main(void)
         BARE(test_migration_from_v1),
         OPEN(test_newer_schema_refused),
         OPEN(test_shape_mismatch_refused),
+        BARE(test_restore_bit_for_bit_bf16),
+        BARE(test_storage_mismatch_refused),
         BARE(test_interval_durability),
     };
 #undef OPEN

@@ -223,6 +223,64 @@ static void test_write_load_round_trip(void **state)
     hr_schedbox_destroy(sb);
 }
 
+/* A model of tu_small_config's shape stored as `storage`. */
+static hr_model *small_model_as(hr_storage storage)
+{
+    hr_config c;
+    tu_small_config(&c, "");
+    c.max_users = 256;
+    c.max_items = 256;
+    c.storage = storage;
+    hr_schedule s;
+    hr_schedule_defaults(&s);
+    hr_model_config mc;
+    hr_error err;
+    assert_int_equal(hr_model_config_from(&c, &s, &mc, &err), HR_OK);
+    hr_model *m = NULL;
+    assert_int_equal(hr_model_create(&mc, &m, &err), HR_OK);
+    hr_config_free(&c);
+    return m;
+}
+
+/* A snapshot records its storage: bf16 rows load into a bf16 model as they
+ * were; a model of the other storage refuses it (not converted), naming
+ * both, either way round, and is left empty. */
+static void test_bf16_snapshot(void **state)
+{
+    (void)state;
+    hr_schedule s;
+    hr_schedule_defaults(&s);
+    hr_schedbox *sb = NULL;
+    hr_error err = {{0}, {0}};
+    assert_int_equal(hr_schedbox_create(&s, &sb, &err), HR_OK);
+    for (int way = 0; way < 2; way++) {
+        hr_storage from = way ? HR_STORAGE_F32 : HR_STORAGE_BF16;
+        hr_storage to = way ? HR_STORAGE_BF16 : HR_STORAGE_F32;
+        hr_model *a = small_model_as(from), *same = small_model_as(from);
+        hr_model *other = small_model_as(to);
+        fill_model(a, 5, 20, 30);
+        char path[128];
+        tmp_path(path, sizeof path, "snapbf16");
+        hr_snapshot_meta meta = {.delta = "1700000000000-1", .epoch = 1, .seq = 1};
+        hr_snapshot_meta got;
+        assert_int_equal(hr_snapshot_write(path, a, sb, NULL, &meta, NULL, &err), HR_OK);
+        assert_int_equal(hr_snapshot_load(path, same, sb, NULL, &got, NULL, &err), HR_OK);
+        assert_same_model(a, same);
+        assert_int_equal(hr_snapshot_load(path, other, sb, NULL, &got, NULL, &err), HR_EINVAL);
+        char want[128];
+        snprintf(want, sizeof want, "stores embedding weights as %s; this node stores them as %s",
+                 hr_storage_to_string(from), hr_storage_to_string(to));
+        if (!strstr(err.message, want))
+            fail_msg("message: %s", err.message);
+        assert_int_equal(hr_model_id_count(other, HR_TABLE_ITEM), 0);
+        unlink(path);
+        hr_model_destroy(a);
+        hr_model_destroy(same);
+        hr_model_destroy(other);
+    }
+    hr_schedbox_destroy(sb);
+}
+
 /* ---- module level: the HTTP client ---- */
 
 /* A one-connection server: accepts, reads the request head, answers
@@ -936,6 +994,7 @@ int main(void)
     curl_global_init(CURL_GLOBAL_DEFAULT);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_write_load_round_trip),
+        cmocka_unit_test(test_bf16_snapshot),
         cmocka_unit_test(test_httpc),
         cmocka_unit_test_teardown(test_snapshot_route, kill_leftovers),
         cmocka_unit_test_teardown(test_follower_restart_bootstraps, kill_leftovers),

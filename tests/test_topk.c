@@ -23,6 +23,10 @@
 
 #include <cblas.h>
 
+static hr_model *make_model_as(uint32_t k, uint32_t items, uint64_t seed, hr_storage storage,
+                               bool half);
+static void random_query(float *q, uint32_t k, uint64_t seed);
+
 static hr_model *make_model(uint32_t k, uint32_t items, uint64_t seed)
 {
     hr_config c;
@@ -55,6 +59,91 @@ static hr_model *make_model(uint32_t k, uint32_t items, uint64_t seed)
     hr_config_free(&c);
     free(row);
     return m;
+}
+
+/* A model of `items` random item rows whose factors are bf16 values (so an
+ * f32 and a bf16 model of one seed hold the same numbers), stored as
+ * `storage`, with a half copy for top-K when `half`. */
+static hr_model *make_model_as(uint32_t k, uint32_t items, uint64_t seed, hr_storage storage,
+                               bool half)
+{
+    hr_config c;
+    hr_config_defaults(&c);
+    c.k = k;
+    c.max_users = 1024;
+    c.max_items = 4096;
+    c.chunk_rows = 64;
+    c.context_bits = 4;
+    c.storage = storage;
+    c.topk_precision = half ? HR_CONFIG_TOPK_F16 : HR_CONFIG_TOPK_F32;
+    hr_schedule s;
+    hr_schedule_defaults(&s);
+    hr_model_config mc;
+    assert_int_equal(hr_model_config_from(&c, &s, &mc, NULL), HR_OK);
+    hr_model *m = NULL;
+    assert_int_equal(hr_model_create(&mc, &m, NULL), HR_OK);
+    assert_int_equal(hr_model_storage(m), storage);
+    const hr_row_layout *L = hr_model_layout(m);
+    hr_row_layout F = hr_row_layout_f32(L);
+    float *row = calloc(F.floats, sizeof *row);
+    hr_rng rng;
+    hr_rng_seed(&rng, seed);
+    for (uint32_t i = 0; i < items; i++) {
+        char id[32];
+        int n = snprintf(id, sizeof id, "item%u", i);
+        uint32_t r;
+        assert_int_equal(hr_model_intern(m, HR_TABLE_ITEM, id, (size_t)n, &r, NULL), HR_OK);
+        hr_sgd_row_to_f32(L, hr_model_row(m, HR_TABLE_ITEM, r), row);
+        for (uint32_t d = 0; d < k; d++)
+            row[d] = hr_bf16_to_float(hr_bf16_round((float)hr_rng_normal(&rng)));
+        row[F.bias] = (float)hr_rng_normal(&rng);
+        hr_sgd_row_from_f32(L, hr_model_row(m, HR_TABLE_ITEM, r), row);
+        hr_model_mark_dirty(m, HR_TABLE_ITEM, r);
+    }
+    hr_config_free(&c);
+    free(row);
+    return m;
+}
+
+/* Top-K over bf16 item rows ranks the rows' values: the same lists and
+ * score bits as an f32 model holding the same numbers, through the sgemv
+ * (one query and a batch), the sparse filter path and the half copy. */
+static void test_bf16_items_ranked_as_their_values(void **state)
+{
+    (void)state;
+    const uint32_t dims[] = {1, 13, 64};
+    for (size_t t = 0; t < HR_ARRAY_LEN(dims); t++) {
+        for (int half = 0; half < 2; half++) {
+            const uint32_t k = dims[t];
+            hr_model *mf = make_model_as(k, 500, 70 + t, HR_STORAGE_F32, half);
+            hr_model *mb = make_model_as(k, 500, 70 + t, HR_STORAGE_BF16, half);
+            uint64_t allow[8] = {0};
+            allow[1] = 0x8421; /* rows 64, 69, 74, 79: a sparse filter */
+            hr_topk_exclude sparse_ex = {NULL, 0, allow, 512, 4};
+            for (uint64_t s = 0; s < 6; s++) {
+                float q[3][64];
+                for (int j = 0; j < 3; j++)
+                    random_query(q[j], k, 300 + 10 * s + (uint64_t)j);
+                hr_topk_item of[3][10], ob[3][10];
+                hr_topk_request rf[3], rb[3];
+                for (int j = 0; j < 3; j++) {
+                    rf[j] = (hr_topk_request){q[j], 10, j == 2 ? &sparse_ex : NULL, of[j], 0};
+                    rb[j] = rf[j];
+                    rb[j].out = ob[j];
+                }
+                size_t nq = s % 2 ? 3 : 1;
+                assert_int_equal(hr_topk_query_many(mf, rf, nq), HR_OK);
+                assert_int_equal(hr_topk_query_many(mb, rb, nq), HR_OK);
+                for (size_t j = 0; j < nq; j++) {
+                    assert_int_equal(rf[j].n, rb[j].n);
+                    assert_true(rb[j].n > 0);
+                    assert_memory_equal(of[j], ob[j], rf[j].n * sizeof of[j][0]);
+                }
+            }
+            hr_model_destroy(mf);
+            hr_model_destroy(mb);
+        }
+    }
 }
 
 typedef struct {
@@ -511,6 +600,7 @@ int main(int argc, char **argv)
     print_message("OpenBLAS kernel: %s\n", openblas_get_corename());
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_blas_matches_reference),
+        cmocka_unit_test(test_bf16_items_ranked_as_their_values),
         cmocka_unit_test(test_many_matches_single),
         cmocka_unit_test(test_batcher_under_concurrent_queries),
         cmocka_unit_test(test_exclusions_and_k_larger_than_items),

@@ -88,6 +88,7 @@ typedef struct {
     double attr_value_user;    /* value of a user's catalog attribute (a number: times it) */
     double attr_value_item;    /* the same for an item's */
     hr_config_attr_norm attr_norm; /* none | sqrt | count: scaled by the record's attributes */
+    hr_storage storage;        /* f32 | bf16: how rows store their factors (row.h) */
     double expire_seconds;     /* drop ids unseen this long (0 = never) */
     double grad_clip;          /* max gradient L2 norm per event (0 = off) */
     double adagrad_init;       /* initial AdaGrad accumulator */

@@ -69,6 +69,7 @@ typedef struct {
     float attr_value[2];     /* [0] user, [1] item: value of a catalog attribute (the
                                 catalog sets the attributes; a number: times it) */
     hr_config_attr_norm attr_norm; /* the catalog's scaling by a record's attribute count */
+    hr_storage storage;      /* how rows store their factors (row.h); F32 = 0 */
 } hr_model_config;
 
 typedef struct hr_model hr_model;
@@ -133,8 +134,18 @@ uint32_t hr_model_ctx_row(const hr_model *m, const char *field, size_t flen,
  * restore, while nothing trains. */
 void hr_model_reset_row(hr_model *m, hr_table_id t, uint32_t row);
 
-/* Pointer to a row (never moves). row < hr_model_rows(). */
+/* Pointer to a row (never moves). row < hr_model_rows(). Its factors are
+ * floats only with storage F32: a reader of values uses hr_model_row_f32
+ * (or hr_sgd_row_to_f32), never the pointer's floats. */
 float *hr_model_row(const hr_model *m, hr_table_id t, uint32_t row);
+
+/* The row's factors and bias as k+1 floats, whatever the storage: the live
+ * row itself with F32 (no copy), or the row converted into buf (k+1
+ * floats) with BF16. Borrowed: the row for the model's life, else buf. */
+const float *hr_model_row_f32(const hr_model *m, hr_table_id t, uint32_t row, float *buf);
+
+/* How the model stores factors (hr_model_config.storage). */
+hr_storage hr_model_storage(const hr_model *m);
 
 /* Prefetches every cache line of a row, weights and state, for writing (the
  * trainers do it a few events ahead: big tables are bound by row fetches). */
@@ -191,9 +202,16 @@ uint64_t hr_model_count_marked(const hr_model *m, hr_table_id t, hr_mark which);
 
 /* Items as row-major float blocks for BLAS: block b covers rows
  * [b*chunk_rows, b*chunk_rows + *nrows); *lda is the stride in floats. Returns
- * NULL past the last block. The first k+1 columns are factors and bias. */
+ * NULL past the last block. The first k+1 columns are factors and bias with
+ * storage F32; with BF16 the block is the rows as stored (lda floats a
+ * row), to be converted with hr_model_item_rows_f32. */
 const float *hr_model_item_block(const hr_model *m, uint32_t b, uint32_t *nrows,
                                  uint32_t *lda);
+
+/* Item rows [first, first + n) of block b (as hr_model_item_block gives it)
+ * into out[n x (k+1)] as floats: factors then bias, whatever the storage. */
+void hr_model_item_rows_f32(const hr_model *m, const float *block, uint32_t first, uint32_t n,
+                            float *out);
 
 /* ---- half-precision item rows (half_items; see half.h) ---- */
 

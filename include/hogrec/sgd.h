@@ -88,6 +88,41 @@ void hr_sgd_row_read(const hr_row_layout *L, const float *row, float *dst);
 /* Overwrites a row from a packed copy (restore, init, reset). */
 void hr_sgd_row_write(const hr_row_layout *L, float *row, const float *src);
 
+/* ---- bf16 rows (hr_storage BF16, row.h) ----
+ *
+ * The kernels above take rows of either storage. A BF16 row's factors are
+ * widened to f32, the step runs in f32 (the F32 kernel on the widened
+ * copy: the same arithmetic), and every value the step changed is stored
+ * back: factors stochastically rounded to bf16 (rounded up with the
+ * probability of the dropped fraction, so the expected stored value is the
+ * f32 one and steps far below a bf16 ulp still move a weight on average),
+ * bias and state as f32. The random bits come from a per-thread PRNG. */
+
+/* bf16 <-> f32. hr_bf16_round rounds to nearest even; hr_bf16_round_sr
+ * adds r16 (16 random bits) below the kept bits and truncates. Both keep
+ * a finite value finite (truncating where rounding up would overflow). */
+float hr_bf16_to_float(uint16_t h);
+uint16_t hr_bf16_round(float f);
+uint16_t hr_bf16_round_sr(float f, uint32_t r16);
+/* Seeds the calling thread's rounding PRNG (otherwise seeded from a fixed
+ * constant and the thread's order of first use). */
+void hr_sgd_sr_seed(uint64_t seed);
+
+/* A row of either storage as a packed F32 row (hr_row_layout_f32(L).floats
+ * floats): factors widened, the rest copied; hr_sgd_row_read for F32. */
+void hr_sgd_row_to_f32(const hr_row_layout *L, const float *row, float *dst);
+/* Overwrites a row from a packed F32 row (init, reset): BF16 factors
+ * rounded to nearest even (deterministic); hr_sgd_row_write for F32. */
+void hr_sgd_row_from_f32(const hr_row_layout *L, float *row, const float *src);
+/* The factors and the bias of a row as k+1 floats: an F32 row itself
+ * (borrowed, live), or a BF16 row converted into buf (k+1 floats), which
+ * is returned. */
+const float *hr_sgd_row_weights(const hr_row_layout *L, const float *row, float *buf);
+/* Rows [0, nrows) of a block (leading dimension lda, in floats) as a dense
+ * f32 matrix out[nrows x (k+1)]: factors then bias (BF16 rows). */
+void hr_sgd_block_to_f32(const hr_row_layout *L, const float *block, uint32_t nrows,
+                         uint32_t lda, float *out);
+
 /* Top-K helper: out[i] = <q, v_i> + b_i over a block of rows, plain loop.
  * The reference the BLAS path is checked against. */
 void hr_sgd_block_scores_ref(const hr_row_layout *L, const float *block,
