@@ -764,7 +764,8 @@ static uint32_t remembered_row(hr_catalog *c, const char *id, size_t idlen)
 /* Applies one validated record in cluster mode (under wmu and the write
  * lock): with intern (the leader) as a standalone write does; without (a
  * follower, a snapshot's records) only onto a row the model already holds,
- * else the record is kept with no row to carry it (*unbound). Takes r. */
+ * else it is left out (*unbound): the leader could not intern the id
+ * either (its delta would have brought it), so both leave it out. Takes r. */
 static hr_status put_cluster(hr_catalog *c, hr_catalog_kind kind, hr_catalog_record *r,
                              bool intern, bool *unbound, hr_error *err)
 {
@@ -773,8 +774,6 @@ static hr_status put_cluster(hr_catalog *c, hr_catalog_kind kind, hr_catalog_rec
     hr_status st = HR_OK;
     if (!intern && row == HR_ID_NONE) {
         *unbound = true;
-        json_object_setn_new(c->map[kind], r->id, r->idlen, r->doc);
-        r->doc = NULL;
     } else {
         st = apply_put(c, kind, r, NULL, err);
         row = hr_model_lookup(c->model, table_of(kind), r->id, r->idlen);
@@ -855,7 +854,7 @@ hr_status hr_catalog_apply_change(hr_catalog *c, const char *text, size_t len, b
             }
             out->skipped += st != HR_OK;
             out->unbound += unbound;
-            out->applied += st == HR_OK;
+            out->applied += st == HR_OK && !unbound;
             st = HR_OK;
         }
     } else if (json_is_string(idj) && strcmp(op, "delete") == 0) {
@@ -906,6 +905,15 @@ void hr_catalog_clear(hr_catalog *c)
         void *tmp;
         json_object_keylen_foreach_safe(c->map[k], tmp, key, klen, doc)
             drop_record(c, (hr_catalog_kind)k, key, klen);
+    }
+    /* rows of users whose id a delta or snapshot removed: drop_record did
+     * not find them by id */
+    const char *key;
+    json_t *v;
+    json_object_foreach(c->urow, key, v) {
+        uint32_t row = (uint32_t)json_integer_value(v);
+        if (row != 0 && row < hr_model_rows(c->model, HR_TABLE_USER))
+            hr_model_set_attrs(c->model, HR_TABLE_USER, row, NULL, 0, false);
     }
     if (c->urow)
         json_object_clear(c->urow);

@@ -759,6 +759,8 @@ static hr_status load_local(hr_cluster *c, hr_error *err)
         return hr_error_set(err, HR_ECORRUPT, "db", "%s names no stream entry: %s", c->ckpt_path,
                             e2.message);
     hr_snapshot_stats ls = {0};
+    if (c->p.catalog)
+        hr_catalog_clear(c->p.catalog); /* while the ids it names are still there */
     if ((st = hr_snapshot_load(c->ckpt_path, c->p.model, c->p.sched, c->p.events, &meta, &ls,
                                &e2)) != HR_OK ||
         (st = load_catalog(c, c->ckpt_path, &e2)) != HR_OK)
@@ -938,6 +940,8 @@ static bool bootstrap_once(hr_cluster *c)
             continue;
         }
         hr_snapshot_stats ls = {0};
+        if (c->p.catalog)
+            hr_catalog_clear(c->p.catalog); /* while the ids it names are still there */
         st = hr_snapshot_load(path, c->p.model, c->p.sched, c->p.events, &meta, &ls, &err);
         if (st == HR_OK)
             st = load_catalog(c, path, &err);

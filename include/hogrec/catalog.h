@@ -168,8 +168,8 @@ typedef struct {
     size_t skipped;   /* records that no longer validate or do not fit (full
                          id table, too many categories): left out alike on
                          every node that meets the same error */
-    size_t unbound;   /* records kept without a model row (a follower: the id
-                         is not in its model): no attributes, no filter bits */
+    size_t unbound;   /* records left out on a follower: the id is not in its
+                         model (the leader could not intern it either) */
     bool found;       /* delete, forget: there was a record */
     bool model;       /* forget on the leader: a model row was freed */
 } hr_catalog_applied;
@@ -194,11 +194,13 @@ typedef hr_status (*hr_catalog_record_fn)(void *ctx, hr_catalog_kind kind, const
  * status other than HR_OK and returns it. */
 hr_status hr_catalog_each(hr_catalog *c, hr_catalog_record_fn fn, void *ctx, hr_error *err);
 
-/* Removes every record (attributes, pins and filter bits go). */
+/* Removes every record (attributes, pins and filter bits go). Call it
+ * before a snapshot replaces the model's ids (their rows are found by id;
+ * users' also by the row remembered in cluster mode). */
 void hr_catalog_clear(hr_catalog *c);
 
 /* Adds a stored record (a snapshot's) to memory without interning its id:
- * *unbound when the model does not hold the id. HR_EINVAL when it no
+ * left out, *unbound, when the model does not hold the id. HR_EINVAL when it no
  * longer validates; the statuses of hr_catalog_put. text is borrowed. */
 hr_status hr_catalog_load_record(hr_catalog *c, hr_catalog_kind kind, const char *id, size_t idlen,
                                  const char *text, size_t len, bool *unbound, hr_error *err);

@@ -88,7 +88,8 @@ hr_status hr_snapshot_load(const char *path, hr_model *m, hr_schedbox *sched, hr
  * `catalog` table of the same file, one transaction per kind), and
  * hr_snapshot_load_catalog replaces cat's records with the file's (after
  * hr_snapshot_load: ids are looked up, none interned; a snapshot of an
- * older version has none, so cat ends empty). *records (may be NULL) gets
+ * older version has none, so cat ends empty; clear cat with
+ * hr_catalog_clear before hr_snapshot_load moves the ids). *records (may be NULL) gets
  * how many; *unbound (load, may be NULL) those whose id the model does
  * not hold. Store errors, HR_ENOMEM. Same threads as write and load. */
 struct hr_catalog;
