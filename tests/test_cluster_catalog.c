@@ -22,6 +22,10 @@
  * (appendfsync always), the node killed too; a new node built from Redis
  * alone has the records.
  *
+ * test_catalog_in_local_checkpoint: one node with a local checkpoint
+ * trims past the catalog entries, stops, and restarted from its
+ * checkpoint has the records.
+ *
  * Waits are bounded polls for a state; nothing asserts a duration.
  */
 /* ctest-labels: concurrent */
@@ -69,12 +73,14 @@ static const char *bin_or_skip(void)
     return bin;
 }
 
-/* Starts node `id` of cluster `name`, trimming with `retention` ms; true
- * once it logged "ready". */
-static bool spawn_node(tu_child *ch, const char *bin, const char *url, const char *name,
-                       const char *id, const char *retention)
+/* Starts node `id` of cluster `name`, trimming with `retention` ms, its
+ * local checkpoint at db ("": none) written every 0.2 s; true once it
+ * logged "ready". */
+static bool spawn_node_db(tu_child *ch, const char *bin, const char *url, const char *name,
+                          const char *id, const char *retention, const char *db)
 {
-    const char *argv[] = {bin, "serve", "--port", "0", "--db", "", "--threads", "1",
+    const char *argv[] = {bin, "serve", "--port", "0", "--db", db, "--checkpoint-interval", "0.2",
+                          "--threads", "1",
                           "--max-users", "4096", "--max-items", "4096", "--k", "8",
                           "--negative-sampling", "off", "--redis", url, "--cluster", name,
                           "--node-id", id, "--publish-ms", "10", "--lease-ms", "3000",
@@ -89,6 +95,12 @@ static bool spawn_node(tu_child *ch, const char *bin, const char *url, const cha
     kill(ch->pid, SIGKILL);
     tu_child_wait(ch);
     return false;
+}
+
+static bool spawn_node(tu_child *ch, const char *bin, const char *url, const char *name,
+                       const char *id, const char *retention)
+{
+    return spawn_node_db(ch, bin, url, name, id, retention, "");
 }
 
 /* Polls until every node answers /readyz 200 and one is the leader. */
@@ -448,11 +460,64 @@ static void test_catalog_survives_redis_restart(void **state)
     tu_redis_stop(&rs);
 }
 
+/* A node's local checkpoint carries the catalog: one node with --db
+ * trims the streams past the catalog entries, stops, and restarted from
+ * its checkpoint alone (the entries are gone from Redis) has the records
+ * and the filters. */
+static void test_catalog_in_local_checkpoint(void **state)
+{
+    (void)state;
+    const char *bin = bin_or_skip();
+    unsetenv("HOGREC_REDIS_PASSWORD");
+    tu_redis rs = {0};
+    tu_redis_start(&rs);
+    char url[64], dir[256], db[512];
+    snprintf(url, sizeof url, "%s", tu_redis_url(&rs));
+    snprintf(dir, sizeof dir, "%s", tu_tmpdir());
+    snprintf(db, sizeof db, "%s/node-a.db", dir);
+    tu_child a;
+    assert_true(spawn_node_db(&a, bin, url, "cl", "a", "300", db));
+    wait_leader(&a, 1);
+    post_events(a.port, "e1");
+    char *body = bulk_items();
+    catalog_write(a.port, "POST", "/v1/items", body, NULL);
+    free(body);
+    hr_estream_id cat = catalog_write(a.port, "PUT", "/v1/items/i3",
+                                      "{\"categories\":[\"odd\"],\"hidden\":true}", NULL);
+    for (int round = 0; round < WAIT_SECONDS * 10; round++) {
+        if (hr_estream_id_cmp(events_trimmed(url, "cl"), cat) > 0)
+            break;
+        char tag[16];
+        snprintf(tag, sizeof tag, "t%d", round);
+        post_events(a.port, tag);
+        sleep_ms(100);
+    }
+    assert_true(hr_estream_id_cmp(events_trimmed(url, "cl"), cat) > 0);
+    kill(a.pid, SIGTERM);
+    int status = tu_child_wait(&a);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+    assert_true(spawn_node_db(&a, bin, url, "cl", "a", "300", db));
+    wait_leader(&a, 1);
+    hr_estream_id e = post_events(a.port, "e2");
+    bool hidden = false;
+    assert_int_equal(record_at(a.port, "/v1/items/i3", &hidden), 200);
+    assert_true(hidden);
+    assert_int_equal(record_at(a.port, "/v1/items/i6", &hidden), 200);
+    check_filters(a.port, 2, e, "restarted from its local checkpoint");
+    kill(a.pid, SIGTERM);
+    status = tu_child_wait(&a);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    tu_redis_stop(&rs);
+    tu_rmtree(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_catalog_replicated, kill_leftovers),
         cmocka_unit_test_teardown(test_catalog_survives_redis_restart, kill_leftovers),
+        cmocka_unit_test_teardown(test_catalog_in_local_checkpoint, kill_leftovers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
