@@ -16,7 +16,9 @@
  * row to carry attributes and filter bits) and pinned: it never expires
  * (expire_seconds); DELETE unpins it. Records are stored in the main
  * database (persist.h, table `catalog`) when there is one, and loaded at
- * start (hr_catalog_load); with `--db ""` they live in memory only.
+ * start (hr_catalog_load); with `--db ""` they live in memory only. In
+ * cluster mode writes are changes in the cluster's event stream, applied
+ * by every node in its order (see "cluster mode" below).
  *
  * Forgetting a user (hr_catalog_forget_user) removes its model row, recent
  * items, catalog record and, with a database, every trace of the id in
