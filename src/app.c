@@ -3,7 +3,8 @@
  *   open:  schedule box -> model -> queue -> progress -> database lock
  *          -> persistence (restore)
  *          -> trainers (and their maintenance thread) -> ingest -> events
- *          -> catalog (standalone: records loaded, ids interned, attributes set)
+ *          -> catalog (standalone: records loaded, ids interned, attributes set;
+ *             cluster mode: kept by the cluster from the event stream)
  *          -> cluster (with --redis: connections, settings check)
  *                                                      (hr_app_open_loading)
  *          -> start-up replay: the checkpoint's serving state, then the
@@ -226,8 +227,10 @@ hr_status hr_app_open_loading(const hr_config *cfg, hr_app **out, hr_error *err)
         hr_error_set(err, st, NULL, "creating the serving state: %s", hr_status_to_string(st));
         goto fail;
     }
-    /* The catalog: standalone only (its records are not replicated yet). */
-    if (!app->cfg.redis[0]) {
+    /* The catalog: standalone, its records in the database (loaded here);
+     * in cluster mode in memory (persist NULL), loaded with the local
+     * checkpoint and kept by the cluster's node thread (cluster.h). */
+    {
         size_t skipped = 0;
         if ((st = hr_catalog_create(app->model, app->events, app->persist, &app->catalog)) !=
             HR_OK) {
@@ -244,7 +247,8 @@ hr_status hr_app_open_loading(const hr_config *cfg, hr_app **out, hr_error *err)
         goto fail;
     if (app->cfg.redis[0] &&
         (st = hr_cluster_open(&app->cfg,
-                              &(hr_cluster_parts){app->model, app->events, app->trainer, app->sched},
+                              &(hr_cluster_parts){app->model, app->events, app->trainer, app->sched,
+                                                  app->catalog},
                               &app->cluster, err)) != HR_OK)
         goto fail;
     *out = app;

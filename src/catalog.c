@@ -47,6 +47,8 @@ struct hr_catalog {
     uint32_t nwords;              /* words of every bitmap */
     uint32_t nblocked;            /* bits set in blocked */
     double next_expiry;           /* earliest future expires_at not yet applied (INFINITY: none) */
+    json_t *urow;                 /* cluster mode: user id -> the row its record was applied
+                                     to (owned; NULL until the first change applied) */
 };
 
 static const char *const kind_name[HR_CATALOG_KINDS] = {"user", "item"};
@@ -92,6 +94,7 @@ void hr_catalog_destroy(hr_catalog *c)
     for (int k = 0; k < HR_CATALOG_KINDS; k++)
         json_decref(c->map[k]);
     json_decref(c->cat_index);
+    json_decref(c->urow);
     for (uint32_t i = 0; i < c->ncats; i++)
         free(c->cat_bits[i]);
     free(c->blocked);
@@ -702,4 +705,238 @@ hr_status hr_catalog_filter(hr_catalog *c, const char *categories,
     out->rows = rows;
     out->count = (uint32_t)count;
     return HR_OK;
+}
+
+/* ---- cluster mode: changes in the event stream's order ----
+ *
+ * A write on any node becomes a change text appended to the cluster's
+ * event stream; every node applies the changes it reads, in stream order,
+ * on its node thread (hr_catalog_apply_change), never the HTTP thread.
+ * The leader interns ids (its deltas carry them); a follower applies a
+ * change only after the delta covering it, so it looks ids up and never
+ * creates a row. A forgotten user's row is found on a follower through
+ * urow: the delta that covers the forget entry removed the id already. */
+
+/* A change object {"op", "kind", ...} as compact text with sorted keys;
+ * NULL (out of memory, or an id that is not UTF-8). Takes o. */
+static char *change_dump(json_t *o)
+{
+    char *text = o ? json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17)) : NULL;
+    json_decref(o);
+    return text;
+}
+
+char *hr_catalog_change_put(hr_catalog_kind kind, const hr_catalog_record *recs, size_t n)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < n; i++)
+        if (json_array_append(a, recs[i].doc) != 0) {
+            json_decref(a);
+            a = NULL;
+        }
+    return a ? change_dump(json_pack("{s:s,s:s,s:o}", "op", "put", "kind", kind_name[kind],
+                                     "records", a))
+             : NULL;
+}
+
+char *hr_catalog_change_delete(hr_catalog_kind kind, const char *id, size_t idlen)
+{
+    json_t *j = json_stringn(id, idlen);
+    return j ? change_dump(json_pack("{s:s,s:s,s:o}", "op", "delete", "kind", kind_name[kind],
+                                     "id", j))
+             : NULL;
+}
+
+char *hr_catalog_change_forget(const char *id, size_t idlen)
+{
+    json_t *j = json_stringn(id, idlen);
+    return j ? change_dump(json_pack("{s:s,s:s,s:o}", "op", "forget", "kind", "user", "id", j))
+             : NULL;
+}
+
+/* The row a user's record was last applied to (urow), HR_ID_NONE. */
+static uint32_t remembered_row(hr_catalog *c, const char *id, size_t idlen)
+{
+    json_t *v = c->urow ? json_object_getn(c->urow, id, idlen) : NULL;
+    return v ? (uint32_t)json_integer_value(v) : HR_ID_NONE;
+}
+
+/* Applies one validated record in cluster mode (under wmu and the write
+ * lock): with intern (the leader) as a standalone write does; without (a
+ * follower, a snapshot's records) only onto a row the model already holds,
+ * else it is left out (*unbound): the leader could not intern the id
+ * either (its delta would have brought it), so both leave it out. Takes r. */
+static hr_status put_cluster(hr_catalog *c, hr_catalog_kind kind, hr_catalog_record *r,
+                             bool intern, bool *unbound, hr_error *err)
+{
+    *unbound = false;
+    uint32_t row = hr_model_lookup(c->model, table_of(kind), r->id, r->idlen);
+    hr_status st = HR_OK;
+    if (!intern && row == HR_ID_NONE) {
+        *unbound = true;
+    } else {
+        st = apply_put(c, kind, r, NULL, err);
+        row = hr_model_lookup(c->model, table_of(kind), r->id, r->idlen);
+    }
+    if (st == HR_OK && kind == HR_CATALOG_USER && row != HR_ID_NONE) {
+        if (!c->urow)
+            c->urow = json_object();
+        if (c->urow)
+            json_object_setn_new(c->urow, r->id, r->idlen, json_integer(row));
+    }
+    hr_catalog_record_free(r);
+    return st;
+}
+
+/* Forgets a user in cluster mode (under wmu, not the lock). The leader
+ * (intern): as hr_catalog_forget_user without a database; its next delta
+ * carries the freed row. A follower: the record, the attributes and the
+ * recent items of the row the user had (the delta covering this change
+ * removed the id: the row is the one remembered, else the one it still
+ * holds); the row's contents came with that delta. */
+static void forget_cluster(hr_catalog *c, const char *id, size_t idlen, bool intern,
+                           hr_catalog_applied *out)
+{
+    uint32_t row = intern ? hr_model_lookup(c->model, HR_TABLE_USER, id, idlen) : HR_ID_NONE;
+    if (!intern) {
+        row = remembered_row(c, id, idlen);
+        if (row == HR_ID_NONE)
+            row = hr_model_lookup(c->model, HR_TABLE_USER, id, idlen);
+    }
+    pthread_rwlock_wrlock(&c->lock);
+    out->found = drop_record(c, HR_CATALOG_USER, id, idlen);
+    if (c->urow)
+        json_object_deln(c->urow, id, idlen);
+    pthread_rwlock_unlock(&c->lock);
+    if (row == HR_ID_NONE || row == 0 || row >= hr_model_rows(c->model, HR_TABLE_USER))
+        return;
+    hr_history_set_ring(hr_events_history(c->events), row, NULL, 0, 0);
+    if (intern)
+        out->model = hr_model_forget(c->model, HR_TABLE_USER, row) == HR_OK;
+    else
+        hr_model_set_attrs(c->model, HR_TABLE_USER, row, NULL, 0, false);
+}
+
+hr_status hr_catalog_apply_change(hr_catalog *c, const char *text, size_t len, bool intern,
+                                  hr_catalog_applied *out, hr_error *err)
+{
+    memset(out, 0, sizeof *out);
+    json_error_t jerr;
+    json_t *o = json_loadb(text, len, 0, &jerr);
+    const char *op = json_string_value(json_object_get(o, "op"));
+    const char *kn = json_string_value(json_object_get(o, "kind"));
+    if (!op || !kn || (strcmp(kn, "user") != 0 && strcmp(kn, "item") != 0)) {
+        json_decref(o);
+        return hr_error_set(err, HR_EINVAL, "catalog", "a catalog change without op or kind: %s",
+                            o ? "" : jerr.text);
+    }
+    hr_catalog_kind kind = strcmp(kn, "user") == 0 ? HR_CATALOG_USER : HR_CATALOG_ITEM;
+    const json_t *idj = json_object_get(o, "id");
+    hr_status st = HR_OK;
+    pthread_mutex_lock(&c->wmu);
+    if (strcmp(op, "put") == 0) {
+        size_t i;
+        json_t *v;
+        json_array_foreach(json_object_get(o, "records"), i, v) {
+            hr_catalog_record r;
+            hr_error e = {{0}, {0}};
+            bool unbound = false;
+            if (hr_catalog_parse(v, NULL, 0, &r, &e) != HR_OK) {
+                out->skipped++;
+                continue;
+            }
+            pthread_rwlock_wrlock(&c->lock);
+            st = put_cluster(c, kind, &r, intern, &unbound, &e);
+            pthread_rwlock_unlock(&c->lock);
+            if (st == HR_ENOMEM) {
+                *err = e;
+                break;
+            }
+            out->skipped += st != HR_OK;
+            out->unbound += unbound;
+            out->applied += st == HR_OK && !unbound;
+            st = HR_OK;
+        }
+    } else if (json_is_string(idj) && strcmp(op, "delete") == 0) {
+        pthread_rwlock_wrlock(&c->lock);
+        out->found = drop_record(c, kind, json_string_value(idj), json_string_length(idj));
+        pthread_rwlock_unlock(&c->lock);
+        out->applied = 1;
+    } else if (json_is_string(idj) && strcmp(op, "forget") == 0 && kind == HR_CATALOG_USER) {
+        forget_cluster(c, json_string_value(idj), json_string_length(idj), intern, out);
+        out->applied = 1;
+    } else {
+        st = hr_error_set(err, HR_EINVAL, "catalog", "an unknown catalog change '%.32s'", op);
+    }
+    pthread_mutex_unlock(&c->wmu);
+    json_decref(o);
+    return st;
+}
+
+hr_status hr_catalog_each(hr_catalog *c, hr_catalog_record_fn fn, void *ctx, hr_error *err)
+{
+    hr_status st = HR_OK;
+    pthread_rwlock_rdlock(&c->lock);
+    for (int k = 0; k < HR_CATALOG_KINDS && st == HR_OK; k++) {
+        const char *key;
+        size_t klen;
+        json_t *doc;
+        json_object_keylen_foreach(c->map[k], key, klen, doc) {
+            char *text = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17));
+            st = text ? fn(ctx, (hr_catalog_kind)k, key, klen, text, strlen(text), err)
+                      : hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
+            free(text);
+            if (st != HR_OK)
+                break;
+        }
+    }
+    pthread_rwlock_unlock(&c->lock);
+    return st;
+}
+
+void hr_catalog_clear(hr_catalog *c)
+{
+    pthread_mutex_lock(&c->wmu);
+    pthread_rwlock_wrlock(&c->lock);
+    for (int k = 0; k < HR_CATALOG_KINDS; k++) {
+        const char *key;
+        size_t klen;
+        json_t *doc;
+        void *tmp;
+        json_object_keylen_foreach_safe(c->map[k], tmp, key, klen, doc)
+            drop_record(c, (hr_catalog_kind)k, key, klen);
+    }
+    /* rows of users whose id a delta or snapshot removed: drop_record did
+     * not find them by id */
+    const char *key;
+    json_t *v;
+    json_object_foreach(c->urow, key, v) {
+        uint32_t row = (uint32_t)json_integer_value(v);
+        if (row != 0 && row < hr_model_rows(c->model, HR_TABLE_USER))
+            hr_model_set_attrs(c->model, HR_TABLE_USER, row, NULL, 0, false);
+    }
+    if (c->urow)
+        json_object_clear(c->urow);
+    pthread_rwlock_unlock(&c->lock);
+    pthread_mutex_unlock(&c->wmu);
+}
+
+hr_status hr_catalog_load_record(hr_catalog *c, hr_catalog_kind kind, const char *id, size_t idlen,
+                                 const char *text, size_t len, bool *unbound, hr_error *err)
+{
+    *unbound = false;
+    json_error_t jerr;
+    json_t *obj = json_loadb(text, len, 0, &jerr);
+    hr_catalog_record r;
+    hr_status st = obj ? hr_catalog_parse(obj, id, idlen, &r, err)
+                       : hr_error_set(err, HR_EINVAL, "record", "%s", jerr.text);
+    json_decref(obj);
+    if (st != HR_OK)
+        return st;
+    pthread_mutex_lock(&c->wmu);
+    pthread_rwlock_wrlock(&c->lock);
+    st = put_cluster(c, kind, &r, false, unbound, err);
+    pthread_rwlock_unlock(&c->lock);
+    pthread_mutex_unlock(&c->wmu);
+    return st;
 }

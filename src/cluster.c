@@ -49,6 +49,30 @@
  * XREAD goes on); a snapshot is taken only with nothing held, so its
  * delta is then a last part.
  *
+ * Catalog. A catalog write on any node is a change text appended to the
+ * event stream as an entry of its own (hr_cluster_catalog_append: durable
+ * in Redis before the answer), so the stream holds events and catalog
+ * changes in one order, and every node applies each change at its place
+ * in that order, on the node thread (apply_catalog): the leader as it
+ * feeds entries, after waiting until its trainers applied every event fed
+ * before the change (so the events before it train with the old record,
+ * the ones after with the new one: the order a new leader replaying the
+ * same entries reproduces), interning ids (its deltas carry them; a
+ * forget frees the user's row, which the next delta carries); a follower
+ * in serve_follow, after the delta covering the change, with ids looked up
+ * (the delta brought them) and the row contents from the delta. So the
+ * catalog of every node is at its covered entry, the same cut as its model
+ * and serving state: a snapshot or local checkpoint at a delta boundary
+ * writes the records into the same file (hr_snapshot_write_catalog) and a
+ * bootstrap or restart loads them with the rows, then applies the changes
+ * after the covered entry like any follower. Where the order matters:
+ * training (attributes enter each event: the leader's wait), row reuse
+ * (a row freed by a forget is reused only after it in stream order, so a
+ * follower clears the forgotten row's attributes and recent items at the
+ * forget entry without touching its next holder's, which come after), and
+ * filters (hidden, categories) being the same on every node at the same
+ * covered entry. Standalone mode is untouched (catalog.c writes SQLite).
+ *
  * Shared state (role, ids, reasons) is under `mu`; the node thread is its
  * only writer apart from `lost` (atomic, set by the renewal thread).
  */
@@ -68,6 +92,7 @@
 #include <unistd.h>
 
 #include "hogrec/api.h"
+#include "hogrec/catalog.h"
 #include "hogrec/delta.h"
 #include "hogrec/estream.h"
 #include "hogrec/httpc.h"
@@ -318,6 +343,8 @@ static void forget_initial_marks(hr_model *m)
 }
 
 static void snap_init(hr_cluster *c, const hr_config *cfg);
+static hr_status write_catalog(hr_cluster *c, const char *path, hr_error *err);
+static hr_status load_catalog(hr_cluster *c, const char *path, hr_error *err);
 static hr_status load_local(hr_cluster *c, hr_error *err);
 static void adopt_snapshot(hr_cluster *c, const hr_snapshot_meta *meta, hr_estream_id d,
                            hr_estream_id cov);
@@ -616,7 +643,8 @@ static void serve_snapshot(hr_cluster *c)
     if (!tmp_file(path, sizeof path))
         hr_error_set(&err, HR_EIO, NULL, "cannot create a temporary file in %s", tmp_dir());
     else if ((st = hr_snapshot_write(path, c->p.model, c->p.sched, c->p.events, &meta, &ss,
-                                     &err)) != HR_OK)
+                                     &err)) != HR_OK ||
+             (st = write_catalog(c, path, &err)) != HR_OK)
         unlink(path);
     hr_log(st == HR_OK ? "info" : "error", st == HR_OK ? "snapshot taken" : "snapshot failed",
            json_pack("{s:s,s:s,s:I,s:I,s:f,s:s}", "delta", meta.delta, "covered_entry",
@@ -689,6 +717,8 @@ static void local_checkpoint(hr_cluster *c, bool force)
     hr_error err = {{0}, {0}};
     hr_snapshot_stats ss = {0};
     hr_status st = hr_snapshot_write(tmp, c->p.model, c->p.sched, c->p.events, &meta, &ss, &err);
+    if (st == HR_OK)
+        st = write_catalog(c, tmp, &err);
     if (st == HR_OK && (!sync_path(tmp, false) || rename(tmp, c->ckpt_path) != 0 ||
                         !sync_path(dir, true)))
         st = hr_error_set(&err, HR_EIO, "db", "%s: %s", c->ckpt_path, strerror(errno));
@@ -729,8 +759,11 @@ static hr_status load_local(hr_cluster *c, hr_error *err)
         return hr_error_set(err, HR_ECORRUPT, "db", "%s names no stream entry: %s", c->ckpt_path,
                             e2.message);
     hr_snapshot_stats ls = {0};
+    if (c->p.catalog)
+        hr_catalog_clear(c->p.catalog); /* while the ids it names are still there */
     if ((st = hr_snapshot_load(c->ckpt_path, c->p.model, c->p.sched, c->p.events, &meta, &ls,
-                               &e2)) != HR_OK)
+                               &e2)) != HR_OK ||
+        (st = load_catalog(c, c->ckpt_path, &e2)) != HR_OK)
         return hr_error_set(err, st, "db", "loading the checkpoint %s: %s", c->ckpt_path,
                             e2.message);
     adopt_snapshot(c, &meta, d, cov);
@@ -907,7 +940,11 @@ static bool bootstrap_once(hr_cluster *c)
             continue;
         }
         hr_snapshot_stats ls = {0};
+        if (c->p.catalog)
+            hr_catalog_clear(c->p.catalog); /* while the ids it names are still there */
         st = hr_snapshot_load(path, c->p.model, c->p.sched, c->p.events, &meta, &ls, &err);
+        if (st == HR_OK)
+            st = load_catalog(c, path, &err);
         unlink(path);
         if (st != HR_OK) {
             hr_log("error", "cannot load a peer's snapshot",
@@ -1247,6 +1284,77 @@ static int follow(hr_cluster *c, int block_ms)
     return serve_follow(c) ? n : -1;
 }
 
+/* ---- the catalog, cluster-wide (see "Catalog" in DESIGN) ---- */
+
+/* Applies catalog entry e: the leader (lead) once its trainers applied
+ * every event fed before it. A change that cannot be applied is logged
+ * and skipped alike on every node. Node thread. */
+static void apply_catalog(hr_cluster *c, const hr_estream_entry *e, bool lead)
+{
+    if (!c->p.catalog)
+        return;
+    if (lead)
+        hr_trainer_wait_idle(c->p.trainer);
+    hr_catalog_applied a;
+    hr_error err = {{0}, {0}};
+    hr_status st = hr_catalog_apply_change(c->p.catalog, e->catalog, e->catalog_len, lead, &a, &err);
+    if (st != HR_OK || a.skipped || a.unbound) {
+        char b[HR_ESTREAM_ID_LEN];
+        hr_log("warn", "a catalog change was not applied whole",
+               json_pack("{s:s,s:s,s:I,s:I,s:s}", "entry", hr_estream_id_format(e->id, b),
+                         "status", hr_status_to_string(st), "skipped", (json_int_t)a.skipped,
+                         "unbound", (json_int_t)a.unbound, "detail", err.message));
+    }
+}
+
+/* Adds the catalog to a snapshot file just written (at the same boundary:
+ * only the node thread changes the catalog in cluster mode). */
+static hr_status write_catalog(hr_cluster *c, const char *path, hr_error *err)
+{
+    return c->p.catalog ? hr_snapshot_write_catalog(path, c->p.catalog, NULL, err) : HR_OK;
+}
+
+/* Replaces the catalog with a loaded snapshot's. */
+static hr_status load_catalog(hr_cluster *c, const char *path, hr_error *err)
+{
+    uint64_t n = 0, unbound = 0;
+    hr_status st = c->p.catalog ? hr_snapshot_load_catalog(path, c->p.catalog, &n, &unbound, err)
+                                : HR_OK;
+    if (st == HR_OK && c->p.catalog)
+        hr_log("info", "catalog loaded from a snapshot",
+               json_pack("{s:I,s:I}", "records", (json_int_t)n, "unbound", (json_int_t)unbound));
+    return st;
+}
+
+hr_status hr_cluster_catalog_append(hr_cluster *c, const char *text, size_t len, char *entry,
+                                    size_t cap, hr_error *err)
+{
+    entry[0] = 0;
+    if (c->max_backlog > 0) {
+        pthread_mutex_lock(&c->mu);
+        hr_estream_id cov = c->covered;
+        pthread_mutex_unlock(&c->mu);
+        uint64_t backlog = 0;
+        hr_status st = hr_estream_backlog(c->append, cov, &backlog, err);
+        if (st != HR_OK)
+            return st == HR_EFULL ? HR_EIO : st;
+        if (backlog > (uint64_t)c->max_backlog)
+            return hr_error_set(err, HR_EFULL, NULL,
+                                "%" PRIu64 " requests wait to be trained (max_backlog %" PRId64
+                                "); nothing was accepted, resend",
+                                backlog, c->max_backlog);
+    }
+    hr_estream_appended out;
+    hr_status st = hr_estream_append_catalog(c->append, text, len, hr_wall_time(), &out, err);
+    if (st != HR_OK) {
+        atomic_fetch_add(&c->redis_errors, 1);
+        return st == HR_EFULL ? HR_EIO : st;
+    }
+    char b[HR_ESTREAM_ID_LEN];
+    snprintf(entry, cap, "%s", hr_estream_id_format(out.id, b));
+    return HR_OK;
+}
+
 /* ---- follower: the serving state ---- */
 
 /* hr_estream_entry_fn of a follower's serving read: the entry's events
@@ -1258,6 +1366,8 @@ static hr_status serve_entry(void *arg, const hr_estream_entry *e)
     hr_cluster *c = arg;
     if (c->served_ord_known && e->ordinal != c->served_ord + 1)
         return HR_ENOTFOUND;
+    if (e->catalog)
+        apply_catalog(c, e, false);
     size_t m = 0;
     hr_status st = parse_entry(c, e, false, &m);
     if (st != HR_OK)
@@ -1414,6 +1524,8 @@ static hr_status feed_entry(void *arg, const hr_estream_entry *e)
         c->fed_cap = cap;
         c->fed_head = 0;
     }
+    if (e->catalog)
+        apply_catalog(c, e, true);
     size_t m = 0;
     hr_status st = parse_entry(c, e, true, &m);
     if (st != HR_OK)

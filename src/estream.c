@@ -141,6 +141,15 @@ static const char append_script[] =
     "end\n"
     "return {id, mask, k}\n";
 
+/* KEYS[1] stream, KEYS[2] ordinal counter; ARGV[1] arrival time, ARGV[2]
+ * a catalog change. Returns {entry id, k}. */
+static const char catalog_script[] =
+    "local k = tonumber(redis.call('GET', KEYS[2]) or '0') + 1\n"
+    "local id = redis.call('XADD', KEYS[1], '*', 'v', '1', 'k', tostring(k), 'n', '0',\n"
+    "  't', ARGV[1], 'cat', ARGV[2])\n"
+    "redis.call('SET', KEYS[2], tostring(k))\n"
+    "return {id, k}\n";
+
 /* KEYS[1] stream, KEYS[2] ordinal counter; ARGV[1] the covered id.
  * Returns the entries after it, or -1 when an entry has no ordinal. */
 static const char backlog_script[] =
@@ -398,6 +407,41 @@ hr_status hr_estream_append(hr_estream *s, size_t n, const char *const *text, co
     return HR_OK;
 }
 
+#define MAX_CATALOG_BYTES (1u << 20) /* a catalog change's text */
+
+hr_status hr_estream_append_catalog(hr_estream *s, const char *text, size_t len, double arrived,
+                                    hr_estream_appended *out, hr_error *err)
+{
+    memset(out, 0, sizeof *out);
+    if (len < 1 || len > MAX_CATALOG_BYTES)
+        return hr_error_set(err, HR_EINVAL, "catalog", "a catalog change of %zu bytes (1-%u)", len,
+                            MAX_CATALOG_BYTES);
+    if (!isfinite(arrived))
+        return hr_error_set(err, HR_EINVAL, "arrived", "the arrival time is not a number");
+    char t[40];
+    snprintf(t, sizeof t, "%.6f", arrived);
+    const char *argv[] = {s->key_stream, s->key_count, t, text};
+    size_t lens[] = {strlen(s->key_stream), strlen(s->key_count), strlen(t), len};
+    redisReply *rep = NULL;
+    hr_redis *r = take(s);
+    hr_status st = hr_redis_eval(r, catalog_script, 2, (int)HR_ARRAY_LEN(argv), argv, lens, &rep,
+                                 err);
+    give(s, r);
+    if (st != HR_OK)
+        return st;
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+        rep->element[0]->type != REDIS_REPLY_STRING ||
+        rep->element[1]->type != REDIS_REPLY_INTEGER ||
+        !parse_id(rep->element[0]->str, rep->element[0]->len, &out->id)) {
+        freeReplyObject(rep);
+        return hr_error_set(err, HR_ECORRUPT, "redis",
+                            "the catalog append script gave an unexpected reply");
+    }
+    out->ordinal = (uint64_t)rep->element[1]->integer;
+    freeReplyObject(rep);
+    return HR_OK;
+}
+
 /* ---- read ---- */
 
 /* Scratch space of one read, grown as entries need. */
@@ -471,6 +515,37 @@ static int hexval(char c)
     return -1;
 }
 
+/* The rest of a catalog entry (field cat): its ordinal, arrival time and
+ * change text (copied into sc, NUL-terminated). */
+static hr_status decode_catalog(const redisReply *f, const redisReply *cat, scratch *sc,
+                                hr_estream_entry *e, const char *ids, hr_error *err)
+{
+    uint64_t k;
+    const redisReply *t = field(f, "t");
+    char tb[48], *tend;
+    if (!field_u64(f, "k", &k) || !t || t->len == 0 || t->len >= sizeof tb || cat->len == 0)
+        return hr_error_set(err, HR_ECORRUPT, "stream",
+                            "catalog entry %s: a field is missing or empty", ids);
+    memcpy(tb, t->str, t->len);
+    tb[t->len] = 0;
+    errno = 0;
+    e->arrived = strtod(tb, &tend);
+    if (*tend || errno || !isfinite(e->arrived))
+        return hr_error_set(err, HR_ECORRUPT, "stream", "entry %s: bad arrival time", ids);
+    if (!scratch_reserve(sc, 0, cat->len + 1))
+        return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
+    memcpy(sc->buf, cat->str, cat->len);
+    sc->buf[cat->len] = 0;
+    e->ordinal = k;
+    e->n = 0;
+    e->text = sc->text;
+    e->len = sc->len;
+    e->id_hash = sc->hash;
+    e->catalog = sc->buf;
+    e->catalog_len = cat->len;
+    return HR_OK;
+}
+
 /* Decodes one stream entry [id, [field, value, ...]] into e (pointing into
  * sc). HR_ECORRUPT (err names the entry), HR_ENOMEM. */
 static hr_status decode_entry(const redisReply *ent, scratch *sc, hr_estream_entry *e,
@@ -489,6 +564,11 @@ static hr_status decode_entry(const redisReply *ent, scratch *sc, hr_estream_ent
     const redisReply *t = field(f, "t"), *ev = field(f, "ev"), *hx = field(f, "ids");
     if (!field_u64(f, "v", &v) || v != 1)
         return hr_error_set(err, HR_ECORRUPT, "stream", "entry %s: no format version 1", ids);
+    e->catalog = NULL;
+    e->catalog_len = 0;
+    const redisReply *cat = field(f, "cat");
+    if (cat)
+        return decode_catalog(f, cat, sc, e, ids, err);
     if (!field_u64(f, "k", &k) || !field_u64(f, "n", &n) || !t || !ev || !hx || n < 1 ||
         n > MAX_EVENTS)
         return hr_error_set(err, HR_ECORRUPT, "stream", "entry %s: a field is missing or out of range",

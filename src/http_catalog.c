@@ -8,7 +8,10 @@
  *   POST   /v1/items, /v1/users             records in bulk: NDJSON or a JSON array,
  *                                           each with its "id"; per-record errors
  * Writes are answered once stored (the main database's commit with --db).
- * In cluster mode there is no catalog: every route answers 501.
+ * In cluster mode a write is a change appended to the cluster's event
+ * stream (hr_cluster_catalog_append), answered 202 with its "entry" once
+ * Redis acknowledged it; every node applies it in stream order (cluster.c,
+ * "Catalog"), so a GET on a node shows it once that node covers the entry.
  *
  * Threads: MHD pool threads; the catalog is thread-safe.
  */
@@ -20,6 +23,7 @@
 
 #include "hogrec/api.h"
 #include "hogrec/catalog.h"
+#include "hogrec/cluster.h"
 #include "http_internal.h"
 
 /* The kind a path names ("/v1/items..." or "/v1/users..."). */
@@ -46,8 +50,36 @@ static enum MHD_Result reply_failed(struct MHD_Connection *c, request *r, hr_sta
 
 static enum MHD_Result no_catalog(struct MHD_Connection *c, request *r)
 {
-    return hr_http_reply_error(c, r, 501, "not_supported",
-                               "the catalog is not available in cluster mode in this version");
+    return hr_http_reply_error(c, r, 503, "unavailable", "the catalog is not open");
+}
+
+/* Cluster mode: appends change text (taken; NULL: out of memory or an id
+ * that is not UTF-8) and answers 202 with reply (taken; "entry" added). */
+static enum MHD_Result cluster_write(hr_http *h, struct MHD_Connection *c, request *r, char *text,
+                                     json_t *reply)
+{
+    if (!text || !reply) {
+        free(text);
+        json_decref(reply);
+        return text ? hr_http_reply_error(c, r, 503, "unavailable", "out of memory")
+                    : hr_http_reply_error(c, r, 400, "invalid", "ids must be UTF-8 in cluster mode");
+    }
+    char entry[64];
+    hr_error e = {{0}, {0}};
+    hr_status st = hr_cluster_catalog_append(h->app->cluster, text, strlen(text), entry,
+                                             sizeof entry, &e);
+    free(text);
+    if (st != HR_OK) {
+        json_decref(reply);
+        if (st == HR_EFULL)
+            return hr_http_reply_error(c, r, 429, "backlog_full", "%s", e.message);
+        if (st == HR_EINVAL)
+            return hr_http_reply_error(c, r, 413, "too_large", "%s", e.message);
+        return hr_http_reply_error(c, r, 503, "unavailable", "%s",
+                                   e.message[0] ? e.message : hr_status_to_string(st));
+    }
+    json_object_set_new(reply, "entry", json_string(entry));
+    return hr_http_reply_json(c, r, 202, reply);
 }
 
 enum MHD_Result hr_http_catalog_record(hr_http *h, struct MHD_Connection *c, request *r)
@@ -71,6 +103,11 @@ enum MHD_Result hr_http_catalog_record(hr_http *h, struct MHD_Connection *c, req
                                        hr_catalog_kind_to_string(kind), id);
         return hr_http_reply_json(c, r, 200, doc);
     }
+    if (r->method == M_DELETE && h->app->cluster)
+        return cluster_write(h, c, r,
+                             kind == HR_CATALOG_USER ? hr_catalog_change_forget(id, idlen)
+                                                     : hr_catalog_change_delete(kind, id, idlen),
+                             json_pack("{s:s%}", "id", id, idlen));
     if (r->method == M_DELETE && kind == HR_CATALOG_USER) {
         hr_catalog_forgotten f;
         if ((st = hr_catalog_forget_user(cat, id, idlen, &f, &e)) != HR_OK)
@@ -98,6 +135,11 @@ enum MHD_Result hr_http_catalog_record(hr_http *h, struct MHD_Connection *c, req
     if (st != HR_OK)
         return hr_http_reply_invalid(c, r, "", &e);
     json_t *reply = json_deep_copy(rec.doc);
+    if (h->app->cluster) {
+        char *text = hr_catalog_change_put(kind, &rec, 1);
+        hr_catalog_record_free(&rec);
+        return cluster_write(h, c, r, text, reply);
+    }
     bool created = false;
     if ((st = hr_catalog_put(cat, kind, &rec, 1, &created, &e)) != HR_OK) {
         json_decref(reply);
@@ -152,6 +194,17 @@ enum MHD_Result hr_http_catalog_bulk(hr_http *h, struct MHD_Connection *c, reque
         json_array_append_new(errors, err);
     }
     json_decref(recs);
+    if (h->app->cluster) {
+        char *text = nok ? hr_catalog_change_put(kind, ok, nok) : NULL;
+        for (size_t i = 0; i < nok; i++)
+            hr_catalog_record_free(&ok[i]);
+        free(ok);
+        json_t *reply = json_pack("{s:I,s:I,s:o}", "accepted", (json_int_t)nok, "rejected",
+                                  (json_int_t)rejected, "errors", errors);
+        if (nok == 0)
+            return hr_http_reply_json(c, r, 202, reply);
+        return cluster_write(h, c, r, text, reply);
+    }
     hr_error e = {{0}, {0}};
     hr_status st = hr_catalog_put(cat, kind, ok, nok, NULL, &e); /* takes the records */
     free(ok);

@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "hogrec/catalog.h"
 #include "hogrec/sgd.h"
 #include "hogrec/store.h"
 
@@ -484,5 +485,135 @@ hr_status hr_snapshot_load(const char *path, hr_model *m, hr_schedbox *sched, hr
     st.seconds = hr_wall_time() - t0;
     if (out)
         *out = st;
+    return rc;
+}
+
+/* ---- the catalog ---- */
+
+/* The records of one kind, gathered for hr_store_catalog_put_many. */
+typedef struct {
+    char **ids, **texts;
+    size_t *idlen, *tlen;
+    size_t n, cap;
+} rec_list;
+
+static void rec_list_free(rec_list *l)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        free(l->ids[i]);
+        free(l->texts[i]);
+    }
+    free(l->ids);
+    free(l->texts);
+    free(l->idlen);
+    free(l->tlen);
+}
+
+static hr_status gather(void *ctx, hr_catalog_kind kind, const char *id, size_t idlen,
+                        const char *text, size_t len, hr_error *err)
+{
+    rec_list *l = &((rec_list *)ctx)[kind];
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 256;
+        char **a = realloc(l->ids, cap * sizeof *a);
+        if (a)
+            l->ids = a;
+        char **b = realloc(l->texts, cap * sizeof *b);
+        if (b)
+            l->texts = b;
+        size_t *c = realloc(l->idlen, cap * sizeof *c);
+        if (c)
+            l->idlen = c;
+        size_t *d = realloc(l->tlen, cap * sizeof *d);
+        if (d)
+            l->tlen = d;
+        if (!a || !b || !c || !d)
+            return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
+        l->cap = cap;
+    }
+    char *i = malloc(idlen + 1), *t = malloc(len + 1);
+    if (!i || !t) {
+        free(i);
+        free(t);
+        return hr_error_set(err, HR_ENOMEM, NULL, "out of memory");
+    }
+    memcpy(i, id, idlen);
+    i[idlen] = 0;
+    memcpy(t, text, len + 1);
+    l->ids[l->n] = i;
+    l->texts[l->n] = t;
+    l->idlen[l->n] = idlen;
+    l->tlen[l->n++] = len;
+    return HR_OK;
+}
+
+hr_status hr_snapshot_write_catalog(const char *path, struct hr_catalog *cat, uint64_t *records,
+                                    hr_error *err)
+{
+    if (records)
+        *records = 0;
+    rec_list l[HR_CATALOG_KINDS] = {{0}};
+    hr_status rc = hr_catalog_each(cat, gather, l, err);
+    hr_store *s = NULL;
+    hr_store_options o = store_opts();
+    if (rc == HR_OK && (l[0].n || l[1].n))
+        rc = hr_store_open(path, &o, &s, err);
+    for (int k = 0; k < HR_CATALOG_KINDS && rc == HR_OK && s; k++)
+        if (l[k].n)
+            rc = hr_store_catalog_put_many(s, hr_catalog_kind_to_string((hr_catalog_kind)k), l[k].n,
+                                           (const char *const *)l[k].ids, l[k].idlen,
+                                           (const char *const *)l[k].texts, l[k].tlen,
+                                           hr_wall_time(), err);
+    if (records)
+        *records = l[0].n + l[1].n;
+    hr_store_close(s);
+    remove_sidecars(path);
+    rec_list_free(&l[0]);
+    rec_list_free(&l[1]);
+    return rc;
+}
+
+typedef struct {
+    hr_catalog *cat;
+    uint64_t records, unbound;
+    hr_error *err;
+} cat_load_ctx;
+
+static hr_status load_record(void *arg, const char *kind, const char *id, size_t idlen,
+                             const char *record, size_t rlen)
+{
+    cat_load_ctx *lc = arg;
+    bool unbound = false;
+    hr_error e = {{0}, {0}};
+    hr_status st = hr_catalog_load_record(lc->cat,
+                                          strcmp(kind, "user") == 0 ? HR_CATALOG_USER
+                                                                    : HR_CATALOG_ITEM,
+                                          id, idlen, record, rlen, &unbound, &e);
+    if (st == HR_ENOMEM) {
+        *lc->err = e;
+        return st;
+    }
+    lc->records += st == HR_OK;
+    lc->unbound += unbound;
+    return HR_OK; /* a record that no longer validates is left out */
+}
+
+hr_status hr_snapshot_load_catalog(const char *path, struct hr_catalog *cat, uint64_t *records,
+                                   uint64_t *unbound, hr_error *err)
+{
+    hr_store_options o = store_opts();
+    hr_store *s = NULL;
+    hr_status rc = hr_store_open(path, &o, &s, err);
+    cat_load_ctx lc = {cat, 0, 0, err};
+    if (rc == HR_OK) {
+        hr_catalog_clear(cat);
+        rc = hr_store_catalog_scan(s, load_record, &lc, err);
+    }
+    hr_store_close(s);
+    remove_sidecars(path);
+    if (records)
+        *records = lc.records;
+    if (unbound)
+        *unbound = lc.unbound;
     return rc;
 }

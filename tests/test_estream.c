@@ -6,7 +6,9 @@
  * drops Redis' answer after the script ran), nothing claimed when Redis
  * refuses a write (OOM), kill -9 of redis-server while a thread appends and
  * a restart on the same AOF (every acknowledged entry is still there), the
- * backlog figure, trim, and two appenders in parallel.
+ * backlog figure, trim, and two appenders in parallel. A catalog entry
+ * (hr_estream_append_catalog) between event entries: its place, ordinal
+ * and text.
  */
 /* ctest-labels: concurrent */
 #include "testutil.h"
@@ -371,6 +373,78 @@ static void test_round_trip(void **state)
         batch_free(&sent[a]);
     free(sent);
     hr_estream_destroy(reader);
+    hr_estream_destroy(s);
+    tu_redis_stop(&g_srv);
+}
+
+/* A catalog entry between two event entries (hr_estream_append_catalog):
+ * numbered in the same sequence, read back in its place with its text
+ * and no events, by XREAD and XRANGE alike, counted in the backlog. */
+typedef struct {
+    size_t entries;
+    uint64_t ordinal[8];
+    size_t n[8];
+    char *catalog[8]; /* copies; NULL for an event entry */
+} cat_seen;
+
+static hr_status cat_collect(void *arg, const hr_estream_entry *e)
+{
+    cat_seen *cs = arg;
+    assert_true(cs->entries < 8);
+    size_t k = cs->entries++;
+    cs->ordinal[k] = e->ordinal;
+    cs->n[k] = e->n;
+    cs->catalog[k] = e->catalog ? strdup(e->catalog) : NULL;
+    if (e->catalog)
+        assert_int_equal(strlen(e->catalog), e->catalog_len);
+    return HR_OK;
+}
+
+static void test_catalog_entries(void **state)
+{
+    (void)state;
+    start_server();
+    hr_estream *s = open_stream(tu_redis_url(&g_srv), "ce", 60000, 1);
+    batch b1 = {0}, b2 = {0};
+    batch_add(&b1, 1, 1, 1);
+    batch_add(&b2, 2, 2, 2);
+    b1.arrived = b2.arrived = 1700000000.0;
+    hr_estream_appended a1 = append_ok(s, &b1, NULL), ac, a2;
+    const char *change = "{\"id\":\"i1\",\"kind\":\"item\",\"op\":\"delete\"}";
+    hr_error err = {{0}, {0}};
+    assert_int_equal(hr_estream_append_catalog(s, change, strlen(change), 1700000001.0, &ac, &err),
+                     HR_OK);
+    a2 = append_ok(s, &b2, NULL);
+    assert_int_equal(ac.ordinal, 2);
+    assert_int_equal(a2.ordinal, 3);
+    assert_true(hr_estream_id_cmp(a1.id, ac.id) < 0 && hr_estream_id_cmp(ac.id, a2.id) < 0);
+    assert_int_equal(hr_estream_append_catalog(s, "", 0, 1.0, &ac, &err), HR_EINVAL);
+    for (int how = 0; how < 2; how++) {
+        cat_seen cs = {0};
+        size_t count = 0;
+        hr_status st = how == 0 ? hr_estream_read(s, ZERO, 10, 0, cat_collect, &cs, NULL, &count,
+                                                  &err)
+                                : hr_estream_range(s, ZERO, a2.id, 10, cat_collect, &cs, NULL,
+                                                   &count, &err);
+        assert_int_equal(st, HR_OK);
+        assert_int_equal(count, 3);
+        for (size_t k = 0; k < 3; k++)
+            assert_int_equal(cs.ordinal[k], k + 1);
+        assert_int_equal(cs.n[0], 1);
+        assert_null(cs.catalog[0]);
+        assert_int_equal(cs.n[1], 0);
+        assert_non_null(cs.catalog[1]);
+        assert_string_equal(cs.catalog[1], change);
+        assert_int_equal(cs.n[2], 1);
+        assert_null(cs.catalog[2]);
+        for (size_t k = 0; k < 3; k++)
+            free(cs.catalog[k]);
+    }
+    uint64_t backlog = 0;
+    assert_int_equal(hr_estream_backlog(s, a1.id, &backlog, &err), HR_OK);
+    assert_int_equal(backlog, 2);
+    batch_free(&b1);
+    batch_free(&b2);
     hr_estream_destroy(s);
     tu_redis_stop(&g_srv);
 }
@@ -1065,6 +1139,7 @@ int main(void)
         cmocka_unit_test_teardown(test_ids, teardown),
         cmocka_unit_test_teardown(test_bad_arguments, teardown),
         cmocka_unit_test_teardown(test_round_trip, teardown),
+        cmocka_unit_test_teardown(test_catalog_entries, teardown),
         cmocka_unit_test_teardown(test_dedup_two_nodes, teardown),
         cmocka_unit_test_teardown(test_dedup_window, teardown),
         cmocka_unit_test_teardown(test_lost_reply_resend, teardown),

@@ -45,7 +45,8 @@ typedef struct hr_app {
     struct hr_persist *persist; /* NULL when cfg.db is "" */
     struct hr_dblock *dblock;   /* held while persist is open; NULL without a db */
     struct hr_cluster *cluster; /* cluster mode (cfg.redis set); NULL standalone */
-    struct hr_catalog *catalog; /* records of users and items (standalone); NULL in cluster mode */
+    struct hr_catalog *catalog; /* records of users and items (cluster mode: applied by the
+                                   cluster's node thread from the event stream) */
     struct hr_guard *guard;     /* schedule changes go through it (PUT /v1/admin/schedule) */
     struct hr_trials *trials;   /* /v1/admin/trials */
     double started;             /* wall time at open */

@@ -16,7 +16,9 @@
  * row to carry attributes and filter bits) and pinned: it never expires
  * (expire_seconds); DELETE unpins it. Records are stored in the main
  * database (persist.h, table `catalog`) when there is one, and loaded at
- * start (hr_catalog_load); with `--db ""` they live in memory only.
+ * start (hr_catalog_load); with `--db ""` they live in memory only. In
+ * cluster mode writes are changes in the cluster's event stream, applied
+ * by every node in its order (see "cluster mode" below).
  *
  * Forgetting a user (hr_catalog_forget_user) removes its model row, recent
  * items, catalog record and, with a database, every trace of the id in
@@ -144,5 +146,65 @@ typedef struct {
 hr_status hr_catalog_filter(hr_catalog *c, const char *categories,
                             const char *exclude_categories, double now,
                             hr_catalog_filter_t *out, hr_error *err);
+
+/* ---- cluster mode (cluster.h) ----
+ *
+ * Writes are not applied where they arrive: each becomes a change text
+ * (below: new strings, free() them; NULL when out of memory or an id is
+ * not UTF-8) that the node appends to the cluster's event stream, and
+ * every node applies the changes in stream order with
+ * hr_catalog_apply_change on its node thread. No database is used
+ * (persist NULL): the records live in memory, in snapshots and local
+ * checkpoints (hr_catalog_each, hr_catalog_clear, hr_catalog_load_record). */
+
+/* {"op":"put","kind":...,"records":[...]}: the records' docs (borrowed). */
+char *hr_catalog_change_put(hr_catalog_kind kind, const hr_catalog_record *recs, size_t n);
+/* {"op":"delete","kind":...,"id":...}. */
+char *hr_catalog_change_delete(hr_catalog_kind kind, const char *id, size_t idlen);
+/* {"op":"forget","kind":"user","id":...}. */
+char *hr_catalog_change_forget(const char *id, size_t idlen);
+
+/* What hr_catalog_apply_change did. */
+typedef struct {
+    size_t applied;   /* records written, or 1 for a delete or forget */
+    size_t skipped;   /* records that no longer validate or do not fit (full
+                         id table, too many categories): left out alike on
+                         every node that meets the same error */
+    size_t unbound;   /* records left out on a follower: the id is not in its
+                         model (the leader could not intern it either) */
+    bool found;       /* delete, forget: there was a record */
+    bool model;       /* forget on the leader: a model row was freed */
+} hr_catalog_applied;
+
+/* Applies one change text in memory. intern (the leader): ids are
+ * interned, a forget frees the user's row (hr_model_forget: the next
+ * delta carries it); else (a follower, which applies a change only once
+ * the delta covering it was applied) ids are only looked up, and a forget
+ * clears the record, attributes and recent items of the row the user had.
+ * A delete or forget of an absent record is no error (found false).
+ * HR_EINVAL for a text that is no change (err says why), HR_ENOMEM. text
+ * is borrowed. Writers are serialized as for hr_catalog_put. */
+hr_status hr_catalog_apply_change(hr_catalog *c, const char *text, size_t len, bool intern,
+                                  hr_catalog_applied *out, hr_error *err);
+
+/* Called for each record, users then items: its canonical text (as
+ * stored by hr_catalog_put). Arguments borrowed for the call. */
+typedef hr_status (*hr_catalog_record_fn)(void *ctx, hr_catalog_kind kind, const char *id,
+                                          size_t idlen, const char *text, size_t len,
+                                          hr_error *err);
+/* Every record, under the read lock (writers wait); stops at the first
+ * status other than HR_OK and returns it. */
+hr_status hr_catalog_each(hr_catalog *c, hr_catalog_record_fn fn, void *ctx, hr_error *err);
+
+/* Removes every record (attributes, pins and filter bits go). Call it
+ * before a snapshot replaces the model's ids (their rows are found by id;
+ * users' also by the row remembered in cluster mode). */
+void hr_catalog_clear(hr_catalog *c);
+
+/* Adds a stored record (a snapshot's) to memory without interning its id:
+ * left out, *unbound, when the model does not hold the id. HR_EINVAL when it no
+ * longer validates; the statuses of hr_catalog_put. text is borrowed. */
+hr_status hr_catalog_load_record(hr_catalog *c, hr_catalog_kind kind, const char *id, size_t idlen,
+                                 const char *text, size_t len, bool *unbound, hr_error *err);
 
 #endif

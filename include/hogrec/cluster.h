@@ -123,6 +123,7 @@ typedef struct {
     hr_events *events;
     hr_trainer *trainer;
     hr_schedbox *sched;
+    struct hr_catalog *catalog; /* catalog.h: changes applied in stream order; NULL: none */
 } hr_cluster_parts;
 
 /* Checks the options cluster mode needs (cfg->redis set): expire_seconds
@@ -176,6 +177,17 @@ hr_status hr_cluster_post(hr_cluster *c, const json_t *events, json_t *errors,
  * its next look). s is read during the call. Any thread. */
 hr_status hr_cluster_schedule_put(hr_cluster *c, const hr_schedule *s, uint64_t *version,
                                   hr_error *err);
+
+/* A catalog write in cluster mode (PUT, bulk POST, DELETE of /v1/items
+ * and /v1/users, forgetting a user): appends the change text (catalog.h,
+ * hr_catalog_change_*; len bytes, borrowed) to the event stream as an
+ * entry of its own (hr_estream_append_catalog). Every node applies it
+ * when its model covers that entry (see "Catalog" in cluster.c). HR_OK
+ * only once Redis acknowledged; entry (cap >= 44) gets the entry's id for
+ * min_seq. HR_EIO, HR_EBUSY (nothing acknowledged: answer 503); HR_EFULL
+ * while more entries than max_backlog wait (answer 429). Any thread. */
+hr_status hr_cluster_catalog_append(hr_cluster *c, const char *text, size_t len, char *entry,
+                                    size_t cap, hr_error *err);
 
 /* Read-your-writes (min_seq = the entry id of a 202): the entry this
  * node's model covers (the last complete delta's: applied by a follower,

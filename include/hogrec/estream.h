@@ -16,6 +16,10 @@
  * ev (the events' canonical JSON texts, hr_api_event_text, joined by '\n';
  * compact JSON never holds a raw newline), ids (n id hashes, 16 lowercase
  * hex digits each, 0000000000000000 for an event without an id).
+ * A catalog entry (hr_estream_append_catalog) has v, k, t, n "0" and cat
+ * (one catalog change, catalog.h's change text) instead of ev and ids:
+ * it takes its place in the same order and ordinals as the events, so
+ * every reader meets it between the same two event entries.
  *
  * Append: one Redis round trip per request (one Lua script, atomic): a
  * cluster-wide de-duplication of the events that have an id (an id in the
@@ -142,8 +146,16 @@ hr_status hr_estream_append(hr_estream *s, size_t n, const char *const *text, co
                             const uint64_t *id_hash, double arrived, bool *duplicate,
                             hr_estream_appended *out, hr_error *err);
 
+/* Appends a catalog change (text, len bytes, no '\n' needed; 1 byte to
+ * 1 MB) as an entry of its own, numbered like an event entry (one script:
+ * the ordinal and the XADD). No de-duplication. Returns HR_OK once Redis
+ * acknowledged (out->id, out->ordinal; appended and duplicates 0), else
+ * the statuses of hr_estream_append. text is borrowed for the call. */
+hr_status hr_estream_append_catalog(hr_estream *s, const char *text, size_t len, double arrived,
+                                    hr_estream_appended *out, hr_error *err);
+
 /* One entry, as the reader hands it over. Everything is borrowed for the
- * callback only. */
+ * callback only. A catalog entry has n 0 and catalog set. */
 typedef struct {
     hr_estream_id id;
     uint64_t ordinal;        /* k: consecutive entries have consecutive ordinals */
@@ -152,6 +164,8 @@ typedef struct {
     const char *const *text; /* n NUL-terminated canonical JSON texts */
     const size_t *len;       /* their lengths */
     const uint64_t *id_hash; /* n id hashes, 0: none */
+    const char *catalog;     /* a catalog entry's change text (NUL-terminated), else NULL */
+    size_t catalog_len;      /* its length */
 } hr_estream_entry;
 
 /* Called for each entry in stream order. A status other than HR_OK stops

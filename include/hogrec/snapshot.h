@@ -82,4 +82,20 @@ hr_status hr_snapshot_read_meta(const char *path, hr_snapshot_meta *meta, hr_err
 hr_status hr_snapshot_load(const char *path, hr_model *m, hr_schedbox *sched, hr_events *events,
                            hr_snapshot_meta *meta, hr_snapshot_stats *st, hr_error *err);
 
+/* The catalog (catalog.h) of a cluster node travels with its model:
+ * hr_snapshot_write_catalog adds every record of cat to the snapshot at
+ * path (written by hr_snapshot_write, before it is read or renamed: the
+ * `catalog` table of the same file, one transaction per kind), and
+ * hr_snapshot_load_catalog replaces cat's records with the file's (after
+ * hr_snapshot_load: ids are looked up, none interned; a snapshot of an
+ * older version has none, so cat ends empty; clear cat with
+ * hr_catalog_clear before hr_snapshot_load moves the ids). *records (may be NULL) gets
+ * how many; *unbound (load, may be NULL) those whose id the model does
+ * not hold. Store errors, HR_ENOMEM. Same threads as write and load. */
+struct hr_catalog;
+hr_status hr_snapshot_write_catalog(const char *path, struct hr_catalog *cat, uint64_t *records,
+                                    hr_error *err);
+hr_status hr_snapshot_load_catalog(const char *path, struct hr_catalog *cat, uint64_t *records,
+                                   uint64_t *unbound, hr_error *err);
+
 #endif
