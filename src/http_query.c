@@ -296,11 +296,6 @@ enum MHD_Result hr_http_recommend(hr_http *h, struct MHD_Connection *c, request 
         return st == HR_EINVAL ? hr_http_reply_invalid(c, r, "", &e)
                                : hr_http_reply_error(c, r, 503, "unavailable", "out of memory");
     }
-    if (!h->app->catalog && (q->categories[0] || q->exclude_categories[0])) {
-        free(q);
-        return hr_http_reply_error(c, r, 400, "invalid",
-                                   "categories: no catalog in cluster mode in this version");
-    }
     /* Ranking and final scores: the recommend module (see recommend.h). */
     hr_recommend_query rq = {q->user_row, q->k, q->exclude_seen, q->exclude, q->nexclude,
                              filt.allow, filt.rows, filt.count};
