@@ -764,6 +764,74 @@ static void test_attr_makes_item_best(void **state)
     }
 }
 
+typedef struct {
+    hr_model *m;
+    uint64_t seed;
+    int rounds;
+    int bad; /* queries that failed or returned an unsorted list */
+} attr_worker;
+
+static void *attr_writer(void *arg)
+{
+    attr_worker *w = arg;
+    hr_rng rng;
+    hr_rng_seed(&rng, w->seed);
+    for (int i = 0; i < w->rounds; i++) {
+        uint32_t r = 1 + (uint32_t)(hr_rng_next(&rng) % ATTR_ITEMS);
+        hr_feat f[2] = {{(uint32_t)(hr_rng_next(&rng) % 40), 1.0f},
+                        {(uint32_t)(hr_rng_next(&rng) % 40), (float)hr_rng_normal(&rng)}};
+        uint32_t na = (uint32_t)(hr_rng_next(&rng) % 3);
+        if (hr_model_set_attrs(w->m, HR_TABLE_ITEM, r, f, na, na > 0) != HR_OK)
+            w->bad++;
+    }
+    return NULL;
+}
+
+static void *attr_reader(void *arg)
+{
+    attr_worker *w = arg;
+    float q[ATTR_K];
+    hr_topk_item got[20];
+    for (int i = 0; i < w->rounds; i++) {
+        random_query(q, ATTR_K, w->seed + (uint64_t)i);
+        size_t n;
+        if (hr_topk_query(w->m, q, 20, NULL, got, &n) != HR_OK || n != 20)
+            w->bad++;
+        for (size_t j = 1; j < n; j++)
+            w->bad += got[j - 1].score < got[j].score;
+    }
+    return NULL;
+}
+
+/* Attribute changes while queries scan (the matrix is rebuilt under its
+ * write lock, scans hold the read side): every query answers, and once
+ * the writer is done the ranking follows the last attributes. */
+static void test_attrs_change_while_querying(void **state)
+{
+    (void)state;
+    for (int half = 0; half < 2; half++) {
+        hr_model *m = make_attr_model(half, 0, 101);
+        attr_worker w[3] = {{m, 1, 3000, 0}, {m, 2, 150, 0}, {m, 3, 150, 0}};
+        pthread_t th[3];
+        assert_int_equal(pthread_create(&th[0], NULL, attr_writer, &w[0]), 0);
+        for (int i = 1; i < 3; i++)
+            assert_int_equal(pthread_create(&th[i], NULL, attr_reader, &w[i]), 0);
+        for (int i = 0; i < 3; i++) {
+            pthread_join(th[i], NULL);
+            assert_int_equal(w[i].bad, 0);
+        }
+        for (uint32_t u = 1; u <= 4; u++) {
+            float q[ATTR_K];
+            double base = user_query(m, u, q);
+            hr_topk_item got[10];
+            size_t n;
+            assert_int_equal(hr_topk_query(m, q, 10, NULL, got, &n), HR_OK);
+            check_attr_result(m, u, base, 10, NULL, got, n);
+        }
+        hr_model_destroy(m);
+    }
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -783,6 +851,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_dedup_window),
         cmocka_unit_test(test_attrs_rank_as_predicted),
         cmocka_unit_test(test_attr_makes_item_best),
+        cmocka_unit_test(test_attrs_change_while_querying),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
