@@ -65,7 +65,7 @@ uint64_t hr_attrmat_nnz(const hr_attrmat *a);
 
 /* For rows base .. base+len-1 and queries j < nq:
  *   y[(row - base) * ldy + j] += (A t_j)_row,  t_j = t + j * ldt
- * (only rows with attributes are touched). Between acquire and release. */
+ * (a row without attributes gets +0). Between acquire and release. */
 void hr_attrmat_add(const hr_attrmat *a, uint32_t base, uint32_t len, const float *t,
                     size_t ldt, size_t nq, float *y, size_t ldy);
 
