@@ -27,19 +27,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* One segment's rows as CSR; allocated as one block with its entries. */
+/* One segment's rows, sparse in the ELLPACK layout: `width` slots per row
+ * (the most entries a row of the segment has), slot-major, so a kernel
+ * walks 64 independent rows per slot without a branch; a row's unused
+ * slots hold the "none" column (t = 0) and value 0. Allocated as one block
+ * with its slots. */
 typedef struct {
-    uint16_t ptr[HR_ATTRMAT_SEG + 1]; /* row r's entries: [ptr[r], ptr[r + 1]) */
-    uint32_t *col;                    /* entry -> column */
-    float *val;                       /* entry -> the attribute's value x */
-    uint8_t *rowof;                   /* entry -> its row in the segment */
+    uint8_t cnt[HR_ATTRMAT_SEG];      /* row -> entries (its first cnt slots) */
+    uint32_t width;                   /* slots per row */
+    uint32_t nnz;                     /* entries, all rows */
+    uint32_t *col;                    /* slot w of row i: col[w * HR_ATTRMAT_SEG + i] */
+    float *val;                       /* its value x, same index */
 } seg;
 
 struct hr_attrmat {
     uint32_t max_rows;          /* rows covered */
     uint32_t nsegs;             /* segments covering max_rows */
     pthread_rwlock_t lk;        /* readers: a scan; writer: a rebuild */
-    seg **segs;                 /* segment -> CSR or NULL; under lk */
+    seg **segs;                 /* segment -> its rows or NULL; under lk */
     _Atomic uint32_t *seg_gen;  /* segment -> touches so far */
     uint32_t *seg_built;        /* segment -> seg_gen it was built at; under lk */
     _Atomic uint64_t gen;       /* touches so far, all segments */
@@ -175,43 +180,61 @@ static bool column_of(hr_attrmat *a, uint32_t ctx_row, uint32_t *col)
     return true;
 }
 
+/* Column 0: "none", the padding's (not in the map: no context row). */
+static bool add_none_column(hr_attrmat *a)
+{
+    uint32_t *c = realloc(a->cols, 32 * sizeof *c);
+    if (!c)
+        return false;
+    a->cols = c;
+    a->cap_cols = 32;
+    a->cols[a->ncols++] = HR_ATTRMAT_NONE;
+    return true;
+}
+
 /* Rebuilds segment s from the rows' attributes. Under the write lock. */
 static bool build_segment(hr_attrmat *a, uint32_t s, hr_attrmat_read_fn read, void *ctx)
 {
-    static_assert(HR_ATTRMAT_SEG * HR_MAX_ATTRS <= UINT16_MAX, "entries fit ptr");
+    static_assert(HR_MAX_ATTRS <= UINT8_MAX, "a row's count fits cnt");
     hr_feat f[HR_ATTRMAT_SEG][HR_MAX_ATTRS];
-    uint32_t cnt[HR_ATTRMAT_SEG], n = 0;
+    uint32_t cnt[HR_ATTRMAT_SEG], n = 0, width = 0;
     const uint32_t first = s * HR_ATTRMAT_SEG;
     for (uint32_t i = 0; i < HR_ATTRMAT_SEG; i++) {
         cnt[i] = first + i < a->max_rows ? read(ctx, first + i, f[i]) : 0;
         if (cnt[i] > HR_MAX_ATTRS)
             cnt[i] = HR_MAX_ATTRS;
         n += cnt[i];
+        width = cnt[i] > width ? cnt[i] : width;
     }
     seg *g = NULL;
     if (n) {
-        g = malloc(sizeof *g + (size_t)n * (sizeof *g->col + sizeof *g->val + sizeof *g->rowof));
+        const size_t slots = (size_t)width * HR_ATTRMAT_SEG;
+        if (a->ncols == 0 && !add_none_column(a))
+            return false;
+        g = malloc(sizeof *g + slots * (sizeof *g->col + sizeof *g->val));
         if (!g)
             return false;
         g->col = (uint32_t *)(g + 1);
-        g->val = (float *)(g->col + n);
-        g->rowof = (uint8_t *)(g->val + n);
-        uint32_t e = 0;
+        g->val = (float *)(g->col + slots);
+        g->width = width;
+        g->nnz = n;
         for (uint32_t i = 0; i < HR_ATTRMAT_SEG; i++) {
-            g->ptr[i] = (uint16_t)e;
-            for (uint32_t j = 0; j < cnt[i]; j++, e++) {
-                if (!column_of(a, f[i][j].row, &g->col[e])) {
+            g->cnt[i] = (uint8_t)cnt[i];
+            for (uint32_t w = 0; w < width; w++) {
+                const size_t at = (size_t)w * HR_ATTRMAT_SEG + i;
+                g->col[at] = 0;
+                g->val[at] = 0.0f;
+                if (w < cnt[i] && !column_of(a, f[i][w].row, &g->col[at])) {
                     free(g);
                     return false;
                 }
-                g->val[e] = f[i][j].x;
-                g->rowof[e] = (uint8_t)i;
+                if (w < cnt[i])
+                    g->val[at] = f[i][w].x;
             }
         }
-        g->ptr[HR_ATTRMAT_SEG] = (uint16_t)e;
     }
     if (a->segs[s])
-        a->nnz -= a->segs[s]->ptr[HR_ATTRMAT_SEG];
+        a->nnz -= a->segs[s]->nnz;
     free(a->segs[s]);
     a->segs[s] = g;
     a->nnz += n;
@@ -271,25 +294,31 @@ uint64_t hr_attrmat_nnz(const hr_attrmat *a)
     return a->nnz;
 }
 
-/* The term of entries [e0, e1): summed in double (exact products), one rounding. */
-static inline float term(const seg *g, uint32_t e0, uint32_t e1, const float *t)
+/* Row i's term: its entries summed in order in double (exact products),
+ * from +0, one rounding. (The sum is never -0, so the padding's +-0
+ * products added by segment_terms leave it unchanged.) */
+static inline float term(const seg *g, uint32_t i, const float *t)
 {
     double acc = 0;
-    for (uint32_t e = e0; e < e1; e++)
-        acc += (double)g->val[e] * (double)t[g->col[e]];
+    for (uint32_t w = 0; w < g->cnt[i]; w++) {
+        const size_t at = (size_t)w * HR_ATTRMAT_SEG + i;
+        acc += (double)g->val[at] * (double)t[g->col[at]];
+    }
     return (float)acc;
 }
 
-/* A segment's terms for one t: acc[i] = (A t)_row as term() sums it (in
- * double, entries in order, from 0), walking the entries without a branch
- * per row. */
+/* A segment's terms for one t: acc[i] as term() sums row i, slot by slot
+ * over the 64 rows (independent sums, no branch). */
 static inline void segment_terms(const seg *g, const float *t, double *acc)
 {
     for (uint32_t i = 0; i < HR_ATTRMAT_SEG; i++)
         acc[i] = 0;
-    const uint32_t n = g->ptr[HR_ATTRMAT_SEG];
-    for (uint32_t e = 0; e < n; e++)
-        acc[g->rowof[e]] += (double)g->val[e] * (double)t[g->col[e]];
+    for (uint32_t w = 0; w < g->width; w++) {
+        const uint32_t *col = g->col + (size_t)w * HR_ATTRMAT_SEG;
+        const float *val = g->val + (size_t)w * HR_ATTRMAT_SEG;
+        for (uint32_t i = 0; i < HR_ATTRMAT_SEG; i++)
+            acc[i] += (double)val[i] * (double)t[col[i]];
+    }
 }
 
 void hr_attrmat_add(const hr_attrmat *a, uint32_t base, uint32_t len, const float *t,
@@ -323,5 +352,5 @@ float hr_attrmat_row(const hr_attrmat *a, uint32_t row, const float *t)
     if (!g)
         return 0;
     const uint32_t i = row % HR_ATTRMAT_SEG;
-    return term(g, g->ptr[i], g->ptr[i + 1], t);
+    return term(g, i, t);
 }

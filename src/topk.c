@@ -231,7 +231,7 @@ static hr_status attr_begin(const hr_model *m, const hr_topk_request *reqs, size
     }
     for (size_t j = 0; j < nq; j++)
         for (uint32_t c = 0; c < nc; c++)
-            ac->t[j * nc + c] = attr_t(m, cols[c], reqs[j].q);
+            ac->t[j * nc + c] = cols[c] == HR_ATTRMAT_NONE ? 0.0f : attr_t(m, cols[c], reqs[j].q);
     return HR_OK;
 }
 

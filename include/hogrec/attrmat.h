@@ -6,8 +6,10 @@
  * caller), (A t)_i is what item i's attributes add to its score for query
  * q, so topk adds A t to each block of sgemv scores before the heap.
  *
- * Storage: segments of HR_ATTRMAT_SEG rows, each a small CSR (row offsets,
- * columns, values) or NULL when no row of it has attributes. A change to a
+ * Storage: segments of HR_ATTRMAT_SEG rows, each a small sparse block
+ * (ELLPACK: as many slots per row as its fullest row has, slot-major,
+ * unused slots on the "none" column whose t is 0) or NULL when no row of
+ * it has attributes. A change to a
  * row's attributes bumps its segment's generation (hr_attrmat_touch, lock
  * free); the next reader rebuilds only the segments whose generation moved
  * (hr_attrmat_acquire), reading each row's attributes through a callback.
@@ -36,6 +38,10 @@
 /* Rows per segment (a rebuild's unit). */
 #define HR_ATTRMAT_SEG 64u
 
+/* The context row of the "none" column (column 0 once any row has
+ * attributes): the caller's t for it must be 0. */
+#define HR_ATTRMAT_NONE UINT32_MAX
+
 typedef struct hr_attrmat hr_attrmat;
 
 /* Reads row's attributes into out (room for HR_MAX_ATTRS); returns how many. */
@@ -57,7 +63,8 @@ hr_status hr_attrmat_acquire(hr_attrmat *a, hr_attrmat_read_fn read, void *ctx);
 void hr_attrmat_release(hr_attrmat *a);
 
 /* The columns: *ctx_rows (borrowed until release) holds each column's
- * context row; returns the count. Between acquire and release. */
+ * context row (HR_ATTRMAT_NONE for the padding's column, whose t must be
+ * 0); returns the count. Between acquire and release. */
 uint32_t hr_attrmat_cols(const hr_attrmat *a, const uint32_t **ctx_rows);
 
 /* Entries held (nonzeros of A). Between acquire and release. */
