@@ -22,6 +22,14 @@
  *          f32 for the sgemv, alternating query by query with the fp32
  *          model, single and batches of 8: medians and the quartiles of
  *          the per-query ratio (bf16_*).
+ *   attrs: two more models (fp32 and f16) with the same rows whose items
+ *          carry 1-3 catalog attributes among 20 (as MovieLens genres),
+ *          queried in turn with the attribute-free ones, query by query in
+ *          a rotating order; attr_ratio = with / without attributes (fp32),
+ *          half_attr_ratio the same for f16; median and p25-p75 of each;
+ *          the first query's matrix build and the query after one item's
+ *          attributes change (one segment rebuilt); attr_half_equal counts
+ *          f16 results equal to the fp32 reference loop's (up to 20).
  * Prints the machine and key=value lines for loadtest/run.
  *
  * usage: bench_topk [items] [k] [queries] [top] [state]
@@ -127,6 +135,56 @@ static int bench_bf16(hr_config *c, hr_model *m, uint32_t items, uint32_t k, int
     free(row);
     hr_model_destroy(mb);
     return 0;
+}
+
+/* A model of config c whose item rows are src's (same ids, same rows). */
+static hr_model *copy_items(const hr_config *c, const hr_schedule *s, const hr_model *src)
+{
+    hr_model_config mc;
+    hr_model *m;
+    if (hr_model_config_from(c, s, &mc, NULL) != HR_OK || hr_model_create(&mc, &m, NULL) != HR_OK)
+        return NULL;
+    const hr_row_layout *L = hr_model_layout(src);
+    float *row = malloc(L->floats * sizeof *row);
+    for (uint32_t r = 1; row && r < hr_model_rows(src, HR_TABLE_ITEM); r++) {
+        size_t len;
+        const char *id = hr_model_key(src, HR_TABLE_ITEM, r, &len);
+        uint32_t got;
+        if (!id || hr_model_intern(m, HR_TABLE_ITEM, id, len, &got, NULL) != HR_OK || got != r) {
+            free(row);
+            hr_model_destroy(m);
+            return NULL;
+        }
+        hr_sgd_row_read(L, hr_model_row(src, HR_TABLE_ITEM, r), row);
+        hr_sgd_row_write(L, hr_model_row(m, HR_TABLE_ITEM, r), row);
+        hr_model_mark_dirty(m, HR_TABLE_ITEM, r);
+    }
+    free(row);
+    return m;
+}
+
+/* Item attributes like MovieLens genres: context rows 1..20 with random
+ * weights and factors, 1-3 of them (x = 1) per item. */
+static void add_genres(hr_model *m, uint64_t seed)
+{
+    const hr_row_layout *L = hr_model_layout(m);
+    float *row = malloc(L->floats * sizeof *row);
+    hr_rng rng;
+    hr_rng_seed(&rng, seed);
+    for (uint32_t g = 1; g <= 20; g++) {
+        hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_CTX, g), row);
+        for (uint32_t d = 0; d <= L->k; d++)
+            row[d] = (float)(hr_rng_normal(&rng) * 0.1);
+        hr_sgd_row_write(L, hr_model_row(m, HR_TABLE_CTX, g), row);
+    }
+    for (uint32_t r = 1; r < hr_model_rows(m, HR_TABLE_ITEM); r++) {
+        hr_feat f[3];
+        uint32_t n = 1 + (uint32_t)hr_rng_below(&rng, 3);
+        for (uint32_t a = 0; a < n; a++)
+            f[a] = (hr_feat){1 + (uint32_t)hr_rng_below(&rng, 20), 1.0f};
+        hr_model_set_attrs(m, HR_TABLE_ITEM, r, f, n, true);
+    }
+    free(row);
 }
 
 int main(int argc, char **argv)
@@ -297,6 +355,70 @@ int main(int argc, char **argv)
     free(tf[1]);
     free(cat);
     free(allow);
+    /* attributes: fp32 and f16 models with the same rows and genres */
+    c.context_bits = 8;
+    c.topk_precision = HR_CONFIG_TOPK_F32;
+    hr_model *ma = copy_items(&c, &s, m);
+    c.topk_precision = HR_CONFIG_TOPK_F16;
+    hr_model *mha = copy_items(&c, &s, m);
+    if (!ma || !mha) {
+        fprintf(stderr, "attribute models: out of memory\n");
+        return 1;
+    }
+    add_genres(ma, 777);
+    add_genres(mha, 777);
+    hr_model_item_half_sync(mha);
+    uint64_t t_build = hr_now_ns(); /* the first query builds the matrix */
+    hr_topk_query(ma, q, top, NULL, out, &n);
+    double build_ms = (double)(hr_now_ns() - t_build) * 1e-6;
+    hr_model *am[4] = {m, ma, mh, mha};
+    double *ta[4];
+    for (int v = 0; v < 4; v++)
+        ta[v] = malloc((size_t)queries * sizeof(double));
+    int attr_checked = 0, attr_equal = 0;
+    for (int rep = 0; rep < queries; rep++) {
+        for (uint32_t d = 0; d < k; d++)
+            q[d] = (float)hr_rng_normal(&rng);
+        for (int turn = 0; turn < 4; turn++) {
+            int v = (turn + rep) % 4;
+            uint64_t t0 = hr_now_ns();
+            hr_topk_query(am[v], q, top, NULL, out, &n);
+            ta[v][rep] = (double)(hr_now_ns() - t0) * 1e-9;
+        }
+        if (attr_checked < 20) {
+            hr_topk_query(mha, q, top, NULL, out, &n);
+            hr_topk_query_ref(ma, q, top, NULL, want, &nw);
+            bool same = n == nw;
+            for (size_t i = 0; same && i < n; i++)
+                same = out[i].row == want[i].row && out[i].score == want[i].score;
+            attr_equal += same;
+            attr_checked++;
+        }
+    }
+    /* one item's attributes change: the next query rebuilds one segment */
+    hr_feat one = {3, 1.0f};
+    hr_model_set_attrs(ma, HR_TABLE_ITEM, rows / 2, &one, 1, true);
+    uint64_t t_one = hr_now_ns();
+    hr_topk_query(ma, q, top, NULL, out, &n);
+    double one_ms = (double)(hr_now_ns() - t_one) * 1e-6;
+    double med[4], p25[4], p75[4];
+    for (int v = 0; v < 4; v++) {
+        qsort(ta[v], (size_t)queries, sizeof(double), cmp_d);
+        med[v] = ta[v][queries / 2] * 1e3;
+        p25[v] = ta[v][queries / 4] * 1e3;
+        p75[v] = ta[v][(3 * queries) / 4] * 1e3;
+        free(ta[v]);
+    }
+    printf("attr_base_ms=%.3f\nattr_base_p25_p75=\"%.3f %.3f\"\nattr_topk_ms=%.3f\n"
+           "attr_topk_p25_p75=\"%.3f %.3f\"\nattr_ratio=%.2f\n"
+           "half_attr_base_ms=%.3f\nhalf_attr_base_p25_p75=\"%.3f %.3f\"\n"
+           "half_attr_topk_ms=%.3f\nhalf_attr_topk_p25_p75=\"%.3f %.3f\"\nhalf_attr_ratio=%.2f\n"
+           "attr_first_build_ms=%.2f\nattr_after_one_change_ms=%.3f\nattr_half_equal=%d/%d\n",
+           med[0], p25[0], p75[0], med[1], p25[1], p75[1], med[1] / med[0], med[2], p25[2],
+           p75[2], med[3], p25[3], p75[3], med[3] / med[2], build_ms, one_ms, attr_equal,
+           attr_checked);
+    hr_model_destroy(ma);
+    hr_model_destroy(mha);
     qsort(tq, (size_t)queries, sizeof *tq, cmp_d);
     qsort(tr, (size_t)queries, sizeof *tr, cmp_d);
     qsort(th, (size_t)queries, sizeof *th, cmp_d);

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "hogrec/attrmat.h"
 #include "hogrec/half.h"
 #include "hogrec/ids.h"
 #include "hogrec/sgd.h"
@@ -72,6 +73,7 @@ struct hr_model {
     hr_half_layout H;               /* half item rows (cfg.half_items) */
     pthread_mutex_t half_mu;        /* serializes hr_model_item_half_sync */
     bool half_built;                /* every item row converted once; under half_mu */
+    hr_attrmat *item_am;            /* item x attribute matrix of the top-K scan */
 };
 
 typedef struct {
@@ -264,6 +266,7 @@ void hr_model_destroy(hr_model *m)
     for (int t = 0; t < HR_TABLE_COUNT; t++)
         table_free(m, &m->t[t]);
     pthread_mutex_destroy(&m->half_mu);
+    hr_attrmat_destroy(m->item_am);
     free(m);
 }
 
@@ -324,6 +327,10 @@ hr_status hr_model_create(const hr_model_config *mc, hr_model **out, hr_error *e
                 goto fail;
             }
         }
+    }
+    if ((st = hr_attrmat_create(m->t[HR_TABLE_ITEM].max_rows, &m->item_am)) != HR_OK) {
+        hr_error_set(err, st, NULL, "out of memory");
+        goto fail;
     }
     /* Row 0 of every table, and every context row, exist from the start. */
     for (int t = 0; t < HR_TABLE_COUNT; t++) {
@@ -796,6 +803,8 @@ hr_status hr_model_set_attrs(hr_model *m, hr_table_id t, uint32_t row, const hr_
                               memory_order_relaxed);
     }
     atomic_store_explicit(&s->meta, n | (pinned ? ATTR_PINNED : 0), memory_order_release);
+    if (t == HR_TABLE_ITEM)
+        hr_attrmat_touch(m->item_am, row);
     return HR_OK;
 }
 
@@ -823,6 +832,28 @@ uint32_t hr_model_attrs_count(const hr_model *m, hr_table_id t)
     if (t != HR_TABLE_USER && t != HR_TABLE_ITEM)
         return 0;
     return atomic_load(&((hr_model *)m)->t[t].attr_rows);
+}
+
+static uint32_t read_item_attrs(void *ctx, uint32_t row, hr_feat *out)
+{
+    return hr_model_attrs(ctx, HR_TABLE_ITEM, row, out);
+}
+
+hr_status hr_model_item_attrs_acquire(const hr_model *m, const hr_attrmat **out)
+{
+    *out = NULL;
+    if (hr_model_attrs_count(m, HR_TABLE_ITEM) == 0)
+        return HR_OK;
+    hr_status st = hr_attrmat_acquire(m->item_am, read_item_attrs, (void *)m);
+    if (st == HR_OK)
+        *out = m->item_am;
+    return st;
+}
+
+void hr_model_item_attrs_release(const hr_model *m, const hr_attrmat *am)
+{
+    if (am)
+        hr_attrmat_release(m->item_am);
 }
 
 bool hr_model_attrs_pinned(const hr_model *m, hr_table_id t, uint32_t row)

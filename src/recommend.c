@@ -2,10 +2,12 @@
  * recommend.c - the k best items for a user, with final scores; see
  * recommend.h. Called from HTTP threads.
  *
- * The topk scan ranks by the partial score <v_u, v_i> + b_i (the user's
- * bias and w0 are the same for every item, so they do not change the
- * order); the final score adds them and applies the link, in double, once
- * per returned item.
+ * The topk scan ranks by the partial score <q, v_i> + b_i plus the item's
+ * catalog attributes' terms (topk.c: sum_a x_a (w_a + <q, v_a>)), q being
+ * the user's row plus its attributes' factors (the user's bias, its
+ * attributes' weights and w0 are the same for every item, so they do not
+ * change the order); the final score adds them and applies the link, in
+ * double, once per returned item.
  */
 #include "hogrec/recommend.h"
 

@@ -24,6 +24,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "hogrec/attrmat.h"
 #include "hogrec/half.h"
 #include "hogrec/sgd.h"
 
@@ -174,6 +175,103 @@ typedef struct {
     float def_score; /* score of the default row (items below min_count) */
 } scan_state;
 
+/* ---- item attributes ----
+ *
+ * An item with catalog attributes a (context rows, values x_a) scores
+ *   b_i + <q, v_i> + sum_a x_a (w_a + <q, v_a>)
+ * for the query q = v_u + the user's attributes' factors (recommend.c):
+ * the FM score's terms that depend on the item (model.h, hr_sgd_score: an
+ * id and its attributes form one side, so only pairs across the user's and
+ * the item's sides count). Per query, t_a = w_a + <q, v_a> for each
+ * attribute column of the item x attribute matrix (attrmat.h), then A t is
+ * added to each block's sgemv scores before the heap. The reference path
+ * reads each item's attributes from the model instead of the matrix, with
+ * the same arithmetic (t_a as attr_t, the sum in double), so both give the
+ * same bits.
+ */
+
+/* What the scan adds for item attributes. */
+typedef struct {
+    const hr_attrmat *am; /* held (hr_model_item_attrs_acquire); NULL: none */
+    float *t;             /* query j's t: t + j * ldt (owned) */
+    size_t ldt;           /* columns */
+    bool direct;          /* reference path: attributes read row by row */
+} attr_ctx;
+
+/* t_a = w_a + <q, v_a>, in double with one rounding. */
+static float attr_t(const hr_model *m, uint32_t ctx_row, const float *q)
+{
+    const hr_row_layout *L = hr_model_layout(m);
+    float t;
+    hr_sgd_block_scores_ref(L, hr_model_row(m, HR_TABLE_CTX, ctx_row), 1, L->stride, q, &t);
+    return t;
+}
+
+/* Sets up ac for the queries: holds the matrix and computes each query's t
+ * (reference: only notes whether any item has attributes). */
+static hr_status attr_begin(const hr_model *m, const hr_topk_request *reqs, size_t nq,
+                            bool reference, attr_ctx *ac)
+{
+    *ac = (attr_ctx){0};
+    if (reference) {
+        ac->direct = hr_model_attrs_count(m, HR_TABLE_ITEM) > 0;
+        return HR_OK;
+    }
+    hr_status st = hr_model_item_attrs_acquire(m, &ac->am);
+    if (st != HR_OK || !ac->am)
+        return st;
+    const uint32_t *cols;
+    uint32_t nc = hr_attrmat_cols(ac->am, &cols);
+    ac->ldt = nc;
+    size_t nt = nq * nc;
+    if (!(ac->t = malloc((nt ? nt : 1) * sizeof *ac->t))) {
+        hr_model_item_attrs_release(m, ac->am);
+        ac->am = NULL;
+        return HR_ENOMEM;
+    }
+    for (size_t j = 0; j < nq; j++)
+        for (uint32_t c = 0; c < nc; c++)
+            ac->t[j * nc + c] = cols[c] == HR_ATTRMAT_NONE ? 0.0f : attr_t(m, cols[c], reqs[j].q);
+    return HR_OK;
+}
+
+static void attr_end(const hr_model *m, attr_ctx *ac)
+{
+    hr_model_item_attrs_release(m, ac->am);
+    free(ac->t);
+    *ac = (attr_ctx){0};
+}
+
+/* Item row's attribute term for query j (q): what attr_block adds. */
+static float attr_row(const hr_model *m, const attr_ctx *ac, size_t j, const float *q,
+                      uint32_t row)
+{
+    if (ac->am)
+        return hr_attrmat_row(ac->am, row, ac->t + j * ac->ldt);
+    if (!ac->direct)
+        return 0;
+    hr_feat f[HR_MAX_ATTRS];
+    uint32_t n = hr_model_attrs(m, HR_TABLE_ITEM, row, f);
+    double acc = 0;
+    for (uint32_t a = 0; a < n; a++)
+        acc += (double)f[a].x * (double)attr_t(m, f[a].row, q);
+    return (float)acc;
+}
+
+/* extra[i * ld + j] = attribute term of row base + i for query j < nq. */
+static void attr_block(const hr_model *m, const attr_ctx *ac, const hr_topk_request *reqs,
+                       size_t nq, uint32_t base, uint32_t len, float *extra, size_t ld)
+{
+    memset(extra, 0, (size_t)len * ld * sizeof *extra);
+    if (ac->am) {
+        hr_attrmat_add(ac->am, base, len, ac->t, ac->ldt, nq, extra, ld);
+        return;
+    }
+    for (uint32_t i = 0; ac->direct && i < len; i++)
+        for (size_t j = 0; j < nq; j++)
+            extra[i * ld + j] = attr_row(m, ac, j, reqs[j].q, base + i);
+}
+
 static bool sparse(const hr_topk_request *r)
 {
     const hr_topk_exclude *ex = r->ex;
@@ -181,7 +279,8 @@ static bool sparse(const hr_topk_request *r)
 }
 
 /* A query whose filter keeps few rows: each allowed row scored alone. */
-static void scan_sparse(const hr_model *m, hr_topk_request *r, const float *qx, scan_state *st)
+static void scan_sparse(const hr_model *m, hr_topk_request *r, const float *qx, scan_state *st,
+                        const attr_ctx *ac, size_t j)
 {
     const hr_row_layout *L = hr_model_layout(m);
     const bool min_count = hr_model_get_config(m)->min_count > 0;
@@ -202,13 +301,15 @@ static void scan_sparse(const hr_model *m, hr_topk_request *r, const float *qx, 
             else /* [v_i, b_i] . [q, 1] */
                 s = cblas_sdot((int)L->k + 1, hr_model_row_f32(m, HR_TABLE_ITEM, row, w), 1, qx,
                                1);
+            if (ac->am || ac->direct)
+                s += attr_row(m, ac, j, r->q, row);
             hr_topk_heap_offer(&st->hp, row, s);
         }
     }
 }
 
 /* A sparse query scored alone (scan_sparse), in fp32. */
-static hr_status query_sparse(const hr_model *m, hr_topk_request *r)
+static hr_status query_sparse(const hr_model *m, hr_topk_request *r, const attr_ctx *ac, size_t j)
 {
     pthread_once(&blas_once, blas_init);
     const hr_row_layout *L = hr_model_layout(m);
@@ -222,29 +323,41 @@ static hr_status query_sparse(const hr_model *m, hr_topk_request *r)
     if (hr_model_get_config(m)->min_count > 0)
         hr_sgd_block_scores_ref(L, hr_model_row(m, HR_TABLE_ITEM, 0), 1, L->stride, r->q,
                                 &st.def_score);
-    scan_sparse(m, r, qx, &st);
+    scan_sparse(m, r, qx, &st, ac, j);
     r->n = hr_topk_heap_finish(&st.hp);
     free(qx);
     return HR_OK;
 }
 
 static hr_status query_many_half(const hr_model *m, hr_topk_request *reqs, size_t nq,
-                                 bool *done);
+                                 const attr_ctx *ac, bool *done);
+static hr_status query_many_fp32(const hr_model *m, hr_topk_request *reqs, size_t nq,
+                                 bool reference, const attr_ctx *ac);
 
 /* Scores the queries: with BLAS, or (reference) with the plain loop the
- * BLAS path is checked against. */
+ * BLAS path is checked against; item attributes held for the scan. */
 static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq, bool reference)
 {
     for (size_t j = 0; j < nq; j++)
         reqs[j].n = 0;
     if (nq == 0)
         return HR_OK;
-    if (!reference && hr_model_half_layout(m)) {
-        bool done = false;
-        hr_status hst = query_many_half(m, reqs, nq, &done);
-        if (done)
-            return hst;
-    }
+    attr_ctx ac;
+    hr_status st = attr_begin(m, reqs, nq, reference, &ac);
+    if (st != HR_OK)
+        return st;
+    bool done = false;
+    if (!reference && hr_model_half_layout(m))
+        st = query_many_half(m, reqs, nq, &ac, &done);
+    if (!done)
+        st = query_many_fp32(m, reqs, nq, reference, &ac);
+    attr_end(m, &ac);
+    return st;
+}
+
+static hr_status query_many_fp32(const hr_model *m, hr_topk_request *reqs, size_t nq,
+                                 bool reference, const attr_ctx *ac)
+{
     pthread_once(&blas_once, blas_init);
     const hr_row_layout *L = hr_model_layout(m);
     const hr_model_config *mc = hr_model_get_config(m);
@@ -260,11 +373,14 @@ static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
     enum { WIDE = 128 }; /* rows widened at a time: 33 KB at k = 64 */
     const bool widen = L->storage == HR_STORAGE_BF16 && !reference;
     float *wide = widen ? malloc((size_t)WIDE * kq * sizeof *wide) : NULL;
-    if (!qx || !scores || !ss || (widen && !wide)) {
+    const bool attrs = ac->am || ac->direct;
+    float *extra = attrs ? malloc((size_t)SUB * nq * sizeof *extra) : NULL;
+    if (!qx || !scores || !ss || (widen && !wide) || (attrs && !extra)) {
         free(wide);
         free(qx);
         free(scores);
         free(ss);
+        free(extra);
         return HR_ENOMEM;
     }
     const float *r0 = hr_model_row(m, HR_TABLE_ITEM, 0);
@@ -280,7 +396,7 @@ static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
     size_t ndense = 0;
     for (size_t j = 0; j < nq; j++) {
         if (!reference && sparse(&reqs[j]) && ss[j].hp.k > 0) {
-            scan_sparse(m, &reqs[j], qx + j * kq, &ss[j]);
+            scan_sparse(m, &reqs[j], qx + j * kq, &ss[j], ac, j);
             ss[j].hp.k = 0; /* done: the dense loop skips it */
             ss[j].threshold = INFINITY;
         } else {
@@ -319,12 +435,15 @@ static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
                             1.0f, sub, (int)ld, qx, (int)kq, 0.0f, scores, (int)nq);
             }
             const uint32_t base = b * chunk + off;
+            if (attrs) /* the items' attribute terms: A t, this slice */
+                attr_block(m, ac, reqs, nq, base, len, extra, nq);
             for (size_t j = 0; j < nq; j++) {
                 scan_state *st = &ss[j];
                 if (st->hp.k == 0)
                     continue;
                 for (uint32_t i = 0; i < len; i++) {
-                    float s = scores[i * nq + j];
+                    const float e = attrs ? extra[i * nq + j] : 0;
+                    float s = attrs ? scores[i * nq + j] + e : scores[i * nq + j];
                     /* Cheap test first: most scores cannot enter a full heap.
                      * (With min_count an item's score may be replaced below.) */
                     if (s < st->threshold && !min_count)
@@ -334,7 +453,7 @@ static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
                         hr_topk_excluded(reqs[j].ex, row))
                         continue;
                     if (min_count && hr_model_effective_row(m, HR_TABLE_ITEM, row) == 0)
-                        s = st->def_score;
+                        s = attrs ? st->def_score + e : st->def_score;
                     hr_topk_heap_offer(&st->hp, row, s);
                     if (st->hp.n == st->hp.k)
                         st->threshold = st->hp.h[0].score;
@@ -350,6 +469,7 @@ static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
     free(qx);
     free(scores);
     free(ss);
+    free(extra);
     return HR_OK;
 }
 
@@ -368,6 +488,14 @@ static hr_status query_many(const hr_model *m, hr_topk_request *reqs, size_t nq,
  * are candidates: the bound is ~2^-11 of |q| |v|. Exclusions and catalog
  * filters apply to the candidates as in the fp32 scan; a query whose filter
  * keeps few rows skips the half scan and is scored row by row in fp32.
+ *
+ * Item attributes: their term e (A t, exact fp32, computed as the fp32
+ * path and the re-score compute it) is added to s' before the bound test,
+ * so s + e lies in [s' + e - B', s' + e + B']: B' is B widened by
+ * 2^-19 (|s' + e| + |e| + B) for the roundings of the added term (the
+ * bound's own slack covers roundings of magnitude |s'| + B only; this
+ * covers eight more of magnitude |s'| + |e| + B). A default-row item
+ * (min_count) scores def + e.
  */
 
 typedef struct {
@@ -408,17 +536,21 @@ static bool cands_make_room(half_state *hs)
 /* Offers a slice's half scores of one query. False on allocation failure. */
 static bool half_offer(const hr_model *m, const hr_half_layout *H, const hr_topk_request *rq,
                        half_state *hs, const uint16_t *sub, uint32_t base, uint32_t len,
-                       const float *scores, size_t step)
+                       const float *scores, const float *extra, size_t step)
 {
     const bool min_count = hr_model_get_config(m)->min_count > 0;
-    const float c0 = hs->c[0], c1 = hs->c[1], def_score = hs->def_score;
+    const float c0 = hs->c[0], c1 = hs->c[1];
     float threshold = hs->threshold; /* a local: stores below cannot alias it */
     for (uint32_t i = 0; i < len; i++) {
-        const float s = scores[i * step];
+        const float s = scores[i * step]; /* with extra: s' + e */
+        const float e = extra ? extra[i * step] : 0;
+        const float def_score = extra ? hs->def_score + e : hs->def_score;
         const float norm = hr_half_row_norm(H, sub + (size_t)i * H->stride);
         float hi = INFINITY, lo = -INFINITY;
         if (norm < INFINITY) { /* else: out of fp16 range, always re-scored */
-            const float b = c0 * norm + c1;
+            float b = c0 * norm + c1;
+            if (extra)
+                b += 0x1p-19f * (fabsf(s) + fabsf(e) + b);
             hi = s + b;
             lo = s - b;
         }
@@ -434,7 +566,7 @@ static bool half_offer(const hr_model *m, const hr_half_layout *H, const hr_topk
             continue;
         bool def = min_count && hr_model_effective_row(m, HR_TABLE_ITEM, row) == 0;
         if (def)
-            hi = lo = hs->def_score;
+            hi = lo = def_score;
         hr_topk_heap_offer(&hs->lo, row, lo);
         if (hs->lo.n == hs->lo.k)
             hs->threshold = threshold = hs->lo.h[0].score;
@@ -457,7 +589,7 @@ typedef int32_t v8i __attribute__((vector_size(32)));
  * only the queries that pass go through half_offer. */
 static bool half_offer_batch(const hr_model *m, const hr_half_layout *H, hr_topk_request *reqs,
                              size_t nq, half_state *hs, const uint16_t *sub, uint32_t base,
-                             uint32_t len, const float *scores, size_t nq8)
+                             uint32_t len, const float *scores, const float *extra, size_t nq8)
 {
     const bool min_count = hr_model_get_config(m)->min_count > 0;
     for (size_t g = 0; g < nq8; g += 8) {
@@ -475,7 +607,14 @@ static bool half_offer_batch(const hr_model *m, const hr_half_layout *H, hr_topk
             memcpy(&s, scores + (size_t)i * nq8 + g, sizeof s);
             norm = (v8f){0} + hr_half_row_norm(H, sub + (size_t)i * H->stride);
             /* an upper bound (NaN for an infinite norm: tested below) */
-            v8i pass = (s + (c0 * norm + c1)) >= thr;
+            v8f b = c0 * norm + c1;
+            if (extra) { /* widened as in half_offer */
+                v8f e;
+                memcpy(&e, extra + (size_t)i * nq8 + g, sizeof e);
+                const v8i mag = (v8i){0} + 0x7fffffff; /* clears the sign: |x| */
+                b += 0x1p-19f * ((v8f)((v8i)s & mag) + (v8f)((v8i)e & mag) + b);
+            }
+            v8i pass = (s + b) >= thr;
             bool wide = !(norm[0] < INFINITY);
             int any = 0;
             for (int l = 0; l < 8; l++)
@@ -487,7 +626,8 @@ static bool half_offer_batch(const hr_model *m, const hr_half_layout *H, hr_topk
                 if (j >= nq || reqs[j].k == 0 || hs[j].alone || !(pass[l] || wide))
                     continue;
                 if (!half_offer(m, H, &reqs[j], &hs[j], sub + (size_t)i * H->stride, base + i,
-                                1, scores + (size_t)i * nq8 + j, nq8))
+                                1, scores + (size_t)i * nq8 + j,
+                                extra ? extra + (size_t)i * nq8 + j : NULL, nq8))
                     return false;
                 if (!min_count)
                     thr[l] = hs[j].threshold;
@@ -501,7 +641,7 @@ static bool half_offer_batch(const hr_model *m, const hr_half_layout *H, hr_topk
  * false (and nothing written) when a query has no bound (not finite): the
  * caller scores the batch in fp32 instead. */
 static hr_status query_many_half(const hr_model *m, hr_topk_request *reqs, size_t nq,
-                                 bool *done)
+                                 const attr_ctx *ac, bool *done)
 {
     const hr_half_layout *H = hr_model_half_layout(m);
     const hr_row_layout *L = hr_model_layout(m);
@@ -515,13 +655,14 @@ static hr_status query_many_half(const hr_model *m, hr_topk_request *reqs, size_
     float *qx = calloc(nq * dims, sizeof *qx);
     float *scores = malloc((size_t)SUB * nq8 * sizeof *scores);
     float *qt = nq > 1 ? calloc(dims * nq8, sizeof *qt) : NULL;
+    float *extra = ac->am ? malloc((size_t)SUB * nq8 * sizeof *extra) : NULL;
     half_state *hs = calloc(nq, sizeof *hs);
     size_t lo_total = 0;
     for (size_t j = 0; j < nq; j++)
         lo_total += reqs[j].k;
     hr_topk_item *lo_st = malloc((lo_total ? lo_total : 1) * sizeof *lo_st);
     hr_status st = HR_OK;
-    if (!qx || !scores || (nq > 1 && !qt) || !hs || !lo_st) {
+    if (!qx || !scores || (nq > 1 && !qt) || !hs || !lo_st || (ac->am && !extra)) {
         st = HR_ENOMEM;
         *done = true;
         goto out;
@@ -554,7 +695,7 @@ static hr_status query_many_half(const hr_model *m, hr_topk_request *reqs, size_
     for (size_t j = 0; j < nq; j++) {
         if (reqs[j].k > 0 && sparse(&reqs[j])) {
             hs[j].alone = true;
-            if ((st = query_sparse(m, &reqs[j])) != HR_OK)
+            if ((st = query_sparse(m, &reqs[j], ac, j)) != HR_OK)
                 goto out;
         } else {
             nscan++;
@@ -572,10 +713,15 @@ static hr_status query_many_half(const hr_model *m, hr_topk_request *reqs, size_
                 hr_half_block_scores(H, sub, len, qx, scores);
             else
                 hr_half_block_scores_many(H, sub, len, qt, (uint32_t)nq8, scores);
+            if (extra) { /* the items' attribute terms, added before the bound test */
+                attr_block(m, ac, reqs, nq, b * chunk + off, len, extra, nq8);
+                for (size_t x = 0; x < (size_t)len * nq8; x++)
+                    scores[x] += extra[x];
+            }
             bool ok = nq == 1 ? reqs[0].k == 0 || hs[0].alone || half_offer(m, H, &reqs[0], &hs[0], sub,
-                                                             b * chunk + off, len, scores, 1)
+                                                             b * chunk + off, len, scores, extra, 1)
                               : half_offer_batch(m, H, reqs, nq, hs, sub, b * chunk + off, len,
-                                                 scores, nq8);
+                                                 scores, extra, nq8);
             if (!ok) {
                 st = HR_ENOMEM;
                 goto out;
@@ -595,6 +741,8 @@ static hr_status query_many_half(const hr_model *m, hr_topk_request *reqs, size_
             if (!c->def)
                 hr_sgd_block_scores_ref(L, hr_model_row(m, HR_TABLE_ITEM, c->row), 1, L->stride,
                                         reqs[j].q, &s);
+            if (ac->am) /* as the fp32 path adds it */
+                s += attr_row(m, ac, j, reqs[j].q, c->row);
             hr_topk_heap_offer(&hp, c->row, s);
         }
         reqs[j].n = hr_topk_heap_finish(&hp);
@@ -605,6 +753,7 @@ out:
     free(qx);
     free(scores);
     free(qt);
+    free(extra);
     free(hs);
     free(lo_st);
     return st;

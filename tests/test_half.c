@@ -271,6 +271,36 @@ static void test_error_bound_adversarial(void **state)
 
 typedef enum { DATA_RANDOM, DATA_NEAR_TIES } data_kind;
 
+/* Whether make_model gives items catalog attributes (add_attrs). */
+static bool with_attrs;
+
+/* Item attributes as the catalog sets them: random context rows (all 16),
+ * and 1-3 of them on four items in five (one in seven numeric). */
+static void add_attrs(hr_model *m, uint64_t seed)
+{
+    const hr_row_layout *L = hr_model_layout(m);
+    float *row = calloc(L->floats, sizeof *row);
+    hr_rng rng;
+    hr_rng_seed(&rng, seed ^ 0x5eed);
+    for (uint32_t r = 0; r < hr_model_rows(m, HR_TABLE_CTX); r++) {
+        hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_CTX, r), row);
+        for (uint32_t d = 0; d <= L->k; d++)
+            row[d] = (float)hr_rng_normal(&rng) * 0.3f;
+        hr_sgd_row_write(L, hr_model_row(m, HR_TABLE_CTX, r), row);
+    }
+    for (uint32_t r = 1; r < hr_model_rows(m, HR_TABLE_ITEM); r++) {
+        if (r % 5 == 0)
+            continue;
+        hr_feat f[3];
+        uint32_t na = 1 + (uint32_t)(hr_rng_next(&rng) % 3);
+        for (uint32_t a = 0; a < na; a++)
+            f[a] = (hr_feat){(uint32_t)(hr_rng_next(&rng) % hr_model_rows(m, HR_TABLE_CTX)),
+                             r % 7 == 0 ? (float)hr_rng_normal(&rng) : 1.0f};
+        assert_int_equal(hr_model_set_attrs(m, HR_TABLE_ITEM, r, f, na, true), HR_OK);
+    }
+    free(row);
+}
+
 /* A model of `items` items at k, f16 or f32; the same rows for the same
  * seed whatever the precision. */
 static hr_model *make_model(uint32_t k, uint32_t items, uint64_t seed, bool half, data_kind dk,
@@ -332,6 +362,8 @@ static hr_model *make_model(uint32_t k, uint32_t items, uint64_t seed, bool half
     hr_config_free(&c);
     free(row);
     free(base);
+    if (with_attrs)
+        add_attrs(m, seed);
     return m;
 }
 
@@ -561,6 +593,44 @@ static void test_topk_catalog_filters(void **state)
     check_catalog_filters(3); /* rows below min_count score as row 0 */
 }
 
+/* Items with catalog attributes: their term (exact fp32) joins the half
+ * score before the bound test, and the result still equals the fp32
+ * reference loop's (which reads the attributes row by row, not through the
+ * matrix) bit for bit: random and near-tie data, min_count, filters. */
+static void test_topk_attrs_equal_fp32(void **state)
+{
+    (void)state;
+    with_attrs = true;
+    hr_model *mh = make_model(64, 5000, 33, true, DATA_RANDOM, 0);
+    hr_model *mf = make_model(64, 5000, 33, false, DATA_RANDOM, 0);
+    assert_true(hr_model_attrs_count(mh, HR_TABLE_ITEM) > 3000);
+    assert_int_equal(compare_many(mh, mf, 64, 200, 1100, DATA_RANDOM), 0);
+    hr_model_destroy(mh);
+    hr_model_destroy(mf);
+    mh = make_model(64, 6000, 43, true, DATA_NEAR_TIES, 0);
+    mf = make_model(64, 6000, 43, false, DATA_NEAR_TIES, 0);
+    assert_int_equal(compare_many(mh, mf, 64, 200, 3100, DATA_NEAR_TIES), 0);
+    hr_half_set_fast(false);
+    assert_int_equal(compare_many(mh, mf, 64, 48, 7100, DATA_NEAR_TIES), 0);
+    hr_half_set_fast(true);
+    hr_model_destroy(mh);
+    hr_model_destroy(mf);
+    mh = make_model(16, 3000, 53, true, DATA_RANDOM, 3);
+    mf = make_model(16, 3000, 53, false, DATA_RANDOM, 3);
+    assert_int_equal(compare_many(mh, mf, 16, 200, 4100, DATA_RANDOM), 0);
+    hr_model_destroy(mh);
+    hr_model_destroy(mf);
+    check_catalog_filters(0);
+    check_catalog_filters(3);
+}
+
+static int attrs_off(void **state)
+{
+    (void)state;
+    with_attrs = false; /* also when the test failed midway */
+    return 0;
+}
+
 /* Position of row in a result list (n if absent). */
 static size_t rank_of(const hr_topk_item *a, size_t n, uint32_t row)
 {
@@ -729,6 +799,7 @@ int main(void)
         cmocka_unit_test(test_topk_equals_fp32_near_ties),
         cmocka_unit_test(test_topk_min_count),
         cmocka_unit_test(test_topk_catalog_filters),
+        cmocka_unit_test_teardown(test_topk_attrs_equal_fp32, attrs_off),
         cmocka_unit_test(test_changes_reach_the_half_copy),
         cmocka_unit_test(test_queries_while_training),
         cmocka_unit_test(test_nonfinite_query_falls_back),

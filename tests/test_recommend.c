@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "hogrec/app.h"
+#include "hogrec/catalog.h"
 #include "hogrec/recommend.h"
 #include "hogrec/sgd.h"
 #include "testutil.h"
@@ -243,6 +244,109 @@ static void test_unknown_user_gets_popular(void **state)
     hr_app_close(app, true);
 }
 
+/* Writes an item's catalog record (JSON text) through the catalog. */
+static void put_item(hr_app *app, const char *id, const char *record)
+{
+    json_error_t jerr;
+    json_t *obj = json_loads(record, 0, &jerr);
+    assert_non_null(obj);
+    hr_catalog_record rec;
+    hr_error err = {{0}, {0}};
+    assert_int_equal(hr_catalog_parse(obj, id, strlen(id), &rec, &err), HR_OK);
+    assert_int_equal(hr_catalog_put(app->catalog, HR_CATALOG_ITEM, &rec, 1, NULL, &err), HR_OK);
+    json_decref(obj);
+}
+
+/* An item whose own row ranks it last for a user gets a catalog category
+ * that the model weighs high: it is the user's first recommendation, every
+ * score is the model's prediction, best first, and no item left out
+ * predicts better (top-K ranks with the items' attributes, not only their
+ * own rows); the batcher gives the same. */
+static void test_item_attribute_ranks_item_first(void **state)
+{
+    (void)state;
+    hr_app *app = trained_app("logistic");
+    hr_model *m = app->model;
+    const hr_row_layout *L = hr_model_layout(m);
+    uint32_t u = row_of(app, HR_TABLE_USER, "u3");
+    char id[16];
+    for (unsigned i = 0; i < ITEMS; i += 3) { /* other items: a genre each */
+        snprintf(id, sizeof id, "i%u", i);
+        char rec[64];
+        snprintf(rec, sizeof rec, "{\"features\": {\"genre\": \"g%u\"}}", i % 4);
+        put_item(app, id, rec);
+    }
+    uint32_t worst = 0;
+    double worst_p = INFINITY;
+    for (unsigned i = 0; i < ITEMS; i++) {
+        snprintf(id, sizeof id, "i%u", i);
+        uint32_t r = row_of(app, HR_TABLE_ITEM, id);
+        hr_event ev = {.user = u, .item = r, .weight = 1};
+        double p = r != HR_ID_NONE && i % 3 ? hr_model_predict(m, &ev) : INFINITY;
+        if (p < worst_p) {
+            worst_p = p;
+            worst = r;
+        }
+    }
+    size_t len;
+    const char *wid = hr_model_key(m, HR_TABLE_ITEM, worst, &len);
+    snprintf(id, sizeof id, "%.*s", (int)len, wid);
+    /* a category whose context row no genre shares (the table is hashed) */
+    hr_feat f[HR_MAX_ATTRS];
+    bool alone = false;
+    for (int c = 0; c < 64 && !alone; c++) {
+        char rec[64];
+        snprintf(rec, sizeof rec, "{\"categories\": [\"staff-pick-%d\"]}", c);
+        put_item(app, id, rec);
+        assert_int_equal(hr_model_attrs(m, HR_TABLE_ITEM, worst, f), 1);
+        alone = true;
+        for (uint32_t r = 1; r < hr_model_rows(m, HR_TABLE_ITEM); r++) {
+            hr_feat g[HR_MAX_ATTRS];
+            uint32_t na = r == worst ? 0 : hr_model_attrs(m, HR_TABLE_ITEM, r, g);
+            for (uint32_t a = 0; a < na; a++)
+                alone &= g[a].row != f[0].row;
+        }
+    }
+    assert_true(alone);
+    /* the category's weight: +4 to the item's logit (x is the category's value) */
+    float *row = calloc(L->floats, sizeof *row);
+    hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_CTX, f[0].row), row);
+    row[L->bias] += 4.0f / f[0].x;
+    hr_sgd_row_write(L, hr_model_row(m, HR_TABLE_CTX, f[0].row), row);
+    free(row);
+
+    hr_recommend_query q = {u, 5, false, NULL, 0, NULL, 0, 0};
+    hr_recommend_item out[5], out2[5];
+    size_t n, n2;
+    bool fallback = true;
+    assert_int_equal(hr_recommend(m, app->events, NULL, &q, out, &n, &fallback), HR_OK);
+    assert_false(fallback);
+    assert_int_equal(n, 5);
+    assert_int_equal(out[0].row, worst);
+    for (size_t j = 0; j < n; j++) {
+        hr_event ev = {.user = u, .item = out[j].row, .weight = 1};
+        assert_true(fabs(out[j].score - hr_model_predict(m, &ev)) <= 1e-6);
+        if (j > 0)
+            assert_true(out[j - 1].score >= out[j].score);
+    }
+    for (uint32_t r = 1; r < hr_model_rows(m, HR_TABLE_ITEM); r++) {
+        bool returned = false;
+        for (size_t j = 0; j < n; j++)
+            returned |= out[j].row == r;
+        hr_event ev = {.user = u, .item = r, .weight = 1};
+        if (!returned && hr_model_key(m, HR_TABLE_ITEM, r, NULL))
+            assert_true(hr_model_predict(m, &ev) <= out[n - 1].score + 1e-6);
+    }
+    hr_topk_batcher *b;
+    assert_int_equal(hr_topk_batcher_create(m, 8, &b), HR_OK);
+    assert_int_equal(hr_recommend(m, app->events, b, &q, out2, &n2, &fallback), HR_OK);
+    assert_int_equal(n2, n);
+    for (size_t j = 0; j < n; j++)
+        assert_int_equal(out2[j].row, out[j].row);
+    hr_topk_batcher_destroy(b);
+    hr_app_close(app, true);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -250,6 +354,7 @@ int main(void)
         cmocka_unit_test(test_known_user_final_scores_squared),
         cmocka_unit_test(test_exclusions),
         cmocka_unit_test(test_unknown_user_gets_popular),
+        cmocka_unit_test(test_item_attribute_ranks_item_first),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

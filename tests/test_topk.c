@@ -592,6 +592,335 @@ static void test_batcher_under_concurrent_queries(void **state)
     hr_model_destroy(m);
 }
 
+/* ---- item attributes ----
+ *
+ * Items carry catalog attributes (context rows and values, as the catalog
+ * sets them); top-K must rank by the model's own prediction of each pair,
+ * attributes included. The model uses squared loss, so a prediction is the
+ * raw FM score and the check needs no link inverted. */
+
+enum { ATTR_ITEMS = 1500, ATTR_USERS = 24, ATTR_K = 16 };
+
+/* Random rows for every table; items with 1-3 attributes among 20 context
+ * rows (every fifth none; one in seven a numeric value), every third user
+ * with two of its own. With min_count, every fourth item is below it and
+ * scores through row 0. */
+static hr_model *make_attr_model(bool half, uint32_t min_count, uint64_t seed)
+{
+    hr_config c;
+    hr_config_defaults(&c);
+    c.k = ATTR_K;
+    c.loss = HR_LOSS_SQUARED;
+    c.max_users = 64;
+    c.max_items = 4096;
+    c.chunk_rows = 512; /* several blocks (and SUB slices within one) */
+    c.context_bits = 8;
+    c.min_count = min_count;
+    c.topk_precision = half ? HR_CONFIG_TOPK_F16 : HR_CONFIG_TOPK_F32;
+    hr_schedule s;
+    hr_schedule_defaults(&s);
+    hr_model_config mc;
+    assert_int_equal(hr_model_config_from(&c, &s, &mc, NULL), HR_OK);
+    hr_model *m = NULL;
+    assert_int_equal(hr_model_create(&mc, &m, NULL), HR_OK);
+    const hr_row_layout *L = hr_model_layout(m);
+    float *row = calloc(L->floats, sizeof *row);
+    hr_rng rng;
+    hr_rng_seed(&rng, seed);
+    for (uint32_t r = 0; r < hr_model_rows(m, HR_TABLE_CTX); r++) {
+        hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_CTX, r), row);
+        for (uint32_t d = 0; d <= ATTR_K; d++)
+            row[d] = (float)hr_rng_normal(&rng) * 0.5f;
+        hr_sgd_row_write(L, hr_model_row(m, HR_TABLE_CTX, r), row);
+    }
+    hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_GLOBAL, 0), row);
+    row[L->bias] = 0.25f;
+    hr_sgd_row_write(L, hr_model_row(m, HR_TABLE_GLOBAL, 0), row);
+    for (int t = HR_TABLE_USER; t <= HR_TABLE_ITEM; t++) {
+        uint32_t n = t == HR_TABLE_USER ? ATTR_USERS : ATTR_ITEMS;
+        for (uint32_t i = 0; i <= n; i++) {
+            uint32_t r = 0;
+            if (i > 0) { /* row 0: the default row, given values too */
+                char id[32];
+                int len = snprintf(id, sizeof id, "%c%u", t == HR_TABLE_USER ? 'u' : 'i', i);
+                assert_int_equal(hr_model_intern(m, (hr_table_id)t, id, (size_t)len, &r, NULL),
+                                 HR_OK);
+            }
+            hr_sgd_row_read(L, hr_model_row(m, (hr_table_id)t, r), row);
+            for (uint32_t d = 0; d <= ATTR_K; d++)
+                row[d] = (float)hr_rng_normal(&rng) * 0.3f;
+            uint32_t count = t == HR_TABLE_ITEM && i % 4 == 0 ? 0 : min_count;
+            memcpy(row + L->count, &count, sizeof count);
+            hr_sgd_row_write(L, hr_model_row(m, (hr_table_id)t, r), row);
+            if (r == 0)
+                continue;
+            hr_feat f[3];
+            uint32_t na = 0;
+            if (t == HR_TABLE_ITEM && i % 5 != 0) {
+                na = 1 + (uint32_t)(hr_rng_next(&rng) % 3);
+                for (uint32_t a = 0; a < na; a++)
+                    f[a] = (hr_feat){(uint32_t)(hr_rng_next(&rng) % 20),
+                                     i % 7 == 0 ? (float)hr_rng_normal(&rng) : 1.0f};
+            } else if (t == HR_TABLE_USER && i % 3 == 0) {
+                na = 2;
+                f[0] = (hr_feat){100 + (uint32_t)(hr_rng_next(&rng) % 10), 1.0f};
+                f[1] = (hr_feat){110 + (uint32_t)(hr_rng_next(&rng) % 10), 1.0f};
+            }
+            if (na)
+                assert_int_equal(hr_model_set_attrs(m, (hr_table_id)t, r, f, na, true), HR_OK);
+        }
+    }
+    hr_config_free(&c);
+    free(row);
+    return m;
+}
+
+/* The query of user u as recommend forms it (q = v_u + the user's
+ * attributes' factors) and the part of its score no item changes
+ * (w0 + b_u + the user's attributes' weights). */
+static double user_query(const hr_model *m, uint32_t u, float *q)
+{
+    const hr_row_layout *L = hr_model_layout(m);
+    const float *vu = hr_model_row(m, HR_TABLE_USER, hr_model_effective_row(m, HR_TABLE_USER, u));
+    double base = (double)hr_model_row(m, HR_TABLE_GLOBAL, 0)[L->bias] + vu[L->bias];
+    memcpy(q, vu, L->k * sizeof *q);
+    hr_feat f[HR_MAX_ATTRS];
+    uint32_t na = hr_model_attrs(m, HR_TABLE_USER, u, f);
+    for (uint32_t a = 0; a < na; a++) {
+        const float *v = hr_model_row(m, HR_TABLE_CTX, f[a].row);
+        base += (double)f[a].x * v[L->bias];
+        for (uint32_t d = 0; d < L->k; d++)
+            q[d] += f[a].x * v[d];
+    }
+    return base;
+}
+
+static bool attr_close(double x, double y)
+{
+    return fabs(x - y) <= 2e-4 * (1 + fabs(y));
+}
+
+/* got (n items for user u, k asked) against the model's prediction of
+ * every eligible item: each score + base is the prediction, best first,
+ * and no eligible item left out predicts better than the last returned. */
+static void check_attr_result(const hr_model *m, uint32_t u, double base, uint32_t k,
+                              const hr_topk_exclude *ex, const hr_topk_item *got, size_t n)
+{
+    uint32_t rows = hr_model_rows(m, HR_TABLE_ITEM);
+    double *pred = calloc(rows, sizeof *pred);
+    bool *in_got = calloc(rows, sizeof *in_got);
+    size_t eligible = 0;
+    for (uint32_t r = 1; r < rows; r++) {
+        hr_event ev = {.user = u, .item = r};
+        pred[r] = hr_model_predict(m, &ev);
+        eligible += hr_model_key(m, HR_TABLE_ITEM, r, NULL) && !hr_topk_excluded(ex, r);
+    }
+    assert_int_equal(n, eligible < k ? eligible : k);
+    for (size_t i = 0; i < n; i++) {
+        assert_true(got[i].row > 0 && got[i].row < rows);
+        assert_false(hr_topk_excluded(ex, got[i].row));
+        in_got[got[i].row] = true;
+        if (!attr_close(got[i].score + base, pred[got[i].row]))
+            fail_msg("user %u item %u: top-K score %.7g, prediction %.7g", u, got[i].row,
+                     got[i].score + base, pred[got[i].row]);
+        if (i > 0)
+            assert_true(got[i - 1].score >= got[i].score);
+    }
+    double last = n ? pred[got[n - 1].row] : INFINITY;
+    for (uint32_t r = 1; r < rows; r++) {
+        if (in_got[r] || !hr_model_key(m, HR_TABLE_ITEM, r, NULL) || hr_topk_excluded(ex, r))
+            continue;
+        if (pred[r] > last && !attr_close(pred[r], last))
+            fail_msg("user %u: item %u (prediction %.7g) missing from the top %u (last %.7g)", u,
+                     r, pred[r], k, last);
+    }
+    free(pred);
+    free(in_got);
+}
+
+/* Every user, with no filter, a filter keeping ~40% (the scan) and one
+ * keeping ~10% (row by row), k 1, 10 and 50; single, reference and
+ * batched queries. */
+static void check_attr_model(const hr_model *m, uint64_t seed)
+{
+    uint32_t rows = hr_model_rows(m, HR_TABLE_ITEM);
+    uint64_t allow[2][4096 / 64] = {{0}};
+    uint32_t counts[2] = {0, 0};
+    hr_rng rng;
+    hr_rng_seed(&rng, seed);
+    for (uint32_t r = 1; r < rows; r++) {
+        uint64_t x = hr_rng_next(&rng) % 100;
+        for (int f = 0; f < 2; f++) {
+            if (x < (f == 0 ? 40u : 10u)) {
+                allow[f][r / 64] |= 1ull << (r % 64);
+                counts[f]++;
+            }
+        }
+    }
+    uint32_t ex_rows[] = {2, 7, 600};
+    const hr_topk_exclude filters[3] = {{ex_rows, 3, NULL, 0, 0},
+                                        {ex_rows, 3, allow[0], rows, counts[0]},
+                                        {NULL, 0, allow[1], rows, counts[1]}};
+    const uint32_t ks[] = {1, 10, 50};
+    hr_topk_item got[50], ref[50];
+    float q[ATTR_USERS][ATTR_K];
+    double base[ATTR_USERS];
+    hr_topk_request reqs[ATTR_USERS];
+    hr_topk_item batched[ATTR_USERS][50];
+    for (int f = 0; f < 3; f++) {
+        for (uint32_t u = 1; u <= ATTR_USERS; u++) {
+            uint32_t k = ks[u % 3];
+            base[u - 1] = user_query(m, u, q[u - 1]);
+            size_t n, nr;
+            assert_int_equal(hr_topk_query(m, q[u - 1], k, &filters[f], got, &n), HR_OK);
+            check_attr_result(m, u, base[u - 1], k, &filters[f], got, n);
+            assert_int_equal(hr_topk_query_ref(m, q[u - 1], k, &filters[f], ref, &nr), HR_OK);
+            check_attr_result(m, u, base[u - 1], k, &filters[f], ref, nr);
+            reqs[u - 1] = (hr_topk_request){q[u - 1], k, &filters[f], batched[u - 1], 0};
+        }
+        assert_int_equal(hr_topk_query_many(m, reqs, ATTR_USERS), HR_OK);
+        for (uint32_t u = 1; u <= ATTR_USERS; u++)
+            check_attr_result(m, u, base[u - 1], reqs[u - 1].k, &filters[f], batched[u - 1],
+                              reqs[u - 1].n);
+    }
+}
+
+static void test_attrs_rank_as_predicted(void **state)
+{
+    (void)state;
+    for (int half = 0; half < 2; half++) {
+        for (uint32_t min_count = 0; min_count <= 2; min_count += 2) {
+            hr_model *m = make_attr_model(half, min_count, 77 + (uint64_t)half);
+            check_attr_model(m, 5);
+            hr_model_destroy(m);
+        }
+    }
+}
+
+/* One item whose own row ranks it last for a user but whose attribute
+ * makes it the user's best item; then the attribute changes (the matrix
+ * follows) and is removed (the item falls back). */
+static void test_attr_makes_item_best(void **state)
+{
+    (void)state;
+    for (int half = 0; half < 2; half++) {
+        hr_model *m = make_attr_model(half, 0, 91);
+        const hr_row_layout *L = hr_model_layout(m);
+        float q[ATTR_K];
+        const uint32_t u = 2; /* no attributes of its own */
+        double base = user_query(m, u, q);
+        /* the user's worst item by its own row */
+        uint32_t worst = 0;
+        float worst_s = INFINITY;
+        for (uint32_t r = 1; r < hr_model_rows(m, HR_TABLE_ITEM); r++) {
+            float s;
+            hr_sgd_block_scores_ref(L, hr_model_row(m, HR_TABLE_ITEM, r), 1, L->stride, q, &s);
+            if (s < worst_s) {
+                worst_s = s;
+                worst = r;
+            }
+        }
+        /* an attribute (context row 200, no other item has it) worth more
+         * than any item's score: w_a = 50 */
+        float *row = calloc(L->floats, sizeof *row);
+        hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_CTX, 200), row);
+        row[L->bias] = 50.0f;
+        hr_sgd_row_write(L, hr_model_row(m, HR_TABLE_CTX, 200), row);
+        hr_feat f = {200, 1.0f};
+        assert_int_equal(hr_model_set_attrs(m, HR_TABLE_ITEM, worst, &f, 1, true), HR_OK);
+        hr_topk_item got[10];
+        size_t n;
+        assert_int_equal(hr_topk_query(m, q, 10, NULL, got, &n), HR_OK);
+        assert_int_equal(n, 10);
+        assert_int_equal(got[0].row, worst);
+        check_attr_result(m, u, base, 10, NULL, got, n);
+        /* the attribute's value changes to -1: now the worst again */
+        f.x = -1.0f;
+        assert_int_equal(hr_model_set_attrs(m, HR_TABLE_ITEM, worst, &f, 1, true), HR_OK);
+        assert_int_equal(hr_topk_query(m, q, 10, NULL, got, &n), HR_OK);
+        for (size_t i = 0; i < n; i++)
+            assert_int_not_equal(got[i].row, worst);
+        check_attr_result(m, u, base, 10, NULL, got, n);
+        /* removed, then set on another item in another block */
+        assert_int_equal(hr_model_set_attrs(m, HR_TABLE_ITEM, worst, NULL, 0, false), HR_OK);
+        f.x = 1.0f;
+        assert_int_equal(hr_model_set_attrs(m, HR_TABLE_ITEM, 1400, &f, 1, true), HR_OK);
+        assert_int_equal(hr_topk_query(m, q, 10, NULL, got, &n), HR_OK);
+        assert_int_equal(got[0].row, 1400);
+        check_attr_result(m, u, base, 10, NULL, got, n);
+        free(row);
+        hr_model_destroy(m);
+    }
+}
+
+typedef struct {
+    hr_model *m;
+    uint64_t seed;
+    int rounds;
+    int bad; /* queries that failed or returned an unsorted list */
+} attr_worker;
+
+static void *attr_writer(void *arg)
+{
+    attr_worker *w = arg;
+    hr_rng rng;
+    hr_rng_seed(&rng, w->seed);
+    for (int i = 0; i < w->rounds; i++) {
+        uint32_t r = 1 + (uint32_t)(hr_rng_next(&rng) % ATTR_ITEMS);
+        hr_feat f[2] = {{(uint32_t)(hr_rng_next(&rng) % 40), 1.0f},
+                        {(uint32_t)(hr_rng_next(&rng) % 40), (float)hr_rng_normal(&rng)}};
+        uint32_t na = (uint32_t)(hr_rng_next(&rng) % 3);
+        if (hr_model_set_attrs(w->m, HR_TABLE_ITEM, r, f, na, na > 0) != HR_OK)
+            w->bad++;
+    }
+    return NULL;
+}
+
+static void *attr_reader(void *arg)
+{
+    attr_worker *w = arg;
+    float q[ATTR_K];
+    hr_topk_item got[20];
+    for (int i = 0; i < w->rounds; i++) {
+        random_query(q, ATTR_K, w->seed + (uint64_t)i);
+        size_t n;
+        if (hr_topk_query(w->m, q, 20, NULL, got, &n) != HR_OK || n != 20)
+            w->bad++;
+        for (size_t j = 1; j < n; j++)
+            w->bad += got[j - 1].score < got[j].score;
+    }
+    return NULL;
+}
+
+/* Attribute changes while queries scan (the matrix is rebuilt under its
+ * write lock, scans hold the read side): every query answers, and once
+ * the writer is done the ranking follows the last attributes. */
+static void test_attrs_change_while_querying(void **state)
+{
+    (void)state;
+    for (int half = 0; half < 2; half++) {
+        hr_model *m = make_attr_model(half, 0, 101);
+        attr_worker w[3] = {{m, 1, 3000, 0}, {m, 2, 150, 0}, {m, 3, 150, 0}};
+        pthread_t th[3];
+        assert_int_equal(pthread_create(&th[0], NULL, attr_writer, &w[0]), 0);
+        for (int i = 1; i < 3; i++)
+            assert_int_equal(pthread_create(&th[i], NULL, attr_reader, &w[i]), 0);
+        for (int i = 0; i < 3; i++) {
+            pthread_join(th[i], NULL);
+            assert_int_equal(w[i].bad, 0);
+        }
+        for (uint32_t u = 1; u <= 4; u++) {
+            float q[ATTR_K];
+            double base = user_query(m, u, q);
+            hr_topk_item got[10];
+            size_t n;
+            assert_int_equal(hr_topk_query(m, q, 10, NULL, got, &n), HR_OK);
+            check_attr_result(m, u, base, 10, NULL, got, n);
+        }
+        hr_model_destroy(m);
+    }
+}
+
 int main(int argc, char **argv)
 {
     (void)argc;
@@ -610,6 +939,9 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_query_nonfinite_scores),
         cmocka_unit_test(test_history_recent_and_popular),
         cmocka_unit_test(test_dedup_window),
+        cmocka_unit_test(test_attrs_rank_as_predicted),
+        cmocka_unit_test(test_attr_makes_item_best),
+        cmocka_unit_test(test_attrs_change_while_querying),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -35,6 +35,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hogrec/attrmat.h"
 #include "hogrec/common.h"
 #include "hogrec/config.h"
 #include "hogrec/event.h"
@@ -288,6 +289,13 @@ hr_status hr_model_set_attrs(hr_model *m, hr_table_id t, uint32_t row, const hr_
 uint32_t hr_model_attrs(const hr_model *m, hr_table_id t, uint32_t row, hr_feat *out);
 /* How many rows of a table have attributes now. */
 uint32_t hr_model_attrs_count(const hr_model *m, hr_table_id t);
+/* The item x attribute matrix of the top-K scan (attrmat.h), brought up to
+ * date with the items' attributes and held for reading: *out is borrowed
+ * until hr_model_item_attrs_release, or NULL (nothing held) when no item
+ * has attributes. HR_ENOMEM (nothing held) if it could not be rebuilt. */
+hr_status hr_model_item_attrs_acquire(const hr_model *m, const hr_attrmat **out);
+/* Releases what hr_model_item_attrs_acquire gave (NULL is a no-op). */
+void hr_model_item_attrs_release(const hr_model *m, const hr_attrmat *am);
 /* Whether the row is pinned (hr_model_set_attrs). */
 bool hr_model_attrs_pinned(const hr_model *m, hr_table_id t, uint32_t row);
 /* Marks the context rows of ev's user and item attributes changed (the

@@ -1,9 +1,11 @@
 /*
  * topk.h - the k best items for a query vector: score every item row of the
  * model (one cblas_sgemv per item storage block over the first k+1 columns,
- * query [q, 1], so each score is <q, v_i> + b_i) and keep the best in a
- * partial heap. Rows without a key (row 0, freed rows) and excluded rows are
- * skipped. The BLAS path is checked against hr_sgd_block_scores_ref
+ * query [q, 1], so each score is <q, v_i> + b_i), add each item's catalog
+ * attributes' term sum_a x_a (w_a + <q, v_a>) (the item x attribute matrix,
+ * attrmat.h: A t per block, t_a computed once per query), and keep the best
+ * in a partial heap. Rows without a key (row 0, freed rows) and excluded
+ * rows are skipped. The BLAS path is checked against hr_sgd_block_scores_ref
  * (hr_topk_query_ref runs that plain loop instead, for tests and benchmarks).
  *
  * Threads: any; reads live rows without locks (a query may see a row half
@@ -20,7 +22,9 @@
 #include "hogrec/common.h"
 #include "hogrec/model.h"
 
-/* One result: item row and its raw partial score <q, v_i> + b_i. */
+/* One result: item row and its raw partial score <q, v_i> + b_i plus its
+ * attributes' term (the model's score of the pair less what every item
+ * shares: w0, the user's bias and its attributes' weights). */
 typedef struct {
     uint32_t row;
     float score;
