@@ -605,7 +605,8 @@ enum { ATTR_ITEMS = 1500, ATTR_USERS = 24, ATTR_K = 16 };
  * rows (every fifth none; one in seven a numeric value), every third user
  * with two of its own. With min_count, every fourth item is below it and
  * scores through row 0. */
-static hr_model *make_attr_model(bool half, uint32_t min_count, uint64_t seed)
+static hr_model *make_attr_model(bool half, uint32_t min_count, uint64_t seed,
+                                 hr_storage storage)
 {
     hr_config c;
     hr_config_defaults(&c);
@@ -617,25 +618,28 @@ static hr_model *make_attr_model(bool half, uint32_t min_count, uint64_t seed)
     c.context_bits = 8;
     c.min_count = min_count;
     c.topk_precision = half ? HR_CONFIG_TOPK_F16 : HR_CONFIG_TOPK_F32;
+    c.storage = storage;
     hr_schedule s;
     hr_schedule_defaults(&s);
     hr_model_config mc;
     assert_int_equal(hr_model_config_from(&c, &s, &mc, NULL), HR_OK);
     hr_model *m = NULL;
     assert_int_equal(hr_model_create(&mc, &m, NULL), HR_OK);
+    /* rows are written through their f32 view F (bf16: rounded on the way) */
     const hr_row_layout *L = hr_model_layout(m);
-    float *row = calloc(L->floats, sizeof *row);
+    const hr_row_layout F = hr_row_layout_f32(L);
+    float *row = calloc(F.floats, sizeof *row);
     hr_rng rng;
     hr_rng_seed(&rng, seed);
     for (uint32_t r = 0; r < hr_model_rows(m, HR_TABLE_CTX); r++) {
-        hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_CTX, r), row);
+        hr_sgd_row_to_f32(L, hr_model_row(m, HR_TABLE_CTX, r), row);
         for (uint32_t d = 0; d <= ATTR_K; d++)
             row[d] = (float)hr_rng_normal(&rng) * 0.5f;
-        hr_sgd_row_write(L, hr_model_row(m, HR_TABLE_CTX, r), row);
+        hr_sgd_row_from_f32(L, hr_model_row(m, HR_TABLE_CTX, r), row);
     }
-    hr_sgd_row_read(L, hr_model_row(m, HR_TABLE_GLOBAL, 0), row);
-    row[L->bias] = 0.25f;
-    hr_sgd_row_write(L, hr_model_row(m, HR_TABLE_GLOBAL, 0), row);
+    hr_sgd_row_to_f32(L, hr_model_row(m, HR_TABLE_GLOBAL, 0), row);
+    row[F.bias] = 0.25f;
+    hr_sgd_row_from_f32(L, hr_model_row(m, HR_TABLE_GLOBAL, 0), row);
     for (int t = HR_TABLE_USER; t <= HR_TABLE_ITEM; t++) {
         uint32_t n = t == HR_TABLE_USER ? ATTR_USERS : ATTR_ITEMS;
         for (uint32_t i = 0; i <= n; i++) {
@@ -646,12 +650,12 @@ static hr_model *make_attr_model(bool half, uint32_t min_count, uint64_t seed)
                 assert_int_equal(hr_model_intern(m, (hr_table_id)t, id, (size_t)len, &r, NULL),
                                  HR_OK);
             }
-            hr_sgd_row_read(L, hr_model_row(m, (hr_table_id)t, r), row);
+            hr_sgd_row_to_f32(L, hr_model_row(m, (hr_table_id)t, r), row);
             for (uint32_t d = 0; d <= ATTR_K; d++)
                 row[d] = (float)hr_rng_normal(&rng) * 0.3f;
             uint32_t count = t == HR_TABLE_ITEM && i % 4 == 0 ? 0 : min_count;
-            memcpy(row + L->count, &count, sizeof count);
-            hr_sgd_row_write(L, hr_model_row(m, (hr_table_id)t, r), row);
+            memcpy(row + F.count, &count, sizeof count);
+            hr_sgd_row_from_f32(L, hr_model_row(m, (hr_table_id)t, r), row);
             if (r == 0)
                 continue;
             hr_feat f[3];
@@ -681,14 +685,16 @@ static hr_model *make_attr_model(bool half, uint32_t min_count, uint64_t seed)
 static double user_query(const hr_model *m, uint32_t u, float *q)
 {
     const hr_row_layout *L = hr_model_layout(m);
-    const float *vu = hr_model_row(m, HR_TABLE_USER, hr_model_effective_row(m, HR_TABLE_USER, u));
-    double base = (double)hr_model_row(m, HR_TABLE_GLOBAL, 0)[L->bias] + vu[L->bias];
+    float bu[L->k + 1], bg[L->k + 1], bv[L->k + 1]; /* factors and bias (index k) */
+    const float *vu = hr_model_row_f32(m, HR_TABLE_USER,
+                                       hr_model_effective_row(m, HR_TABLE_USER, u), bu);
+    double base = (double)hr_model_row_f32(m, HR_TABLE_GLOBAL, 0, bg)[L->k] + vu[L->k];
     memcpy(q, vu, L->k * sizeof *q);
     hr_feat f[HR_MAX_ATTRS];
     uint32_t na = hr_model_attrs(m, HR_TABLE_USER, u, f);
     for (uint32_t a = 0; a < na; a++) {
-        const float *v = hr_model_row(m, HR_TABLE_CTX, f[a].row);
-        base += (double)f[a].x * v[L->bias];
+        const float *v = hr_model_row_f32(m, HR_TABLE_CTX, f[a].row, bv);
+        base += (double)f[a].x * v[L->k];
         for (uint32_t d = 0; d < L->k; d++)
             q[d] += f[a].x * v[d];
     }
@@ -790,10 +796,18 @@ static void test_attrs_rank_as_predicted(void **state)
     (void)state;
     for (int half = 0; half < 2; half++) {
         for (uint32_t min_count = 0; min_count <= 2; min_count += 2) {
-            hr_model *m = make_attr_model(half, min_count, 77 + (uint64_t)half);
+            hr_model *m = make_attr_model(half, min_count, 77 + (uint64_t)half, HR_STORAGE_F32);
             check_attr_model(m, 5);
             hr_model_destroy(m);
         }
+    }
+    /* bf16 storage: item rows widened for the scan, attribute rows read
+     * through their f32 view */
+    for (int half = 0; half < 2; half++) {
+        hr_model *m = make_attr_model(half, 2, 79 + (uint64_t)half, HR_STORAGE_BF16);
+        assert_int_equal(hr_model_storage(m), HR_STORAGE_BF16);
+        check_attr_model(m, 6);
+        hr_model_destroy(m);
     }
 }
 
@@ -804,7 +818,7 @@ static void test_attr_makes_item_best(void **state)
 {
     (void)state;
     for (int half = 0; half < 2; half++) {
-        hr_model *m = make_attr_model(half, 0, 91);
+        hr_model *m = make_attr_model(half, 0, 91, HR_STORAGE_F32);
         const hr_row_layout *L = hr_model_layout(m);
         float q[ATTR_K];
         const uint32_t u = 2; /* no attributes of its own */
@@ -899,7 +913,7 @@ static void test_attrs_change_while_querying(void **state)
 {
     (void)state;
     for (int half = 0; half < 2; half++) {
-        hr_model *m = make_attr_model(half, 0, 101);
+        hr_model *m = make_attr_model(half, 0, 101, HR_STORAGE_F32);
         attr_worker w[3] = {{m, 1, 3000, 0}, {m, 2, 150, 0}, {m, 3, 150, 0}};
         pthread_t th[3];
         assert_int_equal(pthread_create(&th[0], NULL, attr_writer, &w[0]), 0);
