@@ -43,34 +43,6 @@
 /* Nodes spawned by the running test: a failed assertion leaves the test
  * early, and the teardown kills what is left (the reaper threads end with
  * the test process, the nodes would not). */
-static pid_t g_spawned[8];
-static size_t g_nspawned;
-
-static int kill_leftovers(void **state)
-{
-    (void)state;
-    for (size_t i = 0; i < g_nspawned; i++)
-        if (kill(g_spawned[i], 0) == 0 && waitpid(g_spawned[i], NULL, WNOHANG) == 0) {
-            kill(g_spawned[i], SIGCONT); /* a node a test stopped (SIGSTOP) */
-            kill(g_spawned[i], SIGKILL);
-        }
-    g_nspawned = 0;
-    return 0;
-}
-
-static void sleep_ms(int ms)
-{
-    nanosleep(&(struct timespec){ms / 1000, (long)(ms % 1000) * 1000000L}, NULL);
-}
-
-static const char *bin_or_skip(void)
-{
-    const char *bin = getenv("HOGREC_BIN");
-    if (!bin || access(bin, X_OK) != 0)
-        TU_SKIP("HOGREC_BIN not set or not executable (run through ctest)");
-    return bin;
-}
-
 /* Starts node `id` of cluster `name` on Redis url; true once it logged
  * "ready" (listening, the node thread started; /readyz says when it
  * caught up). */
@@ -82,16 +54,7 @@ static bool spawn_node_with(tu_child *ch, const char *bin, const char *url, cons
                           "--negative-sampling", "off", "--redis", url, "--cluster", name,
                           "--node-id", id, "--publish-ms", "10", "--lease-ms", lease_ms,
                           "--max-backlog", max_backlog, NULL};
-    tu_child_spawn(ch, (char *const *)argv, CHILD_BOUND, NULL, NULL);
-    if (g_nspawned < sizeof g_spawned / sizeof g_spawned[0])
-        g_spawned[g_nspawned++] = ch->pid;
-    json_t *ready = tu_child_log_until(ch, "ready", NULL, 0);
-    json_decref(ready);
-    if (ready && ch->port)
-        return true;
-    kill(ch->pid, SIGKILL);
-    tu_child_wait(ch);
-    return false;
+    return tu_node_spawn(ch, argv, CHILD_BOUND);
 }
 
 static bool spawn_node(tu_child *ch, const char *bin, const char *url, const char *name,
@@ -100,37 +63,7 @@ static bool spawn_node(tu_child *ch, const char *bin, const char *url, const cha
     return spawn_node_with(ch, bin, url, name, id, "3000", "0");
 }
 
-/* Polls until every node answers /readyz 200 and exactly one says it is
- * the leader; returns its index. */
-static int wait_leader_of(tu_child *n, int nodes)
-{
-    for (int round = 0; round < WAIT_SECONDS * 20; round++) {
-        int leader = -1, leaders = 0, ready = 0;
-        for (int i = 0; i < nodes; i++) {
-            if (tu_http(n[i].port, "GET", "/readyz", NULL, NULL, NULL) == 200)
-                ready++;
-            json_t *o = tu_cluster_of(n[i].port);
-            if (o && !strcmp(tu_json_str(o, "role", NULL), "leader")) {
-                leader = i;
-                leaders++;
-            }
-            json_decref(o);
-        }
-        if (ready == nodes && leaders == 1)
-            return leader;
-        sleep_ms(50);
-    }
-    for (int i = 0; i < nodes; i++) {
-        json_t *o = tu_cluster_of(n[i].port);
-        fprintf(stderr, "node on port %d: role %s, not_ready '%s'\n", n[i].port,
-                tu_json_str(o, "role", NULL), tu_json_str(o, "not_ready", NULL));
-        json_decref(o);
-    }
-    fail_msg("no single leader with every node ready within %d s", WAIT_SECONDS);
-    return -1;
-}
-
-static int wait_leader(tu_child *n) { return wait_leader_of(n, NODES); }
+static int wait_leader(tu_child *n) { return tu_wait_leader(n, NODES, WAIT_SECONDS); }
 
 /* A request of EVENTS_PER events of request r (a fixed synthetic world:
  * user, item and label from r and the position). New string. */
@@ -242,7 +175,7 @@ static int compare_recommend(tu_child *n, int nodes, int ref, hr_estream_id last
 static void test_leader_and_followers(void **state)
 {
     (void)state;
-    const char *bin = bin_or_skip();
+    const char *bin = tu_hogrec_bin();
     unsetenv("HOGREC_REDIS_PASSWORD");
     tu_redis rs = {0};
     tu_redis_start(&rs);
@@ -332,7 +265,7 @@ static void test_leader_and_followers(void **state)
                                          dup_entry) >= 0;
         json_decref(o);
         if (!trained)
-            sleep_ms(50);
+            tu_sleep_ms(50);
     }
     assert_true(trained);
     assert_int_equal(tu_http(n[leader].port, "GET", "/v1/stats", NULL, NULL, &stats), 200);
@@ -367,7 +300,7 @@ static void test_leader_and_followers(void **state)
 static void test_backlog_bound(void **state)
 {
     (void)state;
-    const char *bin = bin_or_skip();
+    const char *bin = tu_hogrec_bin();
     tu_redis rs = {0};
     tu_redis_start(&rs);
     char url[64];
@@ -375,7 +308,7 @@ static void test_backlog_bound(void **state)
     tu_child n[2];
     assert_true(spawn_node_with(&n[0], bin, url, "t2", "a", "60000", "2"));
     assert_true(spawn_node_with(&n[1], bin, url, "t2", "b", "60000", "2"));
-    int leader = wait_leader_of(n, 2), f = 1 - leader;
+    int leader = tu_wait_leader(n, 2, WAIT_SECONDS), f = 1 - leader;
     kill(n[leader].pid, SIGSTOP);
     const char *ev = "{\"user\":\"u1\",\"item\":\"i1\"}";
     for (int i = 0; i < 3; i++)
@@ -390,7 +323,7 @@ static void test_backlog_bound(void **state)
         s = tu_http(n[f].port, "POST", "/v1/events", ev, NULL, NULL);
         if (s != 202) {
             assert_int_equal(s, 429);
-            sleep_ms(50);
+            tu_sleep_ms(50);
         }
     }
     assert_int_equal(s, 202);
@@ -401,7 +334,7 @@ static void test_backlog_bound(void **state)
         assert_int_equal(tu_http(n[leader].port, "GET", "/v1/stats", NULL, NULL, &st), 200);
         if (json_integer_value(json_object_get(json_object_get(st, "events"), "trained")) >= 4)
             break;
-        sleep_ms(50);
+        tu_sleep_ms(50);
     }
     /* the three accepted before the refusal and the one after: no more */
     assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "events"), "trained")), 4);
@@ -477,7 +410,7 @@ static void *fo_client_main(void *arg)
                 ok = true;
             } else {
                 cl->retries++;
-                sleep_ms(50);
+                tu_sleep_ms(50);
             }
             json_decref(o);
         }
@@ -530,7 +463,7 @@ static int wait_new_leader(tu_child *n, int nodes, int skip, int64_t min_epoch,
                 return i;
             }
         }
-        sleep_ms(20);
+        tu_sleep_ms(20);
     }
     return -1;
 }
@@ -557,7 +490,7 @@ static int64_t epoch_of(int port)
 static void test_failover_kill_leader(void **state)
 {
     (void)state;
-    const char *bin = bin_or_skip();
+    const char *bin = tu_hogrec_bin();
     unsetenv("HOGREC_REDIS_PASSWORD");
     tu_redis rs = {0};
     tu_redis_start(&rs);
@@ -585,7 +518,7 @@ static void test_failover_kill_leader(void **state)
         assert_int_equal(pthread_create(&th[t], NULL, fo_client_main, &cl[t]), 0);
     }
     for (int round = 0; round < WAIT_SECONDS * 100 && atomic_load(&done) < FO_REQUESTS / 3; round++)
-        sleep_ms(10);
+        tu_sleep_ms(10);
     uint64_t killed_ms = mono_ms();
     kill(n[leader].pid, SIGKILL);
     tu_child_wait(&n[leader]);
@@ -664,7 +597,7 @@ static void post_range(const char *tag, int from, int to, const int *ports, int 
 static void test_paused_leader_steps_down(void **state)
 {
     (void)state;
-    const char *bin = bin_or_skip();
+    const char *bin = tu_hogrec_bin();
     unsetenv("HOGREC_REDIS_PASSWORD");
     tu_redis rs = {0};
     tu_redis_start(&rs);
@@ -708,7 +641,7 @@ static void test_paused_leader_steps_down(void **state)
         stepped = o && !strcmp(tu_json_str(o, "role", NULL), "stepped_down");
         json_decref(o);
         if (!stepped)
-            sleep_ms(50);
+            tu_sleep_ms(50);
     }
     if (!stepped)
         fail_msg("the paused leader %s did not step down within %d s", ids[old], WAIT_SECONDS);
@@ -803,7 +736,7 @@ static bool wait_schedule_everywhere(tu_child *n, long long v)
                        v;
             json_decref(h);
             if (!seen)
-                sleep_ms(50);
+                tu_sleep_ms(50);
         }
         if (!seen)
             return false;
@@ -821,7 +754,7 @@ static bool wait_schedule_everywhere(tu_child *n, long long v)
 static void test_schedule_across_nodes(void **state)
 {
     (void)state;
-    const char *bin = bin_or_skip();
+    const char *bin = tu_hogrec_bin();
     unsetenv("HOGREC_REDIS_PASSWORD");
     setenv("HOGREC_ADMIN_TOKEN", ADMIN_TOKEN, 1);
     tu_redis rs = {0};
@@ -991,7 +924,7 @@ static void check_cluster_figures(tu_child *n, int leader)
             caught_up = cluster_stat(n[i].port, "lag_entries") == 0 &&
                         prom_value(n[i].port, "hogrec_cluster_lag_seconds") == 0.0;
             if (!caught_up)
-                sleep_ms(50);
+                tu_sleep_ms(50);
         }
         assert_true(caught_up);
     }
@@ -1007,7 +940,7 @@ static void check_cluster_figures(tu_child *n, int leader)
 static void test_read_your_writes(void **state)
 {
     (void)state;
-    const char *bin = bin_or_skip();
+    const char *bin = tu_hogrec_bin();
     unsetenv("HOGREC_REDIS_PASSWORD");
     setenv("HOGREC_MAX_WAIT_MS", "20000", 1); /* generous: a slow machine */
     tu_redis rs = {0};
@@ -1135,7 +1068,7 @@ static void *rk_client_main(void *arg)
                 if (st != 503 && cl->other++ == 0 && !cl->bad[0])
                     snprintf(cl->bad, sizeof cl->bad, "answer %ld '%s'", st, code);
                 cl->resends++;
-                sleep_ms(20);
+                tu_sleep_ms(20);
             }
             json_decref(o);
         }
@@ -1161,7 +1094,7 @@ static void *rk_client_main(void *arg)
 static void test_redis_killed_and_restarted(void **state)
 {
     (void)state;
-    const char *bin = bin_or_skip();
+    const char *bin = tu_hogrec_bin();
     unsetenv("HOGREC_REDIS_PASSWORD");
     static const char *const fsync_always[] = {"--appendfsync", "always", NULL};
     tu_redis rs = {.extra = fsync_always};
@@ -1186,7 +1119,7 @@ static void test_redis_killed_and_restarted(void **state)
         assert_int_equal(pthread_create(&th[t], NULL, rk_client_main, &cl[t]), 0);
     }
     for (int round = 0; round < WAIT_SECONDS * 100 && atomic_load(&done) < RK_REQUESTS / 3; round++)
-        sleep_ms(10);
+        tu_sleep_ms(10);
     tu_redis_kill(&rs, SIGKILL);
     atomic_store(&phase, 1);
     /* Redis down: queries and the cluster report still answer */
@@ -1202,7 +1135,7 @@ static void test_redis_killed_and_restarted(void **state)
             json_decref(o);
             queries++;
         }
-        sleep_ms(100);
+        tu_sleep_ms(100);
     }
     atomic_store(&phase, 2);
     tu_redis_start(&rs);
@@ -1265,7 +1198,7 @@ static void test_redis_killed_and_restarted(void **state)
         fresh = o && !json_object_get(o, "redis_error") && live == NODES;
         json_decref(o);
         if (!fresh)
-            sleep_ms(50);
+            tu_sleep_ms(50);
     }
     assert_true(fresh);
     /* the outage is in the figures: Redis errors and reconnections on
@@ -1294,7 +1227,7 @@ static void test_redis_killed_and_restarted(void **state)
 static void test_refuses_db(void **state)
 {
     (void)state;
-    const char *bin = bin_or_skip();
+    const char *bin = tu_hogrec_bin();
     tu_redis rs = {0};
     tu_redis_start(&rs);
     char url[64];
@@ -1355,7 +1288,7 @@ static long long redis_output_bytes(hr_redis *r)
 static void test_status_leaves_delta_on_server(void **state)
 {
     (void)state;
-    const char *bin = bin_or_skip();
+    const char *bin = tu_hogrec_bin();
     tu_redis rs = {0};
     tu_redis_start(&rs);
     const char *url = tu_redis_url(&rs);
@@ -1364,12 +1297,8 @@ static void test_status_leaves_delta_on_server(void **state)
                           "--negative-sampling", "off", "--redis", url, "--cluster", "dl",
                           "--node-id", "a", "--publish-ms", "2000", NULL};
     tu_child n[1];
-    tu_child_spawn(&n[0], (char *const *)argv, CHILD_BOUND, NULL, NULL);
-    g_spawned[g_nspawned++] = n[0].pid;
-    json_t *ready = tu_child_log_until(&n[0], "ready", NULL, 0);
-    assert_non_null(ready);
-    json_decref(ready);
-    assert_int_equal(wait_leader_of(n, 1), 0);
+    assert_true(tu_node_spawn(&n[0], argv, CHILD_BOUND));
+    assert_int_equal(tu_wait_leader(n, 1, WAIT_SECONDS), 0);
     json_t *oc = tu_cluster_of(n[0].port);
     char deltas_key[160];
     snprintf(deltas_key, sizeof deltas_key, "%s", tu_json_str(oc, "delta_stream", NULL));
@@ -1428,15 +1357,15 @@ static void test_status_leaves_delta_on_server(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_leader_and_followers, kill_leftovers),
-        cmocka_unit_test_teardown(test_backlog_bound, kill_leftovers),
-        cmocka_unit_test_teardown(test_refuses_db, kill_leftovers),
-        cmocka_unit_test_teardown(test_status_leaves_delta_on_server, kill_leftovers),
-        cmocka_unit_test_teardown(test_failover_kill_leader, kill_leftovers),
-        cmocka_unit_test_teardown(test_paused_leader_steps_down, kill_leftovers),
-        cmocka_unit_test_teardown(test_redis_killed_and_restarted, kill_leftovers),
-        cmocka_unit_test_teardown(test_schedule_across_nodes, kill_leftovers),
-        cmocka_unit_test_teardown(test_read_your_writes, kill_leftovers),
+        cmocka_unit_test_teardown(test_leader_and_followers, tu_nodes_teardown),
+        cmocka_unit_test_teardown(test_backlog_bound, tu_nodes_teardown),
+        cmocka_unit_test_teardown(test_refuses_db, tu_nodes_teardown),
+        cmocka_unit_test_teardown(test_status_leaves_delta_on_server, tu_nodes_teardown),
+        cmocka_unit_test_teardown(test_failover_kill_leader, tu_nodes_teardown),
+        cmocka_unit_test_teardown(test_paused_leader_steps_down, tu_nodes_teardown),
+        cmocka_unit_test_teardown(test_redis_killed_and_restarted, tu_nodes_teardown),
+        cmocka_unit_test_teardown(test_schedule_across_nodes, tu_nodes_teardown),
+        cmocka_unit_test_teardown(test_read_your_writes, tu_nodes_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -48,32 +48,6 @@
 #define WAIT_SECONDS 60 /* bound of every poll */
 #define TOKEN "cat-token"
 
-static pid_t g_spawned[8];
-static size_t g_nspawned;
-
-static int kill_leftovers(void **state)
-{
-    (void)state;
-    for (size_t i = 0; i < g_nspawned; i++)
-        if (kill(g_spawned[i], 0) == 0 && waitpid(g_spawned[i], NULL, WNOHANG) == 0)
-            kill(g_spawned[i], SIGKILL);
-    g_nspawned = 0;
-    return 0;
-}
-
-static void sleep_ms(int ms)
-{
-    nanosleep(&(struct timespec){ms / 1000, (long)(ms % 1000) * 1000000L}, NULL);
-}
-
-static const char *bin_or_skip(void)
-{
-    const char *bin = getenv("HOGREC_BIN");
-    if (!bin || access(bin, X_OK) != 0)
-        TU_SKIP("HOGREC_BIN not set or not executable (run through ctest)");
-    return bin;
-}
-
 /* Starts node `id` of cluster `name`, trimming with `retention` ms, its
  * local checkpoint at db ("": none) written every 0.2 s; true once it
  * logged "ready". */
@@ -86,16 +60,7 @@ static bool spawn_node_db(tu_child *ch, const char *bin, const char *url, const 
                           "--negative-sampling", "off", "--redis", url, "--cluster", name,
                           "--node-id", id, "--publish-ms", "10", "--lease-ms", "3000",
                           "--admin-token", TOKEN, "--delta-retention-ms", retention, NULL};
-    tu_child_spawn(ch, (char *const *)argv, CHILD_BOUND, NULL, NULL);
-    if (g_nspawned < sizeof g_spawned / sizeof g_spawned[0])
-        g_spawned[g_nspawned++] = ch->pid;
-    json_t *ready = tu_child_log_until(ch, "ready", NULL, 0);
-    json_decref(ready);
-    if (ready && ch->port)
-        return true;
-    kill(ch->pid, SIGKILL);
-    tu_child_wait(ch);
-    return false;
+    return tu_node_spawn(ch, argv, CHILD_BOUND);
 }
 
 static bool spawn_node(tu_child *ch, const char *bin, const char *url, const char *name,
@@ -104,28 +69,6 @@ static bool spawn_node(tu_child *ch, const char *bin, const char *url, const cha
     return spawn_node_db(ch, bin, url, name, id, retention, "");
 }
 
-/* Polls until every node answers /readyz 200 and one is the leader. */
-static int wait_leader(tu_child *n, int nodes)
-{
-    for (int round = 0; round < WAIT_SECONDS * 20; round++) {
-        int leader = -1, leaders = 0, ready = 0;
-        for (int i = 0; i < nodes; i++) {
-            if (tu_http(n[i].port, "GET", "/readyz", NULL, NULL, NULL) == 200)
-                ready++;
-            json_t *o = tu_cluster_of(n[i].port);
-            if (o && !strcmp(tu_json_str(o, "role", NULL), "leader")) {
-                leader = i;
-                leaders++;
-            }
-            json_decref(o);
-        }
-        if (ready == nodes && leaders == 1)
-            return leader;
-        sleep_ms(50);
-    }
-    fail_msg("no single leader with every node ready within %d s", WAIT_SECONDS);
-    return -1;
-}
 
 /* Posts events of users u0..u(USERS-1) on items i0..i(ITEMS-1) (tag
  * makes the ids new); the entry of the 202. */
@@ -322,7 +265,7 @@ static hr_estream_id events_trimmed(const char *url, const char *name)
 static void test_catalog_replicated(void **state)
 {
     (void)state;
-    const char *bin = bin_or_skip();
+    const char *bin = tu_hogrec_bin();
     unsetenv("HOGREC_REDIS_PASSWORD");
     tu_redis rs = {0};
     tu_redis_start(&rs);
@@ -332,7 +275,7 @@ static void test_catalog_replicated(void **state)
     const char *ids[NODES + 1] = {"a", "b", "c", "d"};
     for (int i = 0; i < NODES; i++)
         assert_true(spawn_node(&n[i], bin, url, "cc", ids[i], "300"));
-    int leader = wait_leader(n, NODES);
+    int leader = tu_wait_leader(n, NODES, WAIT_SECONDS);
     int f1 = (leader + 1) % NODES, f2 = (leader + 2) % NODES;
     post_events(n[f1].port, "e1");
 
@@ -387,13 +330,13 @@ static void test_catalog_replicated(void **state)
         char tag[16];
         snprintf(tag, sizeof tag, "t%d", round);
         last = post_events(n[leader].port, tag);
-        sleep_ms(100);
+        tu_sleep_ms(100);
     }
     assert_true(hr_estream_id_cmp(events_trimmed(url, "cc"), forgot) > 0);
     /* the user's events before the forget went with the trim */
     assert_int_equal(stream_entries_of(url, "cc", "u2", forgot), 0);
     assert_true(spawn_node(&n[NODES], bin, url, "cc", ids[NODES], "300"));
-    wait_leader(n, NODES + 1);
+    tu_wait_leader(n, NODES + 1, WAIT_SECONDS);
     json_t *o = tu_cluster_of(n[NODES].port);
     json_t *snaps = json_object_get(o, "snapshots");
     if (json_integer_value(json_object_get(snaps, "loaded")) < 1)
@@ -422,7 +365,7 @@ static void test_catalog_replicated(void **state)
 static void test_catalog_survives_redis_restart(void **state)
 {
     (void)state;
-    const char *bin = bin_or_skip();
+    const char *bin = tu_hogrec_bin();
     unsetenv("HOGREC_REDIS_PASSWORD");
     static const char *const fsync_always[] = {"--appendfsync", "always", NULL};
     tu_redis rs = {.extra = fsync_always};
@@ -431,7 +374,7 @@ static void test_catalog_survives_redis_restart(void **state)
     snprintf(url, sizeof url, "%s", tu_redis_url(&rs));
     tu_child a, b;
     assert_true(spawn_node(&a, bin, url, "ck", "a", "0"));
-    wait_leader(&a, 1);
+    tu_wait_leader(&a, 1, WAIT_SECONDS);
     post_events(a.port, "e1");
     char *body = bulk_items();
     catalog_write(a.port, "POST", "/v1/items", body, NULL);
@@ -451,7 +394,7 @@ static void test_catalog_survives_redis_restart(void **state)
     tu_child_wait(&a);
     tu_redis_start(&rs);
     assert_true(spawn_node(&b, bin, url, "ck", "b", "0"));
-    wait_leader(&b, 1);
+    tu_wait_leader(&b, 1, WAIT_SECONDS);
     hr_estream_id e = post_events(b.port, "e2");
     wait_applied(b.port, e);
     bool hidden = false;
@@ -474,7 +417,7 @@ static void test_catalog_survives_redis_restart(void **state)
 static void test_catalog_in_local_checkpoint(void **state)
 {
     (void)state;
-    const char *bin = bin_or_skip();
+    const char *bin = tu_hogrec_bin();
     unsetenv("HOGREC_REDIS_PASSWORD");
     tu_redis rs = {0};
     tu_redis_start(&rs);
@@ -484,7 +427,7 @@ static void test_catalog_in_local_checkpoint(void **state)
     snprintf(db, sizeof db, "%s/node-a.db", dir);
     tu_child a;
     assert_true(spawn_node_db(&a, bin, url, "cl", "a", "300", db));
-    wait_leader(&a, 1);
+    tu_wait_leader(&a, 1, WAIT_SECONDS);
     post_events(a.port, "e1");
     char *body = bulk_items();
     catalog_write(a.port, "POST", "/v1/items", body, NULL);
@@ -497,7 +440,7 @@ static void test_catalog_in_local_checkpoint(void **state)
         char tag[16];
         snprintf(tag, sizeof tag, "t%d", round);
         post_events(a.port, tag);
-        sleep_ms(100);
+        tu_sleep_ms(100);
     }
     assert_true(hr_estream_id_cmp(events_trimmed(url, "cl"), cat) > 0);
     kill(a.pid, SIGTERM);
@@ -505,7 +448,7 @@ static void test_catalog_in_local_checkpoint(void **state)
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 
     assert_true(spawn_node_db(&a, bin, url, "cl", "a", "300", db));
-    wait_leader(&a, 1);
+    tu_wait_leader(&a, 1, WAIT_SECONDS);
     hr_estream_id e = post_events(a.port, "e2");
     bool hidden = false;
     assert_int_equal(record_at(a.port, "/v1/items/i3", &hidden), 200);
@@ -522,9 +465,9 @@ static void test_catalog_in_local_checkpoint(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_catalog_replicated, kill_leftovers),
-        cmocka_unit_test_teardown(test_catalog_survives_redis_restart, kill_leftovers),
-        cmocka_unit_test_teardown(test_catalog_in_local_checkpoint, kill_leftovers),
+        cmocka_unit_test_teardown(test_catalog_replicated, tu_nodes_teardown),
+        cmocka_unit_test_teardown(test_catalog_survives_redis_restart, tu_nodes_teardown),
+        cmocka_unit_test_teardown(test_catalog_in_local_checkpoint, tu_nodes_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

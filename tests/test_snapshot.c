@@ -55,11 +55,6 @@
 #define WAIT_SECONDS 60   /* bound of every poll */
 #define RETENTION "300"   /* delta_retention_ms of the nodes */
 
-static void sleep_ms(int ms)
-{
-    nanosleep(&(struct timespec){ms / 1000, (long)(ms % 1000) * 1000000L}, NULL);
-}
-
 /* ---- module level: write and load ---- */
 
 /* Fills the rows of model m from seed s: ids u<i> and i<i> at rows the
@@ -419,27 +414,6 @@ static void test_httpc(void **state)
 
 /* ---- end to end ---- */
 
-static pid_t g_spawned[16];
-static size_t g_nspawned;
-
-static int kill_leftovers(void **state)
-{
-    (void)state;
-    for (size_t i = 0; i < g_nspawned; i++)
-        if (kill(g_spawned[i], 0) == 0 && waitpid(g_spawned[i], NULL, WNOHANG) == 0)
-            kill(g_spawned[i], SIGKILL);
-    g_nspawned = 0;
-    return 0;
-}
-
-static const char *bin_or_skip(void)
-{
-    const char *bin = getenv("HOGREC_BIN");
-    if (!bin || access(bin, X_OK) != 0)
-        TU_SKIP("HOGREC_BIN not set or not executable (run through ctest)");
-    return bin;
-}
-
 /* Starts node `id` of cluster `name` (admin token TOKEN, delta retention
  * `retention` ms); true once it logged "ready" (listening; /readyz says
  * when it caught up). */
@@ -463,16 +437,7 @@ static bool spawn_node_db(tu_child *ch, const char *bin, const char *url, const 
                           "--negative-sampling", "off", "--redis", url, "--cluster", name,
                           "--node-id", id, "--publish-ms", "10", "--lease-ms", "3000",
                           "--admin-token", TOKEN, "--delta-retention-ms", retention, NULL};
-    tu_child_spawn(ch, (char *const *)argv, CHILD_BOUND, NULL, NULL);
-    if (g_nspawned < sizeof g_spawned / sizeof g_spawned[0])
-        g_spawned[g_nspawned++] = ch->pid;
-    json_t *ready = tu_child_log_until(ch, "ready", NULL, 0);
-    json_decref(ready);
-    if (ready && ch->port)
-        return true;
-    kill(ch->pid, SIGKILL);
-    tu_child_wait(ch);
-    return false;
+    return tu_node_spawn(ch, argv, CHILD_BOUND);
 }
 
 static long long int_at(json_t *o, const char *a, const char *b)
@@ -493,7 +458,7 @@ static bool wait_role(int port, const char *role)
         json_decref(o);
         if (ok)
             return true;
-        sleep_ms(50);
+        tu_sleep_ms(50);
     }
     return false;
 }
@@ -621,7 +586,7 @@ static void post_until_trimmed(const char *url, const char *name, const char *ta
     for (int round = 0; round < WAIT_SECONDS * 10 && !trimmed; round++) {
         post_range(tag, *next, *next + 2, port);
         *next += 2;
-        sleep_ms(100);
+        tu_sleep_ms(100);
         trimmed = deleted_of(r, dkey) > kept && deleted_of(r, ekey) > 0;
     }
     hr_redis_destroy(r);
@@ -686,7 +651,7 @@ static long get_snapshot(int port, const char *auth, const char *path, char *del
 static void test_snapshot_route(void **state)
 {
     (void)state;
-    const char *bin = bin_or_skip();
+    const char *bin = tu_hogrec_bin();
     unsetenv("HOGREC_REDIS_PASSWORD");
     tu_redis rs = {0};
     tu_redis_start(&rs);
@@ -739,7 +704,7 @@ static void test_snapshot_route(void **state)
 static void test_follower_restart_bootstraps(void **state)
 {
     (void)state;
-    const char *bin = bin_or_skip();
+    const char *bin = tu_hogrec_bin();
     unsetenv("HOGREC_REDIS_PASSWORD");
     tu_redis rs = {0};
     tu_redis_start(&rs);
@@ -836,7 +801,7 @@ static void test_follower_restart_bootstraps(void **state)
 static void test_whole_cluster_restart_refuses_to_lead(void **state)
 {
     (void)state;
-    const char *bin = bin_or_skip();
+    const char *bin = tu_hogrec_bin();
     unsetenv("HOGREC_REDIS_PASSWORD");
     tu_redis rs = {0};
     tu_redis_start(&rs);
@@ -861,7 +826,7 @@ static void test_whole_cluster_restart_refuses_to_lead(void **state)
         assert_string_not_equal(tu_json_str(o, "role", NULL), "leader");
         json_decref(o);
         assert_false(is_ready(b.port));
-        sleep_ms(100);
+        tu_sleep_ms(100);
     }
     json_t *o = tu_cluster_of(b.port);
     assert_true(json_is_true(json_object_get(json_object_get(o, "snapshots"), "bootstrapping")));
@@ -904,7 +869,7 @@ static hr_estream_id checkpoint_covered(const char *path)
 static void test_whole_cluster_restart_from_checkpoint(void **state)
 {
     (void)state;
-    const char *bin = bin_or_skip();
+    const char *bin = tu_hogrec_bin();
     unsetenv("HOGREC_REDIS_PASSWORD");
     tu_redis rs = {0};
     tu_redis_start(&rs);
@@ -930,7 +895,7 @@ static void test_whole_cluster_restart_from_checkpoint(void **state)
     for (int round = 0; round < WAIT_SECONDS * 20 && !saved; round++) {
         saved = hr_estream_id_cmp(checkpoint_covered(da), last) >= 0;
         if (!saved)
-            sleep_ms(50);
+            tu_sleep_ms(50);
     }
     if (!saved)
         fail_msg("the leader's checkpoint does not cover the last entry within %d s",
@@ -996,10 +961,10 @@ int main(void)
         cmocka_unit_test(test_write_load_round_trip),
         cmocka_unit_test(test_bf16_snapshot),
         cmocka_unit_test(test_httpc),
-        cmocka_unit_test_teardown(test_snapshot_route, kill_leftovers),
-        cmocka_unit_test_teardown(test_follower_restart_bootstraps, kill_leftovers),
-        cmocka_unit_test_teardown(test_whole_cluster_restart_refuses_to_lead, kill_leftovers),
-        cmocka_unit_test_teardown(test_whole_cluster_restart_from_checkpoint, kill_leftovers),
+        cmocka_unit_test_teardown(test_snapshot_route, tu_nodes_teardown),
+        cmocka_unit_test_teardown(test_follower_restart_bootstraps, tu_nodes_teardown),
+        cmocka_unit_test_teardown(test_whole_cluster_restart_refuses_to_lead, tu_nodes_teardown),
+        cmocka_unit_test_teardown(test_whole_cluster_restart_from_checkpoint, tu_nodes_teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();

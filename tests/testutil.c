@@ -492,3 +492,75 @@ long long tu_events_counted(int port)
     json_decref(o);
     return n;
 }
+
+/* ---- nodes a test spawns ---- */
+
+static pid_t g_nodes[32];
+static size_t g_nnodes;
+
+const char *tu_hogrec_bin(void)
+{
+    const char *bin = getenv("HOGREC_BIN");
+    if (!bin || access(bin, X_OK) != 0)
+        TU_SKIP("HOGREC_BIN not set or not executable (run through ctest)");
+    return bin;
+}
+
+bool tu_node_spawn(tu_child *ch, const char *const *argv, unsigned bound)
+{
+    tu_child_spawn(ch, (char *const *)argv, bound, NULL, NULL);
+    if (g_nnodes < sizeof g_nodes / sizeof g_nodes[0])
+        g_nodes[g_nnodes++] = ch->pid;
+    json_t *ready = tu_child_log_until(ch, "ready", NULL, 0);
+    json_decref(ready);
+    if (ready && ch->port)
+        return true;
+    kill(ch->pid, SIGKILL);
+    tu_child_wait(ch);
+    return false;
+}
+
+int tu_nodes_teardown(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < g_nnodes; i++)
+        if (kill(g_nodes[i], 0) == 0 && waitpid(g_nodes[i], NULL, WNOHANG) == 0) {
+            kill(g_nodes[i], SIGCONT);
+            kill(g_nodes[i], SIGKILL);
+        }
+    g_nnodes = 0;
+    return 0;
+}
+
+void tu_sleep_ms(int ms)
+{
+    nanosleep(&(struct timespec){ms / 1000, (long)(ms % 1000) * 1000000L}, NULL);
+}
+
+int tu_wait_leader(tu_child *n, int nodes, int seconds)
+{
+    for (int round = 0; round < seconds * 20; round++) {
+        int leader = -1, leaders = 0, ready = 0;
+        for (int i = 0; i < nodes; i++) {
+            if (tu_http(n[i].port, "GET", "/readyz", NULL, NULL, NULL) == 200)
+                ready++;
+            json_t *o = tu_cluster_of(n[i].port);
+            if (o && !strcmp(tu_json_str(o, "role", NULL), "leader")) {
+                leader = i;
+                leaders++;
+            }
+            json_decref(o);
+        }
+        if (ready == nodes && leaders == 1)
+            return leader;
+        tu_sleep_ms(50);
+    }
+    for (int i = 0; i < nodes; i++) {
+        json_t *o = tu_cluster_of(n[i].port);
+        fprintf(stderr, "node on port %d: role %s, not_ready '%s'\n", n[i].port,
+                tu_json_str(o, "role", NULL), tu_json_str(o, "not_ready", NULL));
+        json_decref(o);
+    }
+    fail_msg("no single leader with every node ready within %d s", seconds);
+    return -1;
+}

@@ -154,6 +154,27 @@ void tu_skip_marker(const char *file, const char *func);
 /* ---- cluster nodes (hogrec serve --redis), for test_cluster and
  * test_snapshot ---- */
 
+/* HOGREC_BIN (the hogrec binary ctest passes), or the test is skipped. */
+const char *tu_hogrec_bin(void);
+
+/* Spawns a server (argv NULL-terminated, as tu_child_spawn with `bound`
+ * seconds), records its pid for tu_nodes_teardown, and waits until it
+ * logged "ready". True then (ch->port set); else it is killed and waited
+ * for, and false. */
+bool tu_node_spawn(tu_child *ch, const char *const *argv, unsigned bound);
+
+/* A cmocka teardown: SIGCONT (a node a test paused) then SIGKILL to every
+ * node tu_node_spawn started that still runs; forgets them. */
+int tu_nodes_teardown(void **state);
+
+/* Polls until each of the `nodes` nodes answers /readyz 200 and exactly one
+ * says it is the leader; returns its index. After `seconds` prints each
+ * node's role and not_ready and fails the test. */
+int tu_wait_leader(tu_child *n, int nodes, int seconds);
+
+/* Sleeps ms milliseconds. */
+void tu_sleep_ms(int ms);
+
 /* GET /v1/cluster of the node at port: a new object, or NULL unless 200. */
 json_t *tu_cluster_of(int port);
 
