@@ -81,7 +81,8 @@ static bool layout_ok(const hr_row_layout *L)
             L->k, hr_row_layout_state(L), L->parts ? L->state / L->stride : 1, HR_STORAGE_BF16);
         return memcmp(&want, L, sizeof want) == 0;
     }
-    return L->storage == HR_STORAGE_F32 && L->k >= 1 && L->bias == L->k && L->count == L->k + 1 && L->last_seen == L->k + 2 &&
+    return L->storage == HR_STORAGE_F32 && L->k >= 1 && L->bias == L->k &&
+           L->count == L->k + 1 && L->last_seen == L->k + 2 &&
            L->stride >= L->k + 3 && L->stride % 4 == 0 &&
            (L->state == 0 ? L->floats == L->stride && L->acc == 0 && L->ftrl == 0 &&
                                 L->adam == 0 && L->adam_v == 0
@@ -160,7 +161,6 @@ static hr_step_result step_bf16(const hr_row_layout *L, const hr_active *a, int 
                                 float weight, const hr_step_params *p, double *y_before,
                                 double *pred_before);
 
-
 double hr_sgd_score(const hr_row_layout *L, const hr_active *a, int n)
 {
     if (L->storage == HR_STORAGE_BF16)
@@ -183,8 +183,9 @@ static inline float ftrl_weight(float z, float nacc, float alpha, float beta, fl
 /* Linear weight of one feature; returns 1 if a non-finite value was refused.
  * Inlined into both kernels: three calls per event, each re-testing the
  * optimizer, cost the pair path about 20 ns at k=64 as calls. */
-static inline __attribute__((always_inline)) int update_bias(const hr_row_layout *L, float *r, float gb, float rate, float l2,
-                       const hr_step_params *p)
+static inline __attribute__((always_inline)) int
+update_bias(const hr_row_layout *L, float *r, float gb, float rate, float l2,
+            const hr_step_params *p)
 {
     float wb = r[L->bias];
     if (p->opt == HR_OPT_FTRL && L->ftrl) {
