@@ -120,41 +120,18 @@ static const char *last_note(hr_app *app)
     return note;
 }
 
-/* ---- the planted world (as test_trainer's) ---- */
+/* ---- the planted world (testutil's, as test_trainer's) ---- */
 
-#define PU 300
-#define PI 150
-#define PK 4
-
-typedef struct {
-    double u[PU][PK], i[PI][PK], ib[PI];
-} planted;
-
-static double truth_p(const planted *w, unsigned u, unsigned i)
+static double truth_p(const tu_planted *w, unsigned u, unsigned i)
 {
-    double dot = 0;
-    for (int d = 0; d < PK; d++)
-        dot += w->u[u][d] * w->i[i][d];
-    return 1 / (1 + exp(-(1.5 * dot / sqrt(PK) + w->ib[i])));
+    return 1 / (1 + exp(-tu_planted_logit(w, u, i)));
 }
 
-static void planted_make(planted *w, hr_rng *rng)
-{
-    for (int u = 0; u < PU; u++)
-        for (int d = 0; d < PK; d++)
-            w->u[u][d] = hr_rng_normal(rng);
-    for (int i = 0; i < PI; i++) {
-        for (int d = 0; d < PK; d++)
-            w->i[i][d] = hr_rng_normal(rng);
-        w->ib[i] = 0.5 * hr_rng_normal(rng);
-    }
-}
-
-static void planted_events(hr_app *app, const planted *w, hr_rng *rng, hr_event *out, size_t n,
+static void planted_events(hr_app *app, const tu_planted *w, hr_rng *rng, hr_event *out, size_t n,
                            float *labels)
 {
     for (size_t e = 0; e < n; e++) {
-        unsigned u = (unsigned)hr_rng_below(rng, PU), i = (unsigned)hr_rng_below(rng, PI);
+        unsigned u = (unsigned)hr_rng_below(rng, TU_PU), i = (unsigned)hr_rng_below(rng, TU_PI);
         float label = hr_rng_uniform(rng) < truth_p(w, u, i) ? 1.0f : 0.0f;
         out[e] = event_for(app, u, i, label);
         if (labels)
@@ -173,17 +150,17 @@ static double model_auc(hr_app *app, const hr_event *test, const float *labels, 
     return auc;
 }
 
-/* Converge, apply eta0 = 50 (every multiplier 1), as the issue asks, feed a window at a time: the guard reverts after
- * GUARD_WINDOWS windows over the margin, the AUC comes back to 0.99 of what
- * it was, and every event is counted once (one trainer thread, see above;
+/* Converge, apply eta0 = 50 (every multiplier 1), feed a window at a
+ * time: the guard reverts after GUARD_WINDOWS windows over the margin, the
+ * AUC comes back to 0.99 of what it was, and every event is counted once (one trainer thread, see above;
  * the guard's watch and undo run beside it on threads of their own). */
 static void test_guard_reverts_runaway_rate(void **state)
 {
     (void)state;
-    static planted w;
+    static tu_planted w;
     hr_rng rng;
     hr_rng_seed(&rng, 2024);
-    planted_make(&w, &rng);
+    tu_planted_make(&w, &rng);
     hr_app *app = open_app(1, NULL);
     const size_t ntrain = 60000, ntest = 20000;
     hr_event *train = malloc(ntrain * sizeof *train), *test = malloc(ntest * sizeof *test);
@@ -304,10 +281,10 @@ static void test_manual_undo_is_exact(void **state)
     assert_int_equal(hr_guard_undo(a->guard, NULL, &err), HR_ENOTFOUND);
     assert_non_null(strstr(err.message, "no schedule change yet"));
 
-    static planted w;
+    static tu_planted w;
     hr_rng rng;
     hr_rng_seed(&rng, 77);
-    planted_make(&w, &rng);
+    tu_planted_make(&w, &rng);
     const size_t n0 = 5000, n1 = 3000;
     hr_event *e0 = malloc(n0 * sizeof *e0), *e1 = malloc(n1 * sizeof *e1);
     hr_event *f0 = malloc(n0 * sizeof *f0), *f1 = malloc(n1 * sizeof *f1);
@@ -325,8 +302,8 @@ static void test_manual_undo_is_exact(void **state)
     /* E1 brings new users (rows handed out after the restore point) */
     hr_rng r3 = rng;
     for (size_t i = 0; i < n1; i++) {
-        unsigned u = (unsigned)hr_rng_below(&rng, PU + 50), it = (unsigned)hr_rng_below(&rng, PI);
-        unsigned u2 = (unsigned)hr_rng_below(&r3, PU + 50), it2 = (unsigned)hr_rng_below(&r3, PI);
+        unsigned u = (unsigned)hr_rng_below(&rng, TU_PU + 50), it = (unsigned)hr_rng_below(&rng, TU_PI);
+        unsigned u2 = (unsigned)hr_rng_below(&r3, TU_PU + 50), it2 = (unsigned)hr_rng_below(&r3, TU_PI);
         float l = (float)(i % 3 == 0);
         e1[i] = event_for(a, u, it, l);
         f1[i] = event_for(b, u2, it2, l);

@@ -79,53 +79,30 @@ static void submit(hr_app *app, hr_event *evs, size_t n)
 
 /* ---- convergence on a planted world ---- */
 
-#define PU 300
-#define PI 150
-#define PK 4
-
-typedef struct {
-    double u[PU][PK], i[PI][PK], ib[PI];
-} planted;
-
-static double truth_logit(const planted *w, unsigned u, unsigned i)
-{
-    double dot = 0;
-    for (int d = 0; d < PK; d++)
-        dot += w->u[u][d] * w->i[i][d];
-    return 1.5 * dot / sqrt(PK) + w->ib[i];
-}
-
 /* One pass over the planted world with `schedule` (NULL: the default);
  * *truth_auc receives the truth's AUC on the test events (the ceiling);
  * returns the model's. */
 static double planted_auc_with(const char *schedule, int threads, const char *const *kv,
                                double *truth_auc)
 {
-    static planted w;
+    static tu_planted w;
     hr_rng rng;
     hr_rng_seed(&rng, 2024);
-    for (int u = 0; u < PU; u++)
-        for (int d = 0; d < PK; d++)
-            w.u[u][d] = hr_rng_normal(&rng);
-    for (int i = 0; i < PI; i++) {
-        for (int d = 0; d < PK; d++)
-            w.i[i][d] = hr_rng_normal(&rng);
-        w.ib[i] = 0.5 * hr_rng_normal(&rng);
-    }
+    tu_planted_make(&w, &rng);
     hr_app *app = open_app_with(threads, 8, "off", schedule, kv);
     const size_t ntrain = 120000, ntest = 20000;
     hr_event *train = malloc(ntrain * sizeof *train);
     for (size_t e = 0; e < ntrain; e++) {
-        unsigned u = (unsigned)hr_rng_below(&rng, PU), i = (unsigned)hr_rng_below(&rng, PI);
-        float label = hr_rng_uniform(&rng) < 1 / (1 + exp(-truth_logit(&w, u, i))) ? 1.0f : 0.0f;
+        unsigned u = (unsigned)hr_rng_below(&rng, TU_PU), i = (unsigned)hr_rng_below(&rng, TU_PI);
+        float label = hr_rng_uniform(&rng) < 1 / (1 + exp(-tu_planted_logit(&w, u, i))) ? 1.0f : 0.0f;
         train[e] = event_for(app, u, i, label);
     }
     float *truth = malloc(ntest * sizeof *truth), *model = malloc(ntest * sizeof *model);
     float *labels = malloc(ntest * sizeof *labels);
     hr_event *test = malloc(ntest * sizeof *test);
     for (size_t e = 0; e < ntest; e++) {
-        unsigned u = (unsigned)hr_rng_below(&rng, PU), i = (unsigned)hr_rng_below(&rng, PI);
-        double p = 1 / (1 + exp(-truth_logit(&w, u, i)));
+        unsigned u = (unsigned)hr_rng_below(&rng, TU_PU), i = (unsigned)hr_rng_below(&rng, TU_PI);
+        double p = 1 / (1 + exp(-tu_planted_logit(&w, u, i)));
         labels[e] = hr_rng_uniform(&rng) < p ? 1.0f : 0.0f;
         truth[e] = (float)p;
         test[e] = event_for(app, u, i, labels[e]);

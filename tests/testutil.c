@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <math.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -563,4 +564,26 @@ int tu_wait_leader(tu_child *n, int nodes, int seconds)
     }
     fail_msg("no single leader with every node ready within %d s", seconds);
     return -1;
+}
+
+/* ---- the planted world ---- */
+
+void tu_planted_make(tu_planted *w, hr_rng *rng)
+{
+    for (int u = 0; u < TU_PU; u++)
+        for (int d = 0; d < TU_PK; d++)
+            w->u[u][d] = hr_rng_normal(rng);
+    for (int i = 0; i < TU_PI; i++) {
+        for (int d = 0; d < TU_PK; d++)
+            w->i[i][d] = hr_rng_normal(rng);
+        w->ib[i] = 0.5 * hr_rng_normal(rng);
+    }
+}
+
+double tu_planted_logit(const tu_planted *w, unsigned u, unsigned i)
+{
+    double dot = 0;
+    for (int d = 0; d < TU_PK; d++)
+        dot += w->u[u][d] * w->i[i][d];
+    return 1.5 * dot / sqrt(TU_PK) + w->ib[i];
 }

@@ -151,6 +151,25 @@ void tu_skip_marker(const char *file, const char *func);
  * (cmocka patterns: '*' and '?'). tests/CMakeLists.txt uses them to run a
  * test that may skip as a ctest entry of its own. */
 
+/* ---- the planted world of test_trainer and test_guard ----
+ * TU_PU users x TU_PI items with k = TU_PK truth factors (standard normal)
+ * and item biases (normal, sd 0.5); an event's click probability is
+ * sigmoid(tu_planted_logit). */
+#define TU_PU 300
+#define TU_PI 150
+#define TU_PK 4
+
+typedef struct {
+    double u[TU_PU][TU_PK], i[TU_PI][TU_PK], ib[TU_PI];
+} tu_planted;
+
+/* Draws the world from rng: the user factors, then each item's factors
+ * and bias. */
+void tu_planted_make(tu_planted *w, hr_rng *rng);
+
+/* 1.5 <u, i> / sqrt(k) + the item's bias. */
+double tu_planted_logit(const tu_planted *w, unsigned u, unsigned i);
+
 /* ---- cluster nodes (hogrec serve --redis), for test_cluster and
  * test_snapshot ---- */
 
