@@ -287,6 +287,8 @@ static void scan_sparse(const hr_model *m, hr_topk_request *r, const float *qx, 
     const uint32_t rows = hr_model_rows(m, HR_TABLE_ITEM);
     const hr_topk_exclude *ex = r->ex;
     const uint32_t end = ex->allow_rows < rows ? ex->allow_rows : rows;
+    const bool f32 = L->storage == HR_STORAGE_F32, attrs = ac->am || ac->direct;
+    float wide[L->k + 1]; /* a bf16 row's factors and bias, widened */
     for (uint32_t w = 0; w * 64 < end; w++) {
         for (uint64_t bits = ex->allow[w]; bits; bits &= bits - 1) {
             uint32_t row = w * 64 + (uint32_t)__builtin_ctzll(bits);
@@ -295,13 +297,15 @@ static void scan_sparse(const hr_model *m, hr_topk_request *r, const float *qx, 
             if (row == 0 || !hr_model_key(m, HR_TABLE_ITEM, row, NULL) ||
                 hr_topk_excluded(ex, row))
                 continue;
-            float s, w[L->k + 1];
+            float s;
             if (min_count && hr_model_effective_row(m, HR_TABLE_ITEM, row) == 0)
                 s = st->def_score;
-            else /* [v_i, b_i] . [q, 1] */
-                s = cblas_sdot((int)L->k + 1, hr_model_row_f32(m, HR_TABLE_ITEM, row, w), 1, qx,
-                               1);
-            if (ac->am || ac->direct)
+            else /* [v_i, b_i] . [q, 1]; f32 rows read in place */
+                s = cblas_sdot((int)L->k + 1,
+                               f32 ? hr_model_row(m, HR_TABLE_ITEM, row)
+                                   : hr_model_row_f32(m, HR_TABLE_ITEM, row, wide),
+                               1, qx, 1);
+            if (attrs)
                 s += attr_row(m, ac, j, r->q, row);
             hr_topk_heap_offer(&st->hp, row, s);
         }
