@@ -1326,26 +1326,38 @@ static hr_status load_catalog(hr_cluster *c, const char *path, hr_error *err)
     return st;
 }
 
+/* With max_backlog set: HR_EFULL (the message ending "nothing was
+ * accepted, <resend>") when more entries than that wait in the event
+ * stream beyond what this node covers; a Redis failure is HR_EIO (never
+ * HR_EFULL, which means the backlog). Called before an append. */
+static hr_status check_backlog(hr_cluster *c, const char *resend, hr_error *err)
+{
+    if (c->max_backlog <= 0)
+        return HR_OK;
+    pthread_mutex_lock(&c->mu);
+    hr_estream_id cov = c->covered;
+    pthread_mutex_unlock(&c->mu);
+    uint64_t backlog = 0;
+    hr_status st = hr_estream_backlog(c->append, cov, &backlog, err);
+    if (st != HR_OK)
+        return st == HR_EFULL ? HR_EIO : st;
+    if (backlog > (uint64_t)c->max_backlog)
+        return hr_error_set(err, HR_EFULL, NULL,
+                            "%" PRIu64 " requests wait to be trained (max_backlog %" PRId64
+                            "); nothing was accepted, %s",
+                            backlog, c->max_backlog, resend);
+    return HR_OK;
+}
+
 hr_status hr_cluster_catalog_append(hr_cluster *c, const char *text, size_t len, char *entry,
                                     size_t cap, hr_error *err)
 {
     entry[0] = 0;
-    if (c->max_backlog > 0) {
-        pthread_mutex_lock(&c->mu);
-        hr_estream_id cov = c->covered;
-        pthread_mutex_unlock(&c->mu);
-        uint64_t backlog = 0;
-        hr_status st = hr_estream_backlog(c->append, cov, &backlog, err);
-        if (st != HR_OK)
-            return st == HR_EFULL ? HR_EIO : st;
-        if (backlog > (uint64_t)c->max_backlog)
-            return hr_error_set(err, HR_EFULL, NULL,
-                                "%" PRIu64 " requests wait to be trained (max_backlog %" PRId64
-                                "); nothing was accepted, resend",
-                                backlog, c->max_backlog);
-    }
+    hr_status st = check_backlog(c, "resend", err);
+    if (st != HR_OK)
+        return st;
     hr_estream_appended out;
-    hr_status st = hr_estream_append_catalog(c->append, text, len, hr_wall_time(), &out, err);
+    st = hr_estream_append_catalog(c->append, text, len, hr_wall_time(), &out, err);
     if (st != HR_OK) {
         atomic_fetch_add(&c->redis_errors, 1);
         return st == HR_EFULL ? HR_EIO : st;
@@ -2128,23 +2140,10 @@ hr_status hr_cluster_post(hr_cluster *c, const json_t *events, json_t *errors,
                           hr_events_outcome *out, char *entry, size_t cap, hr_error *err)
 {
     entry[0] = 0;
-    if (c->max_backlog > 0) {
-        pthread_mutex_lock(&c->mu);
-        hr_estream_id cov = c->covered;
-        pthread_mutex_unlock(&c->mu);
-        uint64_t backlog = 0;
-        hr_status st = hr_estream_backlog(c->append, cov, &backlog, err);
-        if (st != HR_OK) {
-            memset(out, 0, sizeof *out);
-            return st == HR_EFULL ? HR_EIO : st;
-        }
-        if (backlog > (uint64_t)c->max_backlog) {
-            memset(out, 0, sizeof *out);
-            return hr_error_set(err, HR_EFULL, NULL,
-                                "%" PRIu64 " requests wait to be trained (max_backlog %" PRId64
-                                "); nothing was accepted, resend the whole request",
-                                backlog, c->max_backlog);
-        }
+    hr_status st = check_backlog(c, "resend the whole request", err);
+    if (st != HR_OK) {
+        memset(out, 0, sizeof *out);
+        return st;
     }
     append_ctx a = {c, entry, cap};
     return hr_events_post_append(c->p.events, events, errors, append_entry, &a, out, err);
