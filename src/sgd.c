@@ -216,6 +216,21 @@ update_bias(const hr_row_layout *L, float *r, float gb, float rate, float l2,
     return 0;
 }
 
+/* Gradient clipping, both kernels: the gradient's norm is |g| sqrt(norm2)
+ * (norm2: the squared norm of dy/dtheta); above clip, *g is scaled down to
+ * it (HR_STEP_CLIPPED); a non-finite norm skips the step. */
+static inline hr_step_result clip_gradient(double *g, double norm2, double clip)
+{
+    double norm = fabs(*g) * sqrt(norm2);
+    if (!isfinite(norm))
+        return HR_STEP_SKIPPED_NONFINITE;
+    if (norm > clip) {
+        *g *= clip / norm;
+        return HR_STEP_CLIPPED;
+    }
+    return HR_STEP_APPLIED;
+}
+
 /* The link in training (both kernels, so the pair path stays bit-identical
  * to the general one): the logistic's sigmoid with a float exp. The
  * gradient is formed in float (gf) anyway, and a float sigmoid is within
@@ -333,16 +348,9 @@ hr_step_result hr_sgd_step_general(const hr_row_layout *L, const hr_active *a, i
         if (p->clip > 0)
             norm2 += hsum(tmp, k);
     }
-    hr_step_result result = HR_STEP_APPLIED;
-    if (p->clip > 0) {
-        double norm = fabs(g) * sqrt(norm2);
-        if (!isfinite(norm))
-            return HR_STEP_SKIPPED_NONFINITE;
-        if (norm > p->clip) {
-            g *= p->clip / norm;
-            result = HR_STEP_CLIPPED;
-        }
-    }
+    hr_step_result result = p->clip > 0 ? clip_gradient(&g, norm2, p->clip) : HR_STEP_APPLIED;
+    if (result == HR_STEP_SKIPPED_NONFINITE)
+        return result;
 
     const float gf = (float)g;
     int nonfinite = 0;
@@ -531,13 +539,8 @@ static hr_step_result step_pair(const hr_row_layout *L, const hr_active *a, floa
         norm2 += hu;
         norm2 += (double)xv * xv;
         norm2 += hv;
-        double norm = fabs(g) * sqrt(norm2);
-        if (!isfinite(norm))
-            return HR_STEP_SKIPPED_NONFINITE;
-        if (norm > p->clip) {
-            g *= p->clip / norm;
-            result = HR_STEP_CLIPPED;
-        }
+        if ((result = clip_gradient(&g, norm2, p->clip)) == HR_STEP_SKIPPED_NONFINITE)
+            return result;
     }
 
     const float gf = (float)g;
