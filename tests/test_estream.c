@@ -75,11 +75,6 @@ static hr_estream *open_stream(const char *url, const char *cluster, uint64_t wi
     return s;
 }
 
-static void sleep_ms(int ms)
-{
-    nanosleep(&(struct timespec){ms / 1000, (long)(ms % 1000) * 1000000L}, NULL);
-}
-
 /* ---- batches of events made the way the ingest path makes them ---- */
 
 #define MAX_BATCH 64
@@ -601,7 +596,7 @@ static void test_dedup_window(void **state)
         hr_estream_appended o = append_ok(s, &b, dup);
         expired = o.appended == 1;
         if (!expired)
-            sleep_ms(10);
+            tu_sleep_ms(10);
     }
     assert_true(expired);
     assert_int_equal(length(s), 2); /* the first and the one after the window */
@@ -867,7 +862,7 @@ static void *appender_main(void *arg)
             next += CRASH_BATCH;
         } else {
             atomic_fetch_add(st == HR_EIO ? &ap->failed : &ap->other, 1);
-            sleep_ms(2); /* resend the same batch (a 503 and a client retry) */
+            tu_sleep_ms(2); /* resend the same batch (a 503 and a client retry) */
         }
     }
     return NULL;
@@ -882,7 +877,7 @@ static int cmp_u64(const void *a, const void *b)
 /* Polls until *v >= want, bounded (10 s). */
 static bool wait_for(atomic_size_t *v, size_t want)
 {
-    for (uint64_t end = hr_now_ns() + 10000000000ull; hr_now_ns() < end; sleep_ms(2))
+    for (uint64_t end = hr_now_ns() + 10000000000ull; hr_now_ns() < end; tu_sleep_ms(2))
         if (atomic_load(v) >= want)
             return true;
     return false;
@@ -929,7 +924,7 @@ static void test_crash_and_restart(void **state)
     for (int i = 0; i < 1000; i++) { /* the probe reconnects too (bounded) */
         if (append(probe, &b, NULL, &out, &err) == HR_OK)
             break;
-        sleep_ms(10);
+        tu_sleep_ms(10);
     }
 
     /* every acknowledged entry is in the stream, with its events; the

@@ -500,14 +500,7 @@ static bool spawn(child *ch, const char *db, const char *const *extra)
     for (int i = 0; extra && extra[i] && argc < 38; i++)
         argv[argc++] = extra[i];
     argv[argc] = NULL;
-    tu_child_spawn(ch, (char *const *)argv, CHILD_BOUND, NULL, NULL);
-    json_t *ready = tu_child_log_until(ch, "ready", NULL, 0);
-    json_decref(ready);
-    if (ready && ch->port)
-        return true;
-    kill(ch->pid, SIGKILL);
-    tu_child_wait(ch);
-    return false;
+    return tu_node_spawn(ch, argv, CHILD_BOUND);
 }
 
 /* Stops the child with sig; returns its wait status. */
