@@ -172,6 +172,8 @@ struct hr_store {
     hr_store_kind kind;
     int version;                  /* user_version after migration */
     sqlite3_stmt *st[ST_COUNT];   /* prepared at open; NULL if not for this kind/version */
+    sqlite3_stmt *log_many;       /* INSERT of HR_STORE_LOG_ROWS_PER_INSERT event rows (log,
+                                     version >= 2; else NULL) */
     char path[512];               /* for messages */
 };
 
@@ -324,6 +326,28 @@ static hr_status check(hr_store *s, hr_error *err)
     return out;
 }
 
+/* The multi-row event-log INSERT: one statement for HR_STORE_LOG_ROWS_PER_INSERT
+ * rows, prepared once (a VALUES list of that many (?, ?, ?) tuples). Only on
+ * a log database with arrival times (version >= 2); older ones insert row
+ * by row. */
+static hr_status prepare_log_many(hr_store *s, hr_error *err)
+{
+    if (!s->st[ST_LOG_INSERT_ARRIVED])
+        return HR_OK;
+    static const char head[] = "INSERT INTO event_log (seq, event, arrived) VALUES ";
+    static const char tuple[] = "(?,?,?),";
+    char sql[sizeof head + HR_STORE_LOG_ROWS_PER_INSERT * (sizeof tuple - 1)];
+    size_t n = sizeof head - 1;
+    memcpy(sql, head, n);
+    for (int i = 0; i < HR_STORE_LOG_ROWS_PER_INSERT; i++) {
+        memcpy(sql + n, tuple, sizeof tuple - 1);
+        n += sizeof tuple - 1;
+    }
+    sql[n - 1] = 0; /* the last tuple's comma */
+    int rc = sqlite3_prepare_v3(s->db, sql, (int)n, SQLITE_PREPARE_PERSISTENT, &s->log_many, NULL);
+    return rc == SQLITE_OK ? HR_OK : fail(s, rc, err, "preparing the event-log insert");
+}
+
 hr_status hr_store_open(const char *path, const hr_store_options *opt, hr_store **out,
                         hr_error *err)
 {
@@ -395,6 +419,8 @@ hr_status hr_store_open(const char *path, const hr_store_options *opt, hr_store 
             goto fail;
         }
     }
+    if ((st = prepare_log_many(s, err)) != HR_OK)
+        goto fail;
     *out = s;
     return HR_OK;
 fail:
@@ -411,6 +437,7 @@ void hr_store_close(hr_store *s)
             rollback(s);
         for (int i = 0; i < ST_COUNT; i++)
             sqlite3_finalize(s->st[i]);
+        sqlite3_finalize(s->log_many);
         sqlite3_close(s->db);
     }
     free(s);
@@ -836,6 +863,26 @@ hr_status hr_store_serving_blobs(hr_store *s, int64_t id, const char *kind, hr_s
 
 /* ---- event log ---- */
 
+/* Binds one event to the three parameters from col (seq, text, arrival or
+ * NULL when unknown); with_time false: the two of a version-1 log. */
+static void bind_event(sqlite3_stmt *ins, int col, bool with_time, uint64_t seq,
+                       const double *arrived, const char *json, size_t len)
+{
+    sqlite3_bind_int64(ins, col, (int64_t)seq);
+    sqlite3_bind_text(ins, col + 1, json, (int)len, SQLITE_STATIC);
+    if (with_time && arrived && isfinite(*arrived))
+        sqlite3_bind_double(ins, col + 2, *arrived);
+    else if (with_time)
+        sqlite3_bind_null(ins, col + 2);
+}
+
+static int step_reset(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 hr_status hr_store_log_write(hr_store *s, const uint64_t *seqs, const double *arrived,
                              const char *const *json, const size_t *len, size_t n,
                              uint64_t trim_to, hr_error *err)
@@ -845,17 +892,21 @@ hr_status hr_store_log_write(hr_store *s, const uint64_t *seqs, const double *ar
     sqlite3_stmt *ins = s->st[ST_LOG_INSERT_ARRIVED] ? s->st[ST_LOG_INSERT_ARRIVED]
                                                       : s->st[ST_LOG_INSERT];
     bool with_time = ins == s->st[ST_LOG_INSERT_ARRIVED];
-    for (size_t i = 0; i < n && rc == SQLITE_OK; i++) {
-        sqlite3_bind_int64(ins, 1, (int64_t)seqs[i]);
-        sqlite3_bind_text(ins, 2, json[i], (int)len[i], SQLITE_STATIC);
-        if (with_time && arrived && isfinite(arrived[i]))
-            sqlite3_bind_double(ins, 3, arrived[i]);
-        else if (with_time)
-            sqlite3_bind_null(ins, 3);
-        rc = sqlite3_step(ins);
-        sqlite3_reset(ins);
-        rc = rc == SQLITE_DONE ? SQLITE_OK : rc;
+    const size_t per = HR_STORE_LOG_ROWS_PER_INSERT;
+    size_t i = 0;
+    if (rc == SQLITE_OK && n)
         what = "event log: writing events";
+    /* Whole statements of `per` rows (one step and reset for all), then the
+     * rest row by row: the rows and their order are the same either way. */
+    for (; s->log_many && n - i >= per && rc == SQLITE_OK; i += per) {
+        for (size_t j = 0; j < per; j++)
+            bind_event(s->log_many, (int)(3 * j + 1), true, seqs[i + j],
+                       arrived ? &arrived[i + j] : NULL, json[i + j], len[i + j]);
+        rc = step_reset(s->log_many);
+    }
+    for (; i < n && rc == SQLITE_OK; i++) {
+        bind_event(ins, 1, with_time, seqs[i], arrived ? &arrived[i] : NULL, json[i], len[i]);
+        rc = step_reset(ins);
     }
     if (rc == SQLITE_OK && trim_to > 0) {
         what = "event log: trimming";

@@ -186,6 +186,11 @@ hr_status hr_store_snapshot_meta_get(hr_store *s, char **text, hr_error *err);
 
 /* ---- event log (log database) ---- */
 
+/* Rows written by one multi-row INSERT statement of the event log (whole
+ * statements first, the rest row by row; what is stored does not depend on
+ * it). */
+#define HR_STORE_LOG_ROWS_PER_INSERT 64
+
 /* In one transaction: inserts n events (seqs[i], arrival wall time
  * arrived[i] - NULL or NaN: unknown -, json[i] of len[i] bytes) and, when
  * trim_to > 0, deletes every seq <= trim_to. */
