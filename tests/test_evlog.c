@@ -14,7 +14,9 @@
  * the log recovers by itself once writes work, and every event acknowledged before or after is in the file.
  * Trim: deleted with the next commit, and the last seq survives a trim of
  * everything. Threads appending in seq order (as ingest does) and waiting
- * outside the lock all get their events acknowledged and stored.
+ * outside the lock all get their events acknowledged and stored. Commits of
+ * sizes around the multi-row INSERT store exactly their events; a disk that
+ * fills in the middle of those statements refuses that commit only.
  *
  * No assertion is about time; every wait is bounded in count.
  */
@@ -583,6 +585,106 @@ static void test_threads_group_commit(void **state)
     tu_rmtree(f.dir);
 }
 
+/* ---- commit sizes around the multi-row statement ---- */
+
+/* Appends seqs first..first+n-1 in calls of at most 64 events. */
+static void append_many(hr_evlog *log, uint64_t first, size_t n)
+{
+    hr_error err = {{0}, {0}};
+    for (size_t done = 0; done < n;) {
+        size_t k = n - done < 64 ? n - done : 64;
+        assert_int_equal(append(log, first + done, k, &err), HR_OK);
+        done += k;
+    }
+}
+
+/* Each size buffered before the committer starts, so it is one commit: 1,
+ * R - 1, R, R + 1 and several R plus a remainder (R = rows per INSERT
+ * statement). After each, the file holds exactly seqs 1..last in order with
+ * their texts and times. */
+static void test_commit_sizes(void **state)
+{
+    (void)state;
+    const size_t R = HR_STORE_LOG_ROWS_PER_INSERT;
+    const size_t sizes[] = {1, R - 1, R, R + 1, 3 * R + 2};
+    logfile f;
+    logfile_make(&f);
+    uint64_t next = 1;
+    hr_error err = {{0}, {0}};
+    for (size_t k = 0; k < HR_ARRAY_LEN(sizes); k++) {
+        hr_evlog *log = open_log(f.path, true, 100, false);
+        append_many(log, next, sizes[k]);
+        next += sizes[k];
+        assert_int_equal(hr_evlog_start(log, &err), HR_OK);
+        assert_int_equal(hr_evlog_wait(log, next - 1, &err), HR_OK);
+        uint64_t commits;
+        hr_evlog_counts(log, NULL, &commits, NULL, NULL);
+        assert_int_equal(commits, 1);
+        hr_evlog_destroy(log);
+        uint64_t last;
+        contents *c = read_file(f.path, NULL, &last); /* texts and times checked */
+        assert_int_equal(c->n, next - 1);
+        assert_int_equal(last, next - 1);
+        for (size_t i = 0; i < c->n; i++)
+            assert_int_equal(c->seq[i], i + 1);
+        free(c);
+    }
+    tu_rmtree(f.dir);
+}
+
+/* A disk that fills while a large commit's multi-row INSERTs run (more
+ * events than SQLite's page cache holds: pages spill to the WAL
+ * mid-statement): that commit is refused (HR_EIO to its notify), what was
+ * acknowledged before stays acknowledged and in the file, none of the
+ * refused events is, and the log recovers once the disk does. */
+static void test_failed_commit_mid_statement(void **state)
+{
+    (void)state;
+    fv_install();
+    logfile f;
+    logfile_make(&f);
+    hr_evlog *log = open_log(f.path, true, 100, true);
+    hr_error err = {{0}, {0}};
+    append_many(log, 1, 3);
+    assert_int_equal(hr_evlog_wait(log, 3, &err), HR_OK); /* acknowledged */
+    hr_evlog_destroy(log);
+
+    log = open_log(f.path, true, 100, false);
+    const size_t big = 100000; /* about 4 MB of rows: the cache is 2 MB */
+    append_many(log, 4, big);
+    fv_fail_writes(".db-events-wal", SQLITE_FULL);
+    note n;
+    note_init(&n);
+    assert_int_equal(hr_evlog_notify(log, 3 + big, on_outcome, &n), HR_OK);
+    assert_int_equal(hr_evlog_start(log, &err), HR_OK);
+    assert_int_equal(note_wait(&n), 1);
+    assert_int_equal(n.st, HR_EIO);
+    if (!strstr(n.why, "writing events") || !strstr(n.why, "full"))
+        fail_msg("not refused while writing the events: '%s'", n.why);
+    note_destroy(&n);
+    assert_true(fv_failed_writes() > 0);
+    assert_int_equal(hr_evlog_wait(log, 3, &err), HR_OK);
+    memset(&err, 0, sizeof err);
+    assert_int_equal(hr_evlog_wait(log, 4, &err), HR_EIO);
+
+    fv_fail_writes(NULL, 0);
+    for (int i = 0; i < 30000 && hr_evlog_health(log); i++)
+        nap();
+    assert_null(hr_evlog_health(log));
+    uint64_t next = hr_evlog_last_seq(log) + 1;
+    append_many(log, next, 1);
+    assert_int_equal(hr_evlog_wait(log, next, &err), HR_OK);
+    hr_evlog_destroy(log);
+
+    contents *c = read_file(f.path, NULL, NULL);
+    assert_int_equal(c->n, 4);
+    for (uint64_t s = 1; s <= 3; s++)
+        assert_true(holds(c, s));
+    assert_true(holds(c, next));
+    free(c);
+    tu_rmtree(f.dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -594,6 +696,8 @@ int main(void)
         cmocka_unit_test_teardown(test_failed_commit_write_error, fv_clear_faults),
         cmocka_unit_test(test_trim),
         cmocka_unit_test(test_threads_group_commit),
+        cmocka_unit_test(test_commit_sizes),
+        cmocka_unit_test_teardown(test_failed_commit_mid_statement, fv_clear_faults),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

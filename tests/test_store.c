@@ -14,7 +14,9 @@
  * abort or a close drops it, and a second writer is HR_EBUSY. Event log:
  * writes, arrival times (NaN when unknown or below version 2), trim, the
  * last seq surviving a full trim, a scan stopped by its callback, and a
- * write that fails (injected disk full) changes nothing.
+ * write that fails (injected disk full) changes nothing. Multi-row inserts:
+ * batches around the statement size store exactly the rows one INSERT per
+ * row stores, and a disk filling mid-statement fails the write as a whole.
  */
 #include <dirent.h>
 #include <math.h>
@@ -794,6 +796,247 @@ static void test_event_log_write_fails_whole(void **state)
     tu_rmtree(dir);
 }
 
+/* ---- event log: multi-row inserts ---- */
+
+/* Generated events for the batch tests: seqs increasing with gaps, texts of
+ * 0 to 300 bytes, arrival times finite or unknown (NaN), from a seeded
+ * generator so every run writes the same. */
+typedef struct {
+    size_t n;
+    uint64_t *seqs;
+    double *arrived;
+    char **json;
+    size_t *len;
+} gen_events;
+
+static uint64_t gen_next(uint64_t *x)
+{
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return *x;
+}
+
+static void gen_make(gen_events *g, size_t n, uint64_t first_seq, uint64_t *rng)
+{
+    g->n = n;
+    g->seqs = calloc(n + 1, sizeof *g->seqs);
+    g->arrived = calloc(n + 1, sizeof *g->arrived);
+    g->json = calloc(n + 1, sizeof *g->json);
+    g->len = calloc(n + 1, sizeof *g->len);
+    uint64_t seq = first_seq;
+    for (size_t i = 0; i < n; i++) {
+        g->seqs[i] = seq;
+        seq += 1 + (gen_next(rng) % 4 == 0 ? gen_next(rng) % 3 : 0);
+        g->arrived[i] = gen_next(rng) % 5 == 0 ? NAN : 1.7e9 + (double)(gen_next(rng) % 100000) / 8;
+        size_t pad = gen_next(rng) % 7 == 0 ? 0 : (size_t)(gen_next(rng) % 260);
+        g->json[i] = malloc(pad + 48);
+        int w = snprintf(g->json[i], pad + 48, "{\"item\":\"i%llu\",\"user\":\"u%llu\",\"p\":\"",
+                         (unsigned long long)(gen_next(rng) % 1000),
+                         (unsigned long long)g->seqs[i]);
+        for (size_t k = 0; k < pad; k++)
+            g->json[i][w + (int)k] = (char)('a' + (g->seqs[i] + k) % 26);
+        g->len[i] = (size_t)w + pad;
+        memcpy(g->json[i] + g->len[i], "\"}", 2);
+        g->len[i] += 2;
+        if (i % 11 == 3)
+            g->len[i] = 0; /* an empty text */
+    }
+}
+
+static void gen_free(gen_events *g)
+{
+    for (size_t i = 0; i < g->n; i++)
+        free(g->json[i]);
+    free(g->seqs);
+    free(g->arrived);
+    free(g->json);
+    free(g->len);
+}
+
+/* Writes g into a log database row by row with plain SQLite, one INSERT
+ * per row: the one-row path the multi-row statements must equal. */
+static void write_row_by_row(const char *path, const gen_events *g)
+{
+    sqlite3 *h;
+    assert_int_equal(sqlite3_open_v2(path, &h, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    sqlite3_stmt *ins;
+    assert_int_equal(sqlite3_exec(h, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(h, "INSERT INTO event_log (seq, event, arrived) "
+                                        "VALUES (?, ?, ?)", -1, &ins, NULL), SQLITE_OK);
+    for (size_t i = 0; i < g->n; i++) {
+        sqlite3_bind_int64(ins, 1, (int64_t)g->seqs[i]);
+        sqlite3_bind_text(ins, 2, g->json[i], (int)g->len[i], SQLITE_STATIC);
+        if (isnan(g->arrived[i]))
+            sqlite3_bind_null(ins, 3);
+        else
+            sqlite3_bind_double(ins, 3, g->arrived[i]);
+        assert_int_equal(sqlite3_step(ins), SQLITE_DONE);
+        sqlite3_reset(ins);
+    }
+    sqlite3_finalize(ins);
+    assert_int_equal(sqlite3_exec(h, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(h);
+}
+
+/* Asserts both log files hold the same rows: seq, text bytes, arrival time
+ * and the stored type of each, in rowid order; returns the row count. */
+static size_t same_log_rows(const char *a, const char *b)
+{
+    static const char *sql = "SELECT seq, event, arrived, typeof(event), typeof(arrived) "
+                             "FROM event_log ORDER BY rowid";
+    sqlite3 *h[2];
+    sqlite3_stmt *st[2];
+    const char *paths[2] = {a, b};
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(sqlite3_open_v2(paths[k], &h[k], SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+        assert_int_equal(sqlite3_prepare_v2(h[k], sql, -1, &st[k], NULL), SQLITE_OK);
+    }
+    size_t rows = 0;
+    for (;;) {
+        int r0 = sqlite3_step(st[0]), r1 = sqlite3_step(st[1]);
+        assert_int_equal(r0, r1);
+        if (r0 != SQLITE_ROW)
+            break;
+        assert_int_equal(sqlite3_column_int64(st[0], 0), sqlite3_column_int64(st[1], 0));
+        int n0 = sqlite3_column_bytes(st[0], 1), n1 = sqlite3_column_bytes(st[1], 1);
+        assert_int_equal(n0, n1);
+        assert_memory_equal(sqlite3_column_blob(st[0], 1) ? sqlite3_column_blob(st[0], 1) : "",
+                            sqlite3_column_blob(st[1], 1) ? sqlite3_column_blob(st[1], 1) : "",
+                            (size_t)n0);
+        assert_string_equal(sqlite3_column_text(st[0], 3), sqlite3_column_text(st[1], 3));
+        assert_string_equal(sqlite3_column_text(st[0], 4), sqlite3_column_text(st[1], 4));
+        assert_true(sqlite3_column_double(st[0], 2) == sqlite3_column_double(st[1], 2));
+        rows++;
+    }
+    for (int k = 0; k < 2; k++) {
+        sqlite3_finalize(st[k]);
+        sqlite3_close(h[k]);
+    }
+    return rows;
+}
+
+/* What hr_store_log_scan reads back, checked against g from index *at. */
+typedef struct {
+    const gen_events *g;
+    size_t at;
+    bool ok;
+} scan_check;
+
+static hr_status check_event(void *ctx, uint64_t seq, double arrived, const char *json, size_t len)
+{
+    scan_check *c = ctx;
+    const gen_events *g = c->g;
+    if (c->at >= g->n || seq != g->seqs[c->at] || len != g->len[c->at] ||
+        memcmp(json, g->json[c->at], len) != 0 ||
+        (isnan(g->arrived[c->at]) ? !isnan(arrived) : arrived != g->arrived[c->at]))
+        c->ok = false;
+    c->at++;
+    return HR_OK;
+}
+
+/* Batch sizes around the statement size (1, R - 1, R, R + 1, several R and
+ * a remainder), written one write per batch after another: the file holds
+ * exactly the events in seq order with their texts and times, the same rows
+ * as one INSERT per row writes, and hr_store_log_scan reads them back. */
+static void test_event_log_batch_sizes(void **state)
+{
+    (void)state;
+    const size_t R = HR_STORE_LOG_ROWS_PER_INSERT;
+    const size_t sizes[] = {1, R - 1, R, R + 1, 2 * R, 2 * R + 1, 3 * R - 1, 5 * R + 7, 1, R};
+    size_t total = 0;
+    for (size_t k = 0; k < HR_ARRAY_LEN(sizes); k++)
+        total += sizes[k];
+    uint64_t rng = 0x9e3779b97f4a7c15u;
+    gen_events g;
+    gen_make(&g, total, 10, &rng);
+
+    const char *dir = tu_tmpdir();
+    char *path = path_in(dir, "many.db-events"), *ref = path_in(dir, "ref.db-events");
+    hr_store *s = open_ok(path, &LOG_OPT);
+    hr_store_close(open_ok(ref, &LOG_OPT)); /* the same schema, written below */
+    hr_error err = {{0}, {0}};
+    size_t at = 0;
+    for (size_t k = 0; k < HR_ARRAY_LEN(sizes); k++) {
+        assert_int_equal(hr_store_log_write(s, g.seqs + at, g.arrived + at,
+                                            (const char *const *)g.json + at, g.len + at,
+                                            sizes[k], 0, &err),
+                         HR_OK);
+        at += sizes[k];
+        uint64_t count = 0, last = 0;
+        assert_int_equal(hr_store_log_count(s, &count, &err), HR_OK);
+        assert_int_equal(count, at);
+        assert_int_equal(hr_store_log_last_seq(s, &last, &err), HR_OK);
+        assert_int_equal(last, g.seqs[at - 1]);
+    }
+    scan_check c = {&g, 0, true};
+    assert_int_equal(hr_store_log_scan(s, 0, check_event, &c, &err), HR_OK);
+    assert_true(c.ok);
+    assert_int_equal(c.at, total);
+    hr_store_close(s);
+
+    write_row_by_row(ref, &g);
+    assert_int_equal(same_log_rows(path, ref), total);
+    gen_free(&g);
+    tu_rmtree(dir);
+}
+
+/* A disk that fills while the multi-row INSERTs run (a batch larger than
+ * the page cache spills pages to the WAL mid-statement): the write fails
+ * as a whole with HR_EFULL saying it was writing events, the file keeps
+ * exactly what was committed before, and the next write works. */
+static void test_event_log_full_mid_statement(void **state)
+{
+    (void)state;
+    fv_install();
+    const char *dir = tu_tmpdir();
+    char *path = path_in(dir, "t.db-events");
+    hr_store *s = open_ok(path, &LOG_OPT);
+    hr_error err = {{0}, {0}};
+    uint64_t rng = 42;
+    gen_events before, big;
+    gen_make(&before, 2 * HR_STORE_LOG_ROWS_PER_INSERT + 5, 1, &rng);
+    assert_int_equal(hr_store_log_write(s, before.seqs, before.arrived,
+                                        (const char *const *)before.json, before.len, before.n,
+                                        0, &err),
+                     HR_OK);
+    /* about 6 MB of events: more than SQLite's default 2 MB page cache */
+    gen_make(&big, 40000, before.seqs[before.n - 1] + 1, &rng);
+    fv_fail_writes(".db-events-wal", SQLITE_FULL);
+    long failed0 = fv_failed_writes();
+    memset(&err, 0, sizeof err);
+    assert_int_equal(hr_store_log_write(s, big.seqs, big.arrived, (const char *const *)big.json,
+                                        big.len, big.n, 0, &err),
+                     HR_EFULL);
+    assert_true(fv_failed_writes() > failed0);
+    if (!strstr(err.message, "writing events"))
+        fail_msg("the failure was not during the inserts: %s", err.message);
+    fv_fail_writes(NULL, 0);
+    uint64_t v;
+    assert_int_equal(hr_store_log_count(s, &v, &err), HR_OK);
+    assert_int_equal(v, before.n);
+    scan_check c = {&before, 0, true};
+    assert_int_equal(hr_store_log_scan(s, 0, check_event, &c, &err), HR_OK);
+    assert_true(c.ok);
+    assert_int_equal(c.at, before.n);
+    /* the same batch again, disk back: all of it */
+    assert_int_equal(hr_store_log_write(s, big.seqs, big.arrived, (const char *const *)big.json,
+                                        big.len, big.n, 0, &err),
+                     HR_OK);
+    assert_int_equal(hr_store_log_count(s, &v, &err), HR_OK);
+    assert_int_equal(v, before.n + big.n);
+    hr_store_close(s);
+    hr_store_options qc = LOG_OPT;
+    qc.quick_check = true;
+    s = open_ok(path, &qc);
+    assert_int_equal(hr_store_log_last_seq(s, &v, &err), HR_OK);
+    assert_int_equal(v, big.seqs[big.n - 1]);
+    hr_store_close(s);
+    gen_free(&before);
+    gen_free(&big);
+    tu_rmtree(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -805,6 +1048,8 @@ int main(void)
         cmocka_unit_test(test_older_schema_ignores_newer_parts),
         cmocka_unit_test(test_event_log),
         cmocka_unit_test_teardown(test_event_log_write_fails_whole, fv_clear_faults),
+        cmocka_unit_test(test_event_log_batch_sizes),
+        cmocka_unit_test_teardown(test_event_log_full_mid_statement, fv_clear_faults),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
