@@ -6,8 +6,9 @@
  * transaction, in rowid order (the table's INTEGER PRIMARY KEY is
  * checkpoint << 40 | table << 32 | row), which is SQLite's cheapest insert;
  * a restore reads rowid ranges. The event log takes a small transaction per
- * group commit (every few ms under load) and a range delete after each
- * checkpoint.
+ * group commit (every few ms under load; its rows go in INSERT statements of
+ * HR_STORE_LOG_ROWS_PER_INSERT rows, which costs about 0.6x the CPU of one
+ * statement per row) and a range delete after each checkpoint.
  *
  * Threads: a handle is used by one thread at a time; callers serialize.
  */
