@@ -21,6 +21,26 @@
  * OR-ing the exponent test into a flag per row as it goes.
  */
 
+/* Loops over the features (m <= HR_FAST_MAX_FACTORS, known at compile
+ * time) unrolled whole, so the coordinate loop around them vectorizes. */
+#ifndef FK_UNROLL
+#if defined(__clang__)
+#define FK_UNROLL _Pragma("unroll")
+#else
+#define FK_UNROLL _Pragma("GCC unroll 8")
+#endif
+#endif
+/* The coordinate loop of pass 2 reads the rows and writes the scratch,
+ * which never overlap: no run-time aliasing checks (GCC gives up on
+ * vectorizing beyond 10 of them, and drops restrict when inlining). */
+#ifndef FK_IVDEP
+#if defined(__clang__)
+#define FK_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#else
+#define FK_IVDEP _Pragma("GCC ivdep")
+#endif
+#endif
+
 typedef float FK(vf) __attribute__((vector_size(FK_W * sizeof(float))));
 
 FK_ATTR static inline __attribute__((always_inline)) float FK(hsum)(const FK(vf) * v)
@@ -40,6 +60,7 @@ FK(block1)(const int m, const bool pair, const bool clip, float *const *rw, cons
            const float (*c)[HR_FAST_MAX_FACTORS], uint32_t i, FK(vf) * acc, FK(vf) * h)
 {
     FK(vf) w[HR_FAST_MAX_FACTORS];
+    FK_UNROLL
     for (int f = 0; f < m; f++)
         memcpy(&w[f], rw[f] + i, sizeof w[f]);
     if (pair) {
@@ -51,21 +72,24 @@ FK(block1)(const int m, const bool pair, const bool clip, float *const *rw, cons
         return;
     }
     FK(vf) pf[HR_FAST_MAX_FACTORS], part[HR_FAST_MAX_FACTORS];
+    FK_UNROLL
     for (int f = 0; f < m; f++) {
         pf[f] = w[f] * xs[f];
         part[f] = (FK(vf)){0};
     }
+    FK_UNROLL
     for (int f = 0; f < m; f++)
+        FK_UNROLL
         for (int g = f + 1; g < m; g++) {
-            if (c[f][g] == 0)
-                continue;
-            *acc += pf[f] * pf[g];
+            FK(vf) pg = pf[g] * c[f][g]; /* c is 0 or 1: branch-free */
+            *acc += pf[f] * pg;
             if (clip) {
-                part[f] += pf[g];
-                part[g] += pf[f];
+                part[f] += pg;
+                part[g] += pf[f] * c[f][g];
             }
         }
     if (clip)
+        FK_UNROLL
         for (int f = 0; f < m; f++) {
             FK(vf) t = part[f] * xs[f];
             h[f] += t * t;
@@ -80,6 +104,7 @@ FK(pass1)(const int m, const uint32_t k, const bool pair, const bool clip, float
           const float *xs, const float (*c)[HR_FAST_MAX_FACTORS], float *hsq)
 {
     FK(vf) acc0 = {0}, acc1 = {0}, h[HR_FAST_MAX_FACTORS];
+    FK_UNROLL
     for (int f = 0; f < m; f++)
         h[f] = acc0;
     uint32_t i = 0;
@@ -101,9 +126,12 @@ FK(pass1)(const int m, const uint32_t k, const bool pair, const bool clip, float
             continue;
         }
         float pf[HR_FAST_MAX_FACTORS], part[HR_FAST_MAX_FACTORS] = {0};
+        FK_UNROLL
         for (int f = 0; f < m; f++)
             pf[f] = rw[f][i] * xs[f];
+        FK_UNROLL
         for (int f = 0; f < m; f++)
+            FK_UNROLL
             for (int g = f + 1; g < m; g++) {
                 if (c[f][g] == 0)
                     continue;
@@ -111,12 +139,14 @@ FK(pass1)(const int m, const uint32_t k, const bool pair, const bool clip, float
                 part[f] += pf[g];
                 part[g] += pf[f];
             }
+        FK_UNROLL
         for (int f = 0; f < m; f++) {
             float t = part[f] * xs[f];
             ht[f] += t * t;
         }
     }
     if (clip)
+        FK_UNROLL
         for (int f = 0; f < m; f++)
             hsq[f] = FK(hsum)(&h[f]) + ht[f];
     return dot;
@@ -132,6 +162,7 @@ FK(pass2_pair)(const uint32_t k, const bool ada, const float *restrict u, const 
                float *restrict gv)
 {
     uint32_t bad_u = 0, bad_v = 0;
+    FK_IVDEP
     for (uint32_t d = 0; d < k; d++) {
         float uw = u[d], vw = v[d];
         float gru = cu * vw + lu * uw, grv = cu * uw + lv * vw;
@@ -162,33 +193,63 @@ FK(pass2_pair)(const uint32_t k, const bool ada, const float *restrict u, const 
     return (bad_u ? 1u : 0u) | (bad_v ? 2u : 0u);
 }
 
-/* Pass 2 for m features with factors: row f's new weights into nw + f k,
- * its new state into ng + f k; returns a bit per row whose new values are
- * not all finite. gx[f] = gf x_f. */
+/* Pass 2 for m features with factors (rows r0.., AdaGrad state s0.. when
+ * ada; restrict, one parameter each, so the loop needs no aliasing checks):
+ * row f's new weights into n<f>, its new state into g<f> (k floats each); returns
+ * a bit per row whose new values are not all finite. gx[f] = gf x_f. */
 FK_ATTR static inline __attribute__((always_inline)) unsigned
-FK(pass2_ctx)(const int m, const uint32_t k, const bool ada, float *const *rw, float *const *st,
-              const float *xs, const float *gx, const float *rate, const float *l2,
-              const float (*c)[HR_FAST_MAX_FACTORS], float *restrict nw, float *restrict ng)
+FK(pass2_ctx)(const int m, const uint32_t k, const bool ada, const float *restrict r0,
+              const float *restrict r1, const float *restrict r2, const float *restrict r3,
+              const float *restrict r4, const float *restrict r5, const float *restrict s0,
+              const float *restrict s1, const float *restrict s2, const float *restrict s3,
+              const float *restrict s4, const float *restrict s5, const float *xs_in,
+              const float *gx_in, const float *rate_in, const float *l2_in,
+              const float (*c_in)[HR_FAST_MAX_FACTORS], float *restrict n0, float *restrict n1,
+              float *restrict n2, float *restrict n3, float *restrict n4, float *restrict n5,
+              float *restrict g0, float *restrict g1, float *restrict g2, float *restrict g3,
+              float *restrict g4, float *restrict g5)
 {
-    uint32_t bad[HR_FAST_MAX_FACTORS] = {0};
+#define FK_NW(f) ((f) == 0 ? n0 : (f) == 1 ? n1 : (f) == 2 ? n2 : (f) == 3 ? n3 : (f) == 4 ? n4 : n5)
+#define FK_NG(f) ((f) == 0 ? g0 : (f) == 1 ? g1 : (f) == 2 ? g2 : (f) == 3 ? g3 : (f) == 4 ? g4 : g5)
+#define FK_ROW(f) ((f) == 0 ? r0 : (f) == 1 ? r1 : (f) == 2 ? r2 : (f) == 3 ? r3 : (f) == 4 ? r4 : r5)
+#define FK_ST(f) ((f) == 0 ? s0 : (f) == 1 ? s1 : (f) == 2 ? s2 : (f) == 3 ? s3 : (f) == 4 ? s4 : s5)
+    float xs[HR_FAST_MAX_FACTORS], gx[HR_FAST_MAX_FACTORS], rate[HR_FAST_MAX_FACTORS],
+        l2[HR_FAST_MAX_FACTORS], c[HR_FAST_MAX_FACTORS][HR_FAST_MAX_FACTORS];
+    uint32_t bad[HR_FAST_MAX_FACTORS];
+    FK_UNROLL
+    for (int f = 0; f < m; f++) {
+        xs[f] = xs_in[f];
+        gx[f] = gx_in[f];
+        rate[f] = rate_in[f];
+        l2[f] = l2_in[f];
+        bad[f] = 0;
+        FK_UNROLL
+        for (int g = 0; g < m; g++)
+            c[f][g] = c_in[f][g];
+    }
+    FK_IVDEP
     for (uint32_t d = 0; d < k; d++) {
         float w[HR_FAST_MAX_FACTORS], pf[HR_FAST_MAX_FACTORS], part[HR_FAST_MAX_FACTORS];
+        FK_UNROLL
         for (int f = 0; f < m; f++) {
-            w[f] = rw[f][d];
+            w[f] = FK_ROW(f)[d];
             pf[f] = w[f] * xs[f];
             part[f] = 0;
         }
+        FK_UNROLL
         for (int f = 0; f < m; f++)
+            FK_UNROLL
             for (int g = f + 1; g < m; g++) { /* c is 0 or 1: branch-free */
                 part[f] += c[f][g] * pf[g];
                 part[g] += c[f][g] * pf[f];
             }
+        FK_UNROLL
         for (int f = 0; f < m; f++) {
             float gr = gx[f] * part[f] + l2[f] * w[f];
             float n;
             if (ada) {
-                float G = st[f][d] + gr * gr;
-                ng[(size_t)f * k + d] = G;
+                float G = FK_ST(f)[d] + gr * gr;
+                FK_NG(f)[d] = G;
                 n = w[f] - rate[f] * gr / sqrtf(G);
                 uint32_t b;
                 memcpy(&b, &G, sizeof b);
@@ -196,13 +257,18 @@ FK(pass2_ctx)(const int m, const uint32_t k, const bool ada, float *const *rw, f
             } else {
                 n = w[f] - rate[f] * gr;
             }
-            nw[(size_t)f * k + d] = n;
+            FK_NW(f)[d] = n;
             uint32_t b;
             memcpy(&b, &n, sizeof b);
             bad[f] |= (b & 0x7f800000u) == 0x7f800000u;
         }
     }
+#undef FK_ROW
+#undef FK_ST
+#undef FK_NW
+#undef FK_NG
     unsigned mask = 0;
+    FK_UNROLL
     for (int f = 0; f < m; f++)
         mask |= bad[f] ? 1u << f : 0u;
     return mask;
@@ -258,9 +324,14 @@ FK_ATTR static unsigned FK(update)(const int m, const uint32_t k, const bool pai
         }
 #undef FK_P2
     }
+#define FK_SCRATCH                                                                                 \
+    nw, nw + k, nw + 2 * k, nw + 3 * k, nw + 4 * k, nw + 5 * k, ng, ng + k, ng + 2 * k, ng + 3 * k,  \
+        ng + 4 * k, ng + 5 * k
 #define FK_PC(M)                                                                                   \
-    return ada ? FK(pass2_ctx)(M, k, true, rw, st, xs, gx, rate, l2, c, nw, ng)                    \
-               : FK(pass2_ctx)(M, k, false, rw, st, xs, gx, rate, l2, c, nw, ng)
+    return ada ? FK(pass2_ctx)(M, k, true, rw[0], rw[1], rw[2], rw[3], rw[4], rw[5], st[0], st[1],   \
+                               st[2], st[3], st[4], st[5], xs, gx, rate, l2, c, FK_SCRATCH)      \
+               : FK(pass2_ctx)(M, k, false, rw[0], rw[1], rw[2], rw[3], rw[4], rw[5], NULL, NULL,  \
+                               NULL, NULL, NULL, NULL, xs, gx, rate, l2, c, FK_SCRATCH)
     switch (m) {
     case 2: FK_PC(2);
     case 3: FK_PC(3);
@@ -269,6 +340,7 @@ FK_ATTR static unsigned FK(update)(const int m, const uint32_t k, const bool pai
     default: FK_PC(6);
     }
 #undef FK_PC
+#undef FK_SCRATCH
 }
 
 /* The step: hr_sgd_step_general's contract, for the shapes of
@@ -278,7 +350,7 @@ FK_ATTR static hr_step_result FK(step)(const hr_row_layout *L, const hr_active *
                                        double *y_before, double *pred_before)
 {
     const uint32_t k = L->k;
-    float *rw[HR_FAST_MAX_FACTORS], *st[HR_FAST_MAX_FACTORS];
+    float *rw[HR_FAST_MAX_FACTORS] = {0}, *st[HR_FAST_MAX_FACTORS] = {0};
     float xs[HR_FAST_MAX_FACTORS];
     uint8_t side[HR_FAST_MAX_FACTORS];
     int m = 0;
@@ -294,6 +366,7 @@ FK_ATTR static hr_step_result FK(step)(const hr_row_layout *L, const hr_active *
     }
     /* c[f][g]: 1 when f and g form a pair of the model (not on one side) */
     float c[HR_FAST_MAX_FACTORS][HR_FAST_MAX_FACTORS];
+    FK_UNROLL
     for (int f = 0; f < m; f++)
         for (int g = 0; g < m; g++)
             c[f][g] = f != g && !(side[f] && side[f] == side[g]) ? 1.0f : 0.0f;
@@ -341,9 +414,10 @@ FK_ATTR static hr_step_result FK(step)(const hr_row_layout *L, const hr_active *
         }
     }
     const bool ada = p->opt != HR_OPT_SGD && L->acc;
-    float nw[(size_t)m * k], ng[ada ? (size_t)m * k : 1];
+    float nw[HR_FAST_MAX_FACTORS * (size_t)k], ng[HR_FAST_MAX_FACTORS * (size_t)k];
     unsigned bad = FK(update)(m, k, pair, ada, rw, st, xs, gx, rate, l2,
                               (const float(*)[HR_FAST_MAX_FACTORS])c, nw, ng);
+    FK_UNROLL
     for (int f = 0; f < m; f++) {
         if (xs[f] == 0) /* a feature of value 0 is not updated (nor counted) */
             continue;
