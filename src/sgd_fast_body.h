@@ -24,8 +24,8 @@
 /* Loops over the features (m <= HR_FAST_MAX_FACTORS, known at compile
  * time) unrolled whole, so the coordinate loop around them vectorizes. */
 #ifndef FK_UNROLL
-#if defined(__clang__)
-#define FK_UNROLL _Pragma("unroll")
+#if defined(__clang__) /* unrolls them unasked; a forced unroll it cannot do fails -Werror */
+#define FK_UNROLL
 #else
 #define FK_UNROLL _Pragma("GCC unroll 8")
 #endif
@@ -37,7 +37,7 @@
  * its cost model declines, which -Werror turns into an error). */
 #ifndef FK_IVDEP
 #if defined(__clang__)
-#define FK_IVDEP
+#define FK_IVDEP _Pragma("clang loop vectorize(assume_safety)")
 #else
 #define FK_IVDEP _Pragma("GCC ivdep")
 #endif
