@@ -11,11 +11,12 @@
  *
  * usage: bench_train [--full] [--events N] [--k K] [--tables 0|1]
  *                    [--threads T] [--dram-users U] [--dram-items I]
- *                    [--probe DIR | --no-probe]
+ *                    [--probe DIR | --no-probe] [--kernel NAME]
  * Default (quick): 1M events per configuration, probe 3 repetitions;
  * --full: 4M events, 5 repetitions. Every k in {16, 64, 128}, both table
  * sizes (0 = 1k x 1k, in cache; 1 = 2M x 500k, DRAM), 1 to ncpu threads.
  * The probe is looked for in DIR, else <source tree>/../shared/probes.
+ * --kernel: the update kernel's variant (hr_sgd_kernel_select; default auto).
  * Not a test: prints figures, asserts nothing.
  */
 #include <pthread.h>
@@ -238,7 +239,8 @@ static double probe_run(const probe *pr, unsigned k, const table_size *ts, unsig
 static void usage(void)
 {
     fprintf(stderr, "usage: bench_train [--full] [--events N] [--k K] [--tables 0|1] "
-                    "[--threads T] [--dram-users U] [--dram-items I] [--probe DIR | --no-probe]\n");
+                    "[--threads T] [--dram-users U] [--dram-items I] [--probe DIR | --no-probe] "
+                    "[--kernel NAME]\n");
     exit(2);
 }
 
@@ -248,7 +250,7 @@ int main(int argc, char **argv)
     bool full = false, use_probe = true;
     unsigned only_k = 0, only_threads = 0;
     int only_size = -1;
-    const char *probe_dir = NULL;
+    const char *probe_dir = NULL, *kernel = "auto";
     table_size sizes[] = {{"1k x 1k (in cache)", 1000, 1000}, {"", 2000000, 500000}};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -272,6 +274,8 @@ int main(int argc, char **argv)
             sizes[1].items = (unsigned)strtoul(v, NULL, 10), i++;
         else if (!strcmp(o, "--probe"))
             probe_dir = v, i++;
+        else if (!strcmp(o, "--kernel"))
+            kernel = v, i++;
         else
             usage();
     }
@@ -287,6 +291,11 @@ int main(int argc, char **argv)
                  sizes[1].items / 1000);
     sizes[1].name = dram_name;
     bench_print_machine();
+    if (!hr_sgd_kernel_select(kernel)) {
+        fprintf(stderr, "bench_train: kernel %s: unknown or not on this CPU\n", kernel);
+        return 2;
+    }
+    printf("kernel: %s\n", hr_sgd_kernel_name());
     probe pr = {{0}, {0}, {0}};
     if (use_probe) {
         char def[4096];

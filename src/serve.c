@@ -32,6 +32,7 @@
 #include "hogrec/config.h"
 #include "hogrec/http.h"
 #include "hogrec/log.h"
+#include "hogrec/sgd.h"
 
 /* Write end and read end of the stop pipe (see hr_serve_main). */
 static int stop_pipe[2] = {-1, -1};
@@ -152,7 +153,7 @@ int hr_serve_main(int argc, char **argv)
         hr_app_close(app, false);
         return 1;
     }
-    hr_log("info", "ready", NULL);
+    hr_log("info", "ready", json_pack("{s:s}", "kernel", hr_sgd_kernel_name())); /* sgd_fast.c */
     unsigned char sigbyte = 0;
     while (read(stop_pipe[0], &sigbyte, 1) < 0 && errno == EINTR)
         ;

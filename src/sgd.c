@@ -31,6 +31,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sgd_internal.h"
+
 static inline uint32_t load_u32(const float *row, uint32_t at)
 {
     uint32_t v;
@@ -170,78 +172,6 @@ double hr_sgd_score(const hr_row_layout *L, const hr_active *a, int n)
     return score_into(L, a, n, s, tmp, side_sum, &sided);
 }
 
-/* One coordinate of FTRL-Proximal (McMahan et al. 2013) on a linear weight.
- * alpha is the learning rate; z and n are the per-coordinate state. */
-static inline float ftrl_weight(float z, float nacc, float alpha, float beta, float l1, float l2)
-{
-    if (fabsf(z) <= l1)
-        return 0.0f;
-    float sign = z < 0 ? -1.0f : 1.0f;
-    return -(z - sign * l1) / ((beta + sqrtf(nacc)) / alpha + l2);
-}
-
-/* Linear weight of one feature; returns 1 if a non-finite value was refused.
- * Inlined into both kernels: three calls per event, each re-testing the
- * optimizer, cost the pair path about 20 ns at k=64 as calls. */
-static inline __attribute__((always_inline)) int
-update_bias(const hr_row_layout *L, float *r, float gb, float rate, float l2,
-            const hr_step_params *p)
-{
-    float wb = r[L->bias];
-    if (p->opt == HR_OPT_FTRL && L->ftrl) {
-        float z = r[L->ftrl], na = r[L->ftrl + 1];
-        float nn = na + gb * gb;
-        float sigma = (sqrtf(nn) - sqrtf(na)) / rate;
-        float nz = z + gb - sigma * wb;
-        float nw = ftrl_weight(nz, nn, rate, p->ftrl_beta, p->ftrl_l1, l2);
-        if (!isfinite(nz) || !isfinite(nn) || !isfinite(nw))
-            return 1;
-        r[L->ftrl] = nz;
-        r[L->ftrl + 1] = nn;
-        r[L->bias] = nw;
-    } else if (p->opt != HR_OPT_SGD && L->acc) {
-        float gr = gb + l2 * wb;
-        float G = r[L->acc + L->k] + gr * gr;
-        float nw = wb - rate * gr / sqrtf(G);
-        if (!isfinite(G) || !isfinite(nw))
-            return 1;
-        r[L->acc + L->k] = G;
-        r[L->bias] = nw;
-    } else {
-        float nw = wb - rate * (gb + l2 * wb);
-        if (!isfinite(nw))
-            return 1;
-        r[L->bias] = nw;
-    }
-    return 0;
-}
-
-/* Gradient clipping, both kernels: the gradient's norm is |g| sqrt(norm2)
- * (norm2: the squared norm of dy/dtheta); above clip, *g is scaled down to
- * it (HR_STEP_CLIPPED); a non-finite norm skips the step. */
-static inline hr_step_result clip_gradient(double *g, double norm2, double clip)
-{
-    double norm = fabs(*g) * sqrt(norm2);
-    if (!isfinite(norm))
-        return HR_STEP_SKIPPED_NONFINITE;
-    if (norm > clip) {
-        *g *= clip / norm;
-        return HR_STEP_CLIPPED;
-    }
-    return HR_STEP_APPLIED;
-}
-
-/* The link in training (both kernels, so the pair path stays bit-identical
- * to the general one): the logistic's sigmoid with a float exp. The
- * gradient is formed in float (gf) anyway, and a float sigmoid is within
- * 1e-7 of the double one; glibc's double exp cost about 15 ns per event.
- * Scoring (hr_sgd_score, hr_row_link) keeps the double sigmoid. */
-static inline double train_link(hr_loss loss, double y)
-{
-    if (loss == HR_LOSS_SQUARED)
-        return y;
-    return 1.0f / (1.0f + expf((float)-y));
-}
 
 /* Lazy Adam (Kingma and Ba 2015) on one row: the bias with gradient gb and,
  * when t is not NULL, the factors with gradient gf * t[d]. The row keeps its
@@ -401,9 +331,11 @@ hr_step_result hr_sgd_step_general(const hr_row_layout *L, const hr_active *a, i
     return nonfinite ? HR_STEP_SKIPPED_NONFINITE : result;
 }
 
-/* ---- the common shape: global bias, user and item, SGD or AdaGrad ----
+/* ---- the kernel "exact": global bias, user and item, SGD or AdaGrad ----
  *
- * The same arithmetic as hr_sgd_step_general, operation for operation and
+ * What hr_sgd_step ran for this shape before the fused kernel (sgd_fast.c),
+ * kept as the kernel variant "exact" for results that do not depend on the
+ * CPU. The same arithmetic as hr_sgd_step_general, operation for operation and
  * in the same order (the sums in the same 8 lanes), so its results are
  * bit-identical (sgd.c is compiled with -ffp-contract=off, so neither path
  * fuses a multiply-add the other does not; test_sgd checks it). What it
@@ -579,11 +511,31 @@ static hr_step_result step_pair(const hr_row_layout *L, const hr_active *a, floa
     return nonfinite ? HR_STEP_SKIPPED_NONFINITE : result;
 }
 
+/* The kernel "exact": the pair path above for user and item only, the
+ * general kernel for every other shape; bit-identical to the general
+ * kernel throughout (hr_sgd_kernel_select("exact")). */
+hr_step_result hr_sgd_step_exact(const hr_row_layout *L, const hr_active *a, int n, float label,
+                                 float weight, const hr_step_params *p, double *y_before,
+                                 double *pred_before)
+{
+    if (n == 3 && !a[0].has_v && a[1].has_v && a[2].has_v)
+        return step_pair(L, a, label, weight, p, y_before, pred_before);
+    return hr_sgd_step_general(L, a, n, label, weight, p, y_before, pred_before);
+}
+
 bool hr_sgd_fast_shape(const hr_row_layout *L, const hr_active *a, int n, const hr_step_params *p)
 {
-    (void)L;
-    return n == 3 && !a[0].has_v && a[1].has_v && a[2].has_v &&
-           (p->opt == HR_OPT_SGD || p->opt == HR_OPT_ADAGRAD);
+    if (L->storage != HR_STORAGE_F32 || (p->opt != HR_OPT_SGD && p->opt != HR_OPT_ADAGRAD) ||
+        n < 3 || n > HR_FAST_MAX_ACTIVE)
+        return false;
+    int m = 0;
+    for (int f = 0; f < n; f++) {
+        m += a[f].has_v != 0;
+        for (int g = 0; g < f; g++) /* a row named twice: the general kernel */
+            if (a[g].row == a[f].row)
+                return false;
+    }
+    return m >= 2 && m <= HR_FAST_MAX_FACTORS;
 }
 
 hr_step_result hr_sgd_step(const hr_row_layout *L, const hr_active *a, int n, float label,
@@ -593,7 +545,7 @@ hr_step_result hr_sgd_step(const hr_row_layout *L, const hr_active *a, int n, fl
     if (L->storage == HR_STORAGE_BF16)
         return step_bf16(L, a, n, label, weight, p, y_before, pred_before);
     if (hr_sgd_fast_shape(L, a, n, p))
-        return step_pair(L, a, label, weight, p, y_before, pred_before);
+        return hr_sgd_step_fast(L, a, n, label, weight, p, y_before, pred_before);
     return hr_sgd_step_general(L, a, n, label, weight, p, y_before, pred_before);
 }
 

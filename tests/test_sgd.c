@@ -431,22 +431,128 @@ static void test_block_scores_reference(void **state)
     }
 }
 
-/* The specialised path of hr_sgd_step (global, user, item; SGD or AdaGrad)
- * against the general kernel: bit-identical rows, score, prediction and
- * result, over k that is and is not a multiple of the 8 summation lanes,
- * feature values other than 1 (and 0: that row untouched), with and
- * without the clip, and a row whose accumulators overflow (that row left
- * as it was, the other updated, as the general kernel does). Exact, not
- * within a tolerance: both paths do the same IEEE operations in the same
- * order, and sgd.c is built without contraction into fused multiply-adds. */
-static void check_pair_against_general(uint32_t k, hr_state_kind st, hr_optimizer opt, float clip,
-                                       uint64_t seed)
+/* ---- the fused kernel (sgd_fast.c) against the general kernel ----
+ *
+ * The general kernel sums s = sum p_f and 0.5 (|s|^2 - sum |p_f|^2) without
+ * fused multiply-adds; the fused kernel sums pair by pair with them. Both
+ * round each operation to float (eps = 2^-24 = 6e-8) over sums of at most
+ * k = 128 terms, so their scores differ by a few hundred eps of the terms'
+ * magnitude: |y_fast - y_gen| <= TOL (|y| + T), where T = sum |w_f x_f| +
+ * sum_d (sum_f |x_f v_fd|)^2 bounds every partial sum of either form. A
+ * new value differs by the same relative amount of what went into it: the
+ * old value and the step, |new_fast - new_gen| <= TOL (|old| + |new_gen -
+ * old|), and the prediction as the score (the sigmoid's slope is <= 1/4).
+ * TOL = 1e-5 leaves a wide margin over what the cases below measure (the
+ * test prints it) and is far below what a wrong term or sign gives. */
+#define TOL 1e-5
+
+/* The variants the fused kernel has; those this CPU or build lacks are
+ * skipped (and said so). */
+static const char *const fast_kernels[] = {"generic", "avx2", "avx512"};
+#define NFAST (sizeof fast_kernels / sizeof fast_kernels[0])
+
+/* Worst measured |fast - gen| / bound, per variant, for the report. */
+static double worst[NFAST];
+
+/* The terms' magnitude T of the score (see TOL). */
+static double score_terms(const hr_row_layout *L, const hr_active *a, int n)
 {
+    double t = 0;
+    for (int f = 0; f < n; f++)
+        t += fabs((double)a[f].row[L->bias] * a[f].x);
+    for (uint32_t d = 0; d < L->k; d++) {
+        double s = 0;
+        for (int f = 0; f < n; f++)
+            if (a[f].has_v)
+                s += fabs((double)a[f].row[d] * a[f].x);
+        t += s * s;
+    }
+    return t;
+}
+
+/* Every float of the rows after one step (a: the event on the rows as they
+ * were, `before`; fast, gen: the same floats after each kernel's step):
+ * bit-equal, or |fast - gen| <= TOL (|old| + |gen - old| + S), where S is
+ * the magnitude of what went into the step of that float. The gradient of
+ * v_fd is g x_f P_fd + l2 v_fd, formed from terms up to Gs = |g|' |x_f|
+ * sum_g |x_g v_gd| + l2 |v_fd| (the general kernel forms P_fd as s_d minus
+ * a part of it, so its rounding scales with all of s_d, not with P_fd;
+ * |g|' = weight (|pred| + |label| + T) bounds g and its rounding through
+ * the score); the bias's from |g|' |x_f| + l2 |w_f|. A weight's step is
+ * rate Gs (AdaGrad: over sqrt of the new state), a state's 2 Gs^2. */
+static void assert_step_close(const hr_row_layout *L, const hr_active *a, int n,
+                              const hr_step_params *p, float label, float weight, double pred,
+                              const float *before, const float *fast, const float *gen,
+                              size_t nfloats, double *worst_ratio)
+{
+    double *extra = calloc(nfloats, sizeof *extra);
+    assert_non_null(extra);
+    const double gs = fabs(weight) * (fabs(pred) + fabs(label) + score_terms(L, a, n));
+    const bool ada = p->opt != HR_OPT_SGD && L->acc;
+    for (int f = 0; f < n; f++) {
+        const size_t at = (size_t)(a[f].row - before);
+        const hr_group bg = a[f].has_v ? HR_GROUP_BIAS : HR_GROUP_GLOBAL;
+        for (uint32_t d = 0; d <= L->k; d++) {
+            if (d < L->k && !a[f].has_v)
+                continue;
+            double part = 1, rate = p->rate[bg], l2 = p->l2[bg];
+            if (d < L->k) {
+                part = 0;
+                for (int g = 0; g < n; g++)
+                    if (a[g].has_v)
+                        part += fabs((double)a[g].row[d] * a[g].x);
+                rate = p->rate[a[f].group];
+                l2 = p->l2[a[f].group];
+            }
+            const size_t w = at + (d < L->k ? d : L->bias);
+            double Gs = gs * fabs(a[f].x) * part + l2 * fabs(before[w]);
+            double step = rate * Gs;
+            if (ada) {
+                const size_t st = at + L->acc + d;
+                double G = gen[st] > 0 ? gen[st] : before[st];
+                step /= sqrt(G > 0 ? G : 1e-30);
+                extra[st] = 2 * Gs * Gs;
+            }
+            extra[w] = step;
+        }
+    }
+    for (size_t i = 0; i < nfloats; i++) {
+        if (!memcmp(&fast[i], &gen[i], sizeof(float)))
+            continue;
+        assert_true(isfinite(fast[i]) && isfinite(gen[i]));
+        double bound = TOL * (fabs(before[i]) + fabs((double)gen[i] - before[i]) + extra[i]);
+        double diff = fabs((double)fast[i] - gen[i]);
+        if (diff > bound)
+            print_error("float %zu: fast %.9g general %.9g before %.9g (bound %.3g)\n", i,
+                        fast[i], gen[i], before[i], bound);
+        assert_true(diff <= bound);
+        if (bound > 0 && diff / bound > *worst_ratio)
+            *worst_ratio = diff / bound;
+    }
+    free(extra);
+}
+
+/* The pair (global, user, item), 200 steps per call, each from the same
+ * rows for both kernels: the variant "exact" bit for bit (the same IEEE
+ * operations in the same order as the general kernel, and sgd.c is built
+ * without contraction into fused multiply-adds); the fused variants
+ * within TOL (this was a bit-identity check of the pair path, which the
+ * fused kernel replaced in hr_sgd_step). Feature values other than 1 (and
+ * 0: that row untouched), clip on and off, and a row whose accumulators
+ * overflow (that row left as it was, the other updated, as the general
+ * kernel does). */
+static void check_pair_against_general(const char *kernel, uint32_t k, hr_state_kind st,
+                                       hr_optimizer opt, float clip, uint64_t seed, double *wr)
+{
+    const bool exact = !strcmp(kernel, "exact");
+    assert_true(hr_sgd_kernel_select(kernel));
     hr_row_layout L = hr_row_layout_make(k, st, 1);
     const size_t nf = L.floats;
     float *fast = calloc(3 * nf, sizeof(float)), *gen = calloc(3 * nf, sizeof(float));
+    float *before = calloc(3 * nf, sizeof(float));
     assert_non_null(fast);
     assert_non_null(gen);
+    assert_non_null(before);
     hr_rng rng;
     hr_rng_seed(&rng, seed);
     for (int f = 0; f < 3; f++) {
@@ -474,6 +580,7 @@ static void check_pair_against_general(uint32_t k, hr_state_kind st, hr_optimize
             for (uint32_t d = 0; d < k; d++)
                 fast[nf + L.acc + d] = INFINITY;
         memcpy(gen, fast, 3 * nf * sizeof(float));
+        memcpy(before, fast, 3 * nf * sizeof(float));
         hr_active af[3], ag[3];
         for (int f = 0; f < 3; f++) {
             af[f] = (hr_active){fast + f * nf, x[f], f == 0 ? HR_GROUP_GLOBAL
@@ -489,30 +596,295 @@ static void check_pair_against_general(uint32_t k, hr_state_kind st, hr_optimize
         hr_step_result rf = hr_sgd_step(&L, af, 3, label, 1.5f, &p, &yf, &pf);
         hr_step_result rg = hr_sgd_step_general(&L, ag, 3, label, 1.5f, &p, &yg, &pg);
         assert_int_equal(rf, rg);
-        assert_memory_equal(&yf, &yg, sizeof yf);
-        assert_memory_equal(&pf, &pg, sizeof pf);
-        assert_memory_equal(fast, gen, 3 * nf * sizeof(float));
-        if (step >= 150 && L.acc && opt != HR_OPT_SGD && x[1] != 0)
+        if (exact) {
+            assert_memory_equal(&yf, &yg, sizeof yf);
+            assert_memory_equal(&pf, &pg, sizeof pf);
+            assert_memory_equal(fast, gen, 3 * nf * sizeof(float));
+        } else {
+            hr_active ab[3];
+            for (int f = 0; f < 3; f++) {
+                ab[f] = af[f];
+                ab[f].row = before + f * nf;
+            }
+            double T = score_terms(&L, ab, 3);
+            assert_true(fabs(yf - yg) <= TOL * (fabs(yg) + T));
+            assert_true(fabs(pf - pg) <= TOL * (fabs(pg) + T));
+            assert_step_close(&L, ab, 3, &p, label, 1.5f, pg, before, fast, gen, 3 * nf, wr);
+        }
+        if (step >= 150 && L.acc && opt != HR_OPT_SGD && x[1] != 0) {
             assert_int_equal(rf, HR_STEP_SKIPPED_NONFINITE);
+            /* the user's factors and their state (its bias has its own) */
+            assert_memory_equal(fast + nf, before + nf, k * sizeof(float));
+            assert_memory_equal(fast + nf + L.acc, before + nf + L.acc, k * sizeof(float));
+        }
     }
     free(fast);
     free(gen);
+    free(before);
 }
 
 static void test_pair_path_equals_general(void **state)
 {
     (void)state;
     const uint32_t ks[] = {1, 8, 13, 16, 64, 128};
-    uint64_t seed = 1;
-    for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) {
-        for (int c = 0; c < 3; c++) {
-            float clip = c == 0 ? 0 : c == 1 ? 100 : 0.05f; /* off, rarely, often */
-            check_pair_against_general(ks[i], HR_STATE_SGD, HR_OPT_SGD, clip, seed++);
-            check_pair_against_general(ks[i], HR_STATE_ADAGRAD, HR_OPT_ADAGRAD, clip, seed++);
-            check_pair_against_general(ks[i], HR_STATE_ADAGRAD, HR_OPT_SGD, clip, seed++);
-            check_pair_against_general(ks[i], HR_STATE_SGD, HR_OPT_ADAGRAD, clip, seed++);
+    const char *kernels[NFAST + 1] = {"exact"};
+    for (size_t v = 0; v < NFAST; v++)
+        kernels[v + 1] = fast_kernels[v];
+    for (size_t v = 0; v < NFAST + 1; v++) {
+        if (!hr_sgd_kernel_available(kernels[v]))
+            continue; /* said so in test_kernel_select */
+        double wr = 0;
+        uint64_t seed = 1;
+        for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) {
+            for (int c = 0; c < 3; c++) {
+                float clip = c == 0 ? 0 : c == 1 ? 100 : 0.05f; /* off, rarely, often */
+                check_pair_against_general(kernels[v], ks[i], HR_STATE_SGD, HR_OPT_SGD, clip,
+                                           seed++, &wr);
+                check_pair_against_general(kernels[v], ks[i], HR_STATE_ADAGRAD, HR_OPT_ADAGRAD,
+                                           clip, seed++, &wr);
+                check_pair_against_general(kernels[v], ks[i], HR_STATE_ADAGRAD, HR_OPT_SGD, clip,
+                                           seed++, &wr);
+                check_pair_against_general(kernels[v], ks[i], HR_STATE_SGD, HR_OPT_ADAGRAD, clip,
+                                           seed++, &wr);
+            }
         }
+        print_message("pair, kernel %s: worst |fast - general| / bound %.3f\n", kernels[v], wr);
     }
+    assert_true(hr_sgd_kernel_select("auto"));
+}
+
+/* Which variants run here; selecting one that does not is refused and
+ * changes nothing. */
+static void test_kernel_select(void **state)
+{
+    (void)state;
+    assert_true(hr_sgd_kernel_select("auto"));
+    const char *best = hr_sgd_kernel_name();
+    assert_true(hr_sgd_kernel_available(best));
+    assert_false(hr_sgd_kernel_select("no-such-kernel"));
+    assert_false(hr_sgd_kernel_select(NULL));
+    assert_string_equal(hr_sgd_kernel_name(), best);
+    assert_true(hr_sgd_kernel_available("generic"));
+    assert_true(hr_sgd_kernel_available("exact"));
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    assert_int_equal(hr_sgd_kernel_available("avx2"),
+                     __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"));
+    assert_int_equal(hr_sgd_kernel_available("avx512"),
+                     __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+                         __builtin_cpu_supports("fma"));
+#endif
+    for (size_t v = 0; v < NFAST; v++) {
+        bool ok = hr_sgd_kernel_available(fast_kernels[v]);
+        assert_int_equal(hr_sgd_kernel_select(fast_kernels[v]), ok);
+        if (ok)
+            assert_string_equal(hr_sgd_kernel_name(), fast_kernels[v]);
+        else
+            print_message("kernel %s: skipped, this CPU or build lacks it\n", fast_kernels[v]);
+    }
+    assert_true(hr_sgd_kernel_select("auto"));
+    assert_string_equal(hr_sgd_kernel_name(), best);
+}
+
+/* One random event for both kernels: global bias, user, item, 0-4 context
+ * features with factors, 0-2 linear-only features; random sides (a side
+ * as the model makes it: the id and its attributes), feature values
+ * (some 1, some 0), weights, labels, optimizer, state and clip. */
+typedef struct {
+    hr_row_layout L;
+    hr_step_params p;
+    int n;
+    float label, weight;
+    float *rows; /* n rows of L.floats */
+    hr_active a[HR_FAST_MAX_ACTIVE];
+} fast_case;
+
+static void make_fast_case(fast_case *c, hr_rng *rng, uint32_t k)
+{
+    static const hr_state_kind sts[] = {HR_STATE_SGD, HR_STATE_ADAGRAD, HR_STATE_FTRL};
+    hr_state_kind st = sts[hr_rng_below(rng, 3)];
+    c->L = hr_row_layout_make(k, st, 1 + (uint32_t)hr_rng_below(rng, 3));
+    memset(&c->p, 0, sizeof c->p);
+    c->p.loss = hr_rng_below(rng, 4) ? HR_LOSS_LOGISTIC : HR_LOSS_SQUARED;
+    c->p.opt = hr_rng_below(rng, 2) ? HR_OPT_ADAGRAD : HR_OPT_SGD;
+    int cl = (int)hr_rng_below(rng, 3);
+    c->p.clip = cl == 0 ? 0 : cl == 1 ? (float)(0.01 + hr_rng_uniform(rng)) : 1e6f;
+    for (int g = 0; g < HR_GROUP_COUNT; g++) {
+        c->p.rate[g] = (float)(0.01 + 0.1 * hr_rng_uniform(rng));
+        c->p.l2[g] = (float)(0.01 * hr_rng_uniform(rng));
+    }
+    int nctx = (int)hr_rng_below(rng, 5), nlin = (int)hr_rng_below(rng, 3);
+    c->n = 3 + nctx + nlin;
+    const bool sided = hr_rng_below(rng, 2);
+    /* rows chunk_rows apart, as in a model's chunks: the state L.state on */
+    const size_t span = (size_t)c->L.state + c->L.stride;
+    for (int f = 0; f < c->n; f++) {
+        float *r = c->rows + (size_t)f * span;
+        const bool has_v = f == 1 || f == 2 || (f >= 3 && f < 3 + nctx);
+        for (uint32_t d = 0; d < k; d++)
+            r[d] = has_v ? (float)(hr_rng_normal(rng) * 0.3) : 0;
+        r[c->L.bias] = (float)(hr_rng_normal(rng) * 0.2);
+        if (c->L.acc)
+            for (uint32_t d = 0; d <= k; d++)
+                r[c->L.acc + d] = (float)(0.01 + hr_rng_uniform(rng));
+        uint64_t xr = hr_rng_below(rng, 8);
+        float x = f == 0 ? 1.0f : xr == 0 ? 0.0f : xr < 4 ? 1.0f : (float)(0.25 + 2 * hr_rng_uniform(rng));
+        uint8_t side = 0;
+        if (sided && has_v)
+            side = f == 1 ? 1 : f == 2 ? 2 : (uint8_t)hr_rng_below(rng, 3);
+        c->a[f] = (hr_active){r, x,
+                              f == 0 ? HR_GROUP_GLOBAL
+                              : f == 1 ? HR_GROUP_USER
+                              : f == 2 ? HR_GROUP_ITEM
+                                       : HR_GROUP_CONTEXT,
+                              has_v, side};
+    }
+    c->label = c->p.loss == HR_LOSS_LOGISTIC ? (float)hr_rng_below(rng, 2)
+                                             : (float)(1 + hr_rng_below(rng, 5));
+    c->weight = (float)(0.5 + 1.5 * hr_rng_uniform(rng));
+}
+
+/* Runs the case on a copy for each kernel; returns both results. */
+static void run_both(const fast_case *c, float *fast, float *gen, size_t bytes, hr_step_result *rf,
+                     hr_step_result *rg, double *yf, double *yg, double *pf, double *pg)
+{
+    hr_active af[HR_FAST_MAX_ACTIVE], ag[HR_FAST_MAX_ACTIVE];
+    memcpy(fast, c->rows, bytes);
+    memcpy(gen, c->rows, bytes);
+    for (int f = 0; f < c->n; f++) {
+        af[f] = ag[f] = c->a[f];
+        af[f].row = fast + (c->a[f].row - c->rows);
+        ag[f].row = gen + (c->a[f].row - c->rows);
+    }
+    assert_true(hr_sgd_fast_shape(&c->L, af, c->n, &c->p));
+    *rf = hr_sgd_step(&c->L, af, c->n, c->label, c->weight, &c->p, yf, pf);
+    *rg = hr_sgd_step_general(&c->L, ag, c->n, c->label, c->weight, &c->p, yg, pg);
+}
+
+/* Thousands of random events (k in 1, 7, 16, 33, 64, 128), each variant
+ * that runs here against the general kernel within TOL. */
+static void test_fast_kernel_matches_general(void **state)
+{
+    (void)state;
+    const uint32_t ks[] = {1, 7, 16, 33, 64, 128};
+    const size_t span = 3 * (128 + 4); /* a row of k <= 128 and its state, chunk_rows <= 3 */
+    const size_t bytes = HR_FAST_MAX_ACTIVE * span * 3 * sizeof(float);
+    float *rows = calloc(1, bytes), *fast = calloc(1, bytes), *gen = calloc(1, bytes);
+    assert_non_null(rows);
+    assert_non_null(fast);
+    assert_non_null(gen);
+    for (size_t v = 0; v < NFAST; v++) {
+        if (!hr_sgd_kernel_select(fast_kernels[v]))
+            continue; /* said so in test_kernel_select */
+        hr_rng rng;
+        hr_rng_seed(&rng, 77);
+        int cases = 0, clipped = 0, shapes[HR_FAST_MAX_FACTORS + 1] = {0};
+        double wr = 0;
+        for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
+            for (int i = 0; i < 600; i++) {
+                fast_case c;
+                c.rows = rows;
+                memset(rows, 0, bytes);
+                make_fast_case(&c, &rng, ks[ki]);
+                hr_step_result rf, rg;
+                double yf, yg, pf, pg;
+                run_both(&c, fast, gen, bytes, &rf, &rg, &yf, &yg, &pf, &pg);
+                assert_int_equal(rf, rg);
+                double T = score_terms(&c.L, c.a, c.n);
+                if (fabs(yf - yg) > TOL * (fabs(yg) + T))
+                    print_error("score: fast %.17g general %.17g (T %.3g)\n", yf, yg, T);
+                assert_true(fabs(yf - yg) <= TOL * (fabs(yg) + T));
+                assert_true(fabs(pf - pg) <= TOL * (fabs(pg) + T));
+                assert_step_close(&c.L, c.a, c.n, &c.p, c.label, c.weight, pg, rows, fast, gen,
+                                  bytes / sizeof(float), &wr);
+                cases++;
+                clipped += rg == HR_STEP_CLIPPED;
+                int m = 0;
+                for (int f = 0; f < c.n; f++)
+                    m += c.a[f].has_v;
+                shapes[m]++;
+            }
+        }
+        print_message("kernel %s: %d events (%d clipped; with 2..6 rows with factors: %d %d %d "
+                      "%d %d), worst |fast - general| / bound %.3f\n",
+                      fast_kernels[v], cases, clipped, shapes[2], shapes[3], shapes[4], shapes[5],
+                      shapes[6], wr);
+        if (wr > worst[v])
+            worst[v] = wr;
+    }
+    assert_true(hr_sgd_kernel_select("auto"));
+    free(rows);
+    free(fast);
+    free(gen);
+}
+
+/* Non-finite inputs: a row whose new values are not all finite is left as
+ * it was and the step says so, exactly as in the general kernel (the same
+ * result, the same rows untouched); a non-finite score writes nothing. */
+static void test_fast_kernel_nonfinite(void **state)
+{
+    (void)state;
+    const size_t span = 3 * (128 + 4);
+    const size_t bytes = HR_FAST_MAX_ACTIVE * span * 3 * sizeof(float);
+    float *rows = calloc(1, bytes), *fast = calloc(1, bytes), *gen = calloc(1, bytes);
+    assert_non_null(rows);
+    assert_non_null(fast);
+    assert_non_null(gen);
+    for (size_t v = 0; v < NFAST; v++) {
+        if (!hr_sgd_kernel_select(fast_kernels[v]))
+            continue;
+        hr_rng rng;
+        hr_rng_seed(&rng, 91);
+        int skipped = 0;
+        for (int i = 0; i < 600; i++) {
+            fast_case c;
+            c.rows = rows;
+            memset(rows, 0, bytes);
+            make_fast_case(&c, &rng, i % 2 ? 64 : 33);
+            int kind = i % 5, f = (int)hr_rng_below(&rng, (uint64_t)c.n);
+            float bad = i % 10 < 5 ? INFINITY : NAN;
+            if (kind == 0) /* a factor or a bias */
+                c.a[f].row[hr_rng_below(&rng, c.L.k + 1)] = bad;
+            else if (kind == 1 && c.L.acc) /* an accumulator: that row's new state */
+                c.a[f].row[c.L.acc + hr_rng_below(&rng, c.L.k + 1)] = bad;
+            else if (kind == 2) /* a feature value */
+                c.a[f].x = bad;
+            else if (kind == 3)
+                c.label = bad;
+            else
+                c.weight = bad;
+            hr_step_result rf, rg;
+            double yf, yg, pf, pg;
+            run_both(&c, fast, gen, bytes, &rf, &rg, &yf, &yg, &pf, &pg);
+            assert_int_equal(rf, rg);
+            skipped += rf == HR_STEP_SKIPPED_NONFINITE;
+            /* the same rows untouched, and where the step wrote, close */
+            for (int g = 0; g < c.n; g++) {
+                size_t at = (size_t)(c.a[g].row - rows);
+                const size_t nrow[] = {c.L.stride, c.L.state ? c.L.stride : 0};
+                const size_t off[] = {0, c.L.state};
+                for (int part = 0; part < 2; part++) {
+                    if (!nrow[part])
+                        continue;
+                    size_t o = at + off[part], len = nrow[part] * sizeof(float);
+                    bool fu = !memcmp(fast + o, rows + o, len), gu = !memcmp(gen + o, rows + o, len);
+                    assert_int_equal(fu, gu);
+                }
+            }
+            if (isfinite(yg) && isfinite(pg)) { /* what was written: close */
+                double wr = 0;
+                assert_step_close(&c.L, c.a, c.n, &c.p, c.label, c.weight, pg, rows, fast, gen,
+                                  bytes / sizeof(float), &wr);
+            }
+        }
+        print_message("kernel %s: 600 events with a NaN or Inf, %d skipped as non-finite\n",
+                      fast_kernels[v], skipped);
+        assert_true(skipped > 300);
+    }
+    assert_true(hr_sgd_kernel_select("auto"));
+    free(rows);
+    free(fast);
+    free(gen);
 }
 
 /* ---- bf16 rows ---- */
@@ -724,6 +1096,9 @@ int main(void)
         cmocka_unit_test(test_block_scores_reference),
         cmocka_unit_test(test_sides_leave_out_their_pairs),
         cmocka_unit_test(test_pair_path_equals_general),
+        cmocka_unit_test(test_kernel_select),
+        cmocka_unit_test(test_fast_kernel_matches_general),
+        cmocka_unit_test(test_fast_kernel_nonfinite),
         cmocka_unit_test(test_bf16_codec),
         cmocka_unit_test(test_bf16_step_is_the_f32_step_rounded),
         cmocka_unit_test(test_bf16_small_steps_move_on_average),

@@ -64,17 +64,49 @@ hr_step_result hr_sgd_step(const hr_row_layout *L, const hr_active *a, int n,
                            double *y_before, double *pred_before);
 
 /* The general kernel, any shape and optimizer: what hr_sgd_step runs when
- * hr_sgd_fast_shape is false, and the reference its specialised path is
- * tested against (the results of the two are bit-identical). */
+ * hr_sgd_fast_shape is false, and the reference the fused kernel is tested
+ * against (within a tolerance: it sums in another order and fuses
+ * multiply-adds; the variant "exact" is bit-identical to it). */
 hr_step_result hr_sgd_step_general(const hr_row_layout *L, const hr_active *a, int n,
                                    float label, float weight, const hr_step_params *p,
                                    double *y_before, double *pred_before);
 
-/* Whether hr_sgd_step takes its specialised path: the global row (bias
- * only), then two rows with factors (user, item), no context features,
- * SGD or AdaGrad. */
+/* Most active features, and most of them with factors, of a shape the
+ * fused kernel takes: user, item, up to 4 context features with factors,
+ * and linear-only features (the global bias among them). */
+#define HR_FAST_MAX_ACTIVE 11
+#define HR_FAST_MAX_FACTORS 6
+
+/* Whether hr_sgd_step takes the fused kernel: F32 rows, SGD or AdaGrad,
+ * 3..HR_FAST_MAX_ACTIVE features of which 2..HR_FAST_MAX_FACTORS have
+ * factors (any sides), no row named twice. */
 bool hr_sgd_fast_shape(const hr_row_layout *L, const hr_active *a, int n,
                        const hr_step_params *p);
+
+/* The fused kernel (sgd_fast.c), for a shape hr_sgd_fast_shape accepts:
+ * the same model and contract as hr_sgd_step_general (a row with a
+ * non-finite new value is left as it was, the step then reports
+ * HR_STEP_SKIPPED_NONFINITE), in the plain dot-product form, one pass for
+ * the score and one that computes gradient, state and weight per
+ * coordinate. Runs the variant hr_sgd_kernel_select chose. */
+hr_step_result hr_sgd_step_fast(const hr_row_layout *L, const hr_active *a, int n,
+                                float label, float weight, const hr_step_params *p,
+                                double *y_before, double *pred_before);
+
+/* Chooses the variant of the fused kernel for the whole process: "generic"
+ * (portable C, GCC/clang vector extensions), "avx2" (AVX2 and FMA),
+ * "avx512" (AVX-512F), "exact" (the pair path of sgd.c, bit-identical to
+ * the general kernel and to other CPUs; other shapes run the general
+ * kernel) or "auto" (the widest this CPU runs; the default, chosen at the
+ * first step). Returns false, and changes nothing, for an unknown name or
+ * a variant this CPU or build lacks. Thread-safe; steps already running
+ * finish on the variant they started with. */
+bool hr_sgd_kernel_select(const char *name);
+/* Whether this CPU and build can run the variant (the names above). */
+bool hr_sgd_kernel_available(const char *name);
+/* The chosen variant's name (static storage); resolves "auto" if nothing
+ * was chosen yet. */
+const char *hr_sgd_kernel_name(void);
 
 /* Row bookkeeping: count += 1, last_seen = now. */
 void hr_sgd_touch(const hr_row_layout *L, float *row, uint32_t now);
