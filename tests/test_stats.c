@@ -65,6 +65,30 @@ static void test_window_logloss_and_calibration(void **state)
     hr_progress_destroy(p);
 }
 
+/* hr_logloss of a 0 or 1 label takes one log: the same bits as the general
+ * form -(y log p + (1 - y) log(1 - p)) with p clamped to [1e-7, 1 - 1e-7],
+ * over random and edge predictions; a fractional label takes the general
+ * form. */
+static void test_logloss_click_labels_match_general_form(void **state)
+{
+    (void)state;
+    hr_rng rng;
+    hr_rng_seed(&rng, 11);
+    const double edge[] = {0, 1e-9, 1e-7, 0.5, 1 - 1e-7, 1 - 1e-9, 1};
+    for (int i = 0; i < 20000; i++) {
+        double p = i < 7 ? edge[i] : hr_rng_uniform(&rng);
+        double pc = p < 1e-7 ? 1e-7 : p > 1 - 1e-7 ? 1 - 1e-7 : p;
+        for (int y = 0; y <= 1; y++) {
+            volatile double yd = y; /* the general form, not folded */
+            double ref = -(yd * log(pc) + (1 - yd) * log(1 - pc));
+            double got = hr_logloss(p, y);
+            assert_memory_equal(&got, &ref, sizeof got);
+        }
+        double ref = -(0.25 * log(pc) + 0.75 * log(1 - pc));
+        assert_float_equal(hr_logloss(p, 0.25), ref, 0);
+    }
+}
+
 /* Scores with NaN, +inf and -inf among ties: the AUC call ends, and it is
  * the pair count over the scores that are not NaN (infinities rank last
  * and first, and tie with each other). */
@@ -192,6 +216,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_auc_matches_pair_count),
         cmocka_unit_test(test_window_logloss_and_calibration),
+        cmocka_unit_test(test_logloss_click_labels_match_general_form),
         cmocka_unit_test(test_auc_nonfinite_scores),
         cmocka_unit_test(test_progress_refuses_nonfinite),
         cmocka_unit_test(test_hist_quantiles),
