@@ -65,6 +65,48 @@ static void test_window_logloss_and_calibration(void **state)
     hr_progress_destroy(p);
 }
 
+/* The window after batches of every size, smaller and larger than the
+ * window, across the ring's end, with and without non-finite points: the
+ * last n points (n = 1 .. window) are those a plain list of the finite
+ * points ends with (checked through their mean prediction, weight 1). */
+static void test_window_ring_against_list(void **state)
+{
+    (void)state;
+    enum { WINDOW = 7, ROUNDS = 300, MAXB = 20 };
+    hr_progress *p;
+    assert_int_equal(hr_progress_create(WINDOW, 0, &p), HR_OK);
+    float *list = malloc(ROUNDS * MAXB * sizeof *list);
+    assert_non_null(list);
+    size_t nlist = 0;
+    hr_rng rng;
+    hr_rng_seed(&rng, 5);
+    for (int r = 0; r < ROUNDS; r++) {
+        hr_progress_point pts[MAXB];
+        size_t n = (size_t)hr_rng_below(&rng, MAXB + 1);
+        bool with_bad = hr_rng_below(&rng, 4) == 0;
+        for (size_t i = 0; i < n; i++) {
+            pts[i] = (hr_progress_point){(float)hr_rng_uniform(&rng), (float)(i & 1), 1};
+            if (with_bad && hr_rng_below(&rng, 3) == 0)
+                pts[i].pred = NAN;
+            else
+                list[nlist++] = pts[i].pred;
+        }
+        hr_progress_add(p, pts, n);
+        size_t have = nlist < WINDOW ? nlist : WINDOW;
+        for (size_t last = 1; last <= have; last++) {
+            hr_progress_report rep;
+            hr_progress_get(p, last, &rep);
+            assert_int_equal(rep.n, last);
+            double mp = 0;
+            for (size_t i = nlist - last; i < nlist; i++)
+                mp += list[i];
+            assert_float_equal(rep.mean_pred, mp / (double)last, 1e-12);
+        }
+    }
+    free(list);
+    hr_progress_destroy(p);
+}
+
 /* hr_logloss of a 0 or 1 label takes one log: the same bits as the general
  * form -(y log p + (1 - y) log(1 - p)) with p clamped to [1e-7, 1 - 1e-7],
  * over random and edge predictions; a fractional label takes the general
@@ -217,6 +259,7 @@ int main(void)
         cmocka_unit_test(test_auc_matches_pair_count),
         cmocka_unit_test(test_window_logloss_and_calibration),
         cmocka_unit_test(test_logloss_click_labels_match_general_form),
+        cmocka_unit_test(test_window_ring_against_list),
         cmocka_unit_test(test_auc_nonfinite_scores),
         cmocka_unit_test(test_progress_refuses_nonfinite),
         cmocka_unit_test(test_hist_quantiles),
