@@ -63,7 +63,9 @@
 #include "hogrec/watermark.h"
 
 #define POP_WAIT_MS 20
+#ifndef PREFETCH_AHEAD /* events ahead whose rows are prefetched */
 #define PREFETCH_AHEAD 4
+#endif
 #define SAMPLER_REBUILD_UPDATES (1u << 17)
 #define UPKEEP_TICK_MS 50
 
