@@ -7,7 +7,11 @@
  * update, no model around it), built out of tree into a temporary
  * directory and run in the same run with the same k, tables, optimizer and
  * threads. Without the probe it says so and prints hogrec's figures only.
- * Also bytes per row against the raw size (k floats plus optimizer state).
+ * Also bytes per row against the raw size (k floats plus optimizer state),
+ * and the CPU time of the run through the trainers per event: the producer
+ * (the main thread, pushing 256-event batches as a POST /v1/events does)
+ * and the other threads (the trainers, mostly), so a producer that would be
+ * the bottleneck shows.
  *
  * usage: bench_train [--full] [--events N] [--k K] [--tables 0|1]
  *                    [--threads T] [--dram-users U] [--dram-items I]
@@ -26,6 +30,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "hogrec/app.h"
@@ -95,10 +100,24 @@ static void make_events(hr_event *ev, size_t n, const table_size *ts, uint64_t s
     }
 }
 
-static double through_trainers(hr_app *app, hr_event *ev, size_t n)
+static uint64_t cpu_ns(clockid_t c)
+{
+    struct timespec ts;
+    clock_gettime(c, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* CPU time of a run through the trainers, ns per event: the producer (this
+ * thread) and every other thread of the process (the trainers, mostly). */
+typedef struct {
+    double producer, others;
+} cpu_split;
+
+static double through_trainers(hr_app *app, hr_event *ev, size_t n, cpu_split *cpu)
 {
     hr_error err;
     uint64_t seq;
+    uint64_t p0 = cpu_ns(CLOCK_PROCESS_CPUTIME_ID), m0 = cpu_ns(CLOCK_THREAD_CPUTIME_ID);
     uint64_t t0 = hr_now_ns();
     /* Producer batches the size of a typical POST /v1/events (256 events):
      * each push copies its batch under the queue lock. */
@@ -107,7 +126,11 @@ static double through_trainers(hr_app *app, hr_event *ev, size_t n)
         hr_ingest_submit(app->ingest, ev + i, NULL, NULL, m, true, &seq, &err);
     }
     hr_trainer_wait_idle(app->trainer);
-    return (hr_now_ns() - t0) / 1e9;
+    double secs = (hr_now_ns() - t0) / 1e9;
+    uint64_t m = cpu_ns(CLOCK_THREAD_CPUTIME_ID) - m0, p = cpu_ns(CLOCK_PROCESS_CPUTIME_ID) - p0;
+    cpu->producer = (double)m / (double)n;
+    cpu->others = (double)(p - m) / (double)n;
+    return secs;
 }
 
 typedef struct {
@@ -317,12 +340,13 @@ int main(int argc, char **argv)
            n, full ? "full" : "quick; --full for 4M", reps);
     if (pr.exe[0]) {
         printf("| k | tables | threads | trainers M upd/s | bare loop M upd/s | probe M upd/s | "
-               "trainers / probe | trainers / bare loop |\n");
-        printf("|---|---|---|---|---|---|---|---|\n");
+               "trainers / probe | trainers / bare loop | producer CPU ns/ev | trainers CPU "
+               "ns/ev |\n");
+        printf("|---|---|---|---|---|---|---|---|---|---|\n");
     } else {
         printf("| k | tables | threads | trainers M upd/s | bare loop M upd/s | trainers / bare "
-               "loop |\n");
-        printf("|---|---|---|---|---|---|\n");
+               "loop | producer CPU ns/ev | trainers CPU ns/ev |\n");
+        printf("|---|---|---|---|---|---|---|---|\n");
     }
     for (size_t si = 0; si < 2; si++) {
         if (only_size >= 0 && (size_t)only_size != si)
@@ -339,17 +363,19 @@ int main(int argc, char **argv)
                 /* warm-up: touch the tables once so both runs see them resident */
                 bare(app, ev, n / 4, th);
                 memcpy(copy, ev, n * sizeof *ev);
-                double tt = through_trainers(app, copy, n);
+                cpu_split cpu;
+                double tt = through_trainers(app, copy, n, &cpu);
                 double tb = bare(app, ev, n, th);
                 hr_app_close(app, false); /* the probe runs alone */
                 double mt = n / tt / 1e6, mb = n / tb / 1e6;
                 if (pr.exe[0]) {
                     double mp = probe_run(&pr, ks[ki], &sizes[si], th, si == 1, n, reps);
-                    printf("| %u | %s | %u | %.2f | %.2f | %.2f | %.2f | %.2f |\n", ks[ki],
-                           sizes[si].name, th, mt, mb, mp, mp > 0 ? mt / mp : 0, mt / mb);
+                    printf("| %u | %s | %u | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f | %.0f |\n",
+                           ks[ki], sizes[si].name, th, mt, mb, mp, mp > 0 ? mt / mp : 0, mt / mb,
+                           cpu.producer, cpu.others);
                 } else {
-                    printf("| %u | %s | %u | %.2f | %.2f | %.2f |\n", ks[ki], sizes[si].name, th,
-                           mt, mb, mt / mb);
+                    printf("| %u | %s | %u | %.2f | %.2f | %.2f | %.0f | %.0f |\n", ks[ki],
+                           sizes[si].name, th, mt, mb, mt / mb, cpu.producer, cpu.others);
                 }
                 fflush(stdout);
             }

@@ -499,9 +499,23 @@ static inline void prefetch_span(const char *p, size_t bytes)
         __builtin_prefetch(a, 1, 1);
 }
 
+/* The row's dirty-mark byte, for writing: in a table beyond the cache the
+ * mark that follows each step is a miss of its own (a row's byte in a
+ * chunk-sized array), as costly as the row's. */
+static inline void prefetch_mark(const hr_model *m, hr_table_id t, uint32_t row)
+{
+    if (!m->t[t].dirty)
+        return;
+    const atomic_uchar *marks =
+        atomic_load_explicit(&m->t[t].dirty[row >> m->chunk_shift], memory_order_relaxed);
+    if (marks)
+        __builtin_prefetch((const void *)(marks + (row & (m->cfg.chunk_rows - 1))), 1, 1);
+}
+
 void hr_model_prefetch(const hr_model *m, hr_table_id t, uint32_t row)
 {
     const float *r = hr_model_row(m, t, row);
+    prefetch_mark(m, t, row);
     if (m->L.storage == HR_STORAGE_BF16) { /* the weights and each state part */
         for (uint32_t j = 0; j <= m->L.parts; j++)
             prefetch_span((const char *)(r + (size_t)j * m->L.state),

@@ -15,8 +15,19 @@
  * Wake-ups: waiters are counted and a condition is signalled only when
  * someone waits on it. A push signals one consumer; a consumer that leaves
  * events behind signals the next waiting one (baton passing), so a big batch
- * wakes as many consumers as it feeds and no more. Space freed by a pop is
- * broadcast to the waiting pushers, because their batches differ in size.
+ * wakes as many consumers as it feeds and no more. Space freed by a pop
+ * wakes the waiting pushers (a broadcast: their batches differ in size)
+ * only with hysteresis: once the batch of the pusher whose turn it is fits
+ * and the queue is at or below its low-water mark (half the capacity).
+ * Under a producer faster than the trainers that is one wake-up per half
+ * a queue of events, not one per pop (each a futex call and a switch to
+ * the producer), and the trainers still find the queue at least half full.
+ * No wake-up is lost: the pusher whose turn it is records its batch size
+ * (head_need) under the lock before each wait, so a pop that frees enough
+ * room sees it; while that record is stale (the turn has just passed) the
+ * next pusher already has a wake-up pending from the admission that
+ * passed the turn. Pops reach the mark as long as consumers pop, an empty
+ * queue is below it, and close wakes everyone.
  *
  * Waiting pushers are served in arrival order (a ticket), so a big batch is
  * not starved by smaller batches that keep fitting first; the price is that
@@ -53,6 +64,8 @@ struct hr_queue {
     unsigned empty_waiters;     /* callers blocked on empty */
     uint64_t next_ticket;       /* ticket the next waiting pusher takes */
     uint64_t serving;           /* ticket whose turn it is to be admitted */
+    size_t head_need;           /* batch size of the waiting pusher holding
+                                 * `serving`, set before each of its waits */
     uint64_t accepted;          /* events, see hr_queue_stats */
     uint64_t refused;
     uint64_t popped;
@@ -201,8 +214,11 @@ hr_status hr_queue_push(hr_queue *q, const hr_event *evs, size_t n, bool wait)
         uint64_t ticket = q->next_ticket++;
         q->push_waiters++;
         while (!q->closed &&
-               (q->serving != ticket || q->capacity - q->count < n))
+               (q->serving != ticket || q->capacity - q->count < n)) {
+            if (q->serving == ticket)
+                q->head_need = n; /* what a pop must free to wake us */
             pthread_cond_wait(&q->not_full, &q->mu);
+        }
         q->push_waiters--;
         if (q->closed) {
             /* Tickets no longer matter: nothing is admitted after close. */
@@ -220,6 +236,14 @@ hr_status hr_queue_push(hr_queue *q, const hr_event *evs, size_t n, bool wait)
         pthread_cond_broadcast(&q->not_full); /* the next turn may fit now */
     pthread_mutex_unlock(&q->mu);
     return HR_OK;
+}
+
+/* Whether a pop should wake the waiting pushers (the hysteresis of the file
+ * comment): the batch whose turn it is fits, and the queue is at or below
+ * the low-water mark. Caller holds q->mu and has seen push_waiters > 0. */
+static bool wake_pushers(const hr_queue *q)
+{
+    return q->capacity - q->count >= q->head_need && q->count <= q->capacity / 2;
 }
 
 /* Shared body of pop and pop_timed; timeout_ms < 0 waits without limit. */
@@ -259,7 +283,7 @@ static hr_status pop_common(hr_queue *q, hr_event *out, size_t max, size_t *n,
     assert(got >= 1 && counts_ok(q));
     if (q->count > 0 && q->pop_waiters > 0)
         pthread_cond_signal(&q->not_empty); /* pass the baton */
-    if (q->push_waiters > 0)
+    if (q->push_waiters > 0 && wake_pushers(q))
         pthread_cond_broadcast(&q->not_full);
     if (q->count == 0 && q->empty_waiters > 0)
         pthread_cond_broadcast(&q->empty);

@@ -33,6 +33,13 @@ double hr_logloss(double p, double label)
         p = eps;
     if (p > 1 - eps)
         p = 1 - eps;
+    /* A click label needs one log: the other term is 0 times a finite log
+     * (a zero) added to a nonzero log, so the general form gives the same
+     * bits (test_stats checks it). */
+    if (label == 1)
+        return -log(p);
+    if (label == 0)
+        return -log(1 - p);
     return -(label * log(p) + (1 - label) * log(1 - p));
 }
 
@@ -91,11 +98,25 @@ void hr_progress_add(hr_progress *p, const hr_progress_point *pts, size_t n)
     }
     pthread_mutex_lock(&p->mu);
     assert(p->head < p->window);
-    for (size_t i = 0; i < n; i++) {
-        if (!point_finite(&pts[i]))
-            continue;
-        p->ring[p->head] = pts[i];
-        p->head = (p->head + 1) % p->window;
+    if (bad == 0) {
+        /* All finite (the usual case): the last window's worth, in at most
+         * two spans of the ring; the same ring and head as point by point. */
+        size_t skip = n > p->window ? n - p->window : 0;
+        size_t head = (p->head + skip % p->window) % p->window, left = n - skip;
+        while (left) {
+            size_t span = p->window - head < left ? p->window - head : left;
+            memcpy(p->ring + head, pts + (n - left), span * sizeof *pts);
+            head = head + span == p->window ? 0 : head + span;
+            left -= span;
+        }
+        p->head = head;
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            if (!point_finite(&pts[i]))
+                continue;
+            p->ring[p->head] = pts[i];
+            p->head = p->head + 1 == p->window ? 0 : p->head + 1;
+        }
     }
     p->total += n - bad;
     p->nonfinite += bad;

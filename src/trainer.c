@@ -36,6 +36,22 @@
  * once (hr_model_mark_event); the global row, written by every step, is
  * marked once per batch after its last step.
  *
+ * The global row is private per batch: every step writes the global bias
+ * (and its AdaGrad accumulator), so with two workers its cache line would
+ * move between the cores on every event. A worker copies the shared bias
+ * slots into a row of its own at the start of a batch, trains the batch
+ * against that copy (the kernel gets it as a[0].row), and folds its change
+ * into the shared row at the end (fold_global: a compare-and-swap that
+ * stores the worker's value when nobody folded meanwhile, so one worker
+ * gives the same bits as steps on the shared row, else adds the change).
+ * Staleness, within what Hogwild already allows: a worker's steps see the
+ * other workers' global updates up to one batch late, and readers of the
+ * shared row (scoring, checkpoints) see each worker's up to one batch
+ * late; a pause or stop parks a worker only after its fold. Only F32 rows
+ * under SGD or AdaGrad (whose bias slots are the bias and the bias
+ * accumulator at acc + k); other storage and optimizers train the shared
+ * row as before.
+ *
  * Upkeep is one maintenance thread, started and stopped with the workers
  * (hr_trainer_start / hr_trainer_stop), ticking every UPKEEP_TICK_MS on the
  * monotonic clock: it rebuilds the popularity sampler once
@@ -58,12 +74,15 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "hogrec/sgd.h"
 #include "hogrec/watermark.h"
 
 #define POP_WAIT_MS 20
+#ifndef PREFETCH_AHEAD /* events ahead whose rows are prefetched */
 #define PREFETCH_AHEAD 4
+#endif
 #define SAMPLER_REBUILD_UPDATES (1u << 17)
 #define UPKEEP_TICK_MS 50
 
@@ -88,6 +107,10 @@ typedef struct worker {
                                 * under tr->mu */
     hr_progress_point *points; /* progressive points of a batch */
     size_t npoints, cap_points;
+    float *global;             /* owner only: the private global row (see the
+                                * file comment), mapped at the layout's size
+                                * (only its bias slots are touched); NULL: none */
+    size_t global_bytes;       /* mapped bytes of global */
 } worker;
 
 /* Popularity^alpha sampler: cumulative weights over item rows. */
@@ -267,7 +290,80 @@ typedef struct {
     const hr_row_layout *L;
     const hr_schedule *s;
     uint64_t t;          /* update count at batch start */
+    float *global;       /* the row steps train as the global row: the worker's
+                          * private copy, or NULL for the shared row */
+    float global0[2];    /* the shared bias slots copied at batch start */
 } batch_ctx;
+
+/* The private global row (file comment): its bias slots, offsets in floats
+ * from the row; the second is the bias accumulator, 0 without one. */
+static void global_slots(const hr_row_layout *L, const hr_step_params *p, uint32_t slot[2])
+{
+    slot[0] = L->bias;
+    slot[1] = p->opt == HR_OPT_ADAGRAD && L->acc ? L->acc + L->k : 0;
+}
+
+/* Maps the private global row for a layout: room up to its last bias slot
+ * (the accumulator sits a chunk of rows away, so the mapping is sparse:
+ * pages are committed only where touched). NULL where it does not apply. */
+static float *global_map(const hr_row_layout *L, size_t *bytes)
+{
+    *bytes = 0;
+    if (L->storage != HR_STORAGE_F32)
+        return NULL;
+    size_t floats = (size_t)(L->acc ? L->acc + L->k : L->bias) + 1;
+    size_t b = floats * sizeof(float);
+    void *r = mmap(NULL, b, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    if (r == MAP_FAILED)
+        return NULL;
+    *bytes = b;
+    return r;
+}
+
+/* Starts a batch on the private global row when it applies (F32 storage,
+ * SGD or AdaGrad): copies the shared bias slots into it. */
+static void global_begin(hr_trainer *tr, worker *w, batch_ctx *bc)
+{
+    bc->global = NULL;
+    if (!w->global || (bc->p.opt != HR_OPT_SGD && bc->p.opt != HR_OPT_ADAGRAD))
+        return;
+    float *shared = hr_model_row(tr->model, HR_TABLE_GLOBAL, 0);
+    uint32_t slot[2];
+    global_slots(bc->L, &bc->p, slot);
+    for (int i = 0; i < 2; i++)
+        if (slot[i]) {
+            __atomic_load(&shared[slot[i]], &bc->global0[i], __ATOMIC_RELAXED);
+            w->global[slot[i]] = bc->global0[i];
+        }
+    bc->global = w->global;
+}
+
+/* Folds one slot's change into the shared row: stores the worker's value
+ * if the shared one is still what the batch started from, else adds the
+ * change to whatever another worker folded meanwhile. */
+static void fold_global(float *shared, float start, float end)
+{
+    if (memcmp(&start, &end, sizeof start) == 0)
+        return;
+    float expected = start, desired = end;
+    while (!__atomic_compare_exchange(shared, &expected, &desired, false, __ATOMIC_RELAXED,
+                                      __ATOMIC_RELAXED))
+        desired = expected + (end - start);
+}
+
+/* Ends a batch on the private global row: folds each bias slot. */
+static void global_end(hr_trainer *tr, const batch_ctx *bc)
+{
+    if (!bc->global)
+        return;
+    float *shared = hr_model_row(tr->model, HR_TABLE_GLOBAL, 0);
+    uint32_t slot[2];
+    global_slots(bc->L, &bc->p, slot);
+    for (int i = 0; i < 2; i++)
+        if (slot[i])
+            fold_global(&shared[slot[i]], bc->global0[i], bc->global[slot[i]]);
+}
 
 /* One kernel step on ev, then its change marks (hr_model_mark_event; own_rows:
  * ev is a queued event whose id rows were touched, not a sampled negative);
@@ -291,6 +387,8 @@ static double apply(hr_trainer *tr, worker *w, const batch_ctx *bc, const hr_eve
     uint32_t eu, ei;
     hr_active a[HR_MAX_ACTIVE];
     int n = hr_model_event_rows(m, ev, &eu, &ei, a);
+    if (bc->global)
+        a[0].row = bc->global; /* the worker's copy (file comment) */
     double y, pred;
     hr_step_result r = hr_sgd_step(bc->L, a, n, ev->label, ev->weight, pp, &y, &pred);
     if (r == HR_STEP_CLIPPED)
@@ -332,6 +430,7 @@ static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n
     const uint32_t now = hr_model_clock(m);
     batch_ctx bc;
     resolve_params(tr, &bc);
+    global_begin(tr, w, &bc);
     bool use_sampler = tr->cfg.neg_alpha > 0;
     if (use_sampler)
         pthread_rwlock_rdlock(&tr->sampler_lock);
@@ -378,6 +477,7 @@ static void train_batch(hr_trainer *tr, worker *w, const hr_event *evs, size_t n
     }
     if (use_sampler)
         pthread_rwlock_unlock(&tr->sampler_lock);
+    global_end(tr, &bc);
     /* Every step wrote the global row: one mark after the batch's last
      * write (a consumer that took the mark meanwhile finds it set again). */
     if (trained_updates)
@@ -611,6 +711,7 @@ hr_status hr_trainer_start(hr_model *model, hr_queue *queue, hr_schedbox *sched,
         w->buf = calloc(cfg->batch, sizeof *w->buf); /* the pop fills used bytes only */
         w->cap_points = (size_t)cfg->batch * (1 + cfg->negatives);
         w->points = malloc(w->cap_points * sizeof *w->points);
+        w->global = global_map(hr_model_layout(model), &w->global_bytes); /* NULL: shared */
         if (!w->buf || !w->points) {
             st = HR_ENOMEM;
             break;
@@ -676,6 +777,8 @@ void hr_trainer_destroy(hr_trainer *tr)
     for (unsigned i = 0; i < tr->nw; i++) {
         free(tr->w[i].buf);
         free(tr->w[i].points);
+        if (tr->w[i].global)
+            munmap(tr->w[i].global, tr->w[i].global_bytes);
     }
     free(tr->w);
     sampler_free(tr->pop_sampler);

@@ -4,7 +4,9 @@
  * Single-threaded tests check FIFO order across ring wrap-around, payload
  * integrity, all-or-nothing admission, argument errors, close with and
  * without drain, and pop_timed. Threaded tests check that a blocked pusher
- * is released by pops or close, wait_empty, and run the queue against a
+ * is released by pops (once its batch fits and the queue is down to half:
+ * the wake-up hysteresis) or close, that the turn passes between waiting
+ * pushers without a lost wake-up, wait_empty, and run the queue against a
  * model under many producers and consumers: every event arrives exactly
  * once, each consumer sees each producer's events in order, a batch is
  * never split or interleaved, and the counters agree with what the threads
@@ -427,6 +429,82 @@ static void test_blocked_pusher_released_by_close(void **state)
     hr_queue_stats st = stats_of(q);
     assert_int_equal(st.accepted, 3);
     assert_int_equal(st.refused, 0);
+    hr_queue_destroy(q);
+}
+
+/* Hysteresis: space freed by a pop wakes a waiting pusher only once its
+ * batch fits and the queue is at or below half its capacity. */
+static void test_blocked_pusher_waits_for_low_water(void **state)
+{
+    (void)state;
+    hr_queue *q = make_queue(8);
+    assert_int_equal(push_seqs(q, 0, 8, false), HR_OK);
+
+    push_job j = {.q = q, .first = 8, .n = 2};
+    atomic_init(&j.done, false);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, push_thread, &j), 0);
+    let_others_run();
+    assert_false(atomic_load(&j.done)); /* the queue is full */
+
+    hr_event out[4];
+    size_t n = 0;
+    assert_int_equal(hr_queue_pop(q, out, 2, &n), HR_OK);
+    assert_int_equal(n, 2);
+    let_others_run();
+    /* Room for the batch, but 6 of 8 queued: above the mark, not woken. */
+    assert_false(atomic_load(&j.done));
+    assert_int_equal(stats_of(q).depth, 6);
+
+    assert_int_equal(hr_queue_pop(q, out, 2, &n), HR_OK);
+    assert_int_equal(n, 2);
+    assert_int_equal(pthread_join(t, NULL), 0); /* 4 of 8: at the mark */
+    assert_int_equal(j.status, HR_OK);
+    expect_seqs(q, 4, 6);
+    hr_queue_destroy(q);
+}
+
+/* Two waiting pushers: the turn passes from the first admitted to the
+ * second, whose batch size the next pops must see (no lost wake-up). */
+static void test_blocked_pushers_hand_off(void **state)
+{
+    (void)state;
+    hr_queue *q = make_queue(8);
+    assert_int_equal(push_seqs(q, 0, 8, false), HR_OK);
+    push_job j[2] = {{.q = q, .first = 8, .n = 4}, {.q = q, .first = 12, .n = 4}};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++) {
+        atomic_init(&j[i].done, false);
+        assert_int_equal(pthread_create(&t[i], NULL, push_thread, &j[i]), 0);
+        let_others_run();
+    }
+    hr_event out[8];
+    size_t n = 0;
+    /* Each pop of 4 admits one of them (whichever holds the turn). */
+    assert_int_equal(hr_queue_pop(q, out, 4, &n), HR_OK);
+    assert_int_equal(n, 4);
+    assert_int_equal(hr_queue_pop(q, out, 4, &n), HR_OK);
+    assert_int_equal(n, 4);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+        assert_int_equal(j[i].status, HR_OK);
+    }
+    /* Both batches whole, in some order: seqs 8..15, each batch consecutive. */
+    assert_int_equal(hr_queue_pop_timed(q, out, 8, &n, 0), HR_OK);
+    assert_int_equal(n, 8);
+    uint64_t seen = 0;
+    for (size_t b = 0; b < 8; b += 4) {
+        assert_true(out[b].seq == 8 || out[b].seq == 12);
+        for (size_t i = 0; i < 4; i++) {
+            assert_int_equal(out[b + i].seq, out[b].seq + i);
+            assert_true(payload_ok(&out[b + i]));
+        }
+        seen |= 1u << (out[b].seq == 12);
+    }
+    assert_int_equal(seen, 3);
+    hr_queue_stats st = stats_of(q);
+    assert_int_equal(st.accepted, 16);
+    assert_int_equal(st.popped, 16);
     hr_queue_destroy(q);
 }
 
@@ -865,6 +943,8 @@ int main(void)
         cmocka_unit_test(test_pop_timed),
         cmocka_unit_test(test_blocked_pusher_released_by_pop),
         cmocka_unit_test(test_blocked_pusher_released_by_close),
+        cmocka_unit_test(test_blocked_pusher_waits_for_low_water),
+        cmocka_unit_test(test_blocked_pushers_hand_off),
         cmocka_unit_test(test_blocked_consumers_released_by_close),
         cmocka_unit_test(test_wait_empty),
         cmocka_unit_test(test_model_retry_refused),

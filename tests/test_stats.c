@@ -65,6 +65,72 @@ static void test_window_logloss_and_calibration(void **state)
     hr_progress_destroy(p);
 }
 
+/* The window after batches of every size, smaller and larger than the
+ * window, across the ring's end, with and without non-finite points: the
+ * last n points (n = 1 .. window) are those a plain list of the finite
+ * points ends with (checked through their mean prediction, weight 1). */
+static void test_window_ring_against_list(void **state)
+{
+    (void)state;
+    enum { WINDOW = 7, ROUNDS = 300, MAXB = 20 };
+    hr_progress *p;
+    assert_int_equal(hr_progress_create(WINDOW, 0, &p), HR_OK);
+    float *list = malloc(ROUNDS * MAXB * sizeof *list);
+    assert_non_null(list);
+    size_t nlist = 0;
+    hr_rng rng;
+    hr_rng_seed(&rng, 5);
+    for (int r = 0; r < ROUNDS; r++) {
+        hr_progress_point pts[MAXB];
+        size_t n = (size_t)hr_rng_below(&rng, MAXB + 1);
+        bool with_bad = hr_rng_below(&rng, 4) == 0;
+        for (size_t i = 0; i < n; i++) {
+            pts[i] = (hr_progress_point){(float)hr_rng_uniform(&rng), (float)(i & 1), 1};
+            if (with_bad && hr_rng_below(&rng, 3) == 0)
+                pts[i].pred = NAN;
+            else
+                list[nlist++] = pts[i].pred;
+        }
+        hr_progress_add(p, pts, n);
+        size_t have = nlist < WINDOW ? nlist : WINDOW;
+        for (size_t last = 1; last <= have; last++) {
+            hr_progress_report rep;
+            hr_progress_get(p, last, &rep);
+            assert_int_equal(rep.n, last);
+            double mp = 0;
+            for (size_t i = nlist - last; i < nlist; i++)
+                mp += list[i];
+            assert_float_equal(rep.mean_pred, mp / (double)last, 1e-12);
+        }
+    }
+    free(list);
+    hr_progress_destroy(p);
+}
+
+/* hr_logloss of a 0 or 1 label takes one log: the same bits as the general
+ * form -(y log p + (1 - y) log(1 - p)) with p clamped to [1e-7, 1 - 1e-7],
+ * over random and edge predictions; a fractional label takes the general
+ * form. */
+static void test_logloss_click_labels_match_general_form(void **state)
+{
+    (void)state;
+    hr_rng rng;
+    hr_rng_seed(&rng, 11);
+    const double edge[] = {0, 1e-9, 1e-7, 0.5, 1 - 1e-7, 1 - 1e-9, 1};
+    for (int i = 0; i < 20000; i++) {
+        double p = i < 7 ? edge[i] : hr_rng_uniform(&rng);
+        double pc = p < 1e-7 ? 1e-7 : p > 1 - 1e-7 ? 1 - 1e-7 : p;
+        for (int y = 0; y <= 1; y++) {
+            volatile double yd = y; /* the general form, not folded */
+            double ref = -(yd * log(pc) + (1 - yd) * log(1 - pc));
+            double got = hr_logloss(p, y);
+            assert_memory_equal(&got, &ref, sizeof got);
+        }
+        double ref = -(0.25 * log(pc) + 0.75 * log(1 - pc));
+        assert_float_equal(hr_logloss(p, 0.25), ref, 0);
+    }
+}
+
 /* Scores with NaN, +inf and -inf among ties: the AUC call ends, and it is
  * the pair count over the scores that are not NaN (infinities rank last
  * and first, and tie with each other). */
@@ -192,6 +258,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_auc_matches_pair_count),
         cmocka_unit_test(test_window_logloss_and_calibration),
+        cmocka_unit_test(test_logloss_click_labels_match_general_form),
+        cmocka_unit_test(test_window_ring_against_list),
         cmocka_unit_test(test_auc_nonfinite_scores),
         cmocka_unit_test(test_progress_refuses_nonfinite),
         cmocka_unit_test(test_hist_quantiles),

@@ -253,6 +253,54 @@ static void test_schedule_swap_under_running_trainers(void **state)
     free(evs);
 }
 
+/* ---- the global row under several workers ---- */
+
+/* The global bias's AdaGrad accumulator after n events over a small world
+ * with every rate multiplier 0: no weight moves, so each event adds the
+ * same amount to it whatever the order or the thread. */
+static double global_acc_after(int threads, size_t n)
+{
+    const char *sched = "{\"optimizer\":\"adagrad\",\"type\":\"constant\",\"eta0\":0.1,"
+                        "\"multipliers\":{\"global\":0,\"bias\":0,\"user\":0,\"item\":0,"
+                        "\"context\":0}}";
+    hr_app *app = open_app(threads, 8, "off", sched);
+    hr_event *evs = malloc(n * sizeof *evs);
+    assert_non_null(evs);
+    for (size_t e = 0; e < n; e++)
+        evs[e] = event_for(app, (unsigned)(e % 97), (unsigned)(e % 53), (float)(e % 3 == 0));
+    const hr_row_layout *L = hr_model_layout(app->model);
+    assert_true(L->acc > 0);
+    const float *g = hr_model_row(app->model, HR_TABLE_GLOBAL, 0);
+    double before = g[L->acc + L->k];
+    submit(app, evs, n);
+    hr_trainer_wait_idle(app->trainer);
+    double after = g[L->acc + L->k];
+    hr_trainer_counts c;
+    hr_trainer_get_counts(app->trainer, &c);
+    assert_int_equal(c.trained, n);
+    hr_app_close(app, true);
+    free(evs);
+    return after - before;
+}
+
+/* Each worker trains a batch against its own copy of the global row and
+ * folds the change into the shared row after it: two workers lose none of
+ * each other's updates (a step that read the shared row while the other
+ * wrote it would drop one), so the accumulator grows as with one worker,
+ * within float rounding. */
+static void test_global_row_folds_every_worker(void **state)
+{
+    (void)state;
+    const size_t n = 400000;
+    double one = global_acc_after(1, n);
+    assert_true(one > 0);
+    for (int run = 0; run < 4; run++) {
+        double two = global_acc_after(2, n);
+        print_message("  global accumulator growth: 1 worker %.6g, 2 workers %.6g\n", one, two);
+        assert_float_equal(two / one, 1.0, 1e-4);
+    }
+}
+
 /* ---- pause, watermark, stop ---- */
 
 static void test_pause_watermark_and_stop(void **state)
@@ -459,6 +507,7 @@ int main(void)
         cmocka_unit_test(test_bf16_storage_auc_as_f32),
         cmocka_unit_test(test_optimizers_converge_to_planted_truth),
         cmocka_unit_test(test_schedule_swap_under_running_trainers),
+        cmocka_unit_test(test_global_row_folds_every_worker),
         cmocka_unit_test(test_pause_watermark_and_stop),
         cmocka_unit_test(test_negative_sampling_auto),
         cmocka_unit_test(test_expiry_without_further_events),

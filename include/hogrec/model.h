@@ -148,8 +148,9 @@ const float *hr_model_row_f32(const hr_model *m, hr_table_id t, uint32_t row, fl
 /* How the model stores factors (hr_model_config.storage). */
 hr_storage hr_model_storage(const hr_model *m);
 
-/* Prefetches every cache line of a row, weights and state, for writing (the
- * trainers do it a few events ahead: big tables are bound by row fetches). */
+/* Prefetches every cache line of a row, weights and state, and its dirty
+ * mark, for writing (the trainers do it a few events ahead: big tables are
+ * bound by row fetches). */
 void hr_model_prefetch(const hr_model *m, hr_table_id t, uint32_t row);
 
 /* The row that scores and trains for `row`: itself, or the table's default
