@@ -30,6 +30,7 @@
 #include "hogrec/guard.h"
 #include "hogrec/log.h"
 #include "hogrec/persist.h"
+#include "hogrec/sgd.h"
 #include "hogrec/trials.h"
 
 #define REPLAY_BATCH 256 /* logged events per hr_events_replay */
@@ -190,6 +191,15 @@ hr_status hr_app_open_loading(const hr_config *cfg, hr_app **out, hr_error *err)
     if ((st = hr_schedbox_create(&sched, &app->sched, err)) != HR_OK)
         goto fail;
 
+    const char *kernel = hr_config_kernel_to_string(app->cfg.update_kernel);
+    if (!hr_sgd_kernel_select(kernel)) { /* process-wide (sgd.h) */
+        char runs[64];
+        hr_sgd_kernel_list(runs, sizeof runs);
+        st = hr_error_set(err, HR_EINVAL, "update_kernel",
+                          "update_kernel %s: this CPU or build cannot run it (it runs: %s)", kernel,
+                          runs);
+        goto fail;
+    }
     hr_model_config mc;
     if ((st = hr_model_config_from(&app->cfg, &sched, &mc, err)) != HR_OK)
         goto fail;

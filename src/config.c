@@ -84,6 +84,16 @@ const char *hr_config_topk_to_string(hr_config_topk v)
     return (unsigned)v < HR_CONFIG_TOPK_COUNT ? topk_names[v] : "unknown";
 }
 
+static const char *const kernel_names[HR_CONFIG_KERNEL_COUNT] = {
+    [HR_CONFIG_KERNEL_AUTO] = "auto",     [HR_CONFIG_KERNEL_GENERIC] = "generic",
+    [HR_CONFIG_KERNEL_AVX2] = "avx2",     [HR_CONFIG_KERNEL_AVX512] = "avx512",
+    [HR_CONFIG_KERNEL_EXACT] = "exact"};
+
+const char *hr_config_kernel_to_string(hr_config_kernel v)
+{
+    return (unsigned)v < HR_CONFIG_KERNEL_COUNT ? kernel_names[v] : "unknown";
+}
+
 static const char *const attr_norm_names[HR_CONFIG_ATTR_NORM_COUNT_] = {
     [HR_CONFIG_ATTR_NORM_NONE] = "none", [HR_CONFIG_ATTR_NORM_SQRT] = "sqrt",
     [HR_CONFIG_ATTR_NORM_COUNT] = "count"};
@@ -112,6 +122,7 @@ static const char *attr_norm_name(int v)
     return hr_config_attr_norm_to_string((hr_config_attr_norm)v);
 }
 static const char *storage_name(int v) { return hr_storage_to_string((hr_storage)v); }
+static const char *kernel_name(int v) { return hr_config_kernel_to_string((hr_config_kernel)v); }
 static const char *log_level_name(int v) { return hr_log_level_to_string((hr_log_level)v); }
 
 /* the commands column */
@@ -151,6 +162,9 @@ static const opt options[] = {
     E(storage, storage_name, HR_STORAGE_COUNT, "f32", false, ALL,
       "how rows store their factors: f32, or bf16 (half the bytes of the weights; updates "
       "stochastically rounded; optimizer state stays f32)"),
+    E(update_kernel, kernel_name, HR_CONFIG_KERNEL_COUNT, "auto", false, ALL,
+      "variant of the update kernel, for the whole process: auto (the widest this CPU runs), "
+      "generic, avx2, avx512, or exact (the same bits on every CPU, slower)"),
     D(expire_seconds, 0, 1e9, "0", false, ALL, "forget ids unseen this many seconds (0 = never)"),
     D(grad_clip, 0, 1e9, "100", false, ALL, "largest gradient norm per event (0 = no clip)"),
     D(adagrad_init, 1e-12, 1e6, "0.1", false, ALL, "initial AdaGrad accumulator"),

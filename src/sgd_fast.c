@@ -10,7 +10,7 @@
  * pass for gradient, state and weight with the finiteness test folded in),
  * with multiply-adds fused (built with -ffp-contract=fast): results agree
  * with the general kernel within float rounding, not bit for bit
- * (test_sgd_fast measures it). The body (sgd_fast_body.h) is compiled once
+ * (test_sgd measures it). The body (sgd_fast_body.h) is compiled once
  * per variant: "generic" (portable C: GCC/clang vector extensions and loops
  * the compiler vectorizes for the build's target) and on x86-64 "avx2"
  * (AVX2 + FMA) and "avx512" (AVX-512F), each with its target attribute, so
@@ -31,6 +31,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "sgd_internal.h"
@@ -159,6 +160,19 @@ bool hr_sgd_kernel_select(const char *name)
     }
     atomic_store_explicit(&chosen, c, memory_order_relaxed);
     return true;
+}
+
+void hr_sgd_kernel_list(char *buf, size_t len)
+{
+    size_t at = 0;
+    if (len)
+        buf[0] = 0;
+    for (size_t i = 0; i < NVARIANTS; i++) {
+        if (!cpu_runs(&variants[i]) || at >= len)
+            continue;
+        int n = snprintf(buf + at, len - at, "%s%s", at ? " " : "", variants[i].name);
+        at = n < 0 ? len : at + (size_t)n;
+    }
 }
 
 const char *hr_sgd_kernel_name(void)

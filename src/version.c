@@ -11,6 +11,7 @@
 #include <microhttpd.h>
 #include <sqlite3.h>
 
+#include "hogrec/sgd.h"
 #include "hogrec_version_gen.h"
 
 #define STR_(x) #x
@@ -53,4 +54,7 @@ void hr_version_print(FILE *out)
     fprintf(out, "jansson %s\n", jansson_version_str());
     fprintf(out, "SQLite %s\n", sqlite3_libversion());
     fprintf(out, "%s\n", openblas_get_config()); /* version, build options, kernel */
+    char runs[64];
+    hr_sgd_kernel_list(runs, sizeof runs);
+    fprintf(out, "update kernel %s (this CPU runs: %s)\n", hr_sgd_kernel_name(), runs);
 }

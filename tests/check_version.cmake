@@ -1,6 +1,7 @@
 # check_version (ctest): `hogrec --version` and `hogrec version` exit 0 and
 # print the same text: "hogrec <project VERSION>", the git description when
-# the source is a git checkout, the compiler, and a line per library.
+# the source is a git checkout, the compiler, a line per library, and the
+# update kernel variant (sgd_fast.c) with the variants this CPU runs.
 #   cmake -DHOGREC_BIN=... -DVERSION=... -DSOURCE_DIR=... -P check_version.cmake
 foreach(arg --version version)
   execute_process(COMMAND ${HOGREC_BIN} ${arg} OUTPUT_VARIABLE out_${arg} RESULT_VARIABLE rc)
@@ -14,7 +15,8 @@ if(NOT out STREQUAL out_version)
 endif()
 string(REPLACE "." "\\." v "${VERSION}")
 foreach(re "^hogrec ${v}[ \n]" "\nbuilt with (gcc|clang) [0-9]" "\nlibmicrohttpd [0-9]+\\.[0-9]+"
-    "\njansson [0-9]+\\.[0-9]+" "\nSQLite 3\\.[0-9]+" "\nOpenBLAS [0-9]+\\.[0-9]+")
+    "\njansson [0-9]+\\.[0-9]+" "\nSQLite 3\\.[0-9]+" "\nOpenBLAS [0-9]+\\.[0-9]+"
+    "\nupdate kernel (generic|avx2|avx512) \\(this CPU runs:( [a-z0-9]+)+\\)\n")
   if(NOT out MATCHES "${re}")
     message(FATAL_ERROR "hogrec --version: no match for '${re}' in:\n${out}")
   endif()

@@ -11,7 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hogrec/app.h"
 #include "hogrec/config.h"
+#include "hogrec/sgd.h"
 
 static void test_defaults_and_bounds(void **state)
 {
@@ -411,6 +413,57 @@ static void test_command_flag_choices(void **state)
     free(buf);
 }
 
+/* update_kernel: each name parses and shows as itself; opening an app
+ * selects the variant for the process, and a variant this CPU (or build)
+ * cannot run is refused at open, naming it and what the CPU runs. */
+static void test_update_kernel(void **state)
+{
+    (void)state;
+    static const char *const names[] = {"auto", "generic", "avx2", "avx512", "exact"};
+    hr_error err;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        hr_config c;
+        hr_config_defaults(&c);
+        c.db[0] = 0;
+        assert_int_equal(hr_config_set(&c, "max_users", "64", &err), HR_OK);
+        assert_int_equal(hr_config_set(&c, "max_items", "64", &err), HR_OK);
+        assert_int_equal(hr_config_set(&c, "chunk_rows", "64", &err), HR_OK);
+        assert_int_equal(hr_config_set(&c, "update_kernel", names[i], &err), HR_OK);
+        assert_string_equal(hr_config_kernel_to_string(c.update_kernel), names[i]);
+        hr_sgd_kernel_select("exact"); /* something else than what the open should choose */
+        hr_app *app = NULL;
+        hr_status st = hr_app_open(&c, &app, &err);
+        if (hr_sgd_kernel_available(names[i])) {
+            assert_int_equal(st, HR_OK);
+            if (strcmp(names[i], "auto") != 0) {
+                assert_string_equal(hr_sgd_kernel_name(), names[i]);
+            } else { /* the widest: the first the CPU runs */
+                char runs[64];
+                hr_sgd_kernel_list(runs, sizeof runs);
+                assert_int_equal(strncmp(runs, hr_sgd_kernel_name(), strlen(hr_sgd_kernel_name())), 0);
+            }
+            hr_app_close(app, false);
+        } else {
+            printf("update_kernel %s: this CPU cannot run it, checking the refusal\n", names[i]);
+            assert_int_equal(st, HR_EINVAL);
+            assert_null(app);
+            assert_string_equal(err.field, "update_kernel");
+            assert_non_null(strstr(err.message, names[i]));
+            assert_non_null(strstr(err.message, "it runs: "));
+            assert_string_equal(hr_sgd_kernel_name(), "exact"); /* unchanged */
+        }
+        hr_config_free(&c);
+    }
+    hr_config c;
+    hr_config_defaults(&c);
+    assert_int_equal(c.update_kernel, HR_CONFIG_KERNEL_AUTO);
+    assert_int_equal(hr_config_set(&c, "update_kernel", "sse9", &err), HR_EINVAL);
+    assert_non_null(strstr(err.message, "auto|generic|avx2|avx512|exact"));
+    assert_string_equal(hr_config_kernel_to_string(HR_CONFIG_KERNEL_COUNT), "unknown");
+    hr_config_free(&c);
+    hr_sgd_kernel_select("auto");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -422,6 +475,7 @@ int main(void)
         cmocka_unit_test(test_unknown_choice_refused_everywhere),
         cmocka_unit_test(test_choices_parse_to_enums_and_show_as_names),
         cmocka_unit_test(test_command_flag_choices),
+        cmocka_unit_test(test_update_kernel),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

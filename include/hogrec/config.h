@@ -54,6 +54,17 @@ typedef enum {
     HR_CONFIG_TOPK_COUNT
 } hr_config_topk;
 
+/* `update_kernel`: the variant of the fused update kernel (sgd.h,
+ * hr_sgd_kernel_select), for the whole process. */
+typedef enum {
+    HR_CONFIG_KERNEL_AUTO,    /* the widest this CPU runs */
+    HR_CONFIG_KERNEL_GENERIC, /* portable C */
+    HR_CONFIG_KERNEL_AVX2,    /* AVX2 and FMA */
+    HR_CONFIG_KERNEL_AVX512,  /* AVX-512F */
+    HR_CONFIG_KERNEL_EXACT,   /* bit-identical to the general kernel on every CPU */
+    HR_CONFIG_KERNEL_COUNT
+} hr_config_kernel;
+
 /* `attr_norm`: how a catalog record's attribute values scale with their
  * number n on that record (catalog.h). */
 typedef enum {
@@ -71,6 +82,7 @@ const char *hr_config_neg_to_string(hr_config_neg n);
 const char *hr_config_durability_to_string(hr_config_durability d);
 const char *hr_config_topk_to_string(hr_config_topk t);
 const char *hr_config_attr_norm_to_string(hr_config_attr_norm a);
+const char *hr_config_kernel_to_string(hr_config_kernel k);
 
 typedef struct {
     /* model */
@@ -89,6 +101,7 @@ typedef struct {
     double attr_value_item;    /* the same for an item's */
     hr_config_attr_norm attr_norm; /* none | sqrt | count: scaled by the record's attributes */
     hr_storage storage;        /* f32 | bf16: how rows store their factors (row.h) */
+    hr_config_kernel update_kernel; /* auto | generic | avx2 | avx512 | exact (sgd.h) */
     double expire_seconds;     /* drop ids unseen this long (0 = never) */
     double grad_clip;          /* max gradient L2 norm per event (0 = off) */
     double adagrad_init;       /* initial AdaGrad accumulator */

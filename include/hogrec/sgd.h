@@ -104,6 +104,9 @@ hr_step_result hr_sgd_step_fast(const hr_row_layout *L, const hr_active *a, int 
 bool hr_sgd_kernel_select(const char *name);
 /* Whether this CPU and build can run the variant (the names above). */
 bool hr_sgd_kernel_available(const char *name);
+/* Writes the names of the variants this CPU and build run, widest first,
+ * separated by spaces, into buf (len bytes, truncated to fit). */
+void hr_sgd_kernel_list(char *buf, size_t len);
 /* The chosen variant's name (static storage); resolves "auto" if nothing
  * was chosen yet. */
 const char *hr_sgd_kernel_name(void);
