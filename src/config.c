@@ -164,7 +164,7 @@ static const opt options[] = {
       "stochastically rounded; optimizer state stays f32)"),
     E(update_kernel, kernel_name, HR_CONFIG_KERNEL_COUNT, "auto", false, ALL,
       "variant of the update kernel, for the whole process: auto (the widest this CPU runs), "
-      "generic, avx2, avx512, or exact (the same bits on every CPU, slower)"),
+      "generic, avx2, avx512, or exact (the general kernel's arithmetic on any CPU, slower)"),
     D(expire_seconds, 0, 1e9, "0", false, ALL, "forget ids unseen this many seconds (0 = never)"),
     D(grad_clip, 0, 1e9, "100", false, ALL, "largest gradient norm per event (0 = no clip)"),
     D(adagrad_init, 1e-12, 1e6, "0.1", false, ALL, "initial AdaGrad accumulator"),

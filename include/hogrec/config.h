@@ -61,7 +61,7 @@ typedef enum {
     HR_CONFIG_KERNEL_GENERIC, /* portable C */
     HR_CONFIG_KERNEL_AVX2,    /* AVX2 and FMA */
     HR_CONFIG_KERNEL_AVX512,  /* AVX-512F */
-    HR_CONFIG_KERNEL_EXACT,   /* bit-identical to the general kernel on every CPU */
+    HR_CONFIG_KERNEL_EXACT,   /* bit-identical to the general kernel */
     HR_CONFIG_KERNEL_COUNT
 } hr_config_kernel;
 
