@@ -262,7 +262,9 @@ static void *committer(void *arg)
         log->pend = tmp;
         log->pend.n = log->pend.tlen = 0;
         uint64_t upto = atomic_load(&log->appended);
-        uint64_t trim = log->trim_req;
+        uint64_t trim = log->trim_req; /* at most trim_chunk seqs past the last trim */
+        if (trim > log->trimmed && trim - log->trimmed > log->opt.trim_chunk)
+            trim = log->trimmed + log->opt.trim_chunk;
         pthread_mutex_unlock(&log->mu);
 
         batch *b = &log->out;
@@ -323,6 +325,12 @@ hr_status hr_evlog_create(hr_store *store, const hr_evlog_options *opt, uint64_t
         log->opt.interval_ms = 1;
     if (log->opt.retry_ms == 0)
         log->opt.retry_ms = 1000;
+    if (log->opt.trim_chunk == 0)
+        log->opt.trim_chunk = HR_EVLOG_TRIM_CHUNK;
+    /* Trims go on from where the file's last one stopped (0 if unknown:
+     * then the first chunks delete nothing, and each is one small commit). */
+    if (hr_store_log_trimmed_to(store, &log->trimmed, err) != HR_OK)
+        log->trimmed = 0;
     pthread_mutex_init(&log->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);

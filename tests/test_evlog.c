@@ -12,8 +12,9 @@
  * helper_faultvfs): the failed commit gives HR_EIO to its waiters and its
  * notifies, appends then fail fast and keep failing while the probes do,
  * the log recovers by itself once writes work, and every event acknowledged before or after is in the file.
- * Trim: deleted with the next commit, and the last seq survives a trim of
- * everything. Threads appending in seq order (as ingest does) and waiting
+ * Trim: deleted with the next commits, at most trim_chunk seqs each, the
+ * committer going on by itself, from where the file's last trim stopped;
+ * the last seq survives a trim of everything. Threads appending in seq order (as ingest does) and waiting
  * outside the lock all get their events acknowledged and stored. Commits of
  * sizes around the multi-row INSERT store exactly their events; a disk that
  * fills in the middle of those statements refuses that commit only.
@@ -62,19 +63,26 @@ static hr_store *open_store(const char *path)
 
 /* A log over path, continuing after the seqs its file holds; started
  * unless start is false. */
-static hr_evlog *open_log(const char *path, bool sync, unsigned interval_ms, bool start)
+static hr_evlog *open_log_chunk(const char *path, bool sync, unsigned interval_ms, bool start,
+                                 uint64_t trim_chunk)
 {
     hr_store *s = open_store(path);
     uint64_t last = 0;
     hr_error err = {{0}, {0}};
     assert_int_equal(hr_store_log_last_seq(s, &last, &err), HR_OK);
-    hr_evlog_options o = {.sync = sync, .interval_ms = interval_ms, .retry_ms = 5};
+    hr_evlog_options o = {.sync = sync, .interval_ms = interval_ms, .retry_ms = 5,
+                          .trim_chunk = trim_chunk};
     hr_evlog *log = NULL;
     assert_int_equal(hr_evlog_create(s, &o, last, &log, &err), HR_OK);
     assert_int_equal(hr_evlog_last_seq(log), last);
     if (start)
         assert_int_equal(hr_evlog_start(log, &err), HR_OK);
     return log;
+}
+
+static hr_evlog *open_log(const char *path, bool sync, unsigned interval_ms, bool start)
+{
+    return open_log_chunk(path, sync, interval_ms, start, 0);
 }
 
 static int event_text(uint64_t seq, char *buf, size_t cap)
@@ -499,6 +507,63 @@ static void test_trim(void **state)
     tu_rmtree(f.dir);
 }
 
+/* Waits (bounded) until the file records a trim to upto; returns the
+ * commits the log has made by then (the last of them did that trim). */
+static uint64_t commits_when_trimmed(hr_evlog *log, const char *path, uint64_t upto)
+{
+    uint64_t trimmed = 0;
+    for (int i = 0; i < 2000 && trimmed < upto; i++) {
+        hr_store *s = open_store(path);
+        hr_error err = {{0}, {0}};
+        assert_int_equal(hr_store_log_trimmed_to(s, &trimmed, &err), HR_OK);
+        hr_store_close(s);
+        if (trimmed < upto)
+            tu_sleep_ms(5);
+    }
+    assert_int_equal(trimmed, upto);
+    uint64_t commits = 0;
+    hr_evlog_counts(log, NULL, &commits, NULL, NULL);
+    return commits;
+}
+
+/* A trim deletes at most trim_chunk seqs per commit, oldest first, and the
+ * committer goes on by itself until it is done (so no commit that
+ * acknowledges events waits on one long delete); a reopened log goes on
+ * from the trim the file records. */
+static void test_trim_in_chunks(void **state)
+{
+    (void)state;
+    logfile f;
+    logfile_make(&f);
+    hr_evlog *log = open_log_chunk(f.path, true, 100, true, 3);
+    hr_error err = {{0}, {0}};
+    assert_int_equal(append(log, 1, 20, &err), HR_OK);
+    assert_int_equal(hr_evlog_wait(log, 20, &err), HR_OK);
+    uint64_t before = 0, trimmed, last;
+    hr_evlog_counts(log, NULL, &before, NULL, NULL);
+    hr_evlog_trim(log, 10); /* seqs 1-3, 4-6, 7-9, 10: four commits */
+    assert_int_equal(commits_when_trimmed(log, f.path, 10), before + 4);
+    contents *c = read_file(f.path, &trimmed, &last);
+    assert_int_equal(trimmed, 10);
+    assert_int_equal(c->n, 10);
+    assert_int_equal(c->seq[0], 11);
+    free(c);
+    hr_evlog_destroy(log);
+    /* reopened: trimmed_to 10 is where the next trim starts, so 12 is one commit */
+    log = open_log_chunk(f.path, true, 100, true, 3);
+    hr_evlog_counts(log, NULL, &before, NULL, NULL);
+    hr_evlog_trim(log, 12);
+    assert_int_equal(commits_when_trimmed(log, f.path, 12), before + 1);
+    hr_evlog_destroy(log);
+    c = read_file(f.path, &trimmed, &last);
+    assert_int_equal(trimmed, 12);
+    assert_int_equal(c->n, 8);
+    assert_int_equal(c->seq[0], 13);
+    assert_int_equal(last, 20);
+    free(c);
+    tu_rmtree(f.dir);
+}
+
 /* ---- threads ---- */
 
 #define THREADS 4
@@ -695,6 +760,7 @@ int main(void)
         cmocka_unit_test_teardown(test_failed_commit_disk_full, fv_clear_faults),
         cmocka_unit_test_teardown(test_failed_commit_write_error, fv_clear_faults),
         cmocka_unit_test(test_trim),
+        cmocka_unit_test(test_trim_in_chunks),
         cmocka_unit_test(test_threads_group_commit),
         cmocka_unit_test(test_commit_sizes),
         cmocka_unit_test_teardown(test_failed_commit_mid_statement, fv_clear_faults),
