@@ -765,7 +765,12 @@ int hr_model_active_rows(const hr_model *m, const hr_event *ev, uint32_t user, u
      * which meets the other side's and the event's features). */
     hr_feat f[HR_MAX_ATTRS];
     for (int t = HR_TABLE_USER; t <= HR_TABLE_ITEM; t++) {
-        uint32_t na = hr_model_attrs(m, (hr_table_id)t, t == HR_TABLE_USER ? ev->user : ev->item, f);
+        /* A table without attributes (the usual case) skips the row's
+         * slot; one set meanwhile joins from the next event on. */
+        uint32_t na = atomic_load_explicit(&m->t[t].attr_rows, memory_order_relaxed)
+                          ? hr_model_attrs(m, (hr_table_id)t,
+                                           t == HR_TABLE_USER ? ev->user : ev->item, f)
+                          : 0;
         uint8_t side = na ? (uint8_t)t : 0; /* HR_TABLE_USER = 1, HR_TABLE_ITEM = 2 */
         out[t].side = side;
         for (uint32_t i = 0; i < na; i++)
