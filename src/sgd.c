@@ -240,16 +240,10 @@ hr_step_result hr_sgd_step_general(const hr_row_layout *L, const hr_active *a, i
     const uint32_t k = L->k;
     float s[k], tmp[k], nv[k], nG[k], side_sum[2 * k];
     bool sided;
-    double y = score_into(L, a, n, s, tmp, side_sum, &sided);
-    *y_before = y;
-    double pred = train_link(p->loss, y);
-    if (pred_before)
-        *pred_before = pred;
-    double g = weight * (pred - label); /* dLoss/dy for both losses */
-    if (!isfinite(y) || !isfinite(g))
-        return HR_STEP_SKIPPED_NONFINITE;
-    if (g == 0)
-        return HR_STEP_APPLIED;
+    double y = score_into(L, a, n, s, tmp, side_sum, &sided), g;
+    hr_step_result first = step_gradient(p, y, label, weight, y_before, pred_before, &g);
+    if (first != HR_STEP_APPLIED || g == 0)
+        return first;
 
     /* dy/dv_fd = x_f (s_d - v_fd x_f), or x_f (s_d - S_cd) for a feature of
      * side c (its pairs within the side left out), kept per feature for the update;
@@ -453,16 +447,10 @@ static hr_step_result step_pair(const hr_row_layout *L, const hr_active *a, floa
     const bool clip = p->clip > 0;
     float hu = 0, hv = 0;
     double y = clip ? pair_score(u, v, xu, xv, k, lin, true, &hu, &hv)
-                    : pair_score(u, v, xu, xv, k, lin, false, &hu, &hv);
-    *y_before = y;
-    double pred = train_link(p->loss, y);
-    if (pred_before)
-        *pred_before = pred;
-    double g = weight * (pred - label);
-    if (!isfinite(y) || !isfinite(g))
-        return HR_STEP_SKIPPED_NONFINITE;
-    if (g == 0)
-        return HR_STEP_APPLIED;
+                    : pair_score(u, v, xu, xv, k, lin, false, &hu, &hv), g;
+    hr_step_result first = step_gradient(p, y, label, weight, y_before, pred_before, &g);
+    if (first != HR_STEP_APPLIED || g == 0)
+        return first;
     hr_step_result result = HR_STEP_APPLIED;
     if (clip) {
         double norm2 = 0;

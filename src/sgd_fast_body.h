@@ -377,16 +377,10 @@ FK_ATTR static hr_step_result FK(step)(const hr_row_layout *L, const hr_active *
     float hsq[HR_FAST_MAX_FACTORS] = {0};
     float dot = FK(score)(m, k, pair, clip, rw, xs, (const float(*)[HR_FAST_MAX_FACTORS])c, hsq);
     const float xuv = pair ? xs[0] * xs[1] : 1.0f;
-    double y = lin + (double)(pair ? dot * xuv : dot);
-    *y_before = y;
-    double pred = train_link(p->loss, y);
-    if (pred_before)
-        *pred_before = pred;
-    double g = weight * (pred - label); /* dLoss/dy for both losses */
-    if (!isfinite(y) || !isfinite(g))
-        return HR_STEP_SKIPPED_NONFINITE;
-    if (g == 0)
-        return HR_STEP_APPLIED;
+    double y = lin + (double)(pair ? dot * xuv : dot), g;
+    hr_step_result first = step_gradient(p, y, label, weight, y_before, pred_before, &g);
+    if (first != HR_STEP_APPLIED || g == 0)
+        return first;
     hr_step_result result = HR_STEP_APPLIED;
     if (clip) {
         double norm2 = 0;

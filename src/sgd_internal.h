@@ -84,6 +84,22 @@ static inline double train_link(hr_loss loss, double y)
     return 1.0f / (1.0f + expf((float)-y));
 }
 
+/* Every kernel's step from the score y: records y and the prediction
+ * (pred_before may be NULL), and *g = dLoss/dy (both losses). Returns
+ * HR_STEP_SKIPPED_NONFINITE when y or *g is not finite, else
+ * HR_STEP_APPLIED (the caller has nothing more to do when *g is 0). */
+static inline hr_step_result step_gradient(const hr_step_params *p, double y, float label,
+                                           float weight, double *y_before, double *pred_before,
+                                           double *g)
+{
+    *y_before = y;
+    double pred = train_link(p->loss, y);
+    if (pred_before)
+        *pred_before = pred;
+    *g = weight * (pred - label);
+    return isfinite(y) && isfinite(*g) ? HR_STEP_APPLIED : HR_STEP_SKIPPED_NONFINITE;
+}
+
 /* The kernel "exact" (sgd.c): the user-and-item pair path, bit-identical to
  * hr_sgd_step_general (which it runs for every other shape). For the
  * shapes hr_sgd_fast_shape accepts. */

@@ -373,18 +373,26 @@ static void nap(long ms)
 
 static void let_others_run(void) { nap(20); }
 
+/* Starts a pusher of n events from seq first on thread *t, lets it reach
+ * its wait (a queue without room for them: it must not be done). */
+static void start_blocked_pusher(push_job *j, pthread_t *t, hr_queue *q, uint64_t first, size_t n)
+{
+    *j = (push_job){.q = q, .first = first, .n = n};
+    atomic_init(&j->done, false);
+    assert_int_equal(pthread_create(t, NULL, push_thread, j), 0);
+    let_others_run();
+    assert_false(atomic_load(&j->done));
+}
+
 static void test_blocked_pusher_released_by_pop(void **state)
 {
     (void)state;
     hr_queue *q = make_queue(4);
     assert_int_equal(push_seqs(q, 0, 4, false), HR_OK);
 
-    push_job j = {.q = q, .first = 4, .n = 2};
-    atomic_init(&j.done, false);
+    push_job j;
     pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, push_thread, &j), 0);
-    let_others_run();
-    assert_false(atomic_load(&j.done)); /* the queue is full */
+    start_blocked_pusher(&j, &t, q, 4, 2); /* the queue is full */
 
     hr_event out[4];
     size_t n = 0;
@@ -440,12 +448,9 @@ static void test_blocked_pusher_waits_for_low_water(void **state)
     hr_queue *q = make_queue(8);
     assert_int_equal(push_seqs(q, 0, 8, false), HR_OK);
 
-    push_job j = {.q = q, .first = 8, .n = 2};
-    atomic_init(&j.done, false);
+    push_job j;
     pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, push_thread, &j), 0);
-    let_others_run();
-    assert_false(atomic_load(&j.done)); /* the queue is full */
+    start_blocked_pusher(&j, &t, q, 8, 2); /* the queue is full */
 
     hr_event out[4];
     size_t n = 0;
