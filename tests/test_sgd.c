@@ -797,18 +797,43 @@ static void run_both(const fast_case *c, float *fast, float *gen, size_t bytes, 
     *rg = hr_sgd_step_general(&c->L, ag, c->n, c->label, c->weight, &c->p, yg, pg);
 }
 
+/* The rows of a random event as made, then as the fused and the general
+ * kernel leave them: room for HR_FAST_MAX_ACTIVE rows of k <= 128 with
+ * their state, chunk_rows <= 3. */
+typedef struct {
+    float *rows, *fast, *gen;
+    size_t bytes; /* of each */
+} fast_bufs;
+
+static fast_bufs fast_bufs_make(void)
+{
+    const size_t span = 3 * (128 + 4);
+    fast_bufs b = {.bytes = HR_FAST_MAX_ACTIVE * span * 3 * sizeof(float)};
+    b.rows = calloc(1, b.bytes);
+    b.fast = calloc(1, b.bytes);
+    b.gen = calloc(1, b.bytes);
+    assert_non_null(b.rows);
+    assert_non_null(b.fast);
+    assert_non_null(b.gen);
+    return b;
+}
+
+static void fast_bufs_free(fast_bufs *b)
+{
+    free(b->rows);
+    free(b->fast);
+    free(b->gen);
+}
+
 /* Thousands of random events (k in 1, 7, 16, 33, 64, 128), each variant
  * that runs here against the general kernel within TOL. */
 static void test_fast_kernel_matches_general(void **state)
 {
     (void)state;
     const uint32_t ks[] = {1, 7, 16, 33, 64, 128};
-    const size_t span = 3 * (128 + 4); /* a row of k <= 128 and its state, chunk_rows <= 3 */
-    const size_t bytes = HR_FAST_MAX_ACTIVE * span * 3 * sizeof(float);
-    float *rows = calloc(1, bytes), *fast = calloc(1, bytes), *gen = calloc(1, bytes);
-    assert_non_null(rows);
-    assert_non_null(fast);
-    assert_non_null(gen);
+    fast_bufs b = fast_bufs_make();
+    float *rows = b.rows, *fast = b.fast, *gen = b.gen;
+    const size_t bytes = b.bytes;
     for (size_t v = 0; v < NFAST; v++) {
         if (!hr_sgd_kernel_select(fast_kernels[v]))
             continue; /* said so in test_kernel_select */
@@ -849,9 +874,7 @@ static void test_fast_kernel_matches_general(void **state)
             worst[v] = wr;
     }
     assert_true(hr_sgd_kernel_select("auto"));
-    free(rows);
-    free(fast);
-    free(gen);
+    fast_bufs_free(&b);
 }
 
 /* Non-finite inputs: a row whose new values are not all finite is left as
@@ -860,12 +883,9 @@ static void test_fast_kernel_matches_general(void **state)
 static void test_fast_kernel_nonfinite(void **state)
 {
     (void)state;
-    const size_t span = 3 * (128 + 4);
-    const size_t bytes = HR_FAST_MAX_ACTIVE * span * 3 * sizeof(float);
-    float *rows = calloc(1, bytes), *fast = calloc(1, bytes), *gen = calloc(1, bytes);
-    assert_non_null(rows);
-    assert_non_null(fast);
-    assert_non_null(gen);
+    fast_bufs b = fast_bufs_make();
+    float *rows = b.rows, *fast = b.fast, *gen = b.gen;
+    const size_t bytes = b.bytes;
     for (size_t v = 0; v < NFAST; v++) {
         if (!hr_sgd_kernel_select(fast_kernels[v]))
             continue;
@@ -918,9 +938,7 @@ static void test_fast_kernel_nonfinite(void **state)
         assert_true(skipped > 300);
     }
     assert_true(hr_sgd_kernel_select("auto"));
-    free(rows);
-    free(fast);
-    free(gen);
+    fast_bufs_free(&b);
 }
 
 /* ---- bf16 rows ---- */
